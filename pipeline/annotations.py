@@ -1,0 +1,621 @@
+"""Annotations: reads ASAP XML, QuPath GeoJSON and CAMELYON16 JSON outlines, produces
+``Annotation`` polygons in level-0 px, rasterised masks, and writes ASAP XML and GeoJSON.
+
+Validation policy (every reader):
+- a malformed file raises ``AnnotationError`` naming the file;
+- a polygon with fewer than 3 distinct points is dropped with a warning naming the file
+  and the annotation;
+- a self-intersecting (invalid) polygon is repaired with ``shapely.make_valid``; its
+  polygonal parts of at least ``MIN_REPAIRED_PART_FRACTION`` of the repaired area are kept
+  (one ``Annotation`` per part), with a warning;
+- a file with no polygons at all gives an empty list (a negative slide), but a file whose
+  polygons were *all* dropped raises ``AnnotationError``: silently reading a broken
+  outline file as "no tumor" would mislabel a positive slide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import logging
+import math
+import os
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, cast
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import AnnotationError, OutputError
+
+log = logging.getLogger(__name__)
+
+AnnotationLabel = Literal["tumor", "exclude", "other"]
+
+# Group / class name (lower-cased) -> label. CAMELYON16 XML: groups "_0" and "_1" are tumor
+# outlines, "_2" marks regions excluded from evaluation (CAMELYON16 data description).
+# CAMELYON17 XML uses "metastases"; QuPath exports use classes such as "Tumor" and
+# "Ignore*". Any other group reads as "other".
+GROUP_LABELS: Mapping[str, AnnotationLabel] = {
+    "_0": "tumor",
+    "_1": "tumor",
+    "_2": "exclude",
+    "tumor": "tumor",
+    "tumour": "tumor",
+    "metastases": "tumor",
+    "metastasis": "tumor",
+    "positive": "tumor",
+    "exclusion": "exclude",
+    "exclude": "exclude",
+    "excluded": "exclude",
+    "negative": "exclude",
+    "ignore*": "exclude",
+    "ignore": "exclude",
+}
+# Group written for an annotation whose own group does not map to its label.
+CANONICAL_GROUPS: Mapping[AnnotationLabel, str] = {
+    "tumor": "Tumor",
+    "exclude": "Exclusion",
+    "other": "Other",
+}
+# RGB colours written to GeoJSON classifications and ASAP groups.
+LABEL_COLORS_RGB: Mapping[AnnotationLabel, tuple[int, int, int]] = {
+    "tumor": (200, 0, 0),
+    "exclude": (80, 80, 80),
+    "other": (0, 120, 200),
+}
+# After make_valid, polygon parts smaller than this fraction of the repaired area are slivers.
+MIN_REPAIRED_PART_FRACTION = 0.01
+
+_ASAP_POLYGON_TYPES = frozenset({"polygon", "spline", "rectangle"})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Annotation:
+    """One annotated region.
+
+    vertices_xy: (N, 2) float64 exterior ring in level-0 px, (x, y), not closed (N >= 3).
+    holes_xy: interior rings, each (M, 2) float64 in level-0 px.
+    label: "tumor", "exclude" or "other" (from ``group`` via GROUP_LABELS when read).
+    """
+
+    name: str
+    group: str
+    label: AnnotationLabel
+    vertices_xy: NDArray[np.float64]
+    holes_xy: tuple[NDArray[np.float64], ...] = ()
+
+    def __post_init__(self) -> None:
+        vertices = np.asarray(self.vertices_xy, dtype=np.float64)
+        if vertices.ndim != 2 or vertices.shape[1] != 2 or len(vertices) < 3:
+            raise ValueError(f"vertices_xy has shape {vertices.shape}; expected (N >= 3, 2)")
+        object.__setattr__(self, "vertices_xy", vertices)
+        holes = tuple(np.asarray(hole, dtype=np.float64).reshape(-1, 2) for hole in self.holes_xy)
+        object.__setattr__(self, "holes_xy", holes)
+        if self.label not in CANONICAL_GROUPS:
+            raise ValueError(f"label={self.label!r}; expected tumor, exclude or other")
+
+
+def label_for_group(group: str) -> AnnotationLabel:
+    """The label of a group or class name (case-insensitive); "other" when unknown."""
+    return GROUP_LABELS.get(group.strip().lower(), "other")
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def _clean_ring(points: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Drop consecutive duplicate vertices and the closing vertex."""
+    if len(points) == 0:
+        return points
+    keep = np.ones(len(points), dtype=bool)
+    keep[1:] = np.any(np.diff(points, axis=0) != 0, axis=1)
+    ring = points[keep]
+    if len(ring) > 1 and np.array_equal(ring[0], ring[-1]):
+        ring = ring[:-1]
+    return ring
+
+
+def _polygon_parts(geometry: Any) -> list[Any]:
+    """The Polygons inside a (possibly nested multi- or collection) geometry."""
+    import shapely
+
+    if isinstance(geometry, shapely.Polygon):
+        return [geometry]
+    if isinstance(geometry, shapely.MultiPolygon | shapely.GeometryCollection):
+        return [part for g in geometry.geoms for part in _polygon_parts(g)]
+    return []
+
+
+def _repair(
+    path: Path, name: str, shell: NDArray[np.float64], holes: list[NDArray[np.float64]]
+) -> list[tuple[NDArray[np.float64], list[NDArray[np.float64]]]]:
+    """Valid polygon parts (exterior, holes) of a polygon, repairing it if needed."""
+    import shapely
+
+    polygon = shapely.Polygon(shell, holes)
+    if polygon.is_valid:
+        return [(shell, holes)]
+    # "structure" keeps only polygonal output and is ~20x faster than "linework" on
+    # CAMELYON16 outlines with thousands of vertices.
+    repaired = shapely.make_valid(polygon, method="structure", keep_collapsed=False)
+    parts = [g for g in _polygon_parts(repaired) if g.area > 0]
+    if not parts:
+        log.warning("%s: annotation %r has no area after repair; dropped", path, name)
+        return []
+    total = sum(g.area for g in parts)
+    parts = [g for g in parts if g.area >= MIN_REPAIRED_PART_FRACTION * total]
+    log.warning(
+        "%s: annotation %r is self-intersecting; repaired into %d polygon(s)",
+        path,
+        name,
+        len(parts),
+    )
+    return [
+        (
+            np.asarray(g.exterior.coords, dtype=np.float64)[:-1],
+            [np.asarray(r.coords, dtype=np.float64)[:-1] for r in g.interiors],
+        )
+        for g in sorted(parts, key=lambda g: -g.area)
+    ]
+
+
+def _make_annotations(
+    path: Path,
+    name: str,
+    group: str,
+    exterior: NDArray[np.float64],
+    holes: Sequence[NDArray[np.float64]] = (),
+    label: AnnotationLabel | None = None,
+) -> list[Annotation]:
+    """Validated annotations from one raw polygon: [] (dropped), one, or several repaired parts."""
+    shell = _clean_ring(exterior)
+    n_distinct = len(np.unique(shell, axis=0))
+    if n_distinct < 3:
+        log.warning(
+            "%s: annotation %r has %d distinct point(s), fewer than 3; dropped",
+            path,
+            name,
+            n_distinct,
+        )
+        return []
+    if not np.all(np.isfinite(shell)):
+        raise AnnotationError(f"{path}: annotation {name!r} has non-finite coordinates")
+    clean_holes = [h for h in (_clean_ring(h) for h in holes) if len(np.unique(h, axis=0)) >= 3]
+    parts = _repair(path, name, shell, clean_holes)
+    final_label = label if label is not None else label_for_group(group)
+    return [
+        Annotation(
+            name=name if len(parts) == 1 else f"{name} part {index + 1}",
+            group=group,
+            label=final_label,
+            vertices_xy=part_shell,
+            holes_xy=tuple(part_holes),
+        )
+        for index, (part_shell, part_holes) in enumerate(parts)
+    ]
+
+
+def _finish(path: Path, n_raw: int, annotations: list[Annotation]) -> list[Annotation]:
+    if n_raw > 0 and not annotations:
+        raise AnnotationError(
+            f"{path}: none of its {n_raw} polygon(s) is usable (each has fewer than 3 "
+            "distinct points or no area); fix the outlines or remove the file"
+        )
+    return annotations
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found")
+
+
+# --- readers -----------------------------------------------------------------------------
+
+
+def _parse_xml(path: Path) -> ElementTree.Element:
+    """Parse with defusedxml when installed (no entity expansion), else the standard library."""
+    try:
+        parser: Any = importlib.import_module("defusedxml.ElementTree")
+    except ImportError:
+        parser = ElementTree
+    try:
+        return cast(ElementTree.Element, parser.parse(str(path)).getroot())
+    except (ElementTree.ParseError, ValueError) as exc:  # defusedxml errors are ValueErrors
+        raise AnnotationError(f"{path}: not a valid ASAP XML file ({exc})") from exc
+
+
+def _asap_coordinates(path: Path, name: str, element: ElementTree.Element) -> NDArray[np.float64]:
+    rows: list[tuple[float, float, float]] = []
+    for index, coordinate in enumerate(element.iter("Coordinate")):
+        try:
+            order = float(coordinate.get("Order", index))
+            rows.append((order, float(coordinate.attrib["X"]), float(coordinate.attrib["Y"])))
+        except (KeyError, ValueError) as exc:
+            raise AnnotationError(
+                f"{path}: annotation {name!r} has a coordinate without numeric X and Y ({exc})"
+            ) from exc
+    rows.sort(key=lambda row: row[0])
+    return np.array([(x, y) for _, x, y in rows], dtype=np.float64).reshape(-1, 2)
+
+
+def read_asap_xml(path: Path) -> list[Annotation]:
+    """Polygons of an ASAP XML file (CAMELYON16/17), in level-0 px.
+
+    Labels come from PartOfGroup via GROUP_LABELS. Dot and point-set annotations are
+    skipped with a warning. Raises AnnotationError for a missing or malformed file.
+    """
+    path = Path(path)
+    _check_file(path)
+    root = _parse_xml(path)
+    if root.tag != "ASAP_Annotations":
+        raise AnnotationError(
+            f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations>"
+        )
+    annotations: list[Annotation] = []
+    n_raw = 0
+    for index, element in enumerate(root.iter("Annotation")):
+        name = element.get("Name", f"Annotation {index}")
+        kind = element.get("Type", "Polygon")
+        if kind.lower() not in _ASAP_POLYGON_TYPES:
+            log.warning("%s: annotation %r has type %r, not a polygon; skipped", path, name, kind)
+            continue
+        n_raw += 1
+        group = element.get("PartOfGroup", "None")
+        vertices = _asap_coordinates(path, name, element)
+        annotations.extend(_make_annotations(path, name, group, vertices))
+    return _finish(path, n_raw, annotations)
+
+
+def _load_json(path: Path) -> Any:
+    _check_file(path)
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: not a valid JSON file ({exc})") from exc
+
+
+def _as_ring(path: Path, name: str, raw: Any) -> NDArray[np.float64]:
+    try:
+        ring = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise AnnotationError(f"{path}: {name!r} has non-numeric coordinates") from exc
+    if ring.size == 0:
+        return ring.reshape(0, 2)
+    if ring.ndim != 2 or ring.shape[1] < 2:
+        raise AnnotationError(
+            f"{path}: {name!r} coordinates have shape {ring.shape}; expected a list of [x, y]"
+        )
+    return ring[:, :2]
+
+
+def _geojson_features(path: Path, data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        return list(data.get("features", []))
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        return [data]
+    raise AnnotationError(
+        f"{path}: not GeoJSON; expected a FeatureCollection, a Feature or a list of Features"
+    )
+
+
+def _feature_class(properties: Mapping[str, Any]) -> str:
+    classification = properties.get("classification")
+    if isinstance(classification, dict) and isinstance(classification.get("name"), str):
+        return str(classification["name"])
+    return ""
+
+
+def read_geojson(path: Path) -> list[Annotation]:
+    """Polygons of a GeoJSON file (QuPath export), in level-0 px.
+
+    Accepts a FeatureCollection, a bare list of Features or a single Feature; Polygon and
+    MultiPolygon geometries (one Annotation per part), holes kept. The class name
+    (``properties.classification.name``) is the group; "Tumor" reads as tumor.
+    Raises AnnotationError for a missing or malformed file.
+    """
+    path = Path(path)
+    return _geojson_annotations(path, _load_json(path))
+
+
+def _geojson_annotations(path: Path, data: Any) -> list[Annotation]:
+    annotations: list[Annotation] = []
+    n_raw = 0
+    for index, feature in enumerate(_geojson_features(path, data)):
+        if not isinstance(feature, dict) or not isinstance(feature.get("geometry"), dict):
+            raise AnnotationError(f"{path}: feature {index} has no geometry object")
+        properties = feature.get("properties") or {}
+        name = str(properties.get("name", f"Annotation {index}"))
+        group = _feature_class(properties)
+        geometry = feature["geometry"]
+        kind = geometry.get("type")
+        if kind == "Polygon":
+            polygons = [geometry.get("coordinates", [])]
+        elif kind == "MultiPolygon":
+            polygons = list(geometry.get("coordinates", []))
+        else:
+            log.warning("%s: feature %r is a %s, not a polygon; skipped", path, name, kind)
+            continue
+        for part, rings in enumerate(polygons):
+            n_raw += 1
+            part_name = name if len(polygons) == 1 else f"{name} part {part + 1}"
+            if not isinstance(rings, list) or not rings:
+                log.warning("%s: feature %r has no coordinates; dropped", path, part_name)
+                continue
+            exterior = _as_ring(path, part_name, rings[0])
+            holes = [_as_ring(path, part_name, ring) for ring in rings[1:]]
+            annotations.extend(_make_annotations(path, part_name, group, exterior, holes))
+    return _finish(path, n_raw, annotations)
+
+
+def read_camelyon16_json(path: Path) -> list[Annotation]:
+    """Outlines in the NCRF CAMELYON16 JSON format, in level-0 px.
+
+    Format: ``{"positive": [{"name", "vertices": [[x, y], ...]}], "negative": [...]}``;
+    positive outlines are tumor (group "positive"), negative ones exclude (group
+    "negative"). Raises AnnotationError for a missing or malformed file.
+    """
+    path = Path(path)
+    return _camelyon16_annotations(path, _load_json(path))
+
+
+def _is_camelyon16(data: Any) -> bool:
+    return isinstance(data, dict) and bool({"positive", "negative"} & set(data))
+
+
+def _camelyon16_annotations(path: Path, data: Any) -> list[Annotation]:
+    if not _is_camelyon16(data):
+        raise AnnotationError(
+            f"{path}: expected a JSON object with 'positive' and 'negative' outline lists"
+        )
+    annotations: list[Annotation] = []
+    n_raw = 0
+    for group, label in (("positive", "tumor"), ("negative", "exclude")):
+        for index, item in enumerate(data.get(group, [])):
+            if not isinstance(item, dict) or "vertices" not in item:
+                raise AnnotationError(f"{path}: {group}[{index}] has no 'vertices' list")
+            n_raw += 1
+            name = str(item.get("name", f"{group} {index}"))
+            vertices = _as_ring(path, name, item["vertices"])
+            annotations.extend(
+                _make_annotations(path, name, group, vertices, label=cast(AnnotationLabel, label))
+            )
+    return _finish(path, n_raw, annotations)
+
+
+def read_annotations(path: Path) -> list[Annotation]:
+    """Read an annotation file by its suffix: .xml (ASAP), .geojson, or .json (either JSON).
+
+    Raises AnnotationError for a missing, malformed or unsupported file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".xml":
+        return read_asap_xml(path)
+    if suffix == ".geojson":
+        return read_geojson(path)
+    if suffix == ".json":
+        data = _load_json(path)
+        if _is_camelyon16(data):
+            return _camelyon16_annotations(path, data)
+        return _geojson_annotations(path, data)
+    raise AnnotationError(
+        f"{path}: unsupported annotation file type {suffix!r}; use .xml (ASAP), "
+        ".geojson (QuPath) or .json (CAMELYON16 outlines)"
+    )
+
+
+# --- writers -----------------------------------------------------------------------------
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write here ({exc})") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write here ({exc})") from exc
+
+
+def _group_to_write(annotation: Annotation) -> str:
+    if annotation.group and label_for_group(annotation.group) == annotation.label:
+        return annotation.group
+    return CANONICAL_GROUPS[annotation.label]
+
+
+def _hex_color(label: AnnotationLabel) -> str:
+    return "#{:02X}{:02X}{:02X}".format(*LABEL_COLORS_RGB[label])
+
+
+def _format_float(value: float) -> str:
+    return repr(float(value))  # shortest text that reads back to the same float
+
+
+def write_asap_xml(annotations: Sequence[Annotation], path: Path) -> None:
+    """Write annotations as ASAP XML (atomically). Coordinates read back exactly.
+
+    ASAP XML has no holes: each hole is written as its own polygon in group "_2"
+    (exclusion), with a warning. Raises OutputError if the file cannot be written.
+    """
+    lines = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
+    groups: dict[str, AnnotationLabel] = {}
+    for annotation in annotations:
+        rings = [(annotation.name, _group_to_write(annotation), annotation.vertices_xy)]
+        if annotation.holes_xy:
+            log.warning("%s: ASAP XML has no holes; %r's holes written as group _2", path,
+                        annotation.name)
+        rings += [(f"{annotation.name} hole {i + 1}", "_2", h)
+                  for i, h in enumerate(annotation.holes_xy)]
+        for name, group, vertices in rings:
+            label = label_for_group(group)
+            groups.setdefault(group, label)
+            lines.append(
+                f"\t\t<Annotation Name={quoteattr(name)} Type=\"Polygon\" "
+                f"PartOfGroup={quoteattr(group)} Color=\"{_hex_color(label)}\">"
+            )
+            lines.append("\t\t\t<Coordinates>")
+            lines.extend(
+                f'\t\t\t\t<Coordinate Order="{order}" X="{_format_float(x)}" '
+                f'Y="{_format_float(y)}" />'
+                for order, (x, y) in enumerate(vertices)
+            )
+            lines += ["\t\t\t</Coordinates>", "\t\t</Annotation>"]
+    lines += ["\t</Annotations>", "\t<AnnotationGroups>"]
+    for group, label in groups.items():
+        lines.append(
+            f"\t\t<Group Name={quoteattr(group)} PartOfGroup=\"None\" "
+            f"Color=\"{_hex_color(label)}\"><Attributes /></Group>"
+        )
+    lines += ["\t</AnnotationGroups>", "</ASAP_Annotations>", ""]
+    _write_text_atomic(path, "\n".join(lines))
+
+
+def _closed(ring: NDArray[np.float64]) -> list[list[float]]:
+    points = [[float(x), float(y)] for x, y in ring]
+    return [*points, points[0]]
+
+
+def annotation_to_feature(
+    annotation: Annotation, measurements: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """A QuPath-compatible GeoJSON Feature (Polygon, closed rings) of one annotation."""
+    group = _group_to_write(annotation)
+    properties: dict[str, Any] = {
+        "objectType": "annotation",
+        "name": annotation.name,
+        "classification": {"name": group, "color": list(LABEL_COLORS_RGB[annotation.label])},
+    }
+    if measurements is not None:
+        properties["measurements"] = {key: float(value) for key, value in measurements.items()}
+    rings = [_closed(annotation.vertices_xy), *(_closed(h) for h in annotation.holes_xy)]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": rings},
+        "properties": properties,
+    }
+
+
+def write_geojson(
+    annotations: Sequence[Annotation],
+    path: Path,
+    measurements: Sequence[Mapping[str, float]] | None = None,
+) -> None:
+    """Write annotations as a QuPath-compatible GeoJSON FeatureCollection (atomically).
+
+    measurements: one dict per annotation (same order), written as
+    ``properties.measurements``. Coordinates read back exactly. Raises ValueError when
+    measurements and annotations differ in length, OutputError if the file cannot be written.
+    """
+    if measurements is not None and len(measurements) != len(annotations):
+        raise ValueError(
+            f"{len(measurements)} measurement dicts for {len(annotations)} annotations"
+        )
+    features = [
+        annotation_to_feature(a, None if measurements is None else measurements[i])
+        for i, a in enumerate(annotations)
+    ]
+    collection = {"type": "FeatureCollection", "features": features}
+    _write_text_atomic(path, json.dumps(collection, indent=1) + "\n")
+
+
+# --- masks and geometry ------------------------------------------------------------------
+
+
+def _fill_ring(
+    mask: NDArray[np.bool_], ring_xy: NDArray[np.float64], downsample: float, value: bool
+) -> None:
+    draw: Any = importlib.import_module("skimage.draw")  # untyped library
+    # A mask pixel (r, c) covers level-0 [c*ds, (c+1)*ds); its centre is at (c + 0.5) * ds.
+    cols = ring_xy[:, 0] / downsample - 0.5
+    rows = ring_xy[:, 1] / downsample - 0.5
+    rr, cc = draw.polygon(rows, cols, shape=mask.shape)
+    mask[rr, cc] = value
+
+
+def rasterize_annotations(
+    annotations: Sequence[Annotation],
+    level0_size_wh: tuple[int, int],
+    downsample: float,
+    labels: Sequence[AnnotationLabel] = ("tumor",),
+) -> NDArray[np.bool_]:
+    """Boolean mask of the annotations whose label is in ``labels``, holes left out.
+
+    level0_size_wh: slide (width, height) in level-0 px. downsample: level-0 px per mask px.
+    Returns (ceil(height / downsample), ceil(width / downsample)) bool; a pixel is set
+    when its centre lies inside a polygon.
+    """
+    if not downsample > 0:
+        raise ValueError(f"downsample={downsample!r}; expected > 0")
+    shape = (
+        math.ceil(level0_size_wh[1] / downsample),
+        math.ceil(level0_size_wh[0] / downsample),
+    )
+    mask = np.zeros(shape, dtype=bool)
+    for annotation in annotations:
+        if annotation.label not in labels:
+            continue
+        if not annotation.holes_xy:
+            _fill_ring(mask, annotation.vertices_xy, downsample, True)
+            continue
+        own = np.zeros(shape, dtype=bool)
+        _fill_ring(own, annotation.vertices_xy, downsample, True)
+        for hole in annotation.holes_xy:
+            _fill_ring(own, hole, downsample, False)
+        mask |= own
+    return mask
+
+
+def _max_pairwise_distance(points: NDArray[np.float64], chunk: int = 1024) -> float:
+    best = 0.0
+    for start in range(0, len(points), chunk):
+        block = points[start : start + chunk]
+        d2 = ((block[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
+        best = max(best, float(d2.max()))
+    return math.sqrt(best)
+
+
+def max_feret_diameter_px(vertices_xy: NDArray[np.float64]) -> float:
+    """Largest distance between two points of a polygon (max Feret diameter), in px.
+
+    vertices_xy: (N, 2) points in any px frame. Uses the convex hull's vertices.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    points = np.unique(np.asarray(vertices_xy, dtype=np.float64).reshape(-1, 2), axis=0)
+    if len(points) < 2:
+        return 0.0
+    if len(points) >= 3:
+        # Collinear points have no hull; the extreme pair is then among them all.
+        with contextlib.suppress(QhullError):
+            points = points[ConvexHull(points).vertices]
+    return _max_pairwise_distance(points)
+
+
+def polygon_area_px2(
+    vertices_xy: NDArray[np.float64], holes_xy: Sequence[NDArray[np.float64]] = ()
+) -> float:
+    """Area of a simple polygon (shoelace), less its holes, in px² of the vertices' frame."""
+
+    def ring_area(ring: NDArray[np.float64]) -> float:
+        x, y = ring[:, 0], ring[:, 1]
+        return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+    area = ring_area(np.asarray(vertices_xy, dtype=np.float64))
+    return area - sum(ring_area(np.asarray(h, dtype=np.float64)) for h in holes_xy)

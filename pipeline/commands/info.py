@@ -1,0 +1,81 @@
+"""``micromet info SLIDE...``: what the slide access layer knows, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pipeline.errors import MicrometError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``info`` subcommand."""
+    parser = subparsers.add_parser(
+        "info",
+        help="show slide metadata (format, size, levels, mpp, tissue fraction)",
+        description="Show what micromet reads from each slide: format, dimensions, levels, "
+        "downsamples, µm/px, objective power and tissue fraction.",
+    )
+    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--mpp", type=float, default=None, help="override the slide's µm/px")
+    parser.add_argument(
+        "--no-tissue", action="store_true", help="skip tissue detection (faster)"
+    )
+    parser.set_defaults(run=run)
+
+
+def describe_slide(path: str, mpp: float | None, with_tissue: bool) -> dict[str, Any]:
+    """Metadata (and tissue fraction) of one slide as a JSON-ready dict."""
+    from pipeline.config import TissueConfig
+    from pipeline.slide import open_slide
+    from pipeline.tissue import detect_tissue
+
+    with open_slide(path, mpp_override=mpp) as slide:
+        facts = slide.info.to_dict()
+        if with_tissue:
+            tissue = detect_tissue(slide, TissueConfig())
+            facts["tissue_fraction"] = round(tissue.tissue_fraction, 4)
+            facts["tissue_area_mm2"] = round(tissue.tissue_area_mm2, 3)
+    return facts
+
+
+def format_table(facts: dict[str, Any]) -> str:
+    """A readable block of one slide's facts."""
+    levels = ", ".join(
+        f"{w}x{h} (/{d:.4g})"
+        for (w, h), d in zip(facts["level_dimensions"], facts["level_downsamples"], strict=True)
+    )
+    rows = [
+        ("slide", facts["path"]),
+        ("format", facts["vendor"]),
+        ("dimensions", f"{facts['dimensions'][0]} x {facts['dimensions'][1]} px"),
+        ("levels", f"{facts['level_count']}: {levels}"),
+        ("mpp", f"{facts['mpp']:.4f} µm/px ({facts['mpp_source']})"),
+        ("objective", "unknown" if facts["objective_power"] is None else f"{facts['objective_power']:g}x"),
+    ]
+    if "tissue_fraction" in facts:
+        rows.append(
+            ("tissue", f"{facts['tissue_fraction']:.1%} ({facts['tissue_area_mm2']:.2f} mm²)")
+        )
+    return "\n".join(f"{key:<11} {value}" for key, value in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Describe every slide; a failing slide is reported and the others continue."""
+    results: list[dict[str, Any]] = []
+    failures = 0
+    for path in args.slides:
+        try:
+            results.append(describe_slide(path, args.mpp, not args.no_tissue))
+        except MicrometError as exc:
+            failures += 1
+            print(f"micromet info: error: {exc}", file=sys.stderr)
+            results.append({"path": path, "error": str(exc)})
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    else:
+        print("\n\n".join(format_table(r) for r in results if "error" not in r))
+    return 1 if failures else 0

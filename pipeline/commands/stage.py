@@ -1,0 +1,233 @@
+"""``micromet stage``: patient pN stages from node categories (a batch folder or a CSV).
+
+Reads node categories from BATCH_DIR (manifest.json + each slide's report.json) or from a
+CSV, groups slides into patients (a mapping CSV, else CAMELYON17 names), writes one CSV row
+per patient atomically and prints a table (or JSON). Exit status 1 when a patient could not
+be staged because one of its slides has no result; its row then reads "unstageable".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import StagingConfig, build_config, load_config_file
+from pipeline.errors import OutputError, StagingError
+from pipeline.staging import (
+    CATEGORY_ORDER,
+    PATIENT_CSV_COLUMNS,
+    UNSTAGEABLE,
+    Category,
+    PatientRow,
+    assign_patients,
+    read_node_categories_csv,
+    read_patient_mapping_csv,
+    slide_key,
+    stage_patients,
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``stage`` subcommand."""
+    parser = subparsers.add_parser(
+        "stage",
+        help="patient pN stages from node (slide) categories",
+        description=(
+            "Stage patients (pN) from the categories of their lymph-node slides. "
+            "Rules and sources: docs/staging.md."
+        ),
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--batch", type=Path, metavar="BATCH_DIR", help="batch output folder with manifest.json"
+    )
+    source.add_argument(
+        "--categories",
+        type=Path,
+        metavar="CSV",
+        help="CSV 'slide,category' or the CAMELYON17 labels CSV 'patient,stage'",
+    )
+    parser.add_argument(
+        "--patients",
+        type=Path,
+        metavar="CSV",
+        help="CSV 'slide,patient' (default: CAMELYON17 names patient_NNN_node_N)",
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=("camelyon17", "ajcc"),
+        default=None,
+        help="pN scheme (default camelyon17, or [staging] scheme in --config)",
+    )
+    parser.add_argument("--config", type=Path, metavar="TOML", help="config file ([staging])")
+    parser.add_argument("--out", type=Path, required=True, metavar="CSV", help="patient CSV")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read, stage, write; nothing is written when any input is invalid."""
+    config = _staging_config(args.config, args.scheme)
+    if args.batch is not None:
+        batch = read_batch_node_categories(args.batch)
+        categories, unavailable = batch.categories, batch.unavailable
+    else:
+        categories, unavailable = read_node_categories_csv(args.categories), {}
+    mapping = read_patient_mapping_csv(args.patients) if args.patients is not None else None
+    groups = assign_patients([*categories, *unavailable], mapping, args.patients)
+    rows = stage_patients(groups, categories, config, unavailable)
+    write_patient_csv(args.out, rows)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+    else:
+        print(format_table(rows))
+    unstageable = [row for row in rows if row.stage == UNSTAGEABLE]
+    for row in unstageable:
+        for problem in row.problems:
+            print(f"micromet stage: {row.patient} not staged: {problem}", file=sys.stderr)
+    return 1 if unstageable else 0
+
+
+def _staging_config(config_path: Path | None, scheme: str | None) -> StagingConfig:
+    section = load_config_file(config_path).get("staging") if config_path else None
+    source = str(config_path) if config_path else "--scheme"
+    return build_config(StagingConfig, section, {"scheme": scheme}, source=source)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNodeCategories:
+    """Node categories read from a batch folder.
+
+    categories: slide id -> category, for slides whose report.json was read.
+    unavailable: slide id -> why it has no result (failed, not finished, report missing).
+    """
+
+    categories: dict[str, Category]
+    unavailable: dict[str, str]
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StagingError(f"{path}: cannot read the {what} ({exc}); re-run the batch") from exc
+    if not isinstance(data, dict):
+        raise StagingError(f"{path}: the {what} is not a JSON object; re-run the batch")
+    return data
+
+
+def _report_path(batch_dir: Path, slide_id: str, entry: Mapping[str, Any]) -> Path:
+    output_dir = Path(str(entry.get("output_dir") or slide_id))
+    return (output_dir if output_dir.is_absolute() else batch_dir / output_dir) / "report.json"
+
+
+def _read_report_category(report: Path) -> Category:
+    value = _read_json_object(report, "slide report").get("category")
+    try:
+        return Category(str(value).lower())
+    except ValueError:
+        allowed = ", ".join(category.value for category in CATEGORY_ORDER)
+        raise StagingError(
+            f"{report}: top-level 'category' is {value!r}; expected one of {allowed}. "
+            f"Re-run the slide"
+        ) from None
+
+
+def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
+    """Node categories of a batch folder: BATCH_DIR/manifest.json, then each done slide's
+    ``<output_dir>/report.json`` top-level "category" (docs/architecture.md).
+
+    A slide whose status is not "done", or whose report.json is missing, is listed in
+    ``unavailable`` with the reason (and the manifest's error text).
+    Raises StagingError for a missing folder or manifest, unreadable JSON, or a report
+    without a valid category.
+    """
+    manifest_path = batch_dir / "manifest.json"
+    if not batch_dir.is_dir() or not manifest_path.is_file():
+        raise StagingError(
+            f"{manifest_path}: not found; pass a batch output folder (with manifest.json) "
+            f"to --batch, or a CSV 'slide,category' to --categories"
+        )
+    slides = _read_json_object(manifest_path, "batch manifest").get("slides")
+    if not isinstance(slides, dict):
+        raise StagingError(
+            f"{manifest_path}: expected a 'slides' object (slide id -> entry); re-run the batch"
+        )
+    categories: dict[str, Category] = {}
+    unavailable: dict[str, str] = {}
+    for slide_id, entry in slides.items():
+        entry = entry if isinstance(entry, dict) else {}
+        status = entry.get("status")
+        slide = slide_key(str(slide_id))
+        report = _report_path(batch_dir, str(slide_id), entry)
+        if status != "done":
+            error = entry.get("error")
+            unavailable[slide] = f"status {status!r}" + (f": {error}" if error else "")
+        elif not report.is_file():
+            unavailable[slide] = f"{report} is missing (incomplete output folder)"
+        else:
+            categories[slide] = _read_report_category(report)
+    return BatchNodeCategories(categories=categories, unavailable=unavailable)
+
+
+def write_patient_csv(path: Path, rows: Sequence[PatientRow]) -> None:
+    """Write the patient stage CSV (PATIENT_CSV_COLUMNS) via a temporary file and a rename.
+
+    Raises OutputError naming the path when it cannot be written.
+    """
+    temp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w",
+            newline="",
+            encoding="utf-8",
+            dir=path.parent,
+            prefix=f".{path.name}.",
+            suffix=".tmp",
+            delete=False,
+        ) as handle:
+            temp_name = handle.name
+            writer = csv.writer(handle)
+            writer.writerow(PATIENT_CSV_COLUMNS)
+            writer.writerows(row.csv_values() for row in rows)
+        os.replace(temp_name, path)
+    except OSError as exc:
+        if temp_name is not None:
+            Path(temp_name).unlink(missing_ok=True)
+        raise OutputError(
+            f"{path}: cannot write the patient CSV ({exc}); check the folder"
+        ) from exc
+
+
+def format_table(rows: Sequence[PatientRow]) -> str:
+    """The rows as an aligned text table, one line per patient."""
+    header = ("patient", "stage", "nodes", "positive", "macro", "micro", "itc", "node categories")
+    lines = [header] + [
+        (
+            row.patient,
+            row.stage,
+            str(row.nodes),
+            str(row.positive_nodes),
+            str(row.macro_nodes),
+            str(row.micro_nodes),
+            str(row.itc_nodes),
+            row.node_categories.replace(";", " "),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
+        + "  "
+        + line[-1]
+        for line in lines
+    )

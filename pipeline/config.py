@@ -1,0 +1,194 @@
+"""Typed settings for every pipeline stage: one frozen dataclass per stage.
+
+Each dataclass checks its values in ``__post_init__`` and raises ``ValueError``
+naming the field, the value and the allowed range. Settings resolve as
+defaults, then a TOML config file, then the flags the user gave.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pipeline.errors import ConfigError
+
+# Plausible microns per pixel for a whole-slide scan: 0.05 (oil, 100x) to 20
+# (a macro photograph). Anything outside is a metadata error, not a slide.
+MIN_PLAUSIBLE_MPP = 0.05
+MAX_PLAUSIBLE_MPP = 20.0
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ValueError(f"{name}={value!r} is out of range; allowed {low} to {high}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TissueConfig:
+    """Tissue detection on a low-resolution thumbnail.
+
+    mask_mpp: resolution of the tissue mask in µm/px.
+    min_tissue_area_mm2: connected tissue pieces smaller than this are dropped (specks).
+    max_hole_area_mm2: holes inside tissue smaller than this are filled.
+    min_saturation: floor for the saturation threshold (0-1); Otsu may only raise it.
+    reject_pen: drop strongly coloured blue/green/black pen marks.
+    """
+
+    mask_mpp: float = 8.0
+    min_tissue_area_mm2: float = 0.01
+    max_hole_area_mm2: float = 0.05
+    min_saturation: float = 0.05
+    reject_pen: bool = True
+
+    def __post_init__(self) -> None:
+        _check_range("mask_mpp", self.mask_mpp, 0.5, 128.0)
+        _check_range("min_tissue_area_mm2", self.min_tissue_area_mm2, 0.0, 1000.0)
+        _check_range("max_hole_area_mm2", self.max_hole_area_mm2, 0.0, 1000.0)
+        _check_range("min_saturation", self.min_saturation, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingConfig:
+    """A grid of model tiles at a physical resolution.
+
+    tile_size_px: tile side at the model resolution, in pixels.
+    mpp: model resolution in µm/px.
+    stride_px: step between tiles at the model resolution (default: tile_size_px, no overlap).
+    min_tissue_fraction: keep tiles whose tissue coverage exceeds this fraction.
+    """
+
+    tile_size_px: int = 224
+    mpp: float = 1.0
+    stride_px: int | None = None
+    min_tissue_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check_range("tile_size_px", self.tile_size_px, 8, 4096)
+        _check_range("mpp", self.mpp, MIN_PLAUSIBLE_MPP, MAX_PLAUSIBLE_MPP)
+        if self.stride_px is not None:
+            _check_range("stride_px", self.stride_px, 1, 4096)
+        _check_range("min_tissue_fraction", self.min_tissue_fraction, 0.0, 1.0)
+
+    @property
+    def effective_stride_px(self) -> int:
+        """Stride at the model resolution, defaulting to the tile size."""
+        return self.stride_px if self.stride_px is not None else self.tile_size_px
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """How tiles are read and scored.
+
+    device: "auto" picks CUDA, then MPS, then CPU.
+    num_workers: reader processes (0 reads in the main process).
+    region_tiles: model tiles per side of one slide read (1 = one read per tile).
+    precision: "auto" uses bf16/fp16 autocast on GPU and fp32 on CPU.
+    """
+
+    batch_size: int = 64
+    num_workers: int = 2
+    device: str = "auto"
+    region_tiles: int = 4
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _check_range("batch_size", self.batch_size, 1, 65536)
+        _check_range("num_workers", self.num_workers, 0, 256)
+        _check_range("region_tiles", self.region_tiles, 1, 64)
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(
+                f"precision={self.precision!r} is not allowed; use auto, fp32, bf16 or fp16"
+            )
+        if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
+            raise ValueError(f"device={self.device!r} is not allowed; use auto, cpu, cuda[:N] or mps")
+
+
+@dataclasses.dataclass(frozen=True)
+class DepositConfig:
+    """Turning a heatmap into measured deposits.
+
+    threshold: tumor probability at or above which a heatmap cell is tumor. ``None``
+        means "take the operating threshold from the model card"; it is never guessed.
+    refine: rescore deposits whose size is within measurement uncertainty of a
+        category boundary at a finer stride.
+    refine_stride_fraction: refinement stride as a fraction of the tile size.
+    count_cells: estimate tumor nuclei in deposits up to max_cell_count_diameter_mm.
+    """
+
+    threshold: float | None = None
+    refine: bool = True
+    refine_stride_fraction: float = 0.25
+    count_cells: bool = True
+    max_cell_count_diameter_mm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            _check_range("threshold", self.threshold, 0.0, 1.0)
+        _check_range("refine_stride_fraction", self.refine_stride_fraction, 0.05, 1.0)
+        _check_range("max_cell_count_diameter_mm", self.max_cell_count_diameter_mm, 0.0, 10.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagingConfig:
+    """Patient pN staging scheme: "camelyon17" (the challenge) or "ajcc" (AJCC 8th)."""
+
+    scheme: Literal["camelyon17", "ajcc"] = "camelyon17"
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("camelyon17", "ajcc"):
+            raise ValueError(f"scheme={self.scheme!r} is not allowed; use camelyon17 or ajcc")
+
+
+T = TypeVar("T")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into a dict of sections.
+
+    Raises ConfigError naming the file if it is missing or not valid TOML.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing TOML file")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid TOML config file ({exc})") from exc
+
+
+def build_config(
+    cls: type[T],
+    section: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "config",
+) -> T:
+    """Build a stage config: defaults, then ``section`` values, then non-None ``overrides``.
+
+    Raises ConfigError naming ``source`` for unknown keys or out-of-range values.
+    """
+    assert dataclasses.is_dataclass(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in (section or {}).items():
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown setting {key!r} for {cls.__name__}; known: {sorted(known)}"
+            )
+        values[key] = value
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {cls.__name__}: {exc}") from exc
+
+
+def config_to_dict(config: object) -> dict[str, Any]:
+    """A JSON-ready dict of a stage config, for writing beside outputs."""
+    assert dataclasses.is_dataclass(config) and not isinstance(config, type)
+    return dataclasses.asdict(config)

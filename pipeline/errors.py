@@ -1,0 +1,51 @@
+"""Errors raised by micromet: one base class, one subclass per kind of bad input.
+
+Every message says what was expected, what arrived, and what the user can do.
+A batch catches ``MicrometError`` per slide and records it; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class MicrometError(Exception):
+    """Base class for every error micromet raises on bad input or bad settings."""
+
+
+class SlideOpenError(MicrometError):
+    """A slide file is missing, unsupported, truncated or corrupt."""
+
+
+class MissingMppError(MicrometError):
+    """A slide has no (or an implausible) microns-per-pixel value."""
+
+
+class NoTissueError(MicrometError):
+    """Tissue detection found no tissue on a slide."""
+
+
+class CheckpointError(MicrometError):
+    """A model checkpoint is missing, unreadable or has inconsistent metadata."""
+
+
+class AnnotationError(MicrometError):
+    """An annotation file (ASAP XML, GeoJSON, JSON outlines) cannot be read."""
+
+
+class ConfigError(MicrometError):
+    """A configuration file or value is invalid."""
+
+
+class HeatmapError(MicrometError):
+    """A heatmap file is missing, inconsistent or unusable."""
+
+
+class StagingError(MicrometError):
+    """Node categories or slide-to-patient mappings cannot be staged."""
+
+
+class EvaluationError(MicrometError):
+    """Predictions or ground truth for evaluation are missing or inconsistent."""
+
+
+class OutputError(MicrometError):
+    """An output folder cannot be written."""

@@ -1,0 +1,123 @@
+"""Models stage: builds tile classifiers by name, always from random weights.
+
+Reads nothing; produces an ``nn.Module`` mapping (B, 3, H, W) float tiles to (B, num_classes)
+logits. Pretrained weights are never downloaded: every torchvision builder is called with
+``weights=None``, and trained weights come only from a micromet checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision.models as tv_models
+from torch import nn
+
+from pipeline.errors import CheckpointError
+
+# Channels of the MicroNet conv blocks; each block halves the tile side.
+MICRONET_CHANNELS = (16, 32, 64, 128, 128)
+
+
+class UnknownArchitectureError(CheckpointError, ValueError):
+    """An architecture name that is not in ``ARCHITECTURES``."""
+
+
+class MicroNet(nn.Module):
+    """A small CNN for CPU scoring: five stride-2 conv blocks, global average pool, linear head.
+
+    About 250 K parameters; accepts any square or rectangular tile of at least 32 px
+    (smaller tiles still run but the last blocks then see a single pixel).
+    """
+
+    def __init__(self, num_classes: int = 2, channels: tuple[int, ...] = MICRONET_CHANNELS):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        in_channels = 3
+        for out_channels in channels:
+            blocks.append(_conv_block(in_channels, out_channels))
+            in_channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) for tiles x of shape (B, 3, H, W)."""
+        features = self.pool(self.features(x))
+        logits: torch.Tensor = self.classifier(features.flatten(1))
+        return logits
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    # bias=False because BatchNorm adds its own shift right after.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _micronet(num_classes: int) -> nn.Module:
+    return MicroNet(num_classes=num_classes)
+
+
+def _resnet18(num_classes: int) -> nn.Module:
+    return tv_models.resnet18(weights=None, num_classes=num_classes)
+
+
+def _resnet34(num_classes: int) -> nn.Module:
+    return tv_models.resnet34(weights=None, num_classes=num_classes)
+
+
+def _resnet50(num_classes: int) -> nn.Module:
+    return tv_models.resnet50(weights=None, num_classes=num_classes)
+
+
+def _mobilenet_v3_small(num_classes: int) -> nn.Module:
+    return tv_models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+
+
+def _mobilenet_v3_large(num_classes: int) -> nn.Module:
+    return tv_models.mobilenet_v3_large(weights=None, num_classes=num_classes)
+
+
+def _efficientnet_b0(num_classes: int) -> nn.Module:
+    return tv_models.efficientnet_b0(weights=None, num_classes=num_classes)
+
+
+# Name -> builder taking the number of classes. Builders never load pretrained weights.
+ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
+    "micronet": _micronet,
+    "resnet18": _resnet18,
+    "resnet34": _resnet34,
+    "resnet50": _resnet50,
+    "mobilenet_v3_small": _mobilenet_v3_small,
+    "mobilenet_v3_large": _mobilenet_v3_large,
+    "efficientnet_b0": _efficientnet_b0,
+}
+
+
+def available_architectures() -> tuple[str, ...]:
+    """Names accepted by ``build_model``, sorted."""
+    return tuple(sorted(ARCHITECTURES))
+
+
+def check_architecture(architecture: str) -> None:
+    """Raise UnknownArchitectureError (a CheckpointError and ValueError) listing known names."""
+    if architecture not in ARCHITECTURES:
+        raise UnknownArchitectureError(
+            f"unknown model architecture {architecture!r}; "
+            f"available: {', '.join(available_architectures())}"
+        )
+
+
+def build_model(architecture: str, num_classes: int = 2) -> nn.Module:
+    """A randomly initialised classifier mapping (B, 3, H, W) tiles to (B, num_classes) logits.
+
+    Raises UnknownArchitectureError for a name not in ``ARCHITECTURES`` and ValueError for
+    num_classes < 2. Never downloads weights.
+    """
+    check_architecture(architecture)
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes!r} is out of range; need at least 2")
+    return ARCHITECTURES[architecture](num_classes)

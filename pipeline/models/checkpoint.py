@@ -1,0 +1,516 @@
+"""Models stage: the micromet checkpoint file, which carries weights and the model card.
+
+Reads and writes one ``torch.save`` file per model::
+
+    {"format": "micromet-checkpoint", "format_version": 1,
+     "card": {...plain str/int/float/list/dict...}, "state_dict": {...tensors...},
+     ...training state for resuming (optimizer, scheduler, epoch, config)...}
+
+Everything in it is a plain type, so it loads with ``torch.load(weights_only=True)`` and a
+checkpoint can never run code on load. Produces an ``nn.Module`` in eval mode and its
+``ModelCard``; inference takes tile size, mpp and normalisation from the card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import logging
+import math
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+import pipeline
+from pipeline.errors import CheckpointError
+from pipeline.models.architectures import ARCHITECTURES, available_architectures, build_model
+
+logger = logging.getLogger(__name__)
+
+FORMAT_TAG = "micromet-checkpoint"
+FORMAT_VERSION = 1
+CLASS_NAMES = ("normal", "tumor")
+# ImageNet statistics: the usual normalisation for torchvision backbones.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_TILE_SIZE_PX = 32
+MAX_TILE_SIZE_PX = 4096
+MIN_CARD_MPP = 0.05
+MAX_CARD_MPP = 20.0
+RESERVED_KEYS = ("format", "format_version", "card", "state_dict")
+_HOW_TO_GET_ONE = (
+    "train one with `micromet train` or pass --model PATH to an existing micromet checkpoint"
+)
+_MAX_LISTED = 5
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that trains or runs a model: torch, torchvision, micromet, python."""
+    return {
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "micromet": str(pipeline.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def _today_iso() -> str:
+    return datetime.date.today().isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint's model expects and how it was made.
+
+    architecture: a name in ``ARCHITECTURES``.
+    tile_size_px: tile side the model was trained on, in pixels at ``mpp``.
+    mpp: resolution of the training tiles in µm/px.
+    mean, std: per-channel RGB normalisation applied to tiles scaled to 0-1.
+    class_names: output order of the logits; always ("normal", "tumor").
+    threshold: recommended operating tumor probability (0-1).
+    stain_normalization: None, or the method applied to tiles before the model ("macenko").
+    training_data: plain-language summary of the slides and annotations used.
+    metrics: validation metrics by name (e.g. "val_auc").
+    software: versions used to train (torch, torchvision, micromet).
+    created: ISO 8601 date or date-time of training.
+    notes: free text.
+    Raises CheckpointError naming the field when a value is invalid.
+    """
+
+    architecture: str
+    tile_size_px: int
+    mpp: float
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: tuple[str, ...] = CLASS_NAMES
+    threshold: float = 0.5
+    stain_normalization: str | None = None
+    training_data: str = ""
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    software: dict[str, str] = dataclasses.field(default_factory=software_versions)
+    created: str = dataclasses.field(default_factory=_today_iso)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        _check_card_geometry(self)
+        _check_card_normalisation(self)
+        _check_card_outputs(self)
+        _check_card_text(self)
+
+
+CARD_FIELDS = tuple(field.name for field in dataclasses.fields(ModelCard))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _card_error(name: str, value: object, expected: str) -> CheckpointError:
+    return CheckpointError(f"model card field {name}={value!r} is invalid; expected {expected}")
+
+
+def _check_card_geometry(card: ModelCard) -> None:
+    if not isinstance(card.architecture, str) or card.architecture not in ARCHITECTURES:
+        raise _card_error(
+            "architecture", card.architecture, f"one of {', '.join(available_architectures())}"
+        )
+    size = card.tile_size_px
+    if not isinstance(size, int) or isinstance(size, bool) or not (
+        MIN_TILE_SIZE_PX <= size <= MAX_TILE_SIZE_PX
+    ):
+        raise _card_error(
+            "tile_size_px", size, f"an integer from {MIN_TILE_SIZE_PX} to {MAX_TILE_SIZE_PX}"
+        )
+    if not _is_number(card.mpp) or not (MIN_CARD_MPP <= card.mpp <= MAX_CARD_MPP):
+        raise _card_error("mpp", card.mpp, f"µm/px from {MIN_CARD_MPP} to {MAX_CARD_MPP}")
+
+
+def _check_rgb(name: str, value: object, low: float, high: float, low_open: bool) -> None:
+    bound = "(" if low_open else "["
+    expected = f"a tuple of 3 numbers in {bound}{low}, {high}]"
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise _card_error(name, value, expected)
+    for channel in value:
+        if not _is_number(channel) or not math.isfinite(channel):
+            raise _card_error(name, value, expected)
+        if channel > high or channel < low or (low_open and channel == low):
+            raise _card_error(name, value, expected)
+
+
+def _check_card_normalisation(card: ModelCard) -> None:
+    _check_rgb("mean", card.mean, 0.0, 1.0, low_open=False)
+    _check_rgb("std", card.std, 0.0, 1.0, low_open=True)
+    method = card.stain_normalization
+    if method is not None and (not isinstance(method, str) or not method.strip()):
+        raise _card_error("stain_normalization", method, 'None or a method name such as "macenko"')
+
+
+def _check_card_outputs(card: ModelCard) -> None:
+    if card.class_names != CLASS_NAMES:
+        raise _card_error("class_names", card.class_names, f"exactly {CLASS_NAMES!r} in that order")
+    if not _is_number(card.threshold) or not (0.0 <= card.threshold <= 1.0):
+        raise _card_error("threshold", card.threshold, "a tumor probability from 0 to 1")
+    metrics = card.metrics
+    if not isinstance(metrics, dict) or not all(
+        isinstance(key, str) and _is_number(value) for key, value in metrics.items()
+    ):
+        raise _card_error("metrics", metrics, "a dict of metric name -> number")
+
+
+def _check_card_text(card: ModelCard) -> None:
+    software = card.software
+    if not isinstance(software, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in software.items()
+    ):
+        raise _card_error("software", software, "a dict of package name -> version string")
+    for name in ("training_data", "notes"):
+        if not isinstance(getattr(card, name), str):
+            raise _card_error(name, getattr(card, name), "a string")
+    try:
+        datetime.datetime.fromisoformat(card.created)
+    except (TypeError, ValueError):
+        raise _card_error("created", card.created, "an ISO 8601 date such as 2024-05-31") from None
+
+
+def card_to_dict(card: ModelCard) -> dict[str, Any]:
+    """The card as a plain dict (str, int, float, None, list, dict): JSON- and torch-safe."""
+    return {
+        "architecture": str(card.architecture),
+        "tile_size_px": int(card.tile_size_px),
+        "mpp": float(card.mpp),
+        "mean": [float(v) for v in card.mean],
+        "std": [float(v) for v in card.std],
+        "class_names": [str(v) for v in card.class_names],
+        "threshold": float(card.threshold),
+        "stain_normalization": (
+            None if card.stain_normalization is None else str(card.stain_normalization)
+        ),
+        "training_data": str(card.training_data),
+        "metrics": {str(k): float(v) for k, v in card.metrics.items()},
+        "software": {str(k): str(v) for k, v in card.software.items()},
+        "created": str(card.created),
+        "notes": str(card.notes),
+    }
+
+
+def card_from_dict(data: object, source: str = "model card") -> ModelCard:
+    """A ModelCard from a dict as written by ``card_to_dict``.
+
+    Raises CheckpointError naming ``source`` and the field for missing, unknown or invalid fields.
+    """
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{source}: model card is a {type(data).__name__}, expected a dict")
+    missing = [name for name in CARD_FIELDS if name not in data]
+    unknown = sorted(str(key) for key in data if key not in CARD_FIELDS)
+    if missing or unknown:
+        raise CheckpointError(
+            f"{source}: model card fields do not match format version {FORMAT_VERSION}: "
+            f"missing {missing or 'none'}, unknown {unknown or 'none'}"
+        )
+    values: dict[str, Any] = dict(data)
+    for name in ("mean", "std", "class_names"):
+        if isinstance(values[name], list):
+            values[name] = tuple(values[name])
+    try:
+        return ModelCard(**values)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+
+
+def _plain_type_error(where: str, value: object) -> CheckpointError:
+    return CheckpointError(
+        f"cannot save {where}: a {type(value).__module__}.{type(value).__qualname__} is not a "
+        "plain type; store only tensors, str, int, float, bool, None, lists, tuples and dicts "
+        "(convert numpy values with float()/int() and paths with str())"
+    )
+
+
+def check_plain(value: object, where: str = "value") -> None:
+    """Raise CheckpointError naming ``where`` if ``value`` would not load with weights_only=True.
+
+    Allowed: tensors, str, int, float, bool, None, and lists, tuples and dicts of those.
+    """
+    kind = type(value)
+    if value is None or kind in (str, int, float, bool, torch.Tensor, nn.Parameter):
+        return
+    if kind in (list, tuple, torch.Size):
+        for index, item in enumerate(value):  # type: ignore[arg-type]
+            check_plain(item, f"{where}[{index}]")
+        return
+    if kind in (dict, OrderedDict):
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) not in (str, int):
+                raise _plain_type_error(f"{where} key {key!r}", key)
+            check_plain(item, f"{where}[{key!r}]")
+        return
+    raise _plain_type_error(where, value)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # torch.compile keeps the original module in _orig_mod; DataParallel/DDP in .module.
+    # Saving the inner module keeps state_dict keys free of "_orig_mod." / "module." prefixes.
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(
+            model, (nn.DataParallel, nn.parallel.DistributedDataParallel)
+        ):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return f"[{shown}{f', +{more} more' if more > 0 else ''}]"
+
+
+def check_state_dict(
+    state_dict: Mapping[str, Any], card: ModelCard, source: str = "checkpoint"
+) -> None:
+    """Raise CheckpointError if ``state_dict`` does not fit ``card.architecture``.
+
+    Names missing keys, unexpected keys and tensors whose shape differs.
+    """
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        expected = build_model(card.architecture, len(card.class_names)).state_dict()
+    _compare_state_dicts(state_dict, expected, card.architecture, source)
+
+
+def _compare_state_dicts(
+    state_dict: Mapping[str, Any],
+    expected: Mapping[str, torch.Tensor],
+    architecture: str,
+    source: str,
+) -> None:
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [str(key) for key in state_dict if key not in expected]
+    wrong: list[str] = []
+    for key, reference in expected.items():
+        value = state_dict.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            wrong.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif value.shape != reference.shape:
+            wrong.append(f"{key} {tuple(value.shape)} != expected {tuple(reference.shape)}")
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{source}: state_dict does not match architecture {architecture!r}: "
+            f"missing keys {_listed(missing)}, unexpected keys {_listed(unexpected)}, "
+            f"wrong shapes {_listed(wrong)}; the card's architecture may be wrong "
+            "or the weights come from another model"
+        )
+
+
+def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle_fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_path = Path(tmp_name)
+    try:
+        with os.fdopen(handle_fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; a model file is meant to be shared
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: Path | str,
+    model: nn.Module,
+    card: ModelCard,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights, ``card`` and ``extra`` training state to one file, atomically.
+
+    extra: plain-typed resume state such as {"optimizer": ..., "scheduler": ..., "epoch": 3}.
+    Weights are stored on the CPU; compiled/DataParallel wrappers are unwrapped.
+    Returns the path written. Raises CheckpointError if the weights do not fit the card's
+    architecture, ``extra`` uses a reserved key or a non-plain type, or the file cannot be written.
+    """
+    path = Path(path)
+    state_dict = {
+        key: value.detach().cpu() for key, value in _unwrap(model).state_dict().items()
+    }
+    check_state_dict(state_dict, card, source=f"{path} (saving)")
+    extra = dict(extra or {})
+    clashes = sorted(set(extra) & set(RESERVED_KEYS))
+    if clashes:
+        raise CheckpointError(f"cannot save {path}: extra keys {clashes} are reserved")
+    check_plain(extra, "extra")
+    payload: dict[str, Any] = {
+        "format": FORMAT_TAG,
+        "format_version": FORMAT_VERSION,
+        "card": card_to_dict(card),
+        "state_dict": state_dict,
+        **extra,
+    }
+    check_plain(payload["card"], "card")
+    try:
+        _atomic_torch_save(payload, path)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot write checkpoint ({exc}); check that the folder is writable"
+        ) from exc
+    logger.info("saved checkpoint %s (%s)", path, card.architecture)
+    return path
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: model checkpoint not found; {_HOW_TO_GET_ONE}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is not a file; {_HOW_TO_GET_ONE}")
+
+
+# What torch.load raises for files that are not (intact) torch checkpoints: weights_only
+# refusals, bad pickle opcodes, truncated zip archives, short reads.
+_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    UnicodeDecodeError,
+    zipfile.BadZipFile,
+    OSError,
+)
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _check_format(payload: object, path: Path) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise CheckpointError(
+            f"{path}: holds a {type(payload).__name__}, not a micromet checkpoint; {_HOW_TO_GET_ONE}"
+        )
+    tag = payload.get("format")
+    if tag != FORMAT_TAG:
+        raise CheckpointError(
+            f"{path}: field 'format' is {tag!r}, expected {FORMAT_TAG!r}; a bare torch state_dict "
+            f"must be wrapped with its model card by save_checkpoint; {_HOW_TO_GET_ONE}"
+        )
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: field 'format_version' is {version!r}, this micromet reads version "
+            f"{FORMAT_VERSION}; use the micromet version that wrote it or retrain"
+        )
+    if not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: field 'state_dict' is missing or not a dict")
+    if "card" not in payload:
+        raise CheckpointError(f"{path}: field 'card' is missing")
+    return payload
+
+
+def _load_payload(path: Path | str, device: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    _check_file(path)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except _LOAD_ERRORS as exc:
+        raise CheckpointError(
+            f"{path}: cannot be loaded as a safe (weights_only) torch checkpoint: {_short(exc)}; "
+            f"the file may be truncated, corrupt or contain code objects; {_HOW_TO_GET_ONE}"
+        ) from exc
+    return _check_format(payload, path)
+
+
+def read_card(path: Path | str) -> ModelCard:
+    """The model card of the checkpoint at ``path``, without building the model.
+
+    Raises CheckpointError for a missing, unreadable or inconsistent file.
+    """
+    payload = _load_payload(path)
+    return card_from_dict(payload["card"], source=str(path))
+
+
+def load_checkpoint(
+    path: Path | str, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """The model (in eval mode, on ``device``) and card stored at ``path``.
+
+    Loads with ``weights_only=True``, so a file holding arbitrary Python objects is refused.
+    Raises CheckpointError naming the path and the field or key for a missing file, an
+    unreadable file, a bad card or weights that do not fit the card's architecture.
+    """
+    payload = _load_payload(path)
+    card = card_from_dict(payload["card"], source=str(path))
+    state_dict = payload["state_dict"]
+    model = build_model(card.architecture, len(card.class_names))
+    _compare_state_dicts(state_dict, model.state_dict(), card.architecture, str(path))
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: state_dict cannot be loaded: {_short(exc)}") from exc
+    model.to(device)
+    model.eval()
+    logger.info("loaded %s from %s", card.architecture, path)
+    return model, card
+
+
+def load_training_state(path: Path | str, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The resume state saved beside the weights (every key except format, card, state_dict).
+
+    Tensors are mapped to ``device``. Raises CheckpointError for a missing or unreadable file.
+    """
+    payload = _load_payload(path, device)
+    return {key: value for key, value in payload.items() if key not in RESERVED_KEYS}
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of the file at ``path``, for recording which model produced a result.
+
+    Raises CheckpointError if the file is missing or unreadable.
+    """
+    path = Path(path)
+    _check_file(path)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from exc
+    return digest.hexdigest()
+
+
+def default_model_path(repo_root: Path | None = None) -> Path:
+    """``<repo>/models/default.pt``; repo defaults to the checkout holding this package.
+
+    repo_root: another root to look in (an explicit argument; no environment variable is read).
+    """
+    root = repo_root if repo_root is not None else Path(__file__).resolve().parents[2]
+    return root / "models" / "default.pt"
+
+
+def resolve_model_path(model_path: Path | str | None = None) -> Path:
+    """``model_path`` if given (``~`` expanded), else ``default_model_path()``.
+
+    Does not check that the file exists; ``load_checkpoint`` does, with a helpful message.
+    """
+    if model_path is None:
+        return default_model_path()
+    return Path(model_path).expanduser()

@@ -1,0 +1,109 @@
+"""Models stage: picks the torch device and autocast precision for scoring and training.
+
+Reads the requested device/precision strings (from ``InferenceConfig``); produces a
+``torch.device`` and the autocast dtype (or None for full fp32).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class DeviceUnavailableError(ConfigError):
+    """A device that was asked for explicitly (cuda, cuda:N, mps) is not available here."""
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _cuda_device(requested: str) -> torch.device:
+    if not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"device={requested!r} was requested but CUDA is not available "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+            "use --device cpu or --device auto"
+        )
+    device = torch.device(requested)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise DeviceUnavailableError(
+            f"device={requested!r} was requested but only {count} CUDA device(s) exist "
+            f"(cuda:0 to cuda:{count - 1}); pick one of those or use --device auto"
+        )
+    return device
+
+
+def choose_device(requested: str) -> torch.device:
+    """The torch device for ``requested``: "auto", "cpu", "cuda", "cuda:N" or "mps".
+
+    "auto" picks CUDA, then Apple MPS, then CPU. Raises DeviceUnavailableError (a ConfigError)
+    when an explicit accelerator is missing, ConfigError for an unknown device string.
+    """
+    name = requested.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda")
+        elif _mps_available():
+            device = torch.device("mps")
+        else:
+            device = torch.device("cpu")
+        logger.info("device auto -> %s", device)
+        return device
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not _mps_available():
+            raise DeviceUnavailableError(
+                "device='mps' was requested but Apple MPS is not available on this machine; "
+                "use --device cpu or --device auto"
+            )
+        return torch.device("mps")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        return _cuda_device(name)
+    raise ConfigError(f"device={requested!r} is not allowed; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _cuda_bf16_supported() -> bool:
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``device`` and ``precision``, or None for plain fp32.
+
+    precision "auto": bf16 on CUDA when the GPU supports it, else fp16; None on CPU and MPS.
+    "fp32": None. "bf16"/"fp16": that dtype, where the device supports it.
+    Raises ConfigError for an unknown precision or one the device cannot run.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision={precision!r} is not allowed; use {', '.join(PRECISIONS)}"
+        )
+    if precision == "fp32":
+        return None
+    kind = device.type
+    if precision == "auto":
+        if kind == "cuda":
+            return torch.bfloat16 if _cuda_bf16_supported() else torch.float16
+        return None  # CPU/MPS autocast is often slower or less accurate than fp32 here
+    if precision == "bf16":
+        if kind == "cuda" and not _cuda_bf16_supported():
+            raise ConfigError(
+                "precision='bf16' was requested but this GPU does not support bfloat16; "
+                "use --precision fp16 or auto"
+            )
+        return torch.bfloat16
+    if kind == "cpu":
+        raise ConfigError(
+            "precision='fp16' is not supported on CPU; use --precision bf16, fp32 or auto"
+        )
+    return torch.float16

@@ -1,0 +1,295 @@
+"""Slide access: open a whole-slide image with OpenSlide, report its metadata, read at a µm/px.
+
+Reads any file OpenSlide supports (Aperio .svs incl. JPEG 2000, generic and CAMELYON
+pyramidal .tif, Hamamatsu .ndpi, MIRAX .mrxs, DICOM). Produces RGB uint8 arrays.
+All coordinates are level-0 pixels, (x, y) and (width, height), as in OpenSlide.
+``Slide`` reads; it never segments, tiles or draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
+from pipeline.errors import MissingMppError, SlideOpenError
+
+if TYPE_CHECKING:
+    import openslide
+
+log = logging.getLogger(__name__)
+
+# A target resolution within this relative tolerance of a level's mpp reads that level as is.
+MPP_MATCH_TOLERANCE = 0.02
+# x and y resolutions further apart than this are treated as broken metadata.
+MAX_MPP_ANISOTROPY = 0.05
+
+# Resolution units of TIFF tags, in µm per unit.
+_TIFF_UNIT_UM = {"centimeter": 10_000.0, "cm": 10_000.0, "inch": 25_400.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideInfo:
+    """What the slide access layer knows about one slide.
+
+    dimensions: level-0 (width, height) in px. mpp: µm/px at level 0 (mean of x and y).
+    mpp_source: "metadata" or "override". objective_power: None when not recorded.
+    """
+
+    path: str
+    vendor: str
+    dimensions: tuple[int, int]
+    level_count: int
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: float
+    mpp_source: str
+    objective_power: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+def _import_openslide() -> Any:
+    try:
+        import openslide
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SlideOpenError(
+            "OpenSlide is not available; install micromet with its dependencies "
+            "(openslide-python and openslide-bin)"
+        ) from exc
+    return openslide
+
+
+def _parse_float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _mpp_from_tiff_tags(properties: dict[str, str]) -> tuple[float | None, float | None]:
+    """µm/px from raw TIFF resolution tags, for files OpenSlide gives no mpp for."""
+    unit = properties.get("tiff.ResolutionUnit", "").lower()
+    if unit not in _TIFF_UNIT_UM:
+        return None, None
+    result: list[float | None] = []
+    for tag in ("tiff.XResolution", "tiff.YResolution"):
+        pixels_per_unit = _parse_float(properties.get(tag))
+        result.append(_TIFF_UNIT_UM[unit] / pixels_per_unit if pixels_per_unit else None)
+    return result[0], result[1]
+
+
+def read_mpp(path: Path, properties: dict[str, str]) -> float:
+    """The level-0 µm/px of a slide from its OpenSlide properties.
+
+    Raises MissingMppError, naming the file and the ``--mpp`` override, when the
+    value is missing, anisotropic or outside 0.05-20 µm/px.
+    """
+    mpp_x = _parse_float(properties.get("openslide.mpp-x"))
+    mpp_y = _parse_float(properties.get("openslide.mpp-y"))
+    if mpp_x is None or mpp_y is None:
+        mpp_x, mpp_y = _mpp_from_tiff_tags(properties)
+    if mpp_x is None or mpp_y is None:
+        raise MissingMppError(
+            f"{path}: no microns-per-pixel in the slide metadata; "
+            "pass --mpp 0.25 (or the scanner's value) if you know it"
+        )
+    mpp = (mpp_x + mpp_y) / 2.0
+    if abs(mpp_x - mpp_y) > MAX_MPP_ANISOTROPY * mpp:
+        raise MissingMppError(
+            f"{path}: x and y resolutions differ ({mpp_x:g} vs {mpp_y:g} µm/px); "
+            "check the scanner metadata or pass --mpp to override"
+        )
+    check_mpp(path, mpp)
+    return mpp
+
+
+def check_mpp(path: Path, mpp: float) -> None:
+    """Raise MissingMppError if ``mpp`` is not a plausible whole-slide resolution."""
+    if not (MIN_PLAUSIBLE_MPP <= mpp <= MAX_PLAUSIBLE_MPP):
+        raise MissingMppError(
+            f"{path}: implausible resolution {mpp:g} µm/px (expected "
+            f"{MIN_PLAUSIBLE_MPP}-{MAX_PLAUSIBLE_MPP}); pass --mpp with the true value"
+        )
+
+
+def _open_handle(path: Path) -> Any:
+    if not path.exists():
+        raise SlideOpenError(f"{path}: file not found; check the path")
+    if not path.is_file() and path.suffix.lower() != ".mrxs":
+        raise SlideOpenError(f"{path}: not a file; pass a slide file, not a folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise SlideOpenError(f"{path}: file is empty; the copy or scan may have failed")
+    openslide = _import_openslide()
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        raise SlideOpenError(
+            f"{path}: not a slide format OpenSlide can read "
+            "(svs, tif, ndpi, mrxs, DICOM, ...); check the file type"
+        ) from exc
+    except (openslide.OpenSlideError, OSError, ValueError) as exc:
+        raise SlideOpenError(
+            f"{path}: cannot open the slide, the file looks truncated or corrupt ({exc})"
+        ) from exc
+
+
+class Slide:
+    """An open whole-slide image. Use as a context manager; reads return RGB uint8 arrays."""
+
+    def __init__(self, path: str | Path, mpp_override: float | None = None) -> None:
+        self.path = Path(path)
+        self._handle: openslide.OpenSlide | None = _open_handle(self.path)
+        try:
+            self.info = self._read_info(mpp_override)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_info(self, mpp_override: float | None) -> SlideInfo:
+        handle = self._require_handle()
+        properties = dict(handle.properties)
+        if mpp_override is not None:
+            check_mpp(self.path, mpp_override)
+            mpp, mpp_source = float(mpp_override), "override"
+        else:
+            mpp, mpp_source = read_mpp(self.path, properties), "metadata"
+        return SlideInfo(
+            path=str(self.path),
+            vendor=properties.get("openslide.vendor", "unknown"),
+            dimensions=(int(handle.dimensions[0]), int(handle.dimensions[1])),
+            level_count=int(handle.level_count),
+            level_dimensions=tuple((int(w), int(h)) for w, h in handle.level_dimensions),
+            level_downsamples=tuple(float(d) for d in handle.level_downsamples),
+            mpp=mpp,
+            mpp_source=mpp_source,
+            objective_power=_parse_float(properties.get("openslide.objective-power")),
+        )
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the OpenSlide handle; safe to call twice."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _require_handle(self) -> openslide.OpenSlide:
+        if self._handle is None:
+            raise SlideOpenError(f"{self.path}: slide is closed")
+        return self._handle
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 resolution in µm/px."""
+        return self.info.mpp
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in px."""
+        return self.info.dimensions
+
+    def level_mpp(self, level: int) -> float:
+        """Resolution of ``level`` in µm/px, from the slide's reported downsample."""
+        return self.mpp * self.info.level_downsamples[level]
+
+    def best_level_for_mpp(self, target_mpp: float) -> int:
+        """The cheapest (coarsest) level whose resolution is at or finer than ``target_mpp``."""
+        best = 0
+        for level in range(self.info.level_count):
+            if self.level_mpp(level) <= target_mpp * (1.0 + MPP_MATCH_TOLERANCE):
+                if self.level_mpp(level) >= self.level_mpp(best):
+                    best = level
+        return best
+
+    def read_region_rgb(
+        self, x_px: int, y_px: int, level: int, width_px: int, height_px: int
+    ) -> NDArray[np.uint8]:
+        """Read (height_px, width_px, 3) RGB at ``level``; (x_px, y_px) is the level-0 corner.
+
+        Transparent pixels (outside the scanned area) become white. Raises
+        SlideOpenError naming the file if the data cannot be decoded.
+        """
+        handle = self._require_handle()
+        openslide = _import_openslide()
+        try:
+            rgba = handle.read_region((int(x_px), int(y_px)), level, (width_px, height_px))
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            # An OpenSlide handle that raised stays in an error state: discard it.
+            self.close()
+            raise SlideOpenError(
+                f"{self.path}: cannot read region at ({x_px}, {y_px}) level {level}: "
+                f"the file looks truncated or corrupt ({exc})"
+            ) from exc
+        return rgba_to_rgb(np.asarray(rgba))
+
+    def read_region_at_mpp(
+        self, x_px: int, y_px: int, width_px: int, height_px: int, target_mpp: float
+    ) -> NDArray[np.uint8]:
+        """Read a region at a physical resolution.
+
+        (x_px, y_px): top-left corner in level-0 px. (width_px, height_px): output size
+        in px at ``target_mpp`` µm/px. Reads the cheapest level at or finer than the
+        target and resizes. Returns (height_px, width_px, 3) uint8.
+        """
+        level = self.best_level_for_mpp(target_mpp)
+        scale = target_mpp / self.level_mpp(level)  # level px per output px (>= ~1)
+        level_w = max(1, round(width_px * scale))
+        level_h = max(1, round(height_px * scale))
+        region = self.read_region_rgb(x_px, y_px, level, level_w, level_h)
+        if (level_w, level_h) == (width_px, height_px):
+            return region
+        return resize_rgb(region, width_px, height_px)
+
+    def thumbnail_at_mpp(self, target_mpp: float) -> NDArray[np.uint8]:
+        """The whole slide at ``target_mpp`` µm/px, as (rows, cols, 3) uint8."""
+        width0, height0 = self.dimensions
+        factor = self.mpp / target_mpp
+        width_px = max(1, round(width0 * factor))
+        height_px = max(1, round(height0 * factor))
+        return self.read_region_at_mpp(0, 0, width_px, height_px, target_mpp)
+
+
+def rgba_to_rgb(rgba: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Composite an RGBA array onto white (OpenSlide marks unscanned areas transparent)."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if bool(np.all(alpha == 255)):
+        return np.ascontiguousarray(rgb)
+    alpha_f = alpha[..., None].astype(np.float32) / 255.0
+    blended = rgb.astype(np.float32) * alpha_f + 255.0 * (1.0 - alpha_f)
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def resize_rgb(image: NDArray[np.uint8], width_px: int, height_px: int) -> NDArray[np.uint8]:
+    """Resize an RGB uint8 array to (height_px, width_px) with area-aware filtering."""
+    pil = Image.fromarray(image)
+    resample = Image.Resampling.BOX if pil.width >= width_px else Image.Resampling.BILINEAR
+    return np.asarray(pil.resize((width_px, height_px), resample=resample))
+
+
+def open_slide(path: str | Path, mpp_override: float | None = None) -> Slide:
+    """Open a slide; raises SlideOpenError or MissingMppError naming the file."""
+    return Slide(path, mpp_override=mpp_override)

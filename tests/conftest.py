@@ -1,0 +1,88 @@
+"""Shared test fixtures: the shared reference data and tiny generated pyramidal TIFFs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from numpy.typing import NDArray
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def require_shared_data(relative: str = "") -> Path:
+    """Path under ../shared/data; skip outside CI and fail under CI=true when it is missing."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        message = f"{path} not found: the reference data lives in ../shared/data beside the repo"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The ../shared/data folder (skips outside CI, fails under CI=true if missing)."""
+    return require_shared_data()
+
+
+def draw_tissue_rgb(width_px: int, height_px: int, seed: int = 0) -> NDArray[np.uint8]:
+    """A white image with a pink elliptical tissue blob dotted with purple nuclei."""
+    rng = np.random.default_rng(seed)
+    image = np.full((height_px, width_px, 3), 242, dtype=np.uint8)
+    yy, xx = np.mgrid[0:height_px, 0:width_px]
+    cx, cy = width_px * 0.5, height_px * 0.5
+    inside = ((xx - cx) / (width_px * 0.35)) ** 2 + ((yy - cy) / (height_px * 0.35)) ** 2 <= 1
+    image[inside] = (222, 160, 200)
+    n_nuclei = inside.sum() // 400
+    ys, xs = np.nonzero(inside)
+    picks = rng.choice(len(xs), size=int(n_nuclei), replace=False)
+    for x, y in zip(xs[picks], ys[picks], strict=True):
+        image[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = (90, 40, 140)
+    return image
+
+
+def write_pyramid_tiff(
+    path: Path,
+    image: NDArray[np.uint8],
+    mpp: float | None,
+    n_levels: int = 3,
+    tile_px: int = 128,
+) -> Path:
+    """Write a tiled, JPEG-compressed pyramidal TIFF (levels as pages) with optional mpp tags."""
+    resolution = None
+    extra: dict[str, object] = {}
+    if mpp is not None:
+        resolution = (1e4 / mpp, 1e4 / mpp)
+        extra["resolutionunit"] = "CENTIMETER"
+    with tifffile.TiffWriter(path) as tif:
+        level = image
+        for index in range(n_levels):
+            level_resolution = None
+            if resolution is not None:
+                factor = image.shape[1] / level.shape[1]
+                level_resolution = (resolution[0] / factor, resolution[1] / factor)
+            tif.write(
+                level,
+                tile=(tile_px, tile_px),
+                compression="jpeg",
+                photometric="rgb",
+                resolution=level_resolution,
+                subfiletype=0 if index == 0 else 1,
+                **extra,
+            )
+            level = level[::2, ::2]
+    return path
+
+
+@pytest.fixture
+def tiny_slide(tmp_path: Path) -> Iterator[Path]:
+    """A 1500 x 1100 px pyramidal TIFF at 0.5 µm/px with one tissue blob."""
+    yield write_pyramid_tiff(tmp_path / "tiny.tif", draw_tissue_rgb(1500, 1100), mpp=0.5)
