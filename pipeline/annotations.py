@@ -417,7 +417,7 @@ def read_annotations(path: Path) -> list[Annotation]:
 # --- writers -----------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path`` and rename it over ``path``."""
     path = Path(path)
     try:
@@ -484,7 +484,7 @@ def write_asap_xml(annotations: Sequence[Annotation], path: Path) -> None:
             f"Color=\"{_hex_color(label)}\"><Attributes /></Group>"
         )
     lines += ["\t</AnnotationGroups>", "</ASAP_Annotations>", ""]
-    _write_text_atomic(path, "\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
 
 
 def _closed(ring: NDArray[np.float64]) -> list[list[float]]:
@@ -532,7 +532,7 @@ def write_geojson(
         for i, a in enumerate(annotations)
     ]
     collection = {"type": "FeatureCollection", "features": features}
-    _write_text_atomic(path, json.dumps(collection, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(collection, indent=1) + "\n")
 
 
 # --- masks and geometry ------------------------------------------------------------------

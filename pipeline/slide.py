@@ -138,8 +138,8 @@ def _open_handle(path: Path) -> Any:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError as exc:
         raise SlideOpenError(
-            f"{path}: not a slide format OpenSlide can read "
-            "(svs, tif, ndpi, mrxs, DICOM, ...); check the file type"
+            f"{path}: OpenSlide cannot read this file: not a supported slide format "
+            "(svs, tif, ndpi, mrxs, DICOM, ...) or a truncated copy; check the file"
         ) from exc
     except (openslide.OpenSlideError, OSError, ValueError) as exc:
         raise SlideOpenError(

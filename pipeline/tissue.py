@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 from numpy.typing import NDArray
-from skimage import color, filters, morphology
+from skimage import color, filters, morphology, segmentation
 
 from pipeline.config import TissueConfig
 from pipeline.slide import Slide
@@ -25,7 +25,7 @@ WHITE_MAX_SATURATION = 0.10
 # Pixels darker than this (HSV value) are scanner borders, folds or black ink.
 BLACK_MAX_VALUE = 0.18
 # H&E is pink to purple (hue about 0.75-1.0 and 0-0.08); pen ink is green to blue.
-PEN_HUE_RANGE = (0.20, 0.62)
+PEN_HUE_RANGE = (0.20, 0.70)
 PEN_MIN_SATURATION = 0.25
 
 
@@ -95,7 +95,10 @@ def _clean_mask(
         tissue = morphology.remove_small_objects(tissue, max_size=min_size - 1)
     hole_size = _area_mm2_to_px(config.max_hole_area_mm2, mask_mpp)
     if hole_size > 1:
-        tissue = morphology.remove_small_holes(tissue, max_size=hole_size - 1)
+        # Only enclosed holes: glass touching the image edge is background, whatever its size.
+        holes = segmentation.clear_border(~tissue)
+        small = morphology.remove_small_objects(holes, max_size=hole_size - 1)
+        tissue = tissue | (holes & ~small)
     return np.asarray(tissue, dtype=bool)
 
 

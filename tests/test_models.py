@@ -101,7 +101,7 @@ def test_micronet_trains_one_step() -> None:
     labels = torch.tensor([0, 1, 0, 1])
     before = model.classifier.weight.detach().clone()
     loss = nn.functional.cross_entropy(model(tiles), labels)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     assert not torch.equal(before, model.classifier.weight)
 

@@ -62,27 +62,33 @@ def _micronet(num_classes: int) -> nn.Module:
 
 
 def _resnet18(num_classes: int) -> nn.Module:
-    return tv_models.resnet18(weights=None, num_classes=num_classes)
+    model: nn.Module = tv_models.resnet18(weights=None, num_classes=num_classes)
+    return model
 
 
 def _resnet34(num_classes: int) -> nn.Module:
-    return tv_models.resnet34(weights=None, num_classes=num_classes)
+    model: nn.Module = tv_models.resnet34(weights=None, num_classes=num_classes)
+    return model
 
 
 def _resnet50(num_classes: int) -> nn.Module:
-    return tv_models.resnet50(weights=None, num_classes=num_classes)
+    model: nn.Module = tv_models.resnet50(weights=None, num_classes=num_classes)
+    return model
 
 
 def _mobilenet_v3_small(num_classes: int) -> nn.Module:
-    return tv_models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    model: nn.Module = tv_models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    return model
 
 
 def _mobilenet_v3_large(num_classes: int) -> nn.Module:
-    return tv_models.mobilenet_v3_large(weights=None, num_classes=num_classes)
+    model: nn.Module = tv_models.mobilenet_v3_large(weights=None, num_classes=num_classes)
+    return model
 
 
 def _efficientnet_b0(num_classes: int) -> nn.Module:
-    return tv_models.efficientnet_b0(weights=None, num_classes=num_classes)
+    model: nn.Module = tv_models.efficientnet_b0(weights=None, num_classes=num_classes)
+    return model
 
 
 # Name -> builder taking the number of classes. Builders never load pretrained weights.

@@ -56,7 +56,7 @@ _MAX_LISTED = 5
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of the software that trains or runs a model: torch, torchvision, micromet, python."""
+    """Versions of the software training or running a model: torch, torchvision, micromet."""
     return {
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
@@ -126,8 +126,10 @@ def _check_card_geometry(card: ModelCard) -> None:
             "architecture", card.architecture, f"one of {', '.join(available_architectures())}"
         )
     size = card.tile_size_px
-    if not isinstance(size, int) or isinstance(size, bool) or not (
-        MIN_TILE_SIZE_PX <= size <= MAX_TILE_SIZE_PX
+    if (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or not (MIN_TILE_SIZE_PX <= size <= MAX_TILE_SIZE_PX)
     ):
         raise _card_error(
             "tile_size_px", size, f"an integer from {MIN_TILE_SIZE_PX} to {MAX_TILE_SIZE_PX}"
@@ -241,15 +243,16 @@ def check_plain(value: object, where: str = "value") -> None:
 
     Allowed: tensors, str, int, float, bool, None, and lists, tuples and dicts of those.
     """
+    # Exact types: subclasses (numpy scalars, namedtuples, TorchVersion) fail weights_only.
     kind = type(value)
     if value is None or kind in (str, int, float, bool, torch.Tensor, nn.Parameter):
         return
-    if kind in (list, tuple, torch.Size):
-        for index, item in enumerate(value):  # type: ignore[arg-type]
+    if isinstance(value, (list, tuple)) and kind in (list, tuple, torch.Size):
+        for index, item in enumerate(value):
             check_plain(item, f"{where}[{index}]")
         return
-    if kind in (dict, OrderedDict):
-        for key, item in value.items():  # type: ignore[attr-defined]
+    if isinstance(value, dict) and kind in (dict, OrderedDict):
+        for key, item in value.items():
             if type(key) not in (str, int):
                 raise _plain_type_error(f"{where} key {key!r}", key)
             check_plain(item, f"{where}[{key!r}]")
@@ -345,9 +348,7 @@ def save_checkpoint(
     architecture, ``extra`` uses a reserved key or a non-plain type, or the file cannot be written.
     """
     path = Path(path)
-    state_dict = {
-        key: value.detach().cpu() for key, value in _unwrap(model).state_dict().items()
-    }
+    state_dict = {key: value.detach().cpu() for key, value in _unwrap(model).state_dict().items()}
     check_state_dict(state_dict, card, source=f"{path} (saving)")
     extra = dict(extra or {})
     clashes = sorted(set(extra) & set(RESERVED_KEYS))
@@ -404,7 +405,8 @@ def _short(exc: BaseException) -> str:
 def _check_format(payload: object, path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise CheckpointError(
-            f"{path}: holds a {type(payload).__name__}, not a micromet checkpoint; {_HOW_TO_GET_ONE}"
+            f"{path}: holds a {type(payload).__name__}, not a micromet checkpoint; "
+            + _HOW_TO_GET_ONE
         )
     tag = payload.get("format")
     if tag != FORMAT_TAG:

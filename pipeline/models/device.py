@@ -85,9 +85,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     Raises ConfigError for an unknown precision or one the device cannot run.
     """
     if precision not in PRECISIONS:
-        raise ConfigError(
-            f"precision={precision!r} is not allowed; use {', '.join(PRECISIONS)}"
-        )
+        raise ConfigError(f"precision={precision!r} is not allowed; use {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
     kind = device.type

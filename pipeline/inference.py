@@ -1,0 +1,313 @@
+"""Inference: reads a slide's tile grid and a model, produces one tumor probability per tile.
+
+DataLoader workers read blocks of neighbouring tiles with one slide read each
+(``pipeline/readers.py``) and send uint8 tiles; the main process moves them to the device,
+normalises them there with the card's mean/std and scores them in batches under
+``inference_mode``. Memory stays bounded: only the blocks in flight are held, never all tiles.
+``naive_score_tiles`` (one read per tile, batch of one) is the reference it must match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.config import InferenceConfig
+from pipeline.errors import ConfigError, SlideOpenError
+from pipeline.models import ModelCard, autocast_dtype, choose_device
+from pipeline.readers import (
+    ReadGeometry,
+    RegionDataset,
+    RegionReadFailure,
+    RegionTiles,
+    plan_regions,
+    read_geometry,
+    read_one_tile,
+    tile_level_xy,
+)
+from pipeline.slide import open_slide
+from pipeline.tiling import TileGrid
+
+log = logging.getLogger(__name__)
+
+TUMOR_CLASS_INDEX = 1
+# Relative tolerance when checking that a grid was planned at the card's resolution.
+_MPP_RELATIVE_TOLERANCE = 1e-6
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceStats:
+    """How a scoring run went.
+
+    n_tiles: tiles scored. n_regions: slide reads. seconds: wall time of the scoring loop.
+    tiles_per_s: n_tiles / seconds. wait_s: time the main loop waited for tiles from readers.
+    compute_s: time spent moving, normalising and scoring tiles. device: e.g. "cpu", "cuda:0".
+    read_level: pyramid level read. cpu_threads: torch threads used on the CPU.
+    """
+
+    n_tiles: int
+    n_regions: int
+    seconds: float
+    tiles_per_s: float
+    wait_s: float
+    compute_s: float
+    device: str
+    read_level: int
+    cpu_threads: int
+
+
+class _Scorer:
+    """The model on its device with the card's normalisation; scores uint8 NHWC tiles."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device, precision: str):
+        self.device = device
+        self.dtype = autocast_dtype(device, precision)
+        self.model = model
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(shape)
+        self.std = torch.tensor(card.std, dtype=torch.float32, device=device).view(shape)
+
+    def normalise(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device -> (B, 3, H, W) float32, channels_last."""
+        batch = tiles.permute(0, 3, 1, 2).float().div_(255.0)
+        batch = batch.sub_(self.mean).div_(self.std)
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Tumor probabilities (B,) float32 on the CPU for (B, H, W, 3) uint8 tiles."""
+        batch = self.normalise(tiles.to(self.device, non_blocking=True))
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if self.dtype is not None:
+            autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        with autocast:
+            logits = self.model(batch)
+        probabilities = torch.softmax(logits.float(), dim=1)[:, TUMOR_CLASS_INDEX]
+        return probabilities.cpu()
+
+
+def _prepare_model(model: nn.Module, device: torch.device, compile_model: bool) -> nn.Module:
+    model.eval()
+    model.to(device=device, memory_format=torch.channels_last)
+    if compile_model:
+        compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]
+        return compiled
+    return model
+
+
+def check_grid_matches_card(grid: TileGrid, card: ModelCard, slide_mpp: float) -> None:
+    """Raise ConfigError unless ``grid`` was planned with the card's tile size and mpp."""
+    same_mpp = abs(grid.mpp - card.mpp) <= _MPP_RELATIVE_TOLERANCE * card.mpp
+    same_slide = abs(grid.slide_mpp - slide_mpp) <= _MPP_RELATIVE_TOLERANCE * slide_mpp
+    if grid.tile_size_px != card.tile_size_px or not same_mpp or not same_slide:
+        raise ConfigError(
+            f"tile grid planned for {grid.tile_size_px} px tiles at {grid.mpp:g} µm/px on a "
+            f"{grid.slide_mpp:g} µm/px slide, but the model expects {card.tile_size_px} px at "
+            f"{card.mpp:g} µm/px and the slide is read at {slide_mpp:g} µm/px; plan tiles with "
+            "the model card's tile_size_px and mpp"
+        )
+
+
+def _cpu_threads(device: torch.device, num_workers: int) -> int:
+    """Torch threads for scoring: on the CPU, leave one core per reader process (up to half)."""
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    return max(1, cores - min(num_workers, cores // 2))
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _slide_geometry(slide_path: Path, slide_mpp: float, card: ModelCard) -> ReadGeometry:
+    # Opened and closed before any worker starts, so no handle crosses a fork.
+    with open_slide(slide_path, mpp_override=slide_mpp) as slide:
+        return read_geometry(slide, card.tile_size_px, card.mpp)
+
+
+def _make_loader(dataset: RegionDataset, config: InferenceConfig, device: torch.device) -> DataLoader[
+    RegionTiles | RegionReadFailure
+]:
+    workers = config.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=None,  # one item per block; batches are assembled on the device
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if workers > 0 else None,
+        in_order=workers == 0,  # results carry their tile indices, so order is free
+    )
+
+
+class _Batcher:
+    """Collects blocks of tiles on the device and scores them in batches of ``batch_size``."""
+
+    def __init__(self, scorer: _Scorer, batch_size: int, out: NDArray[np.float32]) -> None:
+        self.scorer, self.batch_size, self.out = scorer, batch_size, out
+        self.tiles: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+        self.pending = 0
+
+    def add(self, item: RegionTiles) -> int:
+        """Queue one block; score full batches. Returns the number of tiles scored."""
+        self.tiles.append(item.tiles.to(self.scorer.device, non_blocking=True))
+        self.indices.append(item.indices)
+        self.pending += int(item.indices.shape[0])
+        scored = 0
+        while self.pending >= self.batch_size:
+            scored += self.flush(self.batch_size)
+        return scored
+
+    def flush(self, limit: int | None = None) -> int:
+        """Score up to ``limit`` queued tiles (all by default). Returns how many."""
+        if self.pending == 0:
+            return 0
+        tiles, indices = torch.cat(self.tiles), torch.cat(self.indices)
+        count = self.pending if limit is None else min(limit, self.pending)
+        self.out[indices[:count].numpy()] = self.scorer(tiles[:count]).numpy()
+        rest = self.pending - count
+        self.tiles = [tiles[count:]] if rest else []
+        self.indices = [indices[count:]] if rest else []
+        self.pending = rest
+        return count
+
+
+def _run_loader(
+    loader: DataLoader[RegionTiles | RegionReadFailure],
+    batcher: _Batcher,
+    slide_path: Path,
+    progress: ProgressCallback | None,
+) -> float:
+    """Feed every block to ``batcher``; returns the seconds spent waiting for blocks."""
+    wait_s = 0.0
+    iterator = iter(loader)
+    try:
+        while True:
+            started = time.perf_counter()
+            item = next(iterator, None)
+            wait_s += time.perf_counter() - started
+            if item is None:
+                break
+            if isinstance(item, RegionReadFailure):
+                raise SlideOpenError(item.message or f"{slide_path}: cannot read the slide")
+            scored = batcher.add(item)
+            if progress is not None and scored:
+                progress(scored)
+    finally:
+        del iterator  # stops the reader processes now, not when a traceback is dropped
+    scored = batcher.flush()
+    if progress is not None and scored:
+        progress(scored)
+    return wait_s
+
+
+def score_tiles_with_stats(
+    slide_path: Path,
+    slide_mpp: float,
+    grid: TileGrid,
+    model: nn.Module,
+    card: ModelCard,
+    config: InferenceConfig,
+    progress: ProgressCallback | None = None,
+) -> tuple[NDArray[np.float32], InferenceStats]:
+    """Like ``score_tiles``, also returning how the run went (``InferenceStats``)."""
+    check_grid_matches_card(grid, card, slide_mpp)
+    device = choose_device(config.device)
+    geometry = _slide_geometry(slide_path, slide_mpp, card)
+    plan = plan_regions(grid.heatmap_rc, config.region_tiles)
+    dataset = RegionDataset(
+        slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan
+    )
+    out = np.full(len(grid), np.nan, dtype=np.float32)
+    threads = _cpu_threads(device, config.num_workers)
+    started = time.perf_counter()
+    with _torch_threads(threads), torch.inference_mode():
+        scorer = _Scorer(_prepare_model(model, device, config.compile), card, device, config.precision)
+        batcher = _Batcher(scorer, config.batch_size, out)
+        wait_s = _run_loader(_make_loader(dataset, config, device), batcher, slide_path, progress)
+    seconds = time.perf_counter() - started
+    stats = InferenceStats(
+        n_tiles=len(grid),
+        n_regions=plan.n_regions,
+        seconds=seconds,
+        tiles_per_s=len(grid) / seconds if seconds > 0 else 0.0,
+        wait_s=wait_s,
+        compute_s=max(0.0, seconds - wait_s),
+        device=str(device),
+        read_level=geometry.level,
+        cpu_threads=threads,
+    )
+    log.info(
+        "%s: scored %d tiles in %d reads at level %d on %s: %.1f tiles/s (waited %.1f s for "
+        "tiles, computed %.1f s)", slide_path, stats.n_tiles, stats.n_regions, stats.read_level,
+        stats.device, stats.tiles_per_s, stats.wait_s, stats.compute_s,
+    )
+    return out, stats
+
+
+def score_tiles(
+    slide_path: Path,
+    slide_mpp: float,
+    grid: TileGrid,
+    model: nn.Module,
+    card: ModelCard,
+    config: InferenceConfig,
+    progress: ProgressCallback | None = None,
+) -> NDArray[np.float32]:
+    """Tumor probability (softmax of class 1) of every tile in ``grid``, in grid order.
+
+    slide_path: the slide, opened by every reader process. slide_mpp: its level-0 µm/px
+    (pass the ``--mpp`` override here). grid: tiles planned with the card's tile_size_px and
+    mpp. model: moved to the configured device, set to eval() and channels_last.
+    progress: called with the number of tiles scored since its last call.
+    Returns (N,) float32 in [0, 1]. Raises SlideOpenError naming the file when a read fails,
+    ConfigError when the grid does not fit the card or the device is unavailable.
+    """
+    probabilities, _ = score_tiles_with_stats(
+        slide_path, slide_mpp, grid, model, card, config, progress
+    )
+    return probabilities
+
+
+def naive_score_tiles(
+    slide_path: Path,
+    slide_mpp: float,
+    grid: TileGrid,
+    model: nn.Module,
+    card: ModelCard,
+    device: str = "cpu",
+) -> NDArray[np.float32]:
+    """Reference scorer: one ``read_region_at_mpp`` per tile, batches of one, main process.
+
+    Same tile pixels (corners snapped as in ``pipeline/readers.py``), normalisation and
+    output as ``score_tiles``; slow, for tests and benchmarks. Returns (N,) float32.
+    """
+    check_grid_matches_card(grid, card, slide_mpp)
+    torch_device = choose_device(device)
+    out = np.full(len(grid), np.nan, dtype=np.float32)
+    with open_slide(slide_path, mpp_override=slide_mpp) as slide, torch.inference_mode():
+        geometry = read_geometry(slide, card.tile_size_px, card.mpp)
+        scorer = _Scorer(_prepare_model(model, torch_device, False), card, torch_device, "fp32")
+        for index, xy_px in enumerate(grid.xy_px):
+            tile = read_one_tile(slide, xy_px, geometry)
+            out[index] = float(scorer(torch.from_numpy(tile[None]))[0])
+    return out

@@ -1,0 +1,84 @@
+"""Output helpers shared by every stage that writes files: atomic writes and slide ids.
+
+A file is written to a temporary name in the same folder and renamed, so an interrupted
+run never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import OutputError
+
+# File suffixes OpenSlide reads; used when a folder is given instead of files.
+SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide", ".dcm",
+)
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Write JSON (indented, UTF-8, non-ASCII kept) atomically."""
+    atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it is writable; raises OutputError otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: output folder is not writable ({exc.strerror}); choose another --out"
+        ) from exc
+
+
+def slide_id_for(path: Path) -> str:
+    """A file-system-safe id from a slide's file name (stem, unsafe characters replaced)."""
+    stem = path.name
+    for suffix in SLIDE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    cleaned = _UNSAFE_ID.sub("_", stem).strip("._")
+    return cleaned or "slide"
+
+
+def unique_slide_ids(paths: Iterable[Path]) -> dict[Path, str]:
+    """Ids for slides, made unique with ``-2``, ``-3`` suffixes when stems clash."""
+    ids: dict[Path, str] = {}
+    used: set[str] = set()
+    for path in paths:
+        base = slide_id_for(path)
+        candidate, counter = base, 2
+        while candidate in used:
+            candidate = f"{base}-{counter}"
+            counter += 1
+        used.add(candidate)
+        ids[path] = candidate
+    return ids

@@ -1,0 +1,88 @@
+"""Reports: reads a slide's facts, model, settings and deposits, produces ``report.json`` and
+the batch ``summary.csv`` (one row per slide, failed slides included with their error)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.outputs import atomic_write_text
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_COLUMNS = (
+    "slide_id", "status", "category", "score", "largest_deposit_mm", "n_deposits",
+    "n_itc", "n_micro", "n_macro", "mpp", "tissue_fraction", "n_tiles", "seconds", "path", "error",
+)
+
+
+def build_report(
+    slide_id: str,
+    slide_facts: dict[str, Any],
+    model_facts: dict[str, Any],
+    settings: dict[str, Any],
+    category: str,
+    score: float,
+    deposits: Sequence[dict[str, Any]],
+    n_tiles: int,
+    timing_s: dict[str, float],
+) -> dict[str, Any]:
+    """The ``report.json`` dict (schema in docs/architecture.md); deposits largest first."""
+    ordered = sorted(deposits, key=lambda d: float(d["max_diameter_mm"]), reverse=True)
+    return {
+        "micromet_version": __version__,
+        "slide_id": slide_id,
+        "slide": slide_facts,
+        "model": model_facts,
+        "settings": settings,
+        "category": category,
+        "score": round(float(score), 6),
+        "largest_deposit_mm": ordered[0]["max_diameter_mm"] if ordered else None,
+        "n_tiles": int(n_tiles),
+        "deposits": list(ordered),
+        "timing_s": {name: round(value, 3) for name, value in timing_s.items()},
+    }
+
+
+def summary_row(
+    slide_id: str, entry: dict[str, Any], report: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One ``summary.csv`` row from a manifest entry and (for finished slides) its report."""
+    row: dict[str, Any] = {column: "" for column in SUMMARY_COLUMNS}
+    row.update(slide_id=slide_id, status=entry.get("status", ""), path=entry.get("path", ""),
+               error=entry.get("error") or "", seconds=entry.get("seconds", ""))
+    if report is not None:
+        categories = [d["category"] for d in report.get("deposits", [])]
+        row.update(
+            category=report["category"],
+            score=report["score"],
+            largest_deposit_mm=report.get("largest_deposit_mm") or "",
+            n_deposits=len(categories),
+            n_itc=categories.count("itc"),
+            n_micro=categories.count("micro"),
+            n_macro=categories.count("macro"),
+            mpp=report["slide"].get("mpp", ""),
+            tissue_fraction=report["slide"].get("tissue_fraction", ""),
+            n_tiles=report.get("n_tiles", ""),
+        )
+    return row
+
+
+def write_summary_csv(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Rebuild ``summary.csv`` from the manifest and the finished slides' reports."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+    writer.writeheader()
+    for slide_id, entry in sorted(manifest.get("slides", {}).items()):
+        report = None
+        report_path = out_dir / entry.get("output_dir", slide_id) / "report.json"
+        if entry.get("status") == "done" and report_path.is_file():
+            report = json.loads(report_path.read_text())
+        writer.writerow(summary_row(slide_id, entry, report))
+    path = out_dir / SUMMARY_CSV
+    atomic_write_text(path, buffer.getvalue())
+    return path

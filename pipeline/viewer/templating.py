@@ -1,0 +1,47 @@
+"""Review: template helpers shared by the web viewer and the static HTML report.
+
+Both render the Jinja2 templates in ``pipeline/viewer/templates`` with autoescaping on,
+the same number formatting and the same category colours.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from pipeline.staging import CATEGORY_ORDER
+from pipeline.viewer.colors import CATEGORY_COLORS, category_color, heatmap_gradient_css
+
+VIEWER_DIR = Path(__file__).resolve().parent
+TEMPLATES_DIR = VIEWER_DIR / "templates"
+STATIC_DIR = VIEWER_DIR / "static"
+
+# Sort key of a slide's category: negative < itc < micro < macro (clinical order).
+CATEGORY_RANK: dict[str, int] = {category.value: rank for rank, category in enumerate(CATEGORY_ORDER)}
+
+
+def format_number(value: Any, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or an en dash for missing / non-numeric values."""
+    if value is None or isinstance(value, bool):
+        return "–"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{number:.{digits}f}" if math.isfinite(number) else "–"
+
+
+def template_globals() -> dict[str, Any]:
+    """Names every template may use: colours, category ranks, the heatmap colour bar."""
+    return {
+        "category_colors": CATEGORY_COLORS,
+        "category_color": category_color,
+        "category_rank": CATEGORY_RANK,
+        "heatmap_gradient": heatmap_gradient_css(),
+    }
+
+
+def read_static(name: str) -> str:
+    """The text of one of our own files in ``pipeline/viewer/static`` (for inlining)."""
+    return (STATIC_DIR / name).read_text(encoding="utf-8")

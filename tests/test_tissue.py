@@ -1,0 +1,81 @@
+"""Tissue detection: white glass, pen marks and black borders are rejected; specks dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, require_shared_data
+from pipeline.config import TissueConfig
+from pipeline.slide import open_slide
+from pipeline.tissue import detect_tissue, tissue_mask_from_rgb
+
+
+def _canvas(rows: int = 200, cols: int = 300) -> np.ndarray:
+    return np.full((rows, cols, 3), 240, dtype=np.uint8)
+
+
+def test_pink_tissue_is_found_and_glass_is_not() -> None:
+    rgb = _canvas()
+    rgb[50:150, 100:200] = (220, 150, 200)
+    mask = tissue_mask_from_rgb(rgb, 8.0, TissueConfig())
+    assert mask[60:140, 110:190].all()
+    assert not mask[:40].any()
+    assert mask.sum() == pytest.approx(100 * 100, rel=0.05)
+
+
+def test_pen_marks_and_black_borders_are_rejected() -> None:
+    rgb = _canvas()
+    rgb[50:150, 100:200] = (220, 150, 200)
+    rgb[10:30, 10:290] = (30, 140, 60)  # green pen
+    rgb[160:180, 10:290] = (40, 60, 200)  # blue pen
+    rgb[:, :6] = (5, 5, 5)  # black scanner border
+    mask = tissue_mask_from_rgb(rgb, 8.0, TissueConfig())
+    assert not mask[10:30].any()
+    assert not mask[160:180].any()
+    assert not mask[:, :6].any()
+    assert mask[100, 150]
+
+
+def test_specks_are_removed_and_holes_filled() -> None:
+    rgb = _canvas()
+    rgb[50:150, 100:200] = (220, 150, 200)
+    rgb[95:100, 145:150] = 240  # a 5x5 hole: 0.0016 mm² at 8 µm/px
+    rgb[10:12, 10:12] = (220, 150, 200)  # a 2x2 speck
+    mask = tissue_mask_from_rgb(rgb, 8.0, TissueConfig())
+    assert mask[97, 147]
+    assert not mask[10:12, 10:12].any()
+
+
+def test_blank_slide_has_zero_tissue() -> None:
+    with open_slide(FIXTURES / "bad_slides" / "blank_no_tissue.tif") as slide:
+        tissue = detect_tissue(slide, TissueConfig(mask_mpp=4.0))
+    assert tissue.tissue_fraction == 0.0
+
+
+def test_tiny_slide_tissue_fraction_matches_the_drawn_ellipse(tiny_slide: Path) -> None:
+    with open_slide(tiny_slide) as slide:
+        tissue = detect_tissue(slide, TissueConfig(mask_mpp=4.0))
+    # The drawn ellipse covers pi * 0.35 * 0.35 of the image.
+    assert tissue.tissue_fraction == pytest.approx(np.pi * 0.35**2, abs=0.03)
+    assert tissue.mask_mpp == 4.0
+    assert tissue.tissue_area_mm2 == pytest.approx(
+        tissue.tissue_fraction * 1500 * 1100 * 0.25 / 1e6, rel=0.05
+    )
+
+
+def test_real_slide_gives_a_sensible_mask() -> None:
+    path = require_shared_data("slides/cmu_small_region.svs")
+    with open_slide(path) as slide:
+        tissue = detect_tissue(slide, TissueConfig())
+    # CMU-1-Small-Region is a skin section with glass around it.
+    assert 0.15 < tissue.tissue_fraction < 0.8
+    assert not tissue.mask.all()
+
+
+@pytest.mark.parametrize("field", ["mask_mpp", "min_saturation"])
+def test_bad_config_values_name_the_field(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        TissueConfig(**{field: -1.0})
