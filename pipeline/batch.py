@@ -63,7 +63,8 @@ def collect_slides(inputs: Sequence[str]) -> list[Path]:
         path = Path(item)
         if path.is_dir() and path.suffix.lower() != ".mrxs":
             found = sorted(
-                p for p in path.iterdir()
+                p
+                for p in path.iterdir()
                 if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
             )
             paths.extend(found)
@@ -95,9 +96,7 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
     try:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise OutputError(
-            f"{path}: manifest is unreadable ({exc}); move it away or use a new --out"
-        ) from exc
+        raise OutputError(f"{path}: manifest is unreadable ({exc}); move it away or use a new --out") from exc
     manifest.setdefault("slides", {})
     return manifest
 
@@ -109,7 +108,8 @@ def is_done(manifest: dict[str, Any], out_dir: Path, slide_id: str, path: Path, 
         return False
     if entry.get("path") != str(path):
         return False
-    return (out_dir / entry.get("output_dir", slide_id) / REPORT).is_file()
+    report_path: Path = out_dir / str(entry.get("output_dir", slide_id)) / REPORT
+    return report_path.is_file()
 
 
 def _replace_folder(staging: Path, final: Path) -> None:
@@ -175,8 +175,9 @@ def run_batch(
     for path, slide_id in unique_slide_ids(slides).items():
         if not overwrite and is_done(manifest, out_dir, slide_id, path, key):
             entry = manifest["slides"][slide_id]
-            outcome = SlideOutcome(slide_id, str(path), "skipped", None,
-                                   entry.get("category"), entry.get("score"))
+            outcome = SlideOutcome(
+                slide_id, str(path), "skipped", None, entry.get("category"), entry.get("score")
+            )
         else:
             outcome = _run_one(analyze, path, slide_id, out_dir, key, manifest)
         outcomes.append(outcome)
@@ -208,10 +209,12 @@ def _run_one(
         log.warning("%s failed: %s", slide_id, error)
         outcome = SlideOutcome(slide_id, str(path), STATUS_FAILED, error, seconds=seconds)
     else:
-        entry.update(status=STATUS_DONE, error=None, category=report.get("category"),
-                     score=report.get("score"))
-        outcome = SlideOutcome(slide_id, str(path), STATUS_DONE, None, report.get("category"),
-                               report.get("score"), seconds)
+        entry.update(
+            status=STATUS_DONE, error=None, category=report.get("category"), score=report.get("score")
+        )
+        outcome = SlideOutcome(
+            slide_id, str(path), STATUS_DONE, None, report.get("category"), report.get("score"), seconds
+        )
     manifest["slides"][slide_id] = entry
     atomic_write_json(out_dir / MANIFEST, manifest)
     return outcome

@@ -100,9 +100,7 @@ class InferenceConfig:
         _check_range("num_workers", self.num_workers, 0, 256)
         _check_range("region_tiles", self.region_tiles, 1, 64)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(
-                f"precision={self.precision!r} is not allowed; use auto, fp32, bf16 or fp16"
-            )
+            raise ValueError(f"precision={self.precision!r} is not allowed; use auto, fp32, bf16 or fp16")
         if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
             raise ValueError(f"device={self.device!r} is not allowed; use auto, cpu, cuda[:N] or mps")
 
@@ -175,9 +173,7 @@ def build_config(
     values: dict[str, Any] = {}
     for key, value in (section or {}).items():
         if key not in known:
-            raise ConfigError(
-                f"{source}: unknown setting {key!r} for {cls.__name__}; known: {sorted(known)}"
-            )
+            raise ConfigError(f"{source}: unknown setting {key!r} for {cls.__name__}; known: {sorted(known)}")
         values[key] = value
     for key, value in (overrides or {}).items():
         if value is not None:

@@ -233,14 +233,15 @@ def _measure(
     """Measure one component; ``component`` and ``values`` are cropped to ``window``."""
     row0, col0 = window[0].start, window[1].start
     rows, cols = np.nonzero(component)
-    cells_rc = np.column_stack([rows + row0, cols + col0]).astype(np.float64)
-    corners_xy = heatmap.cell_center_xy(_square_corners_rc(cells_rc))
+    offset = np.array([row0, col0], dtype=np.float64)
+    cells_rc = np.column_stack([rows, cols]).astype(np.float64) + offset
+    corners_xy = heatmap.cell_center_xy(_square_corners_rc(_row_extremes(rows, cols) + offset))
     centres_xy = heatmap.cell_center_xy(cells_rc)
     mm_per_px = heatmap.slide_mpp / UM_PER_MM
     diameter_mm = max_feret_diameter(corners_xy) * mm_per_px
     centroid_x, centroid_y = (float(v) for v in centres_xy.mean(axis=0))
     probabilities = values[component].astype(np.float64)
-    outline_rc = _outline_rc(component) + np.array([row0, col0], dtype=np.float64)
+    outline_rc = _outline_rc(component) + offset
     return Deposit(
         id=0,
         category=categorize_deposit(diameter_mm, None),
@@ -258,6 +259,18 @@ def _measure(
         refined=refined,
         outline_xy=heatmap.cell_center_xy(outline_rc),
     )
+
+
+def _row_extremes(rows: NDArray[np.intp], cols: NDArray[np.intp]) -> NDArray[np.float64]:
+    """The first and last cell of every row, as (M, 2) rc (``rows`` in row-major order).
+
+    The convex hull of a union of squares is spanned by the corners of these cells alone,
+    so they give the same Feret diameter as all cells at a fraction of the cost.
+    """
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    ends = np.r_[starts[1:] - 1, len(rows) - 1]
+    picks = np.r_[starts, ends]
+    return np.column_stack([rows[picks], cols[picks]]).astype(np.float64)
 
 
 def _square_corners_rc(cells_rc: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -309,5 +309,5 @@ def naive_score_tiles(
         scorer = _Scorer(_prepare_model(model, torch_device, False), card, torch_device, "fp32")
         for index, xy_px in enumerate(grid.xy_px):
             tile = read_one_tile(slide, xy_px, geometry)
-            out[index] = float(scorer(torch.from_numpy(tile[None]))[0])
+            out[index] = float(scorer(torch.from_numpy(tile[None].copy()))[0])
     return out

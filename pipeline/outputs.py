@@ -18,7 +18,17 @@ from pipeline.errors import OutputError
 
 # File suffixes OpenSlide reads; used when a folder is given instead of files.
 SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide", ".dcm",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".bif",
+    ".svslide",
+    ".dcm",
 )
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -50,8 +60,8 @@ def check_writable_folder(folder: Path) -> None:
     """Create ``folder`` if needed and prove it is writable; raises OutputError otherwise."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-", delete=True):
+            pass
     except OSError as exc:
         raise OutputError(
             f"{folder}: output folder is not writable ({exc.strerror}); choose another --out"

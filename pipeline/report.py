@@ -15,8 +15,21 @@ from pipeline.outputs import atomic_write_text
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_COLUMNS = (
-    "slide_id", "status", "category", "score", "largest_deposit_mm", "n_deposits",
-    "n_itc", "n_micro", "n_macro", "mpp", "tissue_fraction", "n_tiles", "seconds", "path", "error",
+    "slide_id",
+    "status",
+    "category",
+    "score",
+    "largest_deposit_mm",
+    "n_deposits",
+    "n_itc",
+    "n_micro",
+    "n_macro",
+    "mpp",
+    "tissue_fraction",
+    "n_tiles",
+    "seconds",
+    "path",
+    "error",
 )
 
 
@@ -48,13 +61,16 @@ def build_report(
     }
 
 
-def summary_row(
-    slide_id: str, entry: dict[str, Any], report: dict[str, Any] | None
-) -> dict[str, Any]:
+def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | None) -> dict[str, Any]:
     """One ``summary.csv`` row from a manifest entry and (for finished slides) its report."""
     row: dict[str, Any] = {column: "" for column in SUMMARY_COLUMNS}
-    row.update(slide_id=slide_id, status=entry.get("status", ""), path=entry.get("path", ""),
-               error=entry.get("error") or "", seconds=entry.get("seconds", ""))
+    row.update(
+        slide_id=slide_id,
+        status=entry.get("status", ""),
+        path=entry.get("path", ""),
+        error=entry.get("error") or "",
+        seconds=entry.get("seconds", ""),
+    )
     if report is not None:
         categories = [d["category"] for d in report.get("deposits", [])]
         row.update(

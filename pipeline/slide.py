@@ -219,9 +219,9 @@ class Slide:
         """The cheapest (coarsest) level whose resolution is at or finer than ``target_mpp``."""
         best = 0
         for level in range(self.info.level_count):
-            if self.level_mpp(level) <= target_mpp * (1.0 + MPP_MATCH_TOLERANCE):
-                if self.level_mpp(level) >= self.level_mpp(best):
-                    best = level
+            fine_enough = self.level_mpp(level) <= target_mpp * (1.0 + MPP_MATCH_TOLERANCE)
+            if fine_enough and self.level_mpp(level) >= self.level_mpp(best):
+                best = level
         return best
 
     def read_region_rgb(
@@ -287,7 +287,8 @@ def resize_rgb(image: NDArray[np.uint8], width_px: int, height_px: int) -> NDArr
     """Resize an RGB uint8 array to (height_px, width_px) with area-aware filtering."""
     pil = Image.fromarray(image)
     resample = Image.Resampling.BOX if pil.width >= width_px else Image.Resampling.BILINEAR
-    return np.asarray(pil.resize((width_px, height_px), resample=resample))
+    resized: NDArray[np.uint8] = np.asarray(pil.resize((width_px, height_px), resample=resample))
+    return resized
 
 
 def open_slide(path: str | Path, mpp_override: float | None = None) -> Slide:

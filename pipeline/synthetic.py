@@ -10,13 +10,16 @@ through disk-backed arrays, so memory stays bounded for any slide size.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,8 +30,8 @@ from pipeline import __version__
 from pipeline.annotations import Annotation, write_asap_xml, write_text_atomic
 from pipeline.errors import ConfigError, OutputError
 from pipeline.staging import ITC_MAX_DIAMETER_MM, MICRO_MAX_DIAMETER_MM
-from pipeline.synthetic_layout import RENDER_CHUNK_PX, build_scene
-from pipeline.synthetic_render import CAPSULE_WIDTH_UM, Scene, lattice_nuclei, render_block
+from pipeline.synthetic_layout import build_scene
+from pipeline.synthetic_render import CAPSULE_WIDTH_UM, Scene, render_strip
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ NOMINAL_MPP = 0.25
 SMALLEST_LEVEL_MAX_PX = 1024
 MIN_DEPOSIT_DIAMETER_MM = 0.02  # about two tumor cells
 MAX_DEPOSIT_FRACTION = 0.5  # a deposit's diameter is at most this fraction of the short side
+RENDER_THREADS = 2  # tile rows rendered in parallel (numpy releases the GIL)
+RENDER_LOOKAHEAD = 4  # tile rows rendered ahead of the TIFF writer
 APERIO_HEADER = "Aperio Image Library v12.0.15"  # OpenSlide detects Aperio by this prefix
 
 
@@ -184,41 +189,52 @@ def node_category(deposits: Sequence[DepositTruth]) -> str:
 
 
 def _halve(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """2 x 2 box average; an odd last row or column is averaged with itself."""
-    h, w = image.shape[:2]
-    if h % 2 or w % 2:
-        image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    total = (
-        image[0::2, 0::2].astype(np.uint16)
-        + image[1::2, 0::2]
-        + image[0::2, 1::2]
-        + image[1::2, 1::2]
-    )
-    return ((total + 2) // 4).astype(np.uint8)
+    """2 x 2 box average (PIL's C reduce); an odd last row or column averages what it has."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).reduce(2))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Strip:
+    y0: int
+    rgb: NDArray[np.uint8]  # (tile_size_px, padded width, 3)
+    half: NDArray[np.uint8] | None  # rgb halved, for level 1
+
+
+def _render_strip(scene: Scene, config: SynthConfig, y0: int, halve: bool) -> _Strip:
+    ts = config.tile_size_px
+    rgb = render_strip(scene, y0, ts, math.ceil(config.width_px / ts) * ts)
+    return _Strip(y0, rgb, _halve(rgb) if halve else None)
 
 
 def _level0_tiles(
     scene: Scene, config: SynthConfig, level1: NDArray[np.uint8] | None
 ) -> Iterator[NDArray[np.uint8]]:
-    """Level-0 tiles in row-major order, rendered a tile row at a time.
+    """Level-0 tiles in row-major order; tile rows are rendered ahead in worker threads.
 
-    Each tile row is also halved into ``level1`` (a disk-backed array) when given.
+    Each tile row is also halved into ``level1`` (a disk-backed array) when given. Rows
+    are independent and deterministic, so the threads do not change the pixels.
     """
-    ts = config.tile_size_px
-    padded_w = math.ceil(config.width_px / ts) * ts
-    reach = scene.lymph.radius_px + 1
-    for y0 in range(0, config.height_px, ts):
-        lymphocytes = lattice_nuclei(scene, y0 - reach, y0 + ts + reach)
-        strip = np.empty((ts, padded_w, 3), dtype=np.uint8)
-        for x0 in range(0, padded_w, RENDER_CHUNK_PX):
-            width = min(RENDER_CHUNK_PX, padded_w - x0)
-            strip[:, x0 : x0 + width] = render_block(scene, lymphocytes, x0, y0, width, ts)
-        if level1 is not None:
-            half = _halve(strip)
-            rows = min(ts // 2, level1.shape[0] - y0 // 2)
-            level1[y0 // 2 : y0 // 2 + rows] = half[:rows, : level1.shape[1]]
-        for x0 in range(0, padded_w, ts):
-            yield strip[:, x0 : x0 + ts]
+    with ThreadPoolExecutor(RENDER_THREADS) as pool:
+        pending: deque[Future[_Strip]] = deque()
+        for y0 in range(0, config.height_px, config.tile_size_px):
+            pending.append(pool.submit(_render_strip, scene, config, y0, level1 is not None))
+            if len(pending) >= RENDER_LOOKAHEAD:
+                yield from _strip_tiles(pending.popleft().result(), config.tile_size_px, level1)
+        while pending:
+            yield from _strip_tiles(pending.popleft().result(), config.tile_size_px, level1)
+
+
+def _strip_tiles(
+    strip: _Strip, ts: int, level1: NDArray[np.uint8] | None
+) -> Iterator[NDArray[np.uint8]]:
+    if level1 is not None and strip.half is not None:
+        r0 = strip.y0 // 2
+        rows = min(strip.half.shape[0], level1.shape[0] - r0)
+        level1[r0 : r0 + rows] = strip.half[:rows, : level1.shape[1]]
+    for x0 in range(0, strip.rgb.shape[1], ts):
+        yield strip.rgb[:, x0 : x0 + ts]
 
 
 def _array_tiles(image: NDArray[np.uint8], ts: int) -> Iterator[NDArray[np.uint8]]:
@@ -231,7 +247,7 @@ def _array_tiles(image: NDArray[np.uint8], ts: int) -> Iterator[NDArray[np.uint8
 
 def _fill_reduced(reduced: list[NDArray[np.uint8]], chunk_rows: int = 2048) -> None:
     """Fill reduced[k] from reduced[k - 1] for k >= 1, a band of rows at a time."""
-    for previous, current in zip(reduced, reduced[1:], strict=False):
+    for previous, current in itertools.pairwise(reduced):
         for r0 in range(0, previous.shape[0], chunk_rows):
             half = _halve(np.asarray(previous[r0 : r0 + chunk_rows]))
             current[r0 // 2 : r0 // 2 + half.shape[0]] = half

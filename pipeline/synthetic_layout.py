@@ -18,6 +18,11 @@ from pipeline.annotations import max_feret_diameter_px
 from pipeline.errors import ConfigError
 from pipeline.synthetic_render import (
     CAPSULE_WIDTH_UM,
+    GLASS_NOISE_STD_LEVELS,
+    GLASS_OD,
+    NOISE_STD_LEVELS,
+    OD_LEVELS,
+    RENDER_CHUNK_PX,
     FieldGrid,
     Nuclei,
     Scene,
@@ -32,11 +37,10 @@ if TYPE_CHECKING:
     from pipeline.synthetic import SynthConfig
 
 FIELD_STEP_UM = 8.0  # grid spacing of the smooth fields
-LYMPH_SPACING_UM = 7.8  # lattice spacing of lymphocyte nuclei
+LYMPH_SPACING_UM = 7.2  # lattice spacing of lymphocyte nuclei
 TUMOR_SPACING_UM = 17.0  # lattice spacing of tumor cells
 DEPOSIT_GAP_UM = 100.0  # deposits are kept this far apart so they stay separate
 BLOB_MARGIN_FRACTION = 0.05  # empty glass around the nodes, as a fraction of the slide
-RENDER_CHUNK_PX = 1024  # width of one rendered block (the field grid covers its overhang)
 
 
 # --- layout ------------------------------------------------------------------------------
@@ -342,13 +346,17 @@ def build_scene(config: SynthConfig) -> tuple[Scene, _Layout, list[int]]:
     noise_rng = np.random.default_rng([config.seed, 3])
     block = (config.tile_size_px, RENDER_CHUNK_PX)
     lut = stain_lut(*noise_rng.uniform(0.92, 1.08, 2))
-    noise_h, noise_e = make_noise(noise_rng, block), make_noise(noise_rng, block)
-    glass = np.full(noise_h.shape, 1, dtype=np.int16)
-    background = to_rgb(glass + noise_h // 3, glass + noise_e // 3, lut)
+    noise_h = make_noise(noise_rng, block, NOISE_STD_LEVELS)
+    noise_e = make_noise(noise_rng, block, NOISE_STD_LEVELS)
+    glass_level = round(GLASS_OD * OD_LEVELS)
+    glass_h = make_noise(noise_rng, block, GLASS_NOISE_STD_LEVELS)
+    glass_e = make_noise(noise_rng, block, GLASS_NOISE_STD_LEVELS)
+    glass = to_rgb(glass_level + glass_h, glass_level + glass_e, lut)
     scene = Scene(
         seed=config.seed, mpp=mpp, width_px=config.width_px, height_px=config.height_px,
         fields=fields, deposits_xy=tuple(layout.deposits_xy), tumor_nuclei=tumor_nuclei,
-        lymph=lymph, tumor=tumor, lymph_spacing_px=LYMPH_SPACING_UM / mpp, lut_rgb=lut,
-        noise_h=noise_h, noise_e=noise_e, background_rgb=background,
+        lymph=lymph, tumor=tumor, lymph_spacing_px=LYMPH_SPACING_UM / mpp, lut_planar=lut,
+        noise_h=noise_h, noise_e=noise_e, glass_noise_h=glass_h, glass_noise_e=glass_e,
+        glass_rgb=glass,
     )
     return scene, layout, counts

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+
+_T = TypeVar("_T", bound=np.generic)
 
 # --- appearance constants (µm, OD); tuned against the CAMELYON16 patches and CAMELYON17
 # tiles in ../shared/data (0.243 µm/px).
@@ -24,16 +27,20 @@ WHITE_RGB = 242.0  # brightness of empty glass
 STAIN_H = (0.54, 0.74, 0.42)  # haematoxylin OD direction (R, G, B), purple
 STAIN_E = (0.12, 0.88, 0.46)  # eosin OD direction, pink
 OD_LEVELS = 64  # quantisation steps per OD unit (uint8 range covers 0-4 OD)
-BACKGROUND_OD = 1.0 / OD_LEVELS  # faint grey of the glass (~240)
+GLASS_OD = 1.0 / OD_LEVELS  # faint grey of the glass (~240)
 STROMA_H_OD, STROMA_E_OD = 0.08, 0.28  # pale pink-purple stroma between lymphocytes
 CAPSULE_H_OD, CAPSULE_E_OD = 0.07, 0.62  # dense pink fibrous capsule
 MEMBRANE_E_OD = 0.45  # thin pink rim of fat vacuoles
-TUMOR_STROMA_H_OD, TUMOR_STROMA_E_OD = 0.12, 0.42  # background inside a deposit
+TUMOR_STROMA_H_OD, TUMOR_STROMA_E_OD = 0.16, 0.5  # cytoplasm between tumor nuclei
 CAPSULE_WIDTH_UM = 30.0
+LYMPH_RADIUS_UM = (2.7, 3.5)
 EDGE_SOFT_UM = 1.0  # width of the anti-aliased tissue edge
 MEMBRANE_WIDTH_UM = 1.2
 NOISE_PERIOD_PX = 512
-NOISE_STD_LEVELS = 3.0  # per-pixel stain noise, in OD levels
+NOISE_STD_LEVELS = 3.0  # per-pixel stain noise of tissue, in OD levels
+GLASS_NOISE_STD_LEVELS = 0.8  # per-pixel noise of empty glass
+COARSE_PX = 8  # smooth fields are sampled every COARSE_PX px inside the tissue
+RENDER_CHUNK_PX = 1024  # width of one rendered block
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -72,6 +79,11 @@ class Sprites:
         """Number of variants."""
         return int(self.h.shape[0])
 
+    @property
+    def has_eosin(self) -> bool:
+        """Whether the stamps draw cytoplasm (eosin) as well as nuclei."""
+        return bool(self.e.any())
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Nuclei:
@@ -101,51 +113,57 @@ class Scene:
     lymph: Sprites
     tumor: Sprites
     lymph_spacing_px: float
-    lut_rgb: NDArray[np.uint8]
+    lut_planar: NDArray[np.uint8]  # (3, 65536): R, G, B of index (h level << 8) | e level
     noise_h: NDArray[np.int16]
     noise_e: NDArray[np.int16]
-    background_rgb: NDArray[np.uint8]
+    glass_noise_h: NDArray[np.int16]
+    glass_noise_e: NDArray[np.int16]
+    glass_rgb: NDArray[np.uint8]  # periodic texture of empty glass, (rows, cols, 3)
 
 
 # --- colour -------------------------------------------------------------------------------
 
 
 def stain_lut(h_gain: float = 1.0, e_gain: float = 1.0) -> NDArray[np.uint8]:
-    """(256, 256, 3) uint8 RGB for (haematoxylin level, eosin level) by Beer-Lambert."""
+    """(3, 65536) uint8: R, G, B of (h level << 8) | e level by Beer-Lambert."""
     levels = np.arange(256, dtype=np.float64) / OD_LEVELS
     od = (
         levels[:, None, None] * h_gain * np.array(STAIN_H)[None, None, :]
         + levels[None, :, None] * e_gain * np.array(STAIN_E)[None, None, :]
     )
-    return np.clip(np.rint(WHITE_RGB * np.exp(-od)), 0, 255).astype(np.uint8)
+    rgb = np.clip(np.rint(WHITE_RGB * np.exp(-od)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb.reshape(-1, 3).T)
 
 
-def make_noise(rng: np.random.Generator, max_block_hw: tuple[int, int]) -> NDArray[np.int16]:
+def make_noise(
+    rng: np.random.Generator, max_block_hw: tuple[int, int], std_levels: float
+) -> NDArray[np.int16]:
     """Periodic fine-grained noise in OD levels, padded so any block-sized window exists."""
     from scipy.ndimage import gaussian_filter
 
     base = gaussian_filter(rng.normal(size=(NOISE_PERIOD_PX, NOISE_PERIOD_PX)), 0.7, mode="wrap")
-    base *= NOISE_STD_LEVELS / max(float(base.std()), 1e-9)
+    base *= std_levels / max(float(base.std()), 1e-9)
     padded = np.pad(base, ((0, max_block_hw[0]), (0, max_block_hw[1])), mode="wrap")
     return np.rint(padded).astype(np.int16)
 
 
-def noise_window(
-    noise: NDArray[np.generic], x0: int, y0: int, width: int, height: int
-) -> NDArray[np.generic]:
-    """The noise (or background texture) for a block at level-0 (x0, y0)."""
+def window(image: NDArray[_T], x0: int, y0: int, width: int, height: int) -> NDArray[_T]:
+    """The block at level-0 (x0, y0) of a periodic texture (noise, glass)."""
     oy, ox = y0 % NOISE_PERIOD_PX, x0 % NOISE_PERIOD_PX
-    return noise[oy : oy + height, ox : ox + width]
+    return image[oy : oy + height, ox : ox + width]
 
 
 def to_rgb(
-    h_levels: NDArray[np.integer], e_levels: NDArray[np.integer], lut: NDArray[np.uint8]
+    h_levels: NDArray[np.int16], e_levels: NDArray[np.int16], lut_planar: NDArray[np.uint8]
 ) -> NDArray[np.uint8]:
-    """RGB of OD-level arrays (clipped to 0-255) through the stain lookup table."""
-    h = np.clip(h_levels, 0, 255).astype(np.uint16)
-    e = np.clip(e_levels, 0, 255).astype(np.uint16)
-    index = (h << 8) | e
-    return np.take(lut.reshape(-1, 3), index, axis=0)
+    """RGB (rows, cols, 3) of OD-level arrays (clipped to 0-255 in place) via the lookup table."""
+    np.clip(h_levels, 0, 255, out=h_levels)
+    np.clip(e_levels, 0, 255, out=e_levels)
+    index = (h_levels.astype(np.intp) << 8) | e_levels
+    rgb = np.empty((*h_levels.shape, 3), dtype=np.uint8)
+    for channel in range(3):  # three byte gathers beat one 3-byte-row gather by 4x
+        rgb[..., channel] = np.take(lut_planar[channel], index)
+    return rgb
 
 
 # --- fields -------------------------------------------------------------------------------
@@ -294,48 +312,65 @@ def stamp(
     rows = cy[:, None] + sprites.dy[None, :]
     cols = cx[:, None] + sprites.dx[None, :]
     h_val, e_val = sprites.h[variant], sprites.e[variant]
-    ok = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width) & ((h_val | e_val) > 0)
+    drawn = (h_val | e_val) > 0 if sprites.has_eosin else h_val > 0
+    ok = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width) & drawn
     flat = rows[ok] * width + cols[ok]
-    h_flat, e_flat = h.reshape(-1), e.reshape(-1)
+    h_flat = h.reshape(-1)
     h_flat[flat] = np.maximum(h_flat[flat], h_val[ok])
-    e_flat[flat] = np.maximum(e_flat[flat], e_val[ok])
+    if sprites.has_eosin:
+        e_flat = e.reshape(-1)
+        e_flat[flat] = np.maximum(e_flat[flat], e_val[ok])
 
 
 # --- blocks -------------------------------------------------------------------------------
 
 
-def _levels(od: NDArray[np.float32]) -> NDArray[np.uint8]:
-    return np.clip(od * OD_LEVELS + 0.5, 0, 255).astype(np.uint8)
+def _levels(od: NDArray[np.floating]) -> NDArray[np.uint8]:
+    out: NDArray[np.uint8] = np.clip(od * OD_LEVELS + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
-def _base_stain(
-    scene: Scene, x0: int, y0: int, width: int, height: int
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Haematoxylin and eosin OD of stroma, capsule, vacuoles and background (no nuclei)."""
+def _coarse_stroma(scene: Scene, x0: int, y0: int, width: int, height: int) -> NDArray[np.uint8]:
+    """Stroma eosin levels, sampled every COARSE_PX px (the field varies over ~200 µm)."""
+    c = COARSE_PX
+    rows, cols = -(-height // c), -(-width // c)
+    gain = sample_block(scene.fields.stroma_gain, scene.fields.step_px / c, x0 // c, y0 // c,
+                        cols, rows)
+    small = _levels(STROMA_E_OD * gain)
+    big = np.broadcast_to(small[:, None, :, None], (rows, c, cols, c)).reshape(rows * c, cols * c)
+    return np.ascontiguousarray(big[:height, :width])
+
+
+def _edge_stain(
+    scene: Scene, e: NDArray[np.uint8], x0: int, y0: int, width: int, height: int
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.bool_] | None]:
+    """Stain levels where a block meets the capsule, glass or fat vacuoles, and the glass mask."""
     fields, step = scene.fields, scene.fields.step_px
-    gain = sample_block(fields.stroma_gain, step, x0, y0, width, height)
-    lo, _ = block_range(fields.tissue_um, step, x0, y0, width, height)
-    e = STROMA_E_OD * gain
-    h = np.full_like(e, STROMA_H_OD)
-    if lo < CAPSULE_WIDTH_UM + 2 * EDGE_SOFT_UM:  # block touches the capsule or the glass
+    e_od = e.astype(np.float32) / OD_LEVELS
+    h_od = np.full_like(e_od, STROMA_H_OD)
+    glass = None
+    if block_range(fields.tissue_um, step, x0, y0, width, height)[0] < CAPSULE_WIDTH_UM + 4:
         tissue = sample_block(fields.tissue_um, step, x0, y0, width, height)
         alpha = np.clip(tissue / EDGE_SOFT_UM + 0.5, 0, 1)
         capsule = np.clip((CAPSULE_WIDTH_UM - tissue) / (4 * EDGE_SOFT_UM) + 0.5, 0, 1) * alpha
-        e = alpha * (e * (1 - capsule) + CAPSULE_E_OD * capsule) + (1 - alpha) * BACKGROUND_OD
-        h = alpha * (h * (1 - capsule) + CAPSULE_H_OD * capsule) + (1 - alpha) * BACKGROUND_OD
-    v_lo, _ = block_range(fields.vacuole_um, step, x0, y0, width, height)
-    if v_lo < 2 * MEMBRANE_WIDTH_UM:
+        e_od = alpha * (e_od * (1 - capsule) + CAPSULE_E_OD * capsule) + (1 - alpha) * GLASS_OD
+        h_od = alpha * (h_od * (1 - capsule) + CAPSULE_H_OD * capsule) + (1 - alpha) * GLASS_OD
+        glass = alpha <= 0
+    if block_range(fields.vacuole_um, step, x0, y0, width, height)[0] < 2 * MEMBRANE_WIDTH_UM:
         vac = sample_block(fields.vacuole_um, step, x0, y0, width, height)
         empty = np.clip(-vac / EDGE_SOFT_UM + 0.5, 0, 1)
         ring = np.clip(1 - np.abs(vac) / MEMBRANE_WIDTH_UM, 0, 1)
-        e = e * (1 - empty) + (MEMBRANE_E_OD * ring + BACKGROUND_OD) * empty
-        h = h * (1 - empty) + BACKGROUND_OD * empty
-    return h.astype(np.float32), e.astype(np.float32)
+        e_od = e_od * (1 - empty) + (MEMBRANE_E_OD * ring + GLASS_OD) * empty
+        h_od = h_od * (1 - empty) + GLASS_OD * empty
+        glass = vac < -MEMBRANE_WIDTH_UM if glass is None else glass | (vac < -MEMBRANE_WIDTH_UM)
+    return _levels(h_od), _levels(e_od), glass
 
 
-def _is_background(scene: Scene, x0: int, y0: int, width: int, height: int) -> bool:
-    _, hi = block_range(scene.fields.tissue_um, scene.fields.step_px, x0, y0, width, height)
-    return hi < -2 * EDGE_SOFT_UM
+def _is_interior(scene: Scene, x0: int, y0: int, width: int, height: int) -> bool:
+    fields, step = scene.fields, scene.fields.step_px
+    tissue_lo = block_range(fields.tissue_um, step, x0, y0, width, height)[0]
+    vacuole_lo = block_range(fields.vacuole_um, step, x0, y0, width, height)[0]
+    return tissue_lo > CAPSULE_WIDTH_UM + 4 and vacuole_lo > 2 * MEMBRANE_WIDTH_UM
 
 
 def render_block(
@@ -343,12 +378,18 @@ def render_block(
 ) -> NDArray[np.uint8]:
     """RGB (height, width, 3) uint8 of the level-0 block with top-left (x0, y0).
 
-    lymphocytes: at least every lymphocyte whose sprite can reach the block's rows.
+    x0, y0, width and height are multiples of COARSE_PX. lymphocytes: at least every
+    lymphocyte whose sprite can reach the block.
     """
-    if _is_background(scene, x0, y0, width, height):
-        return np.array(noise_window(scene.background_rgb, x0, y0, width, height))
-    h_od, e_od = _base_stain(scene, x0, y0, width, height)
-    h, e = _levels(h_od), _levels(e_od)
+    fields, step = scene.fields, scene.fields.step_px
+    if block_range(fields.tissue_um, step, x0, y0, width, height)[1] < -2 * EDGE_SOFT_UM:
+        return np.array(window(scene.glass_rgb, x0, y0, width, height))
+    e = _coarse_stroma(scene, x0, y0, width, height)
+    glass = None
+    if _is_interior(scene, x0, y0, width, height):
+        h = np.full_like(e, round(STROMA_H_OD * OD_LEVELS))
+    else:
+        h, e, glass = _edge_stain(scene, e, x0, y0, width, height)
     for vertices in scene.deposits_xy:
         (bx0, by0), (bx1, by1) = vertices.min(axis=0), vertices.max(axis=0)
         if bx1 < x0 or by1 < y0 or bx0 > x0 + width or by0 > y0 + height:
@@ -357,11 +398,25 @@ def render_block(
         h[inside] = round(TUMOR_STROMA_H_OD * OD_LEVELS)
         e[inside] = round(TUMOR_STROMA_E_OD * OD_LEVELS)
     stamp(h, e, scene.lymph, lymphocytes, x0, y0)
-    margin = scene.tumor.radius_px + 1
-    stamp(h, e, scene.tumor, scene.tumor_nuclei.rows(y0 - margin, y0 + height + margin), x0, y0)
-    h16 = h.astype(np.int16) + noise_window(scene.noise_h, x0, y0, width, height)
-    e16 = e.astype(np.int16) + noise_window(scene.noise_e, x0, y0, width, height)
-    return to_rgb(h16, e16, scene.lut_rgb)
+    reach = scene.tumor.radius_px + 1
+    stamp(h, e, scene.tumor, scene.tumor_nuclei.rows(y0 - reach, y0 + height + reach), x0, y0)
+    noise_h = window(scene.noise_h, x0, y0, width, height)
+    noise_e = window(scene.noise_e, x0, y0, width, height)
+    if glass is not None:  # glass pixels get the glass noise, matching background blocks
+        noise_h = np.where(glass, window(scene.glass_noise_h, x0, y0, width, height), noise_h)
+        noise_e = np.where(glass, window(scene.glass_noise_e, x0, y0, width, height), noise_e)
+    return to_rgb(h + noise_h, e + noise_e, scene.lut_planar)
+
+
+def render_strip(scene: Scene, y0: int, height: int, width: int) -> NDArray[np.uint8]:
+    """RGB (height, width, 3) of the level-0 rows [y0, y0 + height), in blocks."""
+    reach = scene.lymph.radius_px + 1
+    lymphocytes = lattice_nuclei(scene, y0 - reach, y0 + height + reach)
+    strip = np.empty((height, width, 3), dtype=np.uint8)
+    for x0 in range(0, width, RENDER_CHUNK_PX):
+        chunk = min(RENDER_CHUNK_PX, width - x0)
+        strip[:, x0 : x0 + chunk] = render_block(scene, lymphocytes, x0, y0, chunk, height)
+    return strip
 
 
 # --- sprites ------------------------------------------------------------------------------
@@ -396,14 +451,14 @@ def _ellipse_distance(
 
 
 def make_lymph_sprites(rng: np.random.Generator, mpp: float, count: int = 32) -> Sprites:
-    """Small, dark, round lymphocyte nuclei (radius 2.8-3.8 µm)."""
+    """Small, dark, round lymphocyte nuclei (radius LYMPH_RADIUS_UM)."""
     from scipy.ndimage import gaussian_filter
 
-    radius = math.ceil(3.8 * 1.1 / mpp) + 1
+    radius = math.ceil(LYMPH_RADIUS_UM[1] * 1.1 / mpp) + 1
     size = 2 * radius + 1
     h = np.zeros((count, size, size), dtype=np.uint8)
     for k in range(count):
-        r_px = rng.uniform(2.8, 3.8) / mpp
+        r_px = rng.uniform(LYMPH_RADIUS_UM[0], LYMPH_RADIUS_UM[1]) / mpp
         d = _ellipse_distance(size, r_px, r_px * rng.uniform(0.85, 1.0), rng.uniform(0, math.pi),
                               np.column_stack([rng.uniform(0, 0.04, 3), rng.uniform(0, 6.3, 3)]))
         edge = np.clip((1 - d) * r_px + 0.5, 0, 1)  # ~1 px anti-aliased rim
@@ -416,8 +471,8 @@ def make_lymph_sprites(rng: np.random.Generator, mpp: float, count: int = 32) ->
 
 def _tumor_cell(
     rng: np.random.Generator, mpp: float, size: int
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Haematoxylin and eosin OD of one pleomorphic tumor cell (nucleus + cytoplasm)."""
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Haematoxylin and eosin OD of one pleomorphic tumor nucleus and its cytoplasm rim."""
     from scipy.ndimage import gaussian_filter
 
     a_px = rng.uniform(6.0, 8.5) / mpp
@@ -426,23 +481,23 @@ def _tumor_cell(
     wobble = np.column_stack([rng.uniform(0, 0.06, 4), rng.uniform(0, 6.3, 4)])
     d = _ellipse_distance(size, a_px, b_px, angle, wobble)
     inside = np.clip((1 - d) * b_px + 0.5, 0, 1)
-    rim = np.clip(1 - np.abs(1 - d) * b_px / max(0.7 / mpp, 1.0), 0, 1)
-    grain = gaussian_filter(rng.normal(size=(size, size)), max(0.5 / mpp, 0.6))
+    rim = np.clip(1 - np.abs(1 - d) * b_px / max(0.6 / mpp, 1.0), 0, 1)
+    grain = gaussian_filter(rng.normal(size=(size, size)), max(0.45 / mpp, 0.6))
     grain /= max(float(grain.std()), 1e-9)
-    h = inside * (rng.uniform(0.65, 0.9) + 0.12 * grain) + 0.45 * rim
+    h = inside * (rng.uniform(0.6, 0.85) + 0.16 * grain) + 0.4 * rim
     c = size // 2
     yy, xx = np.mgrid[0:size, 0:size] - c
-    for _ in range(int(rng.integers(1, 3))):  # nucleoli
+    for _ in range(int(rng.integers(0, 3))):  # nucleoli
         ny, nx = rng.uniform(-0.4, 0.4, 2) * b_px
-        h += 0.8 * np.clip(1.0 / mpp - np.hypot(xx - nx, yy - ny), 0, 1)
-    cell = _ellipse_distance(size, a_px * 1.55, b_px * 1.7, angle, wobble)
-    cytoplasm = np.clip((1 - cell) * 4, 0, 1) * rng.uniform(0.5, 0.65)
-    return h.astype(np.float32), (cytoplasm + 0.25 * inside).astype(np.float32)
+        h += 0.7 * np.clip(0.9 / mpp - np.hypot(xx - nx, yy - ny), 0, 1)
+    cell = _ellipse_distance(size, a_px * 1.3, b_px * 1.35, angle, wobble)
+    cytoplasm = np.clip((1 - cell) * 3, 0, 1) * rng.uniform(0.55, 0.72)
+    return h, cytoplasm
 
 
 def make_tumor_sprites(rng: np.random.Generator, mpp: float, count: int = 48) -> Sprites:
-    """Large, pale, pleomorphic tumor nuclei (semi-axes 6-8.5 µm) with pink cytoplasm."""
-    radius = math.ceil(8.5 * 1.7 * 1.1 / mpp) + 1
+    """Large, pale, pleomorphic tumor nuclei (semi-axes 6-8.5 µm) with a pink cytoplasm rim."""
+    radius = math.ceil(8.5 * 1.35 * 1.1 / mpp) + 1
     size = 2 * radius + 1
     h = np.zeros((count, size, size), dtype=np.uint8)
     e = np.zeros_like(h)

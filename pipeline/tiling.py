@@ -55,7 +55,7 @@ class TileGrid:
     @property
     def read_size_l0_px(self) -> int:
         """Tile side in whole level-0 px, as read from the slide."""
-        return int(math.ceil(self.tile_size_l0_px))
+        return math.ceil(self.tile_size_l0_px)
 
 
 def grid_shape_for(
@@ -63,8 +63,8 @@ def grid_shape_for(
 ) -> tuple[int, int]:
     """(rows, cols) of whole tiles that fit on the slide."""
     width, height = slide_dimensions
-    cols = int(math.floor((width - tile_size_l0_px) / stride_l0_px)) + 1 if width >= tile_size_l0_px else 0
-    rows = int(math.floor((height - tile_size_l0_px) / stride_l0_px)) + 1 if height >= tile_size_l0_px else 0
+    cols = math.floor((width - tile_size_l0_px) / stride_l0_px) + 1 if width >= tile_size_l0_px else 0
+    rows = math.floor((height - tile_size_l0_px) / stride_l0_px) + 1 if height >= tile_size_l0_px else 0
     return max(rows, 0), max(cols, 0)
 
 
@@ -98,8 +98,8 @@ def plan_tiles(
     tile_size_l0 = config.tile_size_px * config.mpp / slide_mpp
     stride_l0 = config.effective_stride_px * config.mpp / slide_mpp
     rows, cols = grid_shape_for(slide_dimensions, tile_size_l0, stride_l0)
-    rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    rr, cc = rr.ravel(), cc.ravel()
+    rr_2d, cc_2d = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    rr, cc = rr_2d.ravel(), cc_2d.ravel()
     x = np.round(cc * stride_l0)
     y = np.round(rr * stride_l0)
     fractions = tile_tissue_fractions(tissue, x, y, tile_size_l0)

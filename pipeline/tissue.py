@@ -59,12 +59,10 @@ class TissueMask:
 
 
 def _area_mm2_to_px(area_mm2: float, mask_mpp: float) -> int:
-    return int(round(area_mm2 * 1e6 / (mask_mpp**2)))
+    return round(area_mm2 * 1e6 / (mask_mpp**2))
 
 
-def tissue_mask_from_rgb(
-    rgb: NDArray[np.uint8], mask_mpp: float, config: TissueConfig
-) -> NDArray[np.bool_]:
+def tissue_mask_from_rgb(rgb: NDArray[np.uint8], mask_mpp: float, config: TissueConfig) -> NDArray[np.bool_]:
     """Tissue mask of an RGB thumbnail at ``mask_mpp`` µm/px; (rows, cols) bool."""
     hsv = color.rgb2hsv(rgb)
     hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
@@ -77,17 +75,12 @@ def tissue_mask_from_rgb(
         threshold = max(threshold, min(otsu, 0.5))
     tissue = candidates & (saturation >= threshold)
     if config.reject_pen:
-        pen = (
-            (hue >= PEN_HUE_RANGE[0]) & (hue <= PEN_HUE_RANGE[1])
-            & (saturation >= PEN_MIN_SATURATION)
-        )
+        pen = (hue >= PEN_HUE_RANGE[0]) & (hue <= PEN_HUE_RANGE[1]) & (saturation >= PEN_MIN_SATURATION)
         tissue &= ~pen
     return _clean_mask(tissue, mask_mpp, config)
 
 
-def _clean_mask(
-    tissue: NDArray[np.bool_], mask_mpp: float, config: TissueConfig
-) -> NDArray[np.bool_]:
+def _clean_mask(tissue: NDArray[np.bool_], mask_mpp: float, config: TissueConfig) -> NDArray[np.bool_]:
     """Close small gaps, drop specks and fill holes, with sizes in mm² from ``mask_mpp``."""
     tissue = morphology.closing(tissue, morphology.disk(1)).astype(bool)
     min_size = _area_mm2_to_px(config.min_tissue_area_mm2, mask_mpp)

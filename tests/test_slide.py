@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, draw_tissue_rgb, require_shared_data, write_pyramid_tiff
+
 from pipeline.errors import MissingMppError, SlideOpenError
 from pipeline.slide import open_slide, read_mpp
 
@@ -72,8 +72,7 @@ def test_anisotropic_metadata_is_refused() -> None:
 
 
 def test_mpp_falls_back_to_tiff_resolution_tags() -> None:
-    props = {"tiff.ResolutionUnit": "centimeter", "tiff.XResolution": "40000",
-             "tiff.YResolution": "40000"}
+    props = {"tiff.ResolutionUnit": "centimeter", "tiff.XResolution": "40000", "tiff.YResolution": "40000"}
     assert read_mpp(Path("x.tif"), props) == pytest.approx(0.25)
 
 

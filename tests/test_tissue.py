@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, require_shared_data
+
 from pipeline.config import TissueConfig
 from pipeline.slide import open_slide
 from pipeline.tissue import detect_tissue, tissue_mask_from_rgb

@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_model_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="recompute finished slides")
     ray = parser.add_argument_group("distributed (Ray)")
-    ray.add_argument("--ray", metavar="auto|ADDRESS", default=None,
-                     help="run on a Ray cluster (pip install micromet[ray])")
+    ray.add_argument(
+        "--ray", metavar="auto|ADDRESS", default=None, help="run on a Ray cluster (pip install micromet[ray])"
+    )
     ray.add_argument("--gpus-per-slide", type=float, default=None, help="GPUs each slide task asks for")
     ray.add_argument("--cpus-per-slide", type=float, default=None, help="CPUs each slide task asks for")
     parser.set_defaults(run=run)
@@ -34,30 +35,61 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the slide pipeline."""
-    parser.add_argument("--model", type=Path, default=None,
-                        help="checkpoint file (default: models/default.pt)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="TOML file with [tissue] [tiling] [inference] [deposits] sections")
-    parser.add_argument("--mpp", type=float, default=None,
-                        help="override every slide's µm/px (only if the metadata is missing or wrong)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="checkpoint file (default: models/default.pt)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file with [tissue] [tiling] [inference] [deposits] sections",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="override every slide's µm/px (only if the metadata is missing or wrong)",
+    )
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda[:N] or mps")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per model batch")
-    parser.add_argument("--workers", type=int, default=None, dest="num_workers",
-                        help="reader processes")
-    parser.add_argument("--region-tiles", type=int, default=None,
-                        help="model tiles per side of one slide read")
+    parser.add_argument("--workers", type=int, default=None, dest="num_workers", help="reader processes")
+    parser.add_argument(
+        "--region-tiles", type=int, default=None, help="model tiles per side of one slide read"
+    )
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
     parser.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="tumor probability threshold for deposits (default: the model card's)")
-    parser.add_argument("--stride-px", type=int, default=None,
-                        help="tile step at the model resolution (default: tile size, no overlap)")
-    parser.add_argument("--min-tissue-fraction", type=float, default=None,
-                        help="keep tiles with more tissue than this fraction (default 0.25)")
-    parser.add_argument("--no-refine", action="store_false", dest="refine", default=None,
-                        help="do not rescore deposits near a category boundary")
-    parser.add_argument("--no-cells", action="store_false", dest="count_cells", default=None,
-                        help="do not estimate tumor cell counts")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="tumor probability threshold for deposits (default: the model card's)",
+    )
+    parser.add_argument(
+        "--stride-px",
+        type=int,
+        default=None,
+        help="tile step at the model resolution (default: tile size, no overlap)",
+    )
+    parser.add_argument(
+        "--min-tissue-fraction",
+        type=float,
+        default=None,
+        help="keep tiles with more tissue than this fraction (default 0.25)",
+    )
+    parser.add_argument(
+        "--no-refine",
+        action="store_false",
+        dest="refine",
+        default=None,
+        help="do not rescore deposits near a category boundary",
+    )
+    parser.add_argument(
+        "--no-cells",
+        action="store_false",
+        dest="count_cells",
+        default=None,
+        help="do not estimate tumor cell counts",
+    )
 
 
 def build_context_from_args(args: argparse.Namespace) -> Any:
@@ -66,12 +98,15 @@ def build_context_from_args(args: argparse.Namespace) -> Any:
 
     overrides: dict[str, dict[str, Any]] = {
         "inference": {
-            "device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers,
-            "region_tiles": args.region_tiles, "precision": args.precision, "compile": args.compile,
+            "device": args.device,
+            "batch_size": args.batch_size,
+            "num_workers": args.num_workers,
+            "region_tiles": args.region_tiles,
+            "precision": args.precision,
+            "compile": args.compile,
         },
         "tiling": {"stride_px": args.stride_px, "min_tissue_fraction": args.min_tissue_fraction},
-        "deposits": {"threshold": args.threshold, "refine": args.refine,
-                     "count_cells": args.count_cells},
+        "deposits": {"threshold": args.threshold, "refine": args.refine, "count_cells": args.count_cells},
     }
     return build_context(args.model, args.config, overrides, args.mpp)
 
@@ -89,10 +124,13 @@ def run(args: argparse.Namespace) -> int:
         outcomes = run_batch_on_ray(slides, args)
     else:
         from pipeline.analyze import run_local_batch
+        from pipeline.commands.progress import BatchProgress
 
         context = build_context_from_args(args)
-        outcomes = run_local_batch(slides, args.out, context, overwrite=args.overwrite,
-                                   show_progress=sys.stderr.isatty())
+        with BatchProgress(len(slides), enabled=sys.stderr.isatty()) as progress:
+            outcomes = run_local_batch(
+                slides, args.out, context, args.overwrite, progress.tile_callback, progress.slide_done
+            )
     print_summary(outcomes, args.out)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 

@@ -21,9 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--mpp", type=float, default=None, help="override the slide's µm/px")
-    parser.add_argument(
-        "--no-tissue", action="store_true", help="skip tissue detection (faster)"
-    )
+    parser.add_argument("--no-tissue", action="store_true", help="skip tissue detection (faster)")
     parser.set_defaults(run=run)
 
 
@@ -57,9 +55,7 @@ def format_table(facts: dict[str, Any]) -> str:
         ("objective", "unknown" if facts["objective_power"] is None else f"{facts['objective_power']:g}x"),
     ]
     if "tissue_fraction" in facts:
-        rows.append(
-            ("tissue", f"{facts['tissue_fraction']:.1%} ({facts['tissue_area_mm2']:.2f} mm²)")
-        )
+        rows.append(("tissue", f"{facts['tissue_fraction']:.1%} ({facts['tissue_area_mm2']:.2f} mm²)"))
     return "\n".join(f"{key:<11} {value}" for key, value in rows)
 
 

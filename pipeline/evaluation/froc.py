@@ -262,17 +262,19 @@ def _lattice_points_on_edges(
     return np.concatenate(point_rows), np.concatenate(point_cols)
 
 
-def fill_polygon_rc(
-    rows: NDArray[np.float64], cols: NDArray[np.float64], shape: tuple[int, int]
-) -> NDArray[np.bool_]:
-    """Pixels of a (rows, cols) array whose centres (integer coordinates) lie in a polygon
-    or on its outline: the pixels ``skimage.draw.polygon`` draws.
+def _paint_polygon(raster: NDArray[np.bool_], rows: NDArray[np.float64],
+                   cols: NDArray[np.float64]) -> None:
+    """Set raster pixels whose centres lie in the polygon (even-odd rule) or on its outline.
 
-    The even-odd scanline rule in O(vertices + crossings) instead of skimage's
-    O(bounding-box area x vertices): a real CAMELYON16 outline has up to ~10^4 vertices.
     Edges count for centre rows y with min(y_a, y_b) <= y < max(y_a, y_b), so a vertex is
-    crossed once and every row holds an even number of crossings.
+    crossed once and every row holds an even number of crossings. Work stays inside the
+    polygon's bounding box.
     """
+    height, width = raster.shape
+    r0, r1 = max(0, math.ceil(rows.min())), min(height, math.floor(rows.max()) + 1)
+    c0, c1 = max(0, math.ceil(cols.min())), min(width, math.floor(cols.max()) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
     ya, yb = rows, np.roll(rows, -1)
     xa, xb = cols, np.roll(cols, -1)
     first = np.ceil(np.minimum(ya, yb)).astype(np.int64)
@@ -280,22 +282,35 @@ def fill_polygon_rc(
     edge = np.repeat(np.arange(rows.size), count)
     y = first[edge] + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
     x = xa[edge] + (y - ya[edge]) / (yb[edge] - ya[edge]) * (xb[edge] - xa[edge])
-    inside_rows = (y >= 0) & (y < shape[0])  # drops whole rows: parity is kept
-    order = np.lexsort((x[inside_rows], y[inside_rows]))
-    y, x = y[inside_rows][order], x[inside_rows][order]
-    row = y[0::2]
-    start = np.clip(np.ceil(x[0::2]), 0, shape[1]).astype(np.int64)
-    stop = np.clip(np.floor(x[1::2]) + 1, 0, shape[1]).astype(np.int64)
+    in_box = (y >= r0) & (y < r1)  # drops whole rows: parity is kept
+    order = np.lexsort((x[in_box], y[in_box]))
+    y, x = y[in_box][order], x[in_box][order]
+    start = np.clip(np.ceil(x[0::2]), c0, c1).astype(np.int64) - c0
+    stop = np.clip(np.floor(x[1::2]) + 1, c0, c1).astype(np.int64) - c0
     spans = start < stop
     # +1 where a span starts, -1 after it ends; a running sum marks the filled pixels
-    step = np.zeros((shape[0], shape[1] + 1), dtype=np.int32)
-    np.add.at(step, (row[spans], start[spans]), 1)
-    np.add.at(step, (row[spans], stop[spans]), -1)
-    out: NDArray[np.bool_] = np.cumsum(step, axis=1)[:, :-1] > 0
+    step = np.zeros((r1 - r0, c1 - c0 + 1), dtype=np.int32)
+    np.add.at(step, (y[0::2][spans] - r0, start[spans]), 1)
+    np.add.at(step, (y[0::2][spans] - r0, stop[spans]), -1)
+    raster[r0:r1, c0:c1] |= np.cumsum(step, axis=1)[:, :-1] > 0
     edge_rows, edge_cols = _lattice_points_on_edges(rows, cols)
-    keep = (edge_rows >= 0) & (edge_rows < shape[0]) & (edge_cols >= 0) & (edge_cols < shape[1])
-    out[edge_rows[keep], edge_cols[keep]] = True
-    return out
+    keep = (edge_rows >= 0) & (edge_rows < height) & (edge_cols >= 0) & (edge_cols < width)
+    raster[edge_rows[keep], edge_cols[keep]] = True
+
+
+def fill_polygon_rc(
+    rows: NDArray[np.float64], cols: NDArray[np.float64], shape: tuple[int, int]
+) -> NDArray[np.bool_]:
+    """Pixels of an array of this shape whose centres (integer row, col) lie in a polygon.
+
+    The pixels ``skimage.draw.polygon`` draws (even-odd rule, outline included; the two
+    may differ only on pixel centres exactly on an edge), in O(vertices + crossings)
+    instead of O(bounding-box area x vertices): a real CAMELYON16 outline has up to ~10^4
+    vertices, which takes skimage seconds.
+    """
+    raster = np.zeros(shape, dtype=bool)
+    _paint_polygon(raster, np.asarray(rows, np.float64), np.asarray(cols, np.float64))
+    return raster
 
 
 def _rasterise(
@@ -309,7 +324,7 @@ def _rasterise(
         # mask pixel centres sit at level-0 (col + 0.5) * downsample
         rows = vertices[:, 1] / downsample - 0.5 - origin_rc[0]
         cols = vertices[:, 0] / downsample - 0.5 - origin_rc[1]
-        raster |= fill_polygon_rc(rows, cols, shape)
+        _paint_polygon(raster, rows, cols)
         vr = np.floor(vertices[:, 1] / downsample).astype(np.int64) - origin_rc[0]
         vc = np.floor(vertices[:, 0] / downsample).astype(np.int64) - origin_rc[1]
         inside = (vr >= 0) & (vr < shape[0]) & (vc >= 0) & (vc < shape[1])

@@ -33,6 +33,7 @@ import torchvision
 from torch import nn
 
 import pipeline
+from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 from pipeline.errors import CheckpointError
 from pipeline.models.architectures import ARCHITECTURES, available_architectures, build_model
 
@@ -46,8 +47,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_TILE_SIZE_PX = 32
 MAX_TILE_SIZE_PX = 4096
-MIN_CARD_MPP = 0.05
-MAX_CARD_MPP = 20.0
 RESERVED_KEYS = ("format", "format_version", "card", "state_dict")
 _HOW_TO_GET_ONE = (
     "train one with `micromet train` or pass --model PATH to an existing micromet checkpoint"
@@ -134,8 +133,8 @@ def _check_card_geometry(card: ModelCard) -> None:
         raise _card_error(
             "tile_size_px", size, f"an integer from {MIN_TILE_SIZE_PX} to {MAX_TILE_SIZE_PX}"
         )
-    if not _is_number(card.mpp) or not (MIN_CARD_MPP <= card.mpp <= MAX_CARD_MPP):
-        raise _card_error("mpp", card.mpp, f"µm/px from {MIN_CARD_MPP} to {MAX_CARD_MPP}")
+    if not _is_number(card.mpp) or not (MIN_PLAUSIBLE_MPP <= card.mpp <= MAX_PLAUSIBLE_MPP):
+        raise _card_error("mpp", card.mpp, f"µm/px from {MIN_PLAUSIBLE_MPP} to {MAX_PLAUSIBLE_MPP}")
 
 
 def _check_rgb(name: str, value: object, low: float, high: float, low_open: bool) -> None:

@@ -26,7 +26,12 @@ from pipeline.errors import OutputError, SlideOpenError
 from pipeline.heatmap import Heatmap
 from pipeline.viewer.batch_index import BatchIndex, SlideRecord, SlideSummary, load_heatmap_or_none
 from pipeline.viewer.colors import CATEGORY_COLORS, heatmap_rect_px, heatmap_rgba
-from pipeline.viewer.templating import format_number, template_globals
+from pipeline.viewer.templating import (
+    STATIC_DIR,
+    TEMPLATES_DIR,
+    format_number,
+    template_globals,
+)
 from pipeline.viewer.tiles import DeepZoomCache, TileConfig
 
 log = logging.getLogger(__name__)
@@ -79,7 +84,7 @@ def create_app(
             openseadragon_dir,
             OPENSEADRAGON_DIR.parents[3],
         )
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder=str(TEMPLATES_DIR), static_folder=str(STATIC_DIR))
     app.url_map.merge_slashes = False  # '/dz//etc/passwd.dzi' must 404, not redirect
     app.extensions["micromet_viewer"] = state
     app.jinja_env.filters["fmt"] = format_number
@@ -145,9 +150,11 @@ def _batch_error_page(error: OutputError) -> tuple[str, int]:
 def index_page() -> str:
     """The slide list."""
     state = _state()
-    return render_template(
-        "index.html", batch_dir=state.index.root, slides=state.index.summaries()
-    )
+    rows = [
+        {"summary": summary, "href": url_for("slide_page", slide_id=summary.record.slide_id)}
+        for summary in state.index.summaries()
+    ]
+    return render_template("index.html", batch_dir=state.index.root, rows=rows)
 
 
 def slide_page(slide_id: str) -> str:

@@ -83,3 +83,10 @@ def heatmap_gradient_css(steps: int = 11) -> str:
         r, g, b, _ = colormap(index / (steps - 1), bytes=True)
         stops.append(f"#{int(r):02x}{int(g):02x}{int(b):02x}")
     return f"linear-gradient(to right, {', '.join(stops)})"
+
+
+def category_css() -> str:
+    """CSS rules giving each ``.cat-<category>`` class its colour as ``--cat-color``."""
+    return "\n".join(
+        f".cat-{name} {{ --cat-color: {color}; }}" for name, color in CATEGORY_COLORS.items()
+    )

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.staging import CATEGORY_ORDER
-from pipeline.viewer.colors import CATEGORY_COLORS, category_color, heatmap_gradient_css
+from pipeline.viewer.colors import (
+    CATEGORY_COLORS,
+    category_color,
+    category_css,
+    heatmap_gradient_css,
+)
 
 VIEWER_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = VIEWER_DIR / "templates"
@@ -39,6 +44,7 @@ def template_globals() -> dict[str, Any]:
         "category_color": category_color,
         "category_rank": CATEGORY_RANK,
         "heatmap_gradient": heatmap_gradient_css(),
+        "category_css": category_css(),
     }
 
 

@@ -1,0 +1,290 @@
+"""One slide end to end: reads a slide file, produces its heatmap, deposits, category,
+exports, overlay and ``report.json`` in one folder. ``run_local_batch`` runs it over many
+slides through ``pipeline.batch`` (manifest, resume, failure isolation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline import __version__
+from pipeline.batch import SlideOutcome, run_batch
+from pipeline.config import (
+    DepositConfig,
+    InferenceConfig,
+    TilingConfig,
+    TissueConfig,
+    build_config,
+    config_to_dict,
+    load_config_file,
+)
+from pipeline.errors import ConfigError, NoTissueError
+from pipeline.heatmap import Heatmap, heatmap_from_scores, save_heatmap
+from pipeline.outputs import atomic_write_json
+from pipeline.report import build_report, write_summary_csv
+from pipeline.slide import Slide, open_slide
+from pipeline.staging import Category, slide_category
+from pipeline.tiling import TileGrid, plan_tiles
+from pipeline.tissue import detect_tissue
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.deposits import Deposit
+    from pipeline.models import ModelCard
+
+log = logging.getLogger(__name__)
+
+CATEGORY_COLORS = {"itc": "#2ca02c", "micro": "#ff7f0e", "macro": "#d62728"}
+ProgressCallback = Callable[[int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisContext:
+    """Everything a slide analysis needs besides the slide: model, card and stage configs."""
+
+    model: nn.Module
+    card: ModelCard
+    model_path: Path
+    model_sha256: str
+    tissue: TissueConfig
+    tiling: TilingConfig
+    inference: InferenceConfig
+    deposits: DepositConfig
+    mpp_override: float | None = None
+
+    @property
+    def threshold(self) -> float:
+        """The deposit threshold: the user's, else the model card's operating point."""
+        return self.deposits.threshold if self.deposits.threshold is not None else self.card.threshold
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes a result, for report.json, run.json and the resume key."""
+        return {
+            "model_sha256": self.model_sha256,
+            "threshold": self.threshold,
+            "mpp_override": self.mpp_override,
+            "tissue": config_to_dict(self.tissue),
+            "tiling": config_to_dict(self.tiling),
+            "inference": {k: v for k, v in config_to_dict(self.inference).items() if k in ("precision",)},
+            "deposits": config_to_dict(self.deposits),
+        }
+
+    def model_facts(self) -> dict[str, Any]:
+        """The model section of report.json."""
+        return {
+            "path": str(self.model_path),
+            "sha256": self.model_sha256,
+            "architecture": self.card.architecture,
+            "tile_size_px": self.card.tile_size_px,
+            "mpp": self.card.mpp,
+            "threshold": self.threshold,
+        }
+
+
+def build_context(
+    model_path: Path | None,
+    config_path: Path | None,
+    overrides: Mapping[str, Mapping[str, Any]],
+    mpp_override: float | None,
+) -> AnalysisContext:
+    """Load the model and resolve every stage config: defaults, config file, then flags.
+
+    Tile size and resolution always come from the model card, never from flags.
+    """
+    from pipeline.models import file_sha256, load_checkpoint, resolve_model_path
+
+    sections: dict[str, Any] = load_config_file(config_path) if config_path else {}
+    unknown = set(sections) - {"tissue", "tiling", "inference", "deposits"}
+    if unknown:
+        raise ConfigError(
+            f"{config_path}: unknown sections {sorted(unknown)}; use tissue, tiling, inference, deposits"
+        )
+    source = str(config_path or "command line")
+    inference = build_config(InferenceConfig, sections.get("inference"), overrides.get("inference"), source)
+    path = resolve_model_path(model_path)
+    from pipeline.models import choose_device
+
+    model, card = load_checkpoint(path, device=str(choose_device(inference.device)))
+    tiling_section = dict(sections.get("tiling", {}))
+    for fixed in ("tile_size_px", "mpp"):
+        if fixed in tiling_section:
+            raise ConfigError(f"{source}: tiling.{fixed} comes from the model card; remove it")
+    tiling_overrides = {**overrides.get("tiling", {}), "tile_size_px": card.tile_size_px, "mpp": card.mpp}
+    return AnalysisContext(
+        model=model,
+        card=card,
+        model_path=path,
+        model_sha256=file_sha256(path),
+        tissue=build_config(TissueConfig, sections.get("tissue"), overrides.get("tissue"), source),
+        tiling=build_config(TilingConfig, tiling_section, tiling_overrides, source),
+        inference=inference,
+        deposits=build_config(DepositConfig, sections.get("deposits"), overrides.get("deposits"), source),
+        mpp_override=mpp_override,
+    )
+
+
+def _score(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
+) -> NDArray[np.float32]:
+    from pipeline.inference import score_tiles
+
+    return score_tiles(slide.path, slide.mpp, grid, context.model, context.card, context.inference, progress)
+
+
+def points_grid(template: TileGrid, xy_px: NDArray[np.int64], stride_l0_px: float) -> TileGrid:
+    """A TileGrid over arbitrary level-0 tile corners on a regular ``stride_l0_px`` lattice."""
+    xy = np.asarray(xy_px, dtype=np.int64).reshape(-1, 2)
+    origin = xy.min(axis=0) if len(xy) else np.zeros(2, np.int64)
+    rc = np.round((xy[:, ::-1] - origin[::-1]) / stride_l0_px).astype(np.int64)
+    shape = (int(rc[:, 0].max()) + 1, int(rc[:, 1].max()) + 1) if len(xy) else (0, 0)
+    return dataclasses.replace(
+        template,
+        xy_px=xy,
+        heatmap_rc=rc,
+        grid_shape=shape,
+        stride_l0_px=stride_l0_px,
+        tissue_fraction=np.ones(len(xy), np.float32),
+    )
+
+
+def _find_and_refine(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap
+) -> list[Deposit]:
+    from pipeline.deposits import find_deposits
+
+    deposits = find_deposits(heatmap, context.threshold)
+    if not (context.deposits.refine and deposits):
+        return deposits
+    from pipeline.refine import refine_deposits
+
+    def score_points(xy_px: NDArray[np.int64], stride_l0_px: float) -> NDArray[np.float32]:
+        if len(xy_px) == 0:
+            return np.zeros(0, np.float32)
+        return _score(context, slide, points_grid(grid, xy_px, stride_l0_px), None)
+
+    return refine_deposits(deposits, heatmap, score_points, context.deposits, context.threshold)
+
+
+def _count_cells(context: AnalysisContext, slide: Slide, deposits: Sequence[Deposit]) -> list[Deposit]:
+    if not context.deposits.count_cells:
+        return list(deposits)
+    from pipeline.cells import count_cells_in_deposit
+    from pipeline.deposits import with_cell_count
+
+    counted = []
+    for deposit in deposits:
+        count = count_cells_in_deposit(slide, deposit, context.deposits.max_cell_count_diameter_mm)
+        counted.append(with_cell_count(deposit, count))
+    return counted
+
+
+def _write_exports(folder: Path, deposits: Sequence[Deposit]) -> None:
+    from pipeline.exports import write_asap_xml, write_camelyon16_csv, write_qupath_geojson
+
+    write_qupath_geojson(deposits, folder / "deposits.geojson")
+    write_asap_xml(deposits, folder / "deposits.xml")
+    write_camelyon16_csv(deposits, folder / "detections.csv")
+
+
+def _write_overlay(slide: Slide, heatmap: Heatmap, deposits: Sequence[Deposit], folder: Path) -> None:
+    from pipeline.overlay import render_overlay
+
+    outlines = [d.outline_xy for d in deposits]
+    colors = [CATEGORY_COLORS.get(str(d.category), "#ffffff") for d in deposits]
+    render_overlay(slide, heatmap, folder / "overlay.png", outlines, colors)
+
+
+def _slide_facts(slide: Slide, tissue_fraction: float, tissue_area_mm2: float) -> dict[str, Any]:
+    facts = slide.info.to_dict()
+    facts.pop("level_dimensions", None)
+    facts.update(tissue_fraction=round(tissue_fraction, 5), tissue_area_mm2=round(tissue_area_mm2, 4))
+    return facts
+
+
+def analyze_slide(
+    context: AnalysisContext,
+    path: Path,
+    slide_id: str,
+    folder: Path,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Analyse one slide into ``folder``; returns its report dict. ``report.json`` is written
+    last, so a folder with a report is complete. Raises MicrometError subclasses on bad input.
+    """
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    with open_slide(path, mpp_override=context.mpp_override) as slide:
+        tissue = detect_tissue(slide, context.tissue)
+        try:
+            grid = plan_tiles(slide.dimensions, slide.mpp, tissue, context.tiling)
+        except NoTissueError as exc:
+            raise NoTissueError(f"{path}: {exc}") from exc
+        timing["tissue_tiling"] = time.perf_counter() - started
+        probabilities = _score(context, slide, grid, progress)
+        timing["inference"] = time.perf_counter() - started - timing["tissue_tiling"]
+        heatmap = heatmap_from_scores(grid, probabilities)
+        save_heatmap(heatmap, folder)
+        mark = time.perf_counter()
+        deposits = _count_cells(context, slide, _find_and_refine(context, slide, grid, heatmap))
+        timing["deposits"] = time.perf_counter() - mark
+        _write_exports(folder, deposits)
+        _write_overlay(slide, heatmap, deposits, folder)
+        facts = _slide_facts(slide, tissue.tissue_fraction, tissue.tissue_area_mm2)
+    category = (
+        slide_category(Category(str(d.category)) for d in deposits) if deposits else Category("negative")
+    )
+    timing["total"] = time.perf_counter() - started
+    report = build_report(
+        slide_id,
+        facts,
+        context.model_facts(),
+        context.settings(),
+        str(category),
+        float(np.nanmax(probabilities)) if len(probabilities) else 0.0,
+        [d.to_dict() for d in deposits],
+        len(grid),
+        timing,
+    )
+    atomic_write_json(
+        folder / "run.json",
+        {"micromet_version": __version__, "settings": context.settings(), "model": context.model_facts()},
+    )
+    atomic_write_json(folder / "report.json", report)
+    return report
+
+
+def run_local_batch(
+    slides: Sequence[Path],
+    out_dir: Path,
+    context: AnalysisContext,
+    overwrite: bool = False,
+    tile_progress: Callable[[str], ProgressCallback | None] | None = None,
+    on_slide_done: Callable[[SlideOutcome], None] | None = None,
+) -> list[SlideOutcome]:
+    """Analyse ``slides`` into ``out_dir`` on this machine; keeps summary.csv current.
+
+    tile_progress(slide_id) may return a callback that receives counts of tiles scored.
+    """
+    from pipeline.batch import read_manifest
+
+    def analyze(path: Path, slide_id: str, folder: Path) -> dict[str, Any]:
+        callback = tile_progress(slide_id) if tile_progress is not None else None
+        return analyze_slide(context, path, slide_id, folder, callback)
+
+    def done(outcome: SlideOutcome) -> None:
+        write_summary_csv(out_dir, read_manifest(out_dir))
+        if on_slide_done is not None:
+            on_slide_done(outcome)
+
+    outcomes = run_batch(slides, out_dir, analyze, context.settings(), overwrite, done)
+    write_summary_csv(out_dir, read_manifest(out_dir))
+    return outcomes

@@ -1,0 +1,5 @@
+"""Review: reads a batch output folder, produces a static HTML report and a deep-zoom viewer.
+
+``static_report.write_static_report`` writes one self-contained HTML file;
+``app.create_app`` builds the Flask app behind ``micromet view``. Both only read the batch.
+"""
