@@ -318,9 +318,7 @@ def test_a_folder_is_not_a_checkpoint(tmp_path: Path) -> None:
         (lambda card: card.update(threshold=2.0), "field threshold=2.0"),
     ],
 )
-def test_bad_card_in_the_file_is_refused_naming_the_field(
-    tmp_path: Path, mutate: Any, named: str
-) -> None:
+def test_bad_card_in_the_file_is_refused_naming_the_field(tmp_path: Path, mutate: Any, named: str) -> None:
     payload = _payload(MicroNet(), _card())
     mutate(payload["card"])
     path = tmp_path / "bad.pt"

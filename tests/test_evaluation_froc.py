@@ -23,6 +23,7 @@ from pipeline.evaluation.froc import (
     SlideTruth,
     build_lesion_mask,
     evaluate_froc,
+    fill_polygon_rc,
     froc_curve,
     score_slide_detections,
     sensitivity_challenge_rule,
@@ -285,6 +286,29 @@ def test_interpolation_follows_the_curve_and_holds_after_its_end() -> None:
     for target in (0.25, 0.75, 2.0, 8.0):  # same as numpy.interp, the NCRF/MONAI convention
         assert sensitivity_interpolated(fps, sens, target) == pytest.approx(
             float(np.interp(target, fps, sens)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scanline_fill_draws_the_pixels_skimage_draws(seed: int) -> None:
+    from skimage.draw import polygon
+
+    rng = np.random.default_rng(seed)
+    shape = (70, 75)
+    for _ in range(40):
+        n = int(rng.integers(3, 30))
+        rows, cols = rng.uniform(-10, 80, n), rng.uniform(-10, 85, n)  # self-intersecting too
+        expected = np.zeros(shape, dtype=bool)
+        rr, cc = polygon(rows, cols, shape)
+        expected[rr, cc] = True
+        np.testing.assert_array_equal(fill_polygon_rc(rows, cols, shape), expected)
+
+
+def test_scanline_fill_includes_centres_on_the_outline() -> None:
+    filled = fill_polygon_rc(np.array([2.0, 2.0, 6.0, 6.0]), np.array([1.0, 5.0, 5.0, 1.0]),
+                             (9, 9))
+    expected = np.zeros((9, 9), dtype=bool)
+    expected[2:7, 1:6] = True
+    np.testing.assert_array_equal(filled, expected)
 
 
 def _shared_data() -> Path:

@@ -112,8 +112,7 @@ def check_architecture(architecture: str) -> None:
     """Raise UnknownArchitectureError (a CheckpointError and ValueError) listing known names."""
     if architecture not in ARCHITECTURES:
         raise UnknownArchitectureError(
-            f"unknown model architecture {architecture!r}; "
-            f"available: {', '.join(available_architectures())}"
+            f"unknown model architecture {architecture!r}; available: {', '.join(available_architectures())}"
         )
 
 

@@ -101,7 +101,5 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
             )
         return torch.bfloat16
     if kind == "cpu":
-        raise ConfigError(
-            "precision='fp16' is not supported on CPU; use --precision bf16, fp32 or auto"
-        )
+        raise ConfigError("precision='fp16' is not supported on CPU; use --precision bf16, fp32 or auto")
     return torch.float16
