@@ -140,18 +140,27 @@ def _score(
     return score_tiles(slide.path, slide.mpp, grid, context.model, context.card, context.inference, progress)
 
 
-def points_grid(template: TileGrid, xy_px: NDArray[np.int64], stride_l0_px: float) -> TileGrid:
-    """A TileGrid over arbitrary level-0 tile corners on a regular ``stride_l0_px`` lattice."""
+def _lattice_step(values: NDArray[np.int64], fallback: float) -> float:
+    steps = np.diff(np.unique(values))
+    return float(steps.min()) if len(steps) else fallback
+
+
+def points_grid(template: TileGrid, xy_px: NDArray[np.int64]) -> TileGrid:
+    """A TileGrid over tile corners on a regular lattice (e.g. a refinement neighbourhood);
+    the lattice step is read off the points, rows and columns count from their minimum."""
     xy = np.asarray(xy_px, dtype=np.int64).reshape(-1, 2)
-    origin = xy.min(axis=0) if len(xy) else np.zeros(2, np.int64)
-    rc = np.round((xy[:, ::-1] - origin[::-1]) / stride_l0_px).astype(np.int64)
-    shape = (int(rc[:, 0].max()) + 1, int(rc[:, 1].max()) + 1) if len(xy) else (0, 0)
+    stride = min(
+        _lattice_step(xy[:, 0], template.stride_l0_px), _lattice_step(xy[:, 1], template.stride_l0_px)
+    )
+    origin = xy.min(axis=0)
+    rc = np.round((xy[:, ::-1] - origin[::-1]) / stride).astype(np.int64)
+    shape = (int(rc[:, 0].max()) + 1, int(rc[:, 1].max()) + 1)
     return dataclasses.replace(
         template,
         xy_px=xy,
         heatmap_rc=rc,
         grid_shape=shape,
-        stride_l0_px=stride_l0_px,
+        stride_l0_px=stride,
         tissue_fraction=np.ones(len(xy), np.float32),
     )
 
@@ -166,25 +175,20 @@ def _find_and_refine(
         return deposits
     from pipeline.refine import refine_deposits
 
-    def score_points(xy_px: NDArray[np.int64], stride_l0_px: float) -> NDArray[np.float32]:
+    def score_points(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
         if len(xy_px) == 0:
             return np.zeros(0, np.float32)
-        return _score(context, slide, points_grid(grid, xy_px, stride_l0_px), None)
+        return _score(context, slide, points_grid(grid, xy_px), None)
 
-    return refine_deposits(deposits, heatmap, score_points, context.deposits, context.threshold)
+    return refine_deposits(heatmap, deposits, context.threshold, score_points, context.deposits)
 
 
-def _count_cells(context: AnalysisContext, slide: Slide, deposits: Sequence[Deposit]) -> list[Deposit]:
+def _count_cells(context: AnalysisContext, slide: Slide, deposits: list[Deposit]) -> list[Deposit]:
     if not context.deposits.count_cells:
-        return list(deposits)
-    from pipeline.cells import count_cells_in_deposit
-    from pipeline.deposits import with_cell_count
+        return deposits
+    from pipeline.cells import add_cell_counts
 
-    counted = []
-    for deposit in deposits:
-        count = count_cells_in_deposit(slide, deposit, context.deposits.max_cell_count_diameter_mm)
-        counted.append(with_cell_count(deposit, count))
-    return counted
+    return add_cell_counts(slide, deposits, context.deposits)
 
 
 def _write_exports(folder: Path, deposits: Sequence[Deposit]) -> None:

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -418,19 +418,19 @@ def read_annotations(path: Path) -> list[Annotation]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over ``path``."""
+    """Write to a temporary file beside ``path`` and rename it over ``path``.
+
+    Raises OutputError naming the file if the folder cannot be written.
+    """
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write here ({exc})") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with tmp.open("x", encoding="utf-8") as handle:  # normal permissions, unlike mkstemp
             handle.write(text)
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write here ({exc})") from exc
 
 

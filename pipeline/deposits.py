@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 # The outline is traced on the cell mask upsampled by this factor; straight edges are exact
 # and corners are cut by 1 / (2 * factor) of a cell (display only: sizes use the corners).
-OUTLINE_UPSAMPLE = 4
+OUTLINE_UPSAMPLE = 2
+# Components whose bounding box holds more cells than this are traced without upsampling.
+OUTLINE_MAX_UPSAMPLED_CELLS = 1_000_000
 UM_PER_MM = 1000.0
 
 __all__ = [
@@ -276,7 +278,8 @@ def _row_extremes(rows: NDArray[np.intp], cols: NDArray[np.intp]) -> NDArray[np.
 def _square_corners_rc(cells_rc: NDArray[np.float64]) -> NDArray[np.float64]:
     """The four corners (row +/- 0.5, col +/- 0.5) of each cell, as (4N, 2) fractional rc."""
     offsets = np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])
-    return (cells_rc[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
+    corners = cells_rc[:, None, :] + offsets[None, :, :]
+    return np.asarray(corners, dtype=np.float64).reshape(-1, 2)
 
 
 def _bbox_px(corners_xy: NDArray[np.float64]) -> tuple[int, int, int, int]:
@@ -294,7 +297,7 @@ def _outline_rc(component: NDArray[np.bool_]) -> NDArray[np.float64]:
     """
     from skimage.measure import find_contours
 
-    k = OUTLINE_UPSAMPLE
+    k = OUTLINE_UPSAMPLE if component.size <= OUTLINE_MAX_UPSAMPLED_CELLS else 1
     upsampled = np.kron(component.astype(np.float32), np.ones((k, k), dtype=np.float32))
     padded = np.pad(upsampled, 1)
     contours = find_contours(padded, 0.5, fully_connected="high")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import HeatmapError
+from pipeline.outputs import atomic_write_bytes
 from pipeline.tiling import TileGrid
 
 HEATMAP_ARRAY = "heatmap.npy"
@@ -98,21 +98,15 @@ def heatmap_from_scores(grid: TileGrid, probabilities: NDArray[np.float32]) -> H
     )
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(payload)
-    os.replace(temporary, path)
-
-
 def save_heatmap(heatmap: Heatmap, folder: Path) -> None:
     """Write heatmap.npy and heatmap.json into ``folder`` atomically."""
     import io
 
     buffer = io.BytesIO()
     np.save(buffer, heatmap.probabilities.astype(np.float32), allow_pickle=False)
-    _atomic_write_bytes(folder / HEATMAP_ARRAY, buffer.getvalue())
+    atomic_write_bytes(folder / HEATMAP_ARRAY, buffer.getvalue())
     meta = json.dumps(heatmap.to_metadata(), indent=2).encode()
-    _atomic_write_bytes(folder / HEATMAP_META, meta)
+    atomic_write_bytes(folder / HEATMAP_META, meta)
 
 
 def load_heatmap(folder: Path) -> Heatmap:

@@ -100,7 +100,8 @@ class _Scorer:
 
 def _prepare_model(model: nn.Module, device: torch.device, compile_model: bool) -> nn.Module:
     model.eval()
-    model.to(device=device, memory_format=torch.channels_last)
+    model.to(device)
+    model.to(memory_format=torch.channels_last)
     if compile_model:
         compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]
         return compiled
@@ -124,7 +125,7 @@ def _cpu_threads(device: torch.device, num_workers: int) -> int:
     """Torch threads for scoring: on the CPU, leave one core per reader process (up to half)."""
     if device.type != "cpu":
         return torch.get_num_threads()
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores - min(num_workers, cores // 2))
 
 
@@ -212,6 +213,14 @@ def _run_loader(
             scored = batcher.add(item)
             if progress is not None and scored:
                 progress(scored)
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        # A reader that died without a Python error (a crash inside the decoder, a kill).
+        raise SlideOpenError(
+            f"{slide_path}: a tile reader process stopped while reading the slide ({exc}); "
+            "the file may be corrupt or memory short; rerun with --num-workers 0 to see why"
+        ) from exc
     finally:
         del iterator  # stops the reader processes now, not when a traceback is dropped
     scored = batcher.flush()
@@ -299,12 +308,18 @@ def naive_score_tiles(
     """Reference scorer: one ``read_region_at_mpp`` per tile, batches of one, main process.
 
     Same tile pixels (corners snapped as in ``pipeline/readers.py``), normalisation and
-    output as ``score_tiles``; slow, for tests and benchmarks. Returns (N,) float32.
+    output as ``score_tiles``; slow, for tests and benchmarks. Scores on one CPU thread (the
+    fastest for batches of one). Returns (N,) float32.
     """
     check_grid_matches_card(grid, card, slide_mpp)
     torch_device = choose_device(device)
     out = np.full(len(grid), np.nan, dtype=np.float32)
-    with open_slide(slide_path, mpp_override=slide_mpp) as slide, torch.inference_mode():
+    threads = 1 if torch_device.type == "cpu" else torch.get_num_threads()
+    with (
+        open_slide(slide_path, mpp_override=slide_mpp) as slide,
+        _torch_threads(threads),
+        torch.inference_mode(),
+    ):
         geometry = read_geometry(slide, card.tile_size_px, card.mpp)
         scorer = _Scorer(_prepare_model(model, torch_device, False), card, torch_device, "fp32")
         for index, xy_px in enumerate(grid.xy_px):

@@ -10,8 +10,10 @@ Why tile corners are snapped to the read level's pixel grid: OpenSlide maps a le
 has one such phase, so a tile at another phase would differ from its own one-tile read by up to
 half a level pixel. Snapping every corner to ``round(x / downsample)`` level pixels (a shift of
 under half a level pixel) gives every tile phase zero, and region tiles then equal one-tile
-reads at the snapped corner exactly (whenever the downsample is an integer, as in generic and
-CAMELYON pyramidal TIFFs; within one level pixel of phase otherwise).
+reads at the snapped corner exactly whenever the downsample is an integer (generic and
+CAMELYON pyramidal TIFFs). With a non-integer downsample (e.g. Aperio's 4.0003) OpenSlide still
+applies a sub-pixel phase of under 0.5 / downsample level px, different per read, so the two
+agree closely but not bit for bit. At level 0 nothing is snapped.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import MicrometError
 from pipeline.slide import Slide, open_slide, resize_rgb
-from pipeline.tiling import TileGrid
 
 log = logging.getLogger(__name__)
 

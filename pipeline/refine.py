@@ -46,7 +46,7 @@ ScoreFn = Callable[[NDArray[np.int64]], NDArray[np.float32]]
 # Category cut-offs a size interval must not straddle (pipeline.staging).
 CATEGORY_CUTOFFS_MM = (ITC_MAX_DIAMETER_MM, MICRO_MAX_DIAMETER_MM)
 # At most this many rescoring rounds per deposit; the stride halves each round.
-MAX_REFINE_ROUNDS = 4
+MAX_REFINE_ROUNDS = 5
 # A round that would score more tiles than this is not run (cost bound for huge deposits).
 MAX_REFINE_TILES = 250_000
 

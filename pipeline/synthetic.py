@@ -43,6 +43,7 @@ MIN_DEPOSIT_DIAMETER_MM = 0.02  # about two tumor cells
 MAX_DEPOSIT_FRACTION = 0.5  # a deposit's diameter is at most this fraction of the short side
 RENDER_THREADS = 2  # tile rows rendered in parallel (numpy releases the GIL)
 RENDER_LOOKAHEAD = 4  # tile rows rendered ahead of the TIFF writer
+WRITE_BUFFER_BYTES = 16 * 2**20  # tiles tifffile collects per compression batch
 APERIO_HEADER = "Aperio Image Library v12.0.15"  # OpenSlide detects Aperio by this prefix
 
 
@@ -188,6 +189,35 @@ def node_category(deposits: Sequence[DepositTruth]) -> str:
 # --- writing the slide ---------------------------------------------------------------------
 
 
+class _DiskImage:
+    """An RGB image in a raw file, written and read a band of rows at a time.
+
+    Plain file I/O instead of a memory map keeps the process's resident memory bounded by
+    one band whatever the slide size (the OS page cache holds the rest).
+    """
+
+    def __init__(self, path: Path, width: int, height: int) -> None:
+        self.path, self.shape = path, (height, width, 3)
+        self._row_bytes = width * 3
+        with path.open("wb") as handle:
+            handle.truncate(height * self._row_bytes)
+
+    def write_rows(self, r0: int, rows: NDArray[np.uint8]) -> None:
+        """Write rows starting at row r0 (rows beyond the image are dropped)."""
+        height, width = self.shape[:2]
+        block = np.ascontiguousarray(rows[: max(height - r0, 0), :width])
+        with self.path.open("r+b") as handle:
+            handle.seek(r0 * self._row_bytes)
+            handle.write(block.tobytes())
+
+    def read_rows(self, r0: int, r1: int) -> NDArray[np.uint8]:
+        """Rows [r0, r1) as an (rows, width, 3) array."""
+        r1 = min(r1, self.shape[0])
+        data = np.fromfile(self.path, dtype=np.uint8, count=(r1 - r0) * self._row_bytes,
+                           offset=r0 * self._row_bytes)
+        return data.reshape(r1 - r0, self.shape[1], 3)
+
+
 def _halve(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """2 x 2 box average (PIL's C reduce); an odd last row or column averages what it has."""
     from PIL import Image
@@ -209,12 +239,12 @@ def _render_strip(scene: Scene, config: SynthConfig, y0: int, halve: bool) -> _S
 
 
 def _level0_tiles(
-    scene: Scene, config: SynthConfig, level1: NDArray[np.uint8] | None
+    scene: Scene, config: SynthConfig, level1: _DiskImage | None
 ) -> Iterator[NDArray[np.uint8]]:
     """Level-0 tiles in row-major order; tile rows are rendered ahead in worker threads.
 
-    Each tile row is also halved into ``level1`` (a disk-backed array) when given. Rows
-    are independent and deterministic, so the threads do not change the pixels.
+    Each tile row is also halved into ``level1`` when given. Rows are independent and
+    deterministic, so the threads do not change the pixels.
     """
     with ThreadPoolExecutor(RENDER_THREADS) as pool:
         pending: deque[Future[_Strip]] = deque()
@@ -227,30 +257,28 @@ def _level0_tiles(
 
 
 def _strip_tiles(
-    strip: _Strip, ts: int, level1: NDArray[np.uint8] | None
+    strip: _Strip, ts: int, level1: _DiskImage | None
 ) -> Iterator[NDArray[np.uint8]]:
+    """The tiles of a rendered tile row, after saving its halved copy to level 1."""
     if level1 is not None and strip.half is not None:
-        r0 = strip.y0 // 2
-        rows = min(strip.half.shape[0], level1.shape[0] - r0)
-        level1[r0 : r0 + rows] = strip.half[:rows, : level1.shape[1]]
+        level1.write_rows(strip.y0 // 2, strip.half)
     for x0 in range(0, strip.rgb.shape[1], ts):
         yield strip.rgb[:, x0 : x0 + ts]
 
 
-def _array_tiles(image: NDArray[np.uint8], ts: int) -> Iterator[NDArray[np.uint8]]:
-    """Tiles of an in-memory or disk-backed image, row-major; edge tiles are partial."""
+def _disk_tiles(image: _DiskImage, ts: int) -> Iterator[NDArray[np.uint8]]:
+    """Tiles of a disk image, row-major; edge tiles are partial (tifffile pads them)."""
     for y0 in range(0, image.shape[0], ts):
-        rows = np.asarray(image[y0 : y0 + ts])
+        rows = image.read_rows(y0, y0 + ts)
         for x0 in range(0, image.shape[1], ts):
             yield rows[:, x0 : x0 + ts]
 
 
-def _fill_reduced(reduced: list[NDArray[np.uint8]], chunk_rows: int = 2048) -> None:
+def _fill_reduced(reduced: list[_DiskImage], band_rows: int = 1024) -> None:
     """Fill reduced[k] from reduced[k - 1] for k >= 1, a band of rows at a time."""
     for previous, current in itertools.pairwise(reduced):
-        for r0 in range(0, previous.shape[0], chunk_rows):
-            half = _halve(np.asarray(previous[r0 : r0 + chunk_rows]))
-            current[r0 // 2 : r0 // 2 + half.shape[0]] = half
+        for r0 in range(0, previous.shape[0], band_rows):
+            current.write_rows(r0 // 2, _halve(previous.read_rows(r0, r0 + band_rows)))
 
 
 def _descriptions(config: SynthConfig, dims: list[tuple[int, int]], name: str) -> list[str]:
@@ -271,6 +299,7 @@ def _descriptions(config: SynthConfig, dims: list[tuple[int, int]], name: str) -
 
 
 def _page_options(config: SynthConfig, level_width: int, description: str) -> dict[str, Any]:
+    """tifffile.write options of one page: JPEG, description and resolution tags."""
     options: dict[str, Any] = {
         "photometric": "rgb",
         "compression": "jpeg",
@@ -279,11 +308,21 @@ def _page_options(config: SynthConfig, level_width: int, description: str) -> di
         "metadata": None,
         "software": f"micromet {__version__}",
     }
-    if config.mpp is not None:
+    if config.mpp is not None:  # pixels per cm at this level; OpenSlide derives mpp from it
         pixels_per_cm = 1e4 / (config.mpp * config.width_px / level_width)
         options["resolution"] = (pixels_per_cm, pixels_per_cm)
         options["resolutionunit"] = "CENTIMETER"
     return options
+
+
+def _tile_options(config: SynthConfig, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        "shape": shape,
+        "dtype": np.uint8,
+        "tile": (config.tile_size_px, config.tile_size_px),
+        "maxworkers": 2,
+        "buffersize": WRITE_BUFFER_BYTES,
+    }
 
 
 def _write_pyramid(scene: Scene, config: SynthConfig, path: Path, name: str) -> None:
@@ -298,22 +337,17 @@ def _write_pyramid(scene: Scene, config: SynthConfig, path: Path, name: str) -> 
     )
     n_reduced = max(len(dims) - 1, thumb_level if config.format == "svs" else 0)
     descriptions = _descriptions(config, dims, name)
-    ts = config.tile_size_px
-    tile_options = {"tile": (ts, ts), "dtype": np.uint8, "maxworkers": 2}
     raw_bytes = sum(w * h * 3 for w, h in dims)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".synth-") as tmp:
-        reduced: list[NDArray[np.uint8]] = [
-            np.lib.format.open_memmap(
-                Path(tmp) / f"level{k}.npy", mode="w+", dtype=np.uint8, shape=(h, w, 3)
-            )
+        reduced = [
+            _DiskImage(Path(tmp) / f"level{k}.rgb", w, h)
             for k, (w, h) in enumerate(all_dims[1 : n_reduced + 1], start=1)
         ]
         with tifffile.TiffWriter(path, bigtiff=raw_bytes > 2**32 - 2**28) as tif:
             tif.write(
                 _level0_tiles(scene, config, reduced[0] if reduced else None),
-                shape=(config.height_px, config.width_px, 3),
                 subfiletype=0,
-                **tile_options,
+                **_tile_options(config, (config.height_px, config.width_px, 3)),
                 **_page_options(config, config.width_px, descriptions[0]),
             )
             _fill_reduced(reduced)
@@ -321,21 +355,19 @@ def _write_pyramid(scene: Scene, config: SynthConfig, path: Path, name: str) -> 
                 _write_thumbnail(tif, config, reduced[thumb_level - 1])
             for k in range(1, len(dims)):
                 tif.write(
-                    _array_tiles(reduced[k - 1], ts),
-                    shape=reduced[k - 1].shape,
+                    _disk_tiles(reduced[k - 1], config.tile_size_px),
                     subfiletype=1,
-                    **tile_options,
+                    **_tile_options(config, reduced[k - 1].shape),
                     **_page_options(config, dims[k][0], descriptions[k]),
                 )
-        del reduced
 
 
-def _write_thumbnail(tif: Any, config: SynthConfig, image: NDArray[np.uint8]) -> None:
+def _write_thumbnail(tif: Any, config: SynthConfig, image: _DiskImage) -> None:
     """Aperio's second page: a small stripped (untiled) image, read as "thumbnail"."""
     w0, h0 = config.width_px, config.height_px
     h, w = image.shape[:2]
     tif.write(
-        np.asarray(image),
+        image.read_rows(0, h),
         rowsperstrip=16,
         subfiletype=1,
         **_page_options(config, w, f"{APERIO_HEADER}\r\n{w0}x{h0} -> {w}x{h} - "),

@@ -62,7 +62,8 @@ class _Blob:
         ellipse = self.a_px * self.b_px / np.hypot(self.b_px * np.cos(t), self.a_px * np.sin(t))
         k = np.arange(2, 2 + len(self.wobble))[:, None]
         wobble = (self.wobble[:, :1] * np.cos(k * theta[None, :] + self.wobble[:, 1:])).sum(0)
-        return ellipse * (1 + wobble)
+        radius: NDArray[np.float64] = ellipse * (1 + wobble)
+        return radius
 
     def outline(self, n: int = 720) -> NDArray[np.float64]:
         theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
@@ -111,7 +112,8 @@ def _deposit_outline(rng: np.random.Generator, diameter_px: float) -> NDArray[np
     points = np.column_stack([x * math.cos(angle) - y * math.sin(angle),
                               x * math.sin(angle) + y * math.cos(angle)])
     points *= diameter_px / max_feret_diameter_px(points)
-    return points - points.mean(axis=0)
+    centred: NDArray[np.float64] = points - points.mean(axis=0)
+    return centred
 
 
 def _place_deposits(
@@ -153,14 +155,14 @@ def _vacuoles(
     circles: list[tuple[float, float, float]] = []
     for blob in blobs:
         area_mm2 = math.pi * blob.a_px * blob.b_px * (mpp / 1000) ** 2
-        seeds = [(rng.uniform(0.55, 0.8), 1) for _ in range(1 + rng.poisson(area_mm2 * 0.4))]
+        seeds = [(rng.uniform(0.55, 0.8), 1) for _ in range(1 + rng.poisson(area_mm2 * 0.8))]
         seeds += [(rng.uniform(0.1, 0.85), 0) for _ in range(rng.poisson(area_mm2 * 6))]
         for rho, is_cluster in seeds:
             theta = rng.uniform(0, 2 * np.pi)
             r_blob = float(blob.radius(np.array([theta]))[0]) * rho
             cx, cy = blob.cx + r_blob * math.cos(theta), blob.cy + r_blob * math.sin(theta)
-            spread_px = rng.uniform(60, 220) / mpp if is_cluster else 0.0
-            for _ in range(60 if is_cluster else 1):
+            spread_px = rng.uniform(80, 260) / mpp if is_cluster else 0.0
+            for _ in range(150 if is_cluster else 1):
                 radius = rng.uniform(15, 38) / mpp if is_cluster else rng.uniform(5, 14) / mpp
                 x, y = cx + rng.normal(0, spread_px / 2), cy + rng.normal(0, spread_px / 2)
                 inside = blob.signed_distance_px(np.array(x), np.array(y))
@@ -181,7 +183,8 @@ def _value_noise(
 
     coarse = rng.uniform(-1, 1, (int(shape[0] / cell) + 3, int(shape[1] / cell) + 3))
     fine = zoom(coarse, cell, order=3, mode="nearest", grid_mode=False)
-    return np.clip(fine[: shape[0], : shape[1]], -1, 1).astype(np.float32)
+    noise: NDArray[np.float32] = np.clip(fine[: shape[0], : shape[1]], -1, 1).astype(np.float32)
+    return noise
 
 
 def _grid_shape(config: SynthConfig, step_px: float) -> tuple[int, int]:
@@ -333,6 +336,14 @@ def _layout(config: SynthConfig) -> _Layout:
     )
 
 
+def _prepared(vertices: NDArray[np.float64]) -> Any:
+    import shapely
+
+    polygon = shapely.Polygon(vertices)
+    shapely.prepare(polygon)
+    return polygon
+
+
 def build_scene(config: SynthConfig) -> tuple[Scene, _Layout, list[int]]:
     """The render scene of a slide, its layout and the tumor nucleus count per deposit."""
     layout = _layout(config)
@@ -340,21 +351,23 @@ def build_scene(config: SynthConfig) -> tuple[Scene, _Layout, list[int]]:
     fields = _fields(config, np.random.default_rng([config.seed, 4]), layout.blobs,
                      layout.circles)
     tumor_nuclei, counts = _tumor_nuclei(config, layout.deposits_xy)
-    sprite_rng = np.random.default_rng([config.seed, 2])
-    lymph, tumor = make_lymph_sprites(sprite_rng, mpp), make_tumor_sprites(sprite_rng, mpp)
+    lymph = make_lymph_sprites(config.seed, mpp)
+    tumor = make_tumor_sprites(config.seed if config.deposits else 0, mpp)
     tumor_nuclei = Nuclei(tumor_nuclei.x, tumor_nuclei.y, tumor_nuclei.sprite % tumor.count)
-    noise_rng = np.random.default_rng([config.seed, 3])
     block = (config.tile_size_px, RENDER_CHUNK_PX)
-    lut = stain_lut(*noise_rng.uniform(0.92, 1.08, 2))
-    noise_h = make_noise(noise_rng, block, NOISE_STD_LEVELS)
-    noise_e = make_noise(noise_rng, block, NOISE_STD_LEVELS)
+    stain_gains = np.random.default_rng([config.seed, 3]).uniform(0.92, 1.08, 2)
+    lut = stain_lut(*stain_gains)  # a little stain variation between slides
+    noise_h = make_noise(config.seed, 0, block, NOISE_STD_LEVELS)
+    noise_e = make_noise(config.seed, 1, block, NOISE_STD_LEVELS)
     glass_level = round(GLASS_OD * OD_LEVELS)
-    glass_h = make_noise(noise_rng, block, GLASS_NOISE_STD_LEVELS)
-    glass_e = make_noise(noise_rng, block, GLASS_NOISE_STD_LEVELS)
+    glass_h = make_noise(config.seed, 2, block, GLASS_NOISE_STD_LEVELS)
+    glass_e = make_noise(config.seed, 3, block, GLASS_NOISE_STD_LEVELS)
     glass = to_rgb(glass_level + glass_h, glass_level + glass_e, lut)
     scene = Scene(
         seed=config.seed, mpp=mpp, width_px=config.width_px, height_px=config.height_px,
-        fields=fields, deposits_xy=tuple(layout.deposits_xy), tumor_nuclei=tumor_nuclei,
+        fields=fields, deposits_xy=tuple(layout.deposits_xy),
+        deposit_polygons=tuple(_prepared(d) for d in layout.deposits_xy),
+        tumor_nuclei=tumor_nuclei,
         lymph=lymph, tumor=tumor, lymph_spacing_px=LYMPH_SPACING_UM / mpp, lut_planar=lut,
         noise_h=noise_h, noise_e=noise_e, glass_noise_h=glass_h, glass_noise_e=glass_e,
         glass_rgb=glass,

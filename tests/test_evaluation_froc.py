@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from pipeline.evaluation.froc import (
     SlideTruth,
     build_lesion_mask,
     evaluate_froc,
-    fill_polygon_rc,
     froc_curve,
     score_slide_detections,
     sensitivity_challenge_rule,
@@ -288,41 +286,9 @@ def test_interpolation_follows_the_curve_and_holds_after_its_end() -> None:
             float(np.interp(target, fps, sens)))
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_scanline_fill_draws_the_pixels_skimage_draws(seed: int) -> None:
-    from skimage.draw import polygon
-
-    rng = np.random.default_rng(seed)
-    shape = (70, 75)
-    for _ in range(40):
-        n = int(rng.integers(3, 30))
-        rows, cols = rng.uniform(-10, 80, n), rng.uniform(-10, 85, n)  # self-intersecting too
-        expected = np.zeros(shape, dtype=bool)
-        rr, cc = polygon(rows, cols, shape)
-        expected[rr, cc] = True
-        np.testing.assert_array_equal(fill_polygon_rc(rows, cols, shape), expected)
-
-
-def test_scanline_fill_includes_centres_on_the_outline() -> None:
-    filled = fill_polygon_rc(np.array([2.0, 2.0, 6.0, 6.0]), np.array([1.0, 5.0, 5.0, 1.0]),
-                             (9, 9))
-    expected = np.zeros((9, 9), dtype=bool)
-    expected[2:7, 1:6] = True
-    np.testing.assert_array_equal(filled, expected)
-
-
-def _shared_data() -> Path:
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not path.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared data not found at {path}")
-        pytest.skip(f"shared data {path} not found")
-    return path
-
-
 @pytest.mark.shared_data
-def test_real_camelyon16_outlines_give_lesions_and_itcs() -> None:
-    outlines = _shared_data() / "annotations" / "camelyon16_ncrf_json" / "Tumor_001.json"
+def test_real_camelyon16_outlines_give_lesions_and_itcs(shared_data: Path) -> None:
+    outlines = shared_data / "annotations" / "camelyon16_ncrf_json" / "Tumor_001.json"
     data = json.loads(outlines.read_text())
     lesions = [np.asarray(p["vertices"], np.float64) for p in data["positive"]]
     excludes = [np.asarray(p["vertices"], np.float64) for p in data["negative"]]

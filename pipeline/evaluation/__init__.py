@@ -4,10 +4,11 @@
 - ``slide_auc``: slide-level ROC AUC with a stratified bootstrap confidence interval.
 - ``kappa``: CAMELYON17 quadratic-weighted kappa of pN stages, per-node category agreement.
 - ``sizes``: matching of measured deposits to true ones, diameter error, category accuracy.
-- ``plots``: FROC and ROC PNGs.
+- ``plots``: FROC and ROC PNGs. ``raster``: outlines to low-resolution masks.
+- ``inputs``: readers of batch folders and ground-truth files; ``batch``: every metric of
+  a batch, written to a folder (used by ``micromet evaluate``).
 
-The metrics are plain functions on plain data; reading batch folders and ground-truth
-files belongs to ``pipeline.commands.evaluate``. See docs/evaluation.md.
+The metrics are plain functions on plain data. See docs/evaluation.md.
 """
 
 from __future__ import annotations

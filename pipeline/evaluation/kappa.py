@@ -16,11 +16,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import EvaluationError
+from pipeline.staging import CAMELYON17_STAGES, CATEGORY_ORDER
 
-# Ordered as in the CAMELYON17 evaluation script (stage_list) and the challenge website.
-PN_STAGES: tuple[str, ...] = ("pN0", "pN0(i+)", "pN1mi", "pN1", "pN2")
-# Per-node (per-slide) categories of CAMELYON17, in increasing order of tumor burden.
-NODE_CATEGORIES: tuple[str, ...] = ("negative", "itc", "micro", "macro")
+# pN0 < pN0(i+) < pN1mi < pN1 < pN2: the order of the CAMELYON17 evaluation script's
+# stage_list, which weights the kappa.
+PN_STAGES: tuple[str, ...] = tuple(stage.value for stage in CAMELYON17_STAGES)
+# Per-node (per-slide) categories, in increasing order of tumor burden.
+NODE_CATEGORIES: tuple[str, ...] = tuple(category.value for category in CATEGORY_ORDER)
 
 
 @dataclasses.dataclass(frozen=True)

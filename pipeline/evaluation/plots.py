@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pipeline.errors import OutputError
 from pipeline.evaluation.froc import FrocResult
 from pipeline.evaluation.slide_auc import AucResult
@@ -37,18 +39,21 @@ def plot_froc(result: FrocResult, path: Path) -> None:
 
     figure = Figure(figsize=(6.0, 4.5))
     ax = figure.add_subplot()
-    # the first point (0 FPs) cannot sit on a log axis; start the drawn curve at the
-    # smallest positive FP rate and keep the full curve in the result
-    positive = result.fps_per_slide > 0
-    ax.step(result.fps_per_slide[positive], result.sensitivities[positive], where="post",
-            color="#222222", label="FROC")
     targets = sorted(result.points)
+    # points at 0 FPs cannot sit on a log axis: the curve starts at the left edge with the
+    # best sensitivity reached without a false positive
+    left = min(targets) / 2.0
+    zero = result.fps_per_slide <= 0
+    start = float(result.sensitivities[zero].max()) if zero.any() else 0.0
+    ax.plot(np.concatenate([[left], result.fps_per_slide[~zero]]),
+            np.concatenate([[start], result.sensitivities[~zero]]), color="#222222",
+            label="FROC")
     ax.plot(targets, [result.points[t][0] for t in targets], "o", color="#d62728",
             label=f"challenge rule (score {result.score_nearest:.3f})")
     ax.plot(targets, [result.points[t][1] for t in targets], "s", mfc="none", color="#1f77b4",
             label=f"interpolated (score {result.score_interpolated:.3f})")
     ax.set_xscale("log")
-    ax.set_xlim(min(targets) / 2.0, max(targets) * 2.0)
+    ax.set_xlim(left, max(targets) * 2.0)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("average false positives per slide")
     ax.set_ylabel("lesion sensitivity")

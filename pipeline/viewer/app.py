@@ -18,8 +18,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, abort, current_app, render_template, send_from_directory, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    render_template,
+    send_from_directory,
+    url_for,
+)
 from PIL import Image
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 import pipeline
 from pipeline.errors import OutputError, SlideOpenError
@@ -191,7 +201,7 @@ def _summary_payload(summary: SlideSummary) -> dict[str, Any]:
 def api_slides() -> Response:
     """Every slide's headline numbers as JSON."""
     slides = [_summary_payload(summary) for summary in _state().index.summaries()]
-    return current_app.json.response({"slides": slides})
+    return jsonify({"slides": slides})
 
 
 def _heatmap_payload(slide_id: str, heatmap: Heatmap) -> dict[str, Any]:
@@ -220,7 +230,8 @@ def api_slide(slide_id: str) -> Response:
     summary = state.index.summary(record)
     report = state.index.report(record) if summary.problem is None else None
     heatmap = load_heatmap_or_none(state.index, record)
-    mpp = (report or {}).get("slide", {}).get("mpp") or (heatmap.slide_mpp if heatmap else None)
+    slide_facts = (report or {}).get("slide") or {}
+    mpp = slide_facts.get("mpp") or (heatmap.slide_mpp if heatmap else None)
     payload = {
         **_summary_payload(summary),
         "report": report,
@@ -229,7 +240,7 @@ def api_slide(slide_id: str) -> Response:
         "heatmap": None if heatmap is None else _heatmap_payload(slide_id, heatmap),
         "category_colors": CATEGORY_COLORS,
     }
-    return current_app.json.response(payload)
+    return jsonify(payload)
 
 
 def dzi(slide_id: str) -> Response:
@@ -276,7 +287,7 @@ def heatmap_png(slide_id: str) -> Response:
     return response
 
 
-def openseadragon(filename: str) -> Response:
+def openseadragon(filename: str) -> WerkzeugResponse:
     """OpenSeadragon's files from node_modules (never committed to the repository)."""
     state = _state()
     if not state.openseadragon_available:

@@ -27,14 +27,17 @@ from pipeline.viewer.colors import (
 # Deposits smaller than this on the thumbnail also get a ring, so an ITC stays visible.
 MIN_VISIBLE_OUTLINE_PX = 8
 RING_RADIUS_PX = 7
-OUTLINE_WIDTH_PX = 2
+OUTLINE_WIDTH_PX = 3
 SCALEBAR_NICE_MM = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 SCALEBAR_MAX_FRACTION = 0.25  # of the image width
 BLANK_RGB = (242, 242, 242)
 
 
-def slide_thumbnail(path: Path, mpp: float | None, max_side_px: int) -> Image.Image:
-    """The whole slide with its longer side ``max_side_px`` (or smaller for tiny slides).
+def slide_thumbnail(
+    path: Path, mpp: float | None, max_side_px: int
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The whole slide with its longer side ``max_side_px`` (or smaller for tiny slides),
+    and the slide's level-0 (width, height) in px.
 
     ``mpp`` overrides the file's µm/px (pass the value the batch used). Raises
     SlideOpenError / MissingMppError naming the file.
@@ -42,7 +45,7 @@ def slide_thumbnail(path: Path, mpp: float | None, max_side_px: int) -> Image.Im
     with open_slide(path, mpp_override=mpp) as slide:
         width0, height0 = slide.dimensions
         target_mpp = slide.mpp * max(1.0, max(width0, height0) / max_side_px)
-        return Image.fromarray(slide.thumbnail_at_mpp(target_mpp))
+        return Image.fromarray(slide.thumbnail_at_mpp(target_mpp)), (width0, height0)
 
 
 def blank_thumbnail(dimensions: tuple[int, int], max_side_px: int) -> Image.Image:
@@ -84,13 +87,13 @@ def draw_outlines(image: Image.Image, deposits: Sequence[dict[str, Any]], scale:
         color = hex_to_rgb(category_color(deposit.get("category")))
         points = _outline_points(deposit, scale)
         if points:
-            draw.line(points, fill=halo, width=OUTLINE_WIDTH_PX + 2, joint="curve")
+            draw.line(points, fill=halo, width=OUTLINE_WIDTH_PX + 3, joint="curve")
             draw.line(points, fill=color, width=OUTLINE_WIDTH_PX, joint="curve")
         if _extent_px(points) < MIN_VISIBLE_OUTLINE_PX and "centroid_x_px" in deposit:
             cx = float(deposit["centroid_x_px"]) * scale
             cy = float(deposit["centroid_y_px"]) * scale
             box = (cx - RING_RADIUS_PX, cy - RING_RADIUS_PX, cx + RING_RADIUS_PX, cy + RING_RADIUS_PX)
-            draw.ellipse(box, outline=halo, width=OUTLINE_WIDTH_PX + 2)
+            draw.ellipse(box, outline=halo, width=OUTLINE_WIDTH_PX + 3)
             draw.ellipse(box, outline=color, width=OUTLINE_WIDTH_PX)
 
 

@@ -103,11 +103,11 @@ def _slide_image(
     heatmap = load_heatmap_or_none(index, record)
     mpp = (report.get("slide") or {}).get("mpp") or (heatmap.slide_mpp if heatmap else None)
     note = None
+    dimensions: tuple[int, int] | None
     try:
         if record.slide_path is None:
             raise OutputError("the manifest records no slide file")
-        base = slide_thumbnail(record.slide_path, mpp, config.thumbnail_max_px)
-        dimensions = _slide_dimensions(report) or (base.width, base.height)
+        base, dimensions = slide_thumbnail(record.slide_path, mpp, config.thumbnail_max_px)
     except MicrometError as exc:
         dimensions = _slide_dimensions(report) or (heatmap.slide_dimensions if heatmap else None)
         if dimensions is None:
@@ -160,6 +160,7 @@ def write_static_report(
     batch_dir: Path, out_path: Path, config: StaticReportConfig | None = None
 ) -> Path:
     """Write the report to ``out_path`` atomically; raises OutputError naming the path."""
+    _make_parent(out_path)  # fail before the slow part
     html = build_static_report(batch_dir, config)
     try:
         atomic_write_text(out_path, html)
@@ -168,3 +169,12 @@ def write_static_report(
             f"{out_path}: cannot write the report ({exc.strerror}); choose another --out"
         ) from exc
     return out_path
+
+
+def _make_parent(out_path: Path) -> None:
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{out_path}: cannot write the report ({exc.strerror}); choose another --out"
+        ) from exc

@@ -133,17 +133,36 @@
     });
   }
 
-  function focusDeposit(viewer, deposit, mpp) {
+  function depositBox(deposit) {
+    // [x0, y0, x1, y1] in level-0 px: the report's bbox, else the outline's extent.
     var x0 = deposit.bbox_x_px, y0 = deposit.bbox_y_px;
-    var x1 = x0 + deposit.bbox_width_px, y1 = y0 + deposit.bbox_height_px;
+    if (typeof x0 === 'number' && typeof y0 === 'number') {
+      return [x0, y0, x0 + deposit.bbox_width_px, y0 + deposit.bbox_height_px];
+    }
+    var outline = deposit.outline_xy || [];
+    if (!outline.length) {
+      return null;
+    }
+    var xs = outline.map(function (xy) { return xy[0]; });
+    var ys = outline.map(function (xy) { return xy[1]; });
+    return [Math.min.apply(null, xs), Math.min.apply(null, ys),
+            Math.max.apply(null, xs), Math.max.apply(null, ys)];
+  }
+
+  function focusDeposit(viewer, deposit, mpp) {
+    var box = depositBox(deposit);
+    if (!box || !box.every(isFinite)) {
+      showMessage('Deposit ' + deposit.id + ' has no position in report.json.');
+      return;
+    }
     var cx = deposit.centroid_x_px, cy = deposit.centroid_y_px;
     if (typeof cx !== 'number' || typeof cy !== 'number') {
-      cx = (x0 + x1) / 2;
-      cy = (y0 + y1) / 2;
+      cx = (box[0] + box[2]) / 2;
+      cy = (box[1] + box[3]) / 2;
     }
     var minHalf = mpp ? MIN_FOCUS_FIELD_MM * 1000 / mpp / 2 : 0;
-    var halfWidth = Math.max(Math.max(cx - x0, x1 - cx) * FOCUS_MARGIN, minHalf, 1);
-    var halfHeight = Math.max(Math.max(cy - y0, y1 - cy) * FOCUS_MARGIN, minHalf, 1);
+    var halfWidth = Math.max(Math.max(cx - box[0], box[2] - cx) * FOCUS_MARGIN, minHalf, 1);
+    var halfHeight = Math.max(Math.max(cy - box[1], box[3] - cy) * FOCUS_MARGIN, minHalf, 1);
     var width = state.widthPx;
     state.focusTarget = {x: cx / width, y: cy / width};
     viewer.viewport.fitBounds(new OpenSeadragon.Rect(
@@ -230,6 +249,9 @@
       showNavigator: true,
       navigatorPosition: 'TOP_RIGHT',
       maxZoomPixelRatio: 4,
+      // The 2D canvas drawer: the WebGL one falls back to slow software rendering on
+      // machines without a GPU (and in headless test browsers).
+      drawer: 'canvas',
       gestureSettingsMouse: {clickToZoom: false}
     });
     state.viewer = viewer;

@@ -1,0 +1,227 @@
+"""Training: augments batches of tiles and (optionally) normalises their stain.
+
+Reads (B, 3, H, W) float tiles in 0-1; produces tiles of the same shape. Every random draw is
+a per-tile scalar taken from an explicit CPU ``torch.Generator``, so a run is repeatable and
+the pixel work stays vectorised on whatever device the batch lives on (2 CPU cores suffice).
+``macenko_normalize`` works on one uint8 RGB tile and is the function to use identically at
+training and inference when a model card says ``stain_normalization = "macenko"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.nn import functional
+
+# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.color.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+# Darkest transmission kept before taking the log (one grey level).
+MIN_TRANSMISSION = 1.0 / 255.0
+# Macenko reference: H and E optical-density vectors (columns) and their 99th-percentile
+# concentrations, from Macenko et al. 2009 as used by most open implementations.
+MACENKO_REFERENCE_HE = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
+MACENKO_REFERENCE_MAX_C = np.array([1.9705, 1.0308])
+MACENKO_WHITE = 240.0  # transmitted light intensity of glass
+MACENKO_MIN_OD = 0.15  # pixels with any channel below this optical density are background
+MACENKO_ANGLE_PERCENTILE = 1.0
+MACENKO_MIN_PIXELS = 64  # fewer stained pixels than this: the tile is returned unchanged
+STAIN_NORMALIZATIONS = ("macenko",)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes applied to each training tile.
+
+    flip: random horizontal flip. rotate90: random multiple of 90°.
+    hed_scale: haematoxylin/eosin/DAB concentrations are multiplied by 1 + U(-s, s).
+    hed_shift: and shifted by U(-s, s) optical-density units.
+    brightness: added U(-b, b) (fraction of full scale). contrast: scaled by 1 + U(-c, c).
+    blur_probability: fraction of tiles blurred; blur_max_sigma_px: their Gaussian sigma is
+    U(0.1, max) px at the model resolution.
+    """
+
+    flip: bool = True
+    rotate90: bool = True
+    hed_scale: float = 0.05
+    hed_shift: float = 0.02
+    brightness: float = 0.05
+    contrast: float = 0.1
+    blur_probability: float = 0.1
+    blur_max_sigma_px: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, high in (
+            ("hed_scale", 0.9),
+            ("hed_shift", 0.5),
+            ("brightness", 0.5),
+            ("contrast", 0.9),
+            ("blur_probability", 1.0),
+            ("blur_max_sigma_px", 8.0),
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= high):
+                raise ValueError(f"{name}={value!r} is out of range; allowed 0 to {high}")
+
+
+NO_AUGMENTATION = AugmentConfig(
+    flip=False,
+    rotate90=False,
+    hed_scale=0.0,
+    hed_shift=0.0,
+    brightness=0.0,
+    contrast=0.0,
+    blur_probability=0.0,
+)
+
+
+def _uniform(generator: torch.Generator, shape: tuple[int, ...], half_width: float) -> torch.Tensor:
+    return (torch.rand(shape, generator=generator) * 2.0 - 1.0) * half_width
+
+
+def flip_rotate(tiles: torch.Tensor, generator: torch.Generator, flip: bool, rotate90: bool) -> torch.Tensor:
+    """Random horizontal flips and 90° rotations of square (B, C, H, W) tiles."""
+    batch = tiles.shape[0]
+    if flip:
+        flips = torch.rand(batch, generator=generator) < 0.5
+        tiles = torch.where(flips.to(tiles.device).view(-1, 1, 1, 1), tiles.flip(3), tiles)
+    if rotate90:
+        turns = torch.randint(0, 4, (batch,), generator=generator)
+        out = tiles.clone()
+        for k in range(1, 4):
+            chosen = (turns == k).nonzero().flatten().to(tiles.device)
+            if len(chosen):
+                out[chosen] = torch.rot90(tiles[chosen], k, dims=(2, 3))
+        tiles = out
+    return tiles
+
+
+def hed_jitter(tiles: torch.Tensor, generator: torch.Generator, scale: float, shift: float) -> torch.Tensor:
+    """Perturb stain concentrations in HED space: (B, 3, H, W) RGB 0-1 in and out.
+
+    With scale = shift = 0 the tiles come back unchanged (up to float rounding and the
+    one-grey-level floor of the optical density).
+    """
+    batch = tiles.shape[0]
+    alpha = (1.0 + _uniform(generator, (batch, 3), scale)).to(tiles.device)
+    beta = _uniform(generator, (batch, 3), shift).to(tiles.device)
+    to_hed = torch.as_tensor(HED_FROM_RGB, dtype=tiles.dtype, device=tiles.device)
+    to_rgb = torch.as_tensor(RGB_FROM_HED, dtype=tiles.dtype, device=tiles.device)
+    optical_density = -torch.log(tiles.clamp(min=MIN_TRANSMISSION))
+    hed = torch.einsum("bchw,cd->bdhw", optical_density, to_hed)
+    hed = hed * alpha.view(batch, 3, 1, 1) + beta.view(batch, 3, 1, 1)
+    optical_density = torch.einsum("bdhw,dc->bchw", hed, to_rgb).clamp(min=0.0)
+    return torch.exp(-optical_density).clamp(0.0, 1.0)
+
+
+def brightness_contrast(
+    tiles: torch.Tensor, generator: torch.Generator, brightness: float, contrast: float
+) -> torch.Tensor:
+    """Scale each tile's contrast around its mean grey and shift its brightness."""
+    batch = tiles.shape[0]
+    gain = (1.0 + _uniform(generator, (batch,), contrast)).to(tiles.device).view(-1, 1, 1, 1)
+    offset = _uniform(generator, (batch,), brightness).to(tiles.device).view(-1, 1, 1, 1)
+    mean = tiles.mean(dim=(1, 2, 3), keepdim=True)
+    return ((tiles - mean) * gain + mean + offset).clamp(0.0, 1.0)
+
+
+def _gaussian_kernels(sigmas_px: torch.Tensor, radius_px: int) -> torch.Tensor:
+    offsets = torch.arange(-radius_px, radius_px + 1, dtype=torch.float32)
+    safe = sigmas_px.clamp(min=1e-3).view(-1, 1)
+    kernels = torch.exp(-0.5 * (offsets.view(1, -1) / safe) ** 2)
+    return kernels / kernels.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(
+    tiles: torch.Tensor, generator: torch.Generator, probability: float, max_sigma_px: float
+) -> torch.Tensor:
+    """Blur a random ``probability`` share of tiles with sigma U(0.1, max_sigma_px) px."""
+    batch, channels, height, width = tiles.shape
+    chosen = torch.rand(batch, generator=generator) < probability
+    sigmas = 0.1 + torch.rand(batch, generator=generator) * max(max_sigma_px - 0.1, 0.0)
+    if not bool(chosen.any()) or max_sigma_px <= 0.0:
+        return tiles
+    radius = max(1, math.ceil(2.5 * max_sigma_px))
+    kernels = _gaussian_kernels(sigmas, radius)
+    identity = torch.zeros_like(kernels)
+    identity[:, radius] = 1.0
+    kernels = torch.where(chosen.view(-1, 1), kernels, identity).to(tiles)
+    # One group per (tile, channel): a separable blur with a per-tile kernel, in two convs.
+    weights = kernels.repeat_interleave(channels, dim=0)
+    flat = tiles.reshape(1, batch * channels, height, width)
+    flat = functional.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    flat = functional.conv2d(flat, weights.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)
+    flat = functional.conv2d(flat, weights.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)
+    return flat.view(batch, channels, height, width)
+
+
+def augment_batch(tiles: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Augmented copy of (B, 3, H, W) float RGB tiles in 0-1 (square tiles for rotate90).
+
+    Draws every random number from ``generator`` (a CPU generator), in a fixed order.
+    """
+    tiles = flip_rotate(tiles, generator, config.flip, config.rotate90)
+    if config.hed_scale > 0.0 or config.hed_shift > 0.0:
+        tiles = hed_jitter(tiles, generator, config.hed_scale, config.hed_shift)
+    if config.brightness > 0.0 or config.contrast > 0.0:
+        tiles = brightness_contrast(tiles, generator, config.brightness, config.contrast)
+    if config.blur_probability > 0.0:
+        tiles = gaussian_blur(tiles, generator, config.blur_probability, config.blur_max_sigma_px)
+    return tiles
+
+
+def check_stain_normalization(method: str | None) -> None:
+    """Raise ValueError unless ``method`` is None or a name in STAIN_NORMALIZATIONS."""
+    if method is not None and method not in STAIN_NORMALIZATIONS:
+        raise ValueError(
+            f"stain_normalization={method!r} is not allowed; use none or {', '.join(STAIN_NORMALIZATIONS)}"
+        )
+
+
+def _macenko_stain_matrix(optical_density: NDArray[np.float64]) -> NDArray[np.float64]:
+    _, eigenvectors = np.linalg.eigh(np.cov(optical_density.T))
+    plane = eigenvectors[:, 1:3]
+    projected = optical_density @ plane
+    angles = np.arctan2(projected[:, 1], projected[:, 0])
+    low = np.percentile(angles, MACENKO_ANGLE_PERCENTILE)
+    high = np.percentile(angles, 100.0 - MACENKO_ANGLE_PERCENTILE)
+    first = plane @ np.array([math.cos(low), math.sin(low)])
+    second = plane @ np.array([math.cos(high), math.sin(high)])
+    # Haematoxylin is the vector with the larger red optical density.
+    stains = np.stack([first, second], axis=1) if first[0] > second[0] else np.stack([second, first], axis=1)
+    stains = stains * np.sign(stains.sum(axis=0, keepdims=True))
+    return np.asarray(stains / np.linalg.norm(stains, axis=0, keepdims=True))
+
+
+def macenko_normalize(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Map a (H, W, 3) uint8 H&E tile onto the Macenko reference stain; same shape and dtype.
+
+    Tiles with fewer than MACENKO_MIN_PIXELS stained pixels (glass, fat) are returned as they
+    are, since their stain vectors cannot be estimated.
+    """
+    pixels = rgb.reshape(-1, 3).astype(np.float64)
+    optical_density = -np.log((pixels + 1.0) / MACENKO_WHITE)
+    stained = optical_density[np.all(optical_density >= MACENKO_MIN_OD, axis=1)]
+    if len(stained) < MACENKO_MIN_PIXELS:
+        return rgb
+    stains = _macenko_stain_matrix(stained)
+    concentrations, *_ = np.linalg.lstsq(stains, optical_density.T, rcond=None)
+    max_c = np.percentile(concentrations, 99, axis=1)
+    if not np.all(max_c > 1e-6):
+        return rgb
+    concentrations *= (MACENKO_REFERENCE_MAX_C / max_c)[:, None]
+    out = MACENKO_WHITE * np.exp(-(MACENKO_REFERENCE_HE @ concentrations))
+    normalized: NDArray[np.uint8] = np.clip(out.T + 0.5, 0, 255).astype(np.uint8)
+    return normalized.reshape(rgb.shape)
+
+
+def normalize_stain(rgb: NDArray[np.uint8], method: str | None) -> NDArray[np.uint8]:
+    """Apply the stain normalisation named in a model card (None: unchanged) to one tile."""
+    check_stain_normalization(method)
+    if method is None:
+        return rgb
+    return macenko_normalize(rgb)

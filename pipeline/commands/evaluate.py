@@ -1,0 +1,149 @@
+"""``micromet evaluate``: challenge metrics of a batch folder against ground truth.
+
+Reads BATCH_DIR (manifest.json, each slide's report.json and detections.csv) and the
+ground truth given (--truth-dir, --reference, --stages), computes every metric the ground
+truth allows (CAMELYON16 FROC and slide AUC, CAMELYON17 kappa, node categories, deposit
+sizes), writes OUT/evaluation.json with curves and plots beside it, and prints a summary.
+Definitions: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import ConfigError, EvaluationError
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.batch import BatchEvaluation, EvaluationConfig
+    from pipeline.evaluation.inputs import BatchPredictions, SlideReference
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``evaluate`` subcommand."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="FROC, AUC, kappa and size accuracy of a batch against ground truth",
+        description=(
+            "Evaluate a batch output folder against ground truth: CAMELYON16 lesion FROC and "
+            "slide AUC, CAMELYON17 pN-stage kappa, node-category and deposit-size accuracy. "
+            "Each metric runs when its ground truth is given. Definitions: docs/evaluation.md."
+        ),
+    )
+    parser.add_argument("--batch", type=Path, required=True, metavar="BATCH_DIR",
+                        help="batch output folder (with manifest.json)")
+    parser.add_argument("--truth-dir", type=Path, metavar="DIR",
+                        help="per-slide ground truth: <slide_id>.xml (ASAP), .geojson, .json "
+                             "or .truth.json (synthetic)")
+    parser.add_argument("--reference", type=Path, metavar="CSV",
+                        help="CAMELYON16 reference CSV 'slide,Tumor|Normal,...' (normal slides "
+                             "have no outline file)")
+    parser.add_argument("--stages", type=Path, metavar="CSV",
+                        help="CAMELYON17 labels CSV 'patient,stage' (patient and node rows), "
+                             "or 'slide,category'")
+    parser.add_argument("--tolerance-um", type=float, default=100.0,
+                        help="deposit matching: largest centroid-to-outline distance (µm)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for the AUC interval")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for evaluation.json, froc.csv, froc.png, roc.png")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    parser.set_defaults(run=run)
+
+
+def _config(args: argparse.Namespace) -> EvaluationConfig:
+    from pipeline.evaluation.batch import EvaluationConfig
+    from pipeline.evaluation.froc import FrocConfig
+    from pipeline.evaluation.sizes import SizeMatchConfig
+    from pipeline.evaluation.slide_auc import BootstrapConfig
+
+    try:
+        return EvaluationConfig(
+            froc=FrocConfig(),
+            bootstrap=BootstrapConfig(n_resamples=args.bootstrap, seed=args.seed),
+            sizes=SizeMatchConfig(tolerance_um=args.tolerance_um),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--bootstrap / --tolerance-um: {exc}") from exc
+
+
+def _references(batch: BatchPredictions, truth_dir: Path | None,
+                reference_csv: Path | None) -> dict[str, SlideReference]:
+    from pipeline.evaluation.inputs import read_camelyon16_reference_csv, read_slide_reference
+
+    if truth_dir is not None and not truth_dir.is_dir():
+        raise EvaluationError(f"{truth_dir}: --truth-dir is not a folder")
+    labels = read_camelyon16_reference_csv(reference_csv) if reference_csv else None
+    references = {}
+    for slide_id, prediction in batch.slides.items():
+        reference = read_slide_reference(prediction, truth_dir, labels)
+        if reference is not None:
+            references[slide_id] = reference
+    return references
+
+
+def _stage_references(
+    stages_csv: Path | None,
+) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+    """(node id -> category, patient -> pN stage) from --stages; None where absent."""
+    from pipeline.evaluation.inputs import read_camelyon17_stages_csv
+    from pipeline.staging import read_node_categories_csv
+
+    if stages_csv is None:
+        return None, None
+    nodes = {slide: str(category) for slide, category in read_node_categories_csv(stages_csv).items()}
+    return nodes, read_camelyon17_stages_csv(stages_csv) or None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read, evaluate, write, print."""
+    from pipeline.evaluation.batch import evaluate_batch, evaluation_to_dict, write_evaluation
+    from pipeline.evaluation.inputs import read_batch
+    from pipeline.outputs import check_writable_folder
+
+    config = _config(args)
+    check_writable_folder(args.out)
+    batch = read_batch(args.batch)
+    references = _references(batch, args.truth_dir, args.reference)
+    node_reference, stage_reference = _stage_references(args.stages)
+    evaluation = evaluate_batch(batch, references, config, node_reference, stage_reference)
+    write_evaluation(evaluation, args.out)
+    if args.json:
+        print(json.dumps(evaluation_to_dict(evaluation), indent=2))
+    else:
+        print(format_summary(evaluation, args.out))
+    for metric, reason in evaluation.skipped.items():
+        print(f"micromet evaluate: {metric} not computed: {reason}", file=sys.stderr)
+    return 0
+
+
+def format_summary(evaluation: BatchEvaluation, out_dir: Path) -> str:
+    """A few lines: one per computed metric, then what was left out."""
+    lines = [f"evaluated {len(evaluation.evaluated)} slide(s); results in {out_dir}"]
+    if evaluation.froc is not None:
+        f = evaluation.froc
+        lines.append(f"FROC      {f.score_nearest:.3f} (challenge rule), {f.score_interpolated:.3f} "
+                     f"(interpolated); {f.n_lesions} lesions on {f.n_slides} slides")
+    if evaluation.auc is not None:
+        a = evaluation.auc
+        lines.append(f"slide AUC {a.auc:.3f} ({100 * a.confidence_level:.0f}% CI {a.ci_low:.3f}-"
+                     f"{a.ci_high:.3f}); {a.n_pos} tumor, {a.n_neg} normal slides")
+    if evaluation.stages is not None:
+        s = evaluation.stages
+        lines.append(f"pN kappa  {s.kappa:.3f} (quadratic); accuracy {s.accuracy:.3f}; "
+                     f"{s.n} patients")
+    if evaluation.nodes is not None:
+        n = evaluation.nodes
+        lines.append(f"nodes     accuracy {n.accuracy:.3f}; kappa {n.kappa:.3f}; {n.n} slides")
+    if evaluation.sizes is not None:
+        z = evaluation.sizes
+        lines.append(f"sizes     {len(z.pairs)} matched, mean |error| {z.mean_abs_error_mm:.3f} mm, "
+                     f"category accuracy {z.category_accuracy:.3f}; {z.n_missed} missed, "
+                     f"{z.n_spurious} spurious")
+    if evaluation.excluded:
+        lines.append(f"left out  {len(evaluation.excluded)} slide(s)/patient(s); see evaluation.json")
+    return "\n".join(lines)

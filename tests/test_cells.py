@@ -1,0 +1,203 @@
+"""Cell counts: nuclei counted on drawn images and on synthetic slides with known counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from numpy.typing import NDArray
+
+from pipeline.cells import add_cell_counts, count_cells_in_deposit, count_tumor_nuclei
+from pipeline.config import DepositConfig
+from pipeline.deposits import Deposit, find_deposits
+from pipeline.heatmap import Heatmap
+from pipeline.slide import open_slide
+from pipeline.staging import Category
+
+log = logging.getLogger(__name__)
+
+MPP = 0.5
+CYTOPLASM_RGB = (236, 176, 206)
+TUMOR_NUCLEUS_RGB = (150, 95, 175)  # large, pale (vesicular)
+LYMPHOCYTE_RGB = (55, 25, 105)  # small, dark
+# Stated tolerance of the estimate against known counts (module docs of pipeline.cells).
+RELATIVE_TOLERANCE = 0.25
+
+
+def _paint(image: NDArray[np.uint8], x: float, y: float, a_px: float, b_px: float,
+           angle: float, rgb: tuple[int, int, int]) -> None:
+    """Fill an ellipse (semi-axes a_px, b_px) centred on (x, y), drawing in a local window."""
+    reach = math.ceil(max(a_px, b_px)) + 1
+    x0, y0 = max(0, int(x) - reach), max(0, int(y) - reach)
+    x1, y1 = min(image.shape[1], int(x) + reach + 1), min(image.shape[0], int(y) + reach + 1)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    u = (xx - x) * math.cos(angle) + (yy - y) * math.sin(angle)
+    v = -(xx - x) * math.sin(angle) + (yy - y) * math.cos(angle)
+    image[y0:y1, x0:x1][(u / a_px) ** 2 + (v / b_px) ** 2 <= 1] = rgb
+
+
+def draw_field(
+    n_tumor: int, n_lymph: int, seed: int = 0, size_px: int = 400
+) -> tuple[NDArray[np.uint8], NDArray[np.float64]]:
+    """Pink field with n_tumor pale nuclei (10-14 µm) and n_lymph dark ones (6 µm).
+
+    Tumor nuclei sit on a jittered lattice, neighbours sometimes touching; lymphocytes fill
+    the gaps. Returns the image and the tumor nucleus centres (x, y) px.
+    """
+    rng = np.random.default_rng(seed)
+    image = np.empty((size_px, size_px, 3), dtype=np.uint8)
+    image[:] = CYTOPLASM_RGB
+    side = math.ceil(math.sqrt(n_tumor))
+    spacing = size_px / side
+    lattice = [((i + 0.5) * spacing, (j + 0.5) * spacing) for j in range(side)
+               for i in range(side)][:n_tumor]
+    centres = np.array(lattice) + rng.uniform(-0.12, 0.12, (n_tumor, 2)) * spacing
+    for x, y in centres:
+        a_px, b_px = rng.uniform(5.0, 7.0, 2) / MPP
+        _paint(image, x, y, a_px, b_px, rng.uniform(0, math.pi), TUMOR_NUCLEUS_RGB)
+    placed = 0
+    while placed < n_lymph:
+        x, y = rng.uniform(0, size_px, 2)
+        if np.min(np.hypot(centres[:, 0] - x, centres[:, 1] - y)) < 11 / MPP:
+            continue
+        _paint(image, x, y, 3.0 / MPP, 3.0 / MPP, 0.0, LYMPHOCYTE_RGB)
+        placed += 1
+    return image, centres
+
+
+def test_counts_drawn_tumor_nuclei_and_ignores_lymphocytes() -> None:
+    image, centres = draw_field(n_tumor=64, n_lymph=40)
+    count = count_tumor_nuclei(image, MPP, None)
+    assert abs(count - len(centres)) <= 0.1 * len(centres)
+
+
+def test_counts_without_lymphocytes() -> None:
+    image, centres = draw_field(n_tumor=49, n_lymph=0, seed=1)
+    assert abs(count_tumor_nuclei(image, MPP, None) - len(centres)) <= 0.1 * len(centres)
+
+
+def test_only_nuclei_centred_inside_the_mask_count() -> None:
+    image, centres = draw_field(n_tumor=64, n_lymph=20, seed=2)
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    mask[:, :200] = True
+    inside = int(np.count_nonzero(centres[:, 0] < 200))
+    count = count_tumor_nuclei(image, MPP, mask)
+    assert abs(count - inside) <= max(2, 0.1 * inside)
+    assert count < 0.7 * count_tumor_nuclei(image, MPP, None)
+
+
+def test_blank_images_and_empty_masks_have_no_nuclei() -> None:
+    white = np.full((100, 120, 3), 255, dtype=np.uint8)
+    pink = np.empty((100, 120, 3), dtype=np.uint8)
+    pink[:] = CYTOPLASM_RGB
+    assert count_tumor_nuclei(white, MPP, None) == 0
+    assert count_tumor_nuclei(pink, MPP, None) == 0
+    image, _ = draw_field(n_tumor=16, n_lymph=0, size_px=200)
+    assert count_tumor_nuclei(image, MPP, np.zeros((200, 200), dtype=bool)) == 0
+    assert count_tumor_nuclei(np.zeros((0, 0, 3), dtype=np.uint8), MPP, None) == 0
+
+
+def test_bad_inputs_are_rejected() -> None:
+    image, _ = draw_field(n_tumor=4, n_lymph=0, size_px=100)
+    with pytest.raises(ValueError, match="rgb"):
+        count_tumor_nuclei(image[..., 0], MPP, None)
+    with pytest.raises(ValueError, match="mpp"):
+        count_tumor_nuclei(image, 0.0, None)
+    with pytest.raises(ValueError, match="mask"):
+        count_tumor_nuclei(image, MPP, np.ones((10, 10), dtype=bool))
+
+
+# --- synthetic slides with known tumor nucleus counts -------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSlide:
+    path: Path
+    mpp: float
+    size_px: tuple[int, int]
+    outlines_xy: list[NDArray[np.float64]]
+    n_tumor_nuclei: list[int]
+
+
+@pytest.fixture(scope="module")
+def synthetic_slide(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSlide:
+    synthetic = pytest.importorskip("pipeline.synthetic")
+    config = synthetic.SynthConfig(
+        width_px=1600, height_px=1200, mpp=MPP, seed=0, n_levels=1,
+        deposits=(synthetic.PlantedDeposit(0.22), synthetic.PlantedDeposit(0.1)),
+    )
+    result = synthetic.generate_slide(config, tmp_path_factory.mktemp("cells") / "node.tif")
+    return SyntheticSlide(
+        path=result.slide_path,
+        mpp=MPP,
+        size_px=(config.width_px, config.height_px),
+        outlines_xy=[np.asarray(d.vertices_xy, dtype=np.float64) for d in result.deposits],
+        n_tumor_nuclei=[int(d.n_tumor_nuclei) for d in result.deposits],
+    )
+
+
+def oracle_deposit(slide: SyntheticSlide, outline_xy: NDArray[np.float64], stride_um: float
+                   ) -> Deposit:
+    """The deposit a perfect tile model would give at this stride (tile = 4 strides)."""
+    stride_px, tile_px = stride_um / slide.mpp, 4 * stride_um / slide.mpp
+    low = outline_xy.min(axis=0) - 2 * stride_px
+    cols, rows = (np.ceil((outline_xy.max(axis=0) + 2 * stride_px - low) / stride_px) + 1
+                  ).astype(int)
+    origin = low - tile_px / 2
+    grid_r, grid_c = np.mgrid[0:rows, 0:cols]
+    inside = shapely.contains_xy(
+        shapely.Polygon(outline_xy),
+        origin[0] + grid_c * stride_px + tile_px / 2,
+        origin[1] + grid_r * stride_px + tile_px / 2,
+    )
+    heatmap = Heatmap(inside.astype(np.float32), float(origin[0]), float(origin[1]), stride_px,
+                      tile_px, slide.mpp, slide.size_px)
+    (deposit,) = find_deposits(heatmap, 0.5)
+    return deposit
+
+
+def test_synthetic_deposit_counts_within_tolerance(synthetic_slide: SyntheticSlide) -> None:
+    """Nuclei counted inside the true outlines and inside heatmap outlines (12 µm stride)
+    match the generator's known counts within RELATIVE_TOLERANCE."""
+    total_true = total_truth_mask = total_heatmap = 0
+    with open_slide(synthetic_slide.path) as slide:
+        for outline, known in zip(synthetic_slide.outlines_xy, synthetic_slide.n_tumor_nuclei,
+                                  strict=True):
+            exact = dataclasses.replace(oracle_deposit(synthetic_slide, outline, 12.0),
+                                        outline_xy=outline)
+            counted_truth = count_cells_in_deposit(slide, exact, 1.0)
+            counted_heatmap = count_cells_in_deposit(
+                slide, oracle_deposit(synthetic_slide, outline, 12.0), 1.0
+            )
+            assert counted_truth is not None and counted_heatmap is not None
+            log.info("known %d, counted %d (true outline), %d (heatmap outline)",
+                     known, counted_truth, counted_heatmap)
+            if known >= 30:  # small counts are checked in total only
+                assert abs(counted_truth - known) <= RELATIVE_TOLERANCE * known
+                assert abs(counted_heatmap - known) <= RELATIVE_TOLERANCE * known
+            total_true += known
+            total_truth_mask += counted_truth
+            total_heatmap += counted_heatmap
+    assert abs(total_truth_mask - total_true) <= RELATIVE_TOLERANCE * total_true
+    assert abs(total_heatmap - total_true) <= RELATIVE_TOLERANCE * total_true
+
+
+def test_large_deposits_are_not_counted_and_counts_set_the_category(
+    synthetic_slide: SyntheticSlide,
+) -> None:
+    outline = synthetic_slide.outlines_xy[0]
+    deposit = oracle_deposit(synthetic_slide, outline, 12.0)
+    with open_slide(synthetic_slide.path) as slide:
+        assert count_cells_in_deposit(slide, deposit, deposit.max_diameter_mm - 0.01) is None
+        counted = add_cell_counts(slide, [deposit], DepositConfig())
+        skipped = add_cell_counts(slide, [deposit], DepositConfig(count_cells=False))
+        too_big = add_cell_counts(slide, [deposit], DepositConfig(max_cell_count_diameter_mm=0.1))
+    assert counted[0].cell_count is not None and counted[0].cell_count > 0
+    # About 0.22 mm with under 200 cells: the AJCC "< 200 cells" rule makes it an ITC.
+    assert counted[0].cell_count < 200 and counted[0].category is Category.ITC
+    assert skipped[0] is deposit and too_big[0] is deposit

@@ -1,0 +1,263 @@
+"""Tests of pipeline/inference.py and pipeline/readers.py: region reads, scoring, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import draw_tissue_rgb, write_pyramid_tiff
+from numpy.typing import NDArray
+from torch import nn
+
+from pipeline import readers
+from pipeline.config import InferenceConfig, TilingConfig
+from pipeline.errors import ConfigError, SlideOpenError
+from pipeline.heatmap import heatmap_from_scores
+from pipeline.inference import naive_score_tiles, score_tiles, score_tiles_with_stats
+from pipeline.models import ModelCard, build_model
+from pipeline.readers import (
+    plan_regions,
+    read_block_tiles,
+    read_geometry,
+    read_one_tile,
+    tile_level_xy,
+)
+from pipeline.slide import open_slide
+from pipeline.tiling import TileGrid, plan_tiles
+from pipeline.tissue import TissueMask
+
+SLIDE_MPP = 0.5
+SLIDE_SIZE = (700, 560)  # level-0 (width, height): not a multiple of the tile grid
+TILE_PX = 32
+ENGINE = InferenceConfig(num_workers=2, region_tiles=3, batch_size=7, device="cpu")
+
+# (model mpp, stride at model mpp): what the region reader must reproduce exactly.
+CASES = {
+    "level0-same-mpp": (0.5, None),
+    "level0-resized": (0.8, None),
+    "level1-resized": (1.5, None),
+    "level1-overlapping": (1.0, 16),
+}
+
+
+@pytest.fixture(scope="module")
+def slide_image() -> NDArray[np.uint8]:
+    return draw_tissue_rgb(*SLIDE_SIZE, seed=3)
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory: pytest.TempPathFactory, slide_image: NDArray[np.uint8]) -> Path:
+    path = tmp_path_factory.mktemp("inference") / "node.tif"
+    return write_pyramid_tiff(path, slide_image, mpp=SLIDE_MPP, tile_px=128)
+
+
+def mask_of(image: NDArray[np.uint8], background: int = 242, step: int = 4) -> TissueMask:
+    """Tissue = any pixel that is not the flat background, sampled every ``step`` px."""
+    mask = (image[::step, ::step] != background).any(axis=-1)
+    height, width = image.shape[:2]
+    return TissueMask(mask=mask, mask_mpp=SLIDE_MPP * step, slide_dimensions=(width, height))
+
+
+def grid_for(image: NDArray[np.uint8], mpp: float, stride_px: int | None) -> TileGrid:
+    config = TilingConfig(tile_size_px=TILE_PX, mpp=mpp, stride_px=stride_px)
+    height, width = image.shape[:2]
+    return plan_tiles((width, height), SLIDE_MPP, mask_of(image), config)
+
+
+def sensitive_micronet() -> nn.Module:
+    """A seeded random MicroNet whose head is scaled so probabilities spread over (0, 1)."""
+    torch.manual_seed(0)
+    model = build_model("micronet")
+    with torch.no_grad():
+        head = model.classifier
+        assert isinstance(head, nn.Linear)
+        head.weight.mul_(300.0)
+    return model.eval()
+
+
+def card_for(mpp: float) -> ModelCard:
+    return ModelCard(architecture="micronet", tile_size_px=TILE_PX, mpp=mpp)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_region_tiles_equal_one_tile_reads_pixel_for_pixel(
+    case: str, slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    mpp, stride = CASES[case]
+    grid = grid_for(slide_image, mpp, stride)
+    plan = plan_regions(grid.heatmap_rc, 3)
+    with open_slide(slide_path) as slide:
+        geometry = read_geometry(slide, TILE_PX, mpp)
+        level_xy = tile_level_xy(grid.xy_px, geometry)
+        for block in range(plan.n_regions):
+            indices = plan.block(block)
+            tiles = read_block_tiles(slide, level_xy[indices], geometry)
+            for tile, index in zip(tiles, indices, strict=True):
+                reference = read_one_tile(slide, grid.xy_px[index], geometry)
+                np.testing.assert_array_equal(tile, reference)
+    assert plan.n_regions < len(grid)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_engine_scores_equal_the_one_tile_at_a_time_loop(
+    case: str, slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    mpp, stride = CASES[case]
+    grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
+    reference = naive_score_tiles(slide_path, SLIDE_MPP, grid, model, card)
+    scores, stats = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    assert scores.dtype == np.float32 and scores.shape == (len(grid),)
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-4)
+    # The comparison means something only if tiles get visibly different scores.
+    assert float(reference.std()) > 0.05
+    assert stats.n_tiles == len(grid) and stats.n_regions < len(grid)
+
+
+def test_reading_in_the_main_process_gives_the_same_scores(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    mpp, stride = CASES["level1-overlapping"]
+    grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
+    with_workers = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    in_process = InferenceConfig(num_workers=0, region_tiles=2, batch_size=5, device="cpu")
+    one_per_read = InferenceConfig(num_workers=0, region_tiles=1, batch_size=64, device="cpu")
+    for config in (in_process, one_per_read):
+        scores = score_tiles(slide_path, SLIDE_MPP, grid, model, card, config)
+        np.testing.assert_allclose(scores, with_workers, rtol=0, atol=1e-4)
+
+
+def test_workers_read_at_the_mpp_override(tmp_path: Path, slide_image: NDArray[np.uint8]) -> None:
+    no_mpp = write_pyramid_tiff(tmp_path / "no_mpp.tif", slide_image, mpp=None, tile_px=128)
+    reference_path = write_pyramid_tiff(tmp_path / "mpp.tif", slide_image, mpp=SLIDE_MPP)
+    grid, card, model = grid_for(slide_image, 1.0, None), card_for(1.0), sensitive_micronet()
+    scores = score_tiles(no_mpp, SLIDE_MPP, grid, model, card, ENGINE)
+    expected = score_tiles(reference_path, SLIDE_MPP, grid, model, card, ENGINE)
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-4)
+
+
+def test_truncated_slide_raises_slide_open_error_naming_the_file(
+    tmp_path: Path, slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(slide_path.read_bytes()[: slide_path.stat().st_size // 2])
+    grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
+    with pytest.raises(SlideOpenError, match=r"truncated\.tif"):
+        score_tiles(truncated, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE)
+
+
+def corrupt_level0_tiles(source: Path, target: Path) -> Path:
+    """A copy of ``source`` whose level-0 JPEG tiles are zeroed after their first two bytes."""
+    data = bytearray(source.read_bytes())
+    with tifffile.TiffFile(source) as tif:
+        page = tif.pages[0]
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+            data[offset + 2 : offset + count] = bytes(count - 2)
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_corrupt_region_in_a_reader_raises_slide_open_error_naming_the_file(
+    num_workers: int, tmp_path: Path, slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    corrupt = corrupt_level0_tiles(slide_path, tmp_path / "corrupt.tif")
+    grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
+    config = InferenceConfig(num_workers=num_workers, region_tiles=3, batch_size=7, device="cpu")
+    with pytest.raises(SlideOpenError, match=r"corrupt\.tif") as caught:
+        score_tiles(corrupt, SLIDE_MPP, grid, sensitive_micronet(), card, config)
+    assert "Traceback" not in str(caught.value)
+    assert "truncated or corrupt" in str(caught.value)
+
+
+def test_reader_process_that_dies_raises_slide_open_error_naming_the_file(
+    monkeypatch: pytest.MonkeyPatch, slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    def crash(*args: object) -> NDArray[np.uint8]:
+        os._exit(3)  # what a segfault in the decoder looks like from the main process
+
+    monkeypatch.setattr(readers, "read_block_tiles", crash)
+    grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
+    with pytest.raises(SlideOpenError, match=r"node\.tif: a tile reader process stopped"):
+        score_tiles(slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE)
+
+
+class DarknessNet(nn.Module):
+    """Tumor logit rises as a tile gets darker: mean intensity below 0.5 means tumor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gray = nn.Conv2d(3, 1, kernel_size=1, bias=False)  # runs in bf16 under autocast
+        nn.init.constant_(self.gray.weight, 1.0 / 3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tumor = 40.0 * (0.5 - self.gray(x).float().mean(dim=(1, 2, 3)))
+        return torch.stack([torch.zeros_like(tumor), tumor], dim=1)
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_heatmap_puts_each_score_at_its_tiles_cell(
+    precision: Literal["auto", "bf16"], tmp_path: Path
+) -> None:
+    # 64 level-0 px tiles (32 px at 1.0 µm/px): a 10 x 8 grid; tissue on rows 1-6, cols 1-8,
+    # a dark deposit exactly on rows 4-5, cols 3-4.
+    image = np.full((512, 640, 3), 242, dtype=np.uint8)
+    image[64:448, 64:576] = (222, 160, 200)
+    image[256:384, 192:320] = (40, 20, 60)
+    path = write_pyramid_tiff(tmp_path / "deposit.tif", image, mpp=SLIDE_MPP)
+    grid = plan_tiles((640, 512), SLIDE_MPP, mask_of(image), TilingConfig(TILE_PX, mpp=1.0))
+    card = ModelCard("micronet", TILE_PX, 1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    config = dataclasses.replace(ENGINE, precision=precision)  # bf16: CPU autocast
+    scores = score_tiles(path, SLIDE_MPP, grid, DarknessNet(), card, config)
+    values = heatmap_from_scores(grid, scores).probabilities
+    assert values.shape == (8, 10)
+    tissue = np.zeros((8, 10), dtype=bool)
+    tissue[1:7, 1:9] = True
+    deposit = np.zeros((8, 10), dtype=bool)
+    deposit[4:6, 3:5] = True
+    assert np.isnan(values[~tissue]).all()
+    assert (values[deposit] > 0.99).all()
+    assert (values[tissue & ~deposit] < 0.01).all()
+
+
+def test_progress_counts_every_tile_once_and_stats_add_up(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
+    calls: list[int] = []
+    threads_before = torch.get_num_threads()
+    _, stats = score_tiles_with_stats(
+        slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE, calls.append
+    )
+    assert sum(calls) == len(grid) and all(count > 0 for count in calls)
+    assert stats.n_regions == plan_regions(grid.heatmap_rc, 3).n_regions
+    assert stats.wait_s + stats.compute_s == pytest.approx(stats.seconds, rel=1e-6)
+    assert stats.tiles_per_s == pytest.approx(len(grid) / stats.seconds)
+    assert stats.device == "cpu" and stats.read_level == 0
+    assert torch.get_num_threads() == threads_before
+
+
+def test_grid_planned_for_another_tile_size_is_refused(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    grid = grid_for(slide_image, 0.5, None)
+    card = ModelCard(architecture="micronet", tile_size_px=64, mpp=0.5)
+    with pytest.raises(ConfigError, match="tile_size_px"):
+        score_tiles(slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE)
+
+
+def test_plan_regions_groups_neighbouring_cells_and_covers_every_tile_once() -> None:
+    rows, cols = np.meshgrid(np.arange(7), np.arange(5), indexing="ij")
+    rc = np.stack([rows.ravel(), cols.ravel()], axis=1)[::2]  # every other cell: gaps
+    plan = plan_regions(rc, 3)
+    np.testing.assert_array_equal(np.sort(plan.order), np.arange(len(rc)))
+    blocks = [rc[plan.block(index)] for index in range(plan.n_regions)]
+    assert len(blocks) == 3 * 2  # ceil(7 / 3) x ceil(5 / 3)
+    for cells in blocks:
+        assert len({tuple(cell) for cell in cells // 3}) == 1
+    assert plan_regions(np.zeros((0, 2), np.int64), 3).n_regions == 0

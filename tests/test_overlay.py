@@ -1,0 +1,129 @@
+"""Tests of pipeline/overlay.py: the overlay PNG, its heatmap colours and its scale bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_pyramid_tiff
+from matplotlib import colormaps
+from numpy.typing import NDArray
+from PIL import Image
+
+from pipeline.errors import HeatmapError
+from pipeline.heatmap import Heatmap
+from pipeline.overlay import (
+    COLORBAR_PANEL_PX,
+    COLORMAP,
+    HEATMAP_ALPHA,
+    MARGIN_PX,
+    render_overlay,
+    scale_bar_length,
+)
+from pipeline.slide import open_slide
+
+SLIDE_MPP = 0.5
+WIDTH, HEIGHT = 1200, 900  # level-0 px
+STRIDE = 100.0  # level-0 px; tiles equal the stride, so cell (r, c) is x in [100c, 100c + 100)
+TISSUE = (200, 180, 210)
+
+
+@pytest.mark.parametrize(
+    ("mm_per_px", "length_mm"),
+    [(0.001, 0.2), (0.004, 0.5), (0.008, 1.0), (0.02, 2.0), (0.05, 10.0), (0.0004, 0.05)],
+)
+def test_scale_bar_is_the_longest_round_length_that_fits(
+    mm_per_px: float, length_mm: float
+) -> None:
+    got_mm, got_px = scale_bar_length(mm_per_px)
+    assert got_mm == pytest.approx(length_mm)
+    assert got_px == pytest.approx(length_mm / mm_per_px)
+    assert got_px <= 200.0
+    assert got_px > 200.0 / 2.5  # 1-2-5 steps never leave the bar under 40 % of the room
+
+
+def test_scale_bar_rejects_a_non_positive_resolution() -> None:
+    with pytest.raises(ValueError, match="mm_per_px"):
+        scale_bar_length(0.0)
+
+
+@pytest.fixture
+def slide_path(tmp_path: Path) -> Path:
+    image = np.full((HEIGHT, WIDTH, 3), 245, dtype=np.uint8)
+    image[100:800, 100:1100] = TISSUE
+    return write_pyramid_tiff(tmp_path / "node.tif", image, mpp=SLIDE_MPP)
+
+
+def make_heatmap() -> Heatmap:
+    values = np.full((9, 12), np.nan, dtype=np.float32)
+    values[1:8, 1:11] = 0.0  # tissue, not tumor
+    values[3:5, 6:9] = 1.0  # tumor: level-0 x 600-900, y 300-500
+    return Heatmap(values, 0.0, 0.0, STRIDE, STRIDE, SLIDE_MPP, (WIDTH, HEIGHT))
+
+
+def png_pixel(png: NDArray[np.uint8], x_l0: float, y_l0: float, scale: float) -> NDArray[np.int64]:
+    """The PNG pixel showing level-0 point (x_l0, y_l0) for a thumbnail ``scale`` px per l0 px."""
+    row = MARGIN_PX + int(y_l0 * scale)
+    col = MARGIN_PX + int(x_l0 * scale)
+    return png[row, col, :3].astype(np.int64)
+
+
+def blend(base: tuple[int, int, int], probability: float) -> NDArray[np.float64]:
+    color = np.asarray(colormaps[COLORMAP](probability)[:3]) * 255.0
+    return (1 - HEATMAP_ALPHA) * np.asarray(base, dtype=np.float64) + HEATMAP_ALPHA * color
+
+
+def test_overlay_png_shows_the_heatmap_over_the_thumbnail(slide_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "overlay.png"
+    with open_slide(slide_path) as slide:
+        render_overlay(slide, make_heatmap(), out, max_side_px=600)
+    png = np.asarray(Image.open(out).convert("RGB"))
+    thumb_w, thumb_h = 600, 450  # 1200 x 900 at half size
+    assert png.shape[1] == thumb_w + 2 * MARGIN_PX + COLORBAR_PANEL_PX
+    assert png.shape[0] == thumb_h + 2 * MARGIN_PX
+    scale = thumb_w / WIDTH
+    tumor = png_pixel(png, 750, 400, scale)
+    normal = png_pixel(png, 300, 600, scale)
+    glass = png_pixel(png, 1150, 850, scale)  # unscored (NaN) cell: the thumbnail shows through
+    np.testing.assert_allclose(tumor, blend(TISSUE, 1.0), atol=12)
+    np.testing.assert_allclose(normal, blend(TISSUE, 0.0), atol=12)
+    np.testing.assert_allclose(glass, (245, 245, 245), atol=6)
+    assert not list(tmp_path.glob(".overlay.png*"))  # no temporary file left behind
+
+
+def longest_black_run(row: NDArray[np.uint8]) -> int:
+    black = (row.max(axis=-1) < 40).astype(np.int8)
+    edges = np.diff(np.concatenate([[0], black, [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((stops - starts).max()) if len(starts) else 0
+
+
+def test_scale_bar_in_the_png_has_the_computed_length(slide_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "overlay.png"
+    with open_slide(slide_path) as slide:
+        render_overlay(slide, make_heatmap(), out, max_side_px=600)
+    png = np.asarray(Image.open(out).convert("RGB"))
+    mm_per_px = SLIDE_MPP * (WIDTH / 600) / 1000.0  # 1 µm/px thumbnail
+    _, length_px = scale_bar_length(mm_per_px, 200.0)
+    bottom_left = png[MARGIN_PX + 380 : MARGIN_PX + 450, MARGIN_PX : MARGIN_PX + 300]
+    measured = max(longest_black_run(row) for row in bottom_left)
+    assert abs(measured - length_px) <= 2
+
+
+def test_deposit_outlines_are_drawn_in_their_colour(slide_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "overlay.png"
+    square = np.array([[200.0, 200.0], [500.0, 200.0], [500.0, 500.0], [200.0, 500.0]])
+    with open_slide(slide_path) as slide:
+        render_overlay(slide, make_heatmap(), out, [square], ["#00ff00"], max_side_px=600)
+    png = np.asarray(Image.open(out).convert("RGB"))
+    edge = png_pixel(png, 350, 200, 0.5)
+    assert edge[1] > 200 and edge[0] < 80 and edge[2] < 80
+
+
+def test_heatmap_of_another_slide_is_refused(slide_path: Path, tmp_path: Path) -> None:
+    heatmap = make_heatmap()
+    other = Heatmap(heatmap.probabilities, 0.0, 0.0, STRIDE, STRIDE, SLIDE_MPP, (999, 999))
+    with open_slide(slide_path) as slide, pytest.raises(HeatmapError, match="999 x 999"):
+        render_overlay(slide, other, tmp_path / "overlay.png")
+    assert not (tmp_path / "overlay.png").exists()

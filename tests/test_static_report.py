@@ -1,0 +1,171 @@
+"""The static HTML report: content, escaping, self-containment, images, the command."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.errors import OutputError
+from pipeline.viewer.colors import CATEGORY_COLORS, hex_to_rgb
+from pipeline.viewer.render import slide_thumbnail
+from pipeline.viewer.static_report import (
+    StaticReportConfig,
+    build_static_report,
+    write_static_report,
+)
+from tests.viewer_batch import (
+    FAILED_ERROR,
+    FAILED_ID,
+    GOOD_ID,
+    XSS_ID,
+    ViewerBatch,
+    build_viewer_batch,
+    snapshot,
+    synthetic_slide,
+)
+
+THUMBNAIL_PX = 400
+IMAGE_URI = re.compile(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> ViewerBatch:
+    return build_viewer_batch(tmp_path_factory.mktemp("batch"), synthetic_slide(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def html(batch: ViewerBatch) -> str:
+    return build_static_report(batch.root, StaticReportConfig(thumbnail_max_px=THUMBNAIL_PX))
+
+
+def _images(html: str) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in IMAGE_URI.findall(html)]
+
+
+def test_report_lists_every_slide_with_its_numbers_and_errors(html: str) -> None:
+    assert html.count('<section class="report-slide"') == 3
+    assert GOOD_ID in html and FAILED_ID in html
+    assert 'class="badge cat-micro">micro' in html and 'class="badge cat-negative">negative' in html
+    assert "0.950" in html and "0.80" in html  # score, largest deposit (mm)
+    assert f"failed: {FAILED_ERROR}" in html
+    assert html.count("<tr data-index=") == 2  # the two deposits of the good slide
+
+
+def test_deposit_table_shows_size_area_cells_and_probability(
+    html: str, batch: ViewerBatch
+) -> None:
+    for deposit in batch.good_report["deposits"]:
+        assert f"{deposit['max_diameter_mm']:.3f}" in html
+        assert f"{deposit['area_mm2']:.4f}" in html
+        assert f">{deposit['cell_count']}<" in html
+    assert "0.950" in html
+
+
+def test_script_name_is_escaped(html: str) -> None:
+    assert XSS_ID not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_report_is_self_contained(html: str) -> None:
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert re.findall(r"<link[^>]*>", html) == ['<link rel="icon" href="data:,">']
+    assert "@import" not in html and "url(" not in html
+    assert re.findall(r"<script([^>]*)>", html) == [""]  # one inline script, no src
+    assert len(IMAGE_URI.findall(html)) == 2  # the two finished slides
+
+
+def test_slide_image_shows_heatmap_and_category_outlines(html: str, batch: ViewerBatch) -> None:
+    image = _images(html)[0]
+    slide = batch.slide
+    assert max(image.size) == THUMBNAIL_PX
+    assert image.size == (THUMBNAIL_PX, round(slide.height_px * THUMBNAIL_PX / slide.width_px))
+    scale = image.width / slide.width_px
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    plain_image, dimensions = slide_thumbnail(slide.slide_path, None, THUMBNAIL_PX)
+    assert dimensions == (slide.width_px, slide.height_px)
+    plain = np.asarray(plain_image, dtype=np.int16)
+    micro = next(d for d in batch.good_report["deposits"] if d["category"] == "micro")
+    cx, cy = round(micro["centroid_x_px"] * scale), round(micro["centroid_y_px"] * scale)
+    # Viridis at p=0.95 is yellow: green rises inside the deposit compared with the slide.
+    green_gain = pixels[cy - 3 : cy + 4, cx - 3 : cx + 4, 1] - plain[cy - 3 : cy + 4, cx - 3 : cx + 4, 1]
+    assert float(green_gain.mean()) > 40
+    orange = np.array(hex_to_rgb(CATEGORY_COLORS["micro"]))
+    on_outline = [
+        np.abs(pixels[round(y * scale), round(x * scale)] - orange).max()
+        for x, y in micro["outline_xy"]
+    ]
+    assert np.median(on_outline) < 60  # JPEG keeps the category colour on the outline
+
+
+def test_moved_slide_file_still_shows_heatmap_and_outlines(
+    batch: ViewerBatch, tmp_path: Path
+) -> None:
+    root = tmp_path / "batch"
+    shutil.copytree(batch.root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["slides"][GOOD_ID]["path"] = str(tmp_path / "moved.tif")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    html = build_static_report(root, StaticReportConfig(thumbnail_max_px=THUMBNAIL_PX))
+    assert "slide image not shown" in html and "moved.tif" in html
+    assert len(IMAGE_URI.findall(html)) == 2
+
+
+def test_report_command_writes_beside_the_batch_by_default(
+    batch: ViewerBatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "batch"
+    shutil.copytree(batch.root, root)
+    assert main(["report", str(root), "--thumbnail-px", "200"]) == 0
+    written = root / "report.html"
+    assert str(written) in capsys.readouterr().out
+    assert len(IMAGE_URI.findall(written.read_text())) == 2
+    assert max(_images(written.read_text())[0].size) == 200
+
+
+def test_report_command_out_leaves_the_batch_untouched(batch: ViewerBatch, tmp_path: Path) -> None:
+    before = snapshot(batch.root)
+    out = tmp_path / "elsewhere" / "review.html"
+    assert main(["report", str(batch.root), "--out", str(out), "--thumbnail-px", "200"]) == 0
+    assert out.read_text().startswith("<!doctype html>")
+    assert snapshot(batch.root) == before
+
+
+def test_report_command_on_a_folder_without_manifest_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(tmp_path)]) == 1
+    assert "manifest.json: not found" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_command_rejects_a_bad_thumbnail_size(
+    batch: ViewerBatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(batch.root), "--out", str(tmp_path / "r.html"),
+                 "--thumbnail-px", "5"]) == 1
+    assert "thumbnail_max_px=5" in capsys.readouterr().err
+
+
+def test_unwritable_output_names_the_path(batch: ViewerBatch, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError, match=r"file/r\.html: cannot write the report"):
+        write_static_report(batch.root, blocker / "r.html", StaticReportConfig(thumbnail_max_px=64))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("thumbnail_max_px", 10), ("heatmap_opacity", 1.5), ("jpeg_quality", 0)],
+)
+def test_config_rejects_out_of_range_values(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        StaticReportConfig(**{field: value})  # type: ignore[arg-type]
