@@ -430,7 +430,8 @@ def write_text_atomic(path: Path, text: str) -> None:
             handle.write(text)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write here ({exc})") from exc
 
 

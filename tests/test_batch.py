@@ -1,0 +1,171 @@
+"""Batch runs: one folder per slide, manifest, resume after interruption, failure isolation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURES, draw_tissue_rgb, write_pyramid_tiff
+from pipeline.analyze import AnalysisContext, build_context, run_local_batch
+from pipeline.batch import SlideOutcome, collect_slides
+from pipeline.cli import main
+from pipeline.errors import SlideOpenError
+from pipeline.heatmap import load_heatmap
+from pipeline.models import ModelCard, build_model, save_checkpoint
+
+FAST = {"inference": {"device": "cpu", "num_workers": 0, "batch_size": 16}}
+
+
+@pytest.fixture(scope="module")
+def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("slides")
+    for index in range(3):
+        write_pyramid_tiff(folder / f"node_{index}.tif", draw_tissue_rgb(900, 700, seed=index), mpp=0.5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5,
+                     training_data="untrained test model")
+    path = tmp_path_factory.mktemp("model") / "test.pt"
+    save_checkpoint(path, build_model("micronet"), card)
+    return path
+
+
+def _context(model_path: Path) -> AnalysisContext:
+    overrides = {**FAST, "deposits": {"refine": False, "count_cells": False}}
+    return build_context(model_path, None, overrides, None)
+
+
+def test_every_slide_gets_a_complete_folder_and_a_manifest_entry(
+    slide_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    outcomes = run_local_batch(collect_slides([str(slide_dir)]), out, _context(model_path))
+    assert [o.status for o in outcomes] == ["done"] * 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    for index in range(3):
+        folder = out / f"node_{index}"
+        for name in ("heatmap.npy", "heatmap.json", "overlay.png", "report.json", "run.json",
+                     "deposits.geojson", "deposits.xml", "detections.csv"):
+            assert (folder / name).is_file(), name
+        report = json.loads((folder / "report.json").read_text())
+        assert report["category"] in ("negative", "itc", "micro", "macro")
+        assert 0.0 <= report["score"] <= 1.0
+        assert manifest["slides"][f"node_{index}"]["status"] == "done"
+        heatmap = load_heatmap(folder)
+        assert np.nanmax(heatmap.probabilities) == pytest.approx(report["score"], abs=1e-6)
+    assert not list(out.glob(".*partial*"))
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert len(summary) == 4 and summary[0].startswith("slide_id,status,category")
+
+
+def test_interrupted_run_resumes_without_recomputing_finished_slides(
+    slide_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    slides = collect_slides([str(slide_dir)])
+    context = _context(model_path)
+
+    def stop_after_first(outcome: SlideOutcome) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_local_batch(slides, out, context, on_slide_done=stop_after_first)
+    first_report = out / "node_0" / "report.json"
+    mtime = first_report.stat().st_mtime_ns
+    assert not (out / "node_1").exists()
+    outcomes = run_local_batch(slides, out, context)
+    assert [o.status for o in outcomes] == ["skipped", "done", "done"]
+    assert first_report.stat().st_mtime_ns == mtime
+    again = run_local_batch(slides, out, context, overwrite=True)
+    assert [o.status for o in again] == ["done"] * 3
+    assert first_report.stat().st_mtime_ns != mtime
+
+
+def test_changed_settings_recompute_a_finished_slide(
+    slide_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    slides = collect_slides([str(slide_dir / "node_0.tif")])
+    run_local_batch(slides, out, _context(model_path))
+    changed = build_context(model_path, None, {**FAST, "deposits": {"threshold": 0.9, "refine": False,
+                                                                   "count_cells": False}}, None)
+    assert [o.status for o in run_local_batch(slides, out, changed)] == ["done"]
+    assert json.loads((out / "node_0" / "report.json").read_text())["model"]["threshold"] == 0.9
+
+
+def test_a_corrupt_slide_is_recorded_and_the_others_finish(
+    slide_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    batch = tmp_path / "slides"
+    shutil.copytree(slide_dir, batch)
+    shutil.copy(FIXTURES / "bad_slides" / "truncated.tif", batch / "broken.tif")
+    shutil.copy(FIXTURES / "bad_slides" / "no_resolution.tif", batch / "nompp.tif")
+    out = tmp_path / "out"
+    outcomes = run_local_batch(collect_slides([str(batch)]), out, _context(model_path))
+    status = {o.slide_id: o.status for o in outcomes}
+    assert status == {"broken": "failed", "node_0": "done", "node_1": "done", "node_2": "done",
+                      "nompp": "failed"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "broken.tif" in manifest["slides"]["broken"]["error"]
+    assert "--mpp" in manifest["slides"]["nompp"]["error"]
+    assert not (out / "broken").exists()
+    assert not list(out.glob(".*partial*"))
+
+
+def test_infer_command_exits_non_zero_when_a_slide_fails(
+    slide_dir: Path, model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code = main(["infer", str(slide_dir / "node_0.tif"), str(FIXTURES / "bad_slides" / "empty.svs"),
+                 "--out", str(out), "--model", str(model_path), "--device", "cpu", "--workers", "0",
+                 "--no-refine", "--no-cells"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "empty.svs" in captured.err
+    assert "node_0" in captured.out and "failed" in captured.out
+
+
+def test_blank_slide_fails_with_no_tissue(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    outcomes = run_local_batch([FIXTURES / "bad_slides" / "blank_no_tissue.tif"], out,
+                               _context(model_path))
+    assert outcomes[0].status == "failed"
+    assert "blank_no_tissue.tif" in (outcomes[0].error or "")
+    assert "tissue" in (outcomes[0].error or "")
+
+
+def test_inputs_that_match_nothing_are_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SlideOpenError, match="no such file"):
+        collect_slides([str(tmp_path / "missing.svs")])
+    with pytest.raises(SlideOpenError, match="no slide files"):
+        collect_slides([str(tmp_path)])
+
+
+def test_globs_and_duplicate_stems_get_unique_ids(slide_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(slide_dir / "node_0.tif", other / "node_0.tif")
+    slides = collect_slides([str(slide_dir / "*.tif"), str(other)])
+    assert len(slides) == 4
+    from pipeline.outputs import unique_slide_ids
+
+    ids = unique_slide_ids(slides)
+    assert sorted(ids.values()) == ["node_0", "node_0-2", "node_1", "node_2"]
+
+
+def test_tile_geometry_comes_from_the_model_card(model_path: Path, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[tiling]\ntile_size_px = 64\n")
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model card"):
+        build_context(model_path, config, FAST, None)
