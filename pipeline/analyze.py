@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from pipeline import __version__
 from pipeline.batch import SlideOutcome, run_batch
+from pipeline.colors import category_color
 from pipeline.config import (
     DepositConfig,
     InferenceConfig,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CATEGORY_COLORS = {"itc": "#2ca02c", "micro": "#ff7f0e", "macro": "#d62728"}
 ProgressCallback = Callable[[int], None]
 
 
@@ -203,7 +203,7 @@ def _write_overlay(slide: Slide, heatmap: Heatmap, deposits: Sequence[Deposit], 
     from pipeline.overlay import render_overlay
 
     outlines = [d.outline_xy for d in deposits]
-    colors = [CATEGORY_COLORS.get(str(d.category), "#ffffff") for d in deposits]
+    colors = [category_color(str(d.category)) for d in deposits]
     render_overlay(slide, heatmap, folder / "overlay.png", outlines, colors)
 
 

@@ -539,15 +539,38 @@ def write_geojson(
 # --- masks and geometry ------------------------------------------------------------------
 
 
-def _fill_ring(
-    mask: NDArray[np.bool_], ring_xy: NDArray[np.float64], downsample: float, value: bool
-) -> None:
-    draw: Any = importlib.import_module("skimage.draw")  # untyped library
-    # A mask pixel (r, c) covers level-0 [c*ds, (c+1)*ds); its centre is at (c + 0.5) * ds.
-    cols = ring_xy[:, 0] / downsample - 0.5
-    rows = ring_xy[:, 1] / downsample - 0.5
-    rr, cc = draw.polygon(rows, cols, shape=mask.shape)
-    mask[rr, cc] = value
+def polygon_mask(
+    rings_xy: Sequence[NDArray[np.float64]],
+    shape_rc: tuple[int, int],
+    origin_rc: tuple[int, int] = (0, 0),
+    downsample: float = 1.0,
+) -> NDArray[np.bool_]:
+    """Even-odd fill of polygon rings (exterior and holes) over a window of a mask grid.
+
+    rings_xy: rings in level-0 px. shape_rc: window (rows, cols). origin_rc: the window's
+    top-left in mask px. Window pixel (r, c) is set when its centre, at level-0
+    ((origin_c + c + 0.5) * downsample, (origin_r + r + 0.5) * downsample), is inside.
+    Scanline parity, vectorised over edge/row crossings; one byte of memory per pixel.
+    """
+    height, width = shape_rc
+    counts = np.zeros((height, width + 1), dtype=np.uint8)  # parity survives uint8 wrap-around
+    for ring in rings_xy:
+        u = ring[:, 0] / downsample - origin_rc[1]
+        v = ring[:, 1] / downsample - origin_rc[0]
+        u2, v2 = np.roll(u, -1), np.roll(v, -1)
+        first = np.clip(np.ceil(np.minimum(v, v2) - 0.5), 0, height).astype(np.intp)
+        stop = np.clip(np.ceil(np.maximum(v, v2) - 0.5), 0, height).astype(np.intp)
+        n_rows = stop - first  # rows whose centre lies in [min v, max v)
+        if not n_rows.any():
+            continue
+        edge = np.repeat(np.arange(len(u)), n_rows)
+        row = first[edge] + np.arange(len(edge)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+        t = (row + 0.5 - v[edge]) / (v2[edge] - v[edge])
+        col = np.clip(np.ceil(u[edge] + t * (u2[edge] - u[edge]) - 0.5), 0, width)
+        np.add.at(counts, (row, col.astype(np.intp)), 1)
+    inside = np.cumsum(counts[:, :width], axis=1, dtype=np.uint8)
+    np.bitwise_and(inside, 1, out=inside)
+    return inside.view(np.bool_)
 
 
 def rasterize_annotations(
@@ -572,14 +595,13 @@ def rasterize_annotations(
     for annotation in annotations:
         if annotation.label not in labels:
             continue
-        if not annotation.holes_xy:
-            _fill_ring(mask, annotation.vertices_xy, downsample, True)
-            continue
-        own = np.zeros(shape, dtype=bool)
-        _fill_ring(own, annotation.vertices_xy, downsample, True)
-        for hole in annotation.holes_xy:
-            _fill_ring(own, hole, downsample, False)
-        mask |= own
+        low = np.floor(annotation.vertices_xy.min(axis=0) / downsample).astype(int) - 1
+        high = np.ceil(annotation.vertices_xy.max(axis=0) / downsample).astype(int) + 1
+        c0, r0 = max(int(low[0]), 0), max(int(low[1]), 0)
+        c1, r1 = min(int(high[0]), shape[1]), min(int(high[1]), shape[0])
+        if c1 > c0 and r1 > r0:
+            rings = [annotation.vertices_xy, *annotation.holes_xy]
+            mask[r0:r1, c0:c1] |= polygon_mask(rings, (r1 - r0, c1 - c0), (r0, c0), downsample)
     return mask
 
 

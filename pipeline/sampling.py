@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -352,19 +352,21 @@ def sample_negative_candidates(
 # --- splits, balance, the index file ------------------------------------------------------
 
 
-def split_by_slide(sources: Sequence[SlideSource], val_fraction: float, seed: int) -> dict[str, Split]:
-    """Slide path -> "train" or "val"; whole slides only, stratified by annotated / normal.
+def split_by_slide(
+    slides: Sequence[str], tumor_slides: Collection[str], val_fraction: float, seed: int
+) -> dict[str, Split]:
+    """Slide -> "train" or "val"; whole slides only, stratified by tumor / tumor-free.
 
-    Each group sends round(n * val_fraction) slides to validation; when val_fraction > 0 and a
-    group has at least two slides, at least one of them. Raises ValueError for a fraction
-    outside 0-0.9.
+    tumor_slides: the slides with tumor samples. Each group sends round(n * val_fraction)
+    slides to validation; when val_fraction > 0 and a group has at least two slides, at least
+    one and never all of them. Raises ValueError for a fraction outside 0-0.9.
     """
     if not (0.0 <= val_fraction <= 0.9):
         raise ValueError(f"val_fraction={val_fraction!r} is out of range; allowed 0 to 0.9")
     rng = np.random.default_rng(seed)
     splits: dict[str, Split] = {}
-    for annotated in (True, False):
-        group = sorted(str(s.slide_path) for s in sources if (s.annotation_path is not None) == annotated)
+    for has_tumor in (True, False):
+        group = sorted({s for s in slides if (s in tumor_slides) == has_tumor})
         n_val = round(len(group) * val_fraction)
         if val_fraction > 0 and len(group) >= 2:
             n_val = min(max(n_val, 1), len(group) - 1)
@@ -439,9 +441,10 @@ def build_sample_index(
     val_fraction: float,
     slide_mpp: float | None = None,
 ) -> list[PatchSample]:
-    """Sample every slide and assign whole slides to train / validation."""
-    splits = split_by_slide(sources, val_fraction, config.seed)
+    """Sample every slide and assign whole slides to train / validation (``split_by_slide``)."""
     samples: list[PatchSample] = []
     for source in sources:
         samples.extend(sample_slide(source, config, slide_mpp))
-    return assign_splits(samples, splits)
+    tumor_slides = {s.slide for s in samples if s.label == 1}
+    slides = [str(source.slide_path) for source in sources]
+    return assign_splits(samples, split_by_slide(slides, tumor_slides, val_fraction, config.seed))

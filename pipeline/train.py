@@ -95,7 +95,7 @@ METRIC_COLUMNS = (
     "val_loss",
     "val_auc",
     "val_accuracy",
-    "n_val",
+    "val_n",
     "seconds",
 )
 

@@ -25,10 +25,15 @@ from pipeline.analyze import run_local_batch
 from pipeline.batch import SlideOutcome
 from pipeline.cli import main
 from pipeline.distributed import (
+    ActorPool,
     ContextSpec,
     RayOptions,
     SlideWorker,
+    WorkItem,
+    WorkResult,
     connect,
+    dispatch,
+    is_lost_worker,
     run_batch_on_ray,
     run_ray_batch,
     slot_resources,
@@ -41,6 +46,10 @@ SLIDE_SIZE = (1500, 1200)  # level-0 (width, height)
 TRUNCATED = FIXTURES / "bad_slides" / "truncated.tif"
 # Reader processes inside Ray workers would nest process pools; score in the worker itself.
 INFERENCE = {"device": "cpu", "num_workers": 0}
+# Refinement and cell counts are the slow stages and do not depend on where a slide runs.
+DEPOSITS = {"refine": False, "count_cells": False}
+# The seeded untrained model scores tissue tiles 0.472-0.474: this threshold yields deposits.
+THRESHOLD = 0.4733
 
 
 class FaultyWorker(SlideWorker):
@@ -63,13 +72,6 @@ class FaultyWorker(SlideWorker):
         os._exit(1)
 
 
-class MismatchedWorker(SlideWorker):
-    """A worker on a node that resolves other settings than the driver (e.g. another model)."""
-
-    def __init__(self, spec: ContextSpec, out_dir: str, expected_key: str) -> None:
-        super().__init__(spec, out_dir, "0" * 16)
-
-
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
     """A local two-CPU Ray cluster for this module; test-defined workers are shipped by value."""
@@ -84,7 +86,9 @@ def ray_cluster() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="test")
+    card = ModelCard(
+        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=THRESHOLD, training_data="test"
+    )
     path = tmp_path_factory.mktemp("model") / "micronet.pt"
     return save_checkpoint(path, build_model("micronet"), card)
 
@@ -94,12 +98,12 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("slides")
     return [
         write_pyramid_tiff(folder / f"node_{seed}.tif", draw_tissue_rgb(*SLIDE_SIZE, seed=seed), SLIDE_MPP)
-        for seed in range(3)
+        for seed in range(2)
     ]
 
 
 def spec_for(model_path: Path) -> ContextSpec:
-    return ContextSpec(model_path, None, {"inference": INFERENCE})
+    return ContextSpec(model_path, None, {"inference": INFERENCE, "deposits": DEPOSITS})
 
 
 def read_json(path: Path) -> Any:
@@ -113,6 +117,14 @@ def statuses(out_dir: Path) -> dict[str, str]:
 def leftovers(out_dir: Path) -> list[str]:
     """Hidden staging or replaced folders left in a batch folder."""
     return sorted(p.name for p in out_dir.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def local_run(slides: list[Path], model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two good slides analysed on this machine, without Ray."""
+    out_dir = tmp_path_factory.mktemp("local") / "out"
+    run_local_batch(slides, out_dir, spec_for(model_path).build())
+    return out_dir
 
 
 @pytest.fixture(scope="module")
@@ -137,42 +149,30 @@ def faulty_run(
 
 
 def test_ray_batch_matches_the_local_run(
-    ray_cluster: Any, slides: list[Path], model_path: Path, tmp_path: Path
+    faulty_run: tuple[Path, list[SlideOutcome], list[SlideOutcome]], local_run: Path, slides: list[Path]
 ) -> None:
-    local_out, ray_out = tmp_path / "local", tmp_path / "ray"
-    run_local_batch(slides, local_out, spec_for(model_path).build())
-    argv = ["infer", *map(str, slides), "--out", str(ray_out), "--model", str(model_path)]
-    argv += ["--device", "cpu", "--workers", "0", "--ray", "auto", "--cpus-per-slide", "1"]
-    assert main(argv) == 0
-
-    assert statuses(ray_out) == statuses(local_out) == {s.stem: "done" for s in slides}
+    ray_out = faulty_run[0]
+    ray_statuses = statuses(ray_out)
+    assert statuses(local_run) == {s.stem: "done" for s in slides}
+    assert {s.stem: ray_statuses[s.stem] for s in slides} == statuses(local_run)
+    n_deposits = 0
     for slide in slides:
-        local_heatmap = np.load(local_out / slide.stem / "heatmap.npy")
+        local_heatmap = np.load(local_run / slide.stem / "heatmap.npy")
         ray_heatmap = np.load(ray_out / slide.stem / "heatmap.npy")
         assert local_heatmap.shape == ray_heatmap.shape and local_heatmap.size > 0
         np.testing.assert_allclose(ray_heatmap, local_heatmap, atol=1e-6, equal_nan=True)
-        local_report = read_json(local_out / slide.stem / "report.json")
+        local_report = read_json(local_run / slide.stem / "report.json")
         ray_report = read_json(ray_out / slide.stem / "report.json")
         assert ray_report["category"] == local_report["category"]
         assert ray_report["score"] == pytest.approx(local_report["score"], abs=1e-6)
-        assert len(ray_report["deposits"]) == len(local_report["deposits"])
-    assert (
-        read_json(ray_out / "manifest.json")["settings_key"]
-        == read_json(local_out / "manifest.json")["settings_key"]
-    )
-    assert (ray_out / "summary.csv").read_text().count("\n") == len(slides) + 1
-    assert leftovers(ray_out) == []
-
-
-def test_ray_run_resumes_a_finished_local_batch_without_recomputing(
-    ray_cluster: Any, slides: list[Path], model_path: Path, tmp_path: Path
-) -> None:
-    out_dir = tmp_path / "out"
-    run_local_batch(slides[:1], out_dir, spec_for(model_path).build())
-    report_before = (out_dir / slides[0].stem / "report.json").stat().st_mtime_ns
-    outcomes = run_ray_batch(slides[:1], out_dir, spec_for(model_path), RayOptions())
-    assert [o.status for o in outcomes] == ["skipped"]
-    assert (out_dir / slides[0].stem / "report.json").stat().st_mtime_ns == report_before
+        assert [d["max_diameter_mm"] for d in ray_report["deposits"]] == pytest.approx(
+            [d["max_diameter_mm"] for d in local_report["deposits"]]
+        )
+        n_deposits += len(local_report["deposits"])
+    assert n_deposits > 0, "the test model found no deposits: lower its card threshold"
+    manifests = [read_json(out / "manifest.json") for out in (ray_out, local_run)]
+    assert manifests[0]["settings_key"] == manifests[1]["settings_key"]
+    assert (ray_out / "summary.csv").read_text().count("\n") == 1 + 3
 
 
 def test_lost_worker_slide_is_retried_and_written_exactly_once(
@@ -212,14 +212,87 @@ def test_corrupt_slide_is_recorded_failed_once_and_not_retried(
     assert not (out_dir / "corrupt").exists()
 
 
-def test_node_with_other_settings_stops_the_run_before_writing(
-    ray_cluster: Any, slides: list[Path], model_path: Path, tmp_path: Path
+def test_cli_ray_run_skips_slides_a_local_run_finished(
+    ray_cluster: Any, local_run: Path, slides: list[Path], model_path: Path, tmp_path: Path
 ) -> None:
-    out_dir = tmp_path / "out"
-    with pytest.raises(MicrometError, match="differs between nodes"):
-        run_ray_batch(slides[:1], out_dir, spec_for(model_path), RayOptions(), worker_class=MismatchedWorker)
-    assert not (out_dir / "manifest.json").exists()
-    assert not (out_dir / slides[0].stem).exists()
+    out_dir = shutil.copytree(local_run, tmp_path / "out")
+    reports = [out_dir / s.stem / "report.json" for s in slides]
+    before = [r.stat().st_mtime_ns for r in reports]
+    argv = ["infer", *map(str, slides), "--out", str(out_dir), "--model", str(model_path), "--ray", "auto"]
+    argv += ["--device", "cpu", "--workers", "0", "--no-refine", "--no-cells", "--cpus-per-slide", "1"]
+    assert main(argv) == 0
+    assert [r.stat().st_mtime_ns for r in reports] == before
+    assert statuses(out_dir) == statuses(local_run)
+
+
+class ScriptedPool(ActorPool):
+    """An ``ActorPool`` with one slot that answers from a list instead of a cluster."""
+
+    def __init__(self, answers: list[WorkResult | BaseException]) -> None:
+        self.answers = answers
+        self.in_flight: list[WorkItem] = []
+        self.submitted: list[str] = []
+
+    @property
+    def has_idle(self) -> bool:
+        return not self.in_flight
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.in_flight)
+
+    def submit(self, item: WorkItem) -> None:
+        self.in_flight.append(item)
+        self.submitted.append(item.slide_id)
+
+    def next_finished(self) -> tuple[WorkItem, WorkResult | BaseException]:
+        return self.in_flight.pop(), self.answers.pop(0)
+
+
+def test_slide_whose_worker_always_dies_is_failed_after_max_attempts(tmp_path: Path) -> None:
+    ray_exceptions = pytest.importorskip("ray.exceptions")
+    staging = tmp_path / ".node.partial"
+    staging.mkdir()
+    (staging / "heatmap.npy").write_bytes(b"half")
+    pool = ScriptedPool([ray_exceptions.WorkerCrashedError(), ray_exceptions.NodeDiedError("node-b")])
+    results = list(dispatch(pool, [WorkItem(tmp_path / "node.tif", "node")], 2, tmp_path))
+    assert pool.submitted == ["node", "node"]
+    [(item, result, attempts)] = results
+    assert item.slide_id == "node"
+    assert attempts == 2 and result.report is None
+    assert result.error is not None and "died 2 times" in result.error and "node.tif" in result.error
+    assert not staging.exists()
+
+
+def test_worker_that_cannot_run_stops_the_run(tmp_path: Path) -> None:
+    fatal = WorkResult("node", None, "worker on node b cannot load the model", 0.0, "b", fatal=True)
+    pool = ScriptedPool([fatal])
+    with pytest.raises(MicrometError, match=r"cannot load the model.*re-run"):
+        list(dispatch(pool, [WorkItem(tmp_path / "node.tif", "node")], 3, tmp_path))
+
+
+def test_worker_with_other_settings_refuses_to_write(
+    slides: list[Path], model_path: Path, tmp_path: Path
+) -> None:
+    worker = SlideWorker(spec_for(model_path).absolute(), str(tmp_path), "0" * 16)
+    result = worker.analyze(str(slides[0]), slides[0].stem)
+    assert result.fatal and result.report is None
+    assert result.error is not None and "differs between nodes" in result.error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_without_the_model_file_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_model.pt"
+    worker = SlideWorker(ContextSpec(missing, None, {"inference": INFERENCE}), str(tmp_path), "0" * 16)
+    result = worker.analyze(str(tmp_path / "node.tif"), "node")
+    assert result.fatal and result.error is not None and "no_such_model.pt" in result.error
+
+
+def test_lost_worker_errors_are_told_apart_from_bugs() -> None:
+    ray_exceptions = pytest.importorskip("ray.exceptions")
+    assert is_lost_worker(ray_exceptions.ActorDiedError())
+    assert is_lost_worker(ray_exceptions.WorkerCrashedError())
+    assert not is_lost_worker(ValueError("a bug"))
 
 
 def test_gpus_asked_on_a_cluster_without_gpus_is_a_config_error(ray_cluster: Any) -> None:

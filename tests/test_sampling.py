@@ -127,31 +127,39 @@ def test_sampling_is_reproducible_and_mining_rounds_draw_fresh_normal_centres(
 
 
 def test_split_by_slide_keeps_every_slide_whole_and_validates_both_kinds() -> None:
-    sources = [SlideSource(Path(f"/s/tumor_{i}.tif"), Path(f"/a/tumor_{i}.xml")) for i in range(5)]
-    sources += [SlideSource(Path(f"/s/normal_{i}.tif")) for i in range(4)]
-    splits = split_by_slide(sources, val_fraction=0.25, seed=0)
-    assert set(splits) == {str(s.slide_path) for s in sources}
+    tumor = [f"/s/tumor_{i}.tif" for i in range(5)]
+    slides = tumor + [f"/s/normal_{i}.tif" for i in range(4)]
+    splits = split_by_slide(slides, set(tumor), val_fraction=0.25, seed=0)
+    assert set(splits) == set(slides)
     val = [path for path, split in splits.items() if split == "val"]
     assert any("tumor" in p for p in val) and any("normal" in p for p in val)
     assert sum("tumor" in p for p in val) == 1 and sum("normal" in p for p in val) == 1
-    samples = [PatchSample(str(s.slide_path), float(i), 0.0, i % 2) for s in sources for i in range(6)]
+    samples = [PatchSample(slide, float(i), 0.0, i % 2) for slide in slides for i in range(6)]
     by_slide: dict[str, set[str]] = {}
     for sample in assign_splits(samples, splits):
         by_slide.setdefault(sample.slide, set()).add(sample.split)
     assert all(len(kinds) == 1 for kinds in by_slide.values())
-    assert split_by_slide(sources, 0.25, seed=0) == splits
+    assert split_by_slide(slides, set(tumor), 0.25, seed=0) == splits
 
 
 def test_split_fraction_out_of_range_names_the_value() -> None:
     with pytest.raises(ValueError, match="val_fraction=0.95"):
-        split_by_slide([], 0.95, 0)
+        split_by_slide([], set(), 0.95, 0)
 
 
-def test_build_sample_index_assigns_whole_slides(slides: dict[str, Path]) -> None:
-    sources = [SlideSource(slides["tumor"], slides["folder"] / "tumor_slide.xml"), SlideSource(slides["normal"])]
+def test_build_sample_index_stratifies_by_tumor_content_not_by_annotation_file(
+    slides: dict[str, Path],
+) -> None:
+    # the normal slide has an annotation file too, but no tumor in it
+    sources = [
+        SlideSource(slides["tumor"], slides["folder"] / "tumor_slide.xml"),
+        SlideSource(slides["normal"], slides["folder"] / "empty.xml"),
+    ]
+    write_asap_xml([], slides["folder"] / "empty.xml")
     samples = build_sample_index(sources, SampleConfig(tumor_per_slide=5, normal_per_slide=5), 0.5)
     assert len(samples) == 15
-    assert {s.split for s in samples if s.slide == str(slides["tumor"])} == {"train"}
+    # one slide per group: neither group gives up its only slide to validation
+    assert {s.split for s in samples} == {"train"}
 
 
 def test_balance_classes_repeats_the_rarer_class_until_equal() -> None:

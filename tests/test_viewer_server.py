@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.commands import view as view_command
 from pipeline.errors import OutputError
 from pipeline.viewer.app import create_app
-from pipeline.viewer.colors import heatmap_rgba
+from pipeline.colors import heatmap_rgba
 from pipeline.viewer.tiles import DeepZoomCache, TileConfig
 from tests.viewer_batch import (
     FAILED_ERROR,

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.heatmap import Heatmap
 from pipeline.slide import open_slide
-from pipeline.viewer.colors import (
+from pipeline.colors import (
     OUTLINE_HALO_COLOR,
     category_color,
     heatmap_rect_px,

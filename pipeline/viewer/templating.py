@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.staging import CATEGORY_ORDER
-from pipeline.viewer.colors import (
+from pipeline.colors import (
     CATEGORY_COLORS,
     category_color,
     category_css,
