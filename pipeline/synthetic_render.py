@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.annotations import polygon_mask
+
 _T = TypeVar("_T", bound=np.generic)
 
 # --- appearance constants (µm, OD); tuned against the CAMELYON16 patches and CAMELYON17
@@ -230,31 +232,6 @@ def sample_points(
     return out.astype(np.float32, copy=False)
 
 
-# --- geometry -----------------------------------------------------------------------------
-
-
-def fill_polygon(
-    vertices_xy: NDArray[np.float64], x0: int, y0: int, width: int, height: int
-) -> NDArray[np.bool_]:
-    """Even-odd fill of a polygon over a block: True where a pixel centre is inside.
-
-    Pixel (r, c) of the block has its centre at level-0 (x0 + c + 0.5, y0 + r + 0.5), the
-    same convention as ``annotations.rasterize_annotations``.
-    """
-    ax, ay = vertices_xy[:, 0], vertices_xy[:, 1]
-    bx, by = np.roll(ax, -1), np.roll(ay, -1)
-    yc = y0 + 0.5 + np.arange(height)[:, None]
-    crosses = (ay[None, :] <= yc) != (by[None, :] <= yc)
-    rows, edges = np.nonzero(crosses)
-    t = (yc[rows, 0] - ay[edges]) / (by[edges] - ay[edges])
-    x_cross = ax[edges] + t * (bx[edges] - ax[edges])
-    cols = np.ceil(x_cross - x0 - 0.5).astype(np.intp)  # first pixel whose centre is right
-    keep = cols < width
-    counts = np.zeros((height, width + 1), dtype=np.int16)
-    np.add.at(counts, (rows[keep], np.clip(cols[keep], 0, width)), 1)
-    return (np.cumsum(counts[:, :width], axis=1) & 1).astype(bool)
-
-
 # --- nuclei -------------------------------------------------------------------------------
 
 
@@ -402,7 +379,9 @@ def _fill_deposits(
         if not polygon.intersects(block):
             continue
         inside: NDArray[np.bool_] | slice = (
-            slice(None) if polygon.contains(block) else fill_polygon(vertices, x0, y0, width, height)
+            slice(None)
+            if polygon.contains(block)
+            else polygon_mask([vertices], (height, width), (y0, x0))
         )
         h[inside] = round(TUMOR_STROMA_H_OD * OD_LEVELS)
         e[inside] = round(TUMOR_STROMA_E_OD * OD_LEVELS)
