@@ -44,7 +44,9 @@ def real_lesion_diameters_mm() -> np.ndarray:
     if diameters:
         return np.asarray(diameters)
     rng = np.random.default_rng(0)  # published proportions: 1460 / 600 / 100 of 2162
-    return np.concatenate([rng.uniform(0.03, 0.2, 1460), rng.uniform(0.2, 2.0, 600), rng.uniform(2.0, 2.8, 100)])
+    return np.concatenate(
+        [rng.uniform(0.03, 0.2, 1460), rng.uniform(0.2, 2.0, 600), rng.uniform(2.0, 2.8, 100)]
+    )
 
 
 def plan_slides(seed: int) -> list[tuple[str, tuple[float, ...]]]:
@@ -77,9 +79,13 @@ def synthesise(folder: Path, seed: int) -> list[Path]:
         side_px = 12000 if category == "macro" else 8000
         path = folder / f"bench_{index:02d}_{category}.tif"
         if not path.exists():
-            config = SynthConfig(width_px=side_px, height_px=int(side_px * 0.8), mpp=SLIDE_MPP,
-                                 seed=seed * 100 + index,
-                                 deposits=tuple(PlantedDeposit(d) for d in planted))
+            config = SynthConfig(
+                width_px=side_px,
+                height_px=int(side_px * 0.8),
+                mpp=SLIDE_MPP,
+                seed=seed * 100 + index,
+                deposits=tuple(PlantedDeposit(d) for d in planted),
+            )
             generate_slide(config, path)
         paths.append(path)
     return paths
@@ -97,14 +103,25 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     infer_code = main(infer)
     seconds = time.perf_counter() - started
-    main(["evaluate", "--batch", str(batch), "--truth-dir", str(args.out / "slides"),
-          "--out", str(evaluation)])
+    main(
+        ["evaluate", "--batch", str(batch), "--truth-dir", str(args.out / "slides"), "--out", str(evaluation)]
+    )
     result = json.loads((evaluation / "evaluation.json").read_text())
     manifest = json.loads((batch / "manifest.json").read_text())
-    return {"evaluation": result, "seconds": seconds, "n_slides": len(slides),
-            "infer_exit": infer_code, "plan": plan_slides(args.seed),
-            "model": next(iter(json.loads((batch / s / "report.json").read_text())["model"]
-                               for s, e in manifest["slides"].items() if e["status"] == "done"))}
+    return {
+        "evaluation": result,
+        "seconds": seconds,
+        "n_slides": len(slides),
+        "infer_exit": infer_code,
+        "plan": plan_slides(args.seed),
+        "model": next(
+            iter(
+                json.loads((batch / s / "report.json").read_text())["model"]
+                for s, e in manifest["slides"].items()
+                if e["status"] == "done"
+            )
+        ),
+    }
 
 
 def _fmt(value: object) -> str:
@@ -117,23 +134,31 @@ def render_markdown(figures: dict[str, object], command: str) -> str:
     assert isinstance(ev, dict)
     froc, auc, nodes, sizes = (ev.get(k) or {} for k in ("froc", "auc", "node_categories", "deposit_sizes"))
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
         f"{len(figures['plan'])} synthetic slides at {SLIDE_MPP} µm/px "  # type: ignore[arg-type]
         "(node plan and planted diameters below; lesion sizes drawn from the real CAMELYON16 "
         "outlines). **Synthetic-data figures: they test the pipeline, not clinical accuracy.**",
-        "", f"Command: `{command}`", "",
-        "| metric | value |", "| --- | --- |",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
         f"| FROC score (challenge rule) | {_fmt(froc.get('score_challenge_rule'))} |",
         f"| FROC score (interpolated) | {_fmt(froc.get('score_interpolated'))} |",
-        f"| slide AUC (95% CI) | {_fmt(auc.get('auc'))} ({_fmt(auc.get('ci_low'))}-{_fmt(auc.get('ci_high'))}) |",
+        f"| slide AUC (95% CI) | {_fmt(auc.get('auc'))} "
+        f"({_fmt(auc.get('ci_low'))}-{_fmt(auc.get('ci_high'))}) |",
         f"| node category accuracy | {_fmt(nodes.get('accuracy'))} |",
         f"| deposit diameter MAE (mm) | {_fmt(sizes.get('mean_abs_error_mm'))} |",
         f"| deposit category accuracy (matched) | {_fmt(sizes.get('category_accuracy'))} |",
         f"| missed / spurious deposits | {sizes.get('n_missed')} / {sizes.get('n_spurious')} |",
         f"| end-to-end runtime | {figures['seconds']:.0f} s for {figures['n_slides']} slides |",  # type: ignore[str-format]
-        "", "Slides: " + "; ".join(f"{c} {list(d)}" for c, d in figures["plan"]),  # type: ignore[attr-defined]
-        "", f"Model: `{json.dumps(figures['model'])}`", "",
+        "",
+        "Slides: " + "; ".join(f"{c} {list(d)}" for c, d in figures["plan"]),  # type: ignore[attr-defined]
+        "",
+        f"Model: `{json.dumps(figures['model'])}`",
+        "",
     ]
     if ev.get("skipped"):
         lines += [f"Not computed: {json.dumps(ev['skipped'])}", ""]
@@ -146,7 +171,7 @@ def write_docs_section(markdown: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if SECTION in text:
         before, rest = text.split(SECTION, 1)
-        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        after = rest[rest.find("\n## ") :] if "\n## " in rest else ""
         text = before.rstrip() + "\n\n" + markdown + after
     else:
         text = text.rstrip() + "\n\n" + markdown
@@ -154,7 +179,9 @@ def write_docs_section(markdown: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     parser.add_argument("--seed", type=int, default=2016)
     parser.add_argument("--model", type=Path, default=None)
