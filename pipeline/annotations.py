@@ -80,6 +80,7 @@ _ASAP_POLYGON_TYPES = frozenset({"polygon", "spline", "rectangle"})
 class Annotation:
     """One annotated region.
 
+    Compared by identity (arrays have no single truth value); compare fields to test equality.
     vertices_xy: (N, 2) float64 exterior ring in level-0 px, (x, y), not closed (N >= 3).
     holes_xy: interior rings, each (M, 2) float64 in level-0 px.
     label: "tumor", "exclude" or "other" (from ``group`` via GROUP_LABELS when read).
@@ -255,9 +256,7 @@ def read_asap_xml(path: Path) -> list[Annotation]:
     _check_file(path)
     root = _parse_xml(path)
     if root.tag != "ASAP_Annotations":
-        raise AnnotationError(
-            f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations>"
-        )
+        raise AnnotationError(f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations>")
     annotations: list[Annotation] = []
     n_raw = 0
     for index, element in enumerate(root.iter("Annotation")):
@@ -333,15 +332,19 @@ def _geojson_annotations(path: Path, data: Any) -> list[Annotation]:
     for index, feature in enumerate(_geojson_features(path, data)):
         if not isinstance(feature, dict) or not isinstance(feature.get("geometry"), dict):
             raise AnnotationError(f"{path}: feature {index} has no geometry object")
-        properties = feature.get("properties") or {}
+        properties = feature.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
         name = str(properties.get("name", f"Annotation {index}"))
         group = _feature_class(properties)
         geometry = feature["geometry"]
         kind = geometry.get("type")
+        coordinates = geometry.get("coordinates")
+        if kind in ("Polygon", "MultiPolygon") and not isinstance(coordinates, list):
+            raise AnnotationError(f"{path}: feature {name!r} has no list of coordinates")
         if kind == "Polygon":
-            polygons = [geometry.get("coordinates", [])]
+            polygons = [coordinates]
         elif kind == "MultiPolygon":
-            polygons = list(geometry.get("coordinates", []))
+            polygons = coordinates
         else:
             log.warning("%s: feature %r is a %s, not a polygon; skipped", path, name, kind)
             continue
@@ -374,9 +377,7 @@ def _is_camelyon16(data: Any) -> bool:
 
 def _camelyon16_annotations(path: Path, data: Any) -> list[Annotation]:
     if not _is_camelyon16(data):
-        raise AnnotationError(
-            f"{path}: expected a JSON object with 'positive' and 'negative' outline lists"
-        )
+        raise AnnotationError(f"{path}: expected a JSON object with 'positive' and 'negative' outline lists")
     annotations: list[Annotation] = []
     n_raw = 0
     for group, label in (("positive", "tumor"), ("negative", "exclude")):
@@ -460,29 +461,26 @@ def write_asap_xml(annotations: Sequence[Annotation], path: Path) -> None:
     for annotation in annotations:
         rings = [(annotation.name, _group_to_write(annotation), annotation.vertices_xy)]
         if annotation.holes_xy:
-            log.warning("%s: ASAP XML has no holes; %r's holes written as group _2", path,
-                        annotation.name)
-        rings += [(f"{annotation.name} hole {i + 1}", "_2", h)
-                  for i, h in enumerate(annotation.holes_xy)]
+            log.warning("%s: ASAP XML has no holes; %r's holes written as group _2", path, annotation.name)
+        rings += [(f"{annotation.name} hole {i + 1}", "_2", h) for i, h in enumerate(annotation.holes_xy)]
         for name, group, vertices in rings:
             label = label_for_group(group)
             groups.setdefault(group, label)
             lines.append(
-                f"\t\t<Annotation Name={quoteattr(name)} Type=\"Polygon\" "
-                f"PartOfGroup={quoteattr(group)} Color=\"{_hex_color(label)}\">"
+                f'\t\t<Annotation Name={quoteattr(name)} Type="Polygon" '
+                f'PartOfGroup={quoteattr(group)} Color="{_hex_color(label)}">'
             )
             lines.append("\t\t\t<Coordinates>")
             lines.extend(
-                f'\t\t\t\t<Coordinate Order="{order}" X="{_format_float(x)}" '
-                f'Y="{_format_float(y)}" />'
+                f'\t\t\t\t<Coordinate Order="{order}" X="{_format_float(x)}" Y="{_format_float(y)}" />'
                 for order, (x, y) in enumerate(vertices)
             )
             lines += ["\t\t\t</Coordinates>", "\t\t</Annotation>"]
     lines += ["\t</Annotations>", "\t<AnnotationGroups>"]
     for group, label in groups.items():
         lines.append(
-            f"\t\t<Group Name={quoteattr(group)} PartOfGroup=\"None\" "
-            f"Color=\"{_hex_color(label)}\"><Attributes /></Group>"
+            f'\t\t<Group Name={quoteattr(group)} PartOfGroup="None" '
+            f'Color="{_hex_color(label)}"><Attributes /></Group>'
         )
     lines += ["\t</AnnotationGroups>", "</ASAP_Annotations>", ""]
     write_text_atomic(path, "\n".join(lines))
@@ -525,9 +523,7 @@ def write_geojson(
     measurements and annotations differ in length, OutputError if the file cannot be written.
     """
     if measurements is not None and len(measurements) != len(annotations):
-        raise ValueError(
-            f"{len(measurements)} measurement dicts for {len(annotations)} annotations"
-        )
+        raise ValueError(f"{len(measurements)} measurement dicts for {len(annotations)} annotations")
     features = [
         annotation_to_feature(a, None if measurements is None else measurements[i])
         for i, a in enumerate(annotations)
@@ -631,9 +627,7 @@ def max_feret_diameter_px(vertices_xy: NDArray[np.float64]) -> float:
     return _max_pairwise_distance(points)
 
 
-def polygon_area_px2(
-    vertices_xy: NDArray[np.float64], holes_xy: Sequence[NDArray[np.float64]] = ()
-) -> float:
+def polygon_area_px2(vertices_xy: NDArray[np.float64], holes_xy: Sequence[NDArray[np.float64]] = ()) -> float:
     """Area of a simple polygon (shoelace), less its holes, in px² of the vertices' frame."""
 
     def ring_area(ring: NDArray[np.float64]) -> float:

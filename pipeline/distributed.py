@@ -13,6 +13,7 @@ not retried. Ray is imported only inside functions: without ``--ray`` nothing of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -20,7 +21,7 @@ import shutil
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -169,10 +170,6 @@ class SlideWorker:
                 "nodes; every node needs the same files at the same paths"
             )
 
-    def ready(self) -> str:
-        """The node name, once the constructor has finished."""
-        return self.node
-
     def analyze(self, path: str, slide_id: str) -> WorkResult:
         """Analyse one slide into ``OUT/<slide_id>`` (staged, then renamed into place)."""
         started = time.perf_counter()
@@ -235,11 +232,18 @@ def slot_resources(ray: Any, options: RayOptions) -> tuple[float, float]:
 
 
 def cluster_capacity(ray: Any, cpus: float, gpus: float) -> int:
-    """How many worker slots of (cpus, gpus) the cluster's live nodes hold in total."""
-    cluster = ray.cluster_resources()
-    slots = math.floor(cluster.get("CPU", 0.0) / cpus + 1e-9)
-    if gpus > 0:
-        slots = min(slots, math.floor(cluster.get("GPU", 0.0) / gpus + 1e-9))
+    """How many worker slots of (cpus, gpus) the live nodes hold, counted node by node (a slot
+    never spans two nodes).
+    """
+    slots = 0
+    for node in ray.nodes():
+        if not node.get("Alive", False):
+            continue
+        resources = node.get("Resources", {})
+        fits = math.floor(resources.get("CPU", 0.0) / cpus + 1e-9)
+        if gpus > 0:
+            fits = min(fits, math.floor(resources.get("GPU", 0.0) / gpus + 1e-9))
+        slots += fits
     return int(slots)
 
 
@@ -292,6 +296,14 @@ class ActorPool:
             return item, exc
         self._idle.append(actor)
         return item, result
+
+    def release_idle(self) -> None:
+        """Stop idle actors: with no slide left to hand out, their resources can go to
+        replacement actors still waiting for room.
+        """
+        for actor in self._idle:
+            self._kill(actor)
+        self._idle.clear()
 
     def _replace(self, dead: Any) -> None:
         self._kill(dead)
@@ -348,6 +360,8 @@ def dispatch(
             item = queue.popleft()
             attempts[item.slide_id] = attempts.get(item.slide_id, 0) + 1
             pool.submit(item)
+        if not queue:
+            pool.release_idle()
         if not pool.busy:
             raise MicrometError("no Ray worker is left to run the remaining slides; re-run to resume")
         item, result = pool.next_finished()
@@ -447,8 +461,9 @@ def run_ray_batch(
     for outcome in skipped.values():
         if on_slide_done is not None:
             on_slide_done(outcome)
-    if items:
-        for outcome in _run_on_cluster(ray, items, out_dir, spec, options, key, manifest, worker_class):
+    finished = _run_on_cluster(ray, items, out_dir, spec, options, key, manifest, worker_class)
+    with contextlib.closing(finished):  # stops the actors at once if anything below raises
+        for outcome in finished:
             outcomes[outcome.slide_id] = outcome
             write_summary_csv(out_dir, manifest)
             if on_slide_done is not None:
@@ -466,7 +481,9 @@ def _run_on_cluster(
     key: str,
     manifest: dict[str, Any],
     worker_class: type[SlideWorker],
-) -> Iterator[SlideOutcome]:
+) -> Generator[SlideOutcome, None, None]:
+    if not items:
+        return
     connected_here = connect(ray, options.address)
     pool: ActorPool | None = None
     try:
@@ -474,8 +491,8 @@ def _run_on_cluster(
         capacity = cluster_capacity(ray, cpus, gpus)
         if capacity < 1:
             raise ConfigError(
-                f"no Ray node has {cpus:g} CPUs and {gpus:g} GPUs free for one slide; "
-                f"the cluster has {ray.cluster_resources()}; lower --cpus-per-slide/--gpus-per-slide"
+                f"no Ray node has {cpus:g} CPUs and {gpus:g} GPUs for one slide (the cluster has "
+                f"{ray.cluster_resources()}); lower --cpus-per-slide or --gpus-per-slide"
             )
         actor_class = ray.remote(worker_class).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0)
         size = min(len(items), capacity)

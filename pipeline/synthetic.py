@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from pipeline import __version__
 from pipeline.annotations import Annotation, write_asap_xml, write_text_atomic
 from pipeline.errors import ConfigError, OutputError
-from pipeline.staging import ITC_MAX_DIAMETER_MM, MICRO_MAX_DIAMETER_MM
+from pipeline.staging import ITC_MAX_CELLS, ITC_MAX_DIAMETER_MM, MICRO_MAX_DIAMETER_MM, categorize_deposit
 from pipeline.synthetic_layout import build_scene
 from pipeline.synthetic_render import CAPSULE_WIDTH_UM, Scene, render_strip
 
@@ -171,13 +171,11 @@ class SynthResult:
     tissue_xy: tuple[NDArray[np.float64], ...]
 
 
-def deposit_category(diameter_mm: float) -> str:
-    """"itc" (<= 0.2 mm), "micro" (<= 2.0 mm) or "macro", by size alone (staging cut-offs)."""
-    if diameter_mm <= ITC_MAX_DIAMETER_MM:
-        return "itc"
-    if diameter_mm <= MICRO_MAX_DIAMETER_MM:
-        return "micro"
-    return "macro"
+def deposit_category(diameter_mm: float, n_tumor_nuclei: int | None = None) -> str:
+    """The deposit's category by the same rule the pipeline applies
+    (``pipeline.staging.categorize_deposit``): size, and the 200-cell rule when the number of
+    tumor nuclei is given."""
+    return str(categorize_deposit(diameter_mm, n_tumor_nuclei))
 
 
 def node_category(deposits: Sequence[DepositTruth]) -> str:
@@ -213,8 +211,9 @@ class _DiskImage:
     def read_rows(self, r0: int, r1: int) -> NDArray[np.uint8]:
         """Rows [r0, r1) as an (rows, width, 3) array."""
         r1 = min(r1, self.shape[0])
-        data = np.fromfile(self.path, dtype=np.uint8, count=(r1 - r0) * self._row_bytes,
-                           offset=r0 * self._row_bytes)
+        data = np.fromfile(
+            self.path, dtype=np.uint8, count=(r1 - r0) * self._row_bytes, offset=r0 * self._row_bytes
+        )
         return data.reshape(r1 - r0, self.shape[1], 3)
 
 
@@ -256,9 +255,7 @@ def _level0_tiles(
             yield from _strip_tiles(pending.popleft().result(), config.tile_size_px, level1)
 
 
-def _strip_tiles(
-    strip: _Strip, ts: int, level1: _DiskImage | None
-) -> Iterator[NDArray[np.uint8]]:
+def _strip_tiles(strip: _Strip, ts: int, level1: _DiskImage | None) -> Iterator[NDArray[np.uint8]]:
     """The tiles of a rendered tile row, after saving its halved copy to level 1."""
     if level1 is not None and strip.half is not None:
         level1.write_rows(strip.y0 // 2, strip.half)
@@ -332,9 +329,7 @@ def _write_pyramid(scene: Scene, config: SynthConfig, path: Path, name: str) -> 
     dims = config.level_dimensions()
     all_dims = config.max_level_dimensions()
     # The svs thumbnail is the first level of at most SMALLEST_LEVEL_MAX_PX, never level 0.
-    thumb_level = next(
-        i for i, d in enumerate(all_dims) if i > 0 and max(d) <= SMALLEST_LEVEL_MAX_PX
-    )
+    thumb_level = next(i for i, d in enumerate(all_dims) if i > 0 and max(d) <= SMALLEST_LEVEL_MAX_PX)
     n_reduced = max(len(dims) - 1, thumb_level if config.format == "svs" else 0)
     descriptions = _descriptions(config, dims, name)
     raw_bytes = sum(w * h * 3 for w, h in dims)
@@ -393,7 +388,7 @@ def _deposit_truths(
                 requested_diameter_mm=config.deposits[index].diameter_mm,
                 diameter_mm=diameter_mm,
                 area_mm2=polygon_area_px2(vertices) * mm_per_px**2,
-                category=deposit_category(diameter_mm),
+                category=deposit_category(diameter_mm, count),
                 n_tumor_nuclei=count,
                 centroid_xy=(float(centroid[0]), float(centroid[1])),
                 vertices_xy=vertices,
@@ -414,6 +409,7 @@ def _truth_dict(result: SynthResult, config: SynthConfig) -> dict[str, Any]:
         "render_mpp": result.render_mpp,
         "level_dimensions": [list(d) for d in result.level_dimensions],
         "category_cutoffs_mm": {"itc_max": ITC_MAX_DIAMETER_MM, "micro_max": MICRO_MAX_DIAMETER_MM},
+        "itc_max_cells": ITC_MAX_CELLS,
         "node_category": result.node_category,
         "tissue": [{"vertices_xy": t.tolist()} for t in result.tissue_xy],
         "deposits": [
@@ -465,8 +461,7 @@ def read_truth(path: Path) -> SynthResult:
             level_dimensions=tuple((int(w), int(h)) for w, h in data["level_dimensions"]),
             node_category=str(data["node_category"]),
             deposits=deposits,
-            tissue_xy=tuple(np.asarray(t["vertices_xy"], dtype=np.float64)
-                            for t in data["tissue"]),
+            tissue_xy=tuple(np.asarray(t["vertices_xy"], dtype=np.float64) for t in data["tissue"]),
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise ConfigError(f"{path}: not a readable synthetic truth file ({exc})") from exc
@@ -478,9 +473,7 @@ def read_truth(path: Path) -> SynthResult:
 def _check_out_path(config: SynthConfig, out_path: Path) -> None:
     allowed = (".tif", ".tiff") if config.format == "tif" else (".svs",)
     if out_path.suffix.lower() not in allowed:
-        raise ConfigError(
-            f"{out_path}: a {config.format} slide needs the suffix {' or '.join(allowed)}"
-        )
+        raise ConfigError(f"{out_path}: a {config.format} slide needs the suffix {' or '.join(allowed)}")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -530,7 +523,10 @@ def generate_slide(config: SynthConfig, out_path: Path) -> SynthResult:
     write_text_atomic(result.truth_path, json.dumps(_truth_dict(result, config), indent=1) + "\n")
     log.info(
         "%s: %d x %d px, %d deposit(s), written in %.1f s",
-        out_path, config.width_px, config.height_px, len(deposits),
+        out_path,
+        config.width_px,
+        config.height_px,
+        len(deposits),
         time.perf_counter() - started,
     )
     return result

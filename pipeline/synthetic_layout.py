@@ -91,8 +91,9 @@ def _make_blobs(config: SynthConfig, rng: np.random.Generator, n_blobs: int) -> 
         start += length
         a = along * rng.uniform(0.85, 1.0)
         b = min(across * rng.uniform(0.8, 1.0), 1.6 * a)
-        wobble = np.column_stack([rng.uniform(0, 0.07, 5) / np.arange(1, 6) ** 0.5,
-                                  rng.uniform(0, 2 * np.pi, 5)])
+        wobble = np.column_stack(
+            [rng.uniform(0, 0.07, 5) / np.arange(1, 6) ** 0.5, rng.uniform(0, 2 * np.pi, 5)]
+        )
         cx, cy = (centre_long, centre_short) if w >= h else (centre_short, centre_long)
         angle = 0.0 if w >= h else math.pi / 2
         blobs.append(_Blob(cx, cy, a, b, angle + rng.uniform(-0.1, 0.1), wobble))
@@ -109,8 +110,9 @@ def _deposit_outline(rng: np.random.Generator, diameter_px: float) -> NDArray[np
     r = np.maximum(r, 0.45)
     stretch, angle = rng.uniform(0.6, 1.0), rng.uniform(0, np.pi)
     x, y = r * np.cos(theta), r * np.sin(theta) * stretch
-    points = np.column_stack([x * math.cos(angle) - y * math.sin(angle),
-                              x * math.sin(angle) + y * math.cos(angle)])
+    points = np.column_stack(
+        [x * math.cos(angle) - y * math.sin(angle), x * math.sin(angle) + y * math.cos(angle)]
+    )
     points *= diameter_px / max_feret_diameter_px(points)
     centred: NDArray[np.float64] = points - points.mean(axis=0)
     return centred
@@ -175,9 +177,7 @@ def _vacuoles(
     return circles
 
 
-def _value_noise(
-    rng: np.random.Generator, shape: tuple[int, int], cell: float
-) -> NDArray[np.float32]:
+def _value_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> NDArray[np.float32]:
     """Smooth noise in [-1, 1] on a grid, varying over ``cell`` grid steps."""
     from scipy.ndimage import zoom
 
@@ -204,8 +204,9 @@ def _tissue_field(
     for row in range(0, shape[0], 256):  # row chunks bound the temporary arrays
         ys = np.arange(row, min(row + 256, shape[0]))[:, None] * step_px
         for blob in blobs:
-            d = blob.signed_distance_px(np.broadcast_to(xs, (len(ys), len(xs))),
-                                        np.broadcast_to(ys, (len(ys), len(xs))))
+            d = blob.signed_distance_px(
+                np.broadcast_to(xs, (len(ys), len(xs))), np.broadcast_to(ys, (len(ys), len(xs)))
+            )
             np.maximum(field[row : row + len(ys)], d * mpp, out=field[row : row + len(ys)])
     return field
 
@@ -226,7 +227,10 @@ def _vacuole_field(
 
 
 def _follicle_terms(
-    shape: tuple[int, int], step_px: float, mpp: float, rng: np.random.Generator,
+    shape: tuple[int, int],
+    step_px: float,
+    mpp: float,
+    rng: np.random.Generator,
     blobs: list[_Blob],
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Germinal centres (paler, fewer lymphocytes) and mantles (denser), each 0-1."""
@@ -254,7 +258,9 @@ def _follicle_terms(
 
 
 def _fields(
-    config: SynthConfig, rng: np.random.Generator, blobs: list[_Blob],
+    config: SynthConfig,
+    rng: np.random.Generator,
+    blobs: list[_Blob],
     circles: list[tuple[float, float, float]],
 ) -> FieldGrid:
     mpp = config.render_mpp
@@ -273,9 +279,7 @@ def _fields(
     )
 
 
-def _tumor_nuclei(
-    config: SynthConfig, deposits_xy: list[NDArray[np.float64]]
-) -> tuple[Nuclei, list[int]]:
+def _tumor_nuclei(config: SynthConfig, deposits_xy: list[NDArray[np.float64]]) -> tuple[Nuclei, list[int]]:
     """Tumor cell centres on a jittered lattice inside each deposit, and the count per deposit."""
     import shapely
 
@@ -307,13 +311,15 @@ def _tumor_nuclei(
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _Layout:
+class Layout:
+    """Where things are on a slide (level-0 px): node outlines, deposits, fat vacuoles."""
+
     blobs: list[_Blob]
     deposits_xy: list[NDArray[np.float64]]
-    circles: list[tuple[float, float, float]]
+    circles: list[tuple[float, float, float]]  # vacuoles: x, y, radius
 
 
-def _layout(config: SynthConfig) -> _Layout:
+def _layout(config: SynthConfig) -> Layout:
     """Node outlines, deposit outlines and fat vacuoles; raises ConfigError if deposits don't fit."""
     import shapely
 
@@ -327,7 +333,7 @@ def _layout(config: SynthConfig) -> _Layout:
         deposits = _place_deposits(config, attempt_rng, blobs)
         if deposits is not None:
             circles = _vacuoles(config, attempt_rng, blobs, [shapely.Polygon(d) for d in deposits])
-            return _Layout(blobs, deposits, circles)
+            return Layout(blobs, deposits, circles)
     raise ConfigError(
         f"could not place {len(config.deposits)} deposit(s) of "
         f"{', '.join(f'{d.diameter_mm:g}' for d in config.deposits)} mm without overlap in the "
@@ -336,20 +342,13 @@ def _layout(config: SynthConfig) -> _Layout:
     )
 
 
-def _prepared(vertices: NDArray[np.float64]) -> Any:
+def build_scene(config: SynthConfig) -> tuple[Scene, Layout, list[int]]:
+    """The render scene of a slide, its layout and the tumor nucleus count per deposit."""
     import shapely
 
-    polygon = shapely.Polygon(vertices)
-    shapely.prepare(polygon)
-    return polygon
-
-
-def build_scene(config: SynthConfig) -> tuple[Scene, _Layout, list[int]]:
-    """The render scene of a slide, its layout and the tumor nucleus count per deposit."""
     layout = _layout(config)
     mpp = config.render_mpp
-    fields = _fields(config, np.random.default_rng([config.seed, 4]), layout.blobs,
-                     layout.circles)
+    fields = _fields(config, np.random.default_rng([config.seed, 4]), layout.blobs, layout.circles)
     tumor_nuclei, counts = _tumor_nuclei(config, layout.deposits_xy)
     lymph = make_lymph_sprites(config.seed, mpp)
     tumor = make_tumor_sprites(config.seed if config.deposits else 0, mpp)
@@ -364,12 +363,22 @@ def build_scene(config: SynthConfig) -> tuple[Scene, _Layout, list[int]]:
     glass_e = make_noise(config.seed, 3, block, GLASS_NOISE_STD_LEVELS)
     glass = to_rgb(glass_level + glass_h, glass_level + glass_e, lut)
     scene = Scene(
-        seed=config.seed, mpp=mpp, width_px=config.width_px, height_px=config.height_px,
-        fields=fields, deposits_xy=tuple(layout.deposits_xy),
-        deposit_polygons=tuple(_prepared(d) for d in layout.deposits_xy),
+        seed=config.seed,
+        mpp=mpp,
+        width_px=config.width_px,
+        height_px=config.height_px,
+        fields=fields,
+        deposits_xy=tuple(layout.deposits_xy),
+        deposit_polygons=tuple(shapely.Polygon(d) for d in layout.deposits_xy),
         tumor_nuclei=tumor_nuclei,
-        lymph=lymph, tumor=tumor, lymph_spacing_px=LYMPH_SPACING_UM / mpp, lut_planar=lut,
-        noise_h=noise_h, noise_e=noise_e, glass_noise_h=glass_h, glass_noise_e=glass_e,
+        lymph=lymph,
+        tumor=tumor,
+        lymph_spacing_px=LYMPH_SPACING_UM / mpp,
+        lut_planar=lut,
+        noise_h=noise_h,
+        noise_e=noise_e,
+        glass_noise_h=glass_h,
+        glass_noise_e=glass_e,
         glass_rgb=glass,
     )
     return scene, layout, counts

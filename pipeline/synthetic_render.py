@@ -113,7 +113,9 @@ class Scene:
     height_px: int
     fields: FieldGrid
     deposits_xy: tuple[NDArray[np.float64], ...]
-    deposit_polygons: tuple[Any, ...]  # shapely Polygons of deposits_xy (prepared)
+    # shapely Polygons of deposits_xy; not prepared, since lazily built GEOS indexes of
+    # prepared geometries are not safe to build from several render threads at once.
+    deposit_polygons: tuple[Any, ...]
     tumor_nuclei: Nuclei
     lymph: Sprites
     tumor: Sprites
@@ -141,8 +143,7 @@ def stain_lut(h_gain: float = 1.0, e_gain: float = 1.0) -> NDArray[np.uint8]:
 
 
 @functools.lru_cache(maxsize=8)
-def make_noise(seed: int, stream: int, max_block_hw: tuple[int, int], std_levels: float
-               ) -> NDArray[np.int16]:
+def make_noise(seed: int, stream: int, max_block_hw: tuple[int, int], std_levels: float) -> NDArray[np.int16]:
     """Periodic fine-grained noise in OD levels, padded so any block-sized window exists.
 
     Cached: callers must not modify the returned array.
@@ -182,9 +183,7 @@ def to_rgb(
 # --- fields -------------------------------------------------------------------------------
 
 
-def _axis_weights(
-    start_px: int, count: int, step_px: float
-) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
+def _axis_weights(start_px: int, count: int, step_px: float) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
     coord = (start_px + 0.5 + np.arange(count)) / step_px  # pixel centres in grid units
     index = np.floor(coord).astype(np.intp)
     return index, (coord - index).astype(np.float32)
@@ -326,8 +325,7 @@ def _coarse_stroma(scene: Scene, x0: int, y0: int, width: int, height: int) -> N
     """Stroma eosin levels, sampled every COARSE_PX px (the field varies over ~200 µm)."""
     c = COARSE_PX
     rows, cols = -(-height // c), -(-width // c)
-    gain = sample_block(scene.fields.stroma_gain, scene.fields.step_px / c, x0 // c, y0 // c,
-                        cols, rows)
+    gain = sample_block(scene.fields.stroma_gain, scene.fields.step_px / c, x0 // c, y0 // c, cols, rows)
     small = _levels(STROMA_E_OD * gain)
     big = np.repeat(np.repeat(small, c, axis=0), c, axis=1)  # much faster than broadcast_to
     return np.ascontiguousarray(big[:height, :width])
@@ -367,9 +365,7 @@ def _is_interior(scene: Scene, x0: int, y0: int, width: int, height: int) -> boo
     return tissue_lo > CAPSULE_WIDTH_UM + 4 and vacuole_lo > 2 * MEMBRANE_WIDTH_UM
 
 
-def _fill_deposits(
-    scene: Scene, h: NDArray[np.uint8], e: NDArray[np.uint8], x0: int, y0: int
-) -> None:
+def _fill_deposits(scene: Scene, h: NDArray[np.uint8], e: NDArray[np.uint8], x0: int, y0: int) -> None:
     """Paint tumor cytoplasm over the deposit areas of a block (in place)."""
     import shapely
 
@@ -379,9 +375,7 @@ def _fill_deposits(
         if not polygon.intersects(block):
             continue
         inside: NDArray[np.bool_] | slice = (
-            slice(None)
-            if polygon.contains(block)
-            else polygon_mask([vertices], (height, width), (y0, x0))
+            slice(None) if polygon.contains(block) else polygon_mask([vertices], (height, width), (y0, x0))
         )
         h[inside] = round(TUMOR_STROMA_H_OD * OD_LEVELS)
         e[inside] = round(TUMOR_STROMA_E_OD * OD_LEVELS)
@@ -452,9 +446,7 @@ def _ellipse_distance(
     u = xx * math.cos(angle) + yy * math.sin(angle)
     v = -xx * math.sin(angle) + yy * math.cos(angle)
     theta = np.arctan2(v, u)
-    outline = 1 + sum(
-        amp * np.cos((k + 2) * theta + phase) for k, (amp, phase) in enumerate(wobble)
-    )
+    outline = 1 + sum(amp * np.cos((k + 2) * theta + phase) for k, (amp, phase) in enumerate(wobble))
     distance: NDArray[np.float64] = np.hypot(u / a_px, v / b_px) / outline
     return distance
 
@@ -470,8 +462,13 @@ def make_lymph_sprites(seed: int, mpp: float, count: int = 32) -> Sprites:
     h = np.zeros((count, size, size), dtype=np.uint8)
     for k in range(count):
         r_px = rng.uniform(LYMPH_RADIUS_UM[0], LYMPH_RADIUS_UM[1]) / mpp
-        d = _ellipse_distance(size, r_px, r_px * rng.uniform(0.85, 1.0), rng.uniform(0, math.pi),
-                              np.column_stack([rng.uniform(0, 0.04, 3), rng.uniform(0, 6.3, 3)]))
+        d = _ellipse_distance(
+            size,
+            r_px,
+            r_px * rng.uniform(0.85, 1.0),
+            rng.uniform(0, math.pi),
+            np.column_stack([rng.uniform(0, 0.04, 3), rng.uniform(0, 6.3, 3)]),
+        )
         edge = np.clip((1 - d) * r_px + 0.5, 0, 1)  # ~1 px anti-aliased rim
         texture = gaussian_filter(rng.normal(size=(size, size)), max(0.4 / mpp, 0.5))
         texture /= max(float(texture.std()), 1e-9)

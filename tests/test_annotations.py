@@ -57,16 +57,13 @@ def test_camelyon17_asap_xml_reads_three_itc_sized_tumor_polygons() -> None:
     assert {a.label for a in annotations} == {"tumor"}
     np.testing.assert_array_equal(annotations[0].vertices_xy[0], [12711.2998, 88778.1016])
     # The node is labelled itc: every outline is at most 0.2 mm across at ~0.243 µm/px.
-    diameters_mm = [max_feret_diameter_px(a.vertices_xy) * CAMELYON17_MPP / 1000
-                    for a in annotations]
+    diameters_mm = [max_feret_diameter_px(a.vertices_xy) * CAMELYON17_MPP / 1000 for a in annotations]
     assert all(0.05 < d <= 0.2 for d in diameters_mm)
 
 
 @pytest.mark.shared_data
 @pytest.mark.parametrize("name", ["Tumor_081.json", "Tumor_098.json", "Tumor_083.json"])
-def test_camelyon16_json_converts_to_asap_xml_and_back_unchanged(
-    name: str, tmp_path: Path
-) -> None:
+def test_camelyon16_json_converts_to_asap_xml_and_back_unchanged(name: str, tmp_path: Path) -> None:
     path = require_shared_data(f"annotations/camelyon16_ncrf_json/{name}")
     raw = json.loads(path.read_text())
     annotations = read_camelyon16_json(path)
@@ -144,6 +141,7 @@ def test_geojson_bare_feature_list_maps_classes_and_skips_points(
         ("bad_coordinate.xml", "'broken' has a coordinate without numeric X and Y"),
         ("truncated.geojson", "not a valid JSON file"),
         ("not_geojson.json", "not GeoJSON"),
+        ("bad_geometry.geojson", "'broken' has no list of coordinates"),
         ("all_degenerate.xml", "none of its 1 polygon"),
     ],
 )

@@ -31,6 +31,7 @@ from pipeline.distributed import (
     SlideWorker,
     WorkItem,
     WorkResult,
+    cluster_capacity,
     connect,
     dispatch,
     is_lost_worker,
@@ -77,7 +78,7 @@ def ray_cluster() -> Iterator[Any]:
     """A local two-CPU Ray cluster for this module; test-defined workers are shipped by value."""
     ray = pytest.importorskip("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -248,6 +249,9 @@ class ScriptedPool(ActorPool):
     def next_finished(self) -> tuple[WorkItem, WorkResult | BaseException]:
         return self.in_flight.pop(), self.answers.pop(0)
 
+    def release_idle(self) -> None:
+        pass
+
 
 def test_slide_whose_worker_always_dies_is_failed_after_max_attempts(tmp_path: Path) -> None:
     ray_exceptions = pytest.importorskip("ray.exceptions")
@@ -299,6 +303,17 @@ def test_gpus_asked_on_a_cluster_without_gpus_is_a_config_error(ray_cluster: Any
     assert slot_resources(ray_cluster, RayOptions()) == (1.0, 0.0)
     with pytest.raises(ConfigError, match="no GPUs"):
         slot_resources(ray_cluster, RayOptions(gpus_per_slide=1))
+
+
+def test_capacity_counts_slots_node_by_node() -> None:
+    def node(cpus: float, gpus: float, alive: bool = True) -> dict[str, Any]:
+        return {"Alive": alive, "Resources": {"CPU": cpus, "GPU": gpus}}
+
+    fake_ray = SimpleNamespace(nodes=lambda: [node(8, 1), node(8, 1), node(64, 8, alive=False)])
+    assert cluster_capacity(fake_ray, cpus=1, gpus=1) == 2
+    assert cluster_capacity(fake_ray, cpus=1, gpus=2) == 0  # a slot never spans two nodes
+    assert cluster_capacity(fake_ray, cpus=2, gpus=0.5) == 4
+    assert cluster_capacity(fake_ray, cpus=3, gpus=0) == 4
 
 
 def test_missing_ray_names_the_install_command(

@@ -144,7 +144,7 @@ def test_engine_scores_equal_the_one_tile_at_a_time_loop(
 def test_reading_in_the_main_process_gives_the_same_scores(
     slide_path: Path, slide_image: NDArray[np.uint8]
 ) -> None:
-    mpp, stride = CASES["level1-overlapping"]
+    mpp, stride = CASES["level0-resized"]
     grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
     with_workers = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
     in_process = InferenceConfig(num_workers=0, region_tiles=2, batch_size=5, device="cpu")

@@ -46,8 +46,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def format_deposits(result: SynthResult) -> str:
     """A table of the planted deposits: id, diameter, area, category, nuclei, centroid."""
-    lines = [f"{'id':>3} {'diameter_mm':>11} {'area_mm2':>9} {'category':>8} "
-             f"{'nuclei':>7} {'centroid_x':>10} {'centroid_y':>10}"]
+    lines = [
+        f"{'id':>3} {'diameter_mm':>11} {'area_mm2':>9} {'category':>8} "
+        f"{'nuclei':>7} {'centroid_x':>10} {'centroid_y':>10}"
+    ]
     for d in result.deposits:
         lines.append(
             f"{d.id:>3} {d.diameter_mm:>11.4f} {d.area_mm2:>9.4f} {d.category:>8} "

@@ -1,0 +1,352 @@
+"""Speed benchmark harness: micromet against the read limit, the compute limit and TIAToolbox.
+
+On one synthetic slide (generated once under --work-dir) and one model, the same tiles at the
+same tile size and resolution, batch size, worker count and device, it times in a fresh
+process each (so peak memory is attributable), --repeats times, interleaved:
+
+* read limit: micromet's region reads of the planned tiles by the same number of worker
+  processes, no model (``bench_variants.read_limit``);
+* compute limit: the model alone on random tensors (``bench_variants.compute_limit``);
+* micromet engine: ``score_tiles_with_stats`` alone, and micromet end to end: ``analyze_slide``
+  (open, tissue, tiling, reading, scoring, heatmap, deposits, exports, report);
+* TIAToolbox ``PatchPredictor`` with our weights and our tiles, in its own virtual environment
+  under --work-dir (``bench_tiatoolbox.py``); if it cannot be installed or run, the report says
+  why instead of a number.
+
+Prints a Markdown section (medians of seconds per slide, tiles/s, peak RSS, ratios, the exact
+command and the machine) and, with --write-docs, puts it into docs/benchmarks.md.
+
+Usage: .venv/bin/python scripts/bench.py [--width 20000 --height 20000 --mpp 0.25]
+    [--model models/default.pt | --architecture resnet18] [--device auto] [--workers 2]
+    [--batch-size 64] [--repeats 3] [--skip-tiatoolbox] [--write-docs]
+or ``micromet bench`` with the same options, in a source checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench_report import SECTION_HEADING, RunContext, command_line, render_section, replace_section
+from bench_tiatoolbox import TiaEnv, ensure_tiatoolbox
+from bench_variants import MAIN_VARIANTS, BenchSpec, RunResult, load_grid_arrays, run_variant, save_grid
+
+from pipeline.commands.bench import add_bench_options
+
+SCRIPTS = Path(__file__).resolve().parent
+_SAMPLE_INTERVAL_S = 0.2
+_ERROR_TAIL_LINES = 15
+
+log = logging.getLogger("bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The harness's options (shared with ``micromet bench``) and the hidden child options."""
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench.py", description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_bench_options(parser)
+    for flag in ("--run-variant", "--spec", "--result"):
+        parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat-index", type=int, default=0, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the harness options; conflicting or out-of-range values are usage errors."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model is not None and args.architecture is not None:
+        parser.error("--model and --architecture exclude each other: benchmark a checkpoint or a fresh model")
+    for name, low in (("repeats", 1), ("workers", 0), ("batch_size", 1), ("region_tiles", 1), ("width", 256),
+                      ("height", 256), ("tile_size_px", 32)):
+        if getattr(args, name) < low:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} {getattr(args, name)} is out of range; need at least {low}")
+    return args
+
+
+# ---- machine, slide, model, plan ----------------------------------------------------------
+
+
+def _proc_value(path: str, key: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
+def machine_facts() -> dict[str, Any]:
+    """CPU model, cores, RAM, OS, Python and the current load average."""
+    memory_kib = _proc_value("/proc/meminfo", "MemTotal")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown CPU",
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "ram_gib": round(int(memory_kib.split()[0]) / 2**20, 1) if memory_kib else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def planted_deposits_mm(width_px: int, height_px: int, mpp: float) -> tuple[float, ...]:
+    """A macro- and a micro-sized deposit that fit the slide (smaller on small slides)."""
+    short_mm = min(width_px, height_px) * mpp / 1000
+    sizes = (min(2.5, 0.3 * short_mm), min(0.5, 0.1 * short_mm))
+    return tuple(round(size, 3) for size in sizes if size >= 0.05)
+
+
+def ensure_slide(args: argparse.Namespace) -> Path:
+    """The synthetic slide for these options, generated on first use under --work-dir/slides."""
+    from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
+
+    name = f"bench_{args.width}x{args.height}_{args.mpp:g}mpp_seed{args.seed}.{args.slide_format}"
+    path = args.work_dir / "slides" / name
+    if path.with_name(path.stem + ".truth.json").exists() and path.exists():
+        return path
+    deposits = tuple(PlantedDeposit(d) for d in planted_deposits_mm(args.width, args.height, args.mpp))
+    config = SynthConfig(width_px=args.width, height_px=args.height, mpp=args.mpp, seed=args.seed,
+                         deposits=deposits, format=args.slide_format)
+    print(f"generating {path} ...", file=sys.stderr)
+    started = time.perf_counter()
+    generate_slide(config, path)
+    print(f"generated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return path
+
+
+def ensure_model(args: argparse.Namespace) -> Path:
+    """--model (default models/default.pt), or a fresh --architecture checkpoint made once."""
+    from pipeline.models import resolve_model_path
+
+    if args.architecture is None:
+        return resolve_model_path(args.model)
+    import torch
+
+    from pipeline.models import ModelCard, build_model, save_checkpoint
+
+    path = args.work_dir / "models" / f"{args.architecture}_{args.tile_size_px}px_{args.model_mpp:g}mpp.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        card = ModelCard(architecture=args.architecture, tile_size_px=args.tile_size_px, mpp=args.model_mpp,
+                         training_data="none: random weights", notes="untrained; speed benchmark only")
+        save_checkpoint(path, build_model(args.architecture), card)
+    return path
+
+
+def plan_spec(args: argparse.Namespace, slide_path: Path, model_path: Path, run_dir: Path) -> BenchSpec:
+    """Plan the tiles as ``analyze_slide`` would (default tissue and tiling settings, the card's
+    tile size and resolution), save the grid and return the spec every variant runs on."""
+    from pipeline.config import TilingConfig, TissueConfig
+    from pipeline.models import read_card
+    from pipeline.slide import open_slide
+    from pipeline.tiling import plan_tiles
+    from pipeline.tissue import detect_tissue
+
+    card = read_card(model_path)
+    with open_slide(slide_path) as slide:
+        tissue = detect_tissue(slide, TissueConfig())
+        grid = plan_tiles(slide.dimensions, slide.mpp, tissue,
+                          TilingConfig(tile_size_px=card.tile_size_px, mpp=card.mpp))
+    save_grid(grid, run_dir / "grid.npz")
+    return BenchSpec(
+        slide=str(slide_path.resolve()), slide_mpp=grid.slide_mpp, model=str(model_path.resolve()),
+        tile_size_px=card.tile_size_px, model_mpp=card.mpp, device=args.device, workers=args.workers,
+        batch_size=args.batch_size, region_tiles=args.region_tiles,
+        grid=str((run_dir / "grid.npz").resolve()),
+        out_dir=str(run_dir.resolve()),
+    )
+
+
+# ---- running variants in fresh processes --------------------------------------------------
+
+
+def _parent_map() -> dict[int, int]:
+    """pid -> parent pid of every process, from /proc (empty where there is no /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text(encoding="utf-8")
+        except OSError:
+            continue  # the process ended while we looked
+        fields = stat[stat.rfind(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def tree_rss_mb(root_pid: int) -> float | None:
+    """Summed RSS in MB of ``root_pid`` and all its descendants (None without /proc)."""
+    if not Path("/proc/self/status").exists():
+        return None
+    parents = _parent_map()
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        tree.update(children)
+        frontier.extend(children)
+    total_kib = 0
+    for pid in tree:
+        value = _proc_value(f"/proc/{pid}/status", "VmRSS")
+        total_kib += int(value.split()[0]) if value else 0
+    return total_kib / 1024
+
+
+class TreeRssSampler:
+    """Samples the summed RSS of a process tree in a thread; ``peak_mb`` is the largest seen."""
+
+    def __init__(self, root_pid: int, interval_s: float = _SAMPLE_INTERVAL_S) -> None:
+        self.root_pid, self.interval_s = root_pid, interval_s
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            value = tree_rss_mb(self.root_pid)
+            if value is not None and value > 0:
+                self.peak_mb = max(self.peak_mb or 0.0, value)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> TreeRssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _tail(path: Path, lines: int = _ERROR_TAIL_LINES) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+
+def variant_command(
+    variant: str, spec_path: Path, result_path: Path, repeat: int, tia: TiaEnv | None
+) -> list[str]:
+    """The command line of one measured run."""
+    if variant == "tiatoolbox":
+        if tia is None or tia.python is None:
+            raise ValueError("the tiatoolbox variant needs an installed TIAToolbox environment")
+        return [str(tia.python), str(SCRIPTS / "bench_tiatoolbox.py"), "--spec", str(spec_path),
+                "--result", str(result_path)]
+    return [sys.executable, str(SCRIPTS / "bench.py"), "--run-variant", variant, "--spec", str(spec_path),
+            "--result", str(result_path), "--repeat-index", str(repeat)]
+
+
+def run_child(
+    command: list[str], variant: str, result_path: Path, log_path: Path, timeout_s: float
+) -> RunResult:
+    """Run one measured process; its output goes to ``log_path``. Never raises for its failure."""
+    result_path.unlink(missing_ok=True)
+    with log_path.open("w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        with TreeRssSampler(process.pid) as sampler:
+            try:
+                code = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)  # the run and the reader processes it started
+                process.wait()
+                return RunResult(variant, error=f"timed out after {timeout_s:g} s; log {log_path}")
+    if code != 0 or not result_path.exists():
+        return RunResult(variant, error=f"exit {code}; log {log_path}:\n{_tail(log_path)}")
+    result = RunResult.load(result_path)
+    return dataclasses.replace(result, peak_rss_tree_mb=None if sampler.peak_mb is None
+                               else round(sampler.peak_mb, 1))
+
+
+def run_all(variants: Sequence[str], spec: BenchSpec, run_dir: Path, args: argparse.Namespace,
+            tia: TiaEnv | None) -> dict[str, list[RunResult]]:
+    """Every variant ``args.repeats`` times, interleaved so slow drifts in load hit all alike."""
+    spec_path = run_dir / "spec.json"
+    spec.save(spec_path)
+    results: dict[str, list[RunResult]] = {v: [] for v in variants}
+    for repeat in range(args.repeats):
+        for variant in variants:
+            stem = f"{variant}_{repeat}"
+            result_path, log_path = run_dir / f"{stem}.json", run_dir / f"{stem}.log"
+            command = variant_command(variant, spec_path, result_path, repeat, tia)
+            result = run_child(command, variant, result_path, log_path, args.timeout_s)
+            results[variant].append(result)
+            status = result.error.splitlines()[0] if result.error else (
+                f"{result.n_tiles} tiles in {result.seconds:.2f} s = {result.tiles_per_s:.1f} tiles/s")
+            print(f"[{repeat + 1}/{args.repeats}] {variant}: {status}", file=sys.stderr)
+    return results
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """Inside a measured process: run one variant and write its result."""
+    spec = BenchSpec.load(Path(args.spec))
+    run_variant(args.run_variant, spec, args.repeat_index).save(Path(args.result))
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Prepare slide, model and plan, run every variant, print (and maybe write) the section."""
+    machine = machine_facts()
+    run_dir = args.work_dir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    slide = ensure_slide(args)
+    spec = plan_spec(args, slide, ensure_model(args), run_dir)
+    tia = None
+    if not args.skip_tiatoolbox:
+        print(f"preparing TIAToolbox {args.tiatoolbox_version} in {args.work_dir / 'tiatoolbox-venv'} "
+              "(the first time this installs it from PyPI: minutes)", file=sys.stderr)
+        tia = ensure_tiatoolbox(args.work_dir, args.tiatoolbox_version)
+        if tia.error is not None:
+            print(tia.error, file=sys.stderr)
+    variants = [*MAIN_VARIANTS, *(["tiatoolbox"] if tia is not None and tia.error is None else [])]
+    results = run_all(variants, spec, run_dir, args, tia)
+    context = RunContext(
+        command=command_line(argv),
+        slide=f"{args.width} x {args.height} px at {args.mpp:g} µm/px ({args.slide_format})",
+        model=(f"untrained {args.architecture}" if args.architecture
+               else f"checkpoint `{Path(spec.model).name}`"),
+        repeats=args.repeats, machine=machine, load_end=machine_facts()["load_average"],
+    )
+    section = render_section(context, spec, spec_tiles(spec), results, tia)
+    print(section)
+    if args.write_docs:
+        text = args.docs.read_text(encoding="utf-8") if args.docs.exists() else "# Benchmarks\n"
+        args.docs.write_text(replace_section(text, SECTION_HEADING, section), encoding="utf-8")
+        print(f"wrote the section into {args.docs}", file=sys.stderr)
+    return 0
+
+
+def spec_tiles(spec: BenchSpec) -> int:
+    """Number of tiles in the spec's planned grid."""
+    return len(load_grid_arrays(Path(spec.grid))[0]["xy_px"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the harness, or (with the hidden --run-variant) one measured variant."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.run_variant is not None:
+        return child_main(args)
+    return run_benchmark(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
