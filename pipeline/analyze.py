@@ -202,7 +202,7 @@ def _write_exports(folder: Path, deposits: Sequence[Deposit]) -> None:
 def _write_overlay(slide: Slide, heatmap: Heatmap, deposits: Sequence[Deposit], folder: Path) -> None:
     from pipeline.overlay import render_overlay
 
-    outlines = [d.outline_xy for d in deposits]
+    outlines: list[NDArray[np.floating[Any]]] = [d.outline_xy for d in deposits]
     colors = [category_color(str(d.category)) for d in deposits]
     render_overlay(slide, heatmap, folder / "overlay.png", outlines, colors)
 

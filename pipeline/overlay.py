@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from numpy.typing import NDArray
 
+from pipeline.colors import HEATMAP_COLORMAP
 from pipeline.errors import HeatmapError
 from pipeline.heatmap import Heatmap
 from pipeline.outputs import atomic_write_bytes
@@ -31,7 +32,7 @@ from pipeline.slide import Slide
 
 log = logging.getLogger(__name__)
 
-COLORMAP = "inferno"
+COLORMAP = HEATMAP_COLORMAP  # one colormap for overlays, report and viewer
 HEATMAP_ALPHA = 0.5
 DPI = 100
 # Layout in PNG px: the thumbnail's top-left corner sits at (MARGIN_PX, MARGIN_PX); the

@@ -280,7 +280,8 @@ def rgba_to_rgb(rgba: NDArray[np.uint8]) -> NDArray[np.uint8]:
         return np.ascontiguousarray(rgb)
     alpha_f = alpha[..., None].astype(np.float32) / 255.0
     blended = rgb.astype(np.float32) * alpha_f + 255.0 * (1.0 - alpha_f)
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    composited: NDArray[np.uint8] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return composited
 
 
 def resize_rgb(image: NDArray[np.uint8], width_px: int, height_px: int) -> NDArray[np.uint8]:

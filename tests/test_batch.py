@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES, draw_tissue_rgb, write_pyramid_tiff
+
 from pipeline.analyze import AnalysisContext, build_context, run_local_batch
 from pipeline.batch import SlideOutcome, collect_slides
 from pipeline.cli import main

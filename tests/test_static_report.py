@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.errors import OutputError
 from pipeline.colors import CATEGORY_COLORS, hex_to_rgb
+from pipeline.errors import OutputError
 from pipeline.viewer.render import slide_thumbnail
 from pipeline.viewer.static_report import (
     StaticReportConfig,

@@ -17,10 +17,10 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
+from pipeline.colors import heatmap_rgba
 from pipeline.commands import view as view_command
 from pipeline.errors import OutputError
 from pipeline.viewer.app import create_app
-from pipeline.colors import heatmap_rgba
 from pipeline.viewer.tiles import DeepZoomCache, TileConfig
 from tests.viewer_batch import (
     FAILED_ERROR,

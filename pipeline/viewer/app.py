@@ -32,10 +32,10 @@ from PIL import Image
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import pipeline
+from pipeline.colors import CATEGORY_COLORS, heatmap_rect_px, heatmap_rgba
 from pipeline.errors import OutputError, SlideOpenError
 from pipeline.heatmap import Heatmap
 from pipeline.viewer.batch_index import BatchIndex, SlideRecord, SlideSummary, load_heatmap_or_none
-from pipeline.colors import CATEGORY_COLORS, heatmap_rect_px, heatmap_rgba
 from pipeline.viewer.templating import (
     STATIC_DIR,
     TEMPLATES_DIR,

@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.heatmap import Heatmap
-from pipeline.slide import open_slide
 from pipeline.colors import (
     OUTLINE_HALO_COLOR,
     category_color,
@@ -23,6 +21,8 @@ from pipeline.colors import (
     heatmap_rgba,
     hex_to_rgb,
 )
+from pipeline.heatmap import Heatmap
+from pipeline.slide import open_slide
 
 # Deposits smaller than this on the thumbnail also get a ring, so an ITC stays visible.
 MIN_VISIBLE_OUTLINE_PX = 8

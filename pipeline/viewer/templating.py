@@ -10,13 +10,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.staging import CATEGORY_ORDER
 from pipeline.colors import (
     CATEGORY_COLORS,
     category_color,
     category_css,
     heatmap_gradient_css,
 )
+from pipeline.staging import CATEGORY_ORDER
 
 VIEWER_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = VIEWER_DIR / "templates"
