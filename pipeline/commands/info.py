@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from pipeline.errors import MicrometError
+from pipeline.errors import ConfigError, MicrometError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,21 +22,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--mpp", type=float, default=None, help="override the slide's µm/px")
     parser.add_argument("--no-tissue", action="store_true", help="skip tissue detection (faster)")
+    parser.add_argument("--tile-px", type=int, default=None, help="also plan tiles of this size (px)")
+    parser.add_argument("--tile-mpp", type=float, default=None, help="at this resolution (µm/px)")
     parser.set_defaults(run=run)
 
 
-def describe_slide(path: str, mpp: float | None, with_tissue: bool) -> dict[str, Any]:
-    """Metadata (and tissue fraction) of one slide as a JSON-ready dict."""
+def describe_slide(path: str, mpp: float | None, with_tissue: bool, tiling: Any = None) -> dict[str, Any]:
+    """Metadata (tissue fraction, and a tiling summary for a ``TilingConfig``) of one slide."""
     from pipeline.config import TissueConfig
     from pipeline.slide import open_slide
+    from pipeline.tiling import plan_tiles
     from pipeline.tissue import detect_tissue
 
     with open_slide(path, mpp_override=mpp) as slide:
         facts = slide.info.to_dict()
-        if with_tissue:
+        if with_tissue or tiling is not None:
             tissue = detect_tissue(slide, TissueConfig())
             facts["tissue_fraction"] = round(tissue.tissue_fraction, 4)
             facts["tissue_area_mm2"] = round(tissue.tissue_area_mm2, 3)
+        if tiling is not None:
+            grid = plan_tiles(slide.dimensions, slide.mpp, tissue, tiling)
+            facts["tiles"] = {
+                "n_tiles": len(grid),
+                "grid_rc": list(grid.grid_shape),
+                "tile_size_px": tiling.tile_size_px,
+                "tile_mpp": tiling.mpp,
+                "tile_size_um": round(grid.tile_size_um, 2),
+                "tile_size_l0_px": round(grid.tile_size_l0_px, 2),
+            }
     return facts
 
 
@@ -54,6 +67,15 @@ def format_table(facts: dict[str, Any]) -> str:
         ("mpp", f"{facts['mpp']:.4f} µm/px ({facts['mpp_source']})"),
         ("objective", "unknown" if facts["objective_power"] is None else f"{facts['objective_power']:g}x"),
     ]
+    if "tiles" in facts:
+        t = facts["tiles"]
+        rows.append(
+            (
+                "tiles",
+                f"{t['n_tiles']} with tissue of a {t['grid_rc'][0]} x {t['grid_rc'][1]} grid "
+                f"({t['tile_size_px']} px at {t['tile_mpp']:g} µm/px = {t['tile_size_um']:g} µm)",
+            )
+        )
     if "tissue_fraction" in facts:
         rows.append(("tissue", f"{facts['tissue_fraction']:.1%} ({facts['tissue_area_mm2']:.2f} mm²)"))
     return "\n".join(f"{key:<11} {value}" for key, value in rows)
@@ -61,11 +83,21 @@ def format_table(facts: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Describe every slide; a failing slide is reported and the others continue."""
+    from pipeline.config import TilingConfig
+
+    if (args.tile_px is None) != (args.tile_mpp is None):
+        raise ConfigError("--tile-px and --tile-mpp go together; pass both to plan tiles")
+    tiling = None
+    if args.tile_px is not None:
+        try:
+            tiling = TilingConfig(tile_size_px=args.tile_px, mpp=args.tile_mpp)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     results: list[dict[str, Any]] = []
     failures = 0
     for path in args.slides:
         try:
-            results.append(describe_slide(path, args.mpp, not args.no_tissue))
+            results.append(describe_slide(path, args.mpp, not args.no_tissue, tiling))
         except MicrometError as exc:
             failures += 1
             print(f"micromet info: error: {exc}", file=sys.stderr)
