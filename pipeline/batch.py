@@ -206,7 +206,7 @@ def _run_one(
     }
     if report is None:
         entry.update(status=STATUS_FAILED, error=error)
-        log.warning("%s failed: %s", slide_id, error)
+        log.info("%s failed: %s", slide_id, error)
         outcome = SlideOutcome(slide_id, str(path), STATUS_FAILED, error, seconds=seconds)
     else:
         entry.update(

@@ -216,13 +216,16 @@ def connect(ray: Any, address: str) -> bool:
     return True
 
 
-def slot_resources(ray: Any, options: RayOptions) -> tuple[float, float]:
-    """(cpus, gpus) each worker slot asks for, defaults resolved against the cluster."""
+def slot_resources(ray: Any, options: RayOptions, cpu_only: bool = False) -> tuple[float, float]:
+    """(cpus, gpus) each worker slot asks for, defaults resolved against the cluster.
+
+    cpu_only: the run was told ``--device cpu``, so no GPU is reserved unless asked for.
+    """
     cluster = ray.cluster_resources()
     cpus = options.cpus_per_slide if options.cpus_per_slide is not None else 1.0
     gpus = options.gpus_per_slide
     if gpus is None:
-        gpus = 1.0 if cluster.get("GPU", 0.0) > 0 else 0.0
+        gpus = 1.0 if cluster.get("GPU", 0.0) > 0 and not cpu_only else 0.0
     if gpus > 0 and cluster.get("GPU", 0.0) <= 0:
         raise ConfigError(
             f"--gpus-per-slide {gpus:g}: the Ray cluster has no GPUs; start GPU nodes with "
@@ -487,7 +490,8 @@ def _run_on_cluster(
     connected_here = connect(ray, options.address)
     pool: ActorPool | None = None
     try:
-        cpus, gpus = slot_resources(ray, options)
+        device = str(spec.overrides.get("inference", {}).get("device") or "auto")
+        cpus, gpus = slot_resources(ray, options, cpu_only=device == "cpu")
         capacity = cluster_capacity(ray, cpus, gpus)
         if capacity < 1:
             raise ConfigError(

@@ -93,9 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=96)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--max-minutes", type=float, default=20.0, help="training time budget (minutes)"
-    )
+    parser.add_argument("--max-minutes", type=float, default=20.0, help="training time budget (minutes)")
     return parser.parse_args(argv)
 
 
@@ -358,9 +356,53 @@ def _metric_table(metrics: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
+def _row(label: str, metrics: dict[str, float], prefix: str) -> str:
+    def get(key: str) -> float:
+        return metrics.get(f"{prefix}_{key}", math.nan)
+
+    return f"| {label} | {get('auc'):.3f} | {get('accuracy'):.3f} | {get('n'):.0f} ({get('n_tumor'):.0f}) |"
+
+
+def _card_table(card: ModelCard, args: argparse.Namespace, minutes: float) -> str:
+    software = ", ".join(f"{k} {v}" for k, v in card.software.items())
+    field_um = card.tile_size_px * card.mpp
+    rows = [
+        ("architecture", f"`{card.architecture}` (MicroNet, ~0.25 M parameters)"),
+        (
+            "input",
+            f"{card.tile_size_px} x {card.tile_size_px} px RGB tiles at **{card.mpp} µm/px** "
+            f"({field_um:.0f} µm field of view)",
+        ),
+        (
+            "normalisation",
+            f"tiles / 255, then ImageNet mean {card.mean} / std {card.std}; no stain normalisation",
+        ),
+        ("output", 'softmax over ("normal", "tumor"); tumor probability = class 1'),
+        (
+            "operating threshold",
+            f"**{card.threshold:.2f}**: Youden's J on the synthetic validation "
+            "slides (candidates 0.01-0.99, ties to 0.5)",
+        ),
+        (
+            "trained",
+            f"{card.created}, {args.steps} steps of batch {args.batch_size}, AdamW lr "
+            f"{args.lr}, one-cycle schedule, {minutes:.1f} min on a 2-core CPU",
+        ),
+        ("software", software),
+        ("reproduce", f"`python scripts/train_default_model.py` (seed {args.seed})"),
+    ]
+    return "\n".join(["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
+
+
 def write_model_card_md(path: Path, card: ModelCard, args: argparse.Namespace, minutes: float) -> None:
     m = card.metrics
-    real = f"real_c16_{HOLDOUT_SLIDE}_holdout"
+    synth_seeds = f"seeds {SYNTH_SLIDES[-2][0]}, {SYNTH_SLIDES[-1][0]}"
+    specificity = m.get("real_c17_normal_holdout_specificity", math.nan)
+    n_c17 = m.get("real_c17_normal_holdout_n", 0)
+    c17_row = (
+        f"| real CAMELYON17 normal crops, held-out quarter of two tiles | - | "
+        f"specificity {specificity:.3f} | {n_c17:.0f} (0) |"
+    )
     text = f"""# micromet default model (`models/default.pt`)
 
 **This is not a clinical model.** It is a small demonstration classifier that lets micromet run
@@ -368,16 +410,7 @@ end to end on a CPU. Its numbers below come from synthetic slides and a few doze
 they say nothing about diagnostic accuracy. A model for real use comes from training on
 CAMELYON16/17 slides with `micromet train` (see `docs/training.md`).
 
-| | |
-| --- | --- |
-| architecture | `{card.architecture}` (MicroNet, ~0.25 M parameters) |
-| input | {card.tile_size_px} x {card.tile_size_px} px RGB tiles at **{card.mpp} µm/px** ({card.tile_size_px * card.mpp:.0f} µm field of view) |
-| normalisation | tiles / 255, then ImageNet mean {card.mean} / std {card.std}; no stain normalisation |
-| output | softmax over ("normal", "tumor"); tumor probability = class 1 |
-| operating threshold | **{card.threshold:.2f}**: Youden's J on the synthetic validation slides (candidates 0.01-0.99, ties to 0.5) |
-| trained | {card.created}, {args.steps} steps of batch {args.batch_size}, AdamW lr {args.lr}, one-cycle schedule, {minutes:.1f} min on a 2-core CPU |
-| software | {", ".join(f"{k} {v}" for k, v in card.software.items())} |
-| reproduce | `python scripts/train_default_model.py` (seed {args.seed}) |
+{_card_table(card, args, minutes)}
 
 ## Training data
 
@@ -391,9 +424,9 @@ information only.
 
 | set | AUC | accuracy at threshold | n (tumor) |
 | --- | --- | --- | --- |
-| synthetic validation slides (seeds {SYNTH_SLIDES[-2][0]}, {SYNTH_SLIDES[-1][0]}) | {m.get("synthetic_val_auc", float("nan")):.3f} | {m.get("synthetic_val_accuracy", float("nan")):.3f} | {m.get("synthetic_val_n", 0):.0f} ({m.get("synthetic_val_n_tumor", 0):.0f}) |
-| real CAMELYON16 patches of held-out slide {HOLDOUT_SLIDE} | {m.get(f"{real}_auc", float("nan")):.3f} | {m.get(f"{real}_accuracy", float("nan")):.3f} | {m.get(f"{real}_n", 0):.0f} ({m.get(f"{real}_n_tumor", 0):.0f}) |
-| real CAMELYON17 normal crops, held-out quarter of two tiles | - | specificity {m.get("real_c17_normal_holdout_specificity", float("nan")):.3f} | {m.get("real_c17_normal_holdout_n", 0):.0f} (0) |
+{_row(f"synthetic validation slides ({synth_seeds})", m, "synthetic_val")}
+{_row(f"real CAMELYON16 patches of held-out slide {HOLDOUT_SLIDE}", m, f"real_c16_{HOLDOUT_SLIDE}_holdout")}
+{c17_row}
 
 Synthetic accuracy is not clinical accuracy. The real held-out set is tiny (one slide, a few
 tumor patches), so its AUC is a sanity check, not an estimate of performance.
@@ -404,9 +437,9 @@ tumor patches), so its AUC is a sanity check, not an estimate of performance.
 
 ## Limits
 
-- Trained mostly on synthetic tissue; real tumor morphology seen in training comes from ~30
-  patches of two slides. Expect false positives on real slides (germinal centres, histiocytes,
-  stain and scanner differences) and missed small deposits.
+- Trained mostly on synthetic tissue; the real tumor morphology seen in training comes from
+  about 30 patches of two slides. Expect false positives on real slides (germinal centres,
+  histiocytes, stain and scanner differences) and missed small deposits.
 - 64 µm tiles at 1.0 µm/px: ITC-sized clusters of a few cells are near the limit of what a tile
   of this size and resolution can show.
 - Not validated on any clinical data. Do not use for diagnosis.

@@ -86,7 +86,7 @@ def test_blur_smooths_chosen_tiles_and_leaves_others() -> None:
 
 
 def test_augment_config_rejects_out_of_range_values_by_name() -> None:
-    with pytest.raises(ValueError, match="hed_scale=2.0"):
+    with pytest.raises(ValueError, match=r"hed_scale=2\.0"):
         AugmentConfig(hed_scale=2.0)
     with pytest.raises(ValueError, match="blur_probability"):
         AugmentConfig(blur_probability=-0.1)

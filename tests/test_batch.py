@@ -32,8 +32,9 @@ def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5,
-                     training_data="untrained test model")
+    card = ModelCard(
+        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="untrained test model"
+    )
     path = tmp_path_factory.mktemp("model") / "test.pt"
     save_checkpoint(path, build_model("micronet"), card)
     return path
@@ -53,8 +54,16 @@ def test_every_slide_gets_a_complete_folder_and_a_manifest_entry(
     manifest = json.loads((out / "manifest.json").read_text())
     for index in range(3):
         folder = out / f"node_{index}"
-        for name in ("heatmap.npy", "heatmap.json", "overlay.png", "report.json", "run.json",
-                     "deposits.geojson", "deposits.xml", "detections.csv"):
+        for name in (
+            "heatmap.npy",
+            "heatmap.json",
+            "overlay.png",
+            "report.json",
+            "run.json",
+            "deposits.geojson",
+            "deposits.xml",
+            "detections.csv",
+        ):
             assert (folder / name).is_file(), name
         report = json.loads((folder / "report.json").read_text())
         assert report["category"] in ("negative", "itc", "micro", "macro")
@@ -96,8 +105,12 @@ def test_changed_settings_recompute_a_finished_slide(
     out = tmp_path / "out"
     slides = collect_slides([str(slide_dir / "node_0.tif")])
     run_local_batch(slides, out, _context(model_path))
-    changed = build_context(model_path, None, {**FAST, "deposits": {"threshold": 0.9, "refine": False,
-                                                                   "count_cells": False}}, None)
+    changed = build_context(
+        model_path,
+        None,
+        {**FAST, "deposits": {"threshold": 0.9, "refine": False, "count_cells": False}},
+        None,
+    )
     assert [o.status for o in run_local_batch(slides, out, changed)] == ["done"]
     assert json.loads((out / "node_0" / "report.json").read_text())["model"]["threshold"] == 0.9
 
@@ -112,8 +125,13 @@ def test_a_corrupt_slide_is_recorded_and_the_others_finish(
     out = tmp_path / "out"
     outcomes = run_local_batch(collect_slides([str(batch)]), out, _context(model_path))
     status = {o.slide_id: o.status for o in outcomes}
-    assert status == {"broken": "failed", "node_0": "done", "node_1": "done", "node_2": "done",
-                      "nompp": "failed"}
+    assert status == {
+        "broken": "failed",
+        "node_0": "done",
+        "node_1": "done",
+        "node_2": "done",
+        "nompp": "failed",
+    }
     manifest = json.loads((out / "manifest.json").read_text())
     assert "broken.tif" in manifest["slides"]["broken"]["error"]
     assert "--mpp" in manifest["slides"]["nompp"]["error"]
@@ -125,9 +143,23 @@ def test_infer_command_exits_non_zero_when_a_slide_fails(
     slide_dir: Path, model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    code = main(["infer", str(slide_dir / "node_0.tif"), str(FIXTURES / "bad_slides" / "empty.svs"),
-                 "--out", str(out), "--model", str(model_path), "--device", "cpu", "--workers", "0",
-                 "--no-refine", "--no-cells"])
+    code = main(
+        [
+            "infer",
+            str(slide_dir / "node_0.tif"),
+            str(FIXTURES / "bad_slides" / "empty.svs"),
+            "--out",
+            str(out),
+            "--model",
+            str(model_path),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-refine",
+            "--no-cells",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert "empty.svs" in captured.err
@@ -136,8 +168,7 @@ def test_infer_command_exits_non_zero_when_a_slide_fails(
 
 def test_blank_slide_fails_with_no_tissue(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    outcomes = run_local_batch([FIXTURES / "bad_slides" / "blank_no_tissue.tif"], out,
-                               _context(model_path))
+    outcomes = run_local_batch([FIXTURES / "bad_slides" / "blank_no_tissue.tif"], out, _context(model_path))
     assert outcomes[0].status == "failed"
     assert "blank_no_tissue.tif" in (outcomes[0].error or "")
     assert "tissue" in (outcomes[0].error or "")

@@ -29,8 +29,15 @@ LYMPHOCYTE_RGB = (55, 25, 105)  # small, dark
 RELATIVE_TOLERANCE = 0.25
 
 
-def _paint(image: NDArray[np.uint8], x: float, y: float, a_px: float, b_px: float,
-           angle: float, rgb: tuple[int, int, int]) -> None:
+def _paint(
+    image: NDArray[np.uint8],
+    x: float,
+    y: float,
+    a_px: float,
+    b_px: float,
+    angle: float,
+    rgb: tuple[int, int, int],
+) -> None:
     """Fill an ellipse (semi-axes a_px, b_px) centred on (x, y), drawing in a local window."""
     reach = math.ceil(max(a_px, b_px)) + 1
     x0, y0 = max(0, int(x) - reach), max(0, int(y) - reach)
@@ -54,8 +61,7 @@ def draw_field(
     image[:] = CYTOPLASM_RGB
     side = math.ceil(math.sqrt(n_tumor))
     spacing = size_px / side
-    lattice = [((i + 0.5) * spacing, (j + 0.5) * spacing) for j in range(side)
-               for i in range(side)][:n_tumor]
+    lattice = [((i + 0.5) * spacing, (j + 0.5) * spacing) for j in range(side) for i in range(side)][:n_tumor]
     centres = np.array(lattice) + rng.uniform(-0.12, 0.12, (n_tumor, 2)) * spacing
     for x, y in centres:
         a_px, b_px = rng.uniform(5.0, 7.0, 2) / MPP
@@ -128,7 +134,11 @@ class SyntheticSlide:
 def synthetic_slide(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSlide:
     synthetic = pytest.importorskip("pipeline.synthetic")
     config = synthetic.SynthConfig(
-        width_px=1600, height_px=1200, mpp=MPP, seed=0, n_levels=1,
+        width_px=1600,
+        height_px=1200,
+        mpp=MPP,
+        seed=0,
+        n_levels=1,
         deposits=(synthetic.PlantedDeposit(0.22), synthetic.PlantedDeposit(0.1)),
     )
     result = synthetic.generate_slide(config, tmp_path_factory.mktemp("cells") / "node.tif")
@@ -141,13 +151,11 @@ def synthetic_slide(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSlide:
     )
 
 
-def oracle_deposit(slide: SyntheticSlide, outline_xy: NDArray[np.float64], stride_um: float
-                   ) -> Deposit:
+def oracle_deposit(slide: SyntheticSlide, outline_xy: NDArray[np.float64], stride_um: float) -> Deposit:
     """The deposit a perfect tile model would give at this stride (tile = 4 strides)."""
     stride_px, tile_px = stride_um / slide.mpp, 4 * stride_um / slide.mpp
     low = outline_xy.min(axis=0) - 2 * stride_px
-    cols, rows = (np.ceil((outline_xy.max(axis=0) + 2 * stride_px - low) / stride_px) + 1
-                  ).astype(int)
+    cols, rows = (np.ceil((outline_xy.max(axis=0) + 2 * stride_px - low) / stride_px) + 1).astype(int)
     origin = low - tile_px / 2
     grid_r, grid_c = np.mgrid[0:rows, 0:cols]
     inside = shapely.contains_xy(
@@ -155,8 +163,15 @@ def oracle_deposit(slide: SyntheticSlide, outline_xy: NDArray[np.float64], strid
         origin[0] + grid_c * stride_px + tile_px / 2,
         origin[1] + grid_r * stride_px + tile_px / 2,
     )
-    heatmap = Heatmap(inside.astype(np.float32), float(origin[0]), float(origin[1]), stride_px,
-                      tile_px, slide.mpp, slide.size_px)
+    heatmap = Heatmap(
+        inside.astype(np.float32),
+        float(origin[0]),
+        float(origin[1]),
+        stride_px,
+        tile_px,
+        slide.mpp,
+        slide.size_px,
+    )
     (deposit,) = find_deposits(heatmap, 0.5)
     return deposit
 
@@ -166,17 +181,19 @@ def test_synthetic_deposit_counts_within_tolerance(synthetic_slide: SyntheticSli
     match the generator's known counts within RELATIVE_TOLERANCE."""
     total_true = total_truth_mask = total_heatmap = 0
     with open_slide(synthetic_slide.path) as slide:
-        for outline, known in zip(synthetic_slide.outlines_xy, synthetic_slide.n_tumor_nuclei,
-                                  strict=True):
-            exact = dataclasses.replace(oracle_deposit(synthetic_slide, outline, 12.0),
-                                        outline_xy=outline)
+        for outline, known in zip(synthetic_slide.outlines_xy, synthetic_slide.n_tumor_nuclei, strict=True):
+            exact = dataclasses.replace(oracle_deposit(synthetic_slide, outline, 12.0), outline_xy=outline)
             counted_truth = count_cells_in_deposit(slide, exact, 1.0)
             counted_heatmap = count_cells_in_deposit(
                 slide, oracle_deposit(synthetic_slide, outline, 12.0), 1.0
             )
             assert counted_truth is not None and counted_heatmap is not None
-            log.info("known %d, counted %d (true outline), %d (heatmap outline)",
-                     known, counted_truth, counted_heatmap)
+            log.info(
+                "known %d, counted %d (true outline), %d (heatmap outline)",
+                known,
+                counted_truth,
+                counted_heatmap,
+            )
             if known >= 30:  # small counts are checked in total only
                 assert abs(counted_truth - known) <= RELATIVE_TOLERANCE * known
                 assert abs(counted_heatmap - known) <= RELATIVE_TOLERANCE * known

@@ -62,7 +62,9 @@ def test_scores_equal_the_model_on_physically_resized_tiles(checkpoint: Path, pa
     scores = classify_patches(files, 0.5, model, card, torch.device("cpu"), batch_size=3)
     assert [s.path for s in scores] == [str(f) for f in files]
     expected_tiles = np.stack([fit_to_tile(load_rgb(f), 0.5, 1.0, 32) for f in files])
-    expected = score_batch(model, torch.from_numpy(expected_tiles), torch.device("cpu"), (card.mean, card.std))
+    expected = score_batch(
+        model, torch.from_numpy(expected_tiles), torch.device("cpu"), (card.mean, card.std)
+    )
     got = np.array([s.tumor_probability for s in scores], dtype=np.float32)
     assert np.allclose(got, expected, atol=1e-6)
     assert np.all((got >= 0) & (got <= 1))
@@ -74,7 +76,7 @@ def test_a_bad_file_stops_with_its_name_unless_skipped(checkpoint: Path, patch_d
     (patch_dir / "broken.png").write_bytes(b"\x89PNG truncated")
     model, card = load_checkpoint(checkpoint)
     files = list_patch_files([patch_dir])
-    with pytest.raises(PatchImageError, match="broken.png"):
+    with pytest.raises(PatchImageError, match=r"broken\.png"):
         classify_patches(files, 0.5, model, card, torch.device("cpu"))
     scores = classify_patches(files, 0.5, model, card, torch.device("cpu"), batch_size=2, skip_bad=True)
     assert [s.path for s in scores] == [str(f) for f in files]  # order kept around the failure
@@ -86,10 +88,20 @@ def test_cli_classify_writes_one_row_per_file(
     checkpoint: Path, patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "scores.csv"
-    code = cli_main([
-        "classify", str(patch_dir), "--mpp", "0.5", "--out", str(out), "--model", str(checkpoint),
-        "--device", "cpu",
-    ])
+    code = cli_main(
+        [
+            "classify",
+            str(patch_dir),
+            "--mpp",
+            "0.5",
+            "--out",
+            str(out),
+            "--model",
+            str(checkpoint),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
@@ -112,7 +124,9 @@ def test_cli_classify_reports_bad_files(
 
 
 def test_write_scores_csv_round_trips(tmp_path: Path) -> None:
-    path = write_scores_csv(tmp_path / "o" / "s.csv", [PatchScore("x.png", 0.25), PatchScore("y.png", None, "bad")])
+    path = write_scores_csv(
+        tmp_path / "o" / "s.csv", [PatchScore("x.png", 0.25), PatchScore("y.png", None, "bad")]
+    )
     assert path.read_text().splitlines() == ["path,tumor_probability,error", "x.png,0.250000,", "y.png,,bad"]
 
 

@@ -74,9 +74,9 @@ def test_load_rgb_composites_transparency_on_white(tmp_path: Path) -> None:
 def test_load_rgb_names_bad_and_missing_files(tmp_path: Path) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    with pytest.raises(PatchImageError, match="broken.png"):
+    with pytest.raises(PatchImageError, match=r"broken\.png"):
         load_rgb(bad)
-    with pytest.raises(PatchImageError, match="missing.png: patch image not found"):
+    with pytest.raises(PatchImageError, match=r"missing\.png: patch image not found"):
         load_rgb(tmp_path / "missing.png")
 
 

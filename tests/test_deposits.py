@@ -26,10 +26,24 @@ from pipeline.staging import Category
 
 MPP = 0.25
 REPORT_FIELDS = {
-    "id", "category", "max_diameter_mm", "max_diameter_uncertainty_mm", "area_mm2",
-    "centroid_x_px", "centroid_y_px", "centroid_x_mm", "centroid_y_mm", "bbox_x_px",
-    "bbox_y_px", "bbox_width_px", "bbox_height_px", "max_probability", "mean_probability",
-    "cell_count", "refined", "outline_xy",
+    "id",
+    "category",
+    "max_diameter_mm",
+    "max_diameter_uncertainty_mm",
+    "area_mm2",
+    "centroid_x_px",
+    "centroid_y_px",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "bbox_x_px",
+    "bbox_y_px",
+    "bbox_width_px",
+    "bbox_height_px",
+    "max_probability",
+    "mean_probability",
+    "cell_count",
+    "refined",
+    "outline_xy",
 }
 
 
@@ -69,8 +83,7 @@ def oracle_heatmap(
 def disc(centre_xy: tuple[float, float], diameter_px: float, n: int = 720) -> NDArray[np.float64]:
     theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
     radius = diameter_px / 2
-    return np.column_stack([centre_xy[0] + radius * np.cos(theta),
-                            centre_xy[1] + radius * np.sin(theta)])
+    return np.column_stack([centre_xy[0] + radius * np.cos(theta), centre_xy[1] + radius * np.sin(theta)])
 
 
 def ellipse(
@@ -78,8 +91,12 @@ def ellipse(
 ) -> NDArray[np.float64]:
     theta = np.linspace(0, 2 * np.pi, 720, endpoint=False)
     x, y = major_px / 2 * np.cos(theta), minor_px / 2 * np.sin(theta)
-    return np.column_stack([centre_xy[0] + x * math.cos(angle) - y * math.sin(angle),
-                            centre_xy[1] + x * math.sin(angle) + y * math.cos(angle)])
+    return np.column_stack(
+        [
+            centre_xy[0] + x * math.cos(angle) - y * math.sin(angle),
+            centre_xy[1] + x * math.sin(angle) + y * math.cos(angle),
+        ]
+    )
 
 
 # --- max Feret diameter on known shapes ----------------------------------------------------
@@ -190,9 +207,7 @@ def test_threshold_outside_unit_interval_is_rejected(threshold: float) -> None:
     ("diameter_mm", "stride_um"),
     [(0.15, 8.0), (0.19, 16.0), (0.21, 16.0), (0.6, 32.0), (1.95, 48.0), (2.05, 48.0)],
 )
-def test_disc_diameter_is_within_the_stated_uncertainty(
-    diameter_mm: float, stride_um: float
-) -> None:
+def test_disc_diameter_is_within_the_stated_uncertainty(diameter_mm: float, stride_um: float) -> None:
     stride_px = stride_um / MPP
     polygon = disc((5000.3, 7000.7), diameter_mm * 1000 / MPP)
     (deposit,) = find_deposits(oracle_heatmap(polygon, stride_px, 2 * stride_px), 0.5)
@@ -218,8 +233,9 @@ def wobbly_blob(centre_xy: tuple[float, float], radius_px: float) -> NDArray[np.
     return np.column_stack([centre_xy[0] + r * np.cos(theta), centre_xy[1] + r * np.sin(theta)])
 
 
-L_SHAPE = np.array([[0, 0], [2400, 0], [2400, 600], [700, 600], [700, 1800], [0, 1800]],
-                   dtype=np.float64) + 3000
+L_SHAPE = (
+    np.array([[0, 0], [2400, 0], [2400, 600], [700, 600], [700, 1800], [0, 1800]], dtype=np.float64) + 3000
+)
 
 
 @pytest.mark.parametrize("polygon", [wobbly_blob((3000.0, 2000.0), 900.0), L_SHAPE])

@@ -301,11 +301,12 @@ def test_lost_worker_errors_are_told_apart_from_bugs() -> None:
 
 def test_gpus_asked_on_a_cluster_without_gpus_is_a_config_error(ray_cluster: Any) -> None:
     assert slot_resources(ray_cluster, RayOptions()) == (1.0, 0.0)
+    assert slot_resources(ray_cluster, RayOptions(cpus_per_slide=2)) == (2.0, 0.0)
     with pytest.raises(ConfigError, match="no GPUs"):
         slot_resources(ray_cluster, RayOptions(gpus_per_slide=1))
 
 
-def test_capacity_counts_slots_node_by_node() -> None:
+def test_slots_are_counted_node_by_node_and_use_gpus_when_there() -> None:
     def node(cpus: float, gpus: float, alive: bool = True) -> dict[str, Any]:
         return {"Alive": alive, "Resources": {"CPU": cpus, "GPU": gpus}}
 
@@ -314,6 +315,11 @@ def test_capacity_counts_slots_node_by_node() -> None:
     assert cluster_capacity(fake_ray, cpus=1, gpus=2) == 0  # a slot never spans two nodes
     assert cluster_capacity(fake_ray, cpus=2, gpus=0.5) == 4
     assert cluster_capacity(fake_ray, cpus=3, gpus=0) == 4
+
+    fake_ray.cluster_resources = lambda: {"CPU": 16.0, "GPU": 2.0}
+    assert slot_resources(fake_ray, RayOptions()) == (1.0, 1.0)
+    assert slot_resources(fake_ray, RayOptions(), cpu_only=True) == (1.0, 0.0)
+    assert slot_resources(fake_ray, RayOptions(gpus_per_slide=0.5)) == (1.0, 0.5)
 
 
 def test_missing_ray_names_the_install_command(

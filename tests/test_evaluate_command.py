@@ -20,45 +20,79 @@ def square(x0: float, y0: float, side: float) -> list[list[float]]:
     return [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side]]
 
 
-def deposit(x: float, y: float, diameter_mm: float, category: str,
-            probability: float) -> dict[str, Any]:
-    return {"centroid_x_px": x, "centroid_y_px": y, "max_diameter_mm": diameter_mm,
-            "category": category, "max_probability": probability, "outline_xy": []}
+def deposit(x: float, y: float, diameter_mm: float, category: str, probability: float) -> dict[str, Any]:
+    return {
+        "centroid_x_px": x,
+        "centroid_y_px": y,
+        "max_diameter_mm": diameter_mm,
+        "category": category,
+        "max_probability": probability,
+        "outline_xy": [],
+    }
 
 
-def write_slide(batch: Path, slide_id: str, category: str, score: float,
-                deposits: list[dict[str, Any]], status: str = "done") -> None:
+def write_slide(
+    batch: Path,
+    slide_id: str,
+    category: str,
+    score: float,
+    deposits: list[dict[str, Any]],
+    status: str = "done",
+) -> None:
     manifest_path = batch / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"slides": {}}
-    manifest["slides"][slide_id] = {"status": status, "output_dir": slide_id,
-                                    "path": f"/slides/{slide_id}.tif",
-                                    "error": None if status == "done" else "boom"}
+    manifest["slides"][slide_id] = {
+        "status": status,
+        "output_dir": slide_id,
+        "path": f"/slides/{slide_id}.tif",
+        "error": None if status == "done" else "boom",
+    }
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(manifest))
     if status != "done":
         return
     folder = batch / slide_id
     folder.mkdir(parents=True, exist_ok=True)
-    report = {"slide_id": slide_id, "category": category, "score": score,
-              "slide": {"mpp": MPP, "dimensions": list(SIZE)}, "deposits": deposits}
+    report = {
+        "slide_id": slide_id,
+        "category": category,
+        "score": score,
+        "slide": {"mpp": MPP, "dimensions": list(SIZE)},
+        "deposits": deposits,
+    }
     (folder / "report.json").write_text(json.dumps(report))
     rows = [f"{d['max_probability']},{d['centroid_x_px']},{d['centroid_y_px']}" for d in deposits]
     (folder / "detections.csv").write_text("\n".join(["confidence,X,Y", *rows]) + "\n")
 
 
-def write_truth(truth_dir: Path, slide_id: str, node_category: str,
-                deposits: list[tuple[list[list[float]], float, str]]) -> None:
+def write_truth(
+    truth_dir: Path, slide_id: str, node_category: str, deposits: list[tuple[list[list[float]], float, str]]
+) -> None:
     """A synthetic-generator ``<id>.truth.json`` (pipeline.synthetic.read_truth layout)."""
     truth_dir.mkdir(parents=True, exist_ok=True)
     data = {
-        "generator": "test", "slide": f"{slide_id}.tif", "format": "tiff", "seed": 0,
-        "width_px": SIZE[0], "height_px": SIZE[1], "mpp": MPP, "render_mpp": MPP,
-        "level_dimensions": [list(SIZE)], "node_category": node_category, "tissue": [],
+        "generator": "test",
+        "slide": f"{slide_id}.tif",
+        "format": "tiff",
+        "seed": 0,
+        "width_px": SIZE[0],
+        "height_px": SIZE[1],
+        "mpp": MPP,
+        "render_mpp": MPP,
+        "level_dimensions": [list(SIZE)],
+        "node_category": node_category,
+        "tissue": [],
         "deposits": [
-            {"id": i, "requested_diameter_mm": d, "diameter_mm": d, "area_mm2": 0.0,
-             "category": c, "n_tumor_nuclei": 0,
-             "centroid_xy": [sum(p[0] for p in v) / len(v), sum(p[1] for p in v) / len(v)],
-             "vertices_xy": v}
+            {
+                "id": i,
+                "requested_diameter_mm": d,
+                "diameter_mm": d,
+                "area_mm2": 0.0,
+                "category": c,
+                "n_tumor_nuclei": 0,
+                "centroid_xy": [sum(p[0] for p in v) / len(v), sum(p[1] for p in v) / len(v)],
+                "vertices_xy": v,
+            }
             for i, (v, d, c) in enumerate(deposits)
         ],
     }
@@ -68,12 +102,15 @@ def write_truth(truth_dir: Path, slide_id: str, node_category: str,
 def asap_xml(polygons: list[list[list[float]]], group: str = "_0") -> str:
     parts = []
     for i, polygon in enumerate(polygons):
-        coords = "".join(f'<Coordinate Order="{k}" X="{x}" Y="{y}"/>'
-                         for k, (x, y) in enumerate(polygon))
-        parts.append(f'<Annotation Name="A{i}" Type="Polygon" PartOfGroup="{group}">'
-                     f"<Coordinates>{coords}</Coordinates></Annotation>")
-    return f'<?xml version="1.0"?><ASAP_Annotations><Annotations>{"".join(parts)}' \
-           "</Annotations></ASAP_Annotations>"
+        coords = "".join(f'<Coordinate Order="{k}" X="{x}" Y="{y}"/>' for k, (x, y) in enumerate(polygon))
+        parts.append(
+            f'<Annotation Name="A{i}" Type="Polygon" PartOfGroup="{group}">'
+            f"<Coordinates>{coords}</Coordinates></Annotation>"
+        )
+    return (
+        f'<?xml version="1.0"?><ASAP_Annotations><Annotations>{"".join(parts)}'
+        "</Annotations></ASAP_Annotations>"
+    )
 
 
 @pytest.fixture
@@ -82,8 +119,13 @@ def synthetic_batch(tmp_path: Path) -> tuple[Path, Path]:
     # t1: a 1 mm (1.41 mm across) macro deposit found; t2: a 0.5 mm micro deposit found
     # as macro plus a false positive; n1: negative, one false positive; f1: failed
     write_slide(batch, "t1", "macro", 0.95, [deposit(4000, 4000, 1.30, "macro", 0.95)])
-    write_slide(batch, "t2", "macro", 0.80, [deposit(6000, 6000, 2.20, "macro", 0.8),
-                                             deposit(18000, 1000, 0.1, "itc", 0.3)])
+    write_slide(
+        batch,
+        "t2",
+        "macro",
+        0.80,
+        [deposit(6000, 6000, 2.20, "macro", 0.8), deposit(18000, 1000, 0.1, "itc", 0.3)],
+    )
     write_slide(batch, "n1", "itc", 0.20, [deposit(9000, 9000, 0.1, "itc", 0.2)])
     write_slide(batch, "f1", "", 0.0, [], status="failed")
     write_truth(truth, "t1", "macro", [(square(2000, 2000, 4000), 1.414, "macro")])
@@ -97,8 +139,22 @@ def test_synthetic_truth_gives_froc_auc_nodes_and_sizes(
 ) -> None:
     batch, truth = synthetic_batch
     out = tmp_path / "eval"
-    assert main(["evaluate", "--batch", str(batch), "--truth-dir", str(truth),
-                 "--out", str(out), "--bootstrap", "100"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--batch",
+                str(batch),
+                "--truth-dir",
+                str(truth),
+                "--out",
+                str(out),
+                "--bootstrap",
+                "100",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "evaluation.json").read_text())
     assert result["evaluated_slides"] == ["n1", "t1", "t2"]
     assert result["excluded"]["f1"].startswith("status 'failed'")
@@ -126,10 +182,26 @@ def test_asap_outlines_with_a_reference_csv(tmp_path: Path) -> None:
     truth.mkdir()
     (truth / "Test_001.xml").write_text(asap_xml([square(2000, 2000, 4000)]))
     reference = tmp_path / "reference.csv"
-    reference.write_text("slide,class,subtype,metastasis_size\nTest_001,Tumor,IDC,Macro\n"
-                         "Test_002,Normal,,None\n")
-    assert main(["evaluate", "--batch", str(batch), "--truth-dir", str(truth),
-                 "--reference", str(reference), "--out", str(out), "--json"]) == 0
+    reference.write_text(
+        "slide,class,subtype,metastasis_size\nTest_001,Tumor,IDC,Macro\nTest_002,Normal,,None\n"
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--batch",
+                str(batch),
+                "--truth-dir",
+                str(truth),
+                "--reference",
+                str(reference),
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "evaluation.json").read_text())
     # one lesion found at 0.9; the normal slide's 0.1 detection comes after it
     assert result["froc"]["score_challenge_rule"] == 1.0
@@ -137,15 +209,28 @@ def test_asap_outlines_with_a_reference_csv(tmp_path: Path) -> None:
     assert result["deposit_sizes"]["n_pairs"] == 1
 
 
-def test_tumor_slide_without_outlines_is_an_error(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_tumor_slide_without_outlines_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     batch, truth = tmp_path / "batch", tmp_path / "xml"
     write_slide(batch, "Test_001", "macro", 0.9, [])
     truth.mkdir()
     reference = tmp_path / "reference.csv"
     reference.write_text("slide,class\nTest_001,Tumor\n")
-    assert main(["evaluate", "--batch", str(batch), "--truth-dir", str(truth),
-                 "--reference", str(reference), "--out", str(tmp_path / "eval")]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                "--batch",
+                str(batch),
+                "--truth-dir",
+                str(truth),
+                "--reference",
+                str(reference),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 1
+    )
     assert "Test_001" in capsys.readouterr().err
 
 
@@ -162,8 +247,7 @@ def test_camelyon17_stage_kappa(tmp_path: Path) -> None:
         "patient_001_node_1.tif,negative\npatient_002.zip,pN1mi\npatient_002_node_0.tif,micro\n"
         "patient_003.zip,pN1mi\npatient_003_node_0.tif,micro\npatient_003_node_1.tif,negative\n"
     )
-    assert main(["evaluate", "--batch", str(batch), "--stages", str(stages),
-                 "--out", str(out)]) == 0
+    assert main(["evaluate", "--batch", str(batch), "--stages", str(stages), "--out", str(out)]) == 0
     result = json.loads((out / "evaluation.json").read_text())
     # patient_001 pN1 = pN1; patient_002 pN0(i+) vs pN1mi; patient_003 has a failed node
     assert result["pn_stages"]["n"] == 2
@@ -183,8 +267,7 @@ def test_detections_csv_with_and_without_header(tmp_path: Path) -> None:
     with_header.write_text("Confidence,X coordinate,Y coordinate\n0.5,10,20\n")
     bare = tmp_path / "b.csv"
     bare.write_text("0.5,10,20\n\n0.25,11,21\n")
-    assert [(d.confidence, d.x_px, d.y_px) for d in read_detections_csv(with_header)] == [
-        (0.5, 10.0, 20.0)]
+    assert [(d.confidence, d.x_px, d.y_px) for d in read_detections_csv(with_header)] == [(0.5, 10.0, 20.0)]
     assert len(read_detections_csv(bare)) == 2
     broken = tmp_path / "c.csv"
     broken.write_text("confidence,X,Y\n0.5,ten,20\n")

@@ -82,8 +82,9 @@ def test_bad_inputs_are_errors() -> None:
         evaluate_slide_auc([0, 1], [0.2, float("nan")], CONFIG)
 
 
-@pytest.mark.parametrize(("field", "value"), [("n_resamples", 5), ("confidence_level", 1.0),
-                                              ("confidence_level", 0.2)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("n_resamples", 5), ("confidence_level", 1.0), ("confidence_level", 0.2)]
+)
 def test_bad_bootstrap_config_names_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         BootstrapConfig(**{field: value})  # type: ignore[arg-type]

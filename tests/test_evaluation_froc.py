@@ -49,9 +49,13 @@ def disc(cx: float, cy: float, diameter_px: float, n: int = 64) -> NDArray[np.fl
     return np.stack([cx + r * np.cos(angle), cy + r * np.sin(angle)], axis=1)
 
 
-def tumor_slide(slide_id: str, lesions: list[NDArray[np.float64]],
-                excludes: list[NDArray[np.float64]] | None = None,
-                mpp: float = MPP, size: tuple[int, int] = (20000, 16000)) -> SlideTruth:
+def tumor_slide(
+    slide_id: str,
+    lesions: list[NDArray[np.float64]],
+    excludes: list[NDArray[np.float64]] | None = None,
+    mpp: float = MPP,
+    size: tuple[int, int] = (20000, 16000),
+) -> SlideTruth:
     return SlideTruth(slide_id, lesions, excludes or [], size, mpp)
 
 
@@ -70,10 +74,8 @@ LESION_C = square(4000, 4000, 4000)
 
 
 def test_perfect_detections_score_one() -> None:
-    truths = [tumor_slide("t1", [LESION_A, LESION_B]), tumor_slide("t2", [LESION_C]),
-              normal_slide("n1")]
-    detections = {"t1": [det(0.9, 4000, 4000), det(0.8, 13500, 9500)],
-                  "t2": [det(0.7, 6000, 6000)]}
+    truths = [tumor_slide("t1", [LESION_A, LESION_B]), tumor_slide("t2", [LESION_C]), normal_slide("n1")]
+    detections = {"t1": [det(0.9, 4000, 4000), det(0.8, 13500, 9500)], "t2": [det(0.7, 6000, 6000)]}
     result = evaluate_froc(truths, detections, CONFIG)
     assert result.n_lesions == 3
     assert result.score_nearest == 1.0
@@ -122,8 +124,7 @@ def test_itc_cutoff_uses_the_grown_major_axis() -> None:
 
 def test_outline_smaller_than_a_mask_pixel_still_makes_a_region() -> None:
     speck = disc(10000, 10000, 12)  # 3 µm across, far below one 8 µm mask pixel
-    hits = score_slide_detections(tumor_slide("t1", [LESION_A, speck]),
-                                  [det(0.5, 10000, 10000)], CONFIG)
+    hits = score_slide_detections(tumor_slide("t1", [LESION_A, speck]), [det(0.5, 10000, 10000)], CONFIG)
     assert hits.n_itc == 1
     assert hits.n_itc_hits == 1
     assert hits.fp_confidences.size == 0
@@ -169,17 +170,15 @@ def test_hand_computed_froc() -> None:
       (2/3, 1/3) = 1/3; 1 between (1, 1) and (4/3, 1) = 1; 2, 4, 8 = 1.
       Mean (0 + 1/3 + 1 + 1 + 1 + 1) / 6 = 13/18.
     """
-    truths = [tumor_slide("t1", [LESION_A, LESION_B]), tumor_slide("t2", [LESION_C]),
-              normal_slide("n1")]
+    truths = [tumor_slide("t1", [LESION_A, LESION_B]), tumor_slide("t2", [LESION_C]), normal_slide("n1")]
     detections = {
-        "t1": [det(0.9, 4000, 4000), det(0.8, 3000, 5000), det(0.6, 18000, 1000),
-               det(0.3, 13500, 9500)],
+        "t1": [det(0.9, 4000, 4000), det(0.8, 3000, 5000), det(0.6, 18000, 1000), det(0.3, 13500, 9500)],
         "t2": [det(0.7, 18000, 15000), det(0.2, 6000, 6000)],
         "n1": [det(0.95, 4000, 4000), det(0.1, 10, 10)],
     }
     result = evaluate_froc(truths, detections, CONFIG)
-    np.testing.assert_allclose(result.fps_per_slide, [0, 1/3, 1/3, 2/3, 1, 1, 1, 4/3])
-    np.testing.assert_allclose(result.sensitivities, [0, 0, 1/3, 1/3, 1/3, 2/3, 1, 1])
+    np.testing.assert_allclose(result.fps_per_slide, [0, 1 / 3, 1 / 3, 2 / 3, 1, 1, 1, 4 / 3])
+    np.testing.assert_allclose(result.sensitivities, [0, 0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 1, 1])
     np.testing.assert_allclose(result.thresholds, [np.inf, 0.95, 0.9, 0.7, 0.6, 0.3, 0.2, 0.1])
     assert result.points[1.0] == pytest.approx((1 / 3, 1.0))
     assert result.score_nearest == pytest.approx(11 / 18)
@@ -240,8 +239,7 @@ def test_duplicate_slide_ids_are_rejected() -> None:
 
 def test_froc_without_any_lesion_is_an_error() -> None:
     with pytest.raises(EvaluationError, match="at least one lesion"):
-        evaluate_froc([normal_slide("n1"), tumor_slide("t1", [disc(9000, 9000, 200)])], {},
-                      CONFIG)
+        evaluate_froc([normal_slide("n1"), tumor_slide("t1", [disc(9000, 9000, 200)])], {}, CONFIG)
     with pytest.raises(EvaluationError, match="at least one slide"):
         froc_curve([])
 
@@ -257,8 +255,13 @@ def test_malformed_truth_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("downsample", 0.5), ("grow_um", -1.0), ("itc_max_diameter_um", -5.0),
-     ("target_fps_per_slide", ()), ("target_fps_per_slide", (0.0, 1.0))],
+    [
+        ("downsample", 0.5),
+        ("grow_um", -1.0),
+        ("itc_max_diameter_um", -5.0),
+        ("target_fps_per_slide", ()),
+        ("target_fps_per_slide", (0.0, 1.0)),
+    ],
 )
 def test_bad_froc_config_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -283,7 +286,8 @@ def test_interpolation_follows_the_curve_and_holds_after_its_end() -> None:
     assert sensitivity_interpolated(fps, sens, 8.0) == pytest.approx(0.9)
     for target in (0.25, 0.75, 2.0, 8.0):  # same as numpy.interp, the NCRF/MONAI convention
         assert sensitivity_interpolated(fps, sens, target) == pytest.approx(
-            float(np.interp(target, fps, sens)))
+            float(np.interp(target, fps, sens))
+        )
 
 
 @pytest.mark.shared_data

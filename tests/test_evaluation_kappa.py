@@ -43,9 +43,12 @@ def test_stage_kappa_matches_sklearn_quadratic_kappa() -> None:
     reference = {p: PN_STAGES[t] for p, t in zip(patients, truth, strict=True)}
     predicted = {p: PN_STAGES[t] for p, t in zip(patients, noisy, strict=True)}
     result = evaluate_stage_kappa(reference, predicted)
-    expected = cohen_kappa_score([reference[p] for p in patients],
-                                 [predicted[p] for p in patients],
-                                 labels=list(PN_STAGES), weights="quadratic")
+    expected = cohen_kappa_score(
+        [reference[p] for p in patients],
+        [predicted[p] for p in patients],
+        labels=list(PN_STAGES),
+        weights="quadratic",
+    )
     assert result.kappa == pytest.approx(expected)
     assert result.accuracy == pytest.approx(float(np.mean(truth == noisy)))
     assert result.confusion.sum() == 60
@@ -53,8 +56,9 @@ def test_stage_kappa_matches_sklearn_quadratic_kappa() -> None:
 
 
 def test_stage_names_are_case_insensitive_and_confusion_is_ordered() -> None:
-    result = evaluate_stage_kappa({"p1": "pN0", "p2": "pN2", "p3": "pN1mi"},
-                                  {"p1": "PN0", "p2": "pn1", "p3": "pN1MI"})
+    result = evaluate_stage_kappa(
+        {"p1": "pN0", "p2": "pN2", "p3": "pN1mi"}, {"p1": "PN0", "p2": "pn1", "p3": "pN1MI"}
+    )
     assert result.confusion[0, 0] == 1  # pN0 -> pN0
     assert result.confusion[4, 3] == 1  # pN2 -> pN1
     assert result.confusion[2, 2] == 1  # pN1mi -> pN1mi
@@ -71,8 +75,7 @@ def test_perfect_agreement_is_one_and_single_label_agreement_is_undefined() -> N
 
 def test_node_categories_give_confusion_and_accuracy() -> None:
     reference = {"n1": "negative", "n2": "itc", "n3": "micro", "n4": "macro", "n5": "micro"}
-    predicted = {"n1": "negative", "n2": "negative", "n3": "micro", "n4": "macro",
-                 "n5": "macro"}
+    predicted = {"n1": "negative", "n2": "negative", "n3": "micro", "n4": "macro", "n5": "macro"}
     result = evaluate_node_categories(reference, predicted)
     assert result.accuracy == pytest.approx(3 / 5)
     assert result.confusion[1, 0] == 1  # itc called negative

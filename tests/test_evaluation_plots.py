@@ -32,8 +32,9 @@ def _froc() -> FrocResult:
 def test_plots_are_png_files(tmp_path: Path) -> None:
     froc_path = tmp_path / "sub" / "froc.png"
     plot_froc(_froc(), froc_path)
-    auc = evaluate_slide_auc([0, 0, 1, 1, 0, 1], [0.1, 0.6, 0.5, 0.9, 0.2, 0.8],
-                             BootstrapConfig(n_resamples=50))
+    auc = evaluate_slide_auc(
+        [0, 0, 1, 1, 0, 1], [0.1, 0.6, 0.5, 0.9, 0.2, 0.8], BootstrapConfig(n_resamples=50)
+    )
     roc_path = tmp_path / "roc.png"
     plot_roc(auc, roc_path)
     for path in (froc_path, roc_path):

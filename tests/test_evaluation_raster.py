@@ -24,8 +24,7 @@ def test_scanline_fill_draws_the_pixels_skimage_draws(seed: int) -> None:
 
 
 def test_scanline_fill_includes_centres_on_the_outline() -> None:
-    filled = fill_polygon_rc(np.array([2.0, 2.0, 6.0, 6.0]), np.array([1.0, 5.0, 5.0, 1.0]),
-                             (9, 9))
+    filled = fill_polygon_rc(np.array([2.0, 2.0, 6.0, 6.0]), np.array([1.0, 5.0, 5.0, 1.0]), (9, 9))
     expected = np.zeros((9, 9), dtype=bool)
     expected[2:7, 1:6] = True
     np.testing.assert_array_equal(filled, expected)

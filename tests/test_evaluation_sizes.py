@@ -23,8 +23,9 @@ CONFIG = SizeMatchConfig(tolerance_um=100.0)
 
 
 def square(x0: float, y0: float, side_px: float) -> np.ndarray:
-    return np.array([[x0, y0], [x0 + side_px, y0], [x0 + side_px, y0 + side_px],
-                     [x0, y0 + side_px]], dtype=np.float64)
+    return np.array(
+        [[x0, y0], [x0 + side_px, y0], [x0 + side_px, y0 + side_px], [x0, y0 + side_px]], dtype=np.float64
+    )
 
 
 # 1 mm square (diameter sqrt(2) mm, macro) and a 0.15 mm square (0.21 mm, micro)
@@ -41,11 +42,10 @@ def test_point_polygon_distance() -> None:
 
 def test_pairs_errors_and_category_accuracy() -> None:
     predictions = [
-        PredictedDeposit(6150, 1150, 0.25, "micro"),   # inside SMALL: +0.038 mm
-        PredictedDeposit(2000, 2000, 1.30, "macro"),   # inside BIG: -0.114 mm
+        PredictedDeposit(6150, 1150, 0.25, "micro"),  # inside SMALL: +0.038 mm
+        PredictedDeposit(2000, 2000, 1.30, "macro"),  # inside BIG: -0.114 mm
     ]
-    result = evaluate_deposit_sizes([SlideDeposits("s1", MPP, [BIG, SMALL], predictions)],
-                                    CONFIG)
+    result = evaluate_deposit_sizes([SlideDeposits("s1", MPP, [BIG, SMALL], predictions)], CONFIG)
     by_id = {p.true_id: p for p in result.pairs}
     assert by_id["small"].predicted_index == 0
     assert by_id["big"].predicted_index == 1
@@ -74,10 +74,8 @@ def test_prediction_beyond_the_tolerance_is_spurious_and_the_truth_missed() -> N
 
 
 def test_two_predictions_in_one_deposit_keep_the_one_nearer_its_centre() -> None:
-    fragments = [PredictedDeposit(1100, 1100, 0.3, "micro"),
-                 PredictedDeposit(2050, 1950, 1.3, "macro")]
-    pairs, missed, spurious = match_slide_deposits(
-        SlideDeposits("s1", MPP, [BIG], fragments), CONFIG)
+    fragments = [PredictedDeposit(1100, 1100, 0.3, "micro"), PredictedDeposit(2050, 1950, 1.3, "macro")]
+    pairs, missed, spurious = match_slide_deposits(SlideDeposits("s1", MPP, [BIG], fragments), CONFIG)
     assert [(i, j) for i, j, _ in pairs] == [(0, 1)]
     assert (missed, spurious) == ([], [0])
 
@@ -87,17 +85,19 @@ def test_matching_maximises_pairs_over_greedy_nearest() -> None:
     # prediction 0 is the only one near B, prediction 1 is near A only
     a = TrueDeposit("a", square(0, 0, 100), 0.07, "itc")
     b = TrueDeposit("b", square(400, 0, 100), 0.07, "itc")
-    predictions = [PredictedDeposit(220, 50, 0.07, "itc"),   # 60 µm from A, 90 µm from B
-                   PredictedDeposit(50, 250, 0.07, "itc")]   # 75 µm from A, 190 µm from B
-    pairs, missed, spurious = match_slide_deposits(
-        SlideDeposits("s1", MPP, [a, b], predictions), CONFIG)
+    predictions = [
+        PredictedDeposit(220, 50, 0.07, "itc"),  # 60 µm from A, 90 µm from B
+        PredictedDeposit(50, 250, 0.07, "itc"),
+    ]  # 75 µm from A, 190 µm from B
+    pairs, missed, spurious = match_slide_deposits(SlideDeposits("s1", MPP, [a, b], predictions), CONFIG)
     assert sorted((i, j) for i, j, _ in pairs) == [(0, 1), (1, 0)]
     assert (missed, spurious) == ([], [])
 
 
 def test_empty_sides() -> None:
-    result = evaluate_deposit_sizes([SlideDeposits("s1", MPP, [], []),
-                                     SlideDeposits("s2", MPP, [BIG], [])], CONFIG)
+    result = evaluate_deposit_sizes(
+        [SlideDeposits("s1", MPP, [], []), SlideDeposits("s2", MPP, [BIG], [])], CONFIG
+    )
     assert result.n_true == 1
     assert result.missed == (("s2", "big"),)
 
@@ -105,7 +105,8 @@ def test_empty_sides() -> None:
 def test_bad_inputs_are_errors() -> None:
     with pytest.raises(EvaluationError, match="category"):
         evaluate_deposit_sizes(
-            [SlideDeposits("s1", MPP, [BIG], [PredictedDeposit(1, 1, 0.1, "tiny")])], CONFIG)
+            [SlideDeposits("s1", MPP, [BIG], [PredictedDeposit(1, 1, 0.1, "tiny")])], CONFIG
+        )
     with pytest.raises(EvaluationError, match="outline"):
         bad = TrueDeposit("x", np.zeros((2, 2)), 0.1, "itc")
         evaluate_deposit_sizes([SlideDeposits("s1", MPP, [bad], [])], CONFIG)

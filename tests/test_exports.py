@@ -78,8 +78,7 @@ def test_qupath_geojson_is_valid_and_reloads_to_the_same_polygons(tmp_path: Path
     assert "cell_count" not in first["measurements"]
     assert data["features"][1]["properties"]["measurements"]["cell_count"] == 57
     reloaded = read_geojson(path)
-    assert [a.name for a in reloaded] == ["deposit 1 (micro)", "deposit 2 (itc)",
-                                          "deposit 3 (itc)"]
+    assert [a.name for a in reloaded] == ["deposit 1 (micro)", "deposit 2 (itc)", "deposit 3 (itc)"]
     assert all(a.label == "tumor" for a in reloaded)
     for annotation, deposit in zip(reloaded, deposits, strict=True):
         np.testing.assert_array_equal(annotation.vertices_xy, deposit.outline_xy)
@@ -144,7 +143,9 @@ def test_writes_replace_files_atomically_and_leave_no_temporaries(tmp_path: Path
     write_asap_xml(deposits, tmp_path / "deposits.xml")
     assert target.read_text().startswith("confidence,X,Y\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "deposits.geojson", "deposits.xml", "detections.csv",
+        "deposits.geojson",
+        "deposits.xml",
+        "detections.csv",
     ]
 
 

@@ -33,9 +33,7 @@ TISSUE = (200, 180, 210)
     ("mm_per_px", "length_mm"),
     [(0.001, 0.2), (0.004, 0.5), (0.008, 1.0), (0.02, 2.0), (0.05, 10.0), (0.0004, 0.05)],
 )
-def test_scale_bar_is_the_longest_round_length_that_fits(
-    mm_per_px: float, length_mm: float
-) -> None:
+def test_scale_bar_is_the_longest_round_length_that_fits(mm_per_px: float, length_mm: float) -> None:
     got_mm, got_px = scale_bar_length(mm_per_px)
     assert got_mm == pytest.approx(length_mm)
     assert got_px == pytest.approx(length_mm / mm_per_px)

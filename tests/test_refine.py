@@ -64,15 +64,21 @@ def _deposit(diameter_mm: float, uncertainty_mm: float) -> Deposit:
     values = np.zeros((3, 3), dtype=np.float32)
     values[1, 1] = 1.0
     base = find_deposits(Heatmap(values, 0, 0, 100.0, 100.0, MPP, (300, 300)), 0.5)[0]
-    return dataclasses.replace(
-        base, max_diameter_mm=diameter_mm, max_diameter_uncertainty_mm=uncertainty_mm
-    )
+    return dataclasses.replace(base, max_diameter_mm=diameter_mm, max_diameter_uncertainty_mm=uncertainty_mm)
 
 
 @pytest.mark.parametrize(
     ("diameter_mm", "uncertainty_mm", "ambiguous"),
-    [(0.25, 0.05, True), (0.25, 0.049, False), (0.15, 0.05, True), (0.1, 0.05, False),
-     (1.9, 0.1, True), (2.2, 0.1, False), (1.0, 0.3, False), (2.0, 0.0, True)],
+    [
+        (0.25, 0.05, True),
+        (0.25, 0.049, False),
+        (0.15, 0.05, True),
+        (0.1, 0.05, False),
+        (1.9, 0.1, True),
+        (2.2, 0.1, False),
+        (1.0, 0.3, False),
+        (2.0, 0.0, True),
+    ],
 )
 def test_ambiguous_when_the_size_interval_contains_a_cut_off(
     diameter_mm: float, uncertainty_mm: float, ambiguous: bool
@@ -160,8 +166,9 @@ def test_neighbour_inside_the_refined_window_is_not_duplicated() -> None:
     assert len(deposits) == 2
     result = refine_deposits(heatmap, deposits, 0.5, oracle, DepositConfig())
     half = TILE_PX / 2
-    assert any(shapely.contains_xy(big, xy[:, 0] + half, xy[:, 1] + half).any()
-               for xy in oracle.calls)  # the window did see the neighbour
+    assert any(
+        shapely.contains_xy(big, xy[:, 0] + half, xy[:, 1] + half).any() for xy in oracle.calls
+    )  # the window did see the neighbour
     assert len(result) == 2
     assert sorted(d.refined for d in result) == [False, True]
     assert result[-1].category is Category.ITC and result[0].category is Category.MICRO

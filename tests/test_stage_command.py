@@ -131,9 +131,7 @@ def test_slide_outside_camelyon17_naming_needs_a_mapping(
     assert "'lymph_a'" in capsys.readouterr().err and not out.exists()
 
 
-def test_batch_folder_with_a_failed_slide(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_batch_folder_with_a_failed_slide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     elsewhere = tmp_path / "elsewhere" / "patient_002_node_1"
     batch = make_batch(
         tmp_path / "batch",
@@ -238,9 +236,7 @@ def test_scheme_from_config_file_and_flag_override(tmp_path: Path) -> None:
     assert read_rows(out)[0]["stage"] == "pN1"
 
 
-def test_bad_scheme_in_config_file_is_an_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_scheme_in_config_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     categories = write(tmp_path / "cats.csv", "slide,category\npatient_001_node_0,macro\n")
     config = write(tmp_path / "micromet.toml", '[staging]\nscheme = "uicc"\n')
     out = tmp_path / "stages.csv"

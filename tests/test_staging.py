@@ -106,9 +106,7 @@ def test_stage_lists_are_in_increasing_order_per_scheme() -> None:
         (0.3, 201, MICRO),
     ],
 )
-def test_categorize_deposit(
-    max_diameter_mm: float, cell_count: int | None, expected: Category
-) -> None:
+def test_categorize_deposit(max_diameter_mm: float, cell_count: int | None, expected: Category) -> None:
     assert categorize_deposit(max_diameter_mm, cell_count) is expected
 
 
@@ -298,9 +296,7 @@ def test_reads_camelyon17_labels_skipping_patient_rows(tmp_path: Path) -> None:
         ("slide,category\n", "no slide rows"),
     ],
 )
-def test_node_category_csv_errors_name_file_and_line(
-    tmp_path: Path, text: str, message: str | None
-) -> None:
+def test_node_category_csv_errors_name_file_and_line(tmp_path: Path, text: str, message: str | None) -> None:
     path = write(tmp_path / "cats.csv", text)
     if message is None:
         assert read_node_categories_csv(path) == {"a": MACRO}

@@ -60,9 +60,7 @@ def test_report_lists_every_slide_with_its_numbers_and_errors(html: str) -> None
     assert html.count("<tr data-index=") == 2  # the two deposits of the good slide
 
 
-def test_deposit_table_shows_size_area_cells_and_probability(
-    html: str, batch: ViewerBatch
-) -> None:
+def test_deposit_table_shows_size_area_cells_and_probability(html: str, batch: ViewerBatch) -> None:
     for deposit in batch.good_report["deposits"]:
         assert f"{deposit['max_diameter_mm']:.3f}" in html
         assert f"{deposit['area_mm2']:.4f}" in html
@@ -100,15 +98,12 @@ def test_slide_image_shows_heatmap_and_category_outlines(html: str, batch: Viewe
     assert float(green_gain.mean()) > 40
     orange = np.array(hex_to_rgb(CATEGORY_COLORS["micro"]))
     on_outline = [
-        np.abs(pixels[round(y * scale), round(x * scale)] - orange).max()
-        for x, y in micro["outline_xy"]
+        np.abs(pixels[round(y * scale), round(x * scale)] - orange).max() for x, y in micro["outline_xy"]
     ]
     assert np.median(on_outline) < 60  # JPEG keeps the category colour on the outline
 
 
-def test_moved_slide_file_still_shows_heatmap_and_outlines(
-    batch: ViewerBatch, tmp_path: Path
-) -> None:
+def test_moved_slide_file_still_shows_heatmap_and_outlines(batch: ViewerBatch, tmp_path: Path) -> None:
     root = tmp_path / "batch"
     shutil.copytree(batch.root, root)
     manifest = json.loads((root / "manifest.json").read_text())
@@ -150,8 +145,7 @@ def test_report_command_on_a_folder_without_manifest_fails_clearly(
 def test_report_command_rejects_a_bad_thumbnail_size(
     batch: ViewerBatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["report", str(batch.root), "--out", str(tmp_path / "r.html"),
-                 "--thumbnail-px", "5"]) == 1
+    assert main(["report", str(batch.root), "--out", str(tmp_path / "r.html"), "--thumbnail-px", "5"]) == 1
     assert "thumbnail_max_px=5" in capsys.readouterr().err
 
 

@@ -35,7 +35,11 @@ def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("slides")
     for seed, deposits in ((1, (0.15,)), (2, (0.15,)), (3, ())):
         config = SynthConfig(
-            width_px=400, height_px=320, mpp=2.0, seed=seed, tile_size_px=128,
+            width_px=400,
+            height_px=320,
+            mpp=2.0,
+            seed=seed,
+            tile_size_px=128,
             deposits=tuple(PlantedDeposit(d) for d in deposits),
         )
         generate_slide(config, folder / f"node_{seed}.tif")
@@ -45,8 +49,15 @@ def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _settings(slide_dir: Path, out: Path, **train: Any) -> TrainSettings:
     values = {
         "train": {
-            "out_dir": str(out), "tile_size_px": 32, "mpp": 2.0, "epochs": 2, "batch_size": 8,
-            "num_workers": 0, "device": "cpu", "lr": 0.01, **train,
+            "out_dir": str(out),
+            "tile_size_px": 32,
+            "mpp": 2.0,
+            "epochs": 2,
+            "batch_size": 8,
+            "num_workers": 0,
+            "device": "cpu",
+            "lr": 0.01,
+            **train,
         },
         "data": {"slides": [str(slide_dir)], "val_fraction": 0.4},
         "sampling": {"tumor_per_slide": 8, "normal_per_slide": 8, "normal_margin_um": 16.0},
@@ -93,10 +104,20 @@ def test_the_checkpoint_loads_for_inference_with_a_complete_card(full_run: Path)
 def test_micromet_infer_scores_a_slide_with_the_trained_checkpoint(
     full_run: Path, slide_dir: Path, tmp_path: Path
 ) -> None:
-    code = cli_main([
-        "infer", str(slide_dir / "node_1.tif"), "--out", str(tmp_path / "batch"),
-        "--model", str(full_run / "best.pt"), "--device", "cpu", "--workers", "0",
-    ])
+    code = cli_main(
+        [
+            "infer",
+            str(slide_dir / "node_1.tif"),
+            "--out",
+            str(tmp_path / "batch"),
+            "--model",
+            str(full_run / "best.pt"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0
     assert (tmp_path / "batch" / "node_1" / "report.json").exists()
 
@@ -131,12 +152,18 @@ def test_an_interrupted_run_resumes_exactly_where_it_stopped(
 
 def test_hard_negative_mining_adds_normal_tiles_outside_tumor(slide_dir: Path, tmp_path: Path) -> None:
     settings = _settings(
-        slide_dir, tmp_path / "mining", epochs=2, hard_negative_rounds=1,
-        hard_negative_candidates_per_slide=12, hard_negatives_per_slide=4,
+        slide_dir,
+        tmp_path / "mining",
+        epochs=2,
+        hard_negative_rounds=1,
+        hard_negative_candidates_per_slide=12,
+        hard_negatives_per_slide=4,
         hard_negative_min_probability=0.0,
     )
     main(settings)
-    mined = [s for s in read_sample_index(tmp_path / "mining" / "samples_round1.csv") if s.kind == "hard_negative"]
+    mined = [
+        s for s in read_sample_index(tmp_path / "mining" / "samples_round1.csv") if s.kind == "hard_negative"
+    ]
     assert mined and all(s.label == 0 and s.split == "train" for s in mined)
     for sample in mined:
         xml = Path(sample.slide).with_suffix(".xml")
@@ -172,7 +199,9 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     assert (settings.train.epochs, settings.train.lr) == (3, 0.01)
 
 
-def test_resume_with_other_settings_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_with_other_settings_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = cli_main(["train", "--resume", str(tmp_path / "last.pt"), "--lr", "0.1"])
     assert code == 2
     assert "--lr" in capsys.readouterr().err
@@ -183,9 +212,9 @@ def test_cli_train_runs_from_a_config_file_and_reports_checkpoints(
 ) -> None:
     config = tmp_path / "run.toml"
     config.write_text(
-        f'[train]\ntile_size_px = 32\nmpp = 2.0\nepochs = 1\nbatch_size = 8\nnum_workers = 0\n'
+        f"[train]\ntile_size_px = 32\nmpp = 2.0\nepochs = 1\nbatch_size = 8\nnum_workers = 0\n"
         f'[data]\nslides = ["{slide_dir}"]\nval_fraction = 0.4\n'
-        f'[sampling]\ntumor_per_slide = 4\nnormal_per_slide = 4\n'
+        f"[sampling]\ntumor_per_slide = 4\nnormal_per_slide = 4\n"
     )
     out = tmp_path / "cli_run"
     code = cli_main(["train", "--config", str(config), "--out", str(out), "--device", "cpu", "--no-progress"])

@@ -70,8 +70,10 @@ def server_url(batch: ViewerBatch) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    _require(CHROMIUM.exists(), f"{CHROMIUM} not found: install Debian's chromium "
-             "(`make browser-deps`, or apt-get install chromium)")
+    _require(
+        CHROMIUM.exists(),
+        f"{CHROMIUM} not found: install Debian's chromium (`make browser-deps`, or apt-get install chromium)",
+    )
     from playwright.sync_api import sync_playwright
 
     profile = tmp_path_factory.mktemp("chromium-profile")
@@ -81,9 +83,15 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             str(profile),
             executable_path=str(CHROMIUM),
             headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
             viewport={"width": 1280, "height": 800},
         )
         context.set_default_timeout(TIMEOUT_MS)

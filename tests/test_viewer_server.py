@@ -82,9 +82,7 @@ def test_api_slides_lists_manifest_slides_in_order(client: FlaskClient) -> None:
     assert failed["status"] == "failed" and failed["error"] == FAILED_ERROR
 
 
-def test_dzi_descriptor_is_valid_xml_with_the_slide_size(
-    client: FlaskClient, batch: ViewerBatch
-) -> None:
+def test_dzi_descriptor_is_valid_xml_with_the_slide_size(client: FlaskClient, batch: ViewerBatch) -> None:
     response = client.get(f"/dz/{GOOD_ID}.dzi")
     assert response.status_code == 200 and response.mimetype == "application/xml"
     image = ET.fromstring(response.data)
@@ -113,8 +111,11 @@ def test_tiles_are_jpegs_of_the_slide_pixels(client: FlaskClient, batch: ViewerB
 
 @pytest.mark.parametrize(
     "url",
-    [f"/dz/{GOOD_ID}_files/99/0_0.jpeg", f"/dz/{GOOD_ID}_files/11/5_0.jpeg",
-     f"/dz/{GOOD_ID}_files/11/0_4.jpeg"],
+    [
+        f"/dz/{GOOD_ID}_files/99/0_0.jpeg",
+        f"/dz/{GOOD_ID}_files/11/5_0.jpeg",
+        f"/dz/{GOOD_ID}_files/11/0_4.jpeg",
+    ],
 )
 def test_tile_outside_the_pyramid_is_404(client: FlaskClient, url: str) -> None:
     assert client.get(url).status_code == 404
@@ -134,9 +135,7 @@ def test_heatmap_png_colours_every_cell(client: FlaskClient, batch: ViewerBatch)
     assert (cells[..., 3] == 0).sum() == np.isnan(probabilities).sum() > 0
 
 
-def test_api_slide_gives_report_and_heatmap_geometry(
-    client: FlaskClient, batch: ViewerBatch
-) -> None:
+def test_api_slide_gives_report_and_heatmap_geometry(client: FlaskClient, batch: ViewerBatch) -> None:
     data = client.get(f"/api/slide/{GOOD_ID}").get_json()
     assert data["report"]["deposits"] == batch.good_report["deposits"]
     assert data["mpp"] == 2.0 and data["dzi_url"] == f"/dz/{GOOD_ID}.dzi"
@@ -232,8 +231,13 @@ def test_viewer_never_writes_to_the_batch_folder(batch: ViewerBatch) -> None:
     before = snapshot(batch.root)
     client = create_app(batch.root).test_client()
     for slide_id in (GOOD_ID, XSS_ID, FAILED_ID):
-        for url in (f"/slide/{slide_id}", f"/api/slide/{slide_id}", f"/dz/{slide_id}.dzi",
-                    f"/heatmap/{slide_id}.png", f"/dz/{slide_id}_files/11/0_0.jpeg"):
+        for url in (
+            f"/slide/{slide_id}",
+            f"/api/slide/{slide_id}",
+            f"/dz/{slide_id}.dzi",
+            f"/heatmap/{slide_id}.png",
+            f"/dz/{slide_id}_files/11/0_0.jpeg",
+        ):
             client.get(url)
     client.get("/")
     client.get("/api/slides")
@@ -294,8 +298,15 @@ def test_manifest_broken_while_serving_gives_an_error_page(own_batch: Path) -> N
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
-     ("0.0.0.0", False), ("192.168.1.20", False), ("example.org", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.1.20", False),
+        ("example.org", False),
+    ],
 )
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert view_command.is_loopback(host) is loopback

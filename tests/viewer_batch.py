@@ -72,8 +72,10 @@ def truth_heatmap(slide: SynthResult, with_tumor: bool) -> Heatmap:
     rows = (slide.height_px - HEATMAP_TILE_PX) // HEATMAP_STRIDE_PX + 1
     rr, cc = np.mgrid[0:rows, 0:cols]
     centres = np.stack(
-        [cc.ravel() * HEATMAP_STRIDE_PX + HEATMAP_TILE_PX / 2,
-         rr.ravel() * HEATMAP_STRIDE_PX + HEATMAP_TILE_PX / 2],
+        [
+            cc.ravel() * HEATMAP_STRIDE_PX + HEATMAP_TILE_PX / 2,
+            rr.ravel() * HEATMAP_STRIDE_PX + HEATMAP_TILE_PX / 2,
+        ],
         axis=1,
     )
     values = np.full(rows * cols, np.nan, dtype=np.float32)
@@ -126,18 +128,38 @@ def deposit_entry(deposit: DepositTruth, mpp: float) -> dict[str, Any]:
 def _slide_report(slide_id: str, slide: SynthResult, deposits: list[dict[str, Any]]) -> dict[str, Any]:
     mpp = slide.mpp if slide.mpp is not None else slide.render_mpp
     facts = {
-        "path": str(slide.slide_path), "vendor": "generic-tiff",
-        "dimensions": [slide.width_px, slide.height_px], "mpp": mpp, "mpp_source": "metadata",
-        "objective_power": None, "level_count": len(slide.level_dimensions),
-        "tissue_fraction": 0.42, "tissue_area_mm2": 1.66,
+        "path": str(slide.slide_path),
+        "vendor": "generic-tiff",
+        "dimensions": [slide.width_px, slide.height_px],
+        "mpp": mpp,
+        "mpp_source": "metadata",
+        "objective_power": None,
+        "level_count": len(slide.level_dimensions),
+        "tissue_fraction": 0.42,
+        "tissue_area_mm2": 1.66,
     }
-    model = {"path": "models/test.pt", "sha256": "0" * 64, "architecture": "micronet",
-             "tile_size_px": 64, "mpp": mpp, "threshold": 0.5}
+    model = {
+        "path": "models/test.pt",
+        "sha256": "0" * 64,
+        "architecture": "micronet",
+        "tile_size_px": 64,
+        "mpp": mpp,
+        "threshold": 0.5,
+    }
     categories = [d["category"] for d in deposits]
     category = next((c for c in ("macro", "micro", "itc") if c in categories), "negative")
     score = TUMOR_PROBABILITY if deposits else TISSUE_PROBABILITY
-    return build_report(slide_id, facts, model, {}, category, score, deposits, 812,
-                        {"tissue": 0.1, "inference": 1.0, "deposits": 0.1})
+    return build_report(
+        slide_id,
+        facts,
+        model,
+        {},
+        category,
+        score,
+        deposits,
+        812,
+        {"tissue": 0.1, "inference": 1.0, "deposits": 0.1},
+    )
 
 
 def _write_slide_output(folder: Path, report: dict[str, Any], heatmap: Heatmap) -> None:
@@ -160,8 +182,12 @@ def build_viewer_batch(root: Path, slide: SynthResult) -> ViewerBatch:
         "slides": {
             GOOD_ID: {"path": path, "status": "done", "error": None, "output_dir": GOOD_ID},
             XSS_ID: {"path": path, "status": "done", "error": None, "output_dir": XSS_FOLDER},
-            FAILED_ID: {"path": str(root.parent / "node_failed.svs"), "status": "failed",
-                        "error": FAILED_ERROR, "output_dir": FAILED_ID},
+            FAILED_ID: {
+                "path": str(root.parent / "node_failed.svs"),
+                "status": "failed",
+                "error": FAILED_ERROR,
+                "output_dir": FAILED_ID,
+            },
         },
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
