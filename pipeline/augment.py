@@ -100,21 +100,28 @@ def flip_rotate(tiles: torch.Tensor, generator: torch.Generator, flip: bool, rot
     return tiles
 
 
-def hed_jitter(tiles: torch.Tensor, generator: torch.Generator, scale: float, shift: float) -> torch.Tensor:
+def hed_jitter(
+    tiles: torch.Tensor, generator: torch.Generator, scale: float, shift: float
+) -> torch.Tensor:
     """Perturb stain concentrations in HED space: (B, 3, H, W) RGB 0-1 in and out.
 
-    With scale = shift = 0 the tiles come back unchanged (up to float rounding and the
+    Each tile's HED concentrations become hed * (1 + U(-scale, scale)) + U(-shift, shift);
+    the round trip RGB -> HED -> RGB folds into one 3 x 3 matrix and offset per tile. With
+    scale = shift = 0 the tiles come back unchanged (up to float rounding and the
     one-grey-level floor of the optical density).
     """
     batch = tiles.shape[0]
-    alpha = (1.0 + _uniform(generator, (batch, 3), scale)).to(tiles.device)
-    beta = _uniform(generator, (batch, 3), shift).to(tiles.device)
-    to_hed = torch.as_tensor(HED_FROM_RGB, dtype=tiles.dtype, device=tiles.device)
-    to_rgb = torch.as_tensor(RGB_FROM_HED, dtype=tiles.dtype, device=tiles.device)
+    alpha = (1.0 + _uniform(generator, (batch, 3), scale)).to(torch.float64)
+    beta = _uniform(generator, (batch, 3), shift).to(torch.float64)
+    to_hed = torch.as_tensor(HED_FROM_RGB)
+    to_rgb = torch.as_tensor(RGB_FROM_HED)
+    # od' = (od @ to_hed * alpha + beta) @ to_rgb = od @ matrix + offset
+    matrix = torch.einsum("cd,bd,de->bce", to_hed, alpha, to_rgb).to(tiles)
+    offset = (beta @ to_rgb).to(tiles)
     optical_density = -torch.log(tiles.clamp(min=MIN_TRANSMISSION))
-    hed = torch.einsum("bchw,cd->bdhw", optical_density, to_hed)
-    hed = hed * alpha.view(batch, 3, 1, 1) + beta.view(batch, 3, 1, 1)
-    optical_density = torch.einsum("bdhw,dc->bchw", hed, to_rgb).clamp(min=0.0)
+    flat = optical_density.flatten(2).transpose(1, 2)  # (B, H*W, 3)
+    flat = torch.baddbmm(offset.unsqueeze(1), flat, matrix.to(tiles.device))
+    optical_density = flat.transpose(1, 2).reshape(tiles.shape).clamp(min=0.0)
     return torch.exp(-optical_density).clamp(0.0, 1.0)
 
 
@@ -143,20 +150,22 @@ def gaussian_blur(
     batch, channels, height, width = tiles.shape
     chosen = torch.rand(batch, generator=generator) < probability
     sigmas = 0.1 + torch.rand(batch, generator=generator) * max(max_sigma_px - 0.1, 0.0)
-    if not bool(chosen.any()) or max_sigma_px <= 0.0:
+    picked = chosen.nonzero().flatten()
+    if len(picked) == 0 or max_sigma_px <= 0.0:
         return tiles
     radius = max(1, math.ceil(2.5 * max_sigma_px))
-    kernels = _gaussian_kernels(sigmas, radius)
-    identity = torch.zeros_like(kernels)
-    identity[:, radius] = 1.0
-    kernels = torch.where(chosen.view(-1, 1), kernels, identity).to(tiles)
+    kernels = _gaussian_kernels(sigmas[picked], radius).to(tiles)
     # One group per (tile, channel): a separable blur with a per-tile kernel, in two convs.
     weights = kernels.repeat_interleave(channels, dim=0)
-    flat = tiles.reshape(1, batch * channels, height, width)
+    n_groups = len(picked) * channels
+    index = picked.to(tiles.device)
+    flat = tiles[index].reshape(1, n_groups, height, width)
     flat = functional.pad(flat, (radius, radius, radius, radius), mode="reflect")
-    flat = functional.conv2d(flat, weights.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)
-    flat = functional.conv2d(flat, weights.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)
-    return flat.view(batch, channels, height, width)
+    flat = functional.conv2d(flat, weights.view(-1, 1, 1, 2 * radius + 1), groups=n_groups)
+    flat = functional.conv2d(flat, weights.view(-1, 1, 2 * radius + 1, 1), groups=n_groups)
+    out = tiles.clone()
+    out[index] = flat.view(len(picked), channels, height, width)
+    return out
 
 
 def augment_batch(tiles: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

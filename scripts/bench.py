@@ -43,6 +43,7 @@ from bench_tiatoolbox import TiaEnv, ensure_tiatoolbox
 from bench_variants import MAIN_VARIANTS, BenchSpec, RunResult, load_grid_arrays, run_variant, save_grid
 
 from pipeline.commands.bench import add_bench_options
+from pipeline.errors import MicrometError
 
 SCRIPTS = Path(__file__).resolve().parent
 _SAMPLE_INTERVAL_S = 0.2
@@ -120,7 +121,7 @@ def ensure_slide(args: argparse.Namespace) -> Path:
     from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
 
     name = f"bench_{args.width}x{args.height}_{args.mpp:g}mpp_seed{args.seed}.{args.slide_format}"
-    path = args.work_dir / "slides" / name
+    path: Path = args.work_dir / "slides" / name
     if path.with_name(path.stem + ".truth.json").exists() and path.exists():
         return path
     deposits = tuple(PlantedDeposit(d) for d in planted_deposits_mm(args.width, args.height, args.mpp))
@@ -143,7 +144,8 @@ def ensure_model(args: argparse.Namespace) -> Path:
 
     from pipeline.models import ModelCard, build_model, save_checkpoint
 
-    path = args.work_dir / "models" / f"{args.architecture}_{args.tile_size_px}px_{args.model_mpp:g}mpp.pt"
+    name = f"{args.architecture}_{args.tile_size_px}px_{args.model_mpp:g}mpp.pt"
+    path: Path = args.work_dir / "models" / name
     if not path.exists():
         torch.manual_seed(0)
         card = ModelCard(architecture=args.architecture, tile_size_px=args.tile_size_px, mpp=args.model_mpp,
@@ -345,7 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.run_variant is not None:
         return child_main(args)
-    return run_benchmark(args, argv)
+    try:
+        return run_benchmark(args, argv)
+    except MicrometError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

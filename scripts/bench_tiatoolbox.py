@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import re
 import shutil
 import subprocess
@@ -189,9 +190,10 @@ def make_tia_model(net: Any, card: Any) -> Any:
     """
     import numpy as np
     import torch
-    from tiatoolbox.models.models_abc import ModelABC
 
-    class MicrometTiaModel(ModelABC):  # type: ignore[misc]
+    model_abc: Any = importlib.import_module("tiatoolbox.models.models_abc").ModelABC
+
+    class MicrometTiaModel(model_abc):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.net = net
@@ -215,9 +217,8 @@ def make_tia_model(net: Any, card: Any) -> Any:
 def _tia_scores_on_grid(zarr_path: Path, heatmap_rc: Any, tile_size_px: int) -> tuple[Any, int, int]:
     """(scores in grid order with NaN where TIAToolbox scored none, tiles it scored, common)."""
     import numpy as np
-    import zarr
 
-    group = zarr.open(str(zarr_path), mode="r")
+    group = importlib.import_module("zarr").open(str(zarr_path), mode="r")
     probabilities = np.asarray(group["probabilities"])
     coordinates = np.asarray(group["coordinates"])
     index = {(int(r), int(c)): i for i, (r, c) in enumerate(heatmap_rc)}
@@ -234,21 +235,22 @@ def _tia_scores_on_grid(zarr_path: Path, heatmap_rc: Any, tile_size_px: int) -> 
 def run_tiatoolbox(spec: Any, out_dir: Path) -> tuple[int, dict[str, Any]]:
     """Score the planned tiles with TIAToolbox's PatchPredictor; returns (tiles, facts)."""
     import numpy as np
-    import tiatoolbox
     from bench_variants import load_grid_arrays, tile_mask
-    from tiatoolbox.models.engine.io_config import IOPatchPredictorConfig
-    from tiatoolbox.models.engine.patch_predictor import PatchPredictor
-    from tiatoolbox.wsicore.wsireader import WSIReader
+
+    tiatoolbox = importlib.import_module("tiatoolbox")
+    ioconfig_class = importlib.import_module("tiatoolbox.models.engine.io_config").IOPatchPredictorConfig
+    predictor_class = importlib.import_module("tiatoolbox.models.engine.patch_predictor").PatchPredictor
+    reader_class = importlib.import_module("tiatoolbox.wsicore.wsireader").WSIReader
 
     from pipeline.models import choose_device, load_checkpoint
 
     arrays, _ = load_grid_arrays(Path(spec.grid))
     device = choose_device(spec.device)
     net, card = load_checkpoint(spec.model, device="cpu")
-    reader = WSIReader.open(spec.slide)
+    reader = reader_class.open(spec.slide)
     model_shape = reader.slide_dimensions(resolution=card.mpp, units="mpp")
     mask = tile_mask(arrays["heatmap_rc"], (float(model_shape[0]), float(model_shape[1])), card.tile_size_px)
-    ioconfig = IOPatchPredictorConfig(
+    ioconfig = ioconfig_class(
         input_resolutions=[{"units": "mpp", "resolution": card.mpp}],
         patch_input_shape=(card.tile_size_px, card.tile_size_px),
         stride_shape=(card.tile_size_px, card.tile_size_px),
@@ -256,7 +258,7 @@ def run_tiatoolbox(spec: Any, out_dir: Path) -> tuple[int, dict[str, Any]]:
     save_dir = out_dir / "tiatoolbox_out"
     shutil.rmtree(save_dir, ignore_errors=True)
     started = time.perf_counter()
-    predictor = PatchPredictor(model=make_tia_model(net, card), batch_size=spec.batch_size,
+    predictor = predictor_class(model=make_tia_model(net, card), batch_size=spec.batch_size,
                                num_workers=spec.workers, device=device.type, verbose=False)
     output = predictor.run([Path(spec.slide)], masks=[mask], ioconfig=ioconfig, patch_mode=False,
                            save_dir=save_dir, overwrite=True, output_type="zarr",
