@@ -5,14 +5,16 @@ produces (tile, label) pairs, the tile a (T, T, 3) uint8 tensor at the model's Â
 layout inference feeds the model), the label 0 = normal, 1 = tumor. Patches of another
 resolution are resized by physical scale (their Âµm/px over the model's), then centre-cropped
 or mirror-padded to T x T: never resized by pixel count. Slide datasets open their slide
-handles lazily in each DataLoader worker.
+handles lazily in each DataLoader worker. ``build_datasets`` assembles a run's training and
+validation sets from its settings; ``make_loader`` shards them (DistributedSampler) and can
+start part-way into an epoch for an exact resume.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from pipeline.augment import normalize_stain
 from pipeline.errors import ConfigError, MicrometError
-from pipeline.sampling import PatchSample
+from pipeline.sampling import PatchSample, SlideSource, balance_classes, find_slides
 from pipeline.slide import Slide, open_slide, resize_rgb, rgba_to_rgb
+from pipeline.train_config import DataConfig, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -319,3 +322,86 @@ class ArrayTileDataset(Dataset[TileItem]):
     def labels(self) -> list[int]:
         """Label of every tile, in order."""
         return list(self._labels)
+
+
+# --- training data --------------------------------------------------------------------------------
+
+
+def slide_sources(data: DataConfig) -> list[SlideSource]:
+    """The slides named in ``data`` with their annotation files (empty without slides)."""
+    if not data.slides:
+        return []
+    return find_slides([Path(p) for p in data.slides], [Path(p) for p in data.annotations])
+
+
+def build_datasets(
+    settings: TrainSettings, samples: Sequence[PatchSample]
+) -> tuple[Dataset[TileItem], Dataset[TileItem] | None]:
+    """Training and validation datasets: slide tiles (training classes balanced by repeating
+    the rarer one), patch folders and PatchCamelyon. Validation is None when empty."""
+    t, data = settings.train, settings.data
+    geometry = (t.tile_size_px, t.mpp, t.stain_normalization)
+    train_parts: list[Dataset[TileItem]] = []
+    val_parts: list[Dataset[TileItem]] = []
+    train_samples = balance_classes([s for s in samples if s.split == "train"], t.seed)
+    val_samples = [s for s in samples if s.split == "val"]
+    for part, chosen in ((train_parts, train_samples), (val_parts, val_samples)):
+        if chosen:
+            part.append(SlideTileDataset(chosen, *geometry, slide_mpp=data.slide_mpp))
+    patch_mpp = data.patch_mpp or 0.0
+    for part, folders in ((train_parts, data.patches), (val_parts, data.val_patches)):
+        for folder in folders:
+            part.append(PatchFolderDataset(list_patch_folder(Path(folder)), patch_mpp, *geometry))
+    for folder in data.pcam:
+        files = find_pcam_files(Path(folder))
+        for split, part in (("train", train_parts), ("valid", val_parts)):
+            if split in files:
+                part.append(
+                    PCamDataset(
+                        *files[split], t.tile_size_px, t.mpp, stain_normalization=t.stain_normalization
+                    )
+                )
+    if not train_parts:
+        raise ConfigError("no training tiles: every slide went to validation and no patches were given")
+    return ConcatDataset(train_parts), (ConcatDataset(val_parts) if val_parts else None)
+
+
+class ResumableSampler(DistributedSampler[int]):
+    """DistributedSampler that can start part-way into an epoch (``start`` samples skipped)."""
+
+    start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.start)
+
+
+def make_loader(
+    dataset: Dataset[TileItem],
+    batch_size: int,
+    num_workers: int,
+    train: bool,
+    epoch_seed: tuple[int, int],
+    shard: tuple[int, int] = (0, 1),
+    start_sample: int = 0,
+) -> DataLoader[TileItem]:
+    """A loader over shard (rank, world size): shuffled per (seed, epoch) when ``train``, in
+    order otherwise; ``start_sample`` skips samples already seen this epoch (a resumed epoch)."""
+    seed, epoch = epoch_seed
+    rank, world_size = shard
+    sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+    sampler.set_epoch(epoch)
+    sampler.start = start_sample
+    drop_last = train and len(sampler) >= batch_size
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+    )

@@ -24,7 +24,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +34,7 @@ import torch.distributed as dist
 from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from pipeline.augment import AugmentConfig, augment_batch
 from pipeline.classify import (
@@ -46,14 +46,13 @@ from pipeline.classify import (
     unit_float,
 )
 from pipeline.datasets import (
-    PatchFolderDataset,
-    PCamDataset,
     SlideTileDataset,
     TileItem,
-    find_pcam_files,
-    list_patch_folder,
+    build_datasets,
+    make_loader,
+    slide_sources,
 )
-from pipeline.errors import CheckpointError, ConfigError
+from pipeline.errors import CheckpointError
 from pipeline.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -67,15 +66,12 @@ from pipeline.models import (
 from pipeline.sampling import (
     PatchSample,
     SlideSource,
-    balance_classes,
     build_sample_index,
-    find_slides,
     read_sample_index,
     sample_negative_candidates,
     write_sample_index,
 )
 from pipeline.train_config import (
-    DataConfig,
     TrainConfig,
     TrainSettings,
     settings_from_dict,
@@ -213,61 +209,6 @@ def evaluate(
     return binary_metrics(probabilities, labels), probabilities, labels
 
 
-# --- data --------------------------------------------------------------------------------
-
-
-def slide_sources(data: DataConfig) -> list[SlideSource]:
-    """The slides named in ``data`` with their annotation files (empty without slides)."""
-    if not data.slides:
-        return []
-    return find_slides([Path(p) for p in data.slides], [Path(p) for p in data.annotations])
-
-
-def build_datasets(
-    settings: TrainSettings, samples: Sequence[PatchSample]
-) -> tuple[Dataset[TileItem], Dataset[TileItem] | None]:
-    """Training and validation datasets: slide tiles (training classes balanced by repeating
-    the rarer one), patch folders and PatchCamelyon. Validation is None when empty."""
-    t, data = settings.train, settings.data
-    geometry = (t.tile_size_px, t.mpp, t.stain_normalization)
-    train_parts: list[Dataset[TileItem]] = []
-    val_parts: list[Dataset[TileItem]] = []
-    train_samples = balance_classes([s for s in samples if s.split == "train"], t.seed)
-    val_samples = [s for s in samples if s.split == "val"]
-    for part, chosen in ((train_parts, train_samples), (val_parts, val_samples)):
-        if chosen:
-            part.append(SlideTileDataset(chosen, *geometry, slide_mpp=data.slide_mpp))
-    patch_mpp = data.patch_mpp or 0.0
-    for part, folders in ((train_parts, data.patches), (val_parts, data.val_patches)):
-        for folder in folders:
-            part.append(PatchFolderDataset(list_patch_folder(Path(folder)), patch_mpp, *geometry))
-    for folder in data.pcam:
-        files = find_pcam_files(Path(folder))
-        for split, part in (("train", train_parts), ("valid", val_parts)):
-            if split in files:
-                part.append(
-                    PCamDataset(
-                        *files[split], t.tile_size_px, t.mpp, stain_normalization=t.stain_normalization
-                    )
-                )
-    if not train_parts:
-        raise ConfigError("no training tiles: every slide went to validation and no patches were given")
-    return ConcatDataset(train_parts), (ConcatDataset(val_parts) if val_parts else None)
-
-
-class ResumableSampler(DistributedSampler[int]):
-    """DistributedSampler that can start part-way into an epoch (``start`` samples skipped)."""
-
-    start = 0
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
-
-    def __len__(self) -> int:
-        return max(0, super().__len__() - self.start)
-
-
 @dataclasses.dataclass(frozen=True)
 class DistInfo:
     """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
@@ -280,35 +221,6 @@ class DistInfo:
     def is_main(self) -> bool:
         """True on the process that writes files."""
         return self.rank == 0
-
-
-def make_loader(
-    dataset: Dataset[TileItem],
-    batch_size: int,
-    num_workers: int,
-    train: bool,
-    epoch_seed: tuple[int, int],
-    info: DistInfo,
-    start_sample: int = 0,
-) -> DataLoader[TileItem]:
-    """A loader over this rank's shard: shuffled per (seed, epoch) when ``train``, in order
-    otherwise; ``start_sample`` skips samples already seen this epoch (a resumed epoch)."""
-    seed, epoch = epoch_seed
-    sampler = ResumableSampler(
-        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=train, seed=seed
-    )
-    sampler.set_epoch(epoch)
-    sampler.start = start_sample
-    drop_last = train and len(sampler) >= batch_size
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
-    )
 
 
 # --- hard-negative mining ----------------------------------------------------------------
@@ -654,7 +566,7 @@ def _finish_epoch(
 ) -> tuple[dict[str, float], float, bool]:
     """Evaluate and move to the next epoch; returns metrics, threshold and whether it is best
     (always True without validation data)."""
-    metrics: dict[str, float] = {"epoch": float(state.epoch)}
+    metrics: dict[str, float] = {"epoch": float(state.epoch), "round": float(state.round)}
     threshold = 0.5
     if val is not None:
         scores, probabilities, labels = evaluate(wrapped, val, step)
@@ -709,14 +621,13 @@ def _run(
         if stats.stopped:
             break
         metrics, threshold, is_best = _finish_epoch(wrapped, state, val, step)
-        if info.is_main:
-            _log_epoch(out, metrics, stats, state, trainer, time.perf_counter() - started)
         if progress is not None:
             progress.epoch_done(metrics)
         if _mining_due(t, state):
             samples = _mine(trainer, settings, sources, samples, state, step, info)
-        if info.is_main:
+        if info.is_main:  # the checkpoint first: a crash in between must not repeat a row
             _save(trainer, settings, state, metrics, threshold, description, is_best)
+            _log_epoch(out, metrics, stats, state, trainer, time.perf_counter() - started)
     stopped = state.epoch < t.epochs
     if stopped and info.is_main:  # max_steps: save the exact position to resume from
         _save(trainer, settings, state, {}, 0.5, description, False)
@@ -743,7 +654,6 @@ def _log_epoch(
     row = dict(metrics)
     row.update(
         {
-            "round": float(state.round),
             "global_step": float(state.global_step),
             "lr": float(trainer.optimizer.param_groups[0]["lr"]),
             "train_loss": stats.mean_loss,
@@ -769,18 +679,19 @@ def _train_epoch(
     train_set, val_set = build_datasets(settings, samples)
     if state.step_in_epoch == 0:
         trainer.generator.manual_seed(_epoch_seed(t.seed, state.epoch, info.rank))
+    shard = (info.rank, info.world_size)
     loader = make_loader(
         train_set,
         t.batch_size,
         t.num_workers,
         True,
         (t.seed, state.epoch),
-        info,
+        shard,
         start_sample=state.step_in_epoch * t.batch_size,
     )
     val = None
     if val_set is not None:
-        val = make_loader(val_set, t.batch_size, t.num_workers, False, (t.seed, 0), info)
+        val = make_loader(val_set, t.batch_size, t.num_workers, False, (t.seed, 0), shard)
     if progress is not None:
         progress.epoch_started(state.epoch, state.step_in_epoch + len(loader), state.step_in_epoch)
     max_batches = None if t.max_steps is None else t.max_steps - state.global_step

@@ -146,7 +146,7 @@ def score_agreement(run_dir: Path) -> str | None:
     difference = np.abs(a[both] - b[both])
     return (f"on the {int(both.sum()):,} tiles both scored, tumor probabilities differ by "
             f"{float(difference.mean()):.4f} on average and {float(difference.max()):.4f} at most "
-            "(different resampling of the same pixels)")
+            "(same weights; a difference can only come from how the two read and resample pixels)")
 
 
 def _first_extra(results: Sequence[RunResult], key: str) -> Any:
@@ -158,6 +158,16 @@ def _median_extra(results: Sequence[RunResult], key: str, inner: str | None = No
     if inner is not None:
         values = [v.get(inner) for v in values if isinstance(v, dict)]
     return _median([float(v) for v in values if v is not None])
+
+
+def _compute_notes(results: dict[str, list[RunResult]]) -> list[str]:
+    runs = [r for r in results.get("compute_limit", []) if r.error is None]
+    by_threads = _first_extra(runs, "seconds_by_threads")
+    if not runs or not isinstance(by_threads, dict) or len(by_threads) < 2:
+        return []
+    tried = ", ".join(f"{count} thread(s) {seconds:.2f} s" for count, seconds in by_threads.items())
+    return [f"compute limit: the faster of torch thread counts tried in its first run ({tried}); autocast "
+            f"{_first_extra(runs, 'autocast')}."]
 
 
 def _micromet_notes(results: dict[str, list[RunResult]]) -> list[str]:
@@ -241,7 +251,8 @@ def render_section(context: RunContext, spec: BenchSpec, n_tiles: int, results: 
     summaries = [summarize(v, rs) for v, rs in results.items()]
     compute = results.get("compute_limit", [])
     device = _first_extra(compute, "device_name") or _first_extra(compute, "device") or spec.device
-    notes = [*_micromet_notes(results), *_tiatoolbox_notes(results, tia, score_agreement(Path(spec.out_dir)))]
+    agreement = score_agreement(Path(spec.out_dir))
+    notes = [*_compute_notes(results), *_micromet_notes(results), *_tiatoolbox_notes(results, tia, agreement)]
     lines = [
         SECTION_HEADING, "",
         f"What: one synthetic slide of {context.slide}, {n_tiles:,} tissue tiles of {spec.tile_size_px} px "
@@ -249,7 +260,8 @@ def render_section(context: RunContext, spec: BenchSpec, n_tiles: int, results: 
         f"workers, device {device}. Each variant runs in a fresh process; medians of {context.repeats} "
         "interleaved runs. Times exclude interpreter start, imports and model loading; the compute limit "
         "also excludes one warm-up batch. Peak RSS: the measuring process, and the sum over it and its "
-        "worker processes (sampled every 0.2 s; shared pages count once per process).", "",
+        "worker processes (sampled every 0.2 s, the process list refreshed every second; shared pages "
+        "count once per process).", "",
         render_table(summaries), "",
         "Speed ratios (micromet's tiles/s over the reference's; above 1 means micromet is faster):", "",
         render_ratios(summaries), "",

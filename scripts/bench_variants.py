@@ -260,14 +260,36 @@ def _device_facts(device: Any) -> dict[str, Any]:
     return facts
 
 
-def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
-    """Score as many random tiles as the grid holds, model only; one untimed warm-up batch.
-
-    Same batch size, device, channels_last, inference_mode and autocast dtype as micromet;
-    torch uses its default thread count (all cores on the CPU). Returns (tiles, facts).
-    """
+def _time_model_pass(model: Any, batch: Any, sizes: list[int], dtype: Any) -> float:
+    """Seconds to score batches of ``sizes`` tiles (after one untimed warm-up batch)."""
     import contextlib
 
+    import torch
+
+    def score(size: int) -> None:
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if dtype is not None:
+            autocast = torch.autocast(device_type=batch.device.type, dtype=dtype)
+        with autocast:
+            logits = model(batch[:size])
+        torch.softmax(logits.float(), dim=1)[:, 1].cpu()  # .cpu() waits for the device
+
+    with torch.inference_mode():
+        score(len(batch))
+        started = time.perf_counter()
+        for size in sizes:
+            score(size)
+        return time.perf_counter() - started
+
+
+def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
+    """Score as many random tiles as the grid holds with the model alone.
+
+    Same batch size, device, channels_last, inference_mode and autocast dtype as micromet. On
+    the CPU it is timed with 1 torch thread and with torch's default (all cores) and the faster
+    counts: on a small or busy machine one thread can beat an oversubscribed pool, and micromet
+    itself leaves cores to its readers. Returns (tiles, facts).
+    """
     import torch
 
     from pipeline.models import autocast_dtype
@@ -277,23 +299,18 @@ def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     dtype = autocast_dtype(device, "auto")
     shape = (spec.batch_size, 3, spec.tile_size_px, spec.tile_size_px)
     batch = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
-    sizes = [spec.batch_size] * (n_tiles // spec.batch_size) + [n_tiles % spec.batch_size]
-
-    def score(size: int) -> None:
-        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if dtype is not None:
-            autocast = torch.autocast(device_type=device.type, dtype=dtype)
-        with autocast:
-            logits = model(batch[:size])
-        torch.softmax(logits.float(), dim=1)[:, 1].cpu()
-
-    with torch.inference_mode():
-        score(spec.batch_size)
-        started = time.perf_counter()
-        for size in (s for s in sizes if s):
-            score(size)
-        seconds = time.perf_counter() - started
-    facts = {**_device_facts(device), "autocast": str(dtype), "seconds": seconds}
+    sizes = [s for s in [spec.batch_size] * (n_tiles // spec.batch_size) + [n_tiles % spec.batch_size] if s]
+    default_threads = torch.get_num_threads()
+    counts = sorted({1, default_threads}) if device.type == "cpu" else [default_threads]
+    seconds_by_threads: dict[int, float] = {}
+    for count in counts:
+        torch.set_num_threads(count)
+        seconds_by_threads[count] = _time_model_pass(model, batch, sizes, dtype)
+    torch.set_num_threads(default_threads)
+    best = min(seconds_by_threads, key=lambda count: seconds_by_threads[count])
+    by_threads = {str(count): round(seconds, 3) for count, seconds in seconds_by_threads.items()}
+    facts = {**_device_facts(device), "autocast": str(dtype), "seconds": seconds_by_threads[best],
+             "torch_threads": best, "seconds_by_threads": by_threads}
     return n_tiles, facts
 
 

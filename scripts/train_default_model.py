@@ -33,7 +33,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from pipeline.augment import AugmentConfig
 from pipeline.classify import binary_metrics, choose_threshold, predict
-from pipeline.datasets import ArrayTileDataset, SlideTileDataset, fit_to_tile, load_rgb
+from pipeline.datasets import ArrayTileDataset, SlideTileDataset, TileItem, fit_to_tile, load_rgb
 from pipeline.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -232,7 +232,8 @@ class PrintProgress:
     """Loss every 50 steps on the console."""
 
     def __init__(self) -> None:
-        self.step, self.losses = 0, []  # type: ignore[var-annotated]
+        self.step = 0
+        self.losses: list[float] = []
 
     def epoch_started(self, epoch: int, n_batches: int, first_batch: int) -> None:
         pass
@@ -253,7 +254,7 @@ def train(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> int:
     The one-cycle schedule follows whichever of the two is further along, so a slow (shared)
     machine still finishes the schedule inside the time budget. Runs in chunks of CHUNK steps.
     """
-    train_set = ConcatDataset(list(data.train.values()))
+    train_set: ConcatDataset[TileItem] = ConcatDataset(list(data.train.values()))
     weights = sample_weights(data.train)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)

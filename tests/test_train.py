@@ -116,6 +116,8 @@ def test_micromet_infer_scores_a_slide_with_the_trained_checkpoint(
             "cpu",
             "--workers",
             "0",
+            "--no-refine",
+            "--no-cells",
         ]
     )
     assert code == 0

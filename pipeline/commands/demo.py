@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.errors import ConfigError
+
 # (slide name, width px, height px, planted deposit diameters in mm), drawn at DEMO_MPP.
 DEMO_MPP = 0.5
 DEMO_SLIDES = (
     ("patient_000_node_0", 6000, 5000, ()),
     ("patient_000_node_1", 8000, 6400, (0.15, 0.8)),
-    ("patient_000_node_2", 10000, 8000, (2.6, 0.4)),
+    ("patient_000_node_2", 14000, 11000, (2.4, 0.6)),
 )
 
 
@@ -43,13 +45,16 @@ def _synthesise(out_dir: Path, seed: int) -> list[Path]:
     for index, (name, width, height, diameters) in enumerate(DEMO_SLIDES):
         path = slide_dir / f"{name}.tif"
         if not path.exists():
-            config = SynthConfig(
-                width_px=width,
-                height_px=height,
-                mpp=DEMO_MPP,
-                seed=seed + index,
-                deposits=tuple(PlantedDeposit(d) for d in diameters),
-            )
+            try:
+                config = SynthConfig(
+                    width_px=width,
+                    height_px=height,
+                    mpp=DEMO_MPP,
+                    seed=seed + index,
+                    deposits=tuple(PlantedDeposit(d) for d in diameters),
+                )
+            except ValueError as exc:
+                raise ConfigError(f"demo slide {name}: {exc}") from exc
             generate_slide(config, path)
             print(f"synthesised {path} (planted: {', '.join(f'{d} mm' for d in diameters) or 'none'})")
         paths.append(path)

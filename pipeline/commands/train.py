@@ -9,6 +9,7 @@ Multi-GPU: ``torchrun --nproc_per_node N -m pipeline train ...``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,7 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--arch", dest="architecture", default=None, help="e.g. micronet, resnet18")
     model.add_argument("--tile-size-px", type=int, default=None, help="tile side in px")
     model.add_argument("--model-mpp", type=float, default=None, help="tile resolution, µm/px")
-    model.add_argument("--stain-normalization", choices=("none", "macenko"), default=None)
+    model.add_argument(
+        "--stain-normalization",
+        choices=("macenko",),
+        default=None,
+        help="normalise tile stain (recorded in the card; inference applies it too)",
+    )
     loop = parser.add_argument_group("optimisation")
     loop.add_argument("--epochs", type=int, default=None)
     loop.add_argument("--batch-size", type=int, default=None)
@@ -120,8 +126,6 @@ def flag_overrides(
         value = getattr(args, dest, None)
         if value is None or (only is not None and dest not in only):
             continue
-        if dest == "stain_normalization" and value == "none":
-            continue  # None is already the default; an explicit "none" keeps it
         overrides.setdefault(section, {})[key] = tuple(value) if isinstance(value, list) else value
     return overrides
 
@@ -189,8 +193,12 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.train import main
 
     settings, resume = _settings(args)
-    enabled = not args.no_progress and sys.stderr.isatty()
+    # Under torchrun only rank 0 talks to the console.
+    is_main = os.environ.get("RANK", "0") == "0"
+    enabled = is_main and not args.no_progress and sys.stderr.isatty()
     result = main(settings, resume=resume, progress=TqdmProgress(enabled))
+    if not is_main:
+        return 0
     state = "stopped at --max-steps" if result.stopped_early else "finished"
     print(
         f"{state}: {result.epochs_done} epochs, {result.global_step} steps; "
