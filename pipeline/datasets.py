@@ -217,7 +217,7 @@ class SlideTileDataset(Dataset[TileItem]):
 
 def _import_h5py() -> Any:
     try:
-        import h5py  # type: ignore[import-not-found,unused-ignore]
+        import h5py  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError as exc:
         raise ConfigError(
             "reading PatchCamelyon .h5 files needs h5py, which is not installed; "

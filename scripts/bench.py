@@ -44,13 +44,11 @@ from bench_tiatoolbox import TiaEnv, ensure_tiatoolbox
 from bench_variants import MAIN_VARIANTS, BenchSpec, RunResult, load_grid_arrays, run_variant, save_grid
 
 from pipeline.commands.bench import add_bench_options
-from pipeline.errors import MicrometError
+from pipeline.errors import ConfigError, MicrometError
 
 SCRIPTS = Path(__file__).resolve().parent
 _SAMPLE_INTERVAL_S = 0.2
 _ERROR_TAIL_LINES = 15
-
-log = logging.getLogger("bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,9 +123,12 @@ def ensure_slide(args: argparse.Namespace) -> Path:
     path: Path = args.work_dir / "slides" / name
     if path.with_name(path.stem + ".truth.json").exists() and path.exists():
         return path
-    deposits = tuple(PlantedDeposit(d) for d in planted_deposits_mm(args.width, args.height, args.mpp))
-    config = SynthConfig(width_px=args.width, height_px=args.height, mpp=args.mpp, seed=args.seed,
-                         deposits=deposits, format=args.slide_format)
+    try:
+        deposits = tuple(PlantedDeposit(d) for d in planted_deposits_mm(args.width, args.height, args.mpp))
+        config = SynthConfig(width_px=args.width, height_px=args.height, mpp=args.mpp, seed=args.seed,
+                             deposits=deposits, format=args.slide_format)
+    except ValueError as exc:  # names the field, the value and the allowed range
+        raise ConfigError(f"synthetic slide: {exc}") from exc
     print(f"generating {path} ...", file=sys.stderr)
     started = time.perf_counter()
     generate_slide(config, path)

@@ -197,13 +197,16 @@ def _tiatoolbox_notes(
     if tia is None:
         return ["TIAToolbox: not run (--skip-tiatoolbox)."]
     if tia.error is not None:
-        return [f"TIAToolbox: **not measured**. {tia.error}"]
-    runs = results.get("tiatoolbox", [])
+        return ["TIAToolbox: **not measured**: it could not be installed or imported (error below)."]
+    runs = [r for r in results.get("tiatoolbox", []) if r.error is None]
+    if not runs:
+        return [f"TIAToolbox: {tia.versions} installed, but every run failed (error below)."]
     common, planned = _first_extra(runs, "tiles_common_with_grid"), _first_extra(runs, "grid_tiles")
     notes = [f"TIAToolbox: {tia.versions}, reader {_first_extra(runs, 'reader')}; of the tiles it scored, "
              f"{common} are among micromet's {planned} planned tiles. The harness installs it in its own "
              "venv with `--no-deps` (it pins torch<2.13) and reuses micromet's torch; it runs as "
-             "TIAToolbox's own patch classifiers do: fp32, NCHW, normalisation in its DataLoader workers."]
+             "TIAToolbox's own patch classifiers do: fp32, NCHW, normalisation in its DataLoader workers, "
+             f"one read per tile, torch's default {_first_extra(runs, 'torch_threads')} thread(s)."]
     if agreement:
         notes.append(f"Scores: {agreement}.")
     return notes
@@ -269,7 +272,9 @@ def render_section(context: RunContext, spec: BenchSpec, n_tiles: int, results: 
         f"Reproduce: `{context.command}`", "",
         _machine_line(context, results),
     ]
-    for s in summaries:
-        if s.error is not None:
-            lines += ["", f"{LABELS[s.variant][0]} failed in every run:", "", "```", s.error, "```"]
+    failures = [(f"{LABELS[s.variant][0]} failed in every run:", s.error) for s in summaries if s.error]
+    if tia is not None and tia.error is not None:
+        failures.append(("TIAToolbox could not be installed or imported:", tia.error))
+    for title, error in failures:
+        lines += ["", title, "", "```", error, "```"]
     return "\n".join(lines) + "\n"

@@ -38,6 +38,7 @@ SKIPPED_REQUIREMENTS = ("torch", "torchvision")
 RENAMED_REQUIREMENTS = {"opencv-python": "opencv-python-headless"}
 INSTALL_TIMEOUT_S = 3600.0
 _LOG_TAIL_LINES = 25
+_PIP_CHATTER = ("WARNING: Location", "Looking in indexes", "Looking in links")
 
 
 class InstallError(RuntimeError):
@@ -54,7 +55,9 @@ class TiaEnv:
 
 
 def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+    """The last ``lines`` lines of pip's output that say something (no index/location chatter)."""
+    kept = [line for line in text.strip().splitlines() if not line.startswith(_PIP_CHATTER)]
+    return "\n".join(kept[-lines:])
 
 
 def _run_logged(command: list[str], log_path: Path, what: str) -> str:
@@ -112,7 +115,7 @@ def _link_torch(venv: Path) -> None:
     """Expose micromet's torch family to the venv through a folder of links and a .pth file."""
     link_dir = venv / "linked-site-packages"
     if link_dir.exists():
-        shutil.rmtree(link_dir)
+        shutil.rmtree(link_dir)  # removes the links only; rmtree does not follow them
     link_dir.mkdir()
     for entry in _linked_entries():
         (link_dir / entry.name).symlink_to(entry)
@@ -162,6 +165,7 @@ def ensure_tiatoolbox(work_dir: Path, version: str) -> TiaEnv:
     log_path = (work_dir / "tiatoolbox-install.log").resolve()
     try:
         if python.exists():
+            _link_torch(venv)  # again: micromet's torch may have been upgraded since
             found = _probe(python)
             if f"tiatoolbox {version}," in found:
                 return TiaEnv(python, found)
@@ -268,6 +272,7 @@ def run_tiatoolbox(spec: Any, out_dir: Path) -> tuple[int, dict[str, Any]]:
                                                    card.tile_size_px)
     np.save(out_dir / "tiatoolbox_scores.npy", scores)
     facts = {"seconds": seconds, "tiatoolbox": tiatoolbox.__version__, "reader": type(reader).__name__,
+             "torch_threads": importlib.import_module("torch").get_num_threads(),
              "tiles_common_with_grid": common, "grid_tiles": len(arrays["heatmap_rc"]), "device": str(device)}
     return n_scored, facts
 

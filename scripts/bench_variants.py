@@ -8,10 +8,11 @@ and saved with ``save_grid``) with the same model, batch size, workers and devic
   the same region plan), by the same number of worker processes, each opening its own slide
   handle once, and no model: how fast tiles can come off the disk.
 * ``compute_limit``: the model alone on random tensors of the same shape, batch size, device,
-  channels_last, ``inference_mode`` and autocast as micromet: how fast the model can go.
+  channels_last, ``inference_mode`` and autocast as micromet, with the faster of 1 torch thread
+  and all cores on the CPU: how fast the model can go.
 * ``micromet_engine``: ``score_tiles_with_stats`` alone on the planned grid.
 * ``micromet``: ``analyze_slide`` end to end (open, tissue, tiling, reading, scoring, heatmap,
-  deposits, exports, report).
+  deposits, exports, report), timed on its second (warm) slide in the process.
 
 Imports here stay light (numpy, stdlib) so the TIAToolbox runner, which runs in another virtual
 environment, can share ``BenchSpec``, ``RunResult``, ``load_grid_arrays`` and ``tile_mask``.

@@ -163,6 +163,11 @@ def test_tia_requirements_drop_torch_and_use_headless_opencv() -> None:
                                               "Click<8.4.2,>=8.2.0"]
 
 
+def test_pip_failure_tail_keeps_the_error_not_the_index_chatter() -> None:
+    output = "Looking in indexes: somewhere\nWARNING: Location 'x' is ignored\nERROR: No matching dist\n"
+    assert tia._tail(output) == "ERROR: No matching dist"
+
+
 def test_a_failing_child_run_reports_its_output(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "import sys; print('ImportError: no tiatoolbox'); sys.exit(3)"]
     run = bench.run_child(command, "tiatoolbox", tmp_path / "r.json", tmp_path / "r.log", timeout_s=60)
