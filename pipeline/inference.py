@@ -31,6 +31,7 @@ from pipeline.readers import (
     RegionDataset,
     RegionReadFailure,
     RegionTiles,
+    keep_item,
     plan_regions,
     read_geometry,
     read_one_tile,
@@ -42,6 +43,8 @@ from pipeline.tiling import TileGrid
 log = logging.getLogger(__name__)
 
 TUMOR_CLASS_INDEX = 1
+# Blocks each reader process keeps read ahead of the scoring loop.
+_PREFETCH_BLOCKS = 4
 # Relative tolerance when checking that a grid was planned at the card's resolution.
 _MPP_RELATIVE_TOLERANCE = 1e-6
 
@@ -98,10 +101,32 @@ class _Scorer:
         return probabilities.cpu()
 
 
-def _prepare_model(model: nn.Module, device: torch.device, compile_model: bool) -> nn.Module:
+def _fuse_batch_norms(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode ``model`` with each BatchNorm folded into the conv before it.
+
+    Same function up to float rounding (probabilities agree to ~1e-7), about half the CPU
+    time for small CNNs, whose BatchNorms cost nearly as much as their convolutions. The
+    caller's model is left untouched. A model torch.fx cannot trace is returned unfused.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        fused: nn.Module = fuse(model)
+    except (torch.fx.proxy.TraceError, TypeError, NotImplementedError) as exc:
+        log.info("%s: scoring without BatchNorm folding (torch.fx cannot trace it: %s)",
+                 type(model).__name__, exc)
+        return model
+    return fused
+
+
+def _prepare_model(
+    model: nn.Module, device: torch.device, compile_model: bool, fuse: bool = True
+) -> nn.Module:
     model.eval()
     model.to(device)
     model.to(memory_format=torch.channels_last)
+    if fuse:
+        model = _fuse_batch_norms(model).to(memory_format=torch.channels_last)
     if compile_model:
         compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]
         return compiled
@@ -145,50 +170,55 @@ def _slide_geometry(slide_path: Path, slide_mpp: float, card: ModelCard) -> Read
         return read_geometry(slide, card.tile_size_px, card.mpp)
 
 
-def _make_loader(dataset: RegionDataset, config: InferenceConfig, device: torch.device) -> DataLoader[
+def _make_loader(dataset: RegionDataset, config: InferenceConfig) -> DataLoader[
     RegionTiles | RegionReadFailure
 ]:
     workers = config.num_workers
     return DataLoader(
         dataset,
-        batch_size=None,  # one item per block; batches are assembled on the device
+        batch_size=None,  # one item per block; batches are assembled in _Batcher
+        collate_fn=keep_item,  # numpy blocks travel as one pickled message each
         num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=_PREFETCH_BLOCKS if workers > 0 else None,
         in_order=workers == 0,  # results carry their tile indices, so order is free
     )
 
 
 class _Batcher:
-    """Collects blocks of tiles on the device and scores them in batches of ``batch_size``."""
+    """Copies blocks of tiles into one host batch buffer and scores it whenever it is full.
 
-    def __init__(self, scorer: _Scorer, batch_size: int, out: NDArray[np.float32]) -> None:
+    The buffer is allocated once (in pinned memory for CUDA, so the copy to the device is
+    asynchronous); ``_Scorer`` returns probabilities on the CPU, which waits for the device,
+    so the buffer is never refilled while a copy from it is in flight.
+    """
+
+    def __init__(self, scorer: _Scorer, batch_size: int, tile_size_px: int, out: NDArray[np.float32]) -> None:
         self.scorer, self.batch_size, self.out = scorer, batch_size, out
-        self.tiles: list[torch.Tensor] = []
-        self.indices: list[torch.Tensor] = []
+        shape = (batch_size, tile_size_px, tile_size_px, 3)
+        pin = scorer.device.type == "cuda"
+        self.buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+        self.tiles: NDArray[np.uint8] = self.buffer.numpy()
+        self.indices = np.empty(batch_size, dtype=np.int64)
         self.pending = 0
 
     def add(self, item: RegionTiles) -> int:
         """Queue one block; score full batches. Returns the number of tiles scored."""
-        self.tiles.append(item.tiles.to(self.scorer.device, non_blocking=True))
-        self.indices.append(item.indices)
-        self.pending += int(item.indices.shape[0])
-        scored = 0
-        while self.pending >= self.batch_size:
-            scored += self.flush(self.batch_size)
+        scored, start, count = 0, 0, len(item.indices)
+        while start < count:
+            take = min(self.batch_size - self.pending, count - start)
+            stop, end = start + take, self.pending + take
+            self.tiles[self.pending : end] = item.tiles[start:stop]
+            self.indices[self.pending : end] = item.indices[start:stop]
+            self.pending, start = end, stop
+            if self.pending == self.batch_size:
+                scored += self.flush()
         return scored
 
-    def flush(self, limit: int | None = None) -> int:
-        """Score up to ``limit`` queued tiles (all by default). Returns how many."""
-        if self.pending == 0:
-            return 0
-        tiles, indices = torch.cat(self.tiles), torch.cat(self.indices)
-        count = self.pending if limit is None else min(limit, self.pending)
-        self.out[indices[:count].numpy()] = self.scorer(tiles[:count]).numpy()
-        rest = self.pending - count
-        self.tiles = [tiles[count:]] if rest else []
-        self.indices = [indices[count:]] if rest else []
-        self.pending = rest
+    def flush(self) -> int:
+        """Score every queued tile. Returns how many."""
+        count, self.pending = self.pending, 0
+        if count:
+            self.out[self.indices[:count]] = self.scorer(self.buffer[:count]).numpy()
         return count
 
 
@@ -251,8 +281,8 @@ def score_tiles_with_stats(
     started = time.perf_counter()
     with _torch_threads(threads), torch.inference_mode():
         scorer = _Scorer(_prepare_model(model, device, config.compile), card, device, config.precision)
-        batcher = _Batcher(scorer, config.batch_size, out)
-        wait_s = _run_loader(_make_loader(dataset, config, device), batcher, slide_path, progress)
+        batcher = _Batcher(scorer, config.batch_size, card.tile_size_px, out)
+        wait_s = _run_loader(_make_loader(dataset, config), batcher, slide_path, progress)
     seconds = time.perf_counter() - started
     stats = InferenceStats(
         n_tiles=len(grid),
@@ -321,7 +351,7 @@ def naive_score_tiles(
         torch.inference_mode(),
     ):
         geometry = read_geometry(slide, card.tile_size_px, card.mpp)
-        scorer = _Scorer(_prepare_model(model, torch_device, False), card, torch_device, "fp32")
+        scorer = _Scorer(_prepare_model(model, torch_device, False, fuse=False), card, torch_device, "fp32")
         for index, xy_px in enumerate(grid.xy_px):
             tile = read_one_tile(slide, xy_px, geometry)
             out[index] = float(scorer(torch.from_numpy(tile[None].copy()))[0])
