@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -199,12 +200,23 @@ def _write_exports(folder: Path, deposits: Sequence[Deposit]) -> None:
     write_camelyon16_csv(deposits, folder / "detections.csv")
 
 
-def _write_overlay(slide: Slide, heatmap: Heatmap, deposits: Sequence[Deposit], folder: Path) -> None:
-    from pipeline.overlay import render_overlay
+def _overlay_base(path: Path, mpp_override: float | None, heatmap: Heatmap) -> NDArray[np.uint8]:
+    """The slow half of the overlay (thumbnail read + heatmap blend), on a slide handle of its
+    own so it can run in a thread beside cell counting on the main handle."""
+    from pipeline.overlay import heatmap_over_thumbnail
+
+    with open_slide(path, mpp_override=mpp_override) as slide:
+        return heatmap_over_thumbnail(slide, heatmap)
+
+
+def _write_overlay(
+    slide: Slide, blended: NDArray[np.uint8], deposits: Sequence[Deposit], folder: Path
+) -> None:
+    from pipeline.overlay import write_overlay
 
     outlines: list[NDArray[np.floating[Any]]] = [d.outline_xy for d in deposits]
     colors = [category_color(str(d.category)) for d in deposits]
-    render_overlay(slide, heatmap, folder / "overlay.png", outlines, colors)
+    write_overlay(blended, slide, folder / "overlay.png", outlines, colors)
 
 
 def _slide_facts(slide: Slide, tissue_fraction: float, tissue_area_mm2: float) -> dict[str, Any]:
@@ -226,7 +238,10 @@ def analyze_slide(
     """
     timing: dict[str, float] = {}
     started = time.perf_counter()
-    with open_slide(path, mpp_override=context.mpp_override) as slide:
+    with (
+        open_slide(path, mpp_override=context.mpp_override) as slide,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="micromet-overlay") as overlay_pool,
+    ):
         tissue = detect_tissue(slide, context.tissue)
         try:
             grid = plan_tiles(slide.dimensions, slide.mpp, tissue, context.tiling)
@@ -238,10 +253,14 @@ def analyze_slide(
         heatmap = heatmap_from_scores(grid, probabilities)
         save_heatmap(heatmap, folder)
         mark = time.perf_counter()
-        deposits = _count_cells(context, slide, _find_and_refine(context, slide, grid, heatmap))
+        deposits = _find_and_refine(context, slide, grid, heatmap)
+        # Started only now: scoring (refinement included) forks reader processes, and no
+        # thread may be inside a slide read when a process forks.
+        overlay_base = overlay_pool.submit(_overlay_base, path, context.mpp_override, heatmap)
+        deposits = _count_cells(context, slide, deposits)
         timing["deposits"] = time.perf_counter() - mark
         _write_exports(folder, deposits)
-        _write_overlay(slide, heatmap, deposits, folder)
+        _write_overlay(slide, overlay_base.result(), deposits, folder)
         facts = _slide_facts(slide, tissue.tissue_fraction, tissue.tissue_area_mm2)
     category = (
         slide_category(Category(str(d.category)) for d in deposits) if deposits else Category("negative")

@@ -201,13 +201,14 @@ def _closed_ring_mask(
     "odd right of c" equals "odd at or left of c": two even-odd scanline fills.
     """
     mask = np.zeros(shape_hw, dtype=bool)
-    if len(rows) < 3:
+    if len(rows) == 0:
         return mask
     right = _crossing_parity(rows, cols, shape_hw, lower_closed=True)
     left = _crossing_parity(rows, cols, shape_hw, lower_closed=False)
     np.logical_or(right, left, out=mask)
     vertex_r, vertex_c = np.rint(rows), np.rint(cols)
-    on_pixel = (np.abs(rows - vertex_r) < _VERTEX_TOLERANCE_PX) & (np.abs(cols - vertex_c) < _VERTEX_TOLERANCE_PX)
+    on_pixel = np.abs(rows - vertex_r) < _VERTEX_TOLERANCE_PX
+    on_pixel &= np.abs(cols - vertex_c) < _VERTEX_TOLERANCE_PX
     on_pixel &= (vertex_r >= 0) & (vertex_r < shape_hw[0]) & (vertex_c >= 0) & (vertex_c < shape_hw[1])
     mask[vertex_r[on_pixel].astype(np.intp), vertex_c[on_pixel].astype(np.intp)] = True
     return mask

@@ -274,7 +274,8 @@ def score_tiles_with_stats(
     geometry = _slide_geometry(slide_path, slide_mpp, card)
     plan = plan_regions(grid.heatmap_rc, config.region_tiles)
     dataset = RegionDataset(
-        slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan
+        slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan,
+        min_item_tiles=config.batch_size if config.num_workers > 0 else 1,
     )
     out = np.full(len(grid), np.nan, dtype=np.float32)
     threads = _cpu_threads(device, config.num_workers)

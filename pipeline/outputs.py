@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import OutputError
+from pipeline.errors import MicrometError, OutputError
 
 # File suffixes OpenSlide reads; used when a folder is given instead of files.
 SLIDE_SUFFIXES = (
@@ -99,3 +99,19 @@ def unique_slide_ids(paths: Iterable[Path]) -> dict[Path, str]:
         used.add(candidate)
         ids[path] = candidate
     return ids
+
+
+def read_json_object(
+    path: Path, what: str, error: type[MicrometError] = OutputError, hint: str = ""
+) -> dict[str, Any]:
+    """Read a JSON file that must hold an object; raises ``error`` naming the file and ``what``.
+
+    ``hint`` (e.g. "; re-run the batch") is appended to the message.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: cannot read the {what} ({exc}){hint}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: the {what} is not a JSON object{hint}")
+    return data

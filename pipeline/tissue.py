@@ -8,11 +8,13 @@ with areas stated in mm² and converted from the mask's measured resolution.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import numpy as np
 from numpy.typing import NDArray
 from skimage import color, filters, morphology, segmentation
+from skimage.util import img_as_float64
 
 from pipeline.config import TissueConfig
 from pipeline.slide import Slide
@@ -62,10 +64,56 @@ def _area_mm2_to_px(area_mm2: float, mask_mpp: float) -> int:
     return round(area_mm2 * 1e6 / (mask_mpp**2))
 
 
+@functools.lru_cache(maxsize=1)
+def _hsv_tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """rgb2hsv's float of each uint8 level (256,), and its saturation [max, min] (256, 256).
+
+    Made by scikit-image itself, so lookups give rgb2hsv's values bit for bit: saturation and
+    value depend only on a pixel's largest and smallest channel, and hue is computed below
+    with rgb2hsv's own float operations, only where pen ink is possible. Converting every
+    thumbnail pixel to float HSV cost most of tissue detection.
+    """
+    levels = np.asarray(img_as_float64(np.arange(256, dtype=np.uint8)), dtype=np.float64)
+    high, low = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    pairs = np.stack([high, np.minimum(low, high), np.minimum(low, high)], axis=-1).astype(np.uint8)
+    saturation = np.ascontiguousarray(color.rgb2hsv(pairs)[..., 1])
+    return levels, saturation
+
+
+def _channel_extremes(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.maximum(np.maximum(red, green), blue), np.minimum(np.minimum(red, green), blue)
+
+
+def _saturation_value(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """HSV saturation and value (rows, cols) float64 of an RGB uint8 image, as rgb2hsv."""
+    levels, saturation = _hsv_tables()
+    high, low = _channel_extremes(rgb)
+    return saturation[high, low], levels[high]
+
+
+def _pen_ink(rgb: NDArray[np.uint8], saturation: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Strongly coloured green-to-blue pixels; hue (rgb2hsv's formula) only where ink is possible."""
+    levels, _ = _hsv_tables()
+    pen = saturation >= PEN_MIN_SATURATION
+    colored = rgb[pen]
+    red, green, blue = levels[colored[:, 0]], levels[colored[:, 1]], levels[colored[:, 2]]
+    high, low = _channel_extremes(colored)
+    delta = levels[high] - levels[low]  # > 0: saturation > 0 here
+    sector = np.where(
+        colored[:, 2] == high,
+        4.0 + (red - green) / delta,
+        np.where(colored[:, 1] == high, 2.0 + (blue - red) / delta, (green - blue) / delta),
+    )
+    hue = (sector / 6.0) % 1.0
+    pen[pen] = (hue >= PEN_HUE_RANGE[0]) & (hue <= PEN_HUE_RANGE[1])
+    return pen
+
+
 def tissue_mask_from_rgb(rgb: NDArray[np.uint8], mask_mpp: float, config: TissueConfig) -> NDArray[np.bool_]:
     """Tissue mask of an RGB thumbnail at ``mask_mpp`` µm/px; (rows, cols) bool."""
-    hsv = color.rgb2hsv(rgb)
-    hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    saturation, value = _saturation_value(rgb)
     glass = (value > WHITE_VALUE) & (saturation < WHITE_MAX_SATURATION)
     black = value < BLACK_MAX_VALUE
     candidates = ~glass & ~black
@@ -75,8 +123,7 @@ def tissue_mask_from_rgb(rgb: NDArray[np.uint8], mask_mpp: float, config: Tissue
         threshold = max(threshold, min(otsu, 0.5))
     tissue = candidates & (saturation >= threshold)
     if config.reject_pen:
-        pen = (hue >= PEN_HUE_RANGE[0]) & (hue <= PEN_HUE_RANGE[1]) & (saturation >= PEN_MIN_SATURATION)
-        tissue &= ~pen
+        tissue &= ~_pen_ink(rgb, saturation)
     return _clean_mask(tissue, mask_mpp, config)
 
 

@@ -34,8 +34,11 @@ SECTION = "## Accuracy: synthetic benchmark (default model)"
 def real_lesion_diameters_mm() -> np.ndarray:
     """Max Feret diameters (mm) of the CAMELYON16 training outlines, or a fallback mix."""
     sys.path.insert(0, str(REPO))
+    import logging
+
     from pipeline.annotations import max_feret_diameter_px, read_camelyon16_json
 
+    logging.getLogger("pipeline.annotations").setLevel(logging.ERROR)  # repaired outlines are fine here
     diameters = []
     for path in sorted(SHARED_OUTLINES.glob("*.json")):
         for annotation in read_camelyon16_json(path):

@@ -67,6 +67,7 @@ TILE_PX = 256
 JPEG_QUALITY = 85
 SMALLEST_LEVEL_MAX_PX = 1024
 SAMPLE_INTERVAL_S = 0.2
+GLASS_PATCH_PX = 64  # a corner of every synthetic node that is surely glass
 RSS_LIMIT_MB = 3000.0  # the issue's target for the CAMELYON-size slide
 
 
@@ -79,14 +80,15 @@ class Paste:
     y_px: int
 
 
-# Deliberately not aligned to any tile grid: tiles that straddle a paste edge are composited.
+# Multiples of 256 px = 2**8: level-0 tiles are copied from the sources as they are, and the
+# pastes stay pixel-aligned on every one of the 9 levels.
 CAMELYON_PASTES = (
-    Paste("tumor", 8_000, 10_000),
-    Paste("negative", 60_100, 30_300),
-    Paste("negative", 20_500, 70_700),
-    Paste("negative", 70_900, 95_100),
-    Paste("negative", 15_300, 140_500),
-    Paste("negative", 62_700, 170_900),
+    Paste("tumor", 8_192, 10_240),
+    Paste("negative", 60_160, 30_208),
+    Paste("negative", 20_480, 70_656),
+    Paste("negative", 70_912, 95_232),
+    Paste("negative", 15_360, 140_544),
+    Paste("negative", 62_720, 171_008),
 )
 
 
@@ -165,12 +167,16 @@ def read_source(handle: Any, x_px: int, y_px: int, downsample: int, tile_px: int
     return np.asarray(region, dtype=np.uint8)
 
 
-def glass_tile(handle: Any, downsample: int, tile_px: int) -> NDArray[np.uint8]:
-    """An empty-glass RGB tile at ``downsample``: the source's top-left corner (a margin of glass)
-    at that resolution, or at its coarsest level where a tile would reach into the tissue."""
-    width, height = handle.dimensions
-    usable = min(downsample, min(width, height) // (4 * tile_px)) or 1
-    rgb: NDArray[np.uint8] = read_source(handle, 0, 0, usable, tile_px)[..., :3].copy()
+def glass_tile(handle: Any, tile_px: int, downsample: int) -> NDArray[np.uint8]:
+    """An empty-glass RGB tile at ``downsample``: the source's top-left GLASS_PATCH_PX square at
+    level 0 (the margin of a synthetic node is glass) repeated, its pixel noise divided by the
+    downsample as averaging downsample² pixels of independent noise does."""
+    corner = np.asarray(handle.read_region((0, 0), 0, (GLASS_PATCH_PX, GLASS_PATCH_PX)).convert("RGB"))
+    mean = corner.reshape(-1, 3).mean(axis=0)
+    smoothed = mean + (corner.astype(np.float32) - mean) / downsample
+    repeats = math.ceil(tile_px / GLASS_PATCH_PX)
+    tiled = np.tile(np.clip(smoothed + 0.5, 0, 255).astype(np.uint8), (repeats, repeats, 1))
+    rgb: NDArray[np.uint8] = np.ascontiguousarray(tiled[:tile_px, :tile_px])
     return rgb
 
 
@@ -191,12 +197,33 @@ def render_tile(
     return composited
 
 
-def level_tiles(spec: BackgroundSlideSpec, level: int, sources: dict[str, Any]) -> Iterator[bytes]:
-    """Encoded tiles of ``level`` in row-major order; glass tiles share one encoding."""
+def copied_tile(spec: BackgroundSlideSpec, paste: Paste, row_col: tuple[int, int], page: Any) -> bytes | None:
+    """A level-0 tile's bytes copied from the source's level 0 (tifffile ``page``), or None when
+    the paste is not tile-aligned, the tile is not wholly inside it, or the encodings differ."""
+    tile_px = spec.tile_px
+    if (page is None or paste.x_px % tile_px or paste.y_px % tile_px or page.compression != 7
+            or page.jpegtables is not None or page.photometric != 6 or page.subsampling != (2, 2)
+            or (page.tilewidth, page.tilelength) != (tile_px, tile_px)):
+        return None
+    row, col = row_col[0] - paste.y_px // tile_px, row_col[1] - paste.x_px // tile_px
+    if not (0 <= row < page.imagelength // tile_px and 0 <= col < page.imagewidth // tile_px):
+        return None
+    index = row * math.ceil(page.imagewidth / tile_px) + col
+    handle = page.parent.filehandle
+    handle.seek(page.dataoffsets[index])
+    data: bytes = handle.read(page.databytecounts[index])
+    return data
+
+
+def level_tiles(
+    spec: BackgroundSlideSpec, level: int, sources: dict[str, Any], pages: dict[str, Any]
+) -> Iterator[bytes]:
+    """Encoded tiles of ``level`` in row-major order; glass tiles share one encoding, level-0
+    tiles inside an aligned paste are copied from the source's level-0 page (``pages``)."""
     width, height = spec.level_dimensions()[level]
     cols, rows = math.ceil(width / spec.tile_px), math.ceil(height / spec.tile_px)
     first = sources[spec.pastes[0].source] if spec.pastes else next(iter(sources.values()))
-    glass = glass_tile(first, 2**level, spec.tile_px)
+    glass = glass_tile(first, spec.tile_px, 2**level)
     glass_bytes = encode_tile(glass)
     sizes = {name: tuple(handle.dimensions) for name, handle in sources.items()}
     touched = paste_tiles(spec, level, sizes)
@@ -205,6 +232,11 @@ def level_tiles(spec: BackgroundSlideSpec, level: int, sources: dict[str, Any]) 
             indices = touched.get((row, col))
             if indices is None:
                 yield glass_bytes
+                continue
+            paste = spec.pastes[indices[0]]
+            copied = copied_tile(spec, paste, (row, col), pages[paste.source]) if level == 0 else None
+            if copied is not None and len(indices) == 1:
+                yield copied
             else:
                 yield encode_tile(render_tile(spec, level, (row, col), indices, sources, glass))
 
@@ -216,13 +248,15 @@ def write_background_slide(spec: BackgroundSlideSpec, sources: dict[str, Path], 
     import tifffile
 
     handles = {name: openslide.OpenSlide(str(source)) for name, source in sources.items()}
+    tiffs = {name: tifffile.TiffFile(source) for name, source in sources.items()}
+    pages = {name: tiff.pages.first if tiff.pages.first.is_tiled else None for name, tiff in tiffs.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
             for level, (width, height) in enumerate(spec.level_dimensions()):
                 pixels_per_cm = 1e4 / (spec.mpp * spec.width_px / width)
                 tif.write(
-                    level_tiles(spec, level, handles), shape=(height, width, 3), dtype=np.uint8,
+                    level_tiles(spec, level, handles, pages), shape=(height, width, 3), dtype=np.uint8,
                     tile=(spec.tile_px, spec.tile_px), compression="jpeg", photometric="rgb",
                     resolution=(pixels_per_cm, pixels_per_cm), resolutionunit="CENTIMETER",
                     subfiletype=0 if level == 0 else 1, metadata=None,
@@ -233,6 +267,8 @@ def write_background_slide(spec: BackgroundSlideSpec, sources: dict[str, Path], 
         tmp.unlink(missing_ok=True)
         for handle in handles.values():
             handle.close()
+        for tiff in tiffs.values():
+            tiff.close()
 
 
 # ---- slides --------------------------------------------------------------------------------
@@ -255,8 +291,8 @@ def ensure_camelyon_slide(work_dir: Path) -> tuple[Path, float | None]:
     from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide, read_truth
 
     folder = work_dir / "camelyon"
-    path = folder / CAMELYON_NAME
-    if path.exists():
+    path, layout_path = folder / CAMELYON_NAME, folder / "camelyon_size.layout.json"
+    if path.exists() and layout_path.exists():  # the layout is written last
         return path, None
     started = time.perf_counter()
     sources = {"tumor": folder / "source_tumor.tif", "negative": folder / "source_negative.tif"}
@@ -270,10 +306,11 @@ def ensure_camelyon_slide(work_dir: Path) -> tuple[Path, float | None]:
     planted = [
         {"diameter_mm": round(d.diameter_mm, 3), "category": d.category,
          "centroid_x_px": round(d.centroid_xy[0] + p.x_px), "centroid_y_px": round(d.centroid_xy[1] + p.y_px)}
-        for p in CAMELYON_PASTES for d in read_truth(sources[p.source]).deposits
+        for p in CAMELYON_PASTES
+        for d in read_truth(sources[p.source].with_name(f"{sources[p.source].stem}.truth.json")).deposits
     ]
     layout = {"pastes": [dataclasses.asdict(p) for p in CAMELYON_PASTES], "planted_deposits": planted}
-    path.with_name("camelyon_size.layout.json").write_text(json.dumps(layout, indent=1) + "\n")
+    layout_path.write_text(json.dumps(layout, indent=1) + "\n")
     return path, time.perf_counter() - started
 
 
@@ -554,7 +591,7 @@ def run_camelyon(args: argparse.Namespace) -> dict[str, Any]:
     """Write (or reuse) the CAMELYON-size slide and measure it."""
     path, write_s = ensure_camelyon_slide(args.work_dir)
     big = measure_slide(path, args.work_dir / "out" / "camelyon", args.model, args.repeats, args.timeout_s)
-    layout = json.loads(path.with_name("camelyon_size.layout.json").read_text())
+    layout = json.loads(path.with_name("camelyon_size.layout.json").read_text())  # see ensure_camelyon_slide
     spec = BackgroundSlideSpec(CAMELYON_WIDTH_PX, CAMELYON_HEIGHT_PX, SLIDE_MPP, CAMELYON_PASTES)
     big.update(planted=layout["planted_deposits"], file_gb=path.stat().st_size / 1e9,
                levels=len(spec.level_dimensions()),

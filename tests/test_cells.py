@@ -12,7 +12,7 @@ import pytest
 import shapely
 from numpy.typing import NDArray
 
-from pipeline.cells import add_cell_counts, count_cells_in_deposit, count_tumor_nuclei
+from pipeline.cells import add_cell_counts, count_cells_in_deposit, count_tumor_nuclei, deposit_mask
 from pipeline.config import DepositConfig
 from pipeline.deposits import Deposit, find_deposits
 from pipeline.heatmap import Heatmap
@@ -218,3 +218,50 @@ def test_large_deposits_are_not_counted_and_counts_set_the_category(
     # About 0.22 mm with under 200 cells: the AJCC "< 200 cells" rule makes it an ITC.
     assert counted[0].cell_count < 200 and counted[0].category is Category.ITC
     assert skipped[0] is deposit and too_big[0] is deposit
+
+
+def skimage_deposit_mask(
+    outline_xy: NDArray[np.float64], origin_xy: tuple[int, int], scale: float, shape_hw: tuple[int, int]
+) -> NDArray[np.bool_]:
+    """The reference: skimage.draw.polygon on the outline in image px (pixel centres on integers)."""
+    from skimage.draw import polygon
+
+    rows = (outline_xy[:, 1] - origin_xy[1]) * scale - 0.5
+    cols = (outline_xy[:, 0] - origin_xy[0]) * scale - 0.5
+    mask = np.zeros(shape_hw, dtype=bool)
+    mask[polygon(rows, cols, shape=shape_hw)] = True
+    return mask
+
+
+def random_outline(rng: np.random.Generator, kind: int) -> NDArray[np.float64]:
+    """Outlines that put pixel centres exactly on edges and vertices, and ones that do not."""
+    n_vertices = int(rng.integers(1, 12))
+    if kind == 0:  # vertices on a quarter-pixel lattice: many centres exactly on edges
+        return rng.integers(0, 40, (n_vertices, 2)).astype(np.float64) * float(rng.choice([1.0, 0.5, 0.25]))
+    if kind == 1:  # heatmap-cell outlines: axis-parallel and diagonal steps, repeated vertices
+        steps = rng.choice([-4.0, 0.0, 4.0], (n_vertices, 2))
+        return np.cumsum(steps, axis=0) + 20.0 + float(rng.choice([0.0, 0.5, 1.0]))
+    return rng.uniform(-5.0, 45.0, (n_vertices, 2))
+
+
+def test_deposit_mask_equals_skimage_polygon_pixel_for_pixel() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(600):
+        outline = random_outline(rng, trial % 3)
+        origin = (int(rng.integers(-3, 3)), int(rng.integers(-3, 3)))
+        scale = float(rng.choice([1.0, 0.5, 2.0, 0.25]))
+        shape = (int(rng.integers(5, 60)), int(rng.integers(5, 60)))
+        expected = skimage_deposit_mask(outline, origin, scale, shape)
+        np.testing.assert_array_equal(deposit_mask(outline, origin, scale, shape), expected, err_msg=str(trial))
+
+
+def test_deposit_mask_keeps_pixels_centred_on_the_outline() -> None:
+    # A 4 x 4 px square whose edges run through pixel centres 2 and 6: the closed square is set.
+    square = np.array([[2.5, 2.5], [6.5, 2.5], [6.5, 6.5], [2.5, 6.5]])
+    mask = deposit_mask(square, (0, 0), 1.0, (10, 10))
+    expected = np.zeros((10, 10), dtype=bool)
+    expected[2:7, 2:7] = True
+    np.testing.assert_array_equal(mask, expected)
+    # No area: only the pixels centred on a vertex, as skimage draws it; no outline, no pixels.
+    np.testing.assert_array_equal(np.argwhere(deposit_mask(square[:2], (0, 0), 1.0, (10, 10))), [[2, 2], [2, 6]])
+    assert not deposit_mask(np.zeros((0, 2)), (0, 0), 1.0, (10, 10)).any()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import FIXTURES, require_shared_data
+from numpy.typing import NDArray
+from skimage import color, filters
 
+from pipeline import tissue as tissue_module
 from pipeline.config import TissueConfig
 from pipeline.slide import open_slide
 from pipeline.tissue import detect_tissue, tissue_mask_from_rgb
@@ -79,3 +84,34 @@ def test_real_slide_gives_a_sensible_mask() -> None:
 def test_bad_config_values_name_the_field(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         TissueConfig(**{field: -1.0})
+
+
+def _mask_with_float_hsv(rgb: NDArray[np.uint8], mask_mpp: float, config: TissueConfig) -> NDArray[np.bool_]:
+    """The tissue rules computed the plain way: every pixel converted by skimage's rgb2hsv."""
+    hsv = color.rgb2hsv(rgb)
+    hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    glass = (value > tissue_module.WHITE_VALUE) & (saturation < tissue_module.WHITE_MAX_SATURATION)
+    candidates = ~glass & ~(value < tissue_module.BLACK_MAX_VALUE)
+    threshold = config.min_saturation
+    if candidates.sum() > 16:
+        threshold = max(threshold, min(float(filters.threshold_otsu(saturation[candidates | glass])), 0.5))
+    found = candidates & (saturation >= threshold)
+    if config.reject_pen:
+        low, high = tissue_module.PEN_HUE_RANGE
+        found &= ~((hue >= low) & (hue <= high) & (saturation >= tissue_module.PEN_MIN_SATURATION))
+    return tissue_module._clean_mask(found, mask_mpp, config)
+
+
+@pytest.mark.parametrize("reject_pen", [True, False])
+def test_mask_equals_the_one_from_float_hsv_of_every_pixel(reject_pen: bool) -> None:
+    # Every 5th level of each channel (52**3 colours, pen hues, greys and black included)
+    # laid out in blocks, then random noise: the table lookups must agree exactly.
+    levels = np.arange(0, 256, 5, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1)
+    every_colour = np.repeat(grid.reshape(52 * 52, 52, 3), 2, axis=0)
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    config = dataclasses.replace(TissueConfig(), reject_pen=reject_pen)
+    for rgb in (every_colour, noise, _canvas()):
+        np.testing.assert_array_equal(
+            tissue_mask_from_rgb(rgb, 8.0, config), _mask_with_float_hsv(rgb, 8.0, config)
+        )

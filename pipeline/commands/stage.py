@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import OutputError, StagingError
+from pipeline.outputs import read_json_object
 from pipeline.staging import (
     CATEGORY_ORDER,
     PATIENT_CSV_COLUMNS,
@@ -115,13 +116,7 @@ class BatchNodeCategories:
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StagingError(f"{path}: cannot read the {what} ({exc}); re-run the batch") from exc
-    if not isinstance(data, dict):
-        raise StagingError(f"{path}: the {what} is not a JSON object; re-run the batch")
-    return data
+    return read_json_object(path, what, StagingError, "; re-run the batch")
 
 
 def _report_path(batch_dir: Path, slide_id: str, entry: Mapping[str, Any]) -> Path:

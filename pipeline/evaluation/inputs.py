@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import Any
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.froc import Detection, SlideTruth
 from pipeline.evaluation.sizes import PredictedDeposit, TrueDeposit
+from pipeline.outputs import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +75,7 @@ class SlideReference:
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvaluationError(f"{path}: cannot read the {what} ({exc})") from exc
-    if not isinstance(data, dict):
-        raise EvaluationError(f"{path}: the {what} is not a JSON object")
-    return data
+    return read_json_object(path, what, EvaluationError, "")
 
 
 def _float(value: Any, path: Path, field: str) -> float:

@@ -8,7 +8,6 @@ Layout: docs/architecture.md, "Batch output layout".
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 from pipeline.errors import HeatmapError, OutputError
 from pipeline.heatmap import HEATMAP_ARRAY, HEATMAP_META, Heatmap, load_heatmap
+from pipeline.outputs import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,7 @@ def resolve_inside(root: Path, candidate: Path) -> Path | None:
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OutputError(f"{path}: cannot read the {what} ({exc}); re-run the batch") from exc
-    if not isinstance(data, dict):
-        raise OutputError(f"{path}: the {what} is not a JSON object; re-run the batch")
-    return data
+    return read_json_object(path, what, OutputError, "; re-run the batch")
 
 
 def _record_from_entry(root: Path, slide_id: str, entry: Mapping[str, Any]) -> SlideRecord:
