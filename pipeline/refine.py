@@ -16,8 +16,9 @@ the coarse grid cannot tell ITC from micro, or micro from macro. Such a deposit 
    it (one deposit may split in two; separate deposits are never summed), flagged
    ``refined=True``, with the smaller uncertainty of the finer stride.
 4. While a replacement is still ambiguous, the stride halves and step 1-3 repeat on the
-   replacements' boxes grown by two previous strides, at most MAX_REFINE_ROUNDS rounds
-   and MAX_REFINE_TILES tiles per round. The category then follows the point estimate of
+   replacements' boxes grown by two previous strides, at most MAX_REFINE_ROUNDS rounds,
+   MAX_REFINE_TILES tiles per round, and never below MIN_REFINE_STRIDE_FRACTION of the
+   tile. Fine components under MIN_FRAGMENT_CELLS cells are edge noise and are dropped. The category then follows the point estimate of
    the finest measurement, as it would without refinement.
 
 If a round finds no tumor at all where the coarse grid saw some, the previous measurement is
@@ -49,6 +50,12 @@ CATEGORY_CUTOFFS_MM = (ITC_MAX_DIAMETER_MM, MICRO_MAX_DIAMETER_MM)
 MAX_REFINE_ROUNDS = 5
 # A round that would score more tiles than this is not run (cost bound for huge deposits).
 MAX_REFINE_TILES = 250_000
+# The stride never halves below this fraction of the tile: a tile's probability changes
+# little over a few px, so a finer grid only resolves threshold noise at the edge.
+MIN_REFINE_STRIDE_FRACTION = 1.0 / 64.0
+# Fine components smaller than this many fine cells are edge noise, not separate deposits;
+# they are dropped unless nothing larger was found.
+MIN_FRAGMENT_CELLS = 4
 
 __all__ = [
     "CATEGORY_CUTOFFS_MM",
@@ -131,7 +138,9 @@ def refine_deposit(
         fine = _fine_heatmap(heatmap, box, stride_px, score_fn)
         if fine is None:
             break
-        found = _overlapping(find_deposits(fine, threshold, refined=True), current)
+        found = _without_specks(
+            _overlapping(find_deposits(fine, threshold, refined=True), current), fine.stride_um
+        )
         if not found:
             log.warning(
                 "refinement at %.1f µm stride found no tumor near deposit at (%.0f, %.0f) px; "
@@ -140,11 +149,21 @@ def refine_deposit(
             )
             break
         current = found
-        if stride_px <= 1 or not any(is_ambiguous(d) for d in current):
+        min_stride_px = max(1.0, MIN_REFINE_STRIDE_FRACTION * heatmap.tile_size_l0_px)
+        if stride_px / 2.0 < min_stride_px or not any(is_ambiguous(d) for d in current):
             break
         box = _union_box(current).grown(2.0 * stride_px)
         stride_px /= 2.0
     return current
+
+
+def _without_specks(found: list[Deposit], stride_um: float) -> list[Deposit]:
+    """Drop components under MIN_FRAGMENT_CELLS fine cells, keeping the largest regardless."""
+    if len(found) <= 1:
+        return found
+    min_area_mm2 = MIN_FRAGMENT_CELLS * (stride_um / 1000.0) ** 2
+    largest = max(found, key=lambda d: d.area_mm2)
+    return [d for d in found if d is largest or d.area_mm2 >= min_area_mm2 - 1e-15]
 
 
 def _bbox_box(deposit: Deposit) -> _Box:

@@ -217,3 +217,26 @@ def test_scorer_returning_the_wrong_number_of_scores_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="one probability per tile"):
         refine_deposit(heatmap, coarse, 0.5, short, 0.25)
+
+
+def test_single_cell_specks_on_a_fine_grid_are_dropped_but_never_everything() -> None:
+    values = np.zeros((12, 12), dtype=np.float32)
+    values[2:8, 2:8] = 1.0  # a deposit of 36 fine cells
+    values[10, 10] = 1.0  # a one-cell speck (threshold noise at the edge)
+    values[0, 11] = 1.0
+    fine = Heatmap(values, 0.0, 0.0, 8.0, 64.0, MPP, (400, 400))
+    found = find_deposits(fine, 0.5, refined=True)
+    assert len(found) == 3
+    kept = refine._without_specks(found, fine.stride_um)
+    assert len(kept) == 1 and kept[0].area_mm2 == max(d.area_mm2 for d in found)
+    only_specks = [d for d in found if d is not kept[0]]
+    assert len(refine._without_specks(only_specks[:1], fine.stride_um)) == 1
+
+
+def test_refinement_stops_at_the_minimum_stride() -> None:
+    oracle = Oracle([disc((10304.0, 10304.0), 0.2)])  # exactly on the cut-off: always ambiguous
+    heatmap = coarse_heatmap(oracle)
+    coarse = one_deposit(find_deposits(heatmap, 0.5))
+    refine_deposit(heatmap, coarse, 0.5, oracle, 0.25)
+    strides = [float(np.diff(np.unique(call[:, 0])).min()) for call in oracle.calls]
+    assert min(strides) >= refine.MIN_REFINE_STRIDE_FRACTION * TILE_PX - 1
