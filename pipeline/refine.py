@@ -18,8 +18,9 @@ the coarse grid cannot tell ITC from micro, or micro from macro. Such a deposit 
 4. While a replacement is still ambiguous, the stride halves and step 1-3 repeat on the
    replacements' boxes grown by two previous strides, at most MAX_REFINE_ROUNDS rounds,
    MAX_REFINE_TILES tiles per round, and never below MIN_REFINE_STRIDE_FRACTION of the
-   tile. Fine components under MIN_FRAGMENT_CELLS cells are edge noise and are dropped. The category then follows the point estimate of
-   the finest measurement, as it would without refinement.
+   tile. Fine components under MIN_FRAGMENT_CELLS cells are edge noise and are dropped.
+   The category then follows the point estimate of the finest measurement, as it would
+   without refinement.
 
 If a round finds no tumor at all where the coarse grid saw some, the previous measurement is
 kept (a detection is never dropped by refinement) and a warning is logged.
