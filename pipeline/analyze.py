@@ -219,6 +219,24 @@ def _write_overlay(
     write_overlay(blended, slide, folder / "overlay.png", outlines, colors)
 
 
+def _deposits_and_overlay(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap, folder: Path
+) -> tuple[list[Deposit], float]:
+    """Deposits (refined, cells counted), their exports and overlay.png; also the seconds the
+    deposits took. The overlay's slide read and heatmap blend run in a thread meanwhile."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="micromet-overlay") as pool:
+        deposits = _find_and_refine(context, slide, grid, heatmap)
+        # Started only now: scoring (refinement included) forks reader processes, and no
+        # thread may be inside a slide read when a process forks.
+        overlay_base = pool.submit(_overlay_base, slide.path, context.mpp_override, heatmap)
+        deposits = _count_cells(context, slide, deposits)
+        seconds = time.perf_counter() - started
+        _write_exports(folder, deposits)
+        _write_overlay(slide, overlay_base.result(), deposits, folder)
+    return deposits, seconds
+
+
 def _slide_facts(slide: Slide, tissue_fraction: float, tissue_area_mm2: float) -> dict[str, Any]:
     facts = slide.info.to_dict()
     facts.pop("level_dimensions", None)
@@ -238,10 +256,7 @@ def analyze_slide(
     """
     timing: dict[str, float] = {}
     started = time.perf_counter()
-    with (
-        open_slide(path, mpp_override=context.mpp_override) as slide,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="micromet-overlay") as overlay_pool,
-    ):
+    with open_slide(path, mpp_override=context.mpp_override) as slide:
         tissue = detect_tissue(slide, context.tissue)
         try:
             grid = plan_tiles(slide.dimensions, slide.mpp, tissue, context.tiling)
@@ -252,15 +267,7 @@ def analyze_slide(
         timing["inference"] = time.perf_counter() - started - timing["tissue_tiling"]
         heatmap = heatmap_from_scores(grid, probabilities)
         save_heatmap(heatmap, folder)
-        mark = time.perf_counter()
-        deposits = _find_and_refine(context, slide, grid, heatmap)
-        # Started only now: scoring (refinement included) forks reader processes, and no
-        # thread may be inside a slide read when a process forks.
-        overlay_base = overlay_pool.submit(_overlay_base, path, context.mpp_override, heatmap)
-        deposits = _count_cells(context, slide, deposits)
-        timing["deposits"] = time.perf_counter() - mark
-        _write_exports(folder, deposits)
-        _write_overlay(slide, overlay_base.result(), deposits, folder)
+        deposits, timing["deposits"] = _deposits_and_overlay(context, slide, grid, heatmap, folder)
         facts = _slide_facts(slide, tissue.tissue_fraction, tissue.tissue_area_mm2)
     category = (
         slide_category(Category(str(d.category)) for d in deposits) if deposits else Category("negative")

@@ -1,10 +1,12 @@
 """Inference: reads a slide's tile grid and a model, produces one tumor probability per tile.
 
 DataLoader workers read blocks of neighbouring tiles with one slide read each
-(``pipeline/readers.py``) and send uint8 tiles; the main process moves them to the device,
-normalises them there with the card's mean/std and scores them in batches under
-``inference_mode``. Memory stays bounded: only the blocks in flight are held, never all tiles.
-``naive_score_tiles`` (one read per tile, batch of one) is the reference it must match.
+(``pipeline/readers.py``) and send them as uint8 numpy arrays, about a batch per message; the
+main process copies them into one reusable batch buffer (pinned for CUDA), moves it to the
+device, normalises it there with the card's mean/std and scores it under ``inference_mode``
+with the model's BatchNorms folded into its convolutions. Memory stays bounded: only the
+items in flight are held, never all tiles. ``naive_score_tiles`` (one read per tile, batch of
+one, unfolded model) is the reference it must match.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ from pipeline.tiling import TileGrid
 log = logging.getLogger(__name__)
 
 TUMOR_CLASS_INDEX = 1
-# Blocks each reader process keeps read ahead of the scoring loop.
-_PREFETCH_BLOCKS = 4
+# Items each reader process keeps read ahead of the scoring loop, and the size an item of
+# joined blocks grows to (about a batch, but never more than this many bytes of tiles).
+_PREFETCH_ITEMS = 4
+_ITEM_MAX_BYTES = 4 * 2**20
 # Relative tolerance when checking that a grid was planned at the card's resolution.
 _MPP_RELATIVE_TOLERANCE = 1e-6
 
@@ -176,16 +180,23 @@ def _make_loader(dataset: RegionDataset, config: InferenceConfig) -> DataLoader[
     workers = config.num_workers
     return DataLoader(
         dataset,
-        batch_size=None,  # one item per block; batches are assembled in _Batcher
-        collate_fn=keep_item,  # numpy blocks travel as one pickled message each
+        batch_size=None,  # items are groups of blocks; batches are assembled in _Batcher
+        collate_fn=keep_item,  # numpy arrays travel as one pickled message per item
         num_workers=workers,
-        prefetch_factor=_PREFETCH_BLOCKS if workers > 0 else None,
+        prefetch_factor=_PREFETCH_ITEMS if workers > 0 else None,
         in_order=workers == 0,  # results carry their tile indices, so order is free
     )
 
 
+def _item_tiles(config: InferenceConfig, tile_size_px: int) -> int:
+    """Tiles a reader process joins into one item: a batch, capped at _ITEM_MAX_BYTES."""
+    if config.num_workers == 0:
+        return 1  # read in this process: nothing to send
+    return max(1, min(config.batch_size, _ITEM_MAX_BYTES // (3 * tile_size_px**2)))
+
+
 class _Batcher:
-    """Copies blocks of tiles into one host batch buffer and scores it whenever it is full.
+    """Copies items of tiles into one host batch buffer and scores it whenever it is full.
 
     The buffer is allocated once (in pinned memory for CUDA, so the copy to the device is
     asynchronous); ``_Scorer`` returns probabilities on the CPU, which waits for the device,
@@ -202,7 +213,7 @@ class _Batcher:
         self.pending = 0
 
     def add(self, item: RegionTiles) -> int:
-        """Queue one block; score full batches. Returns the number of tiles scored."""
+        """Queue one item's tiles; score full batches. Returns the number of tiles scored."""
         scored, start, count = 0, 0, len(item.indices)
         while start < count:
             take = min(self.batch_size - self.pending, count - start)
@@ -275,7 +286,7 @@ def score_tiles_with_stats(
     plan = plan_regions(grid.heatmap_rc, config.region_tiles)
     dataset = RegionDataset(
         slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan,
-        min_item_tiles=config.batch_size if config.num_workers > 0 else 1,
+        min_item_tiles=_item_tiles(config, card.tile_size_px),
     )
     out = np.full(len(grid), np.nan, dtype=np.float32)
     threads = _cpu_threads(device, config.num_workers)

@@ -1,24 +1,16 @@
 """Scaling and memory benchmark: ``micromet infer`` time against tissue area, and peak memory
 on a CAMELYON-size slide.
 
-Scaling: square synthetic nodes (``pipeline.synthetic.generate_slide``, 0.25 µm/px, one planted
-0.3 mm deposit each; --sizes sides in px) are run through ``micromet infer`` one at a time, each
-in a fresh process. Per slide: wall seconds of the process (interpreter start, imports and model
-loading included), micromet's own total from report.json, tissue area, tiles, tiles/s and peak
-RSS. A least-squares line, seconds = a + b x tissue area, gives the fixed per-slide overhead a
-and the cost per mm² b.
+Scaling: square synthetic nodes (``generate_slide``, 0.25 µm/px, one 0.3 mm deposit each) run
+through ``micromet infer``, each in a fresh process: wall seconds, micromet's own total, tissue
+area, tiles, peak RSS; a least-squares line seconds = a + b x tissue area gives the fixed
+per-slide overhead a and the cost per mm² b. Memory: a 100,000 x 200,000 px slide at 0.25 µm/px
+(``write_background_slide``: a tiled JPEG pyramid of empty glass, one encoded tile reused per
+level, with copies of two synthetic nodes pasted in, one with a 1.0 mm deposit) run the same way;
+the issue asks for a peak RSS under 3 GB. Peak RSS: the largest single process (``wait4``'s
+ru_maxrss) and the sum over micromet and its reader workers (sampled every 0.2 s).
 
-Memory: a CAMELYON-size slide (100,000 x 200,000 px at 0.25 µm/px, 25 x 50 mm) is written by
-``write_background_slide``: a tiled JPEG pyramid (levels as pages, resolution in pixels/cm) whose
-tiles are empty glass, one encoded tile reused per level, except where copies of two synthetic
-nodes are pasted (one of them with a planted 1.0 mm deposit). It is run through ``micromet
-infer`` the same way; its peak RSS is the figure the issue bounds (under 3 GB).
-
-Peak RSS: the largest single process of the run (exact: ``wait4``'s ru_maxrss), and the sum over
-the run's process tree (micromet and its reader workers; sampled every 0.2 s, so shared pages
-count once per process).
-
-    .venv/bin/python scripts/bench_scaling.py [--sizes 5000,10000,20000,30000] [--skip-camelyon]
+    .venv/bin/python scripts/bench_scaling.py [--sizes 5000,10000,...] [--skip-camelyon]
         [--work-dir .bench/scaling] [--model models/default.pt] [--repeats 1] [--write-docs]
 """
 
@@ -48,16 +40,14 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from bench import machine_facts, process_tree, rss_mb  # noqa: E402
+from bench import TreeRssSampler, machine_facts  # noqa: E402
 from bench_report import replace_section  # noqa: E402
 
 SECTION = "## Scaling and memory"
 PLOT_NAME = "benchmarks_scaling.png"
 SLIDE_MPP = 0.25
-DEFAULT_SIZES_PX = (5000, 10000, 20000, 30000)
+DEFAULT_SIZES_PX = (5000, 10000, 20000, 30000, 40000, 60000)
 SCALING_DEPOSIT_MM = 0.3  # one micro-metastasis per scaling slide, so deposit work is constant
 CAMELYON_WIDTH_PX, CAMELYON_HEIGHT_PX = 100_000, 200_000
 CAMELYON_NAME = "camelyon_size.tif"
@@ -66,7 +56,6 @@ SOURCE_DEPOSIT_MM = 1.0
 TILE_PX = 256
 JPEG_QUALITY = 85
 SMALLEST_LEVEL_MAX_PX = 1024
-SAMPLE_INTERVAL_S = 0.2
 GLASS_PATCH_PX = 64  # a corner of every synthetic node that is surely glass
 RSS_LIMIT_MB = 3000.0  # the issue's target for the CAMELYON-size slide
 
@@ -117,28 +106,20 @@ class BackgroundSlideSpec:
         return dims
 
 
-def tiles_touching(
-    box_xywh: tuple[int, int, int, int], downsample: int, tile_px: int, grid_cols_rows: tuple[int, int]
-) -> list[tuple[int, int]]:
-    """(row, col) of the level tiles that overlap a level-0 box, the level being ``downsample``
-    times coarser than level 0 (tiles of ``tile_px`` level px, clipped to the grid)."""
-    x, y, w, h = box_xywh
-    span = tile_px * downsample
-    col0, col1 = max(0, x // span), min(grid_cols_rows[0] - 1, (x + w - 1) // span)
-    row0, row1 = max(0, y // span), min(grid_cols_rows[1] - 1, (y + h - 1) // span)
-    return [(r, c) for r in range(row0, row1 + 1) for c in range(col0, col1 + 1)]
-
-
 def paste_tiles(
     spec: BackgroundSlideSpec, level: int, source_sizes: dict[str, tuple[int, int]]
 ) -> dict[tuple[int, int], list[int]]:
-    """Which pastes (indices into ``spec.pastes``) each non-glass tile of ``level`` shows."""
+    """(row, col) -> indices into ``spec.pastes`` of the pastes each non-glass tile of ``level``
+    shows; level ``level`` is 2**level times coarser than level 0."""
     width, height = spec.level_dimensions()[level]
-    grid = (math.ceil(width / spec.tile_px), math.ceil(height / spec.tile_px))
+    span = spec.tile_px * 2**level  # a tile's side in level-0 px
+    last_col, last_row = math.ceil(width / spec.tile_px) - 1, math.ceil(height / spec.tile_px) - 1
     touched: dict[tuple[int, int], list[int]] = {}
     for index, paste in enumerate(spec.pastes):
-        box = (paste.x_px, paste.y_px, *source_sizes[paste.source])
-        for key in tiles_touching(box, 2**level, spec.tile_px, grid):
+        paste_w, paste_h = source_sizes[paste.source]
+        col0, col1 = max(0, paste.x_px // span), min(last_col, (paste.x_px + paste_w - 1) // span)
+        row0, row1 = max(0, paste.y_px // span), min(last_row, (paste.y_px + paste_h - 1) // span)
+        for key in ((r, c) for r in range(row0, row1 + 1) for c in range(col0, col1 + 1)):
             touched.setdefault(key, []).append(index)
     return touched
 
@@ -286,21 +267,22 @@ def ensure_scaling_slide(work_dir: Path, side_px: int) -> Path:
     return path
 
 
-def ensure_camelyon_slide(work_dir: Path) -> tuple[Path, float | None]:
-    """The CAMELYON-size slide and the seconds it took to write (None when cached)."""
+def ensure_camelyon_slide(work_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The CAMELYON-size slide (cached) and its layout: pastes, planted deposits in its frame,
+    seconds spent generating the sources and writing the pyramid."""
     from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide, read_truth
 
     folder = work_dir / "camelyon"
     path, layout_path = folder / CAMELYON_NAME, folder / "camelyon_size.layout.json"
     if path.exists() and layout_path.exists():  # the layout is written last
-        return path, None
+        return path, json.loads(layout_path.read_text())
     started = time.perf_counter()
     sources = {"tumor": folder / "source_tumor.tif", "negative": folder / "source_negative.tif"}
     for name, source in sources.items():
-        if not source.exists():
-            deposits = (PlantedDeposit(SOURCE_DEPOSIT_MM),) if name == "tumor" else ()
-            generate_slide(SynthConfig(width_px=SOURCE_SIDE_PX, height_px=SOURCE_SIDE_PX, mpp=SLIDE_MPP,
-                                       seed=11 if name == "tumor" else 12, deposits=deposits), source)
+        deposits = (PlantedDeposit(SOURCE_DEPOSIT_MM),) if name == "tumor" else ()
+        generate_slide(SynthConfig(width_px=SOURCE_SIDE_PX, height_px=SOURCE_SIDE_PX, mpp=SLIDE_MPP,
+                                   seed=11 if name == "tumor" else 12, deposits=deposits), source)
+    sources_s = time.perf_counter() - started
     spec = BackgroundSlideSpec(CAMELYON_WIDTH_PX, CAMELYON_HEIGHT_PX, SLIDE_MPP, CAMELYON_PASTES)
     write_background_slide(spec, sources, path)
     planted = [
@@ -309,41 +291,14 @@ def ensure_camelyon_slide(work_dir: Path) -> tuple[Path, float | None]:
         for p in CAMELYON_PASTES
         for d in read_truth(sources[p.source].with_name(f"{sources[p.source].stem}.truth.json")).deposits
     ]
-    layout = {"pastes": [dataclasses.asdict(p) for p in CAMELYON_PASTES], "planted_deposits": planted}
+    write_s = time.perf_counter() - started - sources_s
+    layout = {"pastes": [dataclasses.asdict(p) for p in CAMELYON_PASTES], "planted_deposits": planted,
+              "sources_s": round(sources_s, 1), "write_s": round(write_s, 1)}
     layout_path.write_text(json.dumps(layout, indent=1) + "\n")
-    return path, time.perf_counter() - started
+    return path, layout
 
 
 # ---- measuring -----------------------------------------------------------------------------
-
-
-class RssSampler:
-    """Samples the summed RSS of a process tree in a thread; ``peak_tree_mb`` is the largest."""
-
-    def __init__(self, root_pid: int) -> None:
-        self.root_pid = root_pid
-        self.peak_tree_mb: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        tree, count = {self.root_pid}, 0
-        while not self._stop.is_set():
-            if count % 5 == 0:  # listing /proc costs the measured run CPU: only every second
-                tree = process_tree(self.root_pid)
-            count += 1
-            values = [v for v in (rss_mb(pid) for pid in tree) if v is not None]
-            if values:
-                self.peak_tree_mb = max(self.peak_tree_mb or 0.0, sum(values))
-            self._stop.wait(SAMPLE_INTERVAL_S)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def infer_command(slide: Path, out_dir: Path, model: Path | None) -> list[str]:
@@ -360,10 +315,10 @@ def run_infer(slide: Path, out_dir: Path, model: Path | None, timeout_s: float) 
         started = time.perf_counter()
         process = subprocess.Popen(infer_command(slide, out_dir, model), stdout=log_file,
                                    stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-        with RssSampler(process.pid) as sampler:
+        with TreeRssSampler(process.pid) as sampler:
             timer = threading.Timer(timeout_s, os.killpg, (process.pid, signal.SIGKILL))
             timer.start()
-            _, status, usage = os.wait4(process.pid, 0)
+            _, status, usage = os.wait4(process.pid, 0)  # usage: this run's processes only
             timer.cancel()
         seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keeps Popen quiet
@@ -372,25 +327,24 @@ def run_infer(slide: Path, out_dir: Path, model: Path | None, timeout_s: float) 
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise RuntimeError(f"{slide}: micromet infer exited {process.returncode}; log {log_path}:\n"
                            + "\n".join(tail))
-    return {"seconds": seconds, "peak_rss_largest_mb": usage.ru_maxrss / 1024.0,  # KiB on Linux
-            "peak_rss_tree_mb": sampler.peak_tree_mb, **report_facts(folder)}
+    largest_mb = usage.ru_maxrss / 1024.0  # KiB on Linux
+    # The summed tree is at least the largest process at its peak; the sampler may miss that.
+    tree_mb = max(sampler.peak_mb or 0.0, largest_mb)
+    return {"seconds": seconds, "peak_rss_largest_mb": largest_mb, "peak_rss_tree_mb": tree_mb,
+            **report_facts(folder)}
 
 
 def report_facts(folder: Path) -> dict[str, Any]:
-    """What the scaling table needs from one slide's output folder."""
+    """What the tables need from one slide's output folder."""
     report = json.loads((folder / "report.json").read_text())
     heatmap = np.load(folder / "heatmap.npy", mmap_mode="r")
     return {
-        "dimensions": report["slide"]["dimensions"],
-        "tissue_area_mm2": report["slide"]["tissue_area_mm2"],
-        "n_tiles": report["n_tiles"],
-        "micromet_seconds": report["timing_s"]["total"],
-        "timing_s": report["timing_s"],
-        "category": report["category"],
+        "dimensions": report["slide"]["dimensions"], "tissue_area_mm2": report["slide"]["tissue_area_mm2"],
+        "n_tiles": report["n_tiles"], "micromet_seconds": report["timing_s"]["total"],
+        "timing_s": report["timing_s"], "category": report["category"],
         "deposits": [(d["category"], d["max_diameter_mm"], d["centroid_x_px"], d["centroid_y_px"])
                      for d in report["deposits"]],
-        "heatmap_shape": list(heatmap.shape),
-        "heatmap_mb": (folder / "heatmap.npy").stat().st_size / 2**20,
+        "heatmap_shape": list(heatmap.shape), "heatmap_mb": (folder / "heatmap.npy").stat().st_size / 2**20,
     }
 
 
@@ -398,14 +352,47 @@ def measure_slide(slide: Path, out_dir: Path, model: Path | None, repeats: int,
                   timeout_s: float) -> dict[str, Any]:
     """``repeats`` runs of one slide: median seconds, largest peak RSS."""
     runs = [run_infer(slide, out_dir, model, timeout_s) for _ in range(repeats)]
-    row = dict(runs[-1])
+    row = dict(runs[-1], slide=slide.name)
     for key in ("seconds", "micromet_seconds"):
         row[key] = statistics.median(r[key] for r in runs)
         row[f"{key}_runs"] = [round(r[key], 2) for r in runs]
     for key in ("peak_rss_largest_mb", "peak_rss_tree_mb"):
-        row[key] = max((r[key] for r in runs if r[key] is not None), default=None)
-    row["slide"] = slide.name
+        row[key] = max(r[key] for r in runs)
     return row
+
+
+def stage_memory(slide: Path, model: Path | None) -> dict[str, Any]:
+    """Peak RSS (MB, this process) after each step before scoring; run in a fresh process."""
+    import resource
+
+    from pipeline.analyze import build_context
+    from pipeline.slide import open_slide
+    from pipeline.tiling import plan_tiles
+    from pipeline.tissue import detect_tissue
+
+    def peak_mb() -> float:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+    context = build_context(model, None, {}, None)
+    steps: dict[str, Any] = {"model loaded": peak_mb()}
+    with open_slide(slide) as handle:
+        mask_mpp = max(context.tissue.mask_mpp, handle.mpp)
+        shape = handle.thumbnail_at_mpp(mask_mpp).shape
+        steps[f"thumbnail {shape[1]} x {shape[0]} px at {mask_mpp:g} µm/px"] = peak_mb()
+        tissue = detect_tissue(handle, context.tissue)
+        steps["tissue detection"] = peak_mb()
+        grid = plan_tiles(handle.dimensions, handle.mpp, tissue, context.tiling)
+        steps[f"tiling ({len(grid)} tiles)"] = peak_mb()
+    return steps
+
+
+def run_stage_memory(slide: Path, model: Path | None) -> dict[str, Any]:
+    """``stage_memory`` in a fresh process (so earlier work does not raise the peak)."""
+    command = [sys.executable, __file__, "--stage-memory", str(slide)]
+    command += ["--model", str(model)] if model is not None else []
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+    steps: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return steps
 
 
 def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
@@ -421,69 +408,63 @@ def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, fl
 
 # ---- report --------------------------------------------------------------------------------
 
+TABLE_HEAD = ("| slide | size px | tissue mm² | tiles | wall s | micromet s | tiles/s (wall) "
+              "| peak RSS MB (largest process / all) | heatmap cells (MB) |\n"
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
-def _mb(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
+
+def table_row(row: dict[str, Any]) -> str:
+    """One slide's line of the Markdown table."""
+    width, height = row["dimensions"]
+    shape = row["heatmap_shape"]
+    return (f"| {row['slide']} | {width:,} x {height:,} | {row['tissue_area_mm2']:.1f} | {row['n_tiles']:,} "
+            f"| {row['seconds']:.1f} | {row['micromet_seconds']:.1f} | {row['n_tiles'] / row['seconds']:.0f} "
+            f"| {row['peak_rss_largest_mb']:,.0f} / {row['peak_rss_tree_mb']:,.0f} "
+            f"| {shape[0]} x {shape[1]} ({row['heatmap_mb']:.2f}) |")
 
 
-def _fit_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+def fit_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The fitted lines, a + b x tissue area, for wall and micromet seconds."""
     areas = [r["tissue_area_mm2"] for r in rows]
+    if len(set(areas)) < 2:
+        return ["(one tissue area only: no fit)"]
     lines = []
     for key, label in (("seconds", "wall seconds (whole process)"), ("micromet_seconds", "micromet seconds")):
         a, b, r2 = fit_linear(areas, [r[key] for r in rows])
         lines.append(f"- {label} = **{a:.2f} s + {b:.3f} s/mm² x tissue area** (r² = {r2:.3f}); "
-                     f"100 mm² of tissue would take {a + 100 * b:.0f} s.")
+                     f"100 mm² of tissue: {a + 100 * b:.0f} s.")
     return lines
 
 
-def scaling_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Markdown table and fit of the scaling slides (rows sorted by tissue area)."""
-    lines = ["| slide | size px | tissue mm² | tiles | wall s | micromet s | tiles/s (wall) "
-             "| peak RSS MB (largest process / all) | heatmap cells (MB) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in sorted(rows, key=lambda row: row["tissue_area_mm2"]):
-        width, height = r["dimensions"]
-        shape = r["heatmap_shape"]
-        lines.append(
-            f"| {r['slide']} | {width:,} x {height:,} | {r['tissue_area_mm2']:.1f} | {r['n_tiles']:,} "
-            f"| {r['seconds']:.1f} | {r['micromet_seconds']:.1f} | {r['n_tiles'] / r['seconds']:.0f} "
-            f"| {_mb(r['peak_rss_largest_mb'])} / {_mb(r['peak_rss_tree_mb'])} "
-            f"| {shape[0]} x {shape[1]} ({r['heatmap_mb']:.2f}) |")
-    if len({r["tissue_area_mm2"] for r in rows}) >= 2:
-        lines += ["", "Linear fit over these slides (a: fixed per-slide overhead, b: cost per mm²):", "",
-                  *_fit_lines(rows)]
-    return lines
+def fit_check_line(big: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """The big slide's wall time against what the scaling fit predicts for its tissue area."""
+    a, b, _ = fit_linear([r["tissue_area_mm2"] for r in rows], [r["seconds"] for r in rows])
+    predicted, measured = a + b * big["tissue_area_mm2"], big["seconds"]
+    largest = max(rows, key=lambda r: r["dimensions"][0] * r["dimensions"][1])
+    return (f"- The scaling fit predicts {predicted:.0f} s (wall) for its {big['tissue_area_mm2']:.1f} mm² "
+            f"of tissue; measured {measured:.0f} s ({measured - predicted:+.0f} s). Tissue detection "
+            f"and tiling, which look at the whole slide, took {big['timing_s']['tissue_tiling']:.1f} s "
+            f"here against {largest['timing_s']['tissue_tiling']:.1f} s on {largest['slide']}.")
 
 
 def camelyon_lines(big: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The CAMELYON-size slide's figures, checked against the fit and the 3 GB target."""
-    width, height = big["dimensions"]
-    largest = big["peak_rss_largest_mb"]
-    verdict = "met" if largest is not None and largest < RSS_LIMIT_MB else "**not met**"
-    timing = ", ".join(f"{k} {v:.1f} s" for k, v in big["timing_s"].items())
-    lines = [
-        "| slide | file GB | tissue mm² | tiles | wall s | micromet s | tiles/s (wall) "
-        "| peak RSS MB (largest process / all) | heatmap cells (MB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {width:,} x {height:,} px ({width * SLIDE_MPP / 1000:.0f} x {height * SLIDE_MPP / 1000:.0f} mm) "
-        f"| {big['file_gb']:.2f} | {big['tissue_area_mm2']:.1f} | {big['n_tiles']:,} | {big['seconds']:.1f} "
-        f"| {big['micromet_seconds']:.1f} | {big['n_tiles'] / big['seconds']:.0f} "
-        f"| {_mb(largest)} / {_mb(big['peak_rss_tree_mb'])} "
-        f"| {big['heatmap_shape'][0]} x {big['heatmap_shape'][1]} ({big['heatmap_mb']:.2f}) |",
-        "",
-        f"- Peak RSS target (under {RSS_LIMIT_MB / 1000:.0f} GB, largest process): {verdict}.",
-        f"- micromet's stages: {timing}.",
-    ]
+    """The CAMELYON-size slide's findings: RSS target, stages, fit check, deposits."""
+    verdict = "met" if big["peak_rss_largest_mb"] < RSS_LIMIT_MB else "**not met**"
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in big["timing_s"].items())
+    lines = [f"- Peak RSS target (under {RSS_LIMIT_MB / 1000:.0f} GB): {verdict}. "
+             f"File {big['file_gb']:.2f} GB, {big['levels']} levels. micromet's stages (last run): {stages}."]
     if len({r["tissue_area_mm2"] for r in rows}) >= 2:
-        a, b, _ = fit_linear([r["tissue_area_mm2"] for r in rows], [r["seconds"] for r in rows])
-        lines.append(f"- The scaling fit predicts {a + b * big['tissue_area_mm2']:.0f} s (wall) for its "
-                     f"{big['tissue_area_mm2']:.1f} mm² of tissue; measured {big['seconds']:.0f} s. The "
-                     "difference is what the 1.25 billion px of glass cost beyond the tissue.")
-    found = "; ".join(f"{c} {d:.2f} mm at ({x:,.0f}, {y:,.0f})" for c, d, x, y in big["deposits"]) or "none"
+        lines.append(fit_check_line(big, rows))
+    if big.get("stage_memory"):
+        steps = "; ".join(f"{k} {v:,} MB" for k, v in big["stage_memory"].items())
+        lines.append(f"- Peak RSS of one process stepping through the stages before scoring: {steps}.")
+    found = "; ".join(f"{c} {d:.2f} mm at ({x:,.0f}, {y:,.0f})" for c, d, x, y in big["deposits"])
     planted = "; ".join(f"{p['category']} {p['diameter_mm']:.2f} mm at ({p['centroid_x_px']:,}, "
-                        f"{p['centroid_y_px']:,})" for p in big.get("planted", [])) or "none"
-    lines += [f"- Deposits planted (level-0 px): {planted}. Found: {found}; slide category "
-              f"{big['category']}."]
+                        f"{p['centroid_y_px']:,})" for p in big["planted"])
+    alone = "; ".join(f"{c} {d:.2f} mm at ({x:,.0f}, {y:,.0f})" for c, d, x, y in big["source_deposits"])
+    lines.append(f"- Deposits planted (level-0 px): {planted or 'none'}. Found: {found or 'none'}; "
+                 f"category {big['category']}. On the tumor source node alone (shifted into this "
+                 f"frame): {alone or 'none'}.")
     return lines
 
 
@@ -492,35 +473,36 @@ def render_markdown(figures: dict[str, Any]) -> str:
     machine, rows, big = figures["machine"], figures["rows"], figures.get("camelyon")
     lines = [
         SECTION, "",
-        "What: `micromet infer` (model `" + figures["model"] + "`, default settings, device cpu) on one "
-        "slide per fresh process. Wall seconds cover the whole process (interpreter start, imports, model "
-        "loading, then open, tissue, tiling, scoring, heatmap, deposits, exports, overlay, report); "
-        "micromet seconds are its own `timing_s.total` from report.json. Peak RSS: the largest single "
-        "process (exact, from `wait4`) and the summed RSS of micromet and its reader workers (sampled "
-        "every 0.2 s; shared pages count once per process). Tissue area is report.json's "
-        "`slide.tissue_area_mm2`.", "",
+        f"What: `micromet infer` (model `{figures['model']}`, default settings, device cpu), one slide per "
+        "fresh process. Wall seconds: the whole process (interpreter start, imports, model loading, then "
+        "open, tissue, tiling, scoring, heatmap, deposits, exports, overlay, report); micromet seconds: "
+        "report.json's `timing_s.total`. Peak RSS: the largest single process (exact, `wait4`) and the "
+        "sum over micromet and its reader workers (sampled every 0.2 s; shared pages count once per "
+        "process). Tissue area: report.json's `slide.tissue_area_mm2`.", "",
         f"Reproduce: `{figures['command']}`", "",
         f"Machine: {machine['cpu']}, {machine['usable_cores']} of {machine['cores']} cores usable, "
         f"{machine['ram_gib']} GiB RAM, {machine['os']}, Python {machine['python']}; load average "
-        f"{machine['load_average']} at the start and {figures['load_end']} at the end; "
-        f"{figures['date']}. The machine is shared: another engineer ran speed benchmarks at the same "
-        "time, so absolute times are pessimistic and noisy; compare rows within this section.", "",
-        f"### Scaling: time against tissue area ({figures['repeats']} run(s) per slide, median)", "",
+        f"{machine['load_average']} at the start and {figures['load_end']} at the end; {figures['date']}. "
+        "The machine is shared: another engineer ran speed benchmarks at the same time, so times are "
+        "noisy and pessimistic; compare rows within this section.", "",
+        f"### Scaling: time against tissue area (median of {figures['repeats']} run(s) per slide)", "",
         f"Square synthetic nodes (`pipeline.synthetic.generate_slide`, {SLIDE_MPP} µm/px, one planted "
-        f"{SCALING_DEPOSIT_MM} mm deposit each, cached under `{figures['work_dir']}`).", "",
-        *scaling_table(rows), "",
+        f"{SCALING_DEPOSIT_MM} mm deposit each).", "",
+        TABLE_HEAD, *(table_row(r) for r in sorted(rows, key=lambda r: r["tissue_area_mm2"])), "",
+        "Linear fit (a: fixed per-slide overhead, b: cost per mm² of tissue):", "", *fit_lines(rows), "",
     ]
     if figures.get("plot"):
-        lines += [f"![time against tissue area]({figures['plot']})", ""]
+        lines += [f"![wall time against tissue area]({figures['plot']})", ""]
     if big is not None:
         lines += [
             "### Memory: a CAMELYON-size slide", "",
-            f"{CAMELYON_WIDTH_PX:,} x {CAMELYON_HEIGHT_PX:,} px at {SLIDE_MPP} µm/px, written by "
-            "`bench_scaling.write_background_slide`: a tiled JPEG pyramid of "
-            f"{big['levels']} levels, empty glass except {len(CAMELYON_PASTES)} pasted copies of two "
-            f"{SOURCE_SIDE_PX:,} px synthetic nodes (one with a planted {SOURCE_DEPOSIT_MM} mm deposit). "
-            f"Writing it took {big['write_s']}.", "",
-            *camelyon_lines(big, rows), "",
+            f"{CAMELYON_WIDTH_PX:,} x {CAMELYON_HEIGHT_PX:,} px at {SLIDE_MPP} µm/px "
+            f"({CAMELYON_WIDTH_PX * SLIDE_MPP / 1000:.0f} x {CAMELYON_HEIGHT_PX * SLIDE_MPP / 1000:.0f} mm), "
+            "written by `write_background_slide` in this script: a tiled JPEG pyramid, empty glass except "
+            f"{len(CAMELYON_PASTES)} pasted copies of two {SOURCE_SIDE_PX:,} px synthetic nodes (one with "
+            f"a planted {SOURCE_DEPOSIT_MM} mm deposit). Generating the two sources took "
+            f"{big['sources_s']:.0f} s, writing the pyramid {big['write_s']:.0f} s.", "",
+            TABLE_HEAD, table_row(big), "", *camelyon_lines(big, rows), "",
         ]
     return "\n".join(lines)
 
@@ -539,19 +521,16 @@ def plot_scaling(rows: Sequence[dict[str, Any]], big: dict[str, Any] | None, pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    areas = [r["tissue_area_mm2"] for r in rows]
-    a, b, r2 = fit_linear(areas, [r["seconds"] for r in rows])
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(areas, [r["seconds"] for r in rows], "o", label="synthetic nodes")
+    areas, seconds = [r["tissue_area_mm2"] for r in rows], [r["seconds"] for r in rows]
+    a, b, r2 = fit_linear(areas, seconds)
     top = max([*areas, big["tissue_area_mm2"] if big else 0.0])
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(areas, seconds, "o", label="synthetic nodes")
     ax.plot([0, top], [a, a + b * top], "-", label=f"fit: {a:.1f} s + {b:.2f} s/mm² (r² {r2:.3f})")
     if big is not None:
         ax.plot([big["tissue_area_mm2"]], [big["seconds"]], "s", label="CAMELYON-size slide")
-    ax.set_xlabel("tissue area (mm²)")
-    ax.set_ylabel("micromet infer wall time (s)")
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left")
+    ax.set(xlabel="tissue area (mm²)", ylabel="micromet infer wall time (s)", xlim=(0, None), ylim=(0, None))
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -561,7 +540,7 @@ def plot_scaling(rows: Sequence[dict[str, Any]], big: dict[str, Any] | None, pat
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
-    """"5000,10000" -> (5000, 10000); each side between 256 and 100,000 px."""
+    """"5000,10000" -> (5000, 10000); each side 256 to 100,000 px."""
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
@@ -575,8 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    sizes = ",".join(map(str, DEFAULT_SIZES_PX))
     parser.add_argument("--sizes", type=parse_sizes, default=DEFAULT_SIZES_PX,
-                        help="sides in px of the square scaling slides (default 5000,10000,20000,30000)")
+                        help=f"sides in px of the square scaling slides (default {sizes})")
     parser.add_argument("--skip-camelyon", action="store_true", help="no CAMELYON-size slide")
     parser.add_argument("--work-dir", type=Path, default=Path(".bench/scaling"),
                         help="slides and outputs (default .bench/scaling)")
@@ -584,18 +564,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1, help="runs per slide (median time)")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="limit per micromet infer run")
     parser.add_argument("--write-docs", action="store_true", help="replace the section in docs/benchmarks.md")
+    parser.add_argument("--stage-memory", type=Path, default=None, help=argparse.SUPPRESS)  # child mode
     return parser
 
 
 def run_camelyon(args: argparse.Namespace) -> dict[str, Any]:
-    """Write (or reuse) the CAMELYON-size slide and measure it."""
-    path, write_s = ensure_camelyon_slide(args.work_dir)
+    """Write (or reuse) the CAMELYON-size slide and measure it; also run the tumor source alone
+    (its deposits shifted into the big slide's frame) to show the pasting changes nothing."""
+    path, layout = ensure_camelyon_slide(args.work_dir)
     big = measure_slide(path, args.work_dir / "out" / "camelyon", args.model, args.repeats, args.timeout_s)
-    layout = json.loads(path.with_name("camelyon_size.layout.json").read_text())  # see ensure_camelyon_slide
+    tumor = next(p for p in CAMELYON_PASTES if p.source == "tumor")
+    alone = run_infer(path.with_name("source_tumor.tif"), args.work_dir / "out" / "camelyon_source",
+                      args.model, args.timeout_s)
     spec = BackgroundSlideSpec(CAMELYON_WIDTH_PX, CAMELYON_HEIGHT_PX, SLIDE_MPP, CAMELYON_PASTES)
     big.update(planted=layout["planted_deposits"], file_gb=path.stat().st_size / 1e9,
-               levels=len(spec.level_dimensions()),
-               write_s="(cached: written by an earlier run)" if write_s is None else f"{write_s:.0f} s")
+               levels=len(spec.level_dimensions()), stage_memory=run_stage_memory(path, args.model),
+               sources_s=layout["sources_s"], write_s=layout["write_s"],
+               source_deposits=[(c, d, x + tumor.x_px, y + tumor.y_px) for c, d, x, y in alone["deposits"]])
     return big
 
 
@@ -609,12 +594,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                                   args.repeats, args.timeout_s))
         print(json.dumps(rows[-1]), flush=True)
     big = None if args.skip_camelyon else run_camelyon(args)
-    if big is not None:
-        print(json.dumps(big), flush=True)
     return {
         "machine": machine, "rows": rows, "camelyon": big, "repeats": args.repeats,
         "load_end": round(os.getloadavg()[0], 1), "date": datetime.date.today().isoformat(),
-        "model": str(args.model or "models/default.pt"), "work_dir": str(args.work_dir),
+        "model": str(args.model or "models/default.pt"),
         "command": shlex.join([".venv/bin/python", "scripts/bench_scaling.py", *argv]),
     }
 
@@ -622,6 +605,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.stage_memory is not None:
+        print(json.dumps(stage_memory(args.stage_memory, args.model)))
+        return 0
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
     args.work_dir = args.work_dir.resolve()

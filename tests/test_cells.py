@@ -252,7 +252,8 @@ def test_deposit_mask_equals_skimage_polygon_pixel_for_pixel() -> None:
         scale = float(rng.choice([1.0, 0.5, 2.0, 0.25]))
         shape = (int(rng.integers(5, 60)), int(rng.integers(5, 60)))
         expected = skimage_deposit_mask(outline, origin, scale, shape)
-        np.testing.assert_array_equal(deposit_mask(outline, origin, scale, shape), expected, err_msg=str(trial))
+        got = deposit_mask(outline, origin, scale, shape)
+        np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}")
 
 
 def test_deposit_mask_keeps_pixels_centred_on_the_outline() -> None:
@@ -263,5 +264,6 @@ def test_deposit_mask_keeps_pixels_centred_on_the_outline() -> None:
     expected[2:7, 2:7] = True
     np.testing.assert_array_equal(mask, expected)
     # No area: only the pixels centred on a vertex, as skimage draws it; no outline, no pixels.
-    np.testing.assert_array_equal(np.argwhere(deposit_mask(square[:2], (0, 0), 1.0, (10, 10))), [[2, 2], [2, 6]])
+    segment = deposit_mask(square[:2], (0, 0), 1.0, (10, 10))
+    np.testing.assert_array_equal(np.argwhere(segment), [[2, 2], [2, 6]])
     assert not deposit_mask(np.zeros((0, 2)), (0, 0), 1.0, (10, 10)).any()

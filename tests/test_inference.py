@@ -22,6 +22,8 @@ from pipeline.heatmap import heatmap_from_scores
 from pipeline.inference import naive_score_tiles, score_tiles, score_tiles_with_stats
 from pipeline.models import ModelCard, build_model
 from pipeline.readers import (
+    RegionDataset,
+    RegionTiles,
     plan_regions,
     read_block_tiles,
     read_geometry,
@@ -283,3 +285,59 @@ def test_plan_regions_groups_neighbouring_cells_and_covers_every_tile_once() -> 
     for cells in blocks:
         assert len({tuple(cell) for cell in cells // 3}) == 1
     assert plan_regions(np.zeros((0, 2), np.int64), 3).n_regions == 0
+
+
+def test_batch_norm_folding_leaves_the_callers_model_alone(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    grid, card, model = grid_for(slide_image, 0.5, None), card_for(0.5), sensitive_micronet()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    assert any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+
+
+class BranchingNet(nn.Module):
+    """Control flow on tensor values: torch.fx cannot trace it, so it is scored unfused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = sensitive_micronet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.body(x)
+        if float(logits.sum()) > 1e9:  # never true; only there to stop tracing
+            return -logits
+        return logits
+
+
+def test_a_model_torch_fx_cannot_trace_is_scored_unfused(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    grid, card, model = grid_for(slide_image, 0.5, None), card_for(0.5), BranchingNet().eval()
+    reference = naive_score_tiles(slide_path, SLIDE_MPP, grid, model, card)
+    scores = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-6)
+
+
+def test_region_items_join_blocks_up_to_the_minimum_and_cover_every_tile_once(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    grid = grid_for(slide_image, 0.5, None)
+    plan = plan_regions(grid.heatmap_rc, 2)
+    with open_slide(slide_path) as slide:
+        geometry = read_geometry(slide, TILE_PX, 0.5)
+        level_xy = tile_level_xy(grid.xy_px, geometry)
+        expected = {int(i): read_one_tile(slide, grid.xy_px[i], geometry) for i in range(len(grid))}
+    dataset = RegionDataset(slide_path, SLIDE_MPP, geometry, level_xy, plan, min_item_tiles=10)
+    items = list(dataset)
+    assert all(isinstance(item, RegionTiles) for item in items)
+    sizes = [len(item.indices) for item in items if isinstance(item, RegionTiles)]
+    assert all(size >= 10 for size in sizes[:-1]) and len(items) < plan.n_regions
+    seen = np.concatenate([item.indices for item in items if isinstance(item, RegionTiles)])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(len(grid)))
+    for item in items:
+        assert isinstance(item, RegionTiles) and isinstance(item.tiles, np.ndarray)
+        for index, tile in zip(item.indices, item.tiles, strict=True):
+            np.testing.assert_array_equal(tile, expected[int(index)])

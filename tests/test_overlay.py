@@ -15,11 +15,15 @@ from pipeline.errors import HeatmapError
 from pipeline.heatmap import Heatmap
 from pipeline.overlay import (
     COLORBAR_PANEL_PX,
+    COLORBAR_WIDTH_PX,
     COLORMAP,
     HEATMAP_ALPHA,
     MARGIN_PX,
+    heatmap_over_thumbnail,
+    overlay_thumbnail_mpp,
     render_overlay,
     scale_bar_length,
+    write_overlay,
 )
 from pipeline.slide import open_slide
 
@@ -125,3 +129,43 @@ def test_heatmap_of_another_slide_is_refused(slide_path: Path, tmp_path: Path) -
     with open_slide(slide_path) as slide, pytest.raises(HeatmapError, match="999 x 999"):
         render_overlay(slide, other, tmp_path / "overlay.png")
     assert not (tmp_path / "overlay.png").exists()
+
+
+def test_a_pyramid_level_that_fits_is_the_thumbnail_itself(slide_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "overlay.png"
+    with open_slide(slide_path) as slide:
+        # Levels are 1200, 600 and 300 px wide: 600 lies within [350, 700] and is read as is.
+        assert overlay_thumbnail_mpp(slide, 700) == pytest.approx(slide.level_mpp(1))
+        # Level 0 (1200 px) fits within [1000, 2000]: the slide itself, never anything finer.
+        assert overlay_thumbnail_mpp(slide, 2000) == pytest.approx(SLIDE_MPP)
+        # No level within [125, 250] (the coarsest is 300 px wide): resampled to 250 px.
+        assert overlay_thumbnail_mpp(slide, 250) == pytest.approx(SLIDE_MPP * WIDTH / 250)
+        render_overlay(slide, make_heatmap(), out, max_side_px=700)
+    png = np.asarray(Image.open(out).convert("RGB"))
+    assert png.shape[:2] == (450 + 2 * MARGIN_PX, 600 + 2 * MARGIN_PX + COLORBAR_PANEL_PX)
+
+
+def test_colour_bar_runs_from_probability_zero_at_the_bottom_to_one_at_the_top(
+    slide_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "overlay.png"
+    with open_slide(slide_path) as slide:
+        render_overlay(slide, make_heatmap(), out, max_side_px=600)
+    png = np.asarray(Image.open(out).convert("RGB")).astype(np.int64)
+    column = 2 * MARGIN_PX + 600 + COLORBAR_WIDTH_PX // 2
+    top, bottom = png[MARGIN_PX + 3, column], png[MARGIN_PX + 450 - 4, column]
+    np.testing.assert_allclose(top, np.asarray(colormaps[COLORMAP](1.0)[:3]) * 255, atol=6)
+    np.testing.assert_allclose(bottom, np.asarray(colormaps[COLORMAP](0.0)[:3]) * 255, atol=6)
+
+
+def test_overlay_in_two_halves_equals_the_one_call(slide_path: Path, tmp_path: Path) -> None:
+    square = [np.array([[200.0, 200.0], [500.0, 200.0], [500.0, 500.0], [200.0, 500.0]])]
+    with open_slide(slide_path) as slide:
+        render_overlay(slide, make_heatmap(), tmp_path / "one.png", square, ["#00ff00"], max_side_px=600)
+        blended = heatmap_over_thumbnail(slide, make_heatmap(), max_side_px=600)
+        write_overlay(blended, slide, tmp_path / "two.png", square, ["#00ff00"])
+        with pytest.raises(ValueError, match="2 deposit colours for 1 outlines"):
+            write_overlay(blended, slide, tmp_path / "three.png", square, ["red", "blue"])
+    one = np.asarray(Image.open(tmp_path / "one.png"))
+    np.testing.assert_array_equal(one, np.asarray(Image.open(tmp_path / "two.png")))
+    assert not (tmp_path / "three.png").exists()
