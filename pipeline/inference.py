@@ -171,7 +171,7 @@ def _torch_threads(count: int) -> Iterator[None]:
 def _slide_geometry(slide_path: Path, slide_mpp: float, card: ModelCard) -> ReadGeometry:
     # Opened and closed before any worker starts, so no handle crosses a fork.
     with open_slide(slide_path, mpp_override=slide_mpp) as slide:
-        return read_geometry(slide, card.tile_size_px, card.mpp)
+        return read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
 
 
 def _make_loader(dataset: RegionDataset, config: InferenceConfig) -> DataLoader[
@@ -362,7 +362,7 @@ def naive_score_tiles(
         _torch_threads(threads),
         torch.inference_mode(),
     ):
-        geometry = read_geometry(slide, card.tile_size_px, card.mpp)
+        geometry = read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
         scorer = _Scorer(_prepare_model(model, torch_device, False, fuse=False), card, torch_device, "fp32")
         for index, xy_px in enumerate(grid.xy_px):
             tile = read_one_tile(slide, xy_px, geometry)

@@ -40,7 +40,8 @@ class ReadGeometry:
 
     level: pyramid level read. downsample: its level-0 px per level px (as the slide reports it).
     level_tile_px: tile side read at ``level``, in level px. tile_size_px / mpp: the model tile
-    side in px at ``mpp`` µm/px (the card's geometry).
+    side in px at ``mpp`` µm/px (the card's geometry). stain_normalization: the card's
+    method, applied to every tile as read (None: tiles as scanned).
     """
 
     level: int
@@ -48,6 +49,7 @@ class ReadGeometry:
     level_tile_px: int
     tile_size_px: int
     mpp: float
+    stain_normalization: str | None = None
 
 
 def round_half_up(values: NDArray[np.float64]) -> NDArray[np.int64]:
@@ -55,7 +57,9 @@ def round_half_up(values: NDArray[np.float64]) -> NDArray[np.int64]:
     return np.floor(values + 0.5).astype(np.int64)
 
 
-def read_geometry(slide: Slide, tile_size_px: int, mpp: float) -> ReadGeometry:
+def read_geometry(
+    slide: Slide, tile_size_px: int, mpp: float, stain_normalization: str | None = None
+) -> ReadGeometry:
     """The level and read size of a ``tile_size_px`` tile at ``mpp`` µm/px.
 
     Uses the same level choice and rounding as ``Slide.read_region_at_mpp``.
@@ -68,6 +72,7 @@ def read_geometry(slide: Slide, tile_size_px: int, mpp: float) -> ReadGeometry:
         level_tile_px=max(1, round(tile_size_px * scale)),
         tile_size_px=tile_size_px,
         mpp=mpp,
+        stain_normalization=stain_normalization,
     )
 
 
@@ -93,7 +98,17 @@ def read_one_tile(slide: Slide, xy_px: NDArray[np.int64], geometry: ReadGeometry
     """
     x_px, y_px = snapped_tile_xy_px(np.asarray(xy_px).reshape(1, 2), geometry)[0]
     size = geometry.tile_size_px
-    return slide.read_region_at_mpp(int(x_px), int(y_px), size, size, geometry.mpp)
+    tile = slide.read_region_at_mpp(int(x_px), int(y_px), size, size, geometry.mpp)
+    return _normalize(tile, geometry)
+
+
+def _normalize(tile: NDArray[np.uint8], geometry: ReadGeometry) -> NDArray[np.uint8]:
+    """The card's stain normalisation, identical at training and inference."""
+    if geometry.stain_normalization is None:
+        return tile
+    from pipeline.augment import normalize_stain
+
+    return normalize_stain(tile, geometry.stain_normalization)
 
 
 def read_block_tiles(
@@ -115,7 +130,8 @@ def read_block_tiles(
     tiles = np.empty((len(level_xy), size, size, 3), dtype=np.uint8)
     for index, (col, row) in enumerate((level_xy - origin).tolist()):
         window = region[row : row + side, col : col + side]
-        tiles[index] = window if side == size else resize_rgb(window, size, size)
+        tile = window if side == size else resize_rgb(window, size, size)
+        tiles[index] = _normalize(tile, geometry)
     return tiles
 
 

@@ -341,3 +341,16 @@ def test_region_items_join_blocks_up_to_the_minimum_and_cover_every_tile_once(
         assert isinstance(item, RegionTiles) and isinstance(item.tiles, np.ndarray)
         for index, tile in zip(item.indices, item.tiles, strict=True):
             np.testing.assert_array_equal(tile, expected[int(index)])
+
+
+def test_the_cards_stain_normalisation_is_applied_to_every_tile(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    mpp, stride = CASES["level0-resized"]
+    grid, model = grid_for(slide_image, mpp, stride), sensitive_micronet()
+    card = dataclasses.replace(card_for(mpp), stain_normalization="macenko")
+    reference = naive_score_tiles(slide_path, SLIDE_MPP, grid, model, card)
+    scores = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-4)
+    plain = score_tiles(slide_path, SLIDE_MPP, grid, model, card_for(mpp), ENGINE)
+    assert float(np.abs(plain - scores).max()) > 1e-3  # normalisation changed the tiles
