@@ -277,7 +277,7 @@ def rgba_to_rgb(rgba: NDArray[np.uint8]) -> NDArray[np.uint8]:
     alpha = rgba[..., 3]
     if bool(np.all(alpha == 255)):
         # Pillow's convert copies the channels several times faster than numpy slicing.
-        opaque: NDArray[np.uint8] = np.asarray(Image.fromarray(rgba, "RGBA").convert("RGB"))
+        opaque: NDArray[np.uint8] = np.array(Image.fromarray(rgba, "RGBA").convert("RGB"))
         return opaque
     alpha_f = alpha[..., None].astype(np.float32) / 255.0
     blended = rgba[..., :3].astype(np.float32) * alpha_f + 255.0 * (1.0 - alpha_f)

@@ -142,3 +142,10 @@ def test_real_jpeg2000_slide_opens_and_asks_for_mpp() -> None:
         region = slide.read_region_at_mpp(2000, 1500, 128, 128, 1.0)
         assert region.shape == (128, 128, 3)
         assert region.std() > 5  # decoded JPEG 2000 pixels, not a blank
+
+
+def test_reads_return_writable_arrays(tiny_slide: Path) -> None:
+    with open_slide(tiny_slide) as slide:
+        region = slide.read_region_rgb(100, 100, 0, 32, 32)
+        assert region.flags.writeable
+        region[0, 0] = 0  # callers (augmentation, normalisation) may edit tiles in place
