@@ -21,8 +21,6 @@ import importlib
 import json
 import logging
 import math
-import os
-import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import AnnotationError, OutputError
+from pipeline.outputs import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -419,20 +418,11 @@ def read_annotations(path: Path) -> list[Annotation]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over ``path``.
-
-    Raises OutputError naming the file if the folder cannot be written.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    """Write ``text`` atomically (``pipeline.outputs``); raises OutputError naming the file
+    if the folder cannot be written."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("x", encoding="utf-8") as handle:  # normal permissions, unlike mkstemp
-            handle.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(Path(path), text)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write here ({exc})") from exc
 
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import OutputError, StagingError
-from pipeline.outputs import read_json_object
+from pipeline.outputs import atomic_write_text, read_json_object
 from pipeline.staging import (
     CATEGORY_ORDER,
     PATIENT_CSV_COLUMNS,
@@ -178,29 +177,14 @@ def write_patient_csv(path: Path, rows: Sequence[PatientRow]) -> None:
 
     Raises OutputError naming the path when it cannot be written.
     """
-    temp_name = None
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(PATIENT_CSV_COLUMNS)
+    writer.writerows(row.csv_values() for row in rows)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w",
-            newline="",
-            encoding="utf-8",
-            dir=path.parent,
-            prefix=f".{path.name}.",
-            suffix=".tmp",
-            delete=False,
-        ) as handle:
-            temp_name = handle.name
-            writer = csv.writer(handle)
-            writer.writerow(PATIENT_CSV_COLUMNS)
-            writer.writerows(row.csv_values() for row in rows)
-        os.replace(temp_name, path)
+        atomic_write_text(path, buffer.getvalue())
     except OSError as exc:
-        if temp_name is not None:
-            Path(temp_name).unlink(missing_ok=True)
-        raise OutputError(
-            f"{path}: cannot write the patient CSV ({exc}); check the folder"
-        ) from exc
+        raise OutputError(f"{path}: cannot write the patient CSV ({exc}); check the folder") from exc
 
 
 def format_table(rows: Sequence[PatientRow]) -> str:
