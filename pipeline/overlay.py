@@ -24,7 +24,7 @@ from matplotlib.colors import to_rgb
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.colors import HEATMAP_COLORMAP
+from pipeline.colors import HEATMAP_COLORMAP, heatmap_rect_px
 from pipeline.errors import HeatmapError
 from pipeline.heatmap import Heatmap
 from pipeline.outputs import atomic_write_bytes
@@ -103,16 +103,11 @@ def heatmap_rgba(probabilities: NDArray[np.float32], alpha: float = HEATMAP_ALPH
 def _heatmap_extent(
     heatmap: Heatmap, px_per_l0: tuple[float, float]
 ) -> tuple[float, float, float, float]:
-    """(left, right, bottom, top) in thumbnail px: each cell is the stride square centred on
-    its tile (see pipeline/heatmap.py)."""
-    rows, cols = heatmap.shape
-    half_gap = (heatmap.tile_size_l0_px - heatmap.stride_l0_px) / 2.0
-    left = heatmap.origin_x_px + half_gap
-    top = heatmap.origin_y_px + half_gap
-    right = left + cols * heatmap.stride_l0_px
-    bottom = top + rows * heatmap.stride_l0_px
+    """(left, right, bottom, top) in thumbnail px of the heatmap's level-0 rectangle
+    (``pipeline.colors.heatmap_rect_px``: each cell is the stride square centred on its tile)."""
+    x_px, y_px, width_px, height_px = heatmap_rect_px(heatmap)
     sx, sy = px_per_l0
-    return left * sx, right * sx, bottom * sy, top * sy
+    return x_px * sx, (x_px + width_px) * sx, (y_px + height_px) * sy, y_px * sy
 
 
 def _cell_index(n_px: int, start_px: float, stop_px: float, n_cells: int) -> NDArray[np.intp]:
