@@ -33,7 +33,7 @@ from pipeline.heatmap import Heatmap, heatmap_from_scores, save_heatmap
 from pipeline.outputs import atomic_write_json
 from pipeline.report import build_report, write_summary_csv
 from pipeline.slide import Slide, open_slide
-from pipeline.staging import Category, slide_category
+from pipeline.staging import slide_category
 from pipeline.tiling import TileGrid, plan_tiles
 from pipeline.tissue import detect_tissue
 
@@ -269,9 +269,7 @@ def analyze_slide(
         save_heatmap(heatmap, folder)
         deposits, timing["deposits"] = _deposits_and_overlay(context, slide, grid, heatmap, folder)
         facts = _slide_facts(slide, tissue.tissue_fraction, tissue.tissue_area_mm2)
-    category = (
-        slide_category(Category(str(d.category)) for d in deposits) if deposits else Category("negative")
-    )
+    category = slide_category(d.category for d in deposits)
     timing["total"] = time.perf_counter() - started
     report = build_report(
         slide_id,

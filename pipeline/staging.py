@@ -205,7 +205,7 @@ def categorize_deposit(max_diameter_mm: float, cell_count: int | None = None) ->
     return Category.MICRO
 
 
-def slide_category(deposit_categories: Iterable[Category]) -> Category:
+def slide_category(deposit_categories: Iterable[Category | str]) -> Category:
     """Category of a slide (one node): its worst deposit's; negative when it has none.
 
     Raises ValueError for a value that is not a category name.

@@ -29,7 +29,13 @@ from numpy.typing import NDArray
 from pipeline import __version__
 from pipeline.annotations import Annotation, write_asap_xml, write_text_atomic
 from pipeline.errors import ConfigError, OutputError
-from pipeline.staging import ITC_MAX_CELLS, ITC_MAX_DIAMETER_MM, MICRO_MAX_DIAMETER_MM, categorize_deposit
+from pipeline.staging import (
+    ITC_MAX_CELLS,
+    ITC_MAX_DIAMETER_MM,
+    MICRO_MAX_DIAMETER_MM,
+    categorize_deposit,
+    slide_category,
+)
 from pipeline.synthetic_layout import build_scene
 from pipeline.synthetic_render import CAPSULE_WIDTH_UM, Scene, render_strip
 
@@ -179,9 +185,8 @@ def deposit_category(diameter_mm: float, n_tumor_nuclei: int | None = None) -> s
 
 
 def node_category(deposits: Sequence[DepositTruth]) -> str:
-    """The worst deposit category, "negative" without deposits."""
-    order = ("negative", "itc", "micro", "macro")
-    return max((d.category for d in deposits), key=order.index, default="negative")
+    """The worst deposit category, "negative" without deposits (``staging.slide_category``)."""
+    return str(slide_category(d.category for d in deposits))
 
 
 # --- writing the slide ---------------------------------------------------------------------
