@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,12 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def slide_folder(batch_dir: Path, slide_id: str, entry: Mapping[str, Any]) -> Path:
+    """A manifest entry's result folder: its ``output_dir`` (relative to the batch folder, or
+    absolute), else the slide id."""
+    return batch_dir / str(entry.get("output_dir") or slide_id)
+
+
 def is_done(manifest: dict[str, Any], out_dir: Path, slide_id: str, path: Path, key: str) -> bool:
     """True if the slide finished earlier with the same settings and its report exists."""
     entry = manifest["slides"].get(slide_id)
@@ -108,8 +114,7 @@ def is_done(manifest: dict[str, Any], out_dir: Path, slide_id: str, path: Path, 
         return False
     if entry.get("path") != str(path):
         return False
-    report_path: Path = out_dir / str(entry.get("output_dir", slide_id)) / REPORT
-    return report_path.is_file()
+    return (slide_folder(out_dir, slide_id, entry) / REPORT).is_file()
 
 
 def _replace_folder(staging: Path, final: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.batch import slide_folder
 from pipeline.outputs import atomic_write_text
 
 SUMMARY_CSV = "summary.csv"
@@ -95,7 +96,7 @@ def write_summary_csv(out_dir: Path, manifest: dict[str, Any]) -> Path:
     writer.writeheader()
     for slide_id, entry in sorted(manifest.get("slides", {}).items()):
         report = None
-        report_path = out_dir / entry.get("output_dir", slide_id) / "report.json"
+        report_path = slide_folder(out_dir, slide_id, entry) / "report.json"
         if entry.get("status") == "done" and report_path.is_file():
             report = json.loads(report_path.read_text())
         writer.writerow(summary_row(slide_id, entry, report))

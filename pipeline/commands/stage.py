@@ -14,10 +14,11 @@ import dataclasses
 import io
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch import slide_folder
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import OutputError, StagingError
 from pipeline.outputs import atomic_write_text, read_json_object
@@ -118,11 +119,6 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     return read_json_object(path, what, StagingError, "; re-run the batch")
 
 
-def _report_path(batch_dir: Path, slide_id: str, entry: Mapping[str, Any]) -> Path:
-    output_dir = Path(str(entry.get("output_dir") or slide_id))
-    return (output_dir if output_dir.is_absolute() else batch_dir / output_dir) / "report.json"
-
-
 def _read_report_category(report: Path) -> Category:
     value = _read_json_object(report, "slide report").get("category")
     try:
@@ -161,7 +157,7 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
         entry = entry if isinstance(entry, dict) else {}
         status = entry.get("status")
         slide = slide_key(str(slide_id))
-        report = _report_path(batch_dir, str(slide_id), entry)
+        report = slide_folder(batch_dir, str(slide_id), entry) / "report.json"
         if status != "done":
             error = entry.get("error")
             unavailable[slide] = f"status {status!r}" + (f": {error}" if error else "")

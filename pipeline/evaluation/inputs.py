@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch import slide_folder
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.froc import Detection, SlideTruth
 from pipeline.evaluation.sizes import PredictedDeposit, TrueDeposit
@@ -202,8 +203,7 @@ def read_batch(batch_dir: Path) -> BatchPredictions:
     unavailable: dict[str, str] = {}
     for slide_id, entry in sorted(slides.items()):
         entry = entry if isinstance(entry, dict) else {}
-        output_dir = Path(str(entry.get("output_dir") or slide_id))
-        folder = output_dir if output_dir.is_absolute() else batch_dir / output_dir
+        folder = slide_folder(batch_dir, slide_id, entry)
         if entry.get("status") != "done":
             error = entry.get("error")
             unavailable[slide_id] = f"status {entry.get('status')!r}" + (f": {error}" if error else "")
