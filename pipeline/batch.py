@@ -179,35 +179,44 @@ def run_batch(
     outcomes: list[SlideOutcome] = []
     for path, slide_id in unique_slide_ids(slides).items():
         if not overwrite and is_done(manifest, out_dir, slide_id, path, key):
-            entry = manifest["slides"][slide_id]
-            outcome = SlideOutcome(
-                slide_id, str(path), "skipped", None, entry.get("category"), entry.get("score")
-            )
+            outcome = skipped_outcome(manifest, slide_id, path)
         else:
-            outcome = _run_one(analyze, path, slide_id, out_dir, key, manifest)
+            started = time.perf_counter()
+            report, error = run_slide_safely(analyze, path, slide_id, out_dir)
+            seconds = round(time.perf_counter() - started, 3)
+            outcome = record_outcome(manifest, out_dir, path, slide_id, key, report, error, seconds)
         outcomes.append(outcome)
         if on_slide_done is not None:
             on_slide_done(outcome)
     return outcomes
 
 
-def _run_one(
-    analyze: SlideFunction,
+def skipped_outcome(manifest: dict[str, Any], slide_id: str, path: Path) -> SlideOutcome:
+    """The outcome of a slide finished earlier, from its manifest entry."""
+    entry = manifest["slides"][slide_id]
+    return SlideOutcome(slide_id, str(path), "skipped", None, entry.get("category"), entry.get("score"))
+
+
+def record_outcome(
+    manifest: dict[str, Any],
+    out_dir: Path,
     path: Path,
     slide_id: str,
-    out_dir: Path,
     key: str,
-    manifest: dict[str, Any],
+    report: dict[str, Any] | None,
+    error: str | None,
+    seconds: float,
+    extra: Mapping[str, Any] | None = None,
 ) -> SlideOutcome:
-    started = time.perf_counter()
-    report, error = run_slide_safely(analyze, path, slide_id, out_dir)
-    seconds = round(time.perf_counter() - started, 3)
+    """Write one slide's manifest entry (done with its report, or failed with its error) and
+    return its outcome. ``extra`` adds fields to the entry (e.g. Ray attempts and node)."""
     entry: dict[str, Any] = {
         "path": str(path),
         "output_dir": slide_id,
         "settings_key": key,
         "seconds": seconds,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
     }
     if report is None:
         entry.update(status=STATUS_FAILED, error=error)

@@ -28,17 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
 from pipeline.batch import (
-    MANIFEST,
-    STATUS_DONE,
-    STATUS_FAILED,
     SlideOutcome,
     is_done,
     read_manifest,
+    record_outcome,
     run_slide_safely,
     settings_key,
+    skipped_outcome,
 )
 from pipeline.errors import ConfigError, MicrometError
-from pipeline.outputs import atomic_write_json, check_writable_folder, unique_slide_ids
+from pipeline.outputs import check_writable_folder, unique_slide_ids
 
 if TYPE_CHECKING:
     from pipeline.analyze import AnalysisContext
@@ -383,31 +382,13 @@ def dispatch(
 def record_result(
     manifest: dict[str, Any], out_dir: Path, item: WorkItem, result: WorkResult, key: str, attempts: int
 ) -> SlideOutcome:
-    """Write one slide's manifest entry (as ``pipeline.batch`` does) and return its outcome."""
-    entry: dict[str, Any] = {
-        "path": str(item.path),
-        "output_dir": item.slide_id,
-        "settings_key": key,
-        "seconds": result.seconds,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "attempts": attempts,
-        "node": result.node,
-    }
+    """Write one slide's manifest entry (``pipeline.batch.record_outcome``) and return its outcome."""
     if result.report is None:
-        entry.update(status=STATUS_FAILED, error=result.error)
         log.warning("%s failed: %s", item.slide_id, result.error)
-        outcome = SlideOutcome(
-            item.slide_id, str(item.path), STATUS_FAILED, result.error, seconds=result.seconds
-        )
-    else:
-        category, score = result.report.get("category"), result.report.get("score")
-        entry.update(status=STATUS_DONE, error=None, category=category, score=score)
-        outcome = SlideOutcome(
-            item.slide_id, str(item.path), STATUS_DONE, None, category, score, result.seconds
-        )
-    manifest["slides"][item.slide_id] = entry
-    atomic_write_json(out_dir / MANIFEST, manifest)
-    return outcome
+    return record_outcome(
+        manifest, out_dir, item.path, item.slide_id, key, result.report, result.error, result.seconds,
+        extra={"attempts": attempts, "node": result.node},
+    )
 
 
 def plan_work(
@@ -420,10 +401,7 @@ def plan_work(
     for path, slide_id in unique_slide_ids(slides).items():
         order.append(slide_id)
         if not overwrite and is_done(manifest, out_dir, slide_id, path, key):
-            entry = manifest["slides"][slide_id]
-            skipped[slide_id] = SlideOutcome(
-                slide_id, str(path), "skipped", None, entry.get("category"), entry.get("score")
-            )
+            skipped[slide_id] = skipped_outcome(manifest, slide_id, path)
         else:
             items.append(WorkItem(path, slide_id))
     return skipped, items, order
