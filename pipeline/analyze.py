@@ -91,6 +91,24 @@ class AnalysisContext:
         }
 
 
+# Settings a command line may override, per config section; option names equal field names.
+# Tile size and resolution are absent on purpose: they come from the model card.
+OVERRIDABLE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "inference": ("device", "batch_size", "num_workers", "region_tiles", "precision", "compile"),
+    "tiling": ("stride_px", "min_tissue_fraction"),
+    "deposits": ("threshold", "refine", "count_cells"),
+}
+
+
+def stage_overrides(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-section overrides for ``build_context`` from flat option values (e.g. ``vars(args)``);
+    a missing option counts as not given (None)."""
+    return {
+        section: {name: options.get(name) for name in names}
+        for section, names in OVERRIDABLE_SETTINGS.items()
+    }
+
+
 def build_context(
     model_path: Path | None,
     config_path: Path | None,

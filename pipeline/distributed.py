@@ -495,23 +495,12 @@ def _run_on_cluster(
 
 def spec_from_args(args: argparse.Namespace) -> ContextSpec:
     """The ``ContextSpec`` for ``micromet infer`` options (same flags as a local run)."""
+    from pipeline.analyze import stage_overrides
 
-    def value(name: str) -> Any:
-        return getattr(args, name, None)
-
-    overrides: dict[str, dict[str, Any]] = {
-        "inference": {
-            name: value(name)
-            for name in ("device", "batch_size", "num_workers", "region_tiles", "precision", "compile")
-        },
-        "tiling": {"stride_px": value("stride_px"), "min_tissue_fraction": value("min_tissue_fraction")},
-        "deposits": {
-            "threshold": value("threshold"),
-            "refine": value("refine"),
-            "count_cells": value("count_cells"),
-        },
-    }
-    return ContextSpec(value("model"), value("config"), overrides, value("mpp"))
+    options = vars(args)
+    return ContextSpec(
+        options.get("model"), options.get("config"), stage_overrides(options), options.get("mpp")
+    )
 
 
 def run_batch_on_ray(

@@ -94,21 +94,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def build_context_from_args(args: argparse.Namespace) -> Any:
     """Resolve defaults, config file and flags into an ``AnalysisContext``."""
-    from pipeline.analyze import build_context
+    from pipeline.analyze import build_context, stage_overrides
 
-    overrides: dict[str, dict[str, Any]] = {
-        "inference": {
-            "device": args.device,
-            "batch_size": args.batch_size,
-            "num_workers": args.num_workers,
-            "region_tiles": args.region_tiles,
-            "precision": args.precision,
-            "compile": args.compile,
-        },
-        "tiling": {"stride_px": args.stride_px, "min_tissue_fraction": args.min_tissue_fraction},
-        "deposits": {"threshold": args.threshold, "refine": args.refine, "count_cells": args.count_cells},
-    }
-    return build_context(args.model, args.config, overrides, args.mpp)
+    return build_context(args.model, args.config, stage_overrides(vars(args)), args.mpp)
 
 
 def run(args: argparse.Namespace) -> int:
