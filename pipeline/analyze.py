@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline import __version__
-from pipeline.batch import SlideOutcome, run_batch
+from pipeline.batch import MANIFEST, SlideOutcome, read_manifest, run_batch
 from pipeline.colors import category_color
 from pipeline.config import (
     DepositConfig,
@@ -316,21 +316,17 @@ def run_local_batch(
     tile_progress: Callable[[str], ProgressCallback | None] | None = None,
     on_slide_done: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
-    """Analyse ``slides`` into ``out_dir`` on this machine; keeps summary.csv current.
+    """Analyse ``slides`` into ``out_dir`` on this machine, then write summary.csv (also when
+    the run is interrupted: the manifest holds every finished slide).
 
     tile_progress(slide_id) may return a callback that receives counts of tiles scored.
     """
-    from pipeline.batch import read_manifest
-
     def analyze(path: Path, slide_id: str, folder: Path) -> dict[str, Any]:
         callback = tile_progress(slide_id) if tile_progress is not None else None
         return analyze_slide(context, path, slide_id, folder, callback)
 
-    def done(outcome: SlideOutcome) -> None:
-        write_summary_csv(out_dir, read_manifest(out_dir))
-        if on_slide_done is not None:
-            on_slide_done(outcome)
-
-    outcomes = run_batch(slides, out_dir, analyze, context.settings(), overwrite, done)
-    write_summary_csv(out_dir, read_manifest(out_dir))
-    return outcomes
+    try:
+        return run_batch(slides, out_dir, analyze, context.settings(), overwrite, on_slide_done)
+    finally:
+        if (out_dir / MANIFEST).is_file():
+            write_summary_csv(out_dir, read_manifest(out_dir))

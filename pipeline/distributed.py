@@ -443,13 +443,14 @@ def run_ray_batch(
         if on_slide_done is not None:
             on_slide_done(outcome)
     finished = _run_on_cluster(ray, items, out_dir, spec, options, key, manifest, worker_class)
-    with contextlib.closing(finished):  # stops the actors at once if anything below raises
-        for outcome in finished:
-            outcomes[outcome.slide_id] = outcome
-            write_summary_csv(out_dir, manifest)
-            if on_slide_done is not None:
-                on_slide_done(outcome)
-    write_summary_csv(out_dir, read_manifest(out_dir))
+    try:
+        with contextlib.closing(finished):  # stops the actors at once if anything below raises
+            for outcome in finished:
+                outcomes[outcome.slide_id] = outcome
+                if on_slide_done is not None:
+                    on_slide_done(outcome)
+    finally:
+        write_summary_csv(out_dir, manifest)  # once, also for an interrupted run
     return [outcomes[slide_id] for slide_id in order]
 
 

@@ -91,6 +91,8 @@ def test_interrupted_run_resumes_without_recomputing_finished_slides(
     first_report = out / "node_0" / "report.json"
     mtime = first_report.stat().st_mtime_ns
     assert not (out / "node_1").exists()
+    # The summary is written even though the run stopped: it lists the finished slide.
+    assert (out / "summary.csv").read_text().splitlines()[1].startswith("node_0,done,")
     outcomes = run_local_batch(slides, out, context)
     assert [o.status for o in outcomes] == ["skipped", "done", "done"]
     assert first_report.stat().st_mtime_ns == mtime
