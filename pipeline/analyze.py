@@ -138,6 +138,9 @@ def build_context(
         if fixed in tiling_section:
             raise ConfigError(f"{source}: tiling.{fixed} comes from the model card; remove it")
     tiling_overrides = {**overrides.get("tiling", {}), "tile_size_px": card.tile_size_px, "mpp": card.mpp}
+    if tiling_overrides.get("stride_px") is None and "stride_px" not in tiling_section:
+        # The card's stride: the heatmap cell is the part of the tile the model was taught on.
+        tiling_overrides["stride_px"] = card.stride_px
     return AnalysisContext(
         model=model,
         card=card,

@@ -81,6 +81,11 @@ class ModelCard:
     software: versions used to train (torch, torchvision, micromet).
     created: ISO 8601 date or date-time of training.
     notes: free text.
+    stride_px: heatmap step at ``mpp`` in px, or None for tile_size_px (no overlap). A model
+        taught on the central part of its tile (PatchCamelyon: the central 32 px of 96) is
+        scored with that part as stride, so each heatmap cell is the region its label covered.
+    qc_reference: slide-QC ranges measured on the training data, name -> [low, high]
+        (see ``pipeline.qc``); empty when unknown.
     Raises CheckpointError naming the field when a value is invalid.
     """
 
@@ -97,15 +102,20 @@ class ModelCard:
     software: dict[str, str] = dataclasses.field(default_factory=software_versions)
     created: str = dataclasses.field(default_factory=_today_iso)
     notes: str = ""
+    stride_px: int | None = None
+    qc_reference: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_card_geometry(self)
+        _check_card_extras(self)
         _check_card_normalisation(self)
         _check_card_outputs(self)
         _check_card_text(self)
 
 
 CARD_FIELDS = tuple(field.name for field in dataclasses.fields(ModelCard))
+# Fields added after format version 1 first shipped: a card without them still loads.
+OPTIONAL_CARD_FIELDS = ("stride_px", "qc_reference")
 
 
 def _is_number(value: object) -> bool:
@@ -128,6 +138,27 @@ def _check_card_geometry(card: ModelCard) -> None:
         raise _card_error("tile_size_px", size, f"an integer from {MIN_TILE_SIZE_PX} to {MAX_TILE_SIZE_PX}")
     if not _is_number(card.mpp) or not (MIN_PLAUSIBLE_MPP <= card.mpp <= MAX_PLAUSIBLE_MPP):
         raise _card_error("mpp", card.mpp, f"µm/px from {MIN_PLAUSIBLE_MPP} to {MAX_PLAUSIBLE_MPP}")
+
+
+def _check_card_extras(card: ModelCard) -> None:
+    stride = card.stride_px
+    if stride is not None and (
+        not isinstance(stride, int) or isinstance(stride, bool) or not (1 <= stride <= card.tile_size_px)
+    ):
+        raise _card_error("stride_px", stride, f"None or an integer from 1 to tile_size_px={card.tile_size_px}")
+    reference = card.qc_reference
+    expected = "a dict of name -> [low, high] finite numbers with low <= high"
+    if not isinstance(reference, dict):
+        raise _card_error("qc_reference", reference, expected)
+    for key, bounds in reference.items():
+        if (
+            not isinstance(key, str)
+            or not isinstance(bounds, (list, tuple))
+            or len(bounds) != 2
+            or not all(_is_number(v) and math.isfinite(v) for v in bounds)
+            or bounds[0] > bounds[1]
+        ):
+            raise _card_error("qc_reference", {key: bounds}, expected)
 
 
 def _check_rgb(name: str, value: object, low: float, high: float, low_open: bool) -> None:
@@ -193,6 +224,8 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         "software": {str(k): str(v) for k, v in card.software.items()},
         "created": str(card.created),
         "notes": str(card.notes),
+        "stride_px": None if card.stride_px is None else int(card.stride_px),
+        "qc_reference": {str(k): [float(v) for v in b] for k, b in card.qc_reference.items()},
     }
 
 
@@ -203,7 +236,7 @@ def card_from_dict(data: object, source: str = "model card") -> ModelCard:
     """
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{source}: model card is a {type(data).__name__}, expected a dict")
-    missing = [name for name in CARD_FIELDS if name not in data]
+    missing = [name for name in CARD_FIELDS if name not in data and name not in OPTIONAL_CARD_FIELDS]
     unknown = sorted(str(key) for key in data if key not in CARD_FIELDS)
     if missing or unknown:
         raise CheckpointError(
@@ -214,6 +247,8 @@ def card_from_dict(data: object, source: str = "model card") -> ModelCard:
     for name in ("mean", "std", "class_names"):
         if isinstance(values[name], list):
             values[name] = tuple(values[name])
+    if isinstance(values.get("qc_reference"), dict):
+        values["qc_reference"] = {k: list(v) if isinstance(v, tuple) else v for k, v in values["qc_reference"].items()}
     try:
         return ModelCard(**values)
     except CheckpointError as exc:
