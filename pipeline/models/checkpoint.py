@@ -145,7 +145,9 @@ def _check_card_extras(card: ModelCard) -> None:
     if stride is not None and (
         not isinstance(stride, int) or isinstance(stride, bool) or not (1 <= stride <= card.tile_size_px)
     ):
-        raise _card_error("stride_px", stride, f"None or an integer from 1 to tile_size_px={card.tile_size_px}")
+        raise _card_error(
+            "stride_px", stride, f"None or an integer from 1 to tile_size_px={card.tile_size_px}"
+        )
     reference = card.qc_reference
     expected = "a dict of name -> [low, high] finite numbers with low <= high"
     if not isinstance(reference, dict):
@@ -248,7 +250,9 @@ def card_from_dict(data: object, source: str = "model card") -> ModelCard:
         if isinstance(values[name], list):
             values[name] = tuple(values[name])
     if isinstance(values.get("qc_reference"), dict):
-        values["qc_reference"] = {k: list(v) if isinstance(v, tuple) else v for k, v in values["qc_reference"].items()}
+        values["qc_reference"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in values["qc_reference"].items()
+        }
     try:
         return ModelCard(**values)
     except CheckpointError as exc:
