@@ -32,6 +32,7 @@ from pipeline.models.checkpoint import (
     resolve_model_path,
     save_checkpoint,
     software_versions,
+    weights_sha256,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +127,9 @@ def test_software_versions_are_plain_strings() -> None:
         ("threshold", 1.5),
         ("threshold", -0.01),
         ("stain_normalization", ""),
+        ("stain_normalization", "bogus"),
+        ("std", (0.2, 1e-300, 0.2)),
+        ("std", (0.2, 1e-4, 0.2)),
         ("metrics", {"auc": "high"}),
         ("software", {"torch": 2}),
         ("created", "last tuesday"),
@@ -441,3 +445,128 @@ def test_resolve_model_path_prefers_the_argument() -> None:
 def test_card_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         _card().threshold = 0.9  # type: ignore[misc]
+
+
+# --- damaged and stranger weights ----------------------------------------------------------
+
+
+def test_bogus_stain_normalization_lists_the_allowed_methods(tmp_path: Path) -> None:
+    payload = _payload(MicroNet(), _card())
+    payload["card"]["stain_normalization"] = "bogus"
+    path = tmp_path / "bogus.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "stain_normalization='bogus'" in message and "'macenko'" in message
+    assert str(path) in message and "\n" not in message
+
+
+def test_tiny_std_is_refused_at_load(tmp_path: Path) -> None:
+    payload = _payload(MicroNet(), _card())
+    payload["card"]["std"] = [1e-300, 0.2, 0.2]
+    path = tmp_path / "tiny_std.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="field std="):
+        load_checkpoint(path)
+
+
+def test_saved_checkpoint_records_the_weights_digest(saved: tuple[Path, MicroNet, ModelCard]) -> None:
+    path, model, _ = saved
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["weights_sha256"] == weights_sha256(model.state_dict())
+    assert "weights_sha256" not in load_training_state(path)
+
+
+def test_weights_digest_changes_with_one_value_dtype_or_key() -> None:
+    state = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor(3)}
+    digest = weights_sha256(state)
+    assert weights_sha256(dict(reversed(state.items()))) == digest
+    changed = {**state, "a": state["a"].clone()}
+    changed["a"][1, 2] = 5.0000005
+    assert weights_sha256(changed) != digest
+    assert weights_sha256({**state, "a": state["a"].double()}) != digest
+    assert weights_sha256({**state, "a": state["a"].reshape(3, 2)}) != digest
+    assert weights_sha256({"a2": state["a"], "b": state["b"]}) != digest
+
+
+def _stored_record_offset(path: Path, name_suffix: str) -> tuple[int, int]:
+    """(file offset, size) of the raw bytes of the archive entry ending with ``name_suffix``."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(name_suffix))
+    assert info.compress_type == zipfile.ZIP_STORED
+    data = path.read_bytes()
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_one_flipped_weight_byte_is_refused_as_damaged(saved: tuple[Path, MicroNet, ModelCard]) -> None:
+    path = saved[0]
+    start, size = _stored_record_offset(path, "/data/0")  # the first conv's weights
+    data = bytearray(path.read_bytes())
+    data[start + size // 2] ^= 0x01  # torch does not check the zip CRC: only the digest sees it
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "damaged" in str(info.value) and str(path) in str(info.value)
+
+
+def test_rewritten_archive_entry_is_refused_as_damaged(saved: tuple[Path, MicroNet, ModelCard]) -> None:
+    import zipfile
+
+    path = saved[0]
+    patched = path.with_name("patched.pt")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(patched, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = bytearray(source.read(info))
+            if info.filename.endswith("/data/0"):
+                data[7] ^= 0x80  # valid archive, fresh CRC: one float's top bit flipped
+            target.writestr(info, bytes(data))
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(patched)
+
+
+def test_wrong_digest_field_is_refused(saved: tuple[Path, MicroNet, ModelCard]) -> None:
+    path = saved[0]
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw["weights_sha256"] = 12
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="'weights_sha256' is 12"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_without_digest_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.pt"
+    torch.save(_payload(_trained_micronet(), _card()), path)
+    with caplog.at_level("WARNING", logger="pipeline.models.checkpoint"):
+        model, _ = load_checkpoint(path)
+    assert isinstance(model, MicroNet)
+    assert any("no weights digest" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64])
+def test_weights_of_the_wrong_dtype_are_refused(tmp_path: Path, dtype: torch.dtype) -> None:
+    state = MicroNet().state_dict()
+    key = next(iter(state))
+    state[key] = state[key].to(dtype)
+    payload = {**_payload(MicroNet(), _card()), "state_dict": state}
+    path = tmp_path / "ints.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"{key} dtype {dtype}"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused(tmp_path: Path, value: float) -> None:
+    model = _trained_micronet()
+    key = next(iter(model.state_dict()))
+    with torch.no_grad():
+        model.state_dict()[key].view(-1)[3] = value
+    path = save_checkpoint(tmp_path / "nan.pt", model, _card())  # the digest matches: only values are bad
+    with pytest.raises(CheckpointError, match=f"weights \\[{re.escape(key)}\\] hold NaN or infinite"):
+        load_checkpoint(path)

@@ -32,6 +32,7 @@ from pipeline.models.checkpoint import (
     resolve_model_path,
     save_checkpoint,
     software_versions,
+    weights_sha256,
 )
 from pipeline.models.device import DeviceUnavailableError, autocast_dtype, choose_device
 
@@ -63,4 +64,5 @@ __all__ = [
     "resolve_model_path",
     "save_checkpoint",
     "software_versions",
+    "weights_sha256",
 ]

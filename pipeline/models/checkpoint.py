@@ -4,6 +4,7 @@ Reads and writes one ``torch.save`` file per model::
 
     {"format": "micromet-checkpoint", "format_version": 1,
      "card": {...plain str/int/float/list/dict...}, "state_dict": {...tensors...},
+     "weights_sha256": "<hex digest of the state_dict, see weights_sha256()>",
      ...training state for resuming (optimizer, scheduler, epoch, config)...}
 
 Everything in it is a plain type, so it loads with ``torch.load(weights_only=True)`` and a
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import json
 import logging
 import math
 import os
@@ -32,6 +34,7 @@ import torchvision
 from torch import nn
 
 import pipeline
+from pipeline.augment import STAIN_NORMALIZATIONS
 from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 from pipeline.errors import CheckpointError
 from pipeline.models.architectures import ARCHITECTURES, available_architectures, build_model
@@ -46,7 +49,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_TILE_SIZE_PX = 32
 MAX_TILE_SIZE_PX = 4096
-RESERVED_KEYS = ("format", "format_version", "card", "state_dict")
+# Smallest normalisation std: a std of 1e-300 turns every tile into inf/NaN model input.
+MIN_CARD_STD = 1e-3
+DIGEST_KEY = "weights_sha256"
+RESERVED_KEYS = ("format", "format_version", "card", "state_dict", DIGEST_KEY)
+# Weight dtypes a checkpoint may hold: floats for parameters, integers only for counters
+# such as BatchNorm's num_batches_tracked (int64), which have no float meaning to break.
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _HOW_TO_GET_ONE = "train one with `micromet train` or pass --model PATH to an existing micromet checkpoint"
 _MAX_LISTED = 5
 
@@ -177,10 +186,12 @@ def _check_rgb(name: str, value: object, low: float, high: float, low_open: bool
 
 def _check_card_normalisation(card: ModelCard) -> None:
     _check_rgb("mean", card.mean, 0.0, 1.0, low_open=False)
-    _check_rgb("std", card.std, 0.0, 1.0, low_open=True)
+    _check_rgb("std", card.std, MIN_CARD_STD, 1.0, low_open=False)
     method = card.stain_normalization
-    if method is not None and (not isinstance(method, str) or not method.strip()):
-        raise _card_error("stain_normalization", method, 'None or a method name such as "macenko"')
+    if method is not None and (not isinstance(method, str) or method not in STAIN_NORMALIZATIONS):
+        raise _card_error(
+            "stain_normalization", method, f"None or one of {', '.join(map(repr, STAIN_NORMALIZATIONS))}"
+        )
 
 
 def _check_card_outputs(card: ModelCard) -> None:
@@ -317,6 +328,13 @@ def check_state_dict(state_dict: Mapping[str, Any], card: ModelCard, source: str
     _compare_state_dicts(state_dict, expected, card.architecture, source)
 
 
+def _dtype_fits(value: torch.dtype, reference: torch.dtype) -> bool:
+    """Float weights may be stored in any real float dtype; integer counters exactly."""
+    if reference.is_floating_point:
+        return value in _FLOAT_DTYPES
+    return value == reference
+
+
 def _compare_state_dicts(
     state_dict: Mapping[str, Any],
     expected: Mapping[str, torch.Tensor],
@@ -334,12 +352,63 @@ def _compare_state_dicts(
             wrong.append(f"{key} is a {type(value).__name__}, not a tensor")
         elif value.shape != reference.shape:
             wrong.append(f"{key} {tuple(value.shape)} != expected {tuple(reference.shape)}")
+        elif not _dtype_fits(value.dtype, reference.dtype):
+            wrong.append(f"{key} dtype {value.dtype} != expected {reference.dtype}")
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{source}: state_dict does not match architecture {architecture!r}: "
             f"missing keys {_listed(missing)}, unexpected keys {_listed(unexpected)}, "
-            f"wrong shapes {_listed(wrong)}; the card's architecture may be wrong "
+            f"wrong shapes or dtypes {_listed(wrong)}; the card's architecture may be wrong "
             "or the weights come from another model"
+        )
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a state_dict's tensors, independent of the file they are stored in.
+
+    Keys in sorted order; for each, a JSON header [key, dtype, shape, n_bytes] and then the
+    tensor's raw bytes (C order, CPU). Any changed weight, dtype, shape or key changes it.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous().reshape(-1)
+        raw = tensor.view(torch.uint8) if tensor.numel() else torch.zeros(0, dtype=torch.uint8)
+        header = [str(key), str(tensor.dtype), list(state_dict[key].shape), int(raw.numel())]
+        digest.update(json.dumps(header).encode("utf-8") + b"\n")
+        digest.update(raw.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_weights_digest(payload: Mapping[str, Any], path: Path) -> None:
+    recorded = payload.get(DIGEST_KEY)
+    if recorded is None:
+        logger.warning(
+            "%s: no weights digest (saved by an older micromet), so damage to its weights "
+            "cannot be detected; load it and save it again with save_checkpoint to add one", path
+        )
+        return
+    if not isinstance(recorded, str) or len(recorded) != 64:
+        raise CheckpointError(
+            f"{path}: field {DIGEST_KEY!r} is {recorded!r}, expected a 64-digit hex SHA-256; "
+            "the file is damaged; copy it again from its source or retrain"
+        )
+    if weights_sha256(payload["state_dict"]) != recorded:
+        raise CheckpointError(
+            f"{path}: the weights do not match the SHA-256 digest recorded when the checkpoint "
+            "was saved: the file is damaged; copy it again from its source or retrain"
+        )
+
+
+def _check_finite_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    bad = [
+        str(key)
+        for key, value in state_dict.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path}: weights {_listed(bad)} hold NaN or infinite values; the model is broken "
+            "(training diverged or the file was edited); retrain or use another --model"
         )
 
 
@@ -385,6 +454,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "card": card_to_dict(card),
         "state_dict": state_dict,
+        DIGEST_KEY: weights_sha256(state_dict),
         **extra,
     }
     check_plain(payload["card"], "card")
@@ -476,13 +546,18 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> tup
 
     Loads with ``weights_only=True``, so a file holding arbitrary Python objects is refused.
     Raises CheckpointError naming the path and the field or key for a missing file, an
-    unreadable file, a bad card or weights that do not fit the card's architecture.
+    unreadable file, a bad card, weights that do not fit the card's architecture (keys,
+    shapes, dtypes), weights that differ from their recorded digest (a damaged file) or
+    weights holding NaN or inf. A file without a digest (older micromet) loads with a warning.
     """
+    path = Path(path)
     payload = _load_payload(path)
     card = card_from_dict(payload["card"], source=str(path))
     state_dict = payload["state_dict"]
     model = build_model(card.architecture, len(card.class_names))
     _compare_state_dicts(state_dict, model.state_dict(), card.architecture, str(path))
+    _check_weights_digest(payload, path)
+    _check_finite_weights(state_dict, path)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
