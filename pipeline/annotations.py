@@ -10,12 +10,13 @@ Validation policy (every reader):
   (one ``Annotation`` per part), with a warning;
 - a file with no polygons at all gives an empty list (a negative slide), but a file whose
   polygons were *all* dropped raises ``AnnotationError``: silently reading a broken
-  outline file as "no tumor" would mislabel a positive slide.
+  outline file as "no tumor" would mislabel a positive slide;
+- every coordinate must be a number (not a boolean or a string), finite, and within
+  ``MAX_COORDINATE_PX`` of the origin; anything else raises ``AnnotationError``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import json
@@ -71,6 +72,10 @@ LABEL_COLORS_RGB: Mapping[AnnotationLabel, tuple[int, int, int]] = {
 }
 # After make_valid, polygon parts smaller than this fraction of the repaired area are slivers.
 MIN_REPAIRED_PART_FRACTION = 0.01
+# Largest |x| or |y| accepted, in level-0 px: 10^7 px is 2.4 m at 0.243 µm/px, over ten times
+# the longest whole-slide image (about 2 x 10^5 px). A larger value is a unit error (µm, nm)
+# or a damaged file; accepting it would make masks and samplers try to cover that range.
+MAX_COORDINATE_PX = 1e7
 
 _ASAP_POLYGON_TYPES = frozenset({"polygon", "spline", "rectangle"})
 
@@ -166,6 +171,21 @@ def _repair(
     ]
 
 
+def check_coordinates(path: Path, name: str, points: NDArray[np.float64]) -> None:
+    """Raise AnnotationError naming the file and annotation unless every coordinate is finite
+    and within ``MAX_COORDINATE_PX`` of the origin (level-0 px)."""
+    if points.size == 0:
+        return
+    bad = ~np.isfinite(points) | (np.abs(points) > MAX_COORDINATE_PX)
+    if bad.any():
+        x, y = points[int(np.argmax(bad.any(axis=-1)))]
+        raise AnnotationError(
+            f"{path}: annotation {name!r} has a point at ({x:.6g}, {y:.6g}); coordinates must be "
+            f"finite level-0 px within ±{MAX_COORDINATE_PX:.0e} - check the file's units or "
+            "remove that outline"
+        )
+
+
 def _make_annotations(
     path: Path,
     name: str,
@@ -175,6 +195,9 @@ def _make_annotations(
     label: AnnotationLabel | None = None,
 ) -> list[Annotation]:
     """Validated annotations from one raw polygon: [] (dropped), one, or several repaired parts."""
+    check_coordinates(path, name, exterior)
+    for hole in holes:
+        check_coordinates(path, name, hole)
     shell = _clean_ring(exterior)
     n_distinct = len(np.unique(shell, axis=0))
     if n_distinct < 3:
@@ -185,8 +208,6 @@ def _make_annotations(
             n_distinct,
         )
         return []
-    if not np.all(np.isfinite(shell)):
-        raise AnnotationError(f"{path}: annotation {name!r} has non-finite coordinates")
     clean_holes = [h for h in (_clean_ring(h) for h in holes) if len(np.unique(h, axis=0)) >= 3]
     parts = _repair(path, name, shell, clean_holes)
     final_label = label if label is not None else label_for_group(group)
@@ -227,8 +248,11 @@ def _parse_xml(path: Path) -> ElementTree.Element:
         parser = ElementTree
     try:
         return cast(ElementTree.Element, parser.parse(str(path)).getroot())
-    except (ElementTree.ParseError, ValueError) as exc:  # defusedxml errors are ValueErrors
-        raise AnnotationError(f"{path}: not a valid ASAP XML file ({exc})") from exc
+    except (ElementTree.ParseError, ValueError, LookupError, RecursionError) as exc:
+        # defusedxml errors are ValueErrors; an unknown encoding="..." is a LookupError
+        raise AnnotationError(
+            f"{path}: not a valid ASAP XML file ({_short(exc)}); export it again from ASAP"
+        ) from exc
 
 
 def _asap_coordinates(path: Path, name: str, element: ElementTree.Element) -> NDArray[np.float64]:
@@ -277,28 +301,58 @@ def _load_json(path: Path) -> Any:
         with path.open("r", encoding="utf-8") as handle:
             return json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path}: not a valid JSON file ({exc})") from exc
+        raise AnnotationError(f"{path}: not a valid JSON file ({_short(exc)})") from exc
+    except RecursionError:
+        raise AnnotationError(
+            f"{path}: not a valid annotation file (JSON nested too deeply to read)"
+        ) from None
+    except ValueError as exc:  # e.g. an integer literal of thousands of digits
+        raise AnnotationError(f"{path}: not a valid JSON file ({_short(exc)})") from exc
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _as_ring(path: Path, name: str, raw: Any) -> NDArray[np.float64]:
-    try:
-        ring = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise AnnotationError(f"{path}: {name!r} has non-numeric coordinates") from exc
-    if ring.size == 0:
-        return ring.reshape(0, 2)
-    if ring.ndim != 2 or ring.shape[1] < 2:
+    """(N, 2) float64 from a JSON list of [x, y] (or [x, y, z]) numbers."""
+    if not isinstance(raw, list):
         raise AnnotationError(
-            f"{path}: {name!r} coordinates have shape {ring.shape}; expected a list of [x, y]"
+            f"{path}: {name!r} coordinates are {type(raw).__name__}; expected a list of [x, y]"
         )
-    return ring[:, :2]
+    for point in raw:
+        if not (isinstance(point, list) and len(point) >= 2 and all(map(_is_number, point[:2]))):
+            shown = _short(ValueError(repr(point)), 60)
+            raise AnnotationError(
+                f"{path}: {name!r} has a point {shown}; expected [x, y] numbers in level-0 px"
+            )
+    try:
+        ring = np.array([point[:2] for point in raw], dtype=np.float64).reshape(-1, 2)
+    except OverflowError:
+        raise AnnotationError(
+            f"{path}: {name!r} has a coordinate too large for a number; coordinates must be "
+            f"level-0 px within ±{MAX_COORDINATE_PX:.0e}"
+        ) from None
+    check_coordinates(path, name, ring)
+    return ring
 
 
 def _geojson_features(path: Path, data: Any) -> list[Any]:
     if isinstance(data, list):
         return data
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        return list(data.get("features", []))
+        features = data.get("features", [])
+        if not isinstance(features, list):
+            raise AnnotationError(
+                f"{path}: 'features' is {type(features).__name__}; expected a list of Features"
+            )
+        return features
     if isinstance(data, dict) and data.get("type") == "Feature":
         return [data]
     raise AnnotationError(
@@ -380,7 +434,13 @@ def _camelyon16_annotations(path: Path, data: Any) -> list[Annotation]:
     annotations: list[Annotation] = []
     n_raw = 0
     for group, label in (("positive", "tumor"), ("negative", "exclude")):
-        for index, item in enumerate(data.get(group, [])):
+        items = data.get(group, [])
+        if not isinstance(items, list):
+            raise AnnotationError(
+                f"{path}: {group!r} is {type(items).__name__}; expected a list of outlines "
+                '({"name", "vertices": [[x, y], ...]})'
+            )
+        for index, item in enumerate(items):
             if not isinstance(item, dict) or "vertices" not in item:
                 raise AnnotationError(f"{path}: {group}[{index}] has no 'vertices' list")
             n_raw += 1
@@ -591,19 +651,32 @@ def rasterize_annotations(
     return mask
 
 
-def _max_pairwise_distance(points: NDArray[np.float64], chunk: int = 1024) -> float:
+def _hull_diameter(hull: NDArray[np.float64]) -> float:
+    """Largest vertex distance of a convex polygon (counter-clockwise, no repeated vertex)
+    by rotating calipers: for each edge, walk the antipodal vertex forward while it moves
+    away from the edge. O(n): the antipodal index goes round the hull about once."""
+    n = len(hull)
+    x, y = hull[:, 0].tolist(), hull[:, 1].tolist()
     best = 0.0
-    for start in range(0, len(points), chunk):
-        block = points[start : start + chunk]
-        d2 = ((block[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
-        best = max(best, float(d2.max()))
+    k = 1
+    for i in range(n):
+        j = (i + 1) % n
+        ex, ey = x[j] - x[i], y[j] - y[i]
+        for _ in range(n):  # bound: never more than once round the hull per edge
+            k1 = (k + 1) % n
+            if ex * (y[k1] - y[k]) - ey * (x[k1] - x[k]) <= 0:
+                break
+            k = k1
+        best = max(best, (x[i] - x[k]) ** 2 + (y[i] - y[k]) ** 2,
+                   (x[j] - x[k]) ** 2 + (y[j] - y[k]) ** 2)
     return math.sqrt(best)
 
 
 def max_feret_diameter_px(vertices_xy: NDArray[np.float64]) -> float:
     """Largest distance between two points of a polygon (max Feret diameter), in px.
 
-    vertices_xy: (N, 2) points in any px frame. Uses the convex hull's vertices.
+    vertices_xy: (N, 2) points in any px frame. Rotating calipers on the convex hull:
+    O(N log N) for the hull, O(hull size) for the diameter.
     """
     from scipy.spatial import ConvexHull, QhullError
 
@@ -611,10 +684,12 @@ def max_feret_diameter_px(vertices_xy: NDArray[np.float64]) -> float:
     if len(points) < 2:
         return 0.0
     if len(points) >= 3:
-        # Collinear points have no hull; the extreme pair is then among them all.
-        with contextlib.suppress(QhullError):
-            points = points[ConvexHull(points).vertices]
-    return _max_pairwise_distance(points)
+        try:
+            return _hull_diameter(points[ConvexHull(points).vertices])  # counter-clockwise
+        except QhullError:
+            pass  # collinear points have no hull
+    # np.unique sorts rows lexicographically: on a line, the first and last are the extremes
+    return float(np.hypot(*(points[-1] - points[0])))
 
 
 def polygon_area_px2(vertices_xy: NDArray[np.float64], holes_xy: Sequence[NDArray[np.float64]] = ()) -> float:

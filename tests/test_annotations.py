@@ -269,3 +269,94 @@ def test_polygon_area_subtracts_holes() -> None:
     assert polygon_area_px2(_square(0, 0, 10)) == pytest.approx(100)
     assert polygon_area_px2(_square(0, 0, 10)[::-1]) == pytest.approx(100)  # orientation-free
     assert polygon_area_px2(_square(0, 0, 10), [_square(2, 2, 2)]) == pytest.approx(96)
+
+
+# --- hostile files (issue 12) --------------------------------------------------------------
+
+
+def _geojson_square(values: str) -> str:
+    return (
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": '
+        '{"name": "t", "classification": {"name": "Tumor"}}, "geometry": {"type": "Polygon", '
+        f'"coordinates": [{values}]}}}}]}}'
+    )
+
+
+def _xml_square(x: str, encoding: str = "utf-8") -> str:
+    coordinates = "".join(
+        f'<Coordinate Order="{i}" X="{cx}" Y="{cy}" />'
+        for i, (cx, cy) in enumerate([(x, "0"), (x, "10"), ("0", "10"), ("0", "0")])
+    )
+    return (
+        f'<?xml version="1.0" encoding="{encoding}"?><ASAP_Annotations><Annotations>'
+        f'<Annotation Name="t" Type="Polygon" PartOfGroup="Tumor"><Coordinates>{coordinates}'
+        "</Coordinates></Annotation></Annotations></ASAP_Annotations>"
+    )
+
+
+HUGE_INT = "9" * 400
+HOSTILE_ANNOTATIONS = {
+    "features_null.geojson": ('{"type": "FeatureCollection", "features": null}', "'features' is"),
+    "features_five.geojson": ('{"type": "FeatureCollection", "features": 5}', "'features' is"),
+    "positive_null.json": ('{"positive": null, "negative": []}', "'positive' is NoneType"),
+    "negative_dict.json": ('{"positive": [], "negative": {}}', "'negative' is dict"),
+    "huge_int.geojson": (_geojson_square(f"[[0, 0], [{HUGE_INT}, 0], [0, 10], [0, 0]]"),
+                         "too large"),
+    "huge_int.json": ('{"positive": [{"name": "a", "vertices": [[0, 0], [' + HUGE_INT
+                      + ', 0], [0, 10]]}], "negative": []}', "too large"),
+    "deep.json": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "deep.geojson": ('{"type": "FeatureCollection", "features": ' + "[" * 100_000
+                     + "]" * 100_000 + "}", "nested too deeply"),
+    "klingon.xml": (_xml_square("10", encoding="klingon"), "not a valid ASAP XML file"),
+    "e300.geojson": (_geojson_square("[[0, 0], [1e300, 0], [0, 1e300], [0, 0]]"), "1e\\+300"),
+    "e15.json": ('{"positive": [{"name": "sq", "vertices": [[0, 0], [1e15, 0], [1e15, 1e15], '
+                 '[0, 1e15]]}], "negative": []}', "within ±1e\\+07"),
+    "e15.xml": (_xml_square("1e15"), "within ±1e\\+07"),
+    "inf.xml": (_xml_square("inf"), "finite"),
+    "huge_digits.xml": (_xml_square(HUGE_INT), "finite"),
+    "nan.geojson": (_geojson_square("[[0, 0], [NaN, 0], [0, 10], [0, 0]]"), "finite"),
+    "booleans.geojson": (_geojson_square("[[0, 0], [true, false], [0, 10], [0, 0]]"),
+                         "expected \\[x, y\\] numbers"),
+    "booleans.json": ('{"positive": [{"name": "b", "vertices": [[true, true], [false, true], '
+                      '[false, false]]}], "negative": []}', "expected \\[x, y\\] numbers"),
+    "strings.json": ('{"positive": [{"name": "s", "vertices": [["1", "2"], [5, 2], [5, 9]]}]}',
+                     "expected \\[x, y\\] numbers"),
+    "vertices_null.json": ('{"positive": [{"name": "n", "vertices": null}]}', "NoneType"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ANNOTATIONS))
+def test_hostile_annotation_files_raise_one_line_annotation_errors(name: str, tmp_path: Path) -> None:
+    text, message = HOSTILE_ANNOTATIONS[name]
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(AnnotationError, match=message) as info:
+        read_annotations(path)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_coordinates_up_to_the_bound_are_accepted(tmp_path: Path) -> None:
+    from pipeline.annotations import MAX_COORDINATE_PX
+
+    path = tmp_path / "far.json"
+    far = MAX_COORDINATE_PX
+    path.write_text(json.dumps({"positive": [{"name": "far", "vertices": [
+        [far - 10, far - 10], [far, far - 10], [far, far]]}], "negative": []}))
+    assert len(read_annotations(path)) == 1
+
+
+def test_max_feret_diameter_is_exact_on_random_polygons_and_a_60k_vertex_circle() -> None:
+    rng = np.random.default_rng(1)
+    for trial in range(500):
+        points = rng.uniform(-50, 50, (int(rng.integers(2, 60)), 2))
+        if trial % 3 == 0:
+            points = np.round(points)  # duplicates and collinear hull points
+        if trial % 5 == 0:
+            points[:, 1] = 2 * points[:, 0] + 1  # all on one line: no hull
+        assert max_feret_diameter_px(points) == pytest.approx(pdist(points).max(), rel=1e-12)
+    n = 60_000  # quadratic pairs would be 1.8e9 distances; calipers walk the hull once
+    angles = np.arange(n) * 2 * np.pi / n
+    circle = np.stack([1000 * np.cos(angles), 1000 * np.sin(angles)], axis=1)
+    opposite = float(np.hypot(*(circle[: n // 2] - circle[n // 2 :]).T).max())
+    assert max_feret_diameter_px(circle) == pytest.approx(opposite, rel=1e-12)
