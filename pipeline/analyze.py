@@ -96,7 +96,7 @@ class AnalysisContext:
 OVERRIDABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "inference": ("device", "batch_size", "num_workers", "region_tiles", "precision", "compile"),
     "tiling": ("stride_px", "min_tissue_fraction"),
-    "deposits": ("threshold", "refine", "count_cells"),
+    "deposits": ("threshold", "refine", "count_cells", "cell_rule"),
 }
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "count_cells_in_deposit",
     "count_tumor_nuclei",
     "deposit_mask",
+    "measure_nuclei",
 ]
 
 
@@ -79,6 +80,29 @@ def count_tumor_nuclei(
     centroids_rc, keep = _tumor_regions(labels, hematoxylin, mpp)
     inside = region[centroids_rc[:, 0], centroids_rc[:, 1]]
     return int(np.count_nonzero(inside & keep))
+
+
+def measure_nuclei(rgb: NDArray[np.uint8], mpp: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Area (µm²) and mean hematoxylin OD of every nucleus in ``rgb`` (steps 1-3 above).
+
+    rgb: (H, W, 3) uint8 H&E image at ``mpp`` µm/px. Returns two (N,) float64 arrays, empty
+    for an image without nuclei. Used by slide QC to measure lymphocyte density.
+    """
+    image = np.asarray(rgb)
+    empty = np.zeros(0, dtype=np.float64)
+    if image.size == 0:
+        return empty, empty
+    hematoxylin = _hematoxylin_od(image, mpp)
+    nuclei = _nucleus_mask(hematoxylin, np.ones(image.shape[:2], dtype=bool), mpp)
+    if not nuclei.any():
+        return empty, empty
+    from scipy import ndimage
+
+    labels = _split_nuclei(nuclei, mpp)
+    index = np.arange(1, int(labels.max()) + 1)
+    area_um2 = np.asarray(ndimage.sum_labels(np.ones(labels.shape), labels, index), np.float64) * mpp**2
+    mean_od = np.asarray(ndimage.mean(hematoxylin, labels, index), dtype=np.float64)
+    return area_um2, mean_od
 
 
 def _hematoxylin_od(image: NDArray[np.uint8], mpp: float) -> NDArray[np.float64]:
@@ -268,7 +292,9 @@ def count_cells_in_deposit(
 
 
 def add_cell_counts(slide: Slide, deposits: list[Deposit], config: DepositConfig) -> list[Deposit]:
-    """Deposits with ``cell_count`` (and so possibly category) set; unchanged if disabled.
+    """Deposits with ``cell_count`` set, a review reason where it disagrees with the size,
+    and (only under ``config.cell_rule`` "literal") a category changed by it; unchanged if
+    disabled.
 
     Deposits larger than ``config.max_cell_count_diameter_mm`` keep cell_count None: their
     size alone decides (they are micro or macro by size).
@@ -279,5 +305,5 @@ def add_cell_counts(slide: Slide, deposits: list[Deposit], config: DepositConfig
     for deposit in deposits:
         count = count_cells_in_deposit(slide, deposit, config.max_cell_count_diameter_mm)
         log.debug("deposit %d: %s tumor nuclei", deposit.id, count)
-        counted.append(deposit if count is None else with_cell_count(deposit, count))
+        counted.append(deposit if count is None else with_cell_count(deposit, count, config.cell_rule))
     return counted

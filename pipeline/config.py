@@ -115,6 +115,9 @@ class DepositConfig:
         category boundary at a finer stride.
     refine_stride_fraction: refinement stride as a fraction of the tile size.
     count_cells: estimate tumor nuclei in deposits up to max_cell_count_diameter_mm.
+    cell_rule: how a cell count enters the category (``pipeline.staging.CellRule``):
+        "size-first" (size decides, a disagreeing count flags the deposit for review) or
+        "literal" (the AJCC wording: < 200 cells ITC, > 200 micro, up to 2.0 mm).
     """
 
     threshold: float | None = None
@@ -122,12 +125,15 @@ class DepositConfig:
     refine_stride_fraction: float = 0.25
     count_cells: bool = True
     max_cell_count_diameter_mm: float = 1.0
+    cell_rule: Literal["size-first", "literal"] = "size-first"
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
             _check_range("threshold", self.threshold, 0.0, 1.0)
         _check_range("refine_stride_fraction", self.refine_stride_fraction, 0.05, 1.0)
         _check_range("max_cell_count_diameter_mm", self.max_cell_count_diameter_mm, 0.0, 10.0)
+        if self.cell_rule not in ("size-first", "literal"):
+            raise ValueError(f"cell_rule={self.cell_rule!r} is not allowed; use size-first or literal")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from pipeline.annotations import max_feret_diameter_px
 from pipeline.errors import HeatmapError
 from pipeline.heatmap import Heatmap
-from pipeline.staging import Category, categorize_deposit
+from pipeline.staging import DEFAULT_CELL_RULE, Category, CellRule, categorize_deposit, deposit_review
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ __all__ = [
     "find_deposits",
     "max_feret_diameter",
     "number_deposits",
+    "size_is_upper_bound",
     "with_cell_count",
 ]
 
@@ -68,6 +69,8 @@ class Deposit:
     deposit's cells. cell_count: estimated tumor nuclei, None when not counted. refined:
     measured on a finer rescoring (``pipeline.refine``). outline_xy: (N, 2) float64 level-0
     px, open ring (first vertex not repeated), counter-clockwise in the x-right/y-up sense.
+    review: why size and cell count disagree (``staging.deposit_review``), None when they
+    agree or cells were not counted.
     """
 
     id: int
@@ -85,6 +88,13 @@ class Deposit:
     cell_count: int | None
     refined: bool
     outline_xy: NDArray[np.float64]
+    review: str | None = None
+
+    @property
+    def below_grid(self) -> bool:
+        """True when the size is not above the grid's resolution (one heatmap cell): the
+        diameter is then an upper bound, not a value +/- its uncertainty."""
+        return size_is_upper_bound(self.max_diameter_mm, self.max_diameter_uncertainty_mm)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used in ``report.json`` (docs/architecture.md)."""
@@ -94,6 +104,7 @@ class Deposit:
             "category": str(self.category),
             "max_diameter_mm": float(self.max_diameter_mm),
             "max_diameter_uncertainty_mm": float(self.max_diameter_uncertainty_mm),
+            "max_diameter_is_upper_bound": self.below_grid,
             "area_mm2": float(self.area_mm2),
             "centroid_x_px": float(self.centroid_x_px),
             "centroid_y_px": float(self.centroid_y_px),
@@ -108,6 +119,7 @@ class Deposit:
             "cell_count": None if self.cell_count is None else int(self.cell_count),
             "refined": bool(self.refined),
             "outline_xy": [[float(px), float(py)] for px, py in self.outline_xy],
+            "review": self.review,
         }
 
 
@@ -139,6 +151,7 @@ def deposit_from_dict(data: Mapping[str, Any]) -> Deposit:
             cell_count=None if cell_count is None else int(cell_count),
             refined=bool(data["refined"]),
             outline_xy=np.asarray(data["outline_xy"], dtype=np.float64).reshape(-1, 2),
+            review=None if data.get("review") is None else str(data["review"]),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"deposit entry is missing or has a malformed field ({exc!r})") from exc
@@ -157,10 +170,20 @@ def diameter_uncertainty_mm(stride_um: float) -> float:
     return stride_um * math.sqrt(2.0) / UM_PER_MM
 
 
-def with_cell_count(deposit: Deposit, cell_count: int | None) -> Deposit:
-    """The deposit with ``cell_count`` set and its category recomputed from size and count."""
-    category = categorize_deposit(deposit.max_diameter_mm, cell_count)
-    return dataclasses.replace(deposit, cell_count=cell_count, category=category)
+def size_is_upper_bound(max_diameter_mm: float, uncertainty_mm: float) -> bool:
+    """True when a measured size is not above the grid's resolution (at most its own
+    uncertainty: one heatmap cell), so it can only be read as an upper bound."""
+    return max_diameter_mm <= uncertainty_mm * (1.0 + 1e-9)
+
+
+def with_cell_count(
+    deposit: Deposit, cell_count: int | None, cell_rule: CellRule | str = DEFAULT_CELL_RULE
+) -> Deposit:
+    """The deposit with ``cell_count`` set, its category recomputed from size and count
+    under ``cell_rule``, and ``review`` set when they disagree (``staging.deposit_review``)."""
+    category = categorize_deposit(deposit.max_diameter_mm, cell_count, cell_rule)
+    review = deposit_review(deposit.max_diameter_mm, cell_count, cell_rule)
+    return dataclasses.replace(deposit, cell_count=cell_count, category=category, review=review)
 
 
 def number_deposits(deposits: Sequence[Deposit]) -> list[Deposit]:

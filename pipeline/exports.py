@@ -6,25 +6,29 @@ never leaves a half-written file under its final name.
 
 - QuPath GeoJSON: a FeatureCollection with one Polygon Feature per deposit (closed ring),
   ``properties.objectType = "annotation"``, classification "Tumor", name
-  "deposit 1 (micro)" and the measurements (mm, mm², probabilities, cell count).
+  "deposit 1 (micro)", the measurements (mm, mm², probabilities, cell count), and the
+  properties ``category`` and ``review`` (why size and cell count disagree, or null).
 - ASAP XML: one polygon per deposit in group "Tumor" (opens in ASAP and reads back with
-  ``pipeline.annotations.read_asap_xml``).
+  ``pipeline.annotations.read_asap_xml``); a deposit flagged for review is named
+  "deposit 1 (micro, review: <reason>)", since ASAP shows names but keeps no other fields.
 - CAMELYON16 lesion-detection CSV: one row per deposit, ``confidence,X,Y`` with the
   deposit's max probability and a point inside it (its centroid, or when the centroid of an
   irregular deposit falls outside it, the nearest interior point). The official
   evaluation script (Evaluation_FROC.py) parses X and Y with ``int()``, so they are
-  written as whole level-0 px.
+  written as whole level-0 px. The review flag is not in this file: the format has exactly
+  these three columns.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.annotations import Annotation, write_geojson
+from pipeline.annotations import Annotation, annotation_to_feature
 from pipeline.annotations import write_asap_xml as write_annotations_xml
 from pipeline.deposits import Deposit
 from pipeline.errors import AnnotationError, OutputError
@@ -47,9 +51,11 @@ __all__ = [
 
 
 def deposit_annotation(deposit: Deposit) -> Annotation:
-    """The deposit's outline as a tumor ``Annotation`` named "deposit N (category)"."""
+    """The deposit's outline as a tumor ``Annotation`` named "deposit N (category)", or
+    "deposit N (category, review: reason)" when it is flagged for review."""
+    review = f", review: {deposit.review}" if deposit.review else ""
     return Annotation(
-        name=f"deposit {deposit.id} ({deposit.category})",
+        name=f"deposit {deposit.id} ({deposit.category}{review})",
         group=TUMOR_GROUP,
         label="tumor",
         vertices_xy=deposit.outline_xy,
@@ -77,11 +83,16 @@ def write_qupath_geojson(deposits: Sequence[Deposit], path: Path) -> None:
 
     Raises OutputError if the file cannot be written.
     """
-    write_geojson(
-        [deposit_annotation(d) for d in deposits],
-        Path(path),
-        [deposit_measurements(d) for d in deposits],
-    )
+    features = []
+    for deposit in deposits:
+        feature = annotation_to_feature(deposit_annotation(deposit), deposit_measurements(deposit))
+        feature["properties"].update(category=str(deposit.category), review=deposit.review)
+        features.append(feature)
+    text = json.dumps({"type": "FeatureCollection", "features": features}, indent=1) + "\n"
+    try:
+        atomic_write_text(Path(path), text)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write here ({exc})") from exc
 
 
 def write_asap_xml(deposits: Sequence[Deposit], path: Path) -> None:

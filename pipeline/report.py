@@ -13,6 +13,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.batch import slide_folder
 from pipeline.outputs import atomic_write_text
+from pipeline.staging import DEFAULT_CELL_RULE
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_COLUMNS = (
@@ -25,6 +26,8 @@ SUMMARY_COLUMNS = (
     "n_itc",
     "n_micro",
     "n_macro",
+    "review",
+    "cell_rule",
     "mpp",
     "tissue_fraction",
     "n_tiles",
@@ -45,7 +48,11 @@ def build_report(
     n_tiles: int,
     timing_s: dict[str, float],
 ) -> dict[str, Any]:
-    """The ``report.json`` dict (schema in docs/architecture.md); deposits largest first."""
+    """The ``report.json`` dict (schema in docs/architecture.md); deposits largest first.
+
+    ``review`` lists, per flagged deposit, why its size and cell count disagree; ``cell_rule``
+    is the rule that made the categories (``settings["deposits"]["cell_rule"]``).
+    """
     ordered = sorted(deposits, key=lambda d: float(d["max_diameter_mm"]), reverse=True)
     return {
         "micromet_version": __version__,
@@ -56,10 +63,24 @@ def build_report(
         "category": category,
         "score": round(float(score), 6),
         "largest_deposit_mm": ordered[0]["max_diameter_mm"] if ordered else None,
+        "cell_rule": report_cell_rule(settings),
+        "review": review_reasons(ordered),
         "n_tiles": int(n_tiles),
         "deposits": list(ordered),
         "timing_s": {name: round(value, 3) for name, value in timing_s.items()},
     }
+
+
+def report_cell_rule(settings: dict[str, Any]) -> str:
+    """The cell rule recorded in a report's settings ("size-first" for older reports)."""
+    deposits = settings.get("deposits")
+    rule = deposits.get("cell_rule") if isinstance(deposits, dict) else None
+    return str(rule or DEFAULT_CELL_RULE)
+
+
+def review_reasons(deposits: Sequence[dict[str, Any]]) -> list[str]:
+    """"deposit N: reason" for every deposit with a review flag, in the given order."""
+    return [f"deposit {d.get('id', '?')}: {d['review']}" for d in deposits if d.get("review")]
 
 
 def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | None) -> dict[str, Any]:
@@ -82,6 +103,8 @@ def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | N
             n_itc=categories.count("itc"),
             n_micro=categories.count("micro"),
             n_macro=categories.count("macro"),
+            review=" | ".join(review_reasons(report.get("deposits", []))),
+            cell_rule=report.get("cell_rule") or report_cell_rule(report.get("settings") or {}),
             mpp=report["slide"].get("mpp", ""),
             tissue_fraction=report["slide"].get("tissue_fraction", ""),
             n_tiles=report.get("n_tiles", ""),

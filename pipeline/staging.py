@@ -13,7 +13,12 @@ Sources:
       more nodes, each with at least one deposit > 2.0 mm.
   [C17] CAMELYON17 challenge, Evaluation (https://camelyon17.grand-challenge.org/Evaluation/);
       Bandi et al., IEEE Trans. Med. Imaging 38(2):550-560, 2019, doi:10.1109/TMI.2018.2867350:
-      a simplified pN scheme (pN0, pN0(i+), pN1mi, pN1, pN2) over 5 nodes per patient.
+      a simplified pN scheme (pN0, pN0(i+), pN1mi, pN1, pN2) over 5 nodes per patient;
+      its reference categories were assigned by size (ITC <= 0.2 mm, micro <= 2.0 mm).
+  [CAP] College of American Pathologists, Protocol for the Examination of Resection
+      Specimens from Patients with Invasive Carcinoma of the Breast (pathologic stage
+      classification notes): size is the primary criterion; the cell count is meant for
+      dispersed single cells or non-confluent clusters whose size cannot be measured.
 """
 
 from __future__ import annotations
@@ -176,33 +181,96 @@ class PatientRow:
         return [str(getattr(self, column)) for column in PATIENT_CSV_COLUMNS]
 
 
-def categorize_deposit(max_diameter_mm: float, cell_count: int | None = None) -> Category:
-    """Category of one contiguous deposit from its largest dimension and its cell count.
+class CellRule(enum.StrEnum):
+    """How a counted number of tumor nuclei enters a deposit's category (docs/staging.md).
 
-    max_diameter_mm: largest dimension (max Feret diameter) of this one deposit, in mm;
-        separate deposits are never summed. cell_count: tumor cells in one cross-section,
-        or None when not counted.
-
-    Rules [AJCC8]: > 2.0 mm is macro whatever the count. Up to 2.0 mm a known count decides
-    when it meets a cell rule: > 200 cells is micro (even <= 0.2 mm, "and/or > 200 cells"),
-    < 200 cells is ITC (even > 0.2 mm, "or < 200 cells"). Otherwise (count None, or exactly
-    200, which meets neither rule) size alone decides: <= 0.2 mm ITC, else micro. So exactly
-    0.2 mm is ITC and exactly 2.0 mm is micro; comparisons are exact on the given float.
-    Raises ValueError for a negative or non-finite diameter or a negative count.
+    SIZE_FIRST (the default): size alone decides (<= 0.2 mm ITC, <= 2.0 mm micro, else
+    macro); a count that disagrees with the size only sets a review flag ([CAP], [C17]).
+    LITERAL: the [AJCC8] wording read literally: up to 2.0 mm a count of > 200 cells makes
+    a deposit micro and a count of < 200 cells makes it ITC, whatever its size.
     """
+
+    SIZE_FIRST = "size-first"
+    LITERAL = "literal"
+
+
+DEFAULT_CELL_RULE = CellRule.SIZE_FIRST
+
+
+def _check_measurement(max_diameter_mm: float, cell_count: int | None) -> None:
     if not math.isfinite(max_diameter_mm) or max_diameter_mm < 0:
         raise ValueError(f"max_diameter_mm={max_diameter_mm!r}; expected a finite size >= 0 mm")
     if cell_count is not None and cell_count < 0:
         raise ValueError(f"cell_count={cell_count!r}; expected a count >= 0 or None")
+
+
+def _size_category(max_diameter_mm: float) -> Category:
     if max_diameter_mm > MICRO_MAX_DIAMETER_MM:
         return Category.MACRO
-    if cell_count is not None and cell_count > ITC_MAX_CELLS:
+    if max_diameter_mm > ITC_MAX_DIAMETER_MM:
         return Category.MICRO
-    if cell_count is not None and cell_count < ITC_MAX_CELLS:
+    return Category.ITC
+
+
+def categorize_deposit(
+    max_diameter_mm: float,
+    cell_count: int | None = None,
+    cell_rule: CellRule | str = DEFAULT_CELL_RULE,
+) -> Category:
+    """Category of one contiguous deposit from its largest dimension (and its cell count).
+
+    max_diameter_mm: largest dimension (max Feret diameter) of this one deposit, in mm;
+        separate deposits are never summed. cell_count: tumor cells in one cross-section,
+        or None when not counted. cell_rule: CellRule or its value.
+
+    Size: <= 0.2 mm ITC, > 0.2 mm and <= 2.0 mm micro, > 2.0 mm macro; comparisons are exact
+    on the given float. With CellRule.SIZE_FIRST (default) the count never changes the
+    category (``deposit_review`` says when it disagrees). With CellRule.LITERAL, up to
+    2.0 mm a count of > 200 gives micro and < 200 gives ITC; exactly 200 meets neither
+    rule and size decides. Raises ValueError for a negative or non-finite diameter, a
+    negative count or an unknown rule.
+    """
+    _check_measurement(max_diameter_mm, cell_count)
+    rule = CellRule(cell_rule)
+    by_size = _size_category(max_diameter_mm)
+    if rule is CellRule.SIZE_FIRST or cell_count is None or by_size is Category.MACRO:
+        return by_size
+    if cell_count > ITC_MAX_CELLS:
+        return Category.MICRO
+    if cell_count < ITC_MAX_CELLS:
         return Category.ITC
-    if max_diameter_mm <= ITC_MAX_DIAMETER_MM:
-        return Category.ITC
-    return Category.MICRO
+    return by_size
+
+
+def deposit_review(
+    max_diameter_mm: float,
+    cell_count: int | None,
+    cell_rule: CellRule | str = DEFAULT_CELL_RULE,
+) -> str | None:
+    """Why a deposit needs a pathologist's review, or None when size and count agree.
+
+    Size and count disagree when the deposit is > 0.2 mm with < 200 counted nuclei, or
+    <= 0.2 mm with > 200; an uncounted deposit (None) never disagrees. The reason names the
+    size, the count and the category kept under ``cell_rule``. Raises ValueError as
+    ``categorize_deposit``.
+    """
+    category = categorize_deposit(max_diameter_mm, cell_count, cell_rule)
+    if cell_count is None:
+        return None
+    if max_diameter_mm > ITC_MAX_DIAMETER_MM and cell_count < ITC_MAX_CELLS:
+        finding = (
+            f"{max_diameter_mm:.3f} mm is above the {ITC_MAX_DIAMETER_MM} mm ITC limit but "
+            f"only {cell_count} tumor nuclei were counted (< {ITC_MAX_CELLS})"
+        )
+    elif max_diameter_mm <= ITC_MAX_DIAMETER_MM and cell_count > ITC_MAX_CELLS:
+        finding = (
+            f"{max_diameter_mm:.3f} mm is within the {ITC_MAX_DIAMETER_MM} mm ITC limit but "
+            f"{cell_count} tumor nuclei were counted (> {ITC_MAX_CELLS})"
+        )
+    else:
+        return None
+    how = "by size" if CellRule(cell_rule) is CellRule.SIZE_FIRST else "by the literal cell rule"
+    return f"{finding}; called {category} {how}, check size and count"
 
 
 def slide_category(deposit_categories: Iterable[Category | str]) -> Category:

@@ -30,9 +30,11 @@ from pipeline import __version__
 from pipeline.annotations import Annotation, write_asap_xml, write_text_atomic
 from pipeline.errors import ConfigError, OutputError
 from pipeline.staging import (
+    DEFAULT_CELL_RULE,
     ITC_MAX_CELLS,
     ITC_MAX_DIAMETER_MM,
     MICRO_MAX_DIAMETER_MM,
+    CellRule,
     categorize_deposit,
     slide_category,
 )
@@ -177,11 +179,15 @@ class SynthResult:
     tissue_xy: tuple[NDArray[np.float64], ...]
 
 
-def deposit_category(diameter_mm: float, n_tumor_nuclei: int | None = None) -> str:
+def deposit_category(
+    diameter_mm: float,
+    n_tumor_nuclei: int | None = None,
+    cell_rule: CellRule | str = DEFAULT_CELL_RULE,
+) -> str:
     """The deposit's category by the same rule the pipeline applies
-    (``pipeline.staging.categorize_deposit``): size, and the 200-cell rule when the number of
-    tumor nuclei is given."""
-    return str(categorize_deposit(diameter_mm, n_tumor_nuclei))
+    (``pipeline.staging.categorize_deposit``, default cell rule "size-first": size decides,
+    the number of tumor nuclei only matters under the "literal" rule)."""
+    return str(categorize_deposit(diameter_mm, n_tumor_nuclei, cell_rule))
 
 
 def node_category(deposits: Sequence[DepositTruth]) -> str:
@@ -415,6 +421,7 @@ def _truth_dict(result: SynthResult, config: SynthConfig) -> dict[str, Any]:
         "level_dimensions": [list(d) for d in result.level_dimensions],
         "category_cutoffs_mm": {"itc_max": ITC_MAX_DIAMETER_MM, "micro_max": MICRO_MAX_DIAMETER_MM},
         "itc_max_cells": ITC_MAX_CELLS,
+        "cell_rule": str(DEFAULT_CELL_RULE),
         "node_category": result.node_category,
         "tissue": [{"vertices_xy": t.tolist()} for t in result.tissue_xy],
         "deposits": [

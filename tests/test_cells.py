@@ -204,7 +204,7 @@ def test_synthetic_deposit_counts_within_tolerance(synthetic_slide: SyntheticSli
     assert abs(total_heatmap - total_true) <= RELATIVE_TOLERANCE * total_true
 
 
-def test_large_deposits_are_not_counted_and_counts_set_the_category(
+def test_large_deposits_are_not_counted_and_counts_flag_the_category(
     synthetic_slide: SyntheticSlide,
 ) -> None:
     outline = synthetic_slide.outlines_xy[0]
@@ -212,11 +212,15 @@ def test_large_deposits_are_not_counted_and_counts_set_the_category(
     with open_slide(synthetic_slide.path) as slide:
         assert count_cells_in_deposit(slide, deposit, deposit.max_diameter_mm - 0.01) is None
         counted = add_cell_counts(slide, [deposit], DepositConfig())
+        literal = add_cell_counts(slide, [deposit], DepositConfig(cell_rule="literal"))
         skipped = add_cell_counts(slide, [deposit], DepositConfig(count_cells=False))
         too_big = add_cell_counts(slide, [deposit], DepositConfig(max_cell_count_diameter_mm=0.1))
     assert counted[0].cell_count is not None and counted[0].cell_count > 0
-    # About 0.22 mm with under 200 cells: the AJCC "< 200 cells" rule makes it an ITC.
-    assert counted[0].cell_count < 200 and counted[0].category is Category.ITC
+    # About 0.22 mm with under 200 cells: size first keeps it micro and flags it for review;
+    # the literal AJCC "< 200 cells" rule makes it an ITC.
+    assert deposit.max_diameter_mm > 0.2 and counted[0].cell_count < 200
+    assert counted[0].category is Category.MICRO and counted[0].review is not None
+    assert literal[0].category is Category.ITC and literal[0].review is not None
     assert skipped[0] is deposit and too_big[0] is deposit
 
 

@@ -44,6 +44,8 @@ REPORT_FIELDS = {
     "cell_count",
     "refined",
     "outline_xy",
+    "review",
+    "max_diameter_is_upper_bound",
 }
 
 
@@ -290,11 +292,41 @@ def test_deposit_from_dict_names_a_missing_field() -> None:
         deposit_from_dict(data)
 
 
-def test_cell_count_can_change_the_category() -> None:
+def test_cell_count_flags_but_never_changes_the_category_by_default() -> None:
     deposit = _one_deposit()  # 0.09 mm: ITC by size
-    assert with_cell_count(deposit, 250).category is Category.MICRO
-    assert with_cell_count(deposit, 250).cell_count == 250
-    assert with_cell_count(deposit, 150).category is Category.ITC
+    counted = with_cell_count(deposit, 250)
+    assert counted.category is Category.ITC
+    assert counted.cell_count == 250
+    assert counted.review is not None and "250" in counted.review
+    agreeing = with_cell_count(deposit, 150)
+    assert (agreeing.category, agreeing.review) == (Category.ITC, None)
+
+
+def test_literal_cell_rule_lets_the_count_change_the_category() -> None:
+    deposit = _one_deposit()
+    counted = with_cell_count(deposit, 250, "literal")
+    assert counted.category is Category.MICRO
+    assert counted.review is not None and "literal" in counted.review
+
+
+def test_review_flag_survives_the_report_round_trip() -> None:
+    counted = with_cell_count(_one_deposit(), 250)
+    data = json.loads(json.dumps(counted.to_dict()))
+    assert data["review"] == counted.review
+    assert deposit_from_dict(data).review == counted.review
+    old = {k: v for k, v in data.items() if k != "review"}  # report.json of an older version
+    assert deposit_from_dict(old).review is None
+
+
+def test_one_cell_deposit_size_is_an_upper_bound() -> None:
+    values = np.zeros((5, 5), dtype=np.float32)
+    values[2, 2] = 0.9
+    (single,) = find_deposits(make_heatmap(values), 0.5)
+    assert single.max_diameter_mm == pytest.approx(single.max_diameter_uncertainty_mm)
+    assert single.below_grid
+    assert single.to_dict()["max_diameter_is_upper_bound"] is True
+    assert not _one_deposit().below_grid  # 2 x 3 cells: a measurement +/- its bound
+    assert _one_deposit().to_dict()["max_diameter_is_upper_bound"] is False
 
 
 # --- real CAMELYON16 lesion outlines (0.243 µm/px) ----------------------------------------

@@ -166,3 +166,20 @@ def test_reading_a_bad_detection_csv_names_the_line(tmp_path: Path) -> None:
     headerless = tmp_path / "plain.csv"
     headerless.write_text("0.9,10,20\n0.5,1.6,2.4\n")
     assert read_camelyon16_csv(headerless) == [(0.9, 10, 20), (0.5, 2, 2)]
+
+
+def test_review_flag_is_in_geojson_properties_and_the_asap_name(tmp_path: Path) -> None:
+    deposits = make_deposits()
+    deposits[0] = with_cell_count(deposits[0], 40)  # micro by size, 40 nuclei counted
+    assert deposits[0].review is not None
+    write_qupath_geojson(deposits, tmp_path / "d.geojson")
+    write_asap_xml(deposits, tmp_path / "d.xml")
+    properties = [f["properties"] for f in json.loads((tmp_path / "d.geojson").read_text())["features"]]
+    assert [p["category"] for p in properties] == ["micro", "itc", "itc"]
+    assert properties[0]["review"] == deposits[0].review
+    assert properties[1]["review"] is None and properties[2]["review"] is None
+    names = [a.name for a in read_asap_xml(tmp_path / "d.xml")]
+    assert names[0] == f"deposit 1 (micro, review: {deposits[0].review})"
+    assert names[1:] == ["deposit 2 (itc)", "deposit 3 (itc)"]
+    write_camelyon16_csv(deposits, tmp_path / "d.csv")  # the CAMELYON16 format stays 3 columns
+    assert all(len(line.split(",")) == 3 for line in (tmp_path / "d.csv").read_text().splitlines())

@@ -20,9 +20,11 @@ from pipeline.staging import (
     NO_RESULT,
     UNSTAGEABLE,
     Category,
+    CellRule,
     PNStage,
     assign_patients,
     categorize_deposit,
+    deposit_review,
     natural_key,
     node_label,
     patient_from_camelyon17_name,
@@ -87,14 +89,42 @@ def test_stage_lists_are_in_increasing_order_per_scheme() -> None:
         (2.0, None, MICRO),  # exactly 2.0 mm is micro (none > 2.0 mm)
         (2.0000001, None, MACRO),
         (12.5, None, MACRO),
+        # size first: a count never changes the category, in either direction
+        (0.5, 199, MICRO),
+        (1.5, 10, MICRO),
+        (0.3, 199, MICRO),
+        (2.0, 0, MICRO),
+        (0.1, 201, ITC),
+        (0.2, 500, ITC),
+        (0.1, 199, ITC),
+        (0.2, 200, ITC),
+        (0.2000001, 200, MICRO),
+        (2.0, 200, MICRO),
+        (2.0000001, 0, MACRO),
+        (3.0, 150, MACRO),
+        (0.3, 201, MICRO),
+    ],
+)
+def test_categorize_deposit_is_size_first_by_default(
+    max_diameter_mm: float, cell_count: int | None, expected: Category
+) -> None:
+    assert categorize_deposit(max_diameter_mm, cell_count) is expected
+    assert categorize_deposit(max_diameter_mm, cell_count, CellRule.SIZE_FIRST) is expected
+
+
+@pytest.mark.parametrize(
+    ("max_diameter_mm", "cell_count", "expected"),
+    [
+        (0.2, None, ITC),
+        (0.2000001, None, MICRO),
         # > 200 cells makes a small deposit micro ("> 0.2 mm and/or > 200 cells")
         (0.1, 201, MICRO),
         (0.2, 500, MICRO),
         # < 200 cells makes a larger deposit ITC ("or < 200 cells")
         (0.3, 199, ITC),
+        (0.5, 199, ITC),
         (1.5, 10, ITC),
         (2.0, 0, ITC),
-        (0.1, 199, ITC),
         # exactly 200 cells meets neither cell rule: size decides
         (0.2, 200, ITC),
         (0.2000001, 200, MICRO),
@@ -103,11 +133,49 @@ def test_stage_lists_are_in_increasing_order_per_scheme() -> None:
         (2.0000001, 0, MACRO),
         (3.0, 150, MACRO),
         (3.0, 5000, MACRO),
-        (0.3, 201, MICRO),
     ],
 )
-def test_categorize_deposit(max_diameter_mm: float, cell_count: int | None, expected: Category) -> None:
-    assert categorize_deposit(max_diameter_mm, cell_count) is expected
+def test_categorize_deposit_literal_rule_reads_ajcc_literally(
+    max_diameter_mm: float, cell_count: int | None, expected: Category
+) -> None:
+    assert categorize_deposit(max_diameter_mm, cell_count, "literal") is expected
+
+
+def test_categorize_deposit_rejects_an_unknown_cell_rule() -> None:
+    with pytest.raises(ValueError, match="cells-only"):
+        categorize_deposit(0.5, 10, "cells-only")
+
+
+@pytest.mark.parametrize(
+    ("max_diameter_mm", "cell_count", "flagged"),
+    [
+        (0.5, 199, True),  # > 0.2 mm with < 200 counted nuclei
+        (1.5, 10, True),
+        (3.0, 150, True),
+        (0.1, 201, True),  # <= 0.2 mm with > 200
+        (0.2, 500, True),
+        (0.2000001, 200, False),  # exactly 200 meets neither rule
+        (0.2, 200, False),
+        (0.5, 250, False),
+        (0.1, 50, False),
+        (0.5, None, False),  # not counted: nothing to disagree with
+    ],
+)
+def test_deposit_review_flags_size_and_count_disagreement(
+    max_diameter_mm: float, cell_count: int | None, flagged: bool
+) -> None:
+    assert (deposit_review(max_diameter_mm, cell_count) is not None) is flagged
+    assert (deposit_review(max_diameter_mm, cell_count, "literal") is not None) is flagged
+
+
+def test_review_reason_names_size_count_and_the_category_kept() -> None:
+    reason = deposit_review(0.5, 199)
+    assert reason is not None
+    assert "0.500 mm" in reason and "199" in reason and "micro by size" in reason
+    literal = deposit_review(0.5, 199, "literal")
+    assert literal is not None and "itc by the literal cell rule" in literal
+    small = deposit_review(0.1, 201)
+    assert small is not None and "201" in small and "itc by size" in small
 
 
 @pytest.mark.parametrize(

@@ -311,9 +311,16 @@ def test_synth_command_rejects_mpp_with_no_mpp(tmp_path: Path) -> None:
     assert info.value.code == 2
 
 
-def test_truth_category_applies_the_200_cell_rule_like_the_pipeline() -> None:
-    # A deposit over 0.2 mm with fewer than 200 tumor cells is ITC (AJCC), over 200 micro.
-    assert deposit_category(0.3, 150) == "itc"
+def test_truth_category_is_size_first_like_the_pipeline() -> None:
+    # Size decides by default; the count never lowers (or raises) the category.
+    assert deposit_category(0.3, 150) == "micro"
     assert deposit_category(0.3, 250) == "micro"
-    assert deposit_category(0.15, 250) == "micro"
+    assert deposit_category(0.15, 250) == "itc"
     assert deposit_category(2.5, 10) == "macro"
+
+
+def test_truth_category_follows_the_literal_cell_rule_when_asked() -> None:
+    # The AJCC wording read literally: < 200 cells ITC, > 200 micro, up to 2.0 mm.
+    assert deposit_category(0.3, 150, "literal") == "itc"
+    assert deposit_category(0.15, 250, "literal") == "micro"
+    assert deposit_category(2.5, 10, "literal") == "macro"

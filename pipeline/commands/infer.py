@@ -90,6 +90,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="do not estimate tumor cell counts",
     )
+    parser.add_argument(
+        "--cell-rule",
+        choices=("size-first", "literal"),
+        default=None,
+        help="size-first (default): size decides the category and a disagreeing cell count "
+        "flags the deposit for review; literal: < 200 counted cells make a deposit up to "
+        "2.0 mm ITC, > 200 make it micro (AJCC wording; see docs/staging.md)",
+    )
 
 
 def build_context_from_args(args: argparse.Namespace) -> Any:
