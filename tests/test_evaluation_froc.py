@@ -122,12 +122,16 @@ def test_itc_cutoff_uses_the_grown_major_axis() -> None:
     assert (large.n_regions, large.n_lesions) == (1, 1)
 
 
-def test_outline_smaller_than_a_mask_pixel_still_makes_a_region() -> None:
-    speck = disc(10000, 10000, 12)  # 3 µm across, far below one 8 µm mask pixel
-    hits = score_slide_detections(tumor_slide("t1", [LESION_A, speck]), [det(0.5, 10000, 10000)], CONFIG)
-    assert hits.n_itc == 1
-    assert hits.n_itc_hits == 1
-    assert hits.fp_confidences.size == 0
+def test_outline_smaller_than_a_mask_pixel_counts_only_where_it_holds_a_sample_point() -> None:
+    # 3 µm specks, far below one 8 µm mask pixel. As in the ASAP-drawn masks, mask pixel
+    # (r, c) is the level-0 point (32 c, 32 r): a speck around (10016, 10016) holds one and
+    # becomes an ITC; one around (10000, 10000) holds none and leaves no region.
+    on_grid = disc(10016, 10016, 12)
+    hits = score_slide_detections(tumor_slide("t1", [LESION_A, on_grid]), [det(0.5, 10016, 10016)], CONFIG)
+    assert (hits.n_itc, hits.n_itc_hits, hits.fp_confidences.size) == (1, 1, 0)
+    between = disc(10000, 10000, 12)
+    hits = score_slide_detections(tumor_slide("t1", [LESION_A, between]), [det(0.5, 10000, 10000)], CONFIG)
+    assert (hits.n_itc, hits.n_itc_hits, hits.fp_confidences.size) == (0, 0, 1)
 
 
 def test_repeated_hits_on_one_lesion_count_once_with_the_best_confidence() -> None:
