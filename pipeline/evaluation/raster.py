@@ -46,7 +46,8 @@ def _paint_polygon(raster: NDArray[np.bool_], rows: NDArray[np.float64],
 
     def strictly_left(c: NDArray[np.float64]) -> NDArray[np.bool_]:
         # ASAP's isLeft test of the point (c, y) against the directed edge
-        return ((xb - xa) * (y - ya) - (c - xa) * (yb - ya)) * direction > 0
+        side: NDArray[np.bool_] = ((xb - xa) * (y - ya) - (c - xa) * (yb - ya)) * direction > 0
+        return side
 
     # the first column not strictly left of the crossing: ceil of the crossing's x, settled
     # by the exact side test where rounding put the crossing on the wrong side of an integer
