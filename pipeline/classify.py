@@ -27,6 +27,7 @@ from torch import nn
 from pipeline.augment import normalize_stain
 from pipeline.datasets import IMAGE_SUFFIXES, PatchImageError, fit_to_tile, load_rgb
 from pipeline.errors import ConfigError, OutputError
+from pipeline.inference import check_finite_probabilities
 from pipeline.models import ModelCard
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ def classify_patches(
 
     An unreadable file raises PatchImageError naming it, or with ``skip_bad`` becomes a row
     with an empty probability and the error text. progress: called with files done.
+    Raises CheckpointError if the model's output for a batch is NaN or infinite.
     """
     if not patch_mpp > 0:
         raise ConfigError(f"--mpp {patch_mpp!r} is invalid; give the patches' µm/px (> 0)")
@@ -206,9 +208,9 @@ def classify_patches(
     def flush() -> None:
         if pending:
             tiles = torch.from_numpy(np.stack([tile for _, tile in pending]))
-            for (path, _), p in zip(
-                pending, score_batch(model, tiles, device, (card.mean, card.std)), strict=True
-            ):
+            probabilities = score_batch(model, tiles, device, (card.mean, card.std))
+            check_finite_probabilities(probabilities, f"{pending[0][0]} and its batch", unit="patches")
+            for (path, _), p in zip(pending, probabilities, strict=True):
                 scores.append(PatchScore(str(path), float(p)))
             pending.clear()
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline.config import InferenceConfig
-from pipeline.errors import ConfigError, SlideOpenError
+from pipeline.errors import CheckpointError, ConfigError, SlideOpenError
 from pipeline.models import ModelCard, autocast_dtype, choose_device
 from pipeline.readers import (
     ReadGeometry,
@@ -103,6 +103,21 @@ class _Scorer:
             logits = self.model(batch)
         probabilities = torch.softmax(logits.float(), dim=1)[:, TUMOR_CLASS_INDEX]
         return probabilities.cpu()
+
+
+def check_finite_probabilities(probabilities: NDArray[np.float32], where: str, unit: str = "tiles") -> None:
+    """Raise CheckpointError naming ``where`` if any probability is NaN or infinite.
+
+    A model whose output is not finite has broken weights or normalisation; its NaN would
+    compare as "below threshold" and turn a slide negative, so the result is refused instead.
+    """
+    bad = int(np.count_nonzero(~np.isfinite(probabilities)))
+    if bad:
+        raise CheckpointError(
+            f"{where}: the model gave NaN or infinite tumor probabilities for {bad} of "
+            f"{len(probabilities)} {unit}, so no result is given; its weights or its card's "
+            "mean/std are broken (or fp16 overflowed): use another --model or --precision fp32"
+        )
 
 
 def _fuse_batch_norms(model: nn.Module) -> nn.Module:
@@ -203,8 +218,10 @@ class _Batcher:
     so the buffer is never refilled while a copy from it is in flight.
     """
 
-    def __init__(self, scorer: _Scorer, batch_size: int, tile_size_px: int, out: NDArray[np.float32]) -> None:
-        self.scorer, self.batch_size, self.out = scorer, batch_size, out
+    def __init__(
+        self, scorer: _Scorer, batch_size: int, tile_size_px: int, out: NDArray[np.float32], where: str
+    ) -> None:
+        self.scorer, self.batch_size, self.out, self.where = scorer, batch_size, out, where
         shape = (batch_size, tile_size_px, tile_size_px, 3)
         pin = scorer.device.type == "cuda"
         self.buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
@@ -226,10 +243,13 @@ class _Batcher:
         return scored
 
     def flush(self) -> int:
-        """Score every queued tile. Returns how many."""
+        """Score every queued tile. Returns how many. Raises CheckpointError if the model's
+        output for them is not finite."""
         count, self.pending = self.pending, 0
         if count:
-            self.out[self.indices[:count]] = self.scorer(self.buffer[:count]).numpy()
+            probabilities = self.scorer(self.buffer[:count]).numpy()
+            check_finite_probabilities(probabilities, self.where)
+            self.out[self.indices[:count]] = probabilities
         return count
 
 
@@ -293,7 +313,7 @@ def score_tiles_with_stats(
     started = time.perf_counter()
     with _torch_threads(threads), torch.inference_mode():
         scorer = _Scorer(_prepare_model(model, device, config.compile), card, device, config.precision)
-        batcher = _Batcher(scorer, config.batch_size, card.tile_size_px, out)
+        batcher = _Batcher(scorer, config.batch_size, card.tile_size_px, out, str(slide_path))
         wait_s = _run_loader(_make_loader(dataset, config), batcher, slide_path, progress)
     seconds = time.perf_counter() - started
     stats = InferenceStats(
@@ -331,7 +351,8 @@ def score_tiles(
     mpp. model: moved to the configured device, set to eval() and channels_last.
     progress: called with the number of tiles scored since its last call.
     Returns (N,) float32 in [0, 1]. Raises SlideOpenError naming the file when a read fails,
-    ConfigError when the grid does not fit the card or the device is unavailable.
+    ConfigError when the grid does not fit the card or the device is unavailable,
+    CheckpointError when the model's output is NaN or infinite.
     """
     probabilities, _ = score_tiles_with_stats(
         slide_path, slide_mpp, grid, model, card, config, progress
@@ -367,4 +388,5 @@ def naive_score_tiles(
         for index, xy_px in enumerate(grid.xy_px):
             tile = read_one_tile(slide, xy_px, geometry)
             out[index] = float(scorer(torch.from_numpy(tile[None].copy()))[0])
+    check_finite_probabilities(out, str(slide_path))
     return out

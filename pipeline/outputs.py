@@ -59,8 +59,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write JSON (indented, UTF-8, non-ASCII kept) atomically."""
-    atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    """Write strict JSON (indented, UTF-8, non-ASCII kept) atomically.
+
+    NaN and infinity are not JSON: a payload holding them raises ValueError (a bug: write
+    undefined values as None) and nothing is written.
+    """
+    text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def check_writable_folder(folder: Path) -> None:

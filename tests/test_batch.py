@@ -202,3 +202,67 @@ def test_tile_geometry_comes_from_the_model_card(model_path: Path, tmp_path: Pat
 
     with pytest.raises(ConfigError, match="model card"):
         build_context(model_path, config, FAST, None)
+
+
+def _strict_json(path: Path) -> dict:  # type: ignore[type-arg]
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{path} holds {name}, which is not JSON")
+
+    data: dict = json.loads(path.read_text(), parse_constant=refuse)  # type: ignore[type-arg]
+    return data
+
+
+def _infer(slide: Path, out: Path, model: Path) -> int:
+    return main(
+        ["infer", str(slide), "--out", str(out), "--model", str(model), "--device", "cpu",
+         "--workers", "0", "--no-refine", "--no-cells"]
+    )
+
+
+def test_a_model_with_non_finite_output_fails_the_slide_and_never_says_negative(
+    slide_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = build_model("micronet")
+    with torch.no_grad():  # finite weights whose activations overflow: the output is NaN
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.mul_(1e20)
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0)
+    checkpoint = save_checkpoint(tmp_path / "overflow.pt", model, card)
+    out = tmp_path / "out"
+    assert _infer(slide_dir / "node_0.tif", out, checkpoint) == 1
+    entry = _strict_json(out / "manifest.json")["slides"]["node_0"]
+    assert entry["status"] == "failed" and entry.get("category") is None
+    assert "node_0.tif" in entry["error"] and "NaN or infinite" in entry["error"]
+    assert not (out / "node_0").exists()
+    assert "negative" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change", ["nan_weight", "tiny_std"])
+def test_a_broken_checkpoint_is_refused_before_any_slide(
+    change: str, slide_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0)
+    checkpoint = save_checkpoint(tmp_path / "broken.pt", build_model("micronet"), card)
+    payload = torch.load(checkpoint, weights_only=True)
+    if change == "nan_weight":
+        payload["state_dict"]["classifier.weight"][0, 0] = float("nan")
+        from pipeline.models import weights_sha256
+
+        payload["weights_sha256"] = weights_sha256(payload["state_dict"])
+    else:
+        payload["card"]["std"] = [1e-300, 1e-300, 1e-300]
+    torch.save(payload, checkpoint)
+    out = tmp_path / "out"
+    assert _infer(slide_dir / "node_0.tif", out, checkpoint) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.pt" in err[0]
+    assert not (out / "node_0").exists()
+
+
+def test_json_outputs_are_strict_and_a_nan_writes_nothing(tmp_path: Path) -> None:
+    from pipeline.outputs import atomic_write_json
+
+    with pytest.raises(ValueError, match="JSON"):
+        atomic_write_json(tmp_path / "report.json", {"score": float("nan")})
+    assert list(tmp_path.iterdir()) == []

@@ -146,3 +146,21 @@ def test_threshold_maximises_youden_and_breaks_ties_toward_one_half() -> None:
     # J is best (2/3) only for thresholds in (0.72, 0.8]; the candidate nearest 0.5 is 0.73
     assert choose_threshold(overlapping, np.array([0, 0, 0, 0, 1, 1, 1])) == pytest.approx(0.73)
     assert choose_threshold(separable, np.array([1, 1, 1, 1])) == 0.5
+
+
+def test_cli_classify_refuses_non_finite_scores_and_writes_no_csv(
+    patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = build_model("micronet")
+    with torch.no_grad():  # finite weights whose activations overflow: the output is NaN
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.mul_(1e20)
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=1.0)
+    checkpoint = save_checkpoint(tmp_path / "overflow.pt", model, card)
+    out = tmp_path / "scores.csv"
+    args = ["classify", str(patch_dir), "--mpp", "0.5", "--out", str(out), "--model", str(checkpoint)]
+    assert cli_main([*args, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "NaN or infinite tumor probabilities" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".scores.csv*"))

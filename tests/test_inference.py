@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline import readers
 from pipeline.config import InferenceConfig, TilingConfig
-from pipeline.errors import ConfigError, SlideOpenError
+from pipeline.errors import CheckpointError, ConfigError, SlideOpenError
 from pipeline.heatmap import heatmap_from_scores
 from pipeline.inference import naive_score_tiles, score_tiles, score_tiles_with_stats
 from pipeline.models import ModelCard, build_model
@@ -354,3 +354,26 @@ def test_the_cards_stain_normalisation_is_applied_to_every_tile(
     np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-4)
     plain = score_tiles(slide_path, SLIDE_MPP, grid, model, card_for(mpp), ENGINE)
     assert float(np.abs(plain - scores).max()) > 1e-3  # normalisation changed the tiles
+
+
+def overflowing_micronet() -> nn.Module:
+    """Finite weights whose activations overflow to inf (then inf - inf = NaN) on any tile."""
+    model = sensitive_micronet()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.mul_(1e20)
+    return model
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_non_finite_model_output_is_refused_naming_the_slide(
+    num_workers: int, slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    grid, card = grid_for(slide_image, 1.0, None), card_for(1.0)
+    config = InferenceConfig(num_workers=num_workers, region_tiles=3, batch_size=7, device="cpu")
+    with pytest.raises(CheckpointError, match=r"node\.tif: the model gave NaN or infinite") as caught:
+        score_tiles(slide_path, SLIDE_MPP, grid, overflowing_micronet(), card, config)
+    assert "\n" not in str(caught.value) and "--model" in str(caught.value)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        naive_score_tiles(slide_path, SLIDE_MPP, grid, overflowing_micronet(), card)
