@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +275,82 @@ def test_detections_csv_with_and_without_header(tmp_path: Path) -> None:
     broken.write_text("confidence,X,Y\n0.5,ten,20\n")
     with pytest.raises(EvaluationError, match="line 2"):
         read_detections_csv(broken)
+
+
+def _evaluate(batch: Path, truth: Path, out: Path, *extra: str) -> int:
+    return main(["evaluate", "--batch", str(batch), "--truth-dir", str(truth), "--out", str(out),
+                 "--bootstrap", "10", *extra])
+
+
+def test_normal_slides_without_truth_and_without_reference_is_an_error_naming_reference(
+    synthetic_batch: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch, truth = synthetic_batch
+    write_slide(batch, "n2", "negative", 0.1, [deposit(700, 700, 0.1, "itc", 0.6)])
+    (truth / "n1.truth.json").unlink()
+    out = tmp_path / "eval"
+    assert _evaluate(batch, truth, out) == 1
+    err = capsys.readouterr().err
+    assert "--reference" in err and "n1, n2" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    # with a reference naming them Normal, they count in the FROC (their detection is a FP)
+    reference = tmp_path / "reference.csv"
+    reference.write_text("slide,class\nt1,Tumor\nt2,Tumor\nn1,Normal\nn2,Normal\n")
+    assert _evaluate(batch, truth, out, "--reference", str(reference)) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["froc"]["n_slides"] == 4
+    assert result["evaluated_slides"] == ["n1", "n2", "t1", "t2"]
+
+
+@pytest.mark.parametrize("mpp", [0, -1, "NaN", 1e300])
+def test_synthetic_truth_with_an_impossible_mpp_is_an_error_naming_the_file(
+    synthetic_batch: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    mpp: float | str,
+) -> None:
+    batch, truth = synthetic_batch
+    path = truth / "t1.truth.json"
+    path.write_text(path.read_text().replace('"mpp": 0.25', f'"mpp": {mpp}'))
+    out = tmp_path / "eval"
+    assert _evaluate(batch, truth, out) == 1
+    err = capsys.readouterr().err
+    assert "t1.truth.json: mpp is" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"type": "FeatureCollection", "features": null}', "'features' is NoneType"),
+        ('{"positive": null, "negative": []}', "'positive' is NoneType"),
+        ('{"positive": [{"name": "sq", "vertices": [[0, 0], [1e15, 0], [1e15, 1e15], [0, 1e15]]}]}',
+         "within ±1e\\+07"),
+        ('{"positive": [{"name": "sq", "vertices": [[0, 0], [1e300, 0], [0, 1e300]]}]}',
+         "within ±1e\\+07"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+)
+def test_malformed_outline_files_stop_evaluate_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    batch, truth, out = tmp_path / "batch", tmp_path / "truth", tmp_path / "eval"
+    write_slide(batch, "Test_001", "macro", 0.9, [deposit(4000, 4000, 1.3, "macro", 0.9)])
+    truth.mkdir()
+    (truth / "Test_001.json").write_text(text)
+    assert _evaluate(batch, truth, out) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Test_001.json" in err
+    assert re.search(message, err)
+    assert not out.exists()
+
+
+def test_outlines_outside_the_slide_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch, truth, out = tmp_path / "batch", tmp_path / "xml", tmp_path / "eval"
+    write_slide(batch, "Test_001", "macro", 0.9, [deposit(4000, 4000, 1.3, "macro", 0.9)])
+    truth.mkdir()
+    (truth / "Test_001.xml").write_text(asap_xml([square(2000, 2000, 4000), square(50000, 100, 900)]))
+    with caplog.at_level(logging.WARNING):
+        assert _evaluate(batch, truth, out) == 0
+    assert "1 of 2 tumor outline(s) lie entirely outside the slide" in caplog.text

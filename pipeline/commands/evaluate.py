@@ -78,12 +78,29 @@ def _references(batch: BatchPredictions, truth_dir: Path | None,
     if truth_dir is not None and not truth_dir.is_dir():
         raise EvaluationError(f"{truth_dir}: --truth-dir is not a folder")
     labels = read_camelyon16_reference_csv(reference_csv) if reference_csv else None
+    if truth_dir is not None and labels is None:
+        _check_every_slide_has_truth(batch, truth_dir)
     references = {}
     for slide_id, prediction in batch.slides.items():
         reference = read_slide_reference(prediction, truth_dir, labels)
         if reference is not None:
             references[slide_id] = reference
     return references
+
+
+def _check_every_slide_has_truth(batch: BatchPredictions, truth_dir: Path) -> None:
+    """Without --reference, a finished slide without a truth file may be a normal slide:
+    leaving it out would compute the FROC and AUC without its false positives."""
+    from pipeline.evaluation.inputs import TRUTH_SUFFIXES, find_truth_file
+
+    missing = sorted(s for s in batch.slides if find_truth_file(truth_dir, s) is None)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise EvaluationError(
+            f"{truth_dir}: no {' / '.join(TRUTH_SUFFIXES)} file for {len(missing)} finished "
+            f"slide(s) ({shown}); if they are normal slides pass --reference CSV listing them "
+            "as Normal, otherwise add their outlines"
+        )
 
 
 def _stage_references(
@@ -106,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.outputs import check_writable_folder
 
     config = _config(args)
-    check_writable_folder(args.out)
     batch = read_batch(args.batch)
     references = _references(batch, args.truth_dir, args.reference)
     node_reference, stage_reference = _stage_references(args.stages)
     evaluation = evaluate_batch(batch, references, config, node_reference, stage_reference)
+    check_writable_folder(args.out)  # only now: bad input leaves no output folder behind
     write_evaluation(evaluation, args.out)
     if args.json:
         print(json.dumps(evaluation_to_dict(evaluation), indent=2))

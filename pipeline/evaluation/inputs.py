@@ -270,16 +270,77 @@ def find_truth_file(truth_dir: Path, slide_id: str) -> Path | None:
     return None
 
 
-def _synthetic_reference(path: Path, slide_id: str) -> SlideReference:
+def _warn_outside(path: Path, outlines: list[Any], size_wh_px: tuple[int, int]) -> None:
+    """Warn when tumor outlines lie entirely outside the slide (a file of another slide, or
+    coordinates at another level)."""
+    width, height = size_wh_px
+    outside = sum(
+        1 for v in outlines
+        if v[:, 0].max() < 0 or v[:, 1].max() < 0 or v[:, 0].min() >= width
+        or v[:, 1].min() >= height
+    )
+    if outside:
+        logger.warning(
+            "%s: %d of %d tumor outline(s) lie entirely outside the slide (%d x %d level-0 px); "
+            "check that the file belongs to this slide and is in level-0 px",
+            path, outside, len(outlines), width, height,
+        )
+
+
+def _read_synthetic_truth(path: Path) -> Any:
     from pipeline.errors import ConfigError
     from pipeline.synthetic import read_truth
 
     try:
-        truth = read_truth(path)
+        return read_truth(path)
     except ConfigError as exc:
         raise EvaluationError(str(exc)) from exc
+    except (RecursionError, OverflowError, AttributeError) as exc:
+        raise EvaluationError(
+            f"{path}: not a readable synthetic truth file ({type(exc).__name__}); "
+            "write it again with 'micromet synth'"
+        ) from None
+
+
+def _check_synthetic_truth(path: Path, truth: Any, mpp: float) -> None:
+    from pipeline.annotations import MAX_COORDINATE_PX, check_coordinates
+    from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
+    from pipeline.errors import AnnotationError
+
+    if not (math.isfinite(mpp) and MIN_PLAUSIBLE_MPP <= mpp <= MAX_PLAUSIBLE_MPP):
+        raise EvaluationError(
+            f"{path}: mpp is {mpp!r}; expected {MIN_PLAUSIBLE_MPP} to {MAX_PLAUSIBLE_MPP} µm/px "
+            "- write the truth file again with 'micromet synth'"
+        )
+    if not (0 < truth.width_px <= MAX_COORDINATE_PX and 0 < truth.height_px <= MAX_COORDINATE_PX):
+        raise EvaluationError(
+            f"{path}: slide size {truth.width_px} x {truth.height_px} px is not a positive size "
+            f"up to {MAX_COORDINATE_PX:.0e} px - write the truth file again with 'micromet synth'"
+        )
+    for deposit in truth.deposits:
+        vertices = deposit.vertices_xy
+        if vertices.ndim != 2 or vertices.shape[1] != 2 or len(vertices) < 3:
+            raise EvaluationError(
+                f"{path}: deposit {deposit.id} has vertices of shape {vertices.shape}; "
+                "expected (N >= 3, 2) level-0 px"
+            )
+        try:
+            check_coordinates(path, f"deposit {deposit.id}", vertices)
+        except AnnotationError as exc:
+            raise EvaluationError(str(exc)) from None
+        if not (math.isfinite(deposit.diameter_mm) and deposit.diameter_mm >= 0):
+            raise EvaluationError(
+                f"{path}: deposit {deposit.id} has diameter_mm {deposit.diameter_mm!r}; expected "
+                "a non-negative number"
+            )
+
+
+def _synthetic_reference(path: Path, slide_id: str) -> SlideReference:
+    truth = _read_synthetic_truth(path)
     mpp = truth.mpp if truth.mpp is not None else truth.render_mpp
+    _check_synthetic_truth(path, truth, mpp)
     outlines = [d.vertices_xy for d in truth.deposits]
+    _warn_outside(path, outlines, (truth.width_px, truth.height_px))
     deposits = tuple(TrueDeposit(str(d.id), d.vertices_xy, d.diameter_mm, d.category)
                      for d in truth.deposits)
     return SlideReference(
@@ -298,6 +359,7 @@ def _annotation_reference(path: Path, prediction: SlidePrediction) -> SlideRefer
 
     annotations = read_annotations(path)
     tumors = [a for a in annotations if a.label == "tumor"]
+    _warn_outside(path, [t.vertices_xy for t in tumors], prediction.size_wh_px)
     excludes = [a.vertices_xy for a in annotations if a.label == "exclude"]
     excludes += [hole for a in tumors for hole in a.holes_xy]
     mpp = prediction.mpp
