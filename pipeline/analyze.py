@@ -231,17 +231,24 @@ def _overlay_base(path: Path, mpp_override: float | None, heatmap: Heatmap) -> N
 
 
 def _write_overlay(
-    slide: Slide, blended: NDArray[np.uint8], deposits: Sequence[Deposit], folder: Path
+    slide: Slide, blended: NDArray[np.uint8], deposits: Sequence[Deposit], folder: Path, slide_id: str
 ) -> None:
-    from pipeline.overlay import write_overlay
+    from pipeline.overlay import overlay_title, write_overlay
 
     outlines: list[NDArray[np.floating[Any]]] = [d.outline_xy for d in deposits]
     colors = [category_color(str(d.category)) for d in deposits]
-    write_overlay(blended, slide, folder / "overlay.png", outlines, colors)
+    largest = max(deposits, key=lambda d: d.max_diameter_mm, default=None)
+    title = overlay_title(
+        slide_id,
+        str(slide_category(d.category for d in deposits)),
+        None if largest is None else largest.max_diameter_mm,
+        largest is not None and largest.below_grid,
+    )
+    write_overlay(blended, slide, folder / "overlay.png", outlines, colors, title)
 
 
 def _deposits_and_overlay(
-    context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap, folder: Path
+    context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap, folder: Path, slide_id: str
 ) -> tuple[list[Deposit], float]:
     """Deposits (refined, cells counted), their exports and overlay.png; also the seconds the
     deposits took. The overlay's slide read and heatmap blend run in a thread meanwhile."""
@@ -254,7 +261,7 @@ def _deposits_and_overlay(
         deposits = _count_cells(context, slide, deposits)
         seconds = time.perf_counter() - started
         _write_exports(folder, deposits)
-        _write_overlay(slide, overlay_base.result(), deposits, folder)
+        _write_overlay(slide, overlay_base.result(), deposits, folder, slide_id)
     return deposits, seconds
 
 
@@ -288,7 +295,7 @@ def analyze_slide(
         timing["inference"] = time.perf_counter() - started - timing["tissue_tiling"]
         heatmap = heatmap_from_scores(grid, probabilities)
         save_heatmap(heatmap, folder)
-        deposits, timing["deposits"] = _deposits_and_overlay(context, slide, grid, heatmap, folder)
+        deposits, timing["deposits"] = _deposits_and_overlay(context, slide, grid, heatmap, folder, slide_id)
         facts = _slide_facts(slide, tissue.tissue_fraction, tissue.tissue_area_mm2)
     category = slide_category(d.category for d in deposits)
     timing["total"] = time.perf_counter() - started

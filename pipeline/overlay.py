@@ -1,8 +1,10 @@
 """Heatmap overlay: reads a slide thumbnail and a heatmap, produces ``overlay.png``.
 
-The thumbnail is drawn one image pixel per PNG pixel, the heatmap alpha-blended over it in a
-perceptual colormap (unscored cells transparent), with optional deposit outlines, a colour
-bar for the probability and a scale bar in mm measured from the thumbnail's real µm/px.
+The thumbnail is drawn one image pixel per PNG pixel under a title line (slide id, category,
+largest deposit), with the heatmap blended over it by ``pipeline.colors.blend_heatmap`` (the
+renderer report.html uses too: low probabilities and unscored cells transparent), deposit
+outlines, a colour bar for the probability, a scale bar in mm measured from the thumbnail's
+real µm/px, a legend of the outline colours and the research-use notice as a footer.
 Composed with numpy and Pillow (a matplotlib figure took seconds to draw and encode a
 1600 px overlay) and written atomically. ``render_overlay`` does it all;
 ``heatmap_over_thumbnail`` (the slide read) + ``write_overlay`` let a caller run the slow half
@@ -24,19 +26,33 @@ from matplotlib.colors import to_rgb
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.colors import HEATMAP_COLORMAP, heatmap_rect_px
+from pipeline.colors import (
+    CATEGORY_COLORS,
+    DEFAULT_HEATMAP_OPACITY,
+    HEATMAP_COLORMAP,
+    blend_heatmap,
+)
 from pipeline.errors import HeatmapError
 from pipeline.heatmap import Heatmap
 from pipeline.outputs import atomic_write_bytes
+from pipeline.report import RESEARCH_USE_NOTICE, upper_bound_mm
 from pipeline.slide import Slide
 
 log = logging.getLogger(__name__)
 
 COLORMAP = HEATMAP_COLORMAP  # one colormap for overlays, report and viewer
-HEATMAP_ALPHA = 0.5
-# Layout in PNG px: the thumbnail's top-left corner sits at (MARGIN_PX, MARGIN_PX); the
-# colour bar panel is COLORBAR_PANEL_PX wide, right of the thumbnail.
+HEATMAP_OPACITY = DEFAULT_HEATMAP_OPACITY
+# Layout in PNG px, top to bottom: a title band, the thumbnail with its top-left corner at
+# (MARGIN_PX, THUMB_TOP_PX), a legend band and a footer band with the research-use notice.
+# The colour bar panel is COLORBAR_PANEL_PX wide, right of the thumbnail.
 MARGIN_PX = 10
+TITLE_BAND_PX = 24
+THUMB_TOP_PX = MARGIN_PX + TITLE_BAND_PX
+LEGEND_BAND_PX = 22
+FOOTER_BAND_PX = 18
+LEGEND_SWATCH_PX = 12
+LEGEND_CATEGORIES = ("itc", "micro", "macro")
+TITLE_FONT_SIZE_PX = 14
 COLORBAR_PANEL_PX = 90
 COLORBAR_WIDTH_PX = 18
 # Round scale-bar lengths in mm (1-2-5 steps), and the longest bar drawn by default.
@@ -91,61 +107,6 @@ def overlay_thumbnail_mpp(slide: Slide, max_side_px: int) -> float:
     return max(slide.mpp, slide.mpp * max(slide.dimensions) / max_side_px)
 
 
-def heatmap_rgba(probabilities: NDArray[np.float32], alpha: float = HEATMAP_ALPHA) -> NDArray[np.float32]:
-    """(rows, cols) probabilities -> (rows, cols, 4) RGBA in 0-1; NaN cells fully transparent."""
-    scored = np.isfinite(probabilities)
-    values = np.clip(np.where(scored, probabilities, 0.0), 0.0, 1.0)
-    rgba = np.asarray(colormaps[COLORMAP](values), dtype=np.float32)
-    rgba[..., 3] = np.where(scored, alpha, 0.0)
-    return rgba
-
-
-def _heatmap_extent(
-    heatmap: Heatmap, px_per_l0: tuple[float, float]
-) -> tuple[float, float, float, float]:
-    """(left, right, bottom, top) in thumbnail px of the heatmap's level-0 rectangle
-    (``pipeline.colors.heatmap_rect_px``: each cell is the stride square centred on its tile)."""
-    x_px, y_px, width_px, height_px = heatmap_rect_px(heatmap)
-    sx, sy = px_per_l0
-    return x_px * sx, (x_px + width_px) * sx, (y_px + height_px) * sy, y_px * sy
-
-
-def _cell_index(n_px: int, start_px: float, stop_px: float, n_cells: int) -> NDArray[np.intp]:
-    """Heatmap cell under each thumbnail pixel centre along one axis; -1 outside the heatmap."""
-    step = (stop_px - start_px) / n_cells if n_cells else 1.0
-    index: NDArray[np.intp] = np.floor((np.arange(n_px) + 0.5 - start_px) / step).astype(np.intp)
-    index[(index < 0) | (index >= n_cells)] = -1
-    return index
-
-
-def _blend_heatmap(
-    thumb: NDArray[np.uint8], heatmap: Heatmap, px_per_l0: tuple[float, float]
-) -> NDArray[np.uint8]:
-    """The thumbnail with the heatmap cells alpha-blended over it (nearest cell per pixel).
-
-    Blends in 8-bit fixed point (alpha in 1/256 steps): exact to one grey level, and a
-    fraction of the time of float arithmetic on a 1600 px thumbnail.
-    """
-    left, right, bottom, top = _heatmap_extent(heatmap, px_per_l0)
-    rows, cols = heatmap.shape
-    row_of = _cell_index(thumb.shape[0], top, bottom, rows)
-    col_of = _cell_index(thumb.shape[1], left, right, cols)
-    out = thumb.copy()
-    r_in, c_in = np.flatnonzero(row_of >= 0), np.flatnonzero(col_of >= 0)
-    if len(r_in) == 0 or len(c_in) == 0:
-        return out
-    rgba = heatmap_rgba(heatmap.probabilities)
-    alpha = np.rint(rgba[..., 3] * 256.0).astype(np.uint16)  # (rows, cols)
-    cell_rgb = np.rint(rgba[..., :3] * 255.0).astype(np.uint16) * alpha[..., None] + 128
-    # Cells are contiguous runs of pixels: index rows, then columns, one axis at a time.
-    added = np.take(np.take(cell_rgb, row_of[r_in], axis=0), col_of[c_in], axis=1)
-    kept = np.take(np.take(256 - alpha, row_of[r_in], axis=0), col_of[c_in], axis=1)
-    window = out[r_in[0] : r_in[-1] + 1, c_in[0] : c_in[-1] + 1]
-    blended = window.astype(np.uint16) * kept[..., None] + added
-    window[...] = (blended >> 8).astype(np.uint8)
-    return out
-
-
 @functools.lru_cache(maxsize=4)
 def _font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """matplotlib's DejaVu Sans (as the figures elsewhere use), else Pillow's default font."""
@@ -172,7 +133,7 @@ def _draw_deposits(
         xy = np.asarray(outline, dtype=np.float64).reshape(-1, 2)
         if len(xy) == 0:
             continue
-        closed = np.vstack([xy, xy[:1]]) * (sx, sy) + MARGIN_PX
+        closed = np.vstack([xy, xy[:1]]) * (sx, sy) + (MARGIN_PX, THUMB_TOP_PX)
         points = [(float(x), float(y)) for x, y in closed]
         draw.line(points, fill=_rgb(color), width=OUTLINE_WIDTH_PX, joint="curve")
 
@@ -183,7 +144,7 @@ def _draw_scale_bar(canvas: Image.Image, thumb_shape: tuple[int, int], mm_per_px
     length_mm, length_px = scale_bar_length(mm_per_px, min(DEFAULT_MAX_BAR_PX, 0.4 * width))
     pad = 8.0
     bar_h = max(3.0, height * 0.008)
-    x0, y0 = MARGIN_PX + pad * 2, MARGIN_PX + height - pad * 2 - bar_h
+    x0, y0 = MARGIN_PX + pad * 2, THUMB_TOP_PX + height - pad * 2 - bar_h
     box = (round(x0 - pad), round(y0 - pad - 14), round(x0 + length_px + pad), round(y0 + bar_h + pad))
     pixels = np.asarray(canvas)[box[1] : box[3], box[0] : box[2]].astype(np.float32)
     whitened = Image.fromarray((pixels * 0.15 + 255.0 * 0.85 + 0.5).astype(np.uint8))
@@ -197,7 +158,7 @@ def _draw_scale_bar(canvas: Image.Image, thumb_shape: tuple[int, int], mm_per_px
 def _draw_colorbar(canvas: Image.Image, thumb_shape: tuple[int, int]) -> None:
     """The colormap from 0 (bottom) to 1 (top) with ticks and a vertical label, right of the thumbnail."""
     height, width = thumb_shape
-    left, top = 2 * MARGIN_PX + width, MARGIN_PX
+    left, top = 2 * MARGIN_PX + width, THUMB_TOP_PX
     values = 1.0 - (np.arange(height) + 0.5) / height
     ramp = np.asarray(colormaps[COLORMAP](values, bytes=True), dtype=np.uint8)[:, None, :3]
     bar = np.ascontiguousarray(np.repeat(ramp, COLORBAR_WIDTH_PX, axis=1))
@@ -225,26 +186,86 @@ def _draw_vertical_label(canvas: Image.Image, text: str, left: int, centre_y: fl
     canvas.paste(rotated, (left, round(centre_y - rotated.height / 2)))
 
 
+def overlay_title(
+    slide_id: str, category: str, largest_diameter_mm: float | None, upper_bound: bool = False
+) -> str:
+    """The overlay's title line: "slide · category · largest deposit 1.23 mm".
+
+    upper_bound: the largest size is not above the grid's resolution (one heatmap cell), so
+    it reads "≤ 0.091 mm".
+    """
+    if largest_diameter_mm is None:
+        return f"{slide_id} · {category} · no deposits"
+    size = f"≤ {upper_bound_mm(largest_diameter_mm):.3f}" if upper_bound else f"{largest_diameter_mm:.2f}"
+    return f"{slide_id} · {category} · largest deposit {size} mm"
+
+
+def legend_swatch_boxes(thumb_shape: tuple[int, int]) -> dict[str, tuple[int, int, int, int]]:
+    """PNG (left, top, right, bottom) of each outline-colour swatch in the legend band
+    (right and bottom exclusive), for a thumbnail of ``thumb_shape`` (height, width)."""
+    height, _ = thumb_shape
+    font = _font(FONT_SIZE_PX)
+    top = THUMB_TOP_PX + height + (LEGEND_BAND_PX - LEGEND_SWATCH_PX) // 2 + 2
+    left = MARGIN_PX + round(font.getlength("outlines:")) + 8
+    boxes = {}
+    for name in LEGEND_CATEGORIES:
+        boxes[name] = (left, top, left + LEGEND_SWATCH_PX, top + LEGEND_SWATCH_PX)
+        left += LEGEND_SWATCH_PX + 4 + round(font.getlength(name)) + 12
+    return boxes
+
+
+def _draw_legend_and_footer(canvas: Image.Image, thumb_shape: tuple[int, int]) -> None:
+    """The outline colours (one swatch per category) and the research-use notice below."""
+    height, _ = thumb_shape
+    draw = ImageDraw.Draw(canvas)
+    font = _font(FONT_SIZE_PX)
+    boxes = legend_swatch_boxes(thumb_shape)
+    centre_y = (next(iter(boxes.values()))[1] + next(iter(boxes.values()))[3]) / 2
+    draw.text((MARGIN_PX, centre_y), "outlines:", fill=_BLACK, font=font, anchor="lm")
+    for name, (x0, y0, x1, y1) in boxes.items():
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=_rgb(CATEGORY_COLORS[name]))
+        draw.text((x1 + 4, centre_y), name, fill=_BLACK, font=font, anchor="lm")
+    footer_y = THUMB_TOP_PX + height + LEGEND_BAND_PX + FOOTER_BAND_PX / 2
+    draw.text((MARGIN_PX, footer_y), RESEARCH_USE_NOTICE, fill=_BLACK, font=font, anchor="lm")
+
+
+def overlay_size_px(thumb_shape: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the overlay PNG around a thumbnail of ``thumb_shape`` (height, width):
+    wide enough for the colour bar and for the research-use notice on one line."""
+    height, width = thumb_shape
+    notice_px = round(_font(FONT_SIZE_PX).getlength(RESEARCH_USE_NOTICE))
+    canvas_width = max(width + 2 * MARGIN_PX + COLORBAR_PANEL_PX, notice_px + 2 * MARGIN_PX)
+    return canvas_width, THUMB_TOP_PX + height + LEGEND_BAND_PX + FOOTER_BAND_PX + MARGIN_PX
+
+
 def draw_overlay(
     blended: NDArray[np.uint8],
     slide_dimensions: tuple[int, int],
     slide_mpp: float,
     deposits_xy: Sequence[NDArray[np.floating]] = (),
     deposit_colors: Sequence[str] = (),
+    title: str = "",
 ) -> NDArray[np.uint8]:
-    """The overlay image: (H + 2 * MARGIN_PX, W + 2 * MARGIN_PX + COLORBAR_PANEL_PX, 3) uint8.
+    """The overlay image, ``overlay_size_px`` large: (height, width, 3) uint8.
 
     blended: (H, W, 3) uint8 from ``heatmap_over_thumbnail``. slide_dimensions, slide_mpp:
     the slide's level-0 (width, height) px and µm/px. deposits_xy: level-0 (K, 2) outlines,
-    one matplotlib colour each in deposit_colors.
+    one matplotlib colour each in deposit_colors. title: the line above the thumbnail
+    (``overlay_title``).
     """
     height, width = blended.shape[:2]
     px_per_l0 = (width / slide_dimensions[0], height / slide_dimensions[1])
-    canvas = Image.new("RGB", (width + 2 * MARGIN_PX + COLORBAR_PANEL_PX, height + 2 * MARGIN_PX), _WHITE)
-    canvas.paste(Image.fromarray(np.ascontiguousarray(blended)), (MARGIN_PX, MARGIN_PX))
+    canvas = Image.new("RGB", overlay_size_px((height, width)), _WHITE)
+    canvas.paste(Image.fromarray(np.ascontiguousarray(blended)), (MARGIN_PX, THUMB_TOP_PX))
+    if title:
+        ImageDraw.Draw(canvas).text(
+            (MARGIN_PX, MARGIN_PX + TITLE_BAND_PX / 2 - 2), title, fill=_BLACK,
+            font=_font(TITLE_FONT_SIZE_PX), anchor="lm",
+        )
     _draw_deposits(canvas, deposits_xy, deposit_colors, px_per_l0)
     _draw_scale_bar(canvas, (height, width), slide_mpp / px_per_l0[0] / 1000.0)
     _draw_colorbar(canvas, (height, width))
+    _draw_legend_and_footer(canvas, (height, width))
     return np.asarray(canvas)
 
 
@@ -274,7 +295,8 @@ def heatmap_over_thumbnail(slide: Slide, heatmap: Heatmap, max_side_px: int = 16
     _check_heatmap_fits(slide, heatmap)
     thumb = slide.thumbnail_at_mpp(overlay_thumbnail_mpp(slide, max_side_px))
     height, width = thumb.shape[:2]
-    return _blend_heatmap(thumb, heatmap, (width / slide.dimensions[0], height / slide.dimensions[1]))
+    px_per_l0 = (width / slide.dimensions[0], height / slide.dimensions[1])
+    return blend_heatmap(thumb, heatmap, px_per_l0, HEATMAP_OPACITY)
 
 
 def write_overlay(
@@ -283,6 +305,7 @@ def write_overlay(
     path: Path,
     deposits_xy: Sequence[NDArray[np.floating]] | None = None,
     deposit_colors: Sequence[str] | None = None,
+    title: str = "",
 ) -> None:
     """Finish an overlay from ``heatmap_over_thumbnail``'s image and write it (atomically).
 
@@ -290,7 +313,7 @@ def write_overlay(
     """
     outlines = list(deposits_xy or [])
     colors = _checked_colors(outlines, deposit_colors)
-    image = draw_overlay(blended, slide.dimensions, slide.mpp, outlines, colors)
+    image = draw_overlay(blended, slide.dimensions, slide.mpp, outlines, colors, title)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     atomic_write_bytes(path, buffer.getvalue())
@@ -305,14 +328,16 @@ def render_overlay(
     deposits_xy: list[NDArray[np.floating]] | None = None,
     deposit_colors: list[str] | None = None,
     max_side_px: int = 1600,
+    title: str = "",
 ) -> None:
     """Write the heatmap over the slide thumbnail as a PNG at ``path`` (atomically).
 
     deposits_xy: outlines as (K, 2) level-0 (x, y) px, drawn closed. deposit_colors: one
     matplotlib colour per outline (default cyan). max_side_px: longer side of the thumbnail;
-    the PNG adds a margin and the colour bar. Raises HeatmapError if the heatmap was made for
+    the PNG adds the title line, margins, the colour bar, the outline legend and the
+    research-use footer. title: see ``overlay_title``. Raises HeatmapError if the heatmap was made for
     a slide of another size, ValueError if the colours do not match the outlines.
     """
     _checked_colors(list(deposits_xy or []), deposit_colors)  # fail before reading the slide
     blended = heatmap_over_thumbnail(slide, heatmap, max_side_px)
-    write_overlay(blended, slide, path, deposits_xy, deposit_colors)
+    write_overlay(blended, slide, path, deposits_xy, deposit_colors, title)

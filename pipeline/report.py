@@ -6,15 +6,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
 from pipeline.batch import slide_folder
-from pipeline.outputs import atomic_write_text
+from pipeline.outputs import atomic_write_text, csv_safe_dict
 from pipeline.staging import DEFAULT_CELL_RULE
 
+# Shown on every human-facing output: report.html, every viewer page, overlay.png's footer.
+RESEARCH_USE_NOTICE = (
+    "Research use only. Not a medical device and not validated for diagnosis: "
+    "every result needs a pathologist's review."
+)
 SUMMARY_CSV = "summary.csv"
 SUMMARY_COLUMNS = (
     "slide_id",
@@ -71,6 +77,30 @@ def build_report(
     }
 
 
+def deposit_size_text(deposit: dict[str, Any]) -> str:
+    """A deposit's size as a reader should take it, from its report.json entry.
+
+    "0.452 ± 0.091 mm" for a measurement (± the grid bound, docs/architecture.md); "≤ 0.091 mm,
+    one tile" when the size is not above the grid's resolution (``max_diameter_is_upper_bound``,
+    or for older reports a size at most its own bound), rounded up so it stays a bound.
+    """
+    size = float(deposit["max_diameter_mm"])
+    bound = deposit.get("max_diameter_uncertainty_mm")
+    upper = deposit.get("max_diameter_is_upper_bound")
+    if upper is None and bound is not None:
+        upper = size <= float(bound) * (1.0 + 1e-9)
+    if upper:
+        return f"≤ {upper_bound_mm(size):.3f} mm, one tile"
+    if bound is None:
+        return f"{size:.3f} mm"
+    return f"{size:.3f} ± {float(bound):.3f} mm"
+
+
+def upper_bound_mm(size_mm: float) -> float:
+    """``size_mm`` rounded up to whole µm (3 decimals in mm), so a printed bound stays a bound."""
+    return math.ceil(size_mm * 1000.0 - 1e-6) / 1000.0
+
+
 def report_cell_rule(settings: dict[str, Any]) -> str:
     """The cell rule recorded in a report's settings ("size-first" for older reports)."""
     deposits = settings.get("deposits")
@@ -122,7 +152,7 @@ def write_summary_csv(out_dir: Path, manifest: dict[str, Any]) -> Path:
         report_path = slide_folder(out_dir, slide_id, entry) / "report.json"
         if entry.get("status") == "done" and report_path.is_file():
             report = json.loads(report_path.read_text())
-        writer.writerow(summary_row(slide_id, entry, report))
+        writer.writerow(csv_safe_dict(summary_row(slide_id, entry, report)))
     path = out_dir / SUMMARY_CSV
     atomic_write_text(path, buffer.getvalue())
     return path

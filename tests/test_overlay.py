@@ -11,16 +11,23 @@ from matplotlib import colormaps
 from numpy.typing import NDArray
 from PIL import Image
 
+from pipeline.colors import CATEGORY_COLORS, HEATMAP_TRANSPARENT_BELOW, hex_to_rgb
 from pipeline.errors import HeatmapError
 from pipeline.heatmap import Heatmap
 from pipeline.overlay import (
     COLORBAR_PANEL_PX,
     COLORBAR_WIDTH_PX,
     COLORMAP,
-    HEATMAP_ALPHA,
+    FOOTER_BAND_PX,
+    HEATMAP_OPACITY,
+    LEGEND_BAND_PX,
     MARGIN_PX,
+    THUMB_TOP_PX,
     heatmap_over_thumbnail,
+    legend_swatch_boxes,
+    overlay_size_px,
     overlay_thumbnail_mpp,
+    overlay_title,
     render_overlay,
     scale_bar_length,
     write_overlay,
@@ -66,14 +73,16 @@ def make_heatmap() -> Heatmap:
 
 def png_pixel(png: NDArray[np.uint8], x_l0: float, y_l0: float, scale: float) -> NDArray[np.int64]:
     """The PNG pixel showing level-0 point (x_l0, y_l0) for a thumbnail ``scale`` px per l0 px."""
-    row = MARGIN_PX + int(y_l0 * scale)
+    row = THUMB_TOP_PX + int(y_l0 * scale)
     col = MARGIN_PX + int(x_l0 * scale)
     return png[row, col, :3].astype(np.int64)
 
 
 def blend(base: tuple[int, int, int], probability: float) -> NDArray[np.float64]:
     color = np.asarray(colormaps[COLORMAP](probability)[:3]) * 255.0
-    return (1 - HEATMAP_ALPHA) * np.asarray(base, dtype=np.float64) + HEATMAP_ALPHA * color
+    floor = HEATMAP_TRANSPARENT_BELOW
+    alpha = HEATMAP_OPACITY * min(1.0, max(0.0, (probability - floor) / (1.0 - floor)))
+    return (1 - alpha) * np.asarray(base, dtype=np.float64) + alpha * color
 
 
 def test_overlay_png_shows_the_heatmap_over_the_thumbnail(slide_path: Path, tmp_path: Path) -> None:
@@ -83,7 +92,8 @@ def test_overlay_png_shows_the_heatmap_over_the_thumbnail(slide_path: Path, tmp_
     png = np.asarray(Image.open(out).convert("RGB"))
     thumb_w, thumb_h = 600, 450  # 1200 x 900 at half size
     assert png.shape[1] == thumb_w + 2 * MARGIN_PX + COLORBAR_PANEL_PX
-    assert png.shape[0] == thumb_h + 2 * MARGIN_PX
+    assert (png.shape[1], png.shape[0]) == overlay_size_px((thumb_h, thumb_w))
+    assert png.shape[0] == THUMB_TOP_PX + thumb_h + LEGEND_BAND_PX + FOOTER_BAND_PX + MARGIN_PX
     scale = thumb_w / WIDTH
     tumor = png_pixel(png, 750, 400, scale)
     normal = png_pixel(png, 300, 600, scale)
@@ -108,7 +118,7 @@ def test_scale_bar_in_the_png_has_the_computed_length(slide_path: Path, tmp_path
     png = np.asarray(Image.open(out).convert("RGB"))
     mm_per_px = SLIDE_MPP * (WIDTH / 600) / 1000.0  # 1 µm/px thumbnail
     _, length_px = scale_bar_length(mm_per_px, 200.0)
-    bottom_left = png[MARGIN_PX + 380 : MARGIN_PX + 450, MARGIN_PX : MARGIN_PX + 300]
+    bottom_left = png[THUMB_TOP_PX + 380 : THUMB_TOP_PX + 450, MARGIN_PX : MARGIN_PX + 300]
     measured = max(longest_black_run(row) for row in bottom_left)
     assert abs(measured - length_px) <= 2
 
@@ -142,7 +152,8 @@ def test_a_pyramid_level_that_fits_is_the_thumbnail_itself(slide_path: Path, tmp
         assert overlay_thumbnail_mpp(slide, 250) == pytest.approx(SLIDE_MPP * WIDTH / 250)
         render_overlay(slide, make_heatmap(), out, max_side_px=700)
     png = np.asarray(Image.open(out).convert("RGB"))
-    assert png.shape[:2] == (450 + 2 * MARGIN_PX, 600 + 2 * MARGIN_PX + COLORBAR_PANEL_PX)
+    width, height = overlay_size_px((450, 600))
+    assert png.shape[:2] == (height, width)
 
 
 def test_colour_bar_runs_from_probability_zero_at_the_bottom_to_one_at_the_top(
@@ -153,7 +164,7 @@ def test_colour_bar_runs_from_probability_zero_at_the_bottom_to_one_at_the_top(
         render_overlay(slide, make_heatmap(), out, max_side_px=600)
     png = np.asarray(Image.open(out).convert("RGB")).astype(np.int64)
     column = 2 * MARGIN_PX + 600 + COLORBAR_WIDTH_PX // 2
-    top, bottom = png[MARGIN_PX + 3, column], png[MARGIN_PX + 450 - 4, column]
+    top, bottom = png[THUMB_TOP_PX + 3, column], png[THUMB_TOP_PX + 450 - 4, column]
     np.testing.assert_allclose(top, np.asarray(colormaps[COLORMAP](1.0)[:3]) * 255, atol=6)
     np.testing.assert_allclose(bottom, np.asarray(colormaps[COLORMAP](0.0)[:3]) * 255, atol=6)
 
@@ -169,3 +180,43 @@ def test_overlay_in_two_halves_equals_the_one_call(slide_path: Path, tmp_path: P
     one = np.asarray(Image.open(tmp_path / "one.png"))
     np.testing.assert_array_equal(one, np.asarray(Image.open(tmp_path / "two.png")))
     assert not (tmp_path / "three.png").exists()
+
+
+def test_low_probabilities_leave_the_h_and_e_visible(slide_path: Path, tmp_path: Path) -> None:
+    heatmap = make_heatmap()
+    heatmap.probabilities[1:8, 1:3] = 0.05  # scored, very unlikely tumor: no tint at all
+    unscored = Heatmap(np.full_like(heatmap.probabilities, np.nan), 0.0, 0.0, STRIDE, STRIDE,
+                       SLIDE_MPP, (WIDTH, HEIGHT))
+    with open_slide(slide_path) as slide:
+        render_overlay(slide, heatmap, tmp_path / "overlay.png", max_side_px=600)
+        render_overlay(slide, unscored, tmp_path / "plain.png", max_side_px=600)
+    png = np.asarray(Image.open(tmp_path / "overlay.png").convert("RGB"))
+    plain = np.asarray(Image.open(tmp_path / "plain.png").convert("RGB"))
+    for x_l0, y_l0 in ((150, 400), (250, 700), (300, 600)):  # p = 0.05, 0.05 and 0.0
+        np.testing.assert_array_equal(png_pixel(png, x_l0, y_l0, 0.5), png_pixel(plain, x_l0, y_l0, 0.5))
+        np.testing.assert_allclose(png_pixel(png, x_l0, y_l0, 0.5), TISSUE, atol=2)
+    assert not np.array_equal(png_pixel(png, 750, 400, 0.5), png_pixel(plain, 750, 400, 0.5))
+
+
+def test_overlay_has_a_title_an_outline_legend_and_the_research_notice(
+    slide_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "overlay.png"
+    title = overlay_title("node_7", "micro", 1.234)
+    assert title == "node_7 · micro · largest deposit 1.23 mm"
+    with open_slide(slide_path) as slide:
+        render_overlay(slide, make_heatmap(), out, max_side_px=600, title=title)
+    png = np.asarray(Image.open(out).convert("RGB")).astype(np.int64)
+    title_band = png[MARGIN_PX:THUMB_TOP_PX, MARGIN_PX : MARGIN_PX + 300]
+    assert (title_band.max(axis=-1) < 100).sum() > 100  # dark text on white
+    for name, (left, top, right, bottom) in legend_swatch_boxes((450, 600)).items():
+        centre = png[(top + bottom) // 2, (left + right) // 2]
+        np.testing.assert_array_equal(centre, hex_to_rgb(CATEGORY_COLORS[name]))
+    footer_top = THUMB_TOP_PX + 450 + LEGEND_BAND_PX
+    footer = png[footer_top : footer_top + FOOTER_BAND_PX, MARGIN_PX:]
+    assert (footer.max(axis=-1) < 100).sum() > 300  # the notice is written there
+
+
+def test_overlay_title_reads_an_upper_bound_and_no_deposits() -> None:
+    assert overlay_title("s", "itc", 0.0905, upper_bound=True) == "s · itc · largest deposit ≤ 0.091 mm"
+    assert overlay_title("s", "negative", None) == "s · negative · no deposits"

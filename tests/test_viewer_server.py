@@ -17,7 +17,7 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from pipeline.colors import heatmap_rgba
+from pipeline.colors import HEATMAP_TRANSPARENT_BELOW, heatmap_rgba
 from pipeline.commands import view as view_command
 from pipeline.errors import OutputError
 from pipeline.viewer.app import create_app
@@ -132,7 +132,9 @@ def test_heatmap_png_colours_every_cell(client: FlaskClient, batch: ViewerBatch)
     assert factor > 1 and image.size == (cols * factor, rows * factor)
     cells = np.asarray(image)[factor // 2 :: factor, factor // 2 :: factor]
     assert np.array_equal(cells, heatmap_rgba(probabilities))
-    assert (cells[..., 3] == 0).sum() == np.isnan(probabilities).sum() > 0
+    # Unscored cells and probabilities up to HEATMAP_TRANSPARENT_BELOW are transparent.
+    transparent = np.isnan(probabilities) | (probabilities <= HEATMAP_TRANSPARENT_BELOW)
+    assert (cells[..., 3] == 0).sum() == transparent.sum() > np.isnan(probabilities).sum() > 0
 
 
 def test_api_slide_gives_report_and_heatmap_geometry(client: FlaskClient, batch: ViewerBatch) -> None:

@@ -16,9 +16,8 @@ from PIL import Image, ImageDraw
 
 from pipeline.colors import (
     OUTLINE_HALO_COLOR,
+    blend_heatmap,
     category_color,
-    heatmap_rect_px,
-    heatmap_rgba,
     hex_to_rgb,
 )
 from pipeline.heatmap import Heatmap
@@ -57,13 +56,10 @@ def blank_thumbnail(dimensions: tuple[int, int], max_side_px: int) -> Image.Imag
 
 
 def overlay_heatmap(image: Image.Image, heatmap: Heatmap, scale: float, opacity: float) -> None:
-    """Blend the coloured heatmap onto ``image`` (in place) at its level-0 rectangle."""
-    x_px, y_px, width_px, height_px = heatmap_rect_px(heatmap)
-    size = (max(1, round(width_px * scale)), max(1, round(height_px * scale)))
-    rgba = heatmap_rgba(heatmap.probabilities)
-    rgba[..., 3] = np.round(rgba[..., 3].astype(np.float32) * opacity).astype(np.uint8)
-    layer = Image.fromarray(rgba, mode="RGBA").resize(size, Image.Resampling.NEAREST)
-    image.paste(layer, (round(x_px * scale), round(y_px * scale)), layer)
+    """Blend the coloured heatmap onto ``image`` (RGB, in place) with the one renderer that
+    overlay.png uses too (``pipeline.colors.blend_heatmap``)."""
+    blended = blend_heatmap(np.asarray(image.convert("RGB")), heatmap, (scale, scale), opacity)
+    image.paste(Image.fromarray(blended))
 
 
 def _outline_points(deposit: dict[str, Any], scale: float) -> list[tuple[float, float]]:
