@@ -126,6 +126,57 @@ def check_mpp(path: Path, mpp: float) -> None:
         )
 
 
+# Formats whose first TIFF directory is level 0, the one the resolution metadata describes.
+_LEVEL0_FIRST_VENDORS = ("generic-tiff", "aperio", "hamamatsu", "philips")
+
+
+def _first_directory_sizes(path: Path) -> list[tuple[int, int]] | None:
+    """(width, height) of every TIFF directory, first first; None if not a readable TIFF."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = [page for page in tif.pages if isinstance(page, tifffile.TiffPage)]
+            return [(int(page.imagewidth), int(page.imagelength)) for page in pages]
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, AttributeError):
+        return None
+
+
+def _corrupt_level0(path: Path, found: str) -> SlideOpenError:
+    return SlideOpenError(
+        f"{path}: corrupt level-0 header: {found}, so every size and µm/px would be off; "
+        "the file is damaged: copy or export the slide again"
+    )
+
+
+def check_level_sizes(path: Path, level_dimensions: Any, vendor: str) -> None:
+    """Raise SlideOpenError if level 0 is smaller than another level or TIFF directory.
+
+    A damaged first directory (e.g. width and height patched to 1) makes OpenSlide take the
+    next level as level 0 while keeping level 0's µm/px: sizes would silently halve.
+    level_dimensions: OpenSlide's (width, height) per level. vendor: ``openslide.vendor``.
+    """
+    sizes = [(int(w), int(h)) for w, h in level_dimensions]
+    width, height = sizes[0]
+    for level, (level_w, level_h) in enumerate(sizes[1:], start=1):
+        if level_w > width or level_h > height:
+            raise _corrupt_level0(
+                path, f"level 0 is {width} x {height} px but level {level} is {level_w} x {level_h} px"
+            )
+    if vendor not in _LEVEL0_FIRST_VENDORS:
+        return
+    directories = _first_directory_sizes(path)
+    if not directories:
+        return
+    first_w, first_h = directories[0]
+    largest_w, largest_h = max([*directories[1:], (width, height)], key=lambda size: size[0] * size[1])
+    if first_w < width or first_h < height or first_w * first_h < largest_w * largest_h:
+        raise _corrupt_level0(
+            path, f"the first TIFF directory (level 0) is {first_w} x {first_h} px but the file holds "
+            f"a {largest_w} x {largest_h} px image"
+        )
+
+
 def _open_handle(path: Path) -> Any:
     if not path.exists():
         raise SlideOpenError(f"{path}: file not found; check the path")
@@ -162,6 +213,7 @@ class Slide:
     def _read_info(self, mpp_override: float | None) -> SlideInfo:
         handle = self._require_handle()
         properties = dict(handle.properties)
+        check_level_sizes(self.path, handle.level_dimensions, properties.get("openslide.vendor", ""))
         if mpp_override is not None:
             check_mpp(self.path, mpp_override)
             mpp, mpp_source = float(mpp_override), "override"

@@ -149,3 +149,47 @@ def test_reads_return_writable_arrays(tiny_slide: Path) -> None:
         region = slide.read_region_rgb(100, 100, 0, 32, 32)
         assert region.flags.writeable
         region[0, 0] = 0  # callers (augmentation, normalisation) may edit tiles in place
+
+
+def _patch_first_directory_size(source: Path, target: Path, width: int, height: int) -> Path:
+    """A copy of ``source`` whose first TIFF directory says it is ``width`` x ``height`` px."""
+    import tifffile
+
+    data = bytearray(source.read_bytes())
+    with tifffile.TiffFile(source) as tif:
+        tags = tif.pages[0].tags
+        for code, value in ((256, width), (257, height)):
+            tag = tags[code]
+            size = 2 if tag.dtype == 3 else 4  # SHORT or LONG, stored in the entry itself
+            data[tag.valueoffset : tag.valueoffset + size] = value.to_bytes(size, "little")
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (700, 1), (2, 560)])
+def test_corrupt_level0_header_is_refused_not_read_at_half_scale(
+    tmp_path: Path, width: int, height: int
+) -> None:
+    good = write_pyramid_tiff(tmp_path / "good.tif", draw_tissue_rgb(700, 560), mpp=0.5, tile_px=128)
+    bad = _patch_first_directory_size(good, tmp_path / "bad.tif", width, height)
+    with pytest.raises(SlideOpenError) as caught:
+        open_slide(bad)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: corrupt level-0 header") and "\n" not in message
+    with open_slide(good) as slide:
+        assert slide.dimensions == (700, 560)
+
+
+def test_a_level_larger_than_level0_is_refused() -> None:
+    from pipeline.slide import check_level_sizes
+
+    check_level_sizes(Path("ok.svs"), ((800, 600), (400, 300)), "unknown")
+    with pytest.raises(SlideOpenError, match=r"x\.svs: corrupt level-0 header: level 0 is 1 x 1 px"):
+        check_level_sizes(Path("x.svs"), ((1, 1), (400, 300)), "unknown")
+
+
+def test_aperio_slide_with_a_damaged_first_directory_is_refused(tmp_path: Path) -> None:
+    source = require_shared_data("slides/cmu_small_region.svs")
+    bad = _patch_first_directory_size(source, tmp_path / "bad.svs", 1, 1)
+    with pytest.raises(SlideOpenError, match="corrupt level-0 header"):
+        open_slide(bad)
