@@ -55,8 +55,9 @@ def collect_slides(inputs: Sequence[str]) -> list[Path]:
     """Expand files, folders (their slide files, sorted) and globs into slide paths.
 
     A named file is kept whatever its suffix (opening it reports any problem); a folder
-    contributes files with a known slide suffix. Raises SlideOpenError for an input that
-    matches nothing.
+    contributes files with a known slide suffix. A folder without slide files is reported:
+    one named like a slide (``x.svs/``) is kept, so the batch records it as failed; any
+    other is skipped with a warning. Raises SlideOpenError for an input that matches nothing.
     """
     paths: list[Path] = []
     for item in inputs:
@@ -67,6 +68,14 @@ def collect_slides(inputs: Sequence[str]) -> list[Path]:
                 for p in path.iterdir()
                 if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
             )
+            if not found:
+                named_like_a_slide = path.suffix.lower() in SLIDE_SUFFIXES
+                log.warning(
+                    "%s: folder holds no slide files (%s); %s", item, ", ".join(SLIDE_SUFFIXES),
+                    "it is named like a slide, so it is recorded as failed" if named_like_a_slide
+                    else "skipped",
+                )
+                found = [path] if named_like_a_slide else []
             paths.extend(found)
         elif path.exists():
             paths.append(path)

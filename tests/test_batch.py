@@ -266,3 +266,31 @@ def test_json_outputs_are_strict_and_a_nan_writes_nothing(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="JSON"):
         atomic_write_json(tmp_path / "report.json", {"score": float("nan")})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_folder_among_the_inputs_is_reported(
+    slide_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "scans"
+    empty.mkdir()
+    with caplog.at_level("WARNING", logger="pipeline.batch"):
+        slides = collect_slides([str(empty), str(slide_dir / "node_0.tif")])
+    assert slides == [(slide_dir / "node_0.tif").resolve()]
+    assert any(str(empty) in r.getMessage() and "no slide files" in r.getMessage() for r in caplog.records)
+
+
+def test_an_empty_folder_named_like_a_slide_fails_the_batch(
+    slide_dir: Path, model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "x.svs"
+    folder.mkdir()
+    out = tmp_path / "out"
+    code = main(
+        ["infer", str(folder), str(slide_dir / "node_0.tif"), "--out", str(out), "--model", str(model_path),
+         "--device", "cpu", "--workers", "0", "--no-refine", "--no-cells"]
+    )
+    assert code == 1
+    assert "x.svs" in capsys.readouterr().err
+    slides = _strict_json(out / "manifest.json")["slides"]
+    assert slides["x"]["status"] == "failed" and "not a file" in slides["x"]["error"]
+    assert slides["node_0"]["status"] == "done"
