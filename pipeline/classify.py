@@ -29,6 +29,7 @@ from pipeline.datasets import IMAGE_SUFFIXES, PatchImageError, fit_to_tile, load
 from pipeline.errors import ConfigError, OutputError
 from pipeline.inference import check_finite_probabilities
 from pipeline.models import ModelCard
+from pipeline.outputs import csv_safe_row
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def write_scores_csv(path: Path, scores: Sequence[PatchScore]) -> Path:
             writer.writerow(CSV_COLUMNS)
             for s in scores:
                 p = "" if s.tumor_probability is None else f"{s.tumor_probability:.6f}"
-                writer.writerow([s.path, p, s.error])
+                writer.writerow(csv_safe_row([s.path, p, s.error]))
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

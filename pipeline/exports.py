@@ -32,7 +32,7 @@ from pipeline.annotations import Annotation, annotation_to_feature
 from pipeline.annotations import write_asap_xml as write_annotations_xml
 from pipeline.deposits import Deposit
 from pipeline.errors import AnnotationError, OutputError
-from pipeline.outputs import atomic_write_text
+from pipeline.outputs import atomic_write_text, csv_safe_row
 
 TUMOR_GROUP = "Tumor"
 CAMELYON16_CSV_HEADER = ("confidence", "X", "Y")
@@ -137,7 +137,7 @@ def write_camelyon16_csv(deposits: Sequence[Deposit], path: Path) -> None:
     writer.writerow(CAMELYON16_CSV_HEADER)
     for deposit in deposits:
         x_px, y_px = detection_point_xy(deposit)
-        writer.writerow([repr(float(deposit.max_probability)), round(x_px), round(y_px)])
+        writer.writerow(csv_safe_row([repr(float(deposit.max_probability)), round(x_px), round(y_px)]))
     try:
         atomic_write_text(Path(path), buffer.getvalue())
     except OSError as exc:

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,39 @@ SLIDE_SUFFIXES = (
     ".dcm",
 )
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+# A cell starting with one of these is run as a formula by Excel, LibreOffice and Google
+# Sheets (OWASP "CSV injection"); tab and carriage return hide such a start.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def csv_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet will show as text, never run as a formula.
+
+    A string starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading
+    single quote, unless it is a plain number ("-0.5", "+1e-3"), which stays a number.
+    Anything else (numbers, None, other strings) is returned unchanged.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_safe_row(values: Iterable[Any]) -> list[Any]:
+    """``csv_safe`` of every cell of a row (for ``csv.writer.writerow``)."""
+    return [csv_safe(value) for value in values]
+
+
+def csv_safe_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``csv_safe`` of every value of a row (for ``csv.DictWriter.writerow``)."""
+    return {key: csv_safe(value) for key, value in row.items()}
+
+
+def csv_unquote(cell: str) -> str:
+    """The inverse of ``csv_safe`` for a cell micromet wrote: drops the quote it added."""
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
+        return cell[1:]
+    return cell
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

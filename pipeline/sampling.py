@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from pipeline.annotations import Annotation, read_annotations
 from pipeline.config import TissueConfig
 from pipeline.errors import ConfigError
+from pipeline.outputs import csv_safe_row, csv_unquote
 from pipeline.slide import open_slide
 from pipeline.tissue import detect_tissue
 
@@ -404,7 +405,7 @@ def write_sample_index(path: Path, samples: Sequence[PatchSample]) -> Path:
         writer = csv.writer(handle)
         writer.writerow(INDEX_COLUMNS)
         for s in samples:
-            writer.writerow([s.slide, repr(s.x_px), repr(s.y_px), s.label, s.split, s.kind])
+            writer.writerow(csv_safe_row([s.slide, repr(s.x_px), repr(s.y_px), s.label, s.split, s.kind]))
     tmp.replace(path)
     return path
 
@@ -424,7 +425,7 @@ def _parse_row(path: Path, line: int, row: dict[str, str]) -> PatchSample:
         raise ConfigError(
             f"{path}: line {line}: bad sample row ({exc}); columns are {INDEX_COLUMNS}"
         ) from exc
-    return PatchSample(row["slide"], x_px, y_px, label, split, kind)  # type: ignore[arg-type]
+    return PatchSample(csv_unquote(row["slide"]), x_px, y_px, label, split, kind)  # type: ignore[arg-type]
 
 
 def read_sample_index(path: Path) -> list[PatchSample]:

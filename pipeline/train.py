@@ -63,6 +63,7 @@ from pipeline.models import (
     load_training_state,
     save_checkpoint,
 )
+from pipeline.outputs import csv_safe_dict
 from pipeline.sampling import (
     PatchSample,
     SlideSource,
@@ -485,7 +486,7 @@ def _append_metrics(path: Path, row: Mapping[str, float]) -> None:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         if new:
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        writer.writerow(csv_safe_dict({k: row.get(k, "") for k in METRIC_COLUMNS}))
 
 
 def _mining_due(t: TrainConfig, state: RunState) -> bool:

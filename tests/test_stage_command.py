@@ -250,3 +250,34 @@ def test_batch_and_categories_together_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(["stage", "--batch", "b", "--categories", "c.csv", "--out", "o.csv"])
     assert info.value.code == 2
+
+
+def test_more_than_five_nodes_warns_under_camelyon17_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cats = "slide,category\n" + "".join(f"patient_001_node_{i}.tif,negative\n" for i in range(7))
+    categories = write(tmp_path / "cats.csv", cats)
+    assert main(["stage", "--categories", str(categories), "--out", str(tmp_path / "a.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "patient_001 has 7 nodes; CAMELYON17 stages at most 5" in err
+    out_ajcc = tmp_path / "b.csv"
+    assert main(["stage", "--categories", str(categories), "--scheme", "ajcc", "--out", str(out_ajcc)]) == 0
+    assert "nodes;" not in capsys.readouterr().err
+
+
+def test_patient_names_cannot_inject_spreadsheet_formulas(tmp_path: Path) -> None:
+    names = ['=HYPERLINK("http://x")', "+cmd", "-2+3", "@SUM(A1)", "plain"]
+    categories = write(tmp_path / "cats.csv", "slide,category\n" + "".join(
+        f"s{i},macro\n" for i in range(len(names))))
+    mapping_rows = [[f"s{i}", name] for i, name in enumerate(names)]
+    mapping = tmp_path / "map.csv"
+    with mapping.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["slide", "patient"], *mapping_rows])
+    out = tmp_path / "stages.csv"
+    assert main(["stage", "--categories", str(categories), "--patients", str(mapping),
+                 "--out", str(out)]) == 0
+    patients = sorted(row["patient"] for row in read_rows(out))
+    assert patients == sorted(["'" + n for n in names[:-1]] + ["plain"])
+    for row in read_rows(out):
+        assert not row["node_categories"].startswith(("=", "+", "-", "@"))
+        assert row["nodes"] == "1"  # numbers stay numbers

@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.batch import slide_folder
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import OutputError, StagingError
-from pipeline.outputs import atomic_write_text, read_json_object
+from pipeline.outputs import atomic_write_text, csv_safe_row, read_json_object
 from pipeline.staging import (
     CATEGORY_ORDER,
     PATIENT_CSV_COLUMNS,
@@ -34,6 +34,10 @@ from pipeline.staging import (
     slide_key,
     stage_patients,
 )
+
+# CAMELYON17 provides 5 lymph-node slides per patient and its pN stages count them
+# (Bandi et al., IEEE TMI 2019); more nodes for one patient usually means a wrong mapping.
+CAMELYON17_MAX_NODES = 5
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,6 +90,13 @@ def run(args: argparse.Namespace) -> int:
     groups = assign_patients([*categories, *unavailable], mapping, args.patients)
     rows = stage_patients(groups, categories, config, unavailable)
     write_patient_csv(args.out, rows)
+    for patient, slides in sorted(groups.items()):
+        if config.scheme == "camelyon17" and len(slides) > CAMELYON17_MAX_NODES:
+            print(
+                f"micromet stage: warning: {patient} has {len(slides)} nodes; CAMELYON17 stages at "
+                f"most {CAMELYON17_MAX_NODES} per patient - check the slide-to-patient mapping",
+                file=sys.stderr,
+            )
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
     else:
@@ -176,7 +187,7 @@ def write_patient_csv(path: Path, rows: Sequence[PatientRow]) -> None:
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(PATIENT_CSV_COLUMNS)
-    writer.writerows(row.csv_values() for row in rows)
+    writer.writerows(csv_safe_row(row.csv_values()) for row in rows)
     try:
         atomic_write_text(path, buffer.getvalue())
     except OSError as exc:

@@ -36,6 +36,7 @@ from pipeline.evaluation.sizes import (
     evaluate_deposit_sizes,
 )
 from pipeline.evaluation.slide_auc import AucResult, BootstrapConfig, evaluate_slide_auc
+from pipeline.outputs import csv_safe_dict, csv_safe_row
 from pipeline.staging import (
     UNSTAGEABLE,
     Category,
@@ -254,7 +255,7 @@ def _froc_csv(froc: FrocResult) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["threshold", "fps_per_slide", "sensitivity"])
     for t, f, s in zip(froc.thresholds, froc.fps_per_slide, froc.sensitivities, strict=True):
-        writer.writerow(["inf" if np.isinf(t) else f"{t:.6g}", f"{f:.6g}", f"{s:.6g}"])
+        writer.writerow(csv_safe_row(["inf" if np.isinf(t) else f"{t:.6g}", f"{f:.6g}", f"{s:.6g}"]))
     return buffer.getvalue()
 
 
@@ -263,7 +264,7 @@ def _pairs_csv(sizes: SizeResult) -> str:
     fields = [f.name for f in dataclasses.fields(sizes.pairs[0])] if sizes.pairs else ["slide_id"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(dataclasses.asdict(pair) for pair in sizes.pairs)
+    writer.writerows(csv_safe_dict(dataclasses.asdict(pair)) for pair in sizes.pairs)
     return buffer.getvalue()
 
 
