@@ -29,6 +29,7 @@ from pipeline.outputs import (
     check_writable_folder,
     unique_slide_ids,
 )
+from pipeline.slide import is_dicom_folder
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,17 @@ def collect_slides(inputs: Sequence[str]) -> list[Path]:
     """Expand files, folders (their slide files, sorted) and globs into slide paths.
 
     A named file is kept whatever its suffix (opening it reports any problem); a folder
-    contributes files with a known slide suffix. A folder without slide files is reported:
+    holding a DICOM series (.dcm files) is one slide; another folder contributes files with a
+    known slide suffix. A folder without slide files is reported:
     one named like a slide (``x.svs/``) is kept, so the batch records it as failed; any
     other is skipped with a warning. Raises SlideOpenError for an input that matches nothing.
     """
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir() and path.suffix.lower() != ".mrxs":
+        if is_dicom_folder(path):
+            paths.append(path)  # one DICOM WSI series is one slide
+        elif path.is_dir() and path.suffix.lower() != ".mrxs":
             found = sorted(
                 p
                 for p in path.iterdir()

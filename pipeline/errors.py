@@ -19,6 +19,14 @@ class MissingMppError(MicrometError):
     """A slide has no (or an implausible) microns-per-pixel value."""
 
 
+class MppMismatchError(MicrometError):
+    """A µm/px given by the user contradicts the slide's own metadata."""
+
+
+class SlideQCError(MicrometError):
+    """A slide failed QC (not brightfield H&E, stain, focus, tissue, not lymph node)."""
+
+
 class NoTissueError(MicrometError):
     """Tissue detection found no tissue on a slide."""
 

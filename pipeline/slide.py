@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
-from pipeline.errors import MissingMppError, SlideOpenError
+from pipeline.errors import MissingMppError, MppMismatchError, SlideOpenError
 
 if TYPE_CHECKING:
     import openslide
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 MPP_MATCH_TOLERANCE = 0.02
 # x and y resolutions further apart than this are treated as broken metadata.
 MAX_MPP_ANISOTROPY = 0.05
+# A user's µm/px further than this (relative) from the slide's own is refused unless forced.
+MPP_OVERRIDE_TOLERANCE = 0.01
+DICOM_SUFFIX = ".dcm"
 
 # Resolution units of TIFF tags, in µm per unit.
 _TIFF_UNIT_UM = {"centimeter": 10_000.0, "cm": 10_000.0, "inch": 25_400.0}
@@ -41,7 +44,9 @@ class SlideInfo:
     """What the slide access layer knows about one slide.
 
     dimensions: level-0 (width, height) in px. mpp: µm/px at level 0 (mean of x and y).
-    mpp_source: "metadata" or "override". objective_power: None when not recorded.
+    mpp_source: "metadata" (the slide's own) or "user" (given with --mpp or --mpp-csv).
+    metadata_mpp: the slide's own µm/px, None when it records none (or an unusable one).
+    objective_power: None when not recorded.
     """
 
     path: str
@@ -53,6 +58,7 @@ class SlideInfo:
     mpp: float
     mpp_source: str
     objective_power: float | None
+    metadata_mpp: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -104,8 +110,8 @@ def read_mpp(path: Path, properties: dict[str, str]) -> float:
         mpp_x, mpp_y = _mpp_from_tiff_tags(properties)
     if mpp_x is None or mpp_y is None:
         raise MissingMppError(
-            f"{path}: no microns-per-pixel in the slide metadata; "
-            "pass --mpp 0.25 (or the scanner's value) if you know it"
+            f"{path}: no microns-per-pixel in the slide metadata; pass the scanner's µm/px "
+            "with --mpp (or per slide with --mpp-csv)"
         )
     mpp = (mpp_x + mpp_y) / 2.0
     if abs(mpp_x - mpp_y) > MAX_MPP_ANISOTROPY * mpp:
@@ -177,11 +183,46 @@ def check_level_sizes(path: Path, level_dimensions: Any, vendor: str) -> None:
         )
 
 
+def check_user_mpp(
+    path: Path, metadata_mpp: float | None, user_mpp: float | None, force: bool, flag: str = "--mpp"
+) -> None:
+    """Raise MppMismatchError when a user's µm/px differs from the slide's own by more than
+    MPP_OVERRIDE_TOLERANCE (relative) and ``force`` is False. ``flag`` names where the
+    value came from (``--mpp`` or ``--mpp-csv``) in the message."""
+    if user_mpp is None or metadata_mpp is None or force:
+        return
+    difference = abs(user_mpp - metadata_mpp) / metadata_mpp
+    if difference > MPP_OVERRIDE_TOLERANCE:
+        raise MppMismatchError(
+            f"{path}: {flag} gives {user_mpp:g} µm/px but the slide records {metadata_mpp:g} µm/px "
+            f"({difference:.1%} apart, more than {MPP_OVERRIDE_TOLERANCE:.0%}); drop {flag} to use "
+            "the slide's value, or add --force-mpp if the metadata is wrong"
+        )
+
+
+def is_dicom_folder(path: Path) -> bool:
+    """True for a folder holding a DICOM WSI series (its files end in .dcm)."""
+    if not path.is_dir():
+        return False
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return bool(files) and any(p.suffix.lower() == DICOM_SUFFIX for p in files)
+
+
+def resolve_slide_path(path: Path) -> Path:
+    """The file OpenSlide opens for ``path``: the path itself, or for a DICOM series folder its
+    first .dcm file (OpenSlide reads the whole series from any one of its files)."""
+    if not is_dicom_folder(path):
+        return path
+    return min(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == DICOM_SUFFIX)
+
+
 def _open_handle(path: Path) -> Any:
     if not path.exists():
         raise SlideOpenError(f"{path}: file not found; check the path")
     if not path.is_file() and path.suffix.lower() != ".mrxs":
-        raise SlideOpenError(f"{path}: not a file; pass a slide file, not a folder")
+        raise SlideOpenError(
+            f"{path}: not a file; pass a slide file (or a folder holding one DICOM series)"
+        )
     if path.is_file() and path.stat().st_size == 0:
         raise SlideOpenError(f"{path}: file is empty; the copy or scan may have failed")
     openslide = _import_openslide()
@@ -202,7 +243,7 @@ class Slide:
     """An open whole-slide image. Use as a context manager; reads return RGB uint8 arrays."""
 
     def __init__(self, path: str | Path, mpp_override: float | None = None) -> None:
-        self.path = Path(path)
+        self.path = resolve_slide_path(Path(path))
         self._handle: openslide.OpenSlide | None = _open_handle(self.path)
         try:
             self.info = self._read_info(mpp_override)
@@ -214,11 +255,17 @@ class Slide:
         handle = self._require_handle()
         properties = dict(handle.properties)
         check_level_sizes(self.path, handle.level_dimensions, properties.get("openslide.vendor", ""))
+        metadata_mpp: float | None
         if mpp_override is not None:
             check_mpp(self.path, mpp_override)
-            mpp, mpp_source = float(mpp_override), "override"
+            mpp, mpp_source = float(mpp_override), "user"
+            try:
+                metadata_mpp = read_mpp(self.path, properties)
+            except MissingMppError:
+                metadata_mpp = None
         else:
             mpp, mpp_source = read_mpp(self.path, properties), "metadata"
+            metadata_mpp = mpp
         return SlideInfo(
             path=str(self.path),
             vendor=properties.get("openslide.vendor", "unknown"),
@@ -229,6 +276,7 @@ class Slide:
             mpp=mpp,
             mpp_source=mpp_source,
             objective_power=_parse_float(properties.get("openslide.objective-power")),
+            metadata_mpp=metadata_mpp,
         )
 
     def __enter__(self) -> Slide:
@@ -346,5 +394,26 @@ def resize_rgb(image: NDArray[np.uint8], width_px: int, height_px: int) -> NDArr
 
 
 def open_slide(path: str | Path, mpp_override: float | None = None) -> Slide:
-    """Open a slide; raises SlideOpenError or MissingMppError naming the file."""
+    """Open a slide; raises SlideOpenError or MissingMppError naming the file.
+
+    ``mpp_override`` is used as given (e.g. a value already checked); user input goes through
+    ``open_slide_for_user``.
+    """
     return Slide(path, mpp_override=mpp_override)
+
+
+def open_slide_for_user(
+    path: str | Path, user_mpp: float | None, force_mpp: bool = False, flag: str = "--mpp"
+) -> Slide:
+    """Open a slide with a µm/px the user gave (``flag``: --mpp or --mpp-csv), or None.
+
+    Raises MppMismatchError (``check_user_mpp``) when it contradicts the slide's own value
+    and ``force_mpp`` is False, besides open_slide's errors.
+    """
+    slide = Slide(path, mpp_override=user_mpp)
+    try:
+        check_user_mpp(slide.path, slide.info.metadata_mpp, user_mpp, force_mpp, flag)
+    except BaseException:
+        slide.close()
+        raise
+    return slide

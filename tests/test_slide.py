@@ -51,7 +51,7 @@ def test_read_outside_the_slide_is_white(tiny_slide: Path) -> None:
 def test_mpp_override_replaces_missing_metadata() -> None:
     with open_slide(BAD / "no_resolution.tif", mpp_override=0.25) as slide:
         assert slide.mpp == 0.25
-        assert slide.info.mpp_source == "override"
+        assert slide.info.mpp_source == "user"
 
 
 def test_missing_mpp_names_the_file_and_the_override() -> None:
