@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from pipeline.readers import (
     RegionDataset,
     RegionReadFailure,
     RegionTiles,
+    end_with_parent,
     keep_item,
     plan_regions,
     read_geometry,
@@ -200,6 +202,7 @@ def _make_loader(dataset: RegionDataset, config: InferenceConfig) -> DataLoader[
         num_workers=workers,
         prefetch_factor=_PREFETCH_ITEMS if workers > 0 else None,
         in_order=workers == 0,  # results carry their tile indices, so order is free
+        worker_init_fn=functools.partial(end_with_parent, os.getpid()),
     )
 
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -377,3 +382,83 @@ def test_non_finite_model_output_is_refused_naming_the_slide(
     assert "\n" not in str(caught.value) and "--model" in str(caught.value)
     with pytest.raises(CheckpointError, match="NaN or infinite"):
         naive_score_tiles(slide_path, SLIDE_MPP, grid, overflowing_micronet(), card)
+
+
+# A process that scores a slide with 2 reader processes that hang in their first read (after
+# leaving a marker file), so the test can kill it while its readers are busy.
+_HANGING_SCORER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from pipeline import readers
+from pipeline.config import InferenceConfig, TilingConfig
+from pipeline.inference import score_tiles
+from pipeline.models import ModelCard, build_model
+from pipeline.tiling import plan_tiles
+from pipeline.tissue import TissueMask
+
+slide, markers = Path(sys.argv[1]), Path(sys.argv[2])
+
+def hang(*args):
+    (markers / f"reader-{__import__('os').getpid()}").touch()
+    time.sleep(600)
+
+readers.read_block_tiles = hang
+mask = TissueMask(mask=np.ones((140, 175), bool), mask_mpp=2.0, slide_dimensions=(700, 560))
+grid = plan_tiles((700, 560), 0.5, mask, TilingConfig(tile_size_px=32, mpp=1.0))
+card = ModelCard(architecture="micronet", tile_size_px=32, mpp=1.0)
+config = InferenceConfig(num_workers=2, region_tiles=2, batch_size=8, device="cpu")
+score_tiles(slide, 0.5, grid, build_model("micronet"), card, config)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status is left
+
+
+def _wait_for(condition: Callable[[], bool], limit_s: float) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_reader_processes_end_when_their_parent_is_killed(tmp_path: Path, slide_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HANGING_SCORER, str(slide_path), str(markers)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    readers_pids: set[int] = set()
+    try:
+        assert _wait_for(lambda: len(list(markers.iterdir())) == 2, 120)
+        readers_pids = {int(marker.name.split("-")[1]) for marker in markers.iterdir()}
+        assert readers_pids <= _children(process.pid)
+        process.kill()
+        process.wait()
+        assert _wait_for(lambda: not any(_alive(pid) for pid in readers_pids), 10)
+    finally:
+        process.kill()
+        process.wait()
+        for pid in filter(_alive, readers_pids):  # leave no sleeper behind when the test fails
+            os.kill(pid, signal.SIGKILL)
