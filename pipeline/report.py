@@ -19,7 +19,7 @@ from pipeline.staging import DEFAULT_CELL_RULE
 # Shown on every human-facing output: report.html, every viewer page, overlay.png's footer.
 RESEARCH_USE_NOTICE = (
     "Research use only. Not a medical device and not validated for diagnosis: "
-    "every result needs a pathologist's review."
+    "every result needs review by a pathologist."
 )
 SUMMARY_CSV = "summary.csv"
 SUMMARY_COLUMNS = (

@@ -15,7 +15,9 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.colors import CATEGORY_COLORS, hex_to_rgb
+from pipeline.config import StagingConfig
 from pipeline.errors import OutputError
+from pipeline.report import RESEARCH_USE_NOTICE
 from pipeline.viewer.render import slide_thumbnail
 from pipeline.viewer.static_report import (
     StaticReportConfig,
@@ -163,3 +165,82 @@ def test_unwritable_output_names_the_path(batch: ViewerBatch, tmp_path: Path) ->
 def test_config_rejects_out_of_range_values(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         StaticReportConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def _batch_with_patients_and_flags(batch: ViewerBatch, root: Path) -> Path:
+    """A copy of the batch: the good slide's first deposit flagged for review, its second
+    one heatmap cell large, and a patients.csv mapping its slides to two patients."""
+    shutil.copytree(batch.root, root)
+    report_path = root / GOOD_ID / "report.json"
+    report = json.loads(report_path.read_text())
+    first, second = report["deposits"]
+    first["review"] = "0.800 mm is above the 0.2 mm ITC limit but only 150 tumor nuclei were counted"
+    report["review"] = [f"deposit {first['id']}: {first['review']}"]
+    second["max_diameter_mm"] = second["max_diameter_uncertainty_mm"] = 0.0905
+    second["max_diameter_is_upper_bound"] = True
+    report_path.write_text(json.dumps(report))
+    (root / "patients.csv").write_text(
+        f"slide,patient\n{GOOD_ID},patient_A\n{FAILED_ID},patient_B\n"
+    )
+    return root
+
+
+def test_report_carries_the_research_use_notice_on_its_first_screen(html: str) -> None:
+    assert RESEARCH_USE_NOTICE in html
+    assert html.index(RESEARCH_USE_NOTICE) < html.index("<h1>")
+
+
+def test_report_opens_with_the_patient_table(batch: ViewerBatch, tmp_path: Path) -> None:
+    root = _batch_with_patients_and_flags(batch, tmp_path / "batch")
+    html = build_static_report(root, StaticReportConfig(thumbnail_max_px=64))
+    table = html[html.index('<table class="patients">') : html.index("</table>", html.index('class="patients"'))]
+    assert html.index('<table class="patients">') < html.index('<table class="slides')
+    row_a, row_b = table.split("<tr>")[2:4]
+    assert "patient_A" in row_a and '<span class="stage">pN1mi</span>' in row_a
+    assert 'href="#slide-1"' in row_a and 'class="badge cat-micro">micro' in row_a
+    assert "review" in row_a
+    assert "patient_B" in row_b and '<span class="stage">unstageable</span>' in row_b
+    assert FAILED_ERROR in row_b
+    assert "camelyon17 scheme" in html and "patients.csv" in html
+    ajcc = build_static_report(root, StaticReportConfig(thumbnail_max_px=64), staging=StagingConfig("ajcc"))
+    assert "ajcc scheme" in ajcc
+
+
+def test_report_without_patients_has_no_patient_table(html: str) -> None:
+    assert 'class="patients"' not in html
+
+
+def test_report_groups_camelyon17_names_without_a_mapping(batch: ViewerBatch, tmp_path: Path) -> None:
+    root = tmp_path / "batch"
+    shutil.copytree(batch.root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    slides = manifest["slides"]
+    manifest["slides"] = {"patient_004_node_0": slides[GOOD_ID], "patient_004_node_1": slides[FAILED_ID]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    html = build_static_report(root, StaticReportConfig(thumbnail_max_px=64))
+    assert "patient_004" in html and "unstageable" in html and "slide names" in html
+
+
+def test_report_shows_review_flags_and_one_tile_sizes_as_upper_bounds(
+    batch: ViewerBatch, tmp_path: Path
+) -> None:
+    root = _batch_with_patients_and_flags(batch, tmp_path / "batch")
+    html = build_static_report(root, StaticReportConfig(thumbnail_max_px=64))
+    assert "only 150 tumor nuclei were counted" in html
+    assert 'class="badge review-flag"' in html
+    assert "≤ 0.091 mm, one tile" in html
+    assert "0.091 ± 0.091" not in html and "0.090 ± 0.090" not in html
+    assert "± is the bound set by the heatmap grid" in html
+    assert "size-first cell rule" in html
+
+
+def test_report_command_takes_a_patient_csv_and_a_scheme(batch: ViewerBatch, tmp_path: Path) -> None:
+    mapping = tmp_path / "map.csv"
+    mapping.write_text(f"slide,patient\n{GOOD_ID},P1\n")
+    out = tmp_path / "r.html"
+    args = ["report", str(batch.root), "--out", str(out), "--thumbnail-px", "64"]
+    assert main([*args, "--patients", str(mapping), "--scheme", "ajcc"]) == 0
+    text = out.read_text()
+    assert "P1" in text and "pN1mi" in text and "ajcc scheme" in text
+    mapping.write_text("slide,patient\nnot_a_slide_of_this_batch\n")
+    assert main([*args, "--patients", str(mapping)]) == 1

@@ -19,7 +19,9 @@ from PIL import Image
 
 from pipeline.colors import HEATMAP_TRANSPARENT_BELOW, heatmap_rgba
 from pipeline.commands import view as view_command
-from pipeline.errors import OutputError
+from pipeline.config import StagingConfig
+from pipeline.errors import OutputError, StagingError
+from pipeline.report import RESEARCH_USE_NOTICE
 from pipeline.viewer.app import create_app
 from pipeline.viewer.tiles import DeepZoomCache, TileConfig
 from tests.viewer_batch import (
@@ -342,3 +344,50 @@ def test_view_command_warns_when_listening_beyond_this_machine(
     args.host = "127.0.0.1"
     assert view_command.run(args) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_every_viewer_page_carries_the_research_use_notice(client: FlaskClient) -> None:
+    for url in ("/", f"/slide/{GOOD_ID}", f"/slide/{FAILED_ID}", "/slide/no_such_slide"):
+        html = client.get(url).get_data(as_text=True)
+        assert RESEARCH_USE_NOTICE in html, url
+        assert html.index(RESEARCH_USE_NOTICE) < html.index("</header>") + 400  # first screen
+
+
+def test_index_groups_slides_by_patient_with_their_stage(own_batch: Path) -> None:
+    (own_batch / "patients.csv").write_text(f"slide,patient\n{GOOD_ID},patient_A\n{FAILED_ID},patient_B\n")
+    html = create_app(own_batch).test_client().get("/").get_data(as_text=True)
+    assert html.index('<table class="patients">') < html.index('class="patient-group"')
+    groups = html.split('<section class="patient-group"')[1:]
+    assert len(groups) == 3
+    assert "patient_A" in groups[0] and "pN1mi" in groups[0] and f"/slide/{GOOD_ID}" in groups[0]
+    assert FAILED_ID not in groups[0]
+    assert "patient_B" in groups[1] and "unstageable" in groups[1] and FAILED_ID in groups[1]
+    assert "without a patient" in groups[2] and ESCAPED_XSS in groups[2]
+
+
+def test_index_without_patients_is_one_slide_list(client: FlaskClient) -> None:
+    html = client.get("/").get_data(as_text=True)
+    assert 'class="patients"' not in html and 'class="patient-group"' not in html
+
+
+def test_view_patient_csv_is_checked_when_the_app_starts(batch: ViewerBatch, tmp_path: Path) -> None:
+    mapping = tmp_path / "map.csv"
+    mapping.write_text(f"slide,patient\n{GOOD_ID},P7\n")
+    app = create_app(batch.root, patients_csv=mapping, staging=StagingConfig("ajcc"))
+    html = app.test_client().get("/").get_data(as_text=True)
+    assert "P7" in html and "pN1mi" in html and "ajcc scheme" in html
+    mapping.write_text("slide\nonly\n")
+    with pytest.raises(StagingError, match="slide,patient"):
+        create_app(batch.root, patients_csv=mapping)
+
+
+def test_slide_page_shows_review_flag_cell_rule_and_size_note(own_batch: Path) -> None:
+    report_path = own_batch / GOOD_ID / "report.json"
+    report = json.loads(report_path.read_text())
+    report["deposits"][0]["review"] = "0.800 mm is above the 0.2 mm ITC limit but only 150 nuclei"
+    report_path.write_text(json.dumps(report))
+    html = create_app(own_batch).test_client().get(f"/slide/{GOOD_ID}").get_data(as_text=True)
+    assert "only 150 nuclei" in html and 'class="badge review-flag"' in html
+    assert "size-first" in html and "± is the bound set by the heatmap grid" in html
+    index = create_app(own_batch).test_client().get("/").get_data(as_text=True)
+    assert 'class="badge review-flag"' in index

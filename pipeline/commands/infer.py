@@ -24,6 +24,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", required=True, type=Path, help="output folder for the batch")
     add_model_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="recompute finished slides")
+    parser.add_argument(
+        "--patients",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="CSV 'slide,patient' (other columns ignored): kept as OUT/patients.csv, so "
+        "report.html and the viewer show each patient's pN stage",
+    )
     ray = parser.add_argument_group("distributed (Ray)")
     ray.add_argument(
         "--ray", metavar="auto|ADDRESS", default=None, help="run on a Ray cluster (pip install micromet[ray])"
@@ -114,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.gpus_per_slide is not None or args.cpus_per_slide is not None) and args.ray is None:
         raise ConfigError("--gpus-per-slide and --cpus-per-slide need --ray")
     slides = collect_slides(args.slides)
+    if getattr(args, "patients", None) is not None:
+        _keep_patient_mapping(args.patients, args.out)
     if args.ray is not None:
         from pipeline.distributed import run_batch_on_ray
 
@@ -129,6 +139,19 @@ def run(args: argparse.Namespace) -> int:
             )
     print_summary(outcomes, args.out)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _keep_patient_mapping(mapping_csv: Path, out_dir: Path) -> None:
+    """Check the mapping CSV before any slide runs, then keep it as OUT/patients.csv."""
+    from pipeline.errors import OutputError
+    from pipeline.staging import read_patient_mapping_csv
+    from pipeline.viewer.patients import write_patient_mapping
+
+    mapping = read_patient_mapping_csv(mapping_csv)
+    try:
+        write_patient_mapping(out_dir, mapping)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write patients.csv ({exc}); choose another --out") from exc
 
 
 def print_summary(outcomes: Any, out_dir: Path) -> None:

@@ -24,7 +24,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--thumbnail-px", type=int, default=800, metavar="PX",
         help="longer side of each slide image in px (default 800)",
     )
+    add_patient_options(parser)
     parser.set_defaults(run=run)
+
+
+def add_patient_options(parser: argparse.ArgumentParser) -> None:
+    """--patients and --scheme: the patient table (pN stage) of ``report`` and ``view``."""
+    parser.add_argument(
+        "--patients", type=Path, default=None, metavar="CSV",
+        help="CSV 'slide,patient' grouping slides into patients (default: BATCH_DIR/patients.csv "
+        "from `micromet infer --patients`, else CAMELYON17 names patient_NNN_node_N)",
+    )
+    parser.add_argument(
+        "--scheme", choices=("camelyon17", "ajcc"), default="camelyon17",
+        help="pN scheme of the patient table (default camelyon17; see docs/staging.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--thumbnail-px: {exc}") from exc
     out_path = args.out if args.out is not None else args.batch_dir / DEFAULT_REPORT_NAME
-    written = write_static_report(args.batch_dir, out_path, config)
+    from pipeline.config import StagingConfig
+
+    written = write_static_report(
+        args.batch_dir, out_path, config, args.patients, StagingConfig(scheme=args.scheme)
+    )
     print(f"micromet report: wrote {written}")
     return 0

@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--no-browser", action="store_true", help="do not open a web browser"
     )
+    from pipeline.commands.report import add_patient_options
+
+    add_patient_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -54,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print(f"micromet view: error: --port {args.port} is not a port (0-65535)", file=sys.stderr)
         return 2
-    app = create_app(args.batch_dir)
+    from pipeline.config import StagingConfig
+
+    app = create_app(
+        args.batch_dir,
+        patients_csv=getattr(args, "patients", None),
+        staging=StagingConfig(scheme=getattr(args, "scheme", "camelyon17")),
+    )
     if not is_loopback(args.host):
         print(
             f"micromet view: warning: listening on {args.host} makes the slides and results "

@@ -33,9 +33,12 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 import pipeline
 from pipeline.colors import CATEGORY_COLORS, heatmap_rect_px, heatmap_rgba
+from pipeline.config import StagingConfig
 from pipeline.errors import OutputError, SlideOpenError
 from pipeline.heatmap import Heatmap
+from pipeline.staging import read_patient_mapping_csv
 from pipeline.viewer.batch_index import BatchIndex, SlideRecord, SlideSummary, load_heatmap_or_none
+from pipeline.viewer.patients import load_patient_view
 from pipeline.viewer.templating import (
     STATIC_DIR,
     TEMPLATES_DIR,
@@ -69,6 +72,8 @@ class ViewerState:
     index: BatchIndex
     tiles: DeepZoomCache
     openseadragon_dir: Path
+    patients_csv: Path | None = None
+    staging: StagingConfig = dataclasses.field(default_factory=StagingConfig)
 
     @property
     def openseadragon_available(self) -> bool:
@@ -80,13 +85,20 @@ def create_app(
     batch_dir: Path,
     tile_config: TileConfig | None = None,
     openseadragon_dir: Path = OPENSEADRAGON_DIR,
+    patients_csv: Path | None = None,
+    staging: StagingConfig | None = None,
 ) -> Flask:
-    """The viewer app for one batch folder; raises OutputError if it has no manifest."""
+    """The viewer app for one batch folder; raises OutputError if it has no manifest,
+    StagingError for a bad ``patients_csv`` (slide,patient; see ``pipeline.viewer.patients``)."""
     state = ViewerState(
         index=BatchIndex(batch_dir),
         tiles=DeepZoomCache(tile_config or TileConfig()),
         openseadragon_dir=openseadragon_dir,
+        patients_csv=patients_csv,
+        staging=staging or StagingConfig(),
     )
+    if patients_csv is not None:
+        read_patient_mapping_csv(patients_csv)  # fail at start, not on the first page
     if not state.openseadragon_available:
         log.warning(
             "%s: OpenSeadragon is missing; run `npm ci` in %s to install it (the slide "
@@ -158,13 +170,32 @@ def _batch_error_page(error: OutputError) -> tuple[str, int]:
 
 
 def index_page() -> str:
-    """The slide list."""
+    """The slide list, grouped by patient (with each pN stage) when slides map to patients."""
     state = _state()
-    rows = [
-        {"summary": summary, "href": url_for("slide_page", slide_id=summary.record.slide_id)}
-        for summary in state.index.summaries()
-    ]
-    return render_template("index.html", batch_dir=state.index.root, rows=rows)
+    summaries = state.index.summaries()
+    by_id = {
+        summary.record.slide_id: {
+            "summary": summary,
+            "href": url_for("slide_page", slide_id=summary.record.slide_id),
+        }
+        for summary in summaries
+    }
+    rows = list(by_id.values())
+    patients = load_patient_view(state.index, summaries, state.patients_csv, state.staging)
+    patient_rows = {}
+    if patients is not None:
+        patient_rows = {
+            p.patient: [by_id[n.slide_id] for n in p.nodes if n.slide_id in by_id] for p in patients.patients
+        }
+    return render_template(
+        "index.html",
+        batch_dir=state.index.root,
+        rows=rows,
+        hrefs={slide_id: url_for("slide_page", slide_id=slide_id) for slide_id in by_id},
+        patients=patients,
+        patient_rows=patient_rows,
+        unassigned_rows=[by_id[s.record.slide_id] for s in patients.unassigned] if patients else [],
+    )
 
 
 def slide_page(slide_id: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.errors import HeatmapError, OutputError
 from pipeline.heatmap import HEATMAP_ARRAY, HEATMAP_META, Heatmap, load_heatmap
 from pipeline.outputs import read_json_object
+from pipeline.report import deposit_size_text, review_reasons
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,13 @@ class SlideRecord:
 
 @dataclasses.dataclass(frozen=True)
 class SlideSummary:
-    """What a slide list shows: the record plus the headline numbers of its report."""
+    """What a slide list shows: the record plus the headline numbers of its report.
+
+    largest_deposit_text: the largest deposit's size as a reader should take it
+    (``pipeline.report.deposit_size_text``), None without deposits. review: "deposit N:
+    reason" for each deposit whose size and cell count disagree. cell_rule: the rule that
+    made the categories.
+    """
 
     record: SlideRecord
     category: str | None
@@ -52,6 +59,9 @@ class SlideSummary:
     largest_deposit_mm: float | None
     n_deposits: int
     problem: str | None
+    largest_deposit_text: str | None = None
+    review: tuple[str, ...] = ()
+    cell_rule: str | None = None
 
 
 def resolve_inside(root: Path, candidate: Path) -> Path | None:
@@ -196,18 +206,32 @@ class BatchIndex:
                 problem = "report.json is missing (incomplete output folder)"
         report = report or {}
         deposits = report.get("deposits")
+        deposits = [d for d in deposits if isinstance(d, dict)] if isinstance(deposits, list) else []
         return SlideSummary(
             record=record,
             category=_optional_str(report.get("category")),
             score=_optional_float(report.get("score")),
             largest_deposit_mm=_optional_float(report.get("largest_deposit_mm")),
-            n_deposits=len(deposits) if isinstance(deposits, list) else 0,
+            n_deposits=len(deposits),
             problem=problem,
+            largest_deposit_text=_largest_text(deposits),
+            review=tuple(str(reason) for reason in report.get("review") or review_reasons(deposits)),
+            cell_rule=_optional_str(report.get("cell_rule")) if report else None,
         )
 
     def summaries(self) -> list[SlideSummary]:
         """Summaries of every slide, in manifest order."""
         return [self.summary(record) for record in self.records().values()]
+
+
+def _largest_text(deposits: list[dict[str, Any]]) -> str | None:
+    largest = max(deposits, key=lambda d: _optional_float(d.get("max_diameter_mm")) or 0.0, default=None)
+    if largest is None or _optional_float(largest.get("max_diameter_mm")) is None:
+        return None
+    try:
+        return deposit_size_text(largest)
+    except (TypeError, ValueError):
+        return None
 
 
 def _optional_float(value: Any) -> float | None:

@@ -19,14 +19,18 @@ from typing import Any
 import jinja2
 
 from pipeline import __version__
+from pipeline.colors import DEFAULT_HEATMAP_OPACITY
+from pipeline.config import StagingConfig
 from pipeline.errors import MicrometError, OutputError
 from pipeline.outputs import atomic_write_text
+from pipeline.staging import DEFAULT_CELL_RULE
 from pipeline.viewer.batch_index import (
     STATUS_DONE,
     BatchIndex,
     SlideSummary,
     load_heatmap_or_none,
 )
+from pipeline.viewer.patients import load_patient_view
 from pipeline.viewer.render import blank_thumbnail, render_review_image, slide_thumbnail
 from pipeline.viewer.templating import TEMPLATES_DIR, format_number, read_static, template_globals
 
@@ -44,7 +48,7 @@ class StaticReportConfig:
     """
 
     thumbnail_max_px: int = 800
-    heatmap_opacity: float = 0.6
+    heatmap_opacity: float = DEFAULT_HEATMAP_OPACITY
     jpeg_quality: int = 85
 
     def __post_init__(self) -> None:
@@ -132,12 +136,25 @@ def _section(
     return SlideSection(summary, f"slide-{number}", report, image_uri, note)
 
 
-def build_static_report(batch_dir: Path, config: StaticReportConfig | None = None) -> str:
-    """The report HTML of a batch folder; raises OutputError if it has no manifest."""
+def build_static_report(
+    batch_dir: Path,
+    config: StaticReportConfig | None = None,
+    patients_csv: Path | None = None,
+    staging: StagingConfig | None = None,
+) -> str:
+    """The report HTML of a batch folder.
+
+    When slides map to patients (``patients_csv``, BATCH_DIR/patients.csv or CAMELYON17
+    names; ``pipeline.viewer.patients``) the report opens with a patient table staged by
+    ``staging``. Raises OutputError if the folder has no manifest, StagingError for a bad
+    ``patients_csv``.
+    """
     config = config or StaticReportConfig()
     index = BatchIndex(batch_dir)
+    summaries = index.summaries()
+    patients = load_patient_view(index, summaries, patients_csv, staging or StagingConfig())
     sections = []
-    for number, summary in enumerate(index.summaries(), start=1):
+    for number, summary in enumerate(summaries, start=1):
         log.info("report: %s", summary.record.slide_id)
         sections.append(_section(index, summary, number, config))
     counts: dict[str, int] = {}
@@ -148,6 +165,9 @@ def build_static_report(batch_dir: Path, config: StaticReportConfig | None = Non
         batch_dir=index.root,
         sections=sections,
         rows=[{"summary": s.summary, "href": f"#{s.anchor}"} for s in sections],
+        hrefs={s.summary.record.slide_id: f"#{s.anchor}" for s in sections},
+        patients=patients,
+        cell_rules=sorted({s.summary.cell_rule or str(DEFAULT_CELL_RULE) for s in sections if s.report}),
         counts=counts,
         version=__version__,
         generated=time.strftime("%Y-%m-%d %H:%M"),
@@ -157,11 +177,15 @@ def build_static_report(batch_dir: Path, config: StaticReportConfig | None = Non
 
 
 def write_static_report(
-    batch_dir: Path, out_path: Path, config: StaticReportConfig | None = None
+    batch_dir: Path,
+    out_path: Path,
+    config: StaticReportConfig | None = None,
+    patients_csv: Path | None = None,
+    staging: StagingConfig | None = None,
 ) -> Path:
     """Write the report to ``out_path`` atomically; raises OutputError naming the path."""
     _make_parent(out_path)  # fail before the slow part
-    html = build_static_report(batch_dir, config)
+    html = build_static_report(batch_dir, config, patients_csv, staging)
     try:
         atomic_write_text(out_path, html)
     except OSError as exc:

@@ -16,11 +16,21 @@ from pipeline.colors import (
     category_css,
     heatmap_gradient_css,
 )
+from pipeline.report import RESEARCH_USE_NOTICE, deposit_size_text
 from pipeline.staging import CATEGORY_ORDER
 
 VIEWER_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = VIEWER_DIR / "templates"
 STATIC_DIR = VIEWER_DIR / "static"
+
+# What "±" means, shown under every deposit table.
+SIZE_NOTE = (
+    "Sizes are maximum (Feret) diameters of one contiguous deposit. ± is the bound set by the "
+    "heatmap grid (stride × √2): the true largest diameter lies within it when the deposit "
+    "spans more than one heatmap cell; it does not cover errors of the model. A deposit of one "
+    "heatmap cell is smaller than the grid can measure and is given as an upper bound "
+    "(≤ …, one tile)."
+)
 
 # Sort key of a slide's category: negative < itc < micro < macro (clinical order).
 CATEGORY_RANK: dict[str, int] = {category.value: rank for rank, category in enumerate(CATEGORY_ORDER)}
@@ -38,8 +48,12 @@ def format_number(value: Any, digits: int = 2) -> str:
 
 
 def template_globals() -> dict[str, Any]:
-    """Names every template may use: colours, category ranks, the heatmap colour bar."""
+    """Names every template may use: colours, category ranks, the heatmap colour bar, the
+    research-use notice, the size note and the deposit size formatter."""
     return {
+        "research_notice": RESEARCH_USE_NOTICE,
+        "size_note": SIZE_NOTE,
+        "size_text": deposit_size_text,
         "category_colors": CATEGORY_COLORS,
         "category_color": category_color,
         "category_rank": CATEGORY_RANK,
