@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +46,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int], None]
+
+
+class TileProgress(Protocol):
+    """Progress of one slide: told its number of tiles once, then counts of tiles scored."""
+
+    def start(self, n_tiles: int) -> None:
+        """The slide has ``n_tiles`` tiles to score."""
+
+    def __call__(self, n_scored: int) -> None:
+        """``n_scored`` more tiles were scored."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +287,7 @@ def analyze_slide(
     path: Path,
     slide_id: str,
     folder: Path,
-    progress: ProgressCallback | None = None,
+    progress: TileProgress | None = None,
 ) -> dict[str, Any]:
     """Analyse one slide into ``folder``; returns its report dict. ``report.json`` is written
     last, so a folder with a report is complete. Raises MicrometError subclasses on bad input.
@@ -291,6 +301,8 @@ def analyze_slide(
         except NoTissueError as exc:
             raise NoTissueError(f"{path}: {exc}") from exc
         timing["tissue_tiling"] = time.perf_counter() - started
+        if progress is not None:
+            progress.start(len(grid))
         probabilities = _score(context, slide, grid, progress)
         timing["inference"] = time.perf_counter() - started - timing["tissue_tiling"]
         heatmap = heatmap_from_scores(grid, probabilities)
@@ -323,13 +335,13 @@ def run_local_batch(
     out_dir: Path,
     context: AnalysisContext,
     overwrite: bool = False,
-    tile_progress: Callable[[str], ProgressCallback | None] | None = None,
+    tile_progress: Callable[[str], TileProgress | None] | None = None,
     on_slide_done: Callable[[SlideOutcome], None] | None = None,
 ) -> list[SlideOutcome]:
     """Analyse ``slides`` into ``out_dir`` on this machine, then write summary.csv (also when
     the run is interrupted: the manifest holds every finished slide).
 
-    tile_progress(slide_id) may return a callback that receives counts of tiles scored.
+    tile_progress(slide_id) may return a ``TileProgress`` for that slide.
     """
     def analyze(path: Path, slide_id: str, folder: Path) -> dict[str, Any]:
         callback = tile_progress(slide_id) if tile_progress is not None else None

@@ -1,5 +1,4 @@
-"""``micromet infer`` command-line behaviour that needs no model: the patient mapping and
-the progress display."""
+"""``micromet infer`` command-line behaviour that needs no model: the patient mapping."""
 
 from __future__ import annotations
 
@@ -23,7 +22,8 @@ def test_infer_keeps_the_patient_mapping_beside_the_batch(slide: Path, tmp_path:
     mapping.write_text("slide,patient,site\ndata/patient_1_node_0.tif,P1,axilla\nother,P2,axilla\n")
     out = tmp_path / "out"
     # No model: the run stops after the mapping was checked and kept.
-    main(["infer", str(slide), "--out", str(out), "--patients", str(mapping), "--model", str(tmp_path / "no.pt")])
+    args = ["infer", str(slide), "--out", str(out), "--patients", str(mapping)]
+    main([*args, "--model", str(tmp_path / "no.pt")])
     assert (out / "patients.csv").read_text() == "slide,patient\nother,P2\npatient_1_node_0,P1\n"
 
 

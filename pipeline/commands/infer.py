@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_model_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="recompute finished slides")
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (default: live bars on a terminal, plain lines otherwise)",
+    )
+    parser.add_argument(
         "--patients",
         type=Path,
         default=None,
@@ -130,10 +135,11 @@ def run(args: argparse.Namespace) -> int:
         outcomes = run_batch_on_ray(slides, args)
     else:
         from pipeline.analyze import run_local_batch
-        from pipeline.commands.progress import BatchProgress
+        from pipeline.commands.progress import BatchProgress, choose_mode
 
         context = build_context_from_args(args)
-        with BatchProgress(len(slides), enabled=sys.stderr.isatty()) as progress:
+        mode = choose_mode(bool(getattr(args, "quiet", False)), sys.stderr)
+        with BatchProgress(len(slides), mode, sys.stderr) as progress:
             outcomes = run_local_batch(
                 slides, args.out, context, args.overwrite, progress.tile_callback, progress.slide_done
             )
