@@ -28,14 +28,15 @@ from pipeline.config import (
     config_to_dict,
     load_config_file,
 )
-from pipeline.errors import ConfigError, NoTissueError
+from pipeline.errors import ConfigError, NoTissueError, SlideQCError
 from pipeline.heatmap import Heatmap, heatmap_from_scores, save_heatmap
 from pipeline.outputs import atomic_write_json
+from pipeline.qc import ACCEPT_FLAG, QCConfig, QCResult, check_slide
 from pipeline.report import build_report, write_summary_csv
-from pipeline.slide import Slide, open_slide
+from pipeline.slide import Slide, open_slide, open_slide_for_user
 from pipeline.staging import slide_category
 from pipeline.tiling import TileGrid, plan_tiles
-from pipeline.tissue import detect_tissue
+from pipeline.tissue import TissueMask, detect_tissue
 
 if TYPE_CHECKING:
     from torch import nn
@@ -71,6 +72,17 @@ class AnalysisContext:
     inference: InferenceConfig
     deposits: DepositConfig
     mpp_override: float | None = None
+    qc: QCConfig = dataclasses.field(default_factory=QCConfig)
+    force_mpp: bool = False
+    mpp_by_slide: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    whole_slide: bool = False
+
+    def user_mpp(self, slide_id: str) -> tuple[float | None, str]:
+        """The µm/px the user gave for a slide (``--mpp-csv`` first, then ``--mpp``), or None,
+        and the flag it came from."""
+        if slide_id in self.mpp_by_slide:
+            return self.mpp_by_slide[slide_id], "--mpp-csv"
+        return self.mpp_override, "--mpp"
 
     @property
     def threshold(self) -> float:
@@ -83,6 +95,10 @@ class AnalysisContext:
             "model_sha256": self.model_sha256,
             "threshold": self.threshold,
             "mpp_override": self.mpp_override,
+            "mpp_by_slide": dict(sorted(self.mpp_by_slide.items())),
+            "force_mpp": self.force_mpp,
+            "whole_slide": self.whole_slide,
+            "qc": config_to_dict(self.qc),
             "tissue": config_to_dict(self.tissue),
             "tiling": config_to_dict(self.tiling),
             "inference": {k: v for k, v in config_to_dict(self.inference).items() if k in ("precision",)},
@@ -107,6 +123,7 @@ OVERRIDABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "inference": ("device", "batch_size", "num_workers", "region_tiles", "precision", "compile"),
     "tiling": ("stride_px", "min_tissue_fraction"),
     "deposits": ("threshold", "refine", "count_cells", "cell_rule"),
+    "qc": ("accept_qc_failures",),
 }
 
 
@@ -124,18 +141,24 @@ def build_context(
     config_path: Path | None,
     overrides: Mapping[str, Mapping[str, Any]],
     mpp_override: float | None,
+    force_mpp: bool = False,
+    mpp_by_slide: Mapping[str, float] | None = None,
+    whole_slide: bool = False,
 ) -> AnalysisContext:
     """Load the model and resolve every stage config: defaults, config file, then flags.
 
     Tile size and resolution always come from the model card, never from flags.
+    mpp_override / mpp_by_slide (slide id -> µm/px): the user's resolution for every slide /
+    per slide, refused where it contradicts a slide's own unless ``force_mpp``.
+    whole_slide: score every tile, not only tissue (for slides tissue detection cannot read).
     """
     from pipeline.models import file_sha256, load_checkpoint, resolve_model_path
 
     sections: dict[str, Any] = load_config_file(config_path) if config_path else {}
-    unknown = set(sections) - {"tissue", "tiling", "inference", "deposits"}
+    unknown = set(sections) - {"tissue", "tiling", "inference", "deposits", "qc"}
     if unknown:
         raise ConfigError(
-            f"{config_path}: unknown sections {sorted(unknown)}; use tissue, tiling, inference, deposits"
+            f"{config_path}: unknown sections {sorted(unknown)}; use tissue, tiling, inference, deposits, qc"
         )
     source = str(config_path or "command line")
     inference = build_config(InferenceConfig, sections.get("inference"), overrides.get("inference"), source)
@@ -161,6 +184,10 @@ def build_context(
         inference=inference,
         deposits=build_config(DepositConfig, sections.get("deposits"), overrides.get("deposits"), source),
         mpp_override=mpp_override,
+        qc=build_config(QCConfig, sections.get("qc"), overrides.get("qc"), source),
+        force_mpp=force_mpp,
+        mpp_by_slide=dict(mpp_by_slide or {}),
+        whole_slide=whole_slide,
     )
 
 
@@ -267,7 +294,7 @@ def _deposits_and_overlay(
         deposits = _find_and_refine(context, slide, grid, heatmap)
         # Started only now: scoring (refinement included) forks reader processes, and no
         # thread may be inside a slide read when a process forks.
-        overlay_base = pool.submit(_overlay_base, slide.path, context.mpp_override, heatmap)
+        overlay_base = pool.submit(_overlay_base, slide.path, slide.mpp, heatmap)
         deposits = _count_cells(context, slide, deposits)
         seconds = time.perf_counter() - started
         _write_exports(folder, deposits)
@@ -282,6 +309,23 @@ def _slide_facts(slide: Slide, tissue_fraction: float, tissue_area_mm2: float) -
     return facts
 
 
+def _check_quality(
+    context: AnalysisContext, slide: Slide, tissue: TissueMask, slide_id: str
+) -> QCResult:
+    """Slide QC before scoring; raises SlideQCError for a failing slide unless the user accepts
+    QC failures."""
+    qc = check_slide(slide, tissue, context.qc, context.card.qc_reference)
+    log.info("%s: %s", slide_id, qc.summary_line())
+    if not qc.passed and not context.qc.accept_qc_failures:
+        raise SlideQCError(f"{slide.path}: {qc.warning}; not scored (add {ACCEPT_FLAG} to score it anyway)")
+    return qc
+
+
+def _whole_slide_mask(tissue: TissueMask) -> TissueMask:
+    """A mask calling the whole slide tissue, for ``whole_slide`` scoring."""
+    return dataclasses.replace(tissue, mask=np.ones_like(tissue.mask))
+
+
 def analyze_slide(
     context: AnalysisContext,
     path: Path,
@@ -294,10 +338,13 @@ def analyze_slide(
     """
     timing: dict[str, float] = {}
     started = time.perf_counter()
-    with open_slide(path, mpp_override=context.mpp_override) as slide:
+    user_mpp, flag = context.user_mpp(slide_id)
+    with open_slide_for_user(path, user_mpp, context.force_mpp, flag) as slide:
         tissue = detect_tissue(slide, context.tissue)
+        qc = _check_quality(context, slide, tissue, slide_id)
+        scored = _whole_slide_mask(tissue) if context.whole_slide else tissue
         try:
-            grid = plan_tiles(slide.dimensions, slide.mpp, tissue, context.tiling)
+            grid = plan_tiles(slide.dimensions, slide.mpp, scored, context.tiling)
         except NoTissueError as exc:
             raise NoTissueError(f"{path}: {exc}") from exc
         timing["tissue_tiling"] = time.perf_counter() - started
@@ -322,6 +369,7 @@ def analyze_slide(
         len(grid),
         timing,
     )
+    report["qc"] = qc.to_dict()
     atomic_write_json(
         folder / "run.json",
         {"micromet_version": __version__, "settings": context.settings(), "model": context.model_facts()},

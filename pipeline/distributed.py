@@ -64,12 +64,16 @@ class ContextSpec:
     model_path, config_path: files every node sees at the same path (None: the defaults).
     overrides: flag values per config section ("inference", "tiling", "deposits"); None
         values mean "not given". mpp_override: µm/px forced on every slide, or None.
+        force_mpp, mpp_by_slide, whole_slide: as in ``build_context``.
     """
 
     model_path: Path | None
     config_path: Path | None
     overrides: Mapping[str, Mapping[str, Any]]
     mpp_override: float | None = None
+    force_mpp: bool = False
+    mpp_by_slide: Mapping[str, float] | None = None
+    whole_slide: bool = False
 
     def absolute(self) -> ContextSpec:
         """The same spec with absolute paths, so workers with another cwd find the files."""
@@ -87,7 +91,15 @@ class ContextSpec:
         overrides = {section: dict(values) for section, values in self.overrides.items()}
         if device is not None:
             overrides["inference"] = {**overrides.get("inference", {}), "device": device}
-        return build_context(self.model_path, self.config_path, overrides, self.mpp_override)
+        return build_context(
+            self.model_path,
+            self.config_path,
+            overrides,
+            self.mpp_override,
+            self.force_mpp,
+            self.mpp_by_slide,
+            self.whole_slide,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -500,7 +512,13 @@ def spec_from_args(args: argparse.Namespace) -> ContextSpec:
 
     options = vars(args)
     return ContextSpec(
-        options.get("model"), options.get("config"), stage_overrides(options), options.get("mpp")
+        options.get("model"),
+        options.get("config"),
+        stage_overrides(options),
+        options.get("mpp"),
+        bool(options.get("force_mpp")),
+        options.get("mpp_by_slide"),
+        bool(options.get("whole_slide")),
     )
 
 

@@ -7,9 +7,15 @@ Tile measures are taken on tiles read at ``QCConfig.tile_mpp`` µm/px:
 - stain: mean optical density per channel of ``skimage.color.rgb2hed`` (hematoxylin, eosin,
   DAB) over the tile's stained pixels (OD summed over RGB above STAINED_MIN_OD);
 - focus: variance of the Laplacian of the grey tile (0-255 scale);
-- nuclear fraction: the part of the tile covered by nuclei found by
-  ``pipeline.cells.measure_nuclei`` (lymph node is packed with lymphocytes).
-A slide's value for each measure is the median over its tiles.
+- lymph-node look, from the nuclei ``pipeline.cells.measure_nuclei`` finds: lymphocyte-sized
+  nuclei (area >= MIN_NUCLEUS_AREA_UM2, equivalent diameter < LYMPHOCYTE_MAX_DIAMETER_UM) per
+  mm², and the fraction of the tile covered by nuclei of any size (packed lymphocytes touch
+  and merge, so the count alone undercounts the densest node).
+A slide's value for each measure is the median over its tiles. The lymph-node check passes
+when either lymph-node measure reaches its threshold; its value, the lymphoid score, is the
+larger of the two measures divided by its threshold (>= 1 passes). Focus and the lymph-node
+look need tiles at ``tile_mpp``: on a slide coarser than that they are not measured, which is
+reported but fails nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ DEFAULT_QC_REFERENCE: dict[str, list[float]] = {
     "od_green_share": [0.31259, 0.63856],
     "od_blue_share": [0.12269, 0.39939],
 }
+# Nucleus size limits, as in pipeline.cells (lymphocyte nuclei are about 5-7.5 µm across).
+MIN_NUCLEUS_AREA_UM2 = 20.0
+LYMPHOCYTE_MAX_DIAMETER_UM = 8.0
+# A slide up to this much coarser than QCConfig.tile_mpp still counts as resolving it.
+COARSE_TOLERANCE = 0.05
 REFERENCE_PERCENTILES = (1.0, 99.0)
 REFERENCE_MARGIN = 0.25
 ACCEPT_FLAG = "--accept-qc-failures"
@@ -68,7 +79,8 @@ class QCConfig:
         darker than DARK_MAX_VALUE, almost none of a brightfield one.
     min_focus: lowest slide median of the tiles' variance of the Laplacian.
     min_tissue_area_mm2: least tissue area to score.
-    min_nuclear_fraction: lowest slide median of the tiles' nuclear fraction (lymph node).
+    min_lymphocytes_per_mm2, min_nuclear_fraction: lymph node when the slide median of the
+        tiles' lymphocyte-sized nuclei per mm², or of their nuclear area fraction, reaches this.
     accept_qc_failures: score a slide that fails QC anyway (its category then carries a warning).
     """
 
@@ -78,7 +90,8 @@ class QCConfig:
     max_dark_fraction: float = 0.5
     min_focus: float = 300.0
     min_tissue_area_mm2: float = 0.05
-    min_nuclear_fraction: float = 0.34
+    min_lymphocytes_per_mm2: float = 3000.0
+    min_nuclear_fraction: float = 0.55
     accept_qc_failures: bool = False
 
     def __post_init__(self) -> None:
@@ -88,14 +101,16 @@ class QCConfig:
         _check_range("max_dark_fraction", self.max_dark_fraction, 0.0, 1.0)
         _check_range("min_focus", self.min_focus, 0.0, 1e6)
         _check_range("min_tissue_area_mm2", self.min_tissue_area_mm2, 0.0, 1e4)
-        _check_range("min_nuclear_fraction", self.min_nuclear_fraction, 0.0, 1.0)
+        _check_range("min_lymphocytes_per_mm2", self.min_lymphocytes_per_mm2, 1.0, 1e6)
+        _check_range("min_nuclear_fraction", self.min_nuclear_fraction, 0.01, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class QCCheck:
     """One QC check: its measured value, the allowed range (None: open) and the verdict.
 
-    passed is None when the value could not be measured (no tissue tiles); that fails QC too.
+    passed is None when the value could not be measured (e.g. focus on a slide coarser than
+    the QC resolution); that is reported and fails nothing.
     """
 
     name: str
@@ -118,21 +133,17 @@ class QCResult:
     checks: tuple[QCCheck, ...]
     n_tiles: int
     tile_mpp: float
+    measures: Mapping[str, float | None] = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        """True when every check passed."""
-        return all(check.passed is True for check in self.checks)
+        """True when no check failed (unmeasured checks fail nothing)."""
+        return not any(check.passed is False for check in self.checks)
 
     @property
     def failures(self) -> list[str]:
-        """What each failed (or unmeasured) check means, e.g. ["not lymph node"]."""
-        reasons = [
-            check.failure if check.passed is False else f"{check.name} not measured"
-            for check in self.checks
-            if check.passed is not True
-        ]
-        return list(dict.fromkeys(reasons))
+        """What each failed check means, once each, e.g. ["not lymph node"]."""
+        return list(dict.fromkeys(check.failure for check in self.checks if check.passed is False))
 
     @property
     def warning(self) -> str:
@@ -141,8 +152,7 @@ class QCResult:
 
     def summary_line(self) -> str:
         """One console line: the verdict and every value."""
-        values = ", ".join(f"{c.name} {'n/a' if c.value is None else f'{c.value:.4g}'}" for c in self.checks)
-        return f"{'QC passed' if self.passed else self.warning} ({values})"
+        return qc_line(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         """The ``qc`` section of report.json."""
@@ -152,7 +162,18 @@ class QCResult:
             "n_tiles": self.n_tiles,
             "tile_mpp": self.tile_mpp,
             "checks": [check.to_dict() for check in self.checks],
+            "not_measured": [check.name for check in self.checks if check.passed is None],
+            "measures": {k: None if v is None else round(v, 5) for k, v in self.measures.items()},
         }
+
+
+def qc_line(qc: Mapping[str, Any]) -> str:
+    """One line from a report's ``qc`` section: the verdict and every measured value."""
+    values = ", ".join(
+        f"{c['name']} {'n/a' if c.get('value') is None else format(c['value'], '.4g')}"
+        for c in qc.get("checks", [])
+    )
+    return f"{qc.get('warning') or 'QC passed'} ({values})"
 
 
 def dark_fraction(thumbnail: NDArray[np.uint8]) -> float:
@@ -201,20 +222,24 @@ def focus_measure(tiles: NDArray[np.uint8]) -> NDArray[np.float64]:
     return values
 
 
-def nuclear_fraction(tiles: NDArray[np.uint8], mpp: float) -> NDArray[np.float64]:
-    """Per-tile fraction (0-1) of the tile covered by nuclei; (N,) float64 (module docs).
+def nuclear_measures(tiles: NDArray[np.uint8], mpp: float) -> dict[str, NDArray[np.float64]]:
+    """Per-tile lymph-node measures (module docs): "lymphocytes_per_mm2" (lymphocyte-sized
+    nuclei per mm² of tile) and "nuclear_fraction" (0-1, tile area covered by nuclei).
 
-    tiles: (N, H, W, 3) uint8 at ``mpp`` µm/px. Lymph node is packed with lymphocyte nuclei,
-    which touch and merge into clusters, so covered area measures their density better than
-    a count of separate small nuclei.
+    tiles: (N, H, W, 3) uint8 at ``mpp`` µm/px. Returns name -> (N,) float64.
     """
     from pipeline.cells import measure_nuclei
 
-    values = np.zeros(len(tiles), dtype=np.float64)
+    max_area_um2 = math.pi * (LYMPHOCYTE_MAX_DIAMETER_UM / 2.0) ** 2
+    density = np.zeros(len(tiles), dtype=np.float64)
+    fraction = np.zeros(len(tiles), dtype=np.float64)
     for index, tile in enumerate(tiles):
         area_um2, _ = measure_nuclei(tile, mpp)
-        values[index] = float(area_um2.sum()) / (tile.shape[0] * tile.shape[1] * mpp**2)
-    return values
+        tile_um2 = tile.shape[0] * tile.shape[1] * mpp**2
+        small = np.count_nonzero((area_um2 >= MIN_NUCLEUS_AREA_UM2) & (area_um2 < max_area_um2))
+        density[index] = small / (tile_um2 / 1e6)
+        fraction[index] = float(area_um2.sum()) / tile_um2
+    return {"lymphocytes_per_mm2": density, "nuclear_fraction": fraction}
 
 
 def qc_reference_from_tiles(tiles: NDArray[np.uint8]) -> dict[str, list[float]]:
@@ -274,6 +299,20 @@ def _check(name: str, value: float | None, low: float | None, high: float | None
     return QCCheck(name, value, low, high, passed, failure)
 
 
+def _lymph_node_check(
+    tiles: NDArray[np.uint8], config: QCConfig, resolved: bool
+) -> tuple[QCCheck, dict[str, float | None]]:
+    """The lymph-node check and the slide medians of its two measures (module docs)."""
+    if not resolved:
+        return _check("lymphoid_score", None, 1.0, None, "not lymph node"), {}
+    measures = {name: _median(values) for name, values in nuclear_measures(tiles, config.tile_mpp).items()}
+    density, fraction = measures["lymphocytes_per_mm2"], measures["nuclear_fraction"]
+    score = None
+    if density is not None and fraction is not None:
+        score = max(density / config.min_lymphocytes_per_mm2, fraction / config.min_nuclear_fraction)
+    return _check("lymphoid_score", score, 1.0, None, "not lymph node"), measures
+
+
 def check_slide(
     slide: Slide,
     tissue: TissueMask,
@@ -289,6 +328,8 @@ def check_slide(
     ranges = dict(reference) if reference else DEFAULT_QC_REFERENCE
     thumbnail = slide.thumbnail_at_mpp(max(tissue.mask_mpp, slide.mpp))
     tiles = sample_tissue_tiles(slide, tissue, config)
+    # Focus and nuclei need the slide to resolve the QC resolution.
+    resolved = slide.mpp <= config.tile_mpp * (1.0 + COARSE_TOLERANCE) and len(tiles) > 0
     stains = stain_statistics(tiles)
     checks = [
         _check(
@@ -298,17 +339,13 @@ def check_slide(
     for name in STAIN_NAMES:
         low, high = ranges.get(name, DEFAULT_QC_REFERENCE[name])
         checks.append(_check(name, _median(stains[name]), low, high, "stain outside the model's range"))
+    focus = _median(focus_measure(tiles)) if resolved else None
+    lymph_node, measures = _lymph_node_check(tiles, config, resolved)
     checks += [
-        _check("focus", _median(focus_measure(tiles)), config.min_focus, None, "out of focus"),
+        _check("focus", focus, config.min_focus, None, "out of focus"),
         _check(
             "tissue_area_mm2", tissue.tissue_area_mm2, config.min_tissue_area_mm2, None, "too little tissue"
         ),
-        _check(
-            "nuclear_fraction",
-            _median(nuclear_fraction(tiles, config.tile_mpp)),
-            config.min_nuclear_fraction,
-            None,
-            "not lymph node",
-        ),
+        lymph_node,
     ]
-    return QCResult(tuple(checks), n_tiles=len(tiles), tile_mpp=config.tile_mpp)
+    return QCResult(tuple(checks), n_tiles=len(tiles), tile_mpp=config.tile_mpp, measures=measures)

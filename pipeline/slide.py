@@ -417,3 +417,66 @@ def open_slide_for_user(
         slide.close()
         raise
     return slide
+
+
+def read_mpp_csv(path: Path) -> dict[str, float]:
+    """Per-slide µm/px from a CSV with columns ``slide`` and ``mpp`` (``--mpp-csv``).
+
+    Returns slide name -> µm/px. Raises ConfigError naming the file and line for a missing
+    file or column, an empty or duplicate slide name, or an mpp that is not a plausible number.
+    """
+    import csv
+
+    from pipeline.errors import ConfigError
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the --mpp-csv file ({exc}); check the path") from exc
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip() for c in reader.fieldnames or []]
+    if "slide" not in columns or "mpp" not in columns:
+        raise ConfigError(f"{path}: --mpp-csv needs the columns slide and mpp; found {columns or 'none'}")
+    values: dict[str, float] = {}
+    for line, row in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        name, raw = row["slide"], row["mpp"]
+        if not name:
+            raise ConfigError(f"{path}: line {line}: empty slide name; give every row a slide")
+        if name in values:
+            raise ConfigError(f"{path}: line {line}: slide {name!r} is listed twice; keep one row per slide")
+        mpp = _parse_float(raw)
+        if mpp is None:
+            raise ConfigError(f"{path}: line {line}: mpp {raw!r} of {name!r} is not a number; give µm/px")
+        if not (MIN_PLAUSIBLE_MPP <= mpp <= MAX_PLAUSIBLE_MPP):
+            raise ConfigError(
+                f"{path}: line {line}: mpp {mpp:g} of {name!r} is not a plausible µm/px "
+                f"(expected {MIN_PLAUSIBLE_MPP}-{MAX_PLAUSIBLE_MPP})"
+            )
+        values[name] = mpp
+    return values
+
+
+def mpp_by_slide_id(csv_path: Path, values: dict[str, float], slide_ids: dict[Path, str]) -> dict[str, float]:
+    """Map ``read_mpp_csv`` names onto a batch's slide ids; a name may be the slide id, the file
+    (or folder) name, or the path as given. Raises ConfigError for a name matching no slide
+    of the batch, listing the slides, or two names for one slide."""
+    from pipeline.errors import ConfigError
+
+    by_name: dict[str, str] = {}
+    for path, slide_id in slide_ids.items():
+        for name in (slide_id, path.name, str(path)):
+            by_name.setdefault(name, slide_id)
+    result: dict[str, float] = {}
+    for name, mpp in values.items():
+        match = by_name.get(name) or by_name.get(str(Path(name).resolve()))
+        if match is None:
+            available = ", ".join(sorted(slide_ids.values())[:20])
+            raise ConfigError(
+                f"{csv_path}: slide {name!r} is not in this batch; use a slide id or file name "
+                f"({available})"
+            )
+        if match in result:
+            raise ConfigError(f"{csv_path}: slide {match!r} is listed twice (as {name!r}); keep one row")
+        result[match] = mpp
+    return result

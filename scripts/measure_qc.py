@@ -23,7 +23,7 @@ from pipeline.qc import (
     QCConfig,
     check_slide,
     focus_measure,
-    nuclear_fraction,
+    nuclear_measures,
     qc_reference_from_tiles,
     stain_statistics,
 )
@@ -78,7 +78,7 @@ def camelyon17_tiles() -> dict[str, NDArray[np.uint8]]:
 def describe(name: str, tiles: NDArray[np.uint8]) -> None:
     """Print the 1st, 5th, 50th, 95th and 99th percentile of every per-tile measure."""
     measures = {**stain_statistics(tiles), "focus": focus_measure(tiles)}
-    measures["nuclear_fraction"] = nuclear_fraction(tiles, QC.tile_mpp)
+    measures.update(nuclear_measures(tiles, QC.tile_mpp))
     print(f"\n{name}: {len(tiles)} tiles; percentiles 1 / 5 / 50 / 95 / 99")
     for measure, values in measures.items():
         finite = values[np.isfinite(values)]
@@ -90,7 +90,9 @@ def slide_values(path: Path, mpp: float | None = None) -> str:
     """The QC values of one slide, as pipeline.qc.check_slide reports them."""
     with open_slide(path, mpp_override=mpp) as slide:
         tissue = detect_tissue(slide, TissueConfig())
-        return check_slide(slide, tissue, QC).summary_line()
+        result = check_slide(slide, tissue, QC)
+        measures = ", ".join(f"{k} {v:.4g}" for k, v in result.measures.items() if v is not None)
+        return f"{result.summary_line()} [{measures}]"
 
 
 def synthetic_slides(folder: Path) -> dict[str, Path]:
@@ -107,7 +109,13 @@ def synthetic_slides(folder: Path) -> dict[str, Path]:
     from conftest import draw_tissue_rgb, write_pyramid_tiff
 
     slides = {}
-    for mpp, width, height, seed in ((0.5, 3000, 2600, 3), (1.0, 3000, 2600, 3), (0.5, 6000, 5000, 7)):
+    for mpp, width, height, seed in (
+        (0.5, 3000, 2600, 3),
+        (1.0, 3000, 2600, 3),
+        (0.5, 6000, 5000, 7),
+        (0.25, 3000, 2600, 5),
+        (2.0, 400, 320, 3),
+    ):
         path = folder / f"synthetic_{mpp}_{width}.tif"
         generate_slide(SynthConfig(width_px=width, height_px=height, mpp=mpp, seed=seed), path)
         slides[f"synthetic node {width} x {height} px at {mpp} µm/px"] = path

@@ -18,7 +18,11 @@ from pipeline.errors import SlideOpenError
 from pipeline.heatmap import load_heatmap
 from pipeline.models import ModelCard, build_model, save_checkpoint
 
-FAST = {"inference": {"device": "cpu", "num_workers": 0, "batch_size": 16}}
+# The conftest slides are a pink blob, not lymph node: slide QC would refuse them.
+FAST = {
+    "inference": {"device": "cpu", "num_workers": 0, "batch_size": 16},
+    "qc": {"accept_qc_failures": True},
+}
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +164,7 @@ def test_infer_command_exits_non_zero_when_a_slide_fails(
             "0",
             "--no-refine",
             "--no-cells",
+            "--accept-qc-failures",
         ]
     )
     captured = capsys.readouterr()
@@ -215,7 +220,7 @@ def _strict_json(path: Path) -> dict:  # type: ignore[type-arg]
 def _infer(slide: Path, out: Path, model: Path) -> int:
     return main(
         ["infer", str(slide), "--out", str(out), "--model", str(model), "--device", "cpu",
-         "--workers", "0", "--no-refine", "--no-cells"]
+         "--workers", "0", "--no-refine", "--no-cells", "--accept-qc-failures"]
     )
 
 
@@ -287,7 +292,7 @@ def test_an_empty_folder_named_like_a_slide_fails_the_batch(
     out = tmp_path / "out"
     code = main(
         ["infer", str(folder), str(slide_dir / "node_0.tif"), "--out", str(out), "--model", str(model_path),
-         "--device", "cpu", "--workers", "0", "--no-refine", "--no-cells"]
+         "--device", "cpu", "--workers", "0", "--no-refine", "--no-cells", "--accept-qc-failures"]
     )
     assert code == 1
     assert "x.svs" in capsys.readouterr().err

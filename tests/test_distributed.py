@@ -104,7 +104,9 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def spec_for(model_path: Path) -> ContextSpec:
-    return ContextSpec(model_path, None, {"inference": INFERENCE, "deposits": DEPOSITS})
+    # The conftest slides are a pink blob, not lymph node: slide QC would refuse them.
+    qc = {"accept_qc_failures": True}
+    return ContextSpec(model_path, None, {"inference": INFERENCE, "deposits": DEPOSITS, "qc": qc})
 
 
 def read_json(path: Path) -> Any:
@@ -221,6 +223,7 @@ def test_cli_ray_run_skips_slides_a_local_run_finished(
     before = [r.stat().st_mtime_ns for r in reports]
     argv = ["infer", *map(str, slides), "--out", str(out_dir), "--model", str(model_path), "--ray", "auto"]
     argv += ["--device", "cpu", "--workers", "0", "--no-refine", "--no-cells", "--cpus-per-slide", "1"]
+    argv += ["--accept-qc-failures"]
     assert main(argv) == 0
     assert [r.stat().st_mtime_ns for r in reports] == before
     assert statuses(out_dir) == statuses(local_run)

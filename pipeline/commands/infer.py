@@ -61,7 +61,33 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--mpp",
         type=float,
         default=None,
-        help="override every slide's µm/px (only if the metadata is missing or wrong)",
+        help="µm/px of every slide whose metadata has none; refused where it differs from a "
+        "slide's own value by more than 1%% unless --force-mpp",
+    )
+    parser.add_argument(
+        "--mpp-csv",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="CSV 'slide,mpp': each slide's own µm/px (slide id or file name), checked like --mpp",
+    )
+    parser.add_argument(
+        "--force-mpp",
+        action="store_true",
+        help="use --mpp / --mpp-csv even where the slide records a different µm/px",
+    )
+    parser.add_argument(
+        "--accept-qc-failures",
+        action="store_true",
+        default=None,
+        help="score slides that fail slide QC (not H&E, stain, focus, tissue, not lymph node); "
+        "their category then carries the QC warning",
+    )
+    parser.add_argument(
+        "--no-tissue",
+        action="store_true",
+        dest="whole_slide",
+        help="score every tile of the slide, not only detected tissue (e.g. fluorescence)",
     )
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda[:N] or mps")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per model batch")
@@ -117,7 +143,27 @@ def build_context_from_args(args: argparse.Namespace) -> Any:
     """Resolve defaults, config file and flags into an ``AnalysisContext``."""
     from pipeline.analyze import build_context, stage_overrides
 
-    return build_context(args.model, args.config, stage_overrides(vars(args)), args.mpp)
+    return build_context(
+        args.model,
+        args.config,
+        stage_overrides(vars(args)),
+        args.mpp,
+        force_mpp=bool(getattr(args, "force_mpp", False)),
+        mpp_by_slide=getattr(args, "mpp_by_slide", None),
+        whole_slide=bool(getattr(args, "whole_slide", False)),
+    )
+
+
+def resolve_mpp_csv(args: argparse.Namespace, slides: list[Path]) -> None:
+    """Read ``--mpp-csv`` into ``args.mpp_by_slide`` (slide id -> µm/px), checked against the
+    batch's slides before any slide runs."""
+    from pipeline.outputs import unique_slide_ids
+    from pipeline.slide import mpp_by_slide_id, read_mpp_csv
+
+    args.mpp_by_slide = None
+    if getattr(args, "mpp_csv", None) is not None:
+        values = read_mpp_csv(args.mpp_csv)
+        args.mpp_by_slide = mpp_by_slide_id(args.mpp_csv, values, unique_slide_ids(slides))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.gpus_per_slide is not None or args.cpus_per_slide is not None) and args.ray is None:
         raise ConfigError("--gpus-per-slide and --cpus-per-slide need --ray")
     slides = collect_slides(args.slides)
+    resolve_mpp_csv(args, slides)
     if getattr(args, "patients", None) is not None:
         _keep_patient_mapping(args.patients, args.out)
     if args.ray is not None:
@@ -160,15 +207,39 @@ def _keep_patient_mapping(mapping_csv: Path, out_dir: Path) -> None:
         raise OutputError(f"{out_dir}: cannot write patients.csv ({exc}); choose another --out") from exc
 
 
+def _slide_qc(out_dir: Path, slide_id: str) -> dict[str, str] | None:
+    """A finished slide's QC verdict line and warning from its report.json, or None."""
+    import json
+
+    from pipeline.qc import qc_line
+
+    report_path = out_dir / slide_id / "report.json"
+    try:
+        qc = json.loads(report_path.read_text()).get("qc")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(qc, dict):
+        return None
+    return {"line": qc_line(qc), "warning": str(qc.get("warning") or "")}
+
+
 def print_summary(outcomes: Any, out_dir: Path) -> None:
     """A readable table of every slide's outcome."""
     rows = [("slide", "status", "category", "score", "seconds")]
+    qc_lines: list[str] = []
     for o in outcomes:
         score = "" if o.score is None else f"{o.score:.3f}"
-        rows.append((o.slide_id, o.status, o.category or "", score, f"{o.seconds:.1f}"))
+        qc = _slide_qc(out_dir, o.slide_id) if o.status != "failed" else None
+        category = o.category or ""
+        if qc is not None:
+            qc_lines.append(f"{o.slide_id}: {qc['line']}")
+            category += f" [{qc['warning']}]" if qc["warning"] else ""
+        rows.append((o.slide_id, o.status, category, score, f"{o.seconds:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for line in qc_lines:
+        print(line)
     for o in outcomes:
         if o.error:
             print(f"failed: {o.slide_id}: {o.error}", file=sys.stderr)
