@@ -18,24 +18,48 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Show what micromet reads from each slide: format, dimensions, levels, "
         "downsamples, µm/px, objective power and tissue fraction.",
     )
-    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
+    parser.add_argument(
+        "slides", nargs="+", metavar="SLIDE", help="slide files (or a folder holding one DICOM series)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--mpp", type=float, default=None, help="override the slide's µm/px")
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm/px for a slide whose metadata has none (refused beyond 1%% of the slide's own)",
+    )
+    parser.add_argument(
+        "--force-mpp", action="store_true", help="use --mpp even where the slide records another µm/px"
+    )
+    parser.add_argument(
+        "--qc", action="store_true", help="also run slide QC (H&E, stain, focus, tissue, lymph node)"
+    )
     parser.add_argument("--no-tissue", action="store_true", help="skip tissue detection (faster)")
     parser.add_argument("--tile-px", type=int, default=None, help="also plan tiles of this size (px)")
     parser.add_argument("--tile-mpp", type=float, default=None, help="at this resolution (µm/px)")
     parser.set_defaults(run=run)
 
 
-def describe_slide(path: str, mpp: float | None, with_tissue: bool, tiling: Any = None) -> dict[str, Any]:
-    """Metadata (tissue fraction, and a tiling summary for a ``TilingConfig``) of one slide."""
+def describe_slide(
+    path: str,
+    mpp: float | None,
+    with_tissue: bool,
+    tiling: Any = None,
+    force_mpp: bool = False,
+    with_qc: bool = False,
+) -> dict[str, Any]:
+    """Metadata (tissue fraction, a tiling summary for a ``TilingConfig``, and slide QC with
+    the default stain reference when ``with_qc``) of one slide."""
     from pipeline.config import TissueConfig
-    from pipeline.slide import open_slide
+    from pipeline.qc import QCConfig, check_slide
+    from pipeline.slide import open_slide_for_user
     from pipeline.tiling import plan_tiles
     from pipeline.tissue import detect_tissue
 
-    with open_slide(path, mpp_override=mpp) as slide:
+    with open_slide_for_user(path, mpp, force_mpp) as slide:
         facts = slide.info.to_dict()
+        if with_qc:
+            facts["qc"] = check_slide(slide, detect_tissue(slide, TissueConfig()), QCConfig()).to_dict()
         if with_tissue or tiling is not None:
             tissue = detect_tissue(slide, TissueConfig())
             facts["tissue_fraction"] = round(tissue.tissue_fraction, 4)
@@ -53,6 +77,16 @@ def describe_slide(path: str, mpp: float | None, with_tissue: bool, tiling: Any 
     return facts
 
 
+def _mpp_text(facts: dict[str, Any]) -> str:
+    """The µm/px and where it came from: the slide, or the user (with the slide's own value)."""
+    text = f"{facts['mpp']:.4f} µm/px"
+    if facts["mpp_source"] != "user":
+        return f"{text} (from the slide)"
+    own = facts.get("metadata_mpp")
+    recorded = "the slide records none" if own is None else f"the slide records {own:.4f}"
+    return f"{text} (given by the user; {recorded})"
+
+
 def format_table(facts: dict[str, Any]) -> str:
     """A readable block of one slide's facts."""
     levels = ", ".join(
@@ -64,7 +98,7 @@ def format_table(facts: dict[str, Any]) -> str:
         ("format", facts["vendor"]),
         ("dimensions", f"{facts['dimensions'][0]} x {facts['dimensions'][1]} px"),
         ("levels", f"{facts['level_count']}: {levels}"),
-        ("mpp", f"{facts['mpp']:.4f} µm/px ({facts['mpp_source']})"),
+        ("mpp", _mpp_text(facts)),
         ("objective", "unknown" if facts["objective_power"] is None else f"{facts['objective_power']:g}x"),
     ]
     if "tiles" in facts:
@@ -78,6 +112,10 @@ def format_table(facts: dict[str, Any]) -> str:
         )
     if "tissue_fraction" in facts:
         rows.append(("tissue", f"{facts['tissue_fraction']:.1%} ({facts['tissue_area_mm2']:.2f} mm²)"))
+    if "qc" in facts:
+        from pipeline.qc import qc_line
+
+        rows.append(("qc", qc_line(facts["qc"])))
     return "\n".join(f"{key:<11} {value}" for key, value in rows)
 
 
@@ -97,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     for path in args.slides:
         try:
-            results.append(describe_slide(path, args.mpp, not args.no_tissue, tiling))
+            results.append(
+                describe_slide(path, args.mpp, not args.no_tissue, tiling, args.force_mpp, args.qc)
+            )
         except MicrometError as exc:
             failures += 1
             print(f"micromet info: error: {exc}", file=sys.stderr)
