@@ -5,19 +5,25 @@ so an interrupted run never leaves a result that looks finished. The manifest re
 every slide's status and the settings key its result was computed with; re-running the
 same command skips slides already done with the same key and resumes the rest. A
 slide that fails with a package error (or runs out of memory) is recorded and the
-batch carries on; anything else is a bug and propagates.
+batch carries on; anything else is a bug and propagates. Ctrl-C (SIGINT) always ends
+the batch with KeyboardInterrupt, also one that was swallowed on its way up (see
+``watch_interrupts``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
 import json
 import logging
 import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +156,57 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 SlideFunction = Callable[[Path, str, Path], dict[str, Any]]
 
 
+@dataclasses.dataclass
+class InterruptWatch:
+    """Whether a SIGINT arrived while ``watch_interrupts`` was active."""
+
+    seen: bool = False
+
+    def raise_if_seen(self) -> None:
+        """Raise KeyboardInterrupt if a SIGINT arrived, even one that was swallowed."""
+        if self.seen:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def watch_interrupts() -> Iterator[InterruptWatch]:
+    """Record every SIGINT while active; it still raises KeyboardInterrupt as usual.
+
+    A KeyboardInterrupt that lands inside a finaliser (a DataLoader iterator's ``__del__``
+    while reader processes start or stop) is printed as "Exception ignored" and dropped, and
+    a reader killed by the same Ctrl-C looks like a failed slide; the batch checks the
+    watch after each slide instead. Such dropped interrupts are not printed. Outside the
+    main thread, or when SIGINT is not Python's default handler (ignored, or the caller's
+    own), nothing is installed.
+    """
+    watch = InterruptWatch()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield watch
+        return
+    previous_hook = sys.unraisablehook
+
+    def on_sigint(signum: int, frame: object) -> None:
+        watch.seen = True
+        raise KeyboardInterrupt
+
+    def on_unraisable(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            watch.seen = True
+        if not watch.seen:  # after Ctrl-C, teardown noise of half-started readers is dropped
+            previous_hook(unraisable)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = on_unraisable
+    try:
+        yield watch
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = previous_hook
+
+
 def run_slide_safely(
     analyze: SlideFunction, path: Path, slide_id: str, out_dir: Path
 ) -> tuple[dict[str, Any] | None, str | None]:
@@ -184,23 +241,29 @@ def run_batch(
 
     ``analyze(path, slide_id, folder)`` writes a slide's files into ``folder`` and returns
     its report dict. ``settings`` (model checksum, configs) decides when a result is stale.
+    Raises KeyboardInterrupt after Ctrl-C; the manifest then holds every finished slide,
+    and a slide that failed during the interrupt is not recorded (it reruns next time).
     """
     check_writable_folder(out_dir)
     manifest = read_manifest(out_dir)
     key = settings_key(settings)
     manifest.update({"micromet_version": __version__, "settings": settings, "settings_key": key})
     outcomes: list[SlideOutcome] = []
-    for path, slide_id in unique_slide_ids(slides).items():
-        if not overwrite and is_done(manifest, out_dir, slide_id, path, key):
-            outcome = skipped_outcome(manifest, slide_id, path)
-        else:
-            started = time.perf_counter()
-            report, error = run_slide_safely(analyze, path, slide_id, out_dir)
-            seconds = round(time.perf_counter() - started, 3)
-            outcome = record_outcome(manifest, out_dir, path, slide_id, key, report, error, seconds)
-        outcomes.append(outcome)
-        if on_slide_done is not None:
-            on_slide_done(outcome)
+    with watch_interrupts() as interrupts:
+        for path, slide_id in unique_slide_ids(slides).items():
+            if not overwrite and is_done(manifest, out_dir, slide_id, path, key):
+                outcome = skipped_outcome(manifest, slide_id, path)
+            else:
+                started = time.perf_counter()
+                report, error = run_slide_safely(analyze, path, slide_id, out_dir)
+                if report is None:
+                    interrupts.raise_if_seen()  # the failure may be the interrupt's doing
+                seconds = round(time.perf_counter() - started, 3)
+                outcome = record_outcome(manifest, out_dir, path, slide_id, key, report, error, seconds)
+            interrupts.raise_if_seen()
+            outcomes.append(outcome)
+            if on_slide_done is not None:
+                on_slide_done(outcome)
     return outcomes
 
 
