@@ -13,12 +13,13 @@ Sources:
       more nodes, each with at least one deposit > 2.0 mm.
   [C17] CAMELYON17 challenge, Evaluation (https://camelyon17.grand-challenge.org/Evaluation/);
       Bandi et al., IEEE Trans. Med. Imaging 38(2):550-560, 2019, doi:10.1109/TMI.2018.2867350:
-      a simplified pN scheme (pN0, pN0(i+), pN1mi, pN1, pN2) over 5 nodes per patient;
-      its reference categories were assigned by size (ITC <= 0.2 mm, micro <= 2.0 mm).
-  [CAP] College of American Pathologists, Protocol for the Examination of Resection
-      Specimens from Patients with Invasive Carcinoma of the Breast (pathologic stage
-      classification notes): size is the primary criterion; the cell count is meant for
-      dispersed single cells or non-confluent clusters whose size cannot be measured.
+      a simplified pN scheme (pN0, pN0(i+), pN1mi, pN1, pN2) over 5 nodes per patient; its
+      node labels and evaluation carry sizes (0.2 mm, 2.0 mm), never cell counts.
+  [CAP] College of American Pathologists breast protocols, lymph-node notes: "the threshold
+      of 200 cells in a single cross-section is a guideline to help pathologists distinguish
+      between these 2 categories. The pathologist should use judgment ..."; the report gives
+      "the greatest dimension of the largest metastatic focus". So size decides by default
+      (CellRule) and the cell count only flags disagreement (docs/staging.md).
 """
 
 from __future__ import annotations
