@@ -56,7 +56,8 @@ def test_summary_csv_neutralises_slide_ids_paths_and_errors(tmp_path: Path) -> N
 def test_scores_csv_neutralises_paths_and_errors(tmp_path: Path) -> None:
     from pipeline.classify import PatchScore, write_scores_csv
 
-    path = write_scores_csv(tmp_path / "s.csv", [PatchScore("=x.png", 0.25), PatchScore("-y.png", None, "@bad")])
+    scores = [PatchScore("=x.png", 0.25), PatchScore("-y.png", None, "@bad")]
+    path = write_scores_csv(tmp_path / "s.csv", scores)
     rows = _rows(path)
     _no_formula(rows)
     assert rows[1][0] == "'=x.png" and rows[2] == ["'-y.png", "", "'@bad"]
