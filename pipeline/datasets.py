@@ -32,7 +32,7 @@ from pipeline.train_config import DataConfig, TrainSettings
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 CLASS_FOLDERS = {"normal": 0, "tumor": 1}
 # PatchCamelyon: 96 px patches from CAMELYON16 level 2 (0.243 µm/px x 4).
 PCAM_MPP = 0.972
@@ -58,7 +58,7 @@ def load_rgb(path: Path) -> NDArray[np.uint8]:
             rgba = np.asarray(image.convert("RGBA"))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise PatchImageError(
-            f"{path}: cannot read the patch image ({exc}); expected PNG, JPEG or TIFF"
+            f"{path}: cannot read the patch image ({exc}); expected PNG, JPEG, TIFF or WebP"
         ) from exc
     return rgba_to_rgb(rgba)
 

@@ -14,7 +14,7 @@ from skimage import color, filters
 from pipeline import tissue as tissue_module
 from pipeline.config import TissueConfig
 from pipeline.slide import open_slide
-from pipeline.tissue import detect_tissue, tissue_mask_from_rgb
+from pipeline.tissue import MAX_OTSU_SATURATION, detect_tissue, tissue_mask_from_rgb
 
 
 def _canvas(rows: int = 200, cols: int = 300) -> np.ndarray:
@@ -93,7 +93,7 @@ def _mask_with_float_hsv(rgb: NDArray[np.uint8], mask_mpp: float, config: Tissue
     candidates = ~glass & ~(value < tissue_module.BLACK_MAX_VALUE)
     threshold = config.min_saturation
     if candidates.sum() > 16:
-        threshold = max(threshold, min(float(filters.threshold_otsu(saturation[candidates | glass])), 0.5))
+        threshold = max(threshold, min(float(filters.threshold_otsu(saturation[candidates | glass])), MAX_OTSU_SATURATION))
     found = candidates & (saturation >= threshold)
     if config.reject_pen:
         low, high = tissue_module.PEN_HUE_RANGE
@@ -114,3 +114,15 @@ def test_mask_equals_the_one_from_float_hsv_of_every_pixel(reject_pen: bool) -> 
         np.testing.assert_array_equal(
             tissue_mask_from_rgb(rgb, 8.0, config), _mask_with_float_hsv(rgb, 8.0, config)
         )
+
+
+def test_pale_tumor_inside_dark_lymphoid_tissue_stays_tissue() -> None:
+    # A field with no glass: Otsu would split pale tumor (saturation ~0.3) from dark
+    # lymphocytes (~0.55); the cap keeps both as tissue.
+    rng = np.random.default_rng(1)
+    rgb = np.empty((120, 120, 3), dtype=np.uint8)
+    rgb[:] = (110, 60, 150)  # saturated purple lymphoid tissue, saturation 0.6
+    rgb[40:80, 40:80] = (215, 160, 200)  # pale pink tumor, saturation 0.26
+    rgb = np.clip(rgb.astype(np.int16) + rng.integers(-4, 5, rgb.shape), 0, 255).astype(np.uint8)
+    mask = tissue_mask_from_rgb(rgb, 8.0, TissueConfig())
+    assert mask[45:75, 45:75].all()

@@ -57,6 +57,49 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+# Channels of the PCamNet stages; each stage is two 3x3 convs, then a 2x2 max pool.
+PCAMNET_CHANNELS = (32, 64, 128, 256)
+
+
+class PCamNet(nn.Module):
+    """A VGG-style CNN of about 1.2 M parameters sized for PatchCamelyon-like tiles (64-96 px at
+    about 1 µm/px): a stride-2 stem, four stages of two 3x3 convs, global average pool,
+    dropout and a linear head. About 0.12 GMAC per 96 px tile, so it scores on a CPU.
+    """
+
+    def __init__(self, num_classes: int = 2, channels: tuple[int, ...] = PCAMNET_CHANNELS):
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn_relu(3, channels[0], stride=2)]
+        in_channels = channels[0]
+        for index, out_channels in enumerate(channels):
+            if index > 0:
+                layers.append(nn.MaxPool2d(2))
+            layers += [_conv_bn_relu(in_channels, out_channels), _conv_bn_relu(out_channels, out_channels)]
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) for tiles x of shape (B, 3, H, W)."""
+        features = self.pool(self.features(x)).flatten(1)
+        logits: torch.Tensor = self.classifier(self.dropout(features))
+        return logits
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _pcamnet(num_classes: int) -> nn.Module:
+    return PCamNet(num_classes=num_classes)
+
+
 def _micronet(num_classes: int) -> nn.Module:
     return MicroNet(num_classes=num_classes)
 
@@ -94,6 +137,7 @@ def _efficientnet_b0(num_classes: int) -> nn.Module:
 # Name -> builder taking the number of classes. Builders never load pretrained weights.
 ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
     "micronet": _micronet,
+    "pcamnet": _pcamnet,
     "resnet18": _resnet18,
     "resnet34": _resnet34,
     "resnet50": _resnet50,
