@@ -50,7 +50,8 @@ class SlideSummary:
     largest_deposit_text: the largest deposit's size as a reader should take it
     (``pipeline.report.deposit_size_text``), None without deposits. review: "deposit N:
     reason" for each deposit whose size and cell count disagree. cell_rule: the rule that
-    made the categories.
+    made the categories. qc_warning: the slide-QC warning its category carries ("QC failed:
+    ..."), None when QC passed or was not run.
     """
 
     record: SlideRecord
@@ -62,6 +63,7 @@ class SlideSummary:
     largest_deposit_text: str | None = None
     review: tuple[str, ...] = ()
     cell_rule: str | None = None
+    qc_warning: str | None = None
 
 
 def resolve_inside(root: Path, candidate: Path) -> Path | None:
@@ -217,6 +219,7 @@ class BatchIndex:
             largest_deposit_text=_largest_text(deposits),
             review=tuple(str(reason) for reason in report.get("review") or review_reasons(deposits)),
             cell_rule=_optional_str(report.get("cell_rule")) if report else None,
+            qc_warning=_optional_str((report.get("qc") or {}).get("warning")) or None,
         )
 
     def summaries(self) -> list[SlideSummary]:
