@@ -692,6 +692,27 @@ def max_feret_diameter_px(vertices_xy: NDArray[np.float64]) -> float:
     return float(np.hypot(*(points[-1] - points[0])))
 
 
+def warn_outlines_outside(
+    path: Path, outlines_xy: Sequence[NDArray[np.float64]], size_wh_px: tuple[int, int]
+) -> int:
+    """Log a warning naming ``path`` when outlines lie entirely outside a slide of
+    ``size_wh_px`` (level-0 width, height): a file of another slide, or coordinates of
+    another level. Returns how many do."""
+    width, height = size_wh_px
+    outside = sum(
+        1
+        for v in outlines_xy
+        if v[:, 0].max() < 0 or v[:, 1].max() < 0 or v[:, 0].min() >= width or v[:, 1].min() >= height
+    )
+    if outside:
+        log.warning(
+            "%s: %d of %d tumor outline(s) lie entirely outside the slide (%d x %d level-0 px); "
+            "check that the file belongs to this slide and is in level-0 px",
+            path, outside, len(outlines_xy), width, height,
+        )
+    return outside
+
+
 def polygon_area_px2(vertices_xy: NDArray[np.float64], holes_xy: Sequence[NDArray[np.float64]] = ()) -> float:
     """Area of a simple polygon (shoelace), less its holes, in px² of the vertices' frame."""
 

@@ -26,7 +26,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from pipeline.annotations import Annotation, read_annotations
+from pipeline.annotations import Annotation, read_annotations, warn_outlines_outside
 from pipeline.config import TissueConfig
 from pipeline.errors import ConfigError
 from pipeline.outputs import csv_safe_row, csv_unquote
@@ -295,6 +295,9 @@ class _SlideAreas:
 def _slide_areas(source: SlideSource, config: SampleConfig, slide_mpp: float | None) -> _SlideAreas:
     annotations = read_annotations(source.annotation_path) if source.annotation_path else []
     with open_slide(source.slide_path, mpp_override=slide_mpp) as slide:
+        if source.annotation_path is not None:
+            tumors = [a.vertices_xy for a in annotations if a.label == "tumor"]
+            warn_outlines_outside(source.annotation_path, tumors, slide.dimensions)
         tissue = detect_tissue(slide, config.tissue)
         margin_px = config.normal_margin_um / slide.mpp
     return _SlideAreas(slide_regions(annotations), tissue.mask, tissue.level0_px_per_mask_px, margin_px)

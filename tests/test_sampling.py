@@ -210,3 +210,14 @@ def test_find_slides_reports_missing_paths_and_empty_folders(tmp_path: Path) -> 
         find_slides([tmp_path])
     with pytest.raises(ConfigError, match="annotation folder not found"):
         find_slides([tmp_path], [tmp_path / "missing"])
+
+
+def test_outlines_entirely_outside_the_slide_are_reported(
+    slides: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = (SLIDE_W_PX + 100.0, 10.0, SLIDE_W_PX + 400.0, 300.0)  # right of the slide
+    xml = tmp_path / "tumor_slide.xml"
+    write_asap_xml([_rect("in", "Tumor", "tumor", TUMOR_BIG), _rect("out", "Tumor", "tumor", outside)], xml)
+    with caplog.at_level("WARNING"):
+        sample_slide(SlideSource(slides["tumor"], xml), SampleConfig(tumor_per_slide=4, normal_per_slide=0))
+    assert f"{xml}: 1 of 2 tumor outline(s) lie entirely outside the slide (1500 x 1100" in caplog.text

@@ -270,23 +270,6 @@ def find_truth_file(truth_dir: Path, slide_id: str) -> Path | None:
     return None
 
 
-def _warn_outside(path: Path, outlines: list[Any], size_wh_px: tuple[int, int]) -> None:
-    """Warn when tumor outlines lie entirely outside the slide (a file of another slide, or
-    coordinates at another level)."""
-    width, height = size_wh_px
-    outside = sum(
-        1 for v in outlines
-        if v[:, 0].max() < 0 or v[:, 1].max() < 0 or v[:, 0].min() >= width
-        or v[:, 1].min() >= height
-    )
-    if outside:
-        logger.warning(
-            "%s: %d of %d tumor outline(s) lie entirely outside the slide (%d x %d level-0 px); "
-            "check that the file belongs to this slide and is in level-0 px",
-            path, outside, len(outlines), width, height,
-        )
-
-
 def _read_synthetic_truth(path: Path) -> Any:
     from pipeline.errors import ConfigError
     from pipeline.synthetic import read_truth
@@ -336,11 +319,13 @@ def _check_synthetic_truth(path: Path, truth: Any, mpp: float) -> None:
 
 
 def _synthetic_reference(path: Path, slide_id: str) -> SlideReference:
+    from pipeline.annotations import warn_outlines_outside
+
     truth = _read_synthetic_truth(path)
     mpp = truth.mpp if truth.mpp is not None else truth.render_mpp
     _check_synthetic_truth(path, truth, mpp)
     outlines = [d.vertices_xy for d in truth.deposits]
-    _warn_outside(path, outlines, (truth.width_px, truth.height_px))
+    warn_outlines_outside(path, outlines, (truth.width_px, truth.height_px))
     deposits = tuple(TrueDeposit(str(d.id), d.vertices_xy, d.diameter_mm, d.category)
                      for d in truth.deposits)
     return SlideReference(
@@ -354,12 +339,12 @@ def _synthetic_reference(path: Path, slide_id: str) -> SlideReference:
 
 
 def _annotation_reference(path: Path, prediction: SlidePrediction) -> SlideReference:
-    from pipeline.annotations import max_feret_diameter_px, read_annotations
+    from pipeline.annotations import max_feret_diameter_px, read_annotations, warn_outlines_outside
     from pipeline.staging import categorize_deposit, slide_category
 
     annotations = read_annotations(path)
     tumors = [a for a in annotations if a.label == "tumor"]
-    _warn_outside(path, [t.vertices_xy for t in tumors], prediction.size_wh_px)
+    warn_outlines_outside(path, [t.vertices_xy for t in tumors], prediction.size_wh_px)
     excludes = [a.vertices_xy for a in annotations if a.label == "exclude"]
     excludes += [hole for a in tumors for hole in a.holes_xy]
     mpp = prediction.mpp
