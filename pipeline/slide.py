@@ -34,6 +34,8 @@ MAX_MPP_ANISOTROPY = 0.05
 # A user's µm/px further than this (relative) from the slide's own is refused unless forced.
 MPP_OVERRIDE_TOLERANCE = 0.01
 DICOM_SUFFIX = ".dcm"
+# A reduced level that fails to decode is re-read from level 0 up to this many level-0 pixels.
+FALLBACK_MAX_LEVEL0_PX = 64_000_000
 
 # Resolution units of TIFF tags, in µm per unit.
 _TIFF_UNIT_UM = {"centimeter": 10_000.0, "cm": 10_000.0, "inch": 25_400.0}
@@ -339,11 +341,40 @@ class Slide:
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             # An OpenSlide handle that raised stays in an error state: discard it.
             self.close()
+            fallback = self._read_from_level0(x_px, y_px, level, width_px, height_px, exc)
+            if fallback is not None:
+                return fallback
             raise SlideOpenError(
                 f"{self.path}: cannot read region at ({x_px}, {y_px}) level {level}: "
                 f"the file looks truncated or corrupt ({exc})"
             ) from exc
         return rgba_to_rgb(np.asarray(rgba))
+
+    def _read_from_level0(
+        self, x_px: int, y_px: int, level: int, width_px: int, height_px: int, error: BaseException
+    ) -> NDArray[np.uint8] | None:
+        """A failed read of a reduced level, redone from level 0 on a fresh handle and
+        resized; None when that fails too or would exceed FALLBACK_MAX_LEVEL0_PX.
+
+        Some converters store a reduced level's edge tiles cut to the image (a DICOM series
+        made with ``wsidicomizer --add-missing-levels``), which OpenSlide refuses to decode.
+        """
+        downsample = self.info.level_downsamples[level] if level < self.info.level_count else 0.0
+        width0, height0 = math.ceil(width_px * downsample), math.ceil(height_px * downsample)
+        if level == 0 or width0 * height0 == 0 or width0 * height0 > FALLBACK_MAX_LEVEL0_PX:
+            return None
+        openslide = _import_openslide()
+        try:
+            self._handle = _open_handle(self.path)
+            rgba = self._handle.read_region((int(x_px), int(y_px)), 0, (width0, height0))
+        except (SlideOpenError, openslide.OpenSlideError, OSError, ValueError):
+            self.close()
+            return None
+        log.warning(
+            "%s: level %d could not be decoded at (%d, %d) (%s); read from level 0 instead",
+            self.path, level, x_px, y_px, error,
+        )
+        return resize_rgb(rgba_to_rgb(np.asarray(rgba)), width_px, height_px)
 
     def read_region_at_mpp(
         self, x_px: int, y_px: int, width_px: int, height_px: int, target_mpp: float

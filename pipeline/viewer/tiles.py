@@ -44,7 +44,11 @@ class TileConfig:
 
 
 def _open_deepzoom(path: Path, config: TileConfig) -> Any:
-    """A DeepZoomGenerator over ``path``; raises SlideOpenError naming the file."""
+    """A DeepZoomGenerator over ``path`` (a slide file, or a DICOM series folder); raises
+    SlideOpenError naming the file."""
+    from pipeline.slide import resolve_slide_path
+
+    path = resolve_slide_path(path)
     if not path.is_file():
         raise SlideOpenError(f"{path}: slide file not found; was it moved since the batch ran?")
     import openslide
