@@ -65,3 +65,22 @@ def test_real_slides_report_format_mpp_and_tiles(capsys: pytest.CaptureFixture[s
     facts = json.loads(capsys.readouterr().out)
     assert facts["vendor"] == "aperio"
     assert facts["tiles"]["n_tiles"] > 20
+
+
+def test_info_refuses_an_mpp_contradicting_the_slide_unless_forced(
+    tiny_slide: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(tiny_slide), "--no-tissue", "--mpp", "0.25"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "0.25 µm/px" in err and "0.5 µm/px" in err and "--force-mpp" in err
+    assert main(["info", str(tiny_slide), "--no-tissue", "--mpp", "0.25", "--force-mpp"]) == 0
+    assert "0.2500 µm/px (given by the user; the slide records 0.5000)" in capsys.readouterr().out
+
+
+def test_info_qc_prints_the_qc_line(capsys: pytest.CaptureFixture[str]) -> None:
+    skin = require_shared_data("slides/cmu_small_region.svs")
+    assert main(["info", str(skin), "--qc"]) == 0
+    out = capsys.readouterr().out
+    assert "QC failed: not lymph node (dark_fraction " in out
+    assert "0.4990 µm/px (from the slide)" in out
