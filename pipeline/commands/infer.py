@@ -55,7 +55,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="TOML file with [tissue] [tiling] [inference] [deposits] sections",
+        help="TOML file with [tissue] [tiling] [inference] [deposits] [qc] sections",
     )
     parser.add_argument(
         "--mpp",
