@@ -3,6 +3,8 @@ on synthetic slides (plain, blurred, recoloured) and on the real material in ../
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +162,66 @@ def test_the_real_skin_slide_is_not_lymph_node() -> None:
     result = run_qc(require_shared_data("slides/cmu_small_region.svs"))
     assert result.failures == ["not lymph node"], result.summary_line()
     assert result.warning == "QC failed: not lymph node"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from pipeline.models import ModelCard, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    card = ModelCard(
+        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="untrained"
+    )
+    path = tmp_path_factory.mktemp("model") / "test.pt"
+    save_checkpoint(path, build_model("micronet"), card)
+    return path
+
+
+def _infer(slide: Path, out: Path, model: Path, *flags: str) -> int:
+    from pipeline.cli import main
+
+    argv = ["infer", str(slide), "--out", str(out), "--model", str(model), "--device", "cpu"]
+    return main([*argv, "--workers", "0", "--no-refine", "--no-cells", *flags])
+
+
+def test_a_slide_failing_qc_is_refused_with_the_reason_and_the_flag(
+    tiny_slide: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert _infer(tiny_slide, out, tiny_model) == 1
+    with (out / "summary.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert row["status"] == "failed" and row["category"] == ""
+    assert "QC failed: not lymph node" in row["error"] and "--accept-qc-failures" in row["error"]
+    assert "QC failed: not lymph node" in capsys.readouterr().err
+
+
+def test_an_accepted_qc_failure_is_scored_and_its_category_carries_the_warning(
+    tiny_slide: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert _infer(tiny_slide, out, tiny_model, "--accept-qc-failures") == 0
+    report = json.loads((out / "tiny" / "report.json").read_text())
+    assert report["qc"]["warning"] == "QC failed: not lymph node"
+    assert report["settings"]["qc"]["accept_qc_failures"] is True
+    with (out / "summary.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert row["status"] == "done" and row["qc_warning"] == "QC failed: not lymph node"
+    console = capsys.readouterr().out
+    assert f"{report['category']} [QC failed: not lymph node]" in console
+    assert "tiny: QC failed: not lymph node (dark_fraction " in console
+
+
+def test_qc_settings_come_from_the_config_file(tiny_model: Path, tmp_path: Path) -> None:
+    from pipeline.analyze import build_context
+    from pipeline.errors import ConfigError
+
+    config = tmp_path / "run.toml"
+    config.write_text("[qc]\nmin_focus = 10.0\n")
+    context = build_context(tiny_model, config, {"qc": {"accept_qc_failures": True}}, None)
+    assert (context.qc.min_focus, context.qc.accept_qc_failures) == (10.0, True)
+    config.write_text("[qc]\nmin_focus = -1.0\n")
+    with pytest.raises(ConfigError, match="min_focus"):
+        build_context(tiny_model, config, {}, None)
