@@ -602,13 +602,13 @@ def _run(
 ) -> TrainResult:
     t = settings.train
     out = Path(t.out_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(settings_to_toml(settings), encoding="utf-8")
     trainer, step = _setup(settings, info)
     state = _restore(resume, trainer, step.device) if resume is not None else RunState()
     sources = slide_sources(settings.data)
     samples = _load_samples(settings, sources, state, resume is not None, info)
+    if info.is_main:  # only once the inputs have been read: a bad input leaves no run folder
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(settings_to_toml(settings), encoding="utf-8")
     description = describe_training_data(settings, samples)
     wrapped: nn.Module = trainer.model
     if info.world_size > 1:
