@@ -163,3 +163,31 @@ def test_a_dicom_wsi_made_with_wsidicomizer_round_trips(tmp_path: Path) -> None:
         b = original.read_region_rgb(0, 0, 0, 1500, 1100).astype(np.int16)
     assert float(np.abs(a - b).mean()) < 3.0  # re-encoded JPEG tiles, same picture
     assert collect_slides([str(out)]) == [out.resolve()]
+
+
+def test_the_viewer_serves_every_tile_of_the_dicom_series(batch: Path) -> None:
+    """Levels 1 and 2 of this series have edge tiles OpenSlide cannot decode (cut to the image
+    by the converter); the viewer serves them from level 0 instead of an error."""
+    pytest.importorskip("flask")
+    import openslide
+    from openslide.deepzoom import DeepZoomGenerator
+
+    from pipeline.slide import resolve_slide_path
+    from pipeline.viewer.app import create_app
+    from pipeline.viewer.tiles import TileConfig
+
+    config = TileConfig()
+    folder = require_shared_data("formats/dicom_cmu_small_region")
+    generator = DeepZoomGenerator(
+        openslide.OpenSlide(str(resolve_slide_path(folder))),
+        tile_size=config.tile_size_px,
+        overlap=config.overlap_px,
+        limit_bounds=False,
+    )
+    client = create_app(batch).test_client()
+    for level in range(generator.level_count - 3, generator.level_count):
+        cols, rows = generator.level_tiles[level]
+        for col in range(cols):
+            for row in range(rows):
+                response = client.get(f"/dz/dicom_cmu_small_region_files/{level}/{col}_{row}.jpeg")
+                assert response.status_code == 200, (level, col, row)

@@ -63,6 +63,23 @@ def _open_deepzoom(path: Path, config: TileConfig) -> Any:
     )
 
 
+def _tile_from_level0(path: Path, generator: Any, level: int, col: int, row: int) -> Any:
+    """A Deep Zoom tile OpenSlide could not decode, read through ``Slide`` (which re-reads a
+    reduced level's undecodable tiles from level 0); a PIL image, or None if that fails too."""
+    from PIL import Image
+
+    from pipeline.slide import Slide, resize_rgb
+
+    (x_px, y_px), slide_level, (width_px, height_px) = generator.get_tile_coordinates(level, (col, row))
+    tile_w, tile_h = generator.get_tile_dimensions(level, (col, row))
+    try:
+        with Slide(path, mpp_override=1.0) as slide:  # any mpp: only pixels are read
+            rgb = slide.read_region_rgb(x_px, y_px, slide_level, width_px, height_px)
+    except SlideOpenError:
+        return None
+    return Image.fromarray(resize_rgb(rgb, tile_w, tile_h))
+
+
 class DeepZoomCache:
     """Deep Zoom generators of recently viewed slides, at most ``config.cache_slides``.
 
@@ -116,7 +133,9 @@ class DeepZoomCache:
         except (openslide.OpenSlideError, OSError) as exc:
             with self._lock:
                 self._generators.pop(path, None)  # a handle that raised is discarded
-            raise SlideOpenError(f"{path}: cannot read tile {level}/{col}_{row} ({exc})") from exc
+            tile = _tile_from_level0(path, generator, level, col, row)
+            if tile is None:
+                raise SlideOpenError(f"{path}: cannot read tile {level}/{col}_{row} ({exc})") from exc
         buffer = io.BytesIO()
         tile.convert("RGB").save(buffer, "JPEG", quality=self.config.jpeg_quality)
         return buffer.getvalue()
