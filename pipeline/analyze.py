@@ -280,6 +280,7 @@ def _write_overlay(
         str(slide_category(d.category for d in deposits)),
         None if largest is None else largest.max_diameter_mm,
         largest is not None and largest.below_grid,
+        sum(1 for d in deposits if d.review),
     )
     write_overlay(blended, slide, folder / "overlay.png", outlines, colors, title)
 

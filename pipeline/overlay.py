@@ -187,17 +187,26 @@ def _draw_vertical_label(canvas: Image.Image, text: str, left: int, centre_y: fl
 
 
 def overlay_title(
-    slide_id: str, category: str, largest_diameter_mm: float | None, upper_bound: bool = False
+    slide_id: str,
+    category: str,
+    largest_diameter_mm: float | None,
+    upper_bound: bool = False,
+    n_review: int = 0,
 ) -> str:
     """The overlay's title line: "slide · category · largest deposit 1.23 mm".
 
     upper_bound: the largest size is not above the grid's resolution (one heatmap cell), so
-    it reads "≤ 0.091 mm".
+    it reads "≤ 0.091 mm". n_review: deposits flagged for review (size and cell count
+    disagree), added as "· review: 2 deposits".
     """
     if largest_diameter_mm is None:
-        return f"{slide_id} · {category} · no deposits"
-    size = f"≤ {upper_bound_mm(largest_diameter_mm):.3f}" if upper_bound else f"{largest_diameter_mm:.2f}"
-    return f"{slide_id} · {category} · largest deposit {size} mm"
+        title = f"{slide_id} · {category} · no deposits"
+    else:
+        size = f"≤ {upper_bound_mm(largest_diameter_mm):.3f}" if upper_bound else f"{largest_diameter_mm:.2f}"
+        title = f"{slide_id} · {category} · largest deposit {size} mm"
+    if n_review:
+        title += f" · review: {n_review} deposit{'s' if n_review > 1 else ''}"
+    return title
 
 
 def legend_swatch_boxes(thumb_shape: tuple[int, int]) -> dict[str, tuple[int, int, int, int]]:

@@ -220,3 +220,5 @@ def test_overlay_has_a_title_an_outline_legend_and_the_research_notice(
 def test_overlay_title_reads_an_upper_bound_and_no_deposits() -> None:
     assert overlay_title("s", "itc", 0.0905, upper_bound=True) == "s · itc · largest deposit ≤ 0.091 mm"
     assert overlay_title("s", "negative", None) == "s · negative · no deposits"
+    flagged = overlay_title("s", "micro", 0.5, n_review=2)
+    assert flagged == "s · micro · largest deposit 0.50 mm · review: 2 deposits"

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.colors import (
     CATEGORY_COLORS,
+    DEFAULT_HEATMAP_OPACITY,
     category_color,
     category_css,
     heatmap_gradient_css,
@@ -52,6 +53,7 @@ def template_globals() -> dict[str, Any]:
     research-use notice, the size note and the deposit size formatter."""
     return {
         "research_notice": RESEARCH_USE_NOTICE,
+        "heatmap_opacity": DEFAULT_HEATMAP_OPACITY,
         "size_note": SIZE_NOTE,
         "size_text": deposit_size_text,
         "category_colors": CATEGORY_COLORS,
