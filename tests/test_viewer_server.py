@@ -82,6 +82,8 @@ def test_api_slides_lists_manifest_slides_in_order(client: FlaskClient) -> None:
     assert (good["category"], good["n_deposits"], good["largest_deposit_mm"]) == ("micro", 2, 0.8)
     assert xss["category"] == "negative" and xss["largest_deposit_mm"] is None
     assert failed["status"] == "failed" and failed["error"] == FAILED_ERROR
+    assert good["review"] == [] and good["cell_rule"] == "size-first"
+    assert good["largest_deposit_text"].startswith("0.800 ± ")
 
 
 def test_dzi_descriptor_is_valid_xml_with_the_slide_size(client: FlaskClient, batch: ViewerBatch) -> None:

@@ -225,6 +225,9 @@ def _summary_payload(summary: SlideSummary) -> dict[str, Any]:
         "score": summary.score,
         "largest_deposit_mm": summary.largest_deposit_mm,
         "n_deposits": summary.n_deposits,
+        "largest_deposit_text": summary.largest_deposit_text,
+        "review": list(summary.review),
+        "cell_rule": summary.cell_rule,
         "url": url_for("slide_page", slide_id=record.slide_id),
     }
 
