@@ -193,7 +193,8 @@ def test_report_carries_the_research_use_notice_on_its_first_screen(html: str) -
 def test_report_opens_with_the_patient_table(batch: ViewerBatch, tmp_path: Path) -> None:
     root = _batch_with_patients_and_flags(batch, tmp_path / "batch")
     html = build_static_report(root, StaticReportConfig(thumbnail_max_px=64))
-    table = html[html.index('<table class="patients">') : html.index("</table>", html.index('class="patients"'))]
+    start = html.index('<table class="patients">')
+    table = html[start : html.index("</table>", start)]
     assert html.index('<table class="patients">') < html.index('<table class="slides')
     row_a, row_b = table.split("<tr>")[2:4]
     assert "patient_A" in row_a and '<span class="stage">pN1mi</span>' in row_a
