@@ -29,6 +29,7 @@ from pipeline.models.device import DeviceUnavailableError, autocast_dtype, choos
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_ARCHITECTURES = {
     "micronet",
+    "pcamnet",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -229,3 +230,12 @@ def test_cuda_auto_precision_uses_bf16_when_supported(monkeypatch: pytest.Monkey
 def test_unknown_precision_is_refused() -> None:
     with pytest.raises(ConfigError, match="precision='int8'"):
         autocast_dtype(torch.device("cpu"), "int8")
+
+
+def test_pcamnet_has_about_a_million_parameters_and_scores_pcam_and_smaller_tiles() -> None:
+    model = build_model("pcamnet").eval()
+    n_parameters = sum(p.numel() for p in model.parameters())
+    assert 1_000_000 <= n_parameters <= 1_500_000
+    for size_px in (64, 96):
+        logits = _logits(model, 3, size_px)
+        assert logits.shape == (3, 2) and torch.isfinite(logits).all()

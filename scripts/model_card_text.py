@@ -1,0 +1,149 @@
+# ruff: noqa: E501  (a Markdown template: its table rows are long lines)
+"""models/MODEL_CARD.md for the default model, written by scripts/train_default_model.py.
+
+Every figure comes from the card's metrics (real held-out material only), with its n and a
+95 % interval: AUC by percentile bootstrap over tumor and normal separately, proportions by
+Wilson's score interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from pipeline.models import ModelCard
+
+C17_DESCRIPTIONS = {
+    "centre_1": "centre 1, patient_024_node_2 (node labelled ITC; the tile is judged tumor-free)",
+    "centre_3": "centre 3, patient_066_node_1 (negative node), right half; the left half was trained on",
+    "centre_4": "centre 4, patient_097_node_3 (node labelled macro; the tile may show tumor)",
+}
+
+
+def _ci(m: dict[str, float], key: str, digits: int = 3) -> str:
+    value, low, high = (
+        m.get(key, math.nan),
+        m.get(f"{key}_ci_low", math.nan),
+        m.get(f"{key}_ci_high", math.nan),
+    )
+    return f"{value:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def _auc_row(m: dict[str, float], label: str, prefix: str) -> str:
+    n, n_tumor = m.get(f"{prefix}_n", 0), m.get(f"{prefix}_n_tumor", 0)
+    return f"| {label} | {_ci(m, f'{prefix}_auc')} | {n:.0f} ({n_tumor:.0f} tumor) |"
+
+
+def _proportion_row(m: dict[str, float], label: str, key: str) -> str:
+    k = m.get(key, math.nan) * m.get(f"{key}_n", 0)
+    return f"| {label} | {_ci(m, key)} | {k:.0f} / {m.get(f'{key}_n', 0):.0f} |"
+
+
+def _c16_rows(m: dict[str, float], slides: list[str]) -> list[str]:
+    rows = []
+    for slide in slides:
+        for name in ("sensitivity", "specificity"):
+            key = f"c16_{slide}_{name}"
+            if key in m:
+                rows.append(_proportion_row(m, f"{slide}: {name}", key))
+    return rows
+
+
+def _c17_rows(m: dict[str, float]) -> list[str]:
+    rows = []
+    for centre, text in C17_DESCRIPTIONS.items():
+        key = f"c17_{centre}_fraction_above_threshold"
+        if key in m:
+            maximum = m.get(f"c17_{centre}_max_probability", math.nan)
+            rows.append(f"{_proportion_row(m, text, key)[:-1]}| {maximum:.3f} |")
+    return rows
+
+
+def write_model_card_md(
+    path: Path, card: ModelCard, c16_slides: list[str], args: argparse.Namespace, minutes: float
+) -> None:
+    """Write the Markdown model card of ``card`` to ``path``."""
+    m = card.metrics
+    software = ", ".join(f"{k} {v}" for k, v in card.software.items())
+    metric_rows = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in m.items())
+    qc_rows = "\n".join(f"| `{k}` | {lo:.4g} | {hi:.4g} |" for k, (lo, hi) in card.qc_reference.items())
+    text = f"""# micromet default model (`models/default.pt`)
+
+**This is not a clinical model, and it has never been validated on a whole slide.** It is a
+small CNN trained in about {minutes:.0f} minutes on a 2-core CPU on real PatchCamelyon patches. Every
+figure below is measured on real patches or tile crops held out from training, with its n and
+a 95 % interval; no synthetic figure appears here. Use it for research and to try micromet,
+never for diagnosis.
+
+| | |
+| --- | --- |
+| architecture | `{card.architecture}` (VGG-style CNN, about 1.2 M parameters) |
+| input | {card.tile_size_px} x {card.tile_size_px} px RGB at **{card.mpp} µm/px** ({card.tile_size_px * card.mpp:.0f} µm field of view) |
+| heatmap | stride **{card.stride_px} px** ({(card.stride_px or 0) * card.mpp:.0f} µm): each heatmap cell is the central {card.stride_px} x {card.stride_px} px of its tile, the region PatchCamelyon's label describes |
+| normalisation | tiles / 255, then ImageNet mean {card.mean} / std {card.std}; no stain normalisation (HED stain augmentation in training instead) |
+| output | softmax over ("normal", "tumor"); tumor probability = class 1 |
+| operating threshold | **{card.threshold:.2f}**: the lowest threshold whose false-positive rate on the PCam validation normals is at most 2 %, and not below Youden's J there |
+| trained | {card.created}, `micromet train`, {args.epochs} epochs of batch {args.batch_size}, AdamW, one-cycle lr {args.lr}, seed {args.seed} |
+| software | {software} |
+| reproduce | `python scripts/train_default_model.py` (needs ../shared/data; resumes if stopped) |
+
+## Training data
+
+{card.training_data}
+
+Licences: PatchCamelyon and CAMELYON16/17 are CC0 1.0; the Kaggle copy of PCam is CC0.
+The PCam patches carry no slide id, so the split is by patch, not by slide: the PCam test
+figure below is in-distribution and optimistic. Generalisation is judged on the CAMELYON16
+level-0 patches and on the CAMELYON17 tiles of three other centres.
+
+## Real held-out results (95 % intervals)
+
+| set | AUC | n |
+| --- | --- | --- |
+{_auc_row(m, "PCam held-out test part (random split, seed " + str(args.seed) + ")", "pcam_test")}
+{_auc_row(m, "PCam validation part (used to pick the threshold)", "pcam_val")}
+{_auc_row(m, "CAMELYON16 level-0 patches of tumor_001, tumor_004, tumor_064 (brought to 0.972 µm/px; never trained on)", "c16_patches")}
+
+At the operating threshold:
+
+| set | rate | k / n |
+| --- | --- | --- |
+{_proportion_row(m, "PCam test: sensitivity", "pcam_test_sensitivity")}
+{_proportion_row(m, "PCam test: specificity", "pcam_test_specificity")}
+{_proportion_row(m, "CAMELYON16 patches: sensitivity", "c16_patches_sensitivity")}
+{_proportion_row(m, "CAMELYON16 patches: specificity", "c16_patches_specificity")}
+{chr(10).join(_c16_rows(m, c16_slides))}
+
+### Per centre: CAMELYON17 tissue that should be tumor-free
+
+Grid crops (96 px, stride 32 px at 0.972 µm/px) of one 0.5 mm tile per centre. The share scored
+at or above the threshold is the share of heatmap cells that would become false deposits.
+
+| tile | share above threshold (95 % CI) | k / n | highest probability |
+| --- | --- | --- | --- |
+{chr(10).join(_c17_rows(m))}
+
+## Slide-QC reference (measured on the training patches)
+
+| statistic | low | high |
+| --- | --- | --- |
+{qc_rows or "| (none recorded) | | |"}
+
+## What this model is not
+
+- Not a medical device and not clinically validated; not validated on whole slides (none is
+  available here). A whole slide holds about 10,000 times more tissue than these test sets, so
+  even a small false-positive rate per crop means false deposits per slide.
+- Trained on CAMELYON16 (two Dutch centres) patches; other scanners, stains and tissues (not
+  lymph node) are outside what it knows. micromet's slide QC flags such slides.
+- 96 µm tiles at 0.972 µm/px: isolated tumor cells of a few cells are at the limit of what it
+  can see; the smallest deposit it measures is one heatmap cell (31 µm).
+
+## All metrics stored in the card
+
+| metric | value |
+| --- | --- |
+{metric_rows}
+"""
+    path.write_text(text, encoding="utf-8")
