@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.models import ModelCard
 
 C17_DESCRIPTIONS = {
-    "centre_1": "centre 1, patient_024_node_2 (node labelled ITC; the tile is judged tumor-free)",
+    "centre_1": "centre 1, patient_024_node_2 (node labelled ITC; the tile looks tumor-free by eye, but its crops above threshold sit on a group of large pale cells, histiocytes or tumor: unknown)",
     "centre_3": "centre 3, patient_066_node_1 (negative node), right half; the left half was trained on",
     "centre_4": "centre 4, patient_097_node_3 (node labelled macro; the tile may show tumor)",
 }

@@ -13,7 +13,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from tests.conftest import require_shared_data, write_pyramid_tiff
+from tests.conftest import SHARED_DATA, require_shared_data, write_pyramid_tiff
+
+SHARED_DATA_ROOT = SHARED_DATA
 
 C17_MPP = 0.243
 C16_MPP = 0.243
