@@ -164,3 +164,16 @@ def test_cli_classify_refuses_non_finite_scores_and_writes_no_csv(
     err = capsys.readouterr().err
     assert "NaN or infinite tumor probabilities" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".scores.csv*"))
+
+
+def test_lossless_webp_patches_are_read_with_their_exact_pixels(checkpoint: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    path = tmp_path / "patch.webp"
+    Image.fromarray(pixels).save(path, lossless=True)
+    assert np.array_equal(load_rgb(path), pixels)
+    files = list_patch_files([tmp_path])
+    assert files == [path]
+    model, card = load_checkpoint(checkpoint)
+    scores = classify_patches(files, 0.972, model, card, torch.device("cpu"))
+    assert not scores[0].error and 0.0 <= (scores[0].tumor_probability or -1.0) <= 1.0

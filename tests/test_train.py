@@ -232,3 +232,25 @@ def test_learning_rate_schedule_warms_up_then_decays() -> None:
     assert lr_factor("onecycle", 0.3, 0.0) == pytest.approx(1.0)
     assert lr_factor("onecycle", 1.0, 0.0) == pytest.approx(1e-4)
     assert math.isclose(lr_factor("cosine", 0.55, 0.1), 0.5, abs_tol=1e-9)
+
+
+def test_cli_train_reads_webp_patch_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, value in (("tumor", 70), ("normal", 215)):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for index in range(4):
+                pixels = torch.full((48, 48, 3), value + index, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"p{index}.webp", lossless=True)
+    out = tmp_path / "webp_run"
+    code = cli_main(
+        ["train", "--patches", str(tmp_path / "train"), "--val-patches", str(tmp_path / "val"),
+         "--patch-mpp", "0.972", "--tile-size-px", "32", "--model-mpp", "0.972", "--epochs", "1",
+         "--batch-size", "4", "--workers", "0", "--out", str(out), "--device", "cpu", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    assert "finished: 1 epochs" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert float(rows[-1]["n_train"]) == 8 and float(rows[-1]["val_n"]) == 8
