@@ -171,6 +171,7 @@ def check_level_sizes(path: Path, level_dimensions: Any, vendor: str) -> None:
             raise _corrupt_level0(
                 path, f"level 0 is {width} x {height} px but level {level} is {level_w} x {level_h} px"
             )
+        _check_level_aspect(path, (width, height), level, (level_w, level_h))
     if vendor not in _LEVEL0_FIRST_VENDORS:
         return
     directories = _first_directory_sizes(path)
@@ -182,6 +183,26 @@ def check_level_sizes(path: Path, level_dimensions: Any, vendor: str) -> None:
         raise _corrupt_level0(
             path, f"the first TIFF directory (level 0) is {first_w} x {first_h} px but the file holds "
             f"a {largest_w} x {largest_h} px image"
+        )
+
+
+# Levels of one pyramid share their aspect; x and y downsamples further apart than this
+# (relative) mean a damaged header. Levels under MIN_ASPECT_CHECK_PX on a side are skipped:
+# rounding alone moves their downsamples.
+MAX_DOWNSAMPLE_ASPECT_DIFFERENCE = 0.05
+MIN_ASPECT_CHECK_PX = 16
+
+
+def _check_level_aspect(path: Path, level0: tuple[int, int], level: int, size: tuple[int, int]) -> None:
+    (width, height), (level_w, level_h) = level0, size
+    if min(level_w, level_h) < MIN_ASPECT_CHECK_PX:
+        return
+    down_x, down_y = width / level_w, height / level_h
+    if abs(down_x - down_y) / max(down_x, down_y) > MAX_DOWNSAMPLE_ASPECT_DIFFERENCE:
+        raise _corrupt_level0(
+            path,
+            f"level 0 is {width} x {height} px but level {level} is {level_w} x {level_h} px "
+            f"(downsample {down_x:.3g} in x, {down_y:.3g} in y)",
         )
 
 

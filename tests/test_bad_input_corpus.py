@@ -26,10 +26,9 @@ from PIL import Image
 from pipeline.cli import main
 
 SLIDE_MPP = 0.5
-# Damage still read as a valid slide, left to the slide reader's owner (issue 12 item 8):
-# a level 0 of 65535 x 380 px over a level 1 of 260 x 190 px gives downsamples of 252 in x
-# and 2 in y, which OpenSlide averages to 127. Checked by the strict xfail test below.
-OPEN_SLIDE_DEFECTS = frozenset({"header_width_huge.tif"})
+# Damage still read as a valid slide (none left: a level 0 of 65535 x 380 px over a level 1 of
+# 260 x 190 px, downsamples 252 in x and 2 in y, is now refused by slide.check_level_sizes).
+OPEN_SLIDE_DEFECTS: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +182,6 @@ def test_info_over_every_bad_slide_names_each_failure_once(corpus: Corpus) -> No
     _report(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="slide.py accepts levels whose x and y downsamples differ")
 def test_a_level0_header_with_a_different_aspect_than_level1_is_refused(corpus: Corpus) -> None:
     (bad,) = [f for f in corpus.of("slide") if f.path.name == "header_width_huge.tif"]
     run = run_cli(["info", "--no-tissue", bad.path])
