@@ -3,23 +3,22 @@
 Produces a pyramidal, tiled, JPEG-compressed TIFF (generic) or Aperio-style SVS, plus its
 ground truth: ``<stem>.truth.json`` (planted deposits with measured Feret diameter, area,
 category and tumor nucleus count) and ``<stem>.xml`` (ASAP XML of the deposits).
-Level 0 is rendered strip by strip (``synthetic_render``); lower levels are built from it
-through disk-backed arrays, so memory stays bounded for any slide size.
+The layout comes from ``synthetic_layout``; level 0 is drawn (texture "cartoon",
+``synthetic_render``) or painted from real H&E texture (texture "real",
+``synthetic_texture``) and written by ``synthetic_write``. The texture never changes the
+layout: a seed gives the same deposits and ground truth with either texture.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 import json
 import logging
 import math
 import os
-import tempfile
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,20 +38,23 @@ from pipeline.staging import (
     slide_category,
 )
 from pipeline.synthetic_layout import build_scene
-from pipeline.synthetic_render import CAPSULE_WIDTH_UM, Scene, render_strip
+from pipeline.synthetic_render import CAPSULE_WIDTH_UM, render_strip
+from pipeline.synthetic_texture import (
+    DEFAULT_TEXTURE_DIR,
+    MAX_TEXTURE_MPP,
+    background_source,
+    load_textures,
+    render_textured_strip,
+)
+from pipeline.synthetic_write import SMALLEST_LEVEL_MAX_PX, RenderRows, write_pyramid
 
 log = logging.getLogger(__name__)
 
 # Resolution used to draw a slide written without mpp metadata (``mpp=None``).
 NOMINAL_MPP = 0.25
-# Pyramid levels halve until the long side is at most this many px.
-SMALLEST_LEVEL_MAX_PX = 1024
 MIN_DEPOSIT_DIAMETER_MM = 0.02  # about two tumor cells
 MAX_DEPOSIT_FRACTION = 0.5  # a deposit's diameter is at most this fraction of the short side
-RENDER_THREADS = 2  # tile rows rendered in parallel (numpy releases the GIL)
-RENDER_LOOKAHEAD = 4  # tile rows rendered ahead of the TIFF writer
-WRITE_BUFFER_BYTES = 16 * 2**20  # tiles tifffile collects per compression batch
-APERIO_HEADER = "Aperio Image Library v12.0.15"  # OpenSlide detects Aperio by this prefix
+TEXTURES = ("cartoon", "real")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,10 @@ class SynthConfig:
     deposits: planted tumor deposits. tile_size_px: TIFF tile side (multiple of 16).
     jpeg_quality: 1-100. format: "tif" (generic TIFF) or "svs" (Aperio). n_levels: pyramid
     levels, None for halving down to <= SMALLEST_LEVEL_MAX_PX on the long side.
+    texture: "cartoon" (drawn cells) or "real" (tissue and deposits painted from real H&E
+    texture, ``synthetic_texture``; needs render_mpp <= MAX_TEXTURE_MPP). texture_dir: the
+    reference data folder for "real" (None: DEFAULT_TEXTURE_DIR, ../shared/data beside the
+    repository); checked when the slide is generated.
     """
 
     width_px: int = 8000
@@ -89,6 +95,8 @@ class SynthConfig:
     jpeg_quality: int = 85
     format: Literal["tif", "svs"] = "tif"
     n_levels: int | None = None
+    texture: Literal["cartoon", "real"] = "cartoon"
+    texture_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _check_int("width_px", self.width_px, 256, 500_000)
@@ -104,9 +112,28 @@ class SynthConfig:
             raise ValueError(f"format={self.format!r} is not allowed; use tif or svs")
         if self.n_levels is not None:
             _check_int("n_levels", self.n_levels, 1, len(self.max_level_dimensions()))
+        self._check_texture()
         object.__setattr__(self, "deposits", tuple(self.deposits))
         for index, deposit in enumerate(self.deposits):
             self._check_fits(index, deposit)
+
+    def _check_texture(self) -> None:
+        if self.texture not in TEXTURES:
+            raise ValueError(f"texture={self.texture!r} is not allowed; use cartoon or real")
+        if self.texture_dir is not None:
+            if self.texture != "real":
+                raise ValueError(f"texture_dir={str(self.texture_dir)!r} is only used with texture='real'")
+            object.__setattr__(self, "texture_dir", Path(self.texture_dir))
+        if self.texture == "real" and self.render_mpp > MAX_TEXTURE_MPP:
+            raise ValueError(
+                f"mpp={self.mpp!r} is too coarse for texture='real'; allowed up to "
+                f"{MAX_TEXTURE_MPP} µm/px (a real tumor patch is 62 µm across)"
+            )
+
+    @property
+    def texture_folder(self) -> Path:
+        """The reference data folder real texture is read from."""
+        return self.texture_dir if self.texture_dir is not None else DEFAULT_TEXTURE_DIR
 
     def _check_fits(self, index: int, deposit: PlantedDeposit) -> None:
         if not isinstance(deposit, PlantedDeposit):
@@ -177,6 +204,8 @@ class SynthResult:
     node_category: str
     deposits: tuple[DepositTruth, ...]
     tissue_xy: tuple[NDArray[np.float64], ...]
+    texture: str = "cartoon"
+    texture_sources: tuple[str, ...] = ()  # files real texture was painted from, under its folder
 
 
 def deposit_category(
@@ -196,190 +225,6 @@ def node_category(deposits: Sequence[DepositTruth]) -> str:
 
 
 # --- writing the slide ---------------------------------------------------------------------
-
-
-class _DiskImage:
-    """An RGB image in a raw file, written and read a band of rows at a time.
-
-    Plain file I/O instead of a memory map keeps the process's resident memory bounded by
-    one band whatever the slide size (the OS page cache holds the rest).
-    """
-
-    def __init__(self, path: Path, width: int, height: int) -> None:
-        self.path, self.shape = path, (height, width, 3)
-        self._row_bytes = width * 3
-        with path.open("wb") as handle:
-            handle.truncate(height * self._row_bytes)
-
-    def write_rows(self, r0: int, rows: NDArray[np.uint8]) -> None:
-        """Write rows starting at row r0 (rows beyond the image are dropped)."""
-        height, width = self.shape[:2]
-        block = np.ascontiguousarray(rows[: max(height - r0, 0), :width])
-        with self.path.open("r+b") as handle:
-            handle.seek(r0 * self._row_bytes)
-            handle.write(block.tobytes())
-
-    def read_rows(self, r0: int, r1: int) -> NDArray[np.uint8]:
-        """Rows [r0, r1) as an (rows, width, 3) array."""
-        r1 = min(r1, self.shape[0])
-        data = np.fromfile(
-            self.path, dtype=np.uint8, count=(r1 - r0) * self._row_bytes, offset=r0 * self._row_bytes
-        )
-        return data.reshape(r1 - r0, self.shape[1], 3)
-
-
-def _halve(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """2 x 2 box average (PIL's C reduce); an odd last row or column averages what it has."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).reduce(2))
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Strip:
-    y0: int
-    rgb: NDArray[np.uint8]  # (tile_size_px, padded width, 3)
-    half: NDArray[np.uint8] | None  # rgb halved, for level 1
-
-
-def _render_strip(scene: Scene, config: SynthConfig, y0: int, halve: bool) -> _Strip:
-    ts = config.tile_size_px
-    rgb = render_strip(scene, y0, ts, math.ceil(config.width_px / ts) * ts)
-    return _Strip(y0, rgb, _halve(rgb) if halve else None)
-
-
-def _level0_tiles(
-    scene: Scene, config: SynthConfig, level1: _DiskImage | None
-) -> Iterator[NDArray[np.uint8]]:
-    """Level-0 tiles in row-major order; tile rows are rendered ahead in worker threads.
-
-    Each tile row is also halved into ``level1`` when given. Rows are independent and
-    deterministic, so the threads do not change the pixels.
-    """
-    with ThreadPoolExecutor(RENDER_THREADS) as pool:
-        pending: deque[Future[_Strip]] = deque()
-        for y0 in range(0, config.height_px, config.tile_size_px):
-            pending.append(pool.submit(_render_strip, scene, config, y0, level1 is not None))
-            if len(pending) >= RENDER_LOOKAHEAD:
-                yield from _strip_tiles(pending.popleft().result(), config.tile_size_px, level1)
-        while pending:
-            yield from _strip_tiles(pending.popleft().result(), config.tile_size_px, level1)
-
-
-def _strip_tiles(strip: _Strip, ts: int, level1: _DiskImage | None) -> Iterator[NDArray[np.uint8]]:
-    """The tiles of a rendered tile row, after saving its halved copy to level 1."""
-    if level1 is not None and strip.half is not None:
-        level1.write_rows(strip.y0 // 2, strip.half)
-    for x0 in range(0, strip.rgb.shape[1], ts):
-        yield strip.rgb[:, x0 : x0 + ts]
-
-
-def _disk_tiles(image: _DiskImage, ts: int) -> Iterator[NDArray[np.uint8]]:
-    """Tiles of a disk image, row-major; edge tiles are partial (tifffile pads them)."""
-    for y0 in range(0, image.shape[0], ts):
-        rows = image.read_rows(y0, y0 + ts)
-        for x0 in range(0, image.shape[1], ts):
-            yield rows[:, x0 : x0 + ts]
-
-
-def _fill_reduced(reduced: list[_DiskImage], band_rows: int = 1024) -> None:
-    """Fill reduced[k] from reduced[k - 1] for k >= 1, a band of rows at a time."""
-    for previous, current in itertools.pairwise(reduced):
-        for r0 in range(0, previous.shape[0], band_rows):
-            current.write_rows(r0 // 2, _halve(previous.read_rows(r0, r0 + band_rows)))
-
-
-def _descriptions(config: SynthConfig, dims: list[tuple[int, int]], name: str) -> list[str]:
-    """ImageDescription of each level: Aperio-style for svs (OpenSlide reads MPP from it)."""
-    w0, h0 = dims[0]
-    if config.format == "tif":
-        return [f"micromet synthetic slide {name}, seed {config.seed}"] * len(dims)
-    ts, q = config.tile_size_px, config.jpeg_quality
-    first = f"{APERIO_HEADER}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({ts}x{ts}) JPEG/RGB Q={q}"
-    if config.mpp is not None:
-        first += f"|AppMag = {round(10 / config.mpp)}|MPP = {config.mpp:.4f}"
-    first += f"|ScanScope ID = MICROMET-SYNTH|Filename = {name}|Title = seed {config.seed}"
-    rest = [
-        f"{APERIO_HEADER}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({ts}x{ts}) -> {w}x{h} JPEG/RGB Q={q}"
-        for w, h in dims[1:]
-    ]
-    return [first, *rest]
-
-
-def _page_options(config: SynthConfig, level_width: int, description: str) -> dict[str, Any]:
-    """tifffile.write options of one page: JPEG, description and resolution tags."""
-    options: dict[str, Any] = {
-        "photometric": "rgb",
-        "compression": "jpeg",
-        "compressionargs": {"level": config.jpeg_quality},
-        "description": description,
-        "metadata": None,
-        "software": f"micromet {__version__}",
-    }
-    if config.mpp is not None:  # pixels per cm at this level; OpenSlide derives mpp from it
-        pixels_per_cm = 1e4 / (config.mpp * config.width_px / level_width)
-        options["resolution"] = (pixels_per_cm, pixels_per_cm)
-        options["resolutionunit"] = "CENTIMETER"
-    return options
-
-
-def _tile_options(config: SynthConfig, shape: tuple[int, ...]) -> dict[str, Any]:
-    return {
-        "shape": shape,
-        "dtype": np.uint8,
-        "tile": (config.tile_size_px, config.tile_size_px),
-        "maxworkers": 2,
-        "buffersize": WRITE_BUFFER_BYTES,
-    }
-
-
-def _write_pyramid(scene: Scene, config: SynthConfig, path: Path, name: str) -> None:
-    """Write the tiled JPEG pyramid, levels as consecutive pages (svs: thumbnail second)."""
-    import tifffile
-
-    dims = config.level_dimensions()
-    all_dims = config.max_level_dimensions()
-    # The svs thumbnail is the first level of at most SMALLEST_LEVEL_MAX_PX, never level 0.
-    thumb_level = next(i for i, d in enumerate(all_dims) if i > 0 and max(d) <= SMALLEST_LEVEL_MAX_PX)
-    n_reduced = max(len(dims) - 1, thumb_level if config.format == "svs" else 0)
-    descriptions = _descriptions(config, dims, name)
-    raw_bytes = sum(w * h * 3 for w, h in dims)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".synth-") as tmp:
-        reduced = [
-            _DiskImage(Path(tmp) / f"level{k}.rgb", w, h)
-            for k, (w, h) in enumerate(all_dims[1 : n_reduced + 1], start=1)
-        ]
-        with tifffile.TiffWriter(path, bigtiff=raw_bytes > 2**32 - 2**28) as tif:
-            tif.write(
-                _level0_tiles(scene, config, reduced[0] if reduced else None),
-                subfiletype=0,
-                **_tile_options(config, (config.height_px, config.width_px, 3)),
-                **_page_options(config, config.width_px, descriptions[0]),
-            )
-            _fill_reduced(reduced)
-            if config.format == "svs":
-                _write_thumbnail(tif, config, reduced[thumb_level - 1])
-            for k in range(1, len(dims)):
-                tif.write(
-                    _disk_tiles(reduced[k - 1], config.tile_size_px),
-                    subfiletype=1,
-                    **_tile_options(config, reduced[k - 1].shape),
-                    **_page_options(config, dims[k][0], descriptions[k]),
-                )
-
-
-def _write_thumbnail(tif: Any, config: SynthConfig, image: _DiskImage) -> None:
-    """Aperio's second page: a small stripped (untiled) image, read as "thumbnail"."""
-    w0, h0 = config.width_px, config.height_px
-    h, w = image.shape[:2]
-    tif.write(
-        image.read_rows(0, h),
-        rowsperstrip=16,
-        subfiletype=1,
-        **_page_options(config, w, f"{APERIO_HEADER}\r\n{w0}x{h0} -> {w}x{h} - "),
-    )
-
-
 # --- ground truth --------------------------------------------------------------------------
 
 
@@ -423,6 +268,8 @@ def _truth_dict(result: SynthResult, config: SynthConfig) -> dict[str, Any]:
         "itc_max_cells": ITC_MAX_CELLS,
         "cell_rule": str(DEFAULT_CELL_RULE),
         "node_category": result.node_category,
+        "texture": result.texture,
+        "texture_sources": list(result.texture_sources),
         "tissue": [{"vertices_xy": t.tolist()} for t in result.tissue_xy],
         "deposits": [
             {
@@ -474,6 +321,8 @@ def read_truth(path: Path) -> SynthResult:
             node_category=str(data["node_category"]),
             deposits=deposits,
             tissue_xy=tuple(np.asarray(t["vertices_xy"], dtype=np.float64) for t in data["tissue"]),
+            texture=str(data.get("texture", "cartoon")),
+            texture_sources=tuple(str(s) for s in data.get("texture_sources", ())),
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise ConfigError(f"{path}: not a readable synthetic truth file ({exc})") from exc
@@ -497,18 +346,25 @@ def generate_slide(config: SynthConfig, out_path: Path) -> SynthResult:
 
     out_path: slide file (.tif/.tiff for format "tif", .svs for "svs"); files are written
     to temporary names and renamed, the truth JSON last. Raises ConfigError when the
-    deposits cannot be placed or the suffix does not match the format, OutputError when
-    the folder cannot be written.
+    deposits cannot be placed, the suffix does not match the format or the real-texture
+    folder is missing, OutputError when the folder cannot be written.
     """
     out_path = Path(out_path)
     _check_out_path(config, out_path)
     started = time.perf_counter()
+    library = load_textures(config.texture_folder, config.render_mpp) if config.texture == "real" else None
     scene, layout, counts = build_scene(config)
     deposits = _deposit_truths(config, layout.deposits_xy, counts)
+    render_rows: RenderRows = functools.partial(render_strip, scene)
+    sources: tuple[str, ...] = ()
+    if library is not None:
+        render_rows = functools.partial(render_textured_strip, scene, library)
+        sources = (library.background_names[background_source(config.seed, library)],)
+        sources += library.tumor_names if deposits else ()
     stem = out_path.name[: -len(out_path.suffix)]
     tmp_slide = out_path.with_name(f".{out_path.name}.tmp")
     try:
-        _write_pyramid(scene, config, tmp_slide, stem)
+        write_pyramid(render_rows, config, tmp_slide, stem)
         os.replace(tmp_slide, out_path)
     except OSError as exc:
         raise OutputError(f"{out_path}: cannot write the slide ({exc})") from exc
@@ -526,6 +382,8 @@ def generate_slide(config: SynthConfig, out_path: Path) -> SynthResult:
         node_category=node_category(deposits),
         deposits=deposits,
         tissue_xy=tuple(blob.outline() for blob in layout.blobs),
+        texture=config.texture,
+        texture_sources=sources,
     )
     annotations = [
         Annotation(name=f"deposit {d.id}", group="Tumor", label="tumor", vertices_xy=d.vertices_xy)

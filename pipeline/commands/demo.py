@@ -1,6 +1,7 @@
 """``micromet demo``: the whole job on the embedded default (synthetic slides, default model).
 
-Synthesises one patient's three lymph nodes (negative, ITC + micro, macro), runs
+Synthesises one patient's three lymph nodes (negative, ITC + micro, macro), painted from real
+H&E texture when the reference data folder is there (else drawn, with a warning), runs
 ``micromet infer`` on them with the default model, stages the patient, writes the static
 HTML report, and prints the command that opens the viewer.
 """
@@ -8,6 +9,8 @@ HTML report, and prints the command that opens the viewer.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from pipeline.errors import ConfigError
@@ -33,10 +36,51 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic slides")
     parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: models/default.pt)")
+    parser.add_argument(
+        "--texture-data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="reference data folder the slides' real tissue texture is read from (default: "
+        "../shared/data beside the repository); without it the slides are drawn (cartoon)",
+    )
     parser.set_defaults(run=run)
 
 
-def _synthesise(out_dir: Path, seed: int) -> list[Path]:
+def choose_texture(texture_dir: Path | None) -> tuple[str, Path | None]:
+    """("real", folder) when the reference data folder exists, else ("cartoon", None) after a
+    one-line warning on stderr that the default model does not recognise cartoon tumor.
+
+    Raises ConfigError when a folder passed explicitly is missing."""
+    from pipeline.synthetic_texture import DEFAULT_TEXTURE_DIR
+
+    if texture_dir is not None and not texture_dir.is_dir():
+        raise ConfigError(
+            f"--texture-data {texture_dir}: folder not found; pass the reference data folder "
+            "(with camelyon17_tiles/ and camelyon16_patches/), or leave the flag out"
+        )
+    folder = texture_dir if texture_dir is not None else DEFAULT_TEXTURE_DIR
+    if folder.is_dir():
+        return "real", folder
+    print(
+        f"warning: {folder} not found, so the demo slides are drawn (cartoon texture); the default "
+        "model learned real tumor and does not recognise cartoon tumor, so the demo's categories "
+        "are not meaningful (pass --texture-data DIR with the reference data)",
+        file=sys.stderr,
+    )
+    return "cartoon", None
+
+
+def _is_current(path: Path, texture: str) -> bool:
+    """Whether a demo slide from an earlier run exists with the wanted texture."""
+    truth = path.with_name(f"{path.stem}.truth.json")
+    try:
+        return path.exists() and json.loads(truth.read_text()).get("texture", "cartoon") == texture
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _synthesise(out_dir: Path, seed: int, texture: str, texture_dir: Path | None) -> list[Path]:
     from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
 
     slide_dir = out_dir / "slides"
@@ -44,7 +88,7 @@ def _synthesise(out_dir: Path, seed: int) -> list[Path]:
     paths = []
     for index, (name, width, height, diameters) in enumerate(DEMO_SLIDES):
         path = slide_dir / f"{name}.tif"
-        if not path.exists():
+        if not _is_current(path, texture):
             try:
                 config = SynthConfig(
                     width_px=width,
@@ -52,11 +96,14 @@ def _synthesise(out_dir: Path, seed: int) -> list[Path]:
                     mpp=DEMO_MPP,
                     seed=seed + index,
                     deposits=tuple(PlantedDeposit(d) for d in diameters),
+                    texture="real" if texture == "real" else "cartoon",
+                    texture_dir=texture_dir,
                 )
             except ValueError as exc:
                 raise ConfigError(f"demo slide {name}: {exc}") from exc
             generate_slide(config, path)
-            print(f"synthesised {path} (planted: {', '.join(f'{d} mm' for d in diameters) or 'none'})")
+            planted = ", ".join(f"{d} mm" for d in diameters) or "none"
+            print(f"synthesised {path} ({texture} texture; planted: {planted})")
         paths.append(path)
     return paths
 
@@ -66,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.cli import main as cli_main
 
     out_dir: Path = args.out
-    slides = _synthesise(out_dir, args.seed)
+    texture, texture_dir = choose_texture(args.texture_data)
+    slides = _synthesise(out_dir, args.seed, texture, texture_dir)
     batch = out_dir / "batch"
     infer_args = ["infer", *map(str, slides), "--out", str(batch)]
     if args.model is not None:

@@ -39,6 +39,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="plant a deposit with this longest diameter in mm (repeatable)",
     )
     parser.add_argument("--format", choices=("tif", "svs"), default="tif", help="file format")
+    parser.add_argument(
+        "--texture",
+        choices=("cartoon", "real"),
+        default="cartoon",
+        help="cartoon: drawn cells (default); real: tissue and deposits painted from real H&E "
+        "texture (CAMELYON17 lymph-node tiles, CAMELYON16 tumor patches), mpp at most 1.0",
+    )
+    parser.add_argument(
+        "--texture-data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="reference data folder for --texture real (default: ../shared/data beside the repository)",
+    )
     parser.add_argument("--name", default=None, help="file stem (default synth_seedN)")
     parser.add_argument("--list", action="store_true", help="print the planted deposits")
     parser.set_defaults(run=run)
@@ -71,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             deposits=tuple(PlantedDeposit(mm) for mm in args.deposit),
             format=args.format,
+            texture=args.texture,
+            texture_dir=args.texture_data,
         )
     except ValueError as exc:  # names the field, the value and the allowed range
         raise ConfigError(str(exc)) from exc
