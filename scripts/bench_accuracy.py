@@ -4,6 +4,9 @@ Slides cover negative, ITC-only, micro and macro nodes. Planted lesion diameters
 from the real CAMELYON16 training outlines in ../shared/data/annotations/camelyon16_ncrf_json
 (max Feret diameter at 0.243 µm/px) when that folder is present, so lesion sizes follow the
 real distribution (most lesions are ITC-sized); otherwise from the published proportions.
+Tissue and deposits are painted from real H&E texture (CAMELYON17 lymph-node tiles, CAMELYON16
+tumor patches; ``--texture real``) when ../shared/data is present, else drawn (cartoon), which
+the real-data default model does not recognise as tumor.
 Runs `micromet infer` with the given model and `micromet evaluate` against the generator's
 ground truth, and prints (or writes into docs/benchmarks.md) FROC, slide AUC, category
 accuracy, size error and runtime.
@@ -23,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_OUTLINES = REPO.parent / "shared" / "data" / "annotations" / "camelyon16_ncrf_json"
+SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_OUTLINES = SHARED_DATA / "annotations" / "camelyon16_ncrf_json"
 CAMELYON16_MPP = 0.243
 SLIDE_MPP = 0.5
 # Node categories of the benchmark slides, in order (CAMELYON16 has many small lesions).
@@ -72,7 +76,9 @@ def plan_slides(seed: int) -> list[tuple[str, tuple[float, ...]]]:
     return plan
 
 
-def synthesise(folder: Path, seed: int) -> list[Path]:
+def synthesise(
+    folder: Path, seed: int, texture: str = "cartoon", texture_dir: Path | None = None
+) -> list[Path]:
     """Write the benchmark slides (cached: existing files are reused)."""
     from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
 
@@ -88,6 +94,8 @@ def synthesise(folder: Path, seed: int) -> list[Path]:
                 mpp=SLIDE_MPP,
                 seed=seed * 100 + index,
                 deposits=tuple(PlantedDeposit(d) for d in planted),
+                texture="real" if texture == "real" else "cartoon",
+                texture_dir=texture_dir if texture == "real" else None,
             )
             generate_slide(config, path)
         paths.append(path)
@@ -98,7 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     """Synthesise, infer, evaluate; returns the figures."""
     from pipeline.cli import main
 
-    slides = synthesise(args.out / "slides", args.seed)
+    slide_dir = args.out / f"slides_{args.texture}"  # one cache per texture
+    slides = synthesise(slide_dir, args.seed, args.texture, args.texture_data)
     batch, evaluation = args.out / "batch", args.out / "evaluation"
     infer = ["infer", *map(str, slides), "--out", str(batch), "--overwrite"]
     if args.model:
@@ -106,15 +115,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     infer_code = main(infer)
     seconds = time.perf_counter() - started
-    main(
-        ["evaluate", "--batch", str(batch), "--truth-dir", str(args.out / "slides"), "--out", str(evaluation)]
-    )
+    main(["evaluate", "--batch", str(batch), "--truth-dir", str(slide_dir), "--out", str(evaluation)])
     result = json.loads((evaluation / "evaluation.json").read_text())
     manifest = json.loads((batch / "manifest.json").read_text())
     return {
         "evaluation": result,
         "seconds": seconds,
         "n_slides": len(slides),
+        "texture": args.texture,
         "infer_exit": infer_code,
         "plan": plan_slides(args.seed),
         "model": next(
@@ -142,7 +150,14 @@ def render_markdown(figures: dict[str, object], command: str) -> str:
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
         f"{len(figures['plan'])} synthetic slides at {SLIDE_MPP} µm/px "  # type: ignore[arg-type]
         "(node plan and planted diameters below; lesion sizes drawn from the real CAMELYON16 "
-        "outlines). **Synthetic-data figures: they test the pipeline, not clinical accuracy.**",
+        f"outlines), texture `{figures['texture']}` ("
+        + (
+            "tissue and deposits painted from real CAMELYON17 lymph-node tiles and CAMELYON16 "
+            "tumor patches, exact planted outlines"
+            if figures["texture"] == "real"
+            else "drawn cartoon cells"
+        )
+        + "). **Synthetic-data figures: they test the pipeline, not clinical accuracy.**",
         "",
         f"Command: `{command}`",
         "",
@@ -188,8 +203,31 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     parser.add_argument("--seed", type=int, default=2016)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument(
+        "--texture",
+        choices=("real", "cartoon"),
+        default=None,
+        help="slide texture (default: real when the texture data folder exists, else cartoon)",
+    )
+    parser.add_argument(
+        "--texture-data",
+        type=Path,
+        default=SHARED_DATA,
+        metavar="DIR",
+        help="reference data folder for real texture (default ../shared/data)",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    if args.texture is None:
+        args.texture = "real" if args.texture_data.is_dir() else "cartoon"
+        if args.texture == "cartoon":
+            print(
+                f"warning: {args.texture_data} not found: cartoon slides, which the real-data "
+                "default model does not recognise as tumor",
+                file=sys.stderr,
+            )
+    if args.texture == "real" and not args.texture_data.is_dir():
+        parser.error(f"--texture-data {args.texture_data}: folder not found (pass the reference data folder)")
     figures = run(args)
     command = "python scripts/bench_accuracy.py " + " ".join(sys.argv[1:])
     markdown = render_markdown(figures, command.strip())
