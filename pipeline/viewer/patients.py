@@ -20,7 +20,6 @@ from pipeline.config import StagingConfig
 from pipeline.errors import StagingError
 from pipeline.outputs import atomic_write_text
 from pipeline.staging import (
-    UNSTAGEABLE,
     Category,
     natural_key,
     node_label,
@@ -56,11 +55,6 @@ class Patient:
     positive_nodes: int
     nodes: tuple[PatientNode, ...]
     problems: tuple[str, ...]
-
-    @property
-    def stageable(self) -> bool:
-        """False when a node has no result."""
-        return self.stage != UNSTAGEABLE
 
 
 @dataclasses.dataclass(frozen=True)
