@@ -365,6 +365,9 @@ def test_index_groups_slides_by_patient_with_their_stage(own_batch: Path) -> Non
     assert FAILED_ID not in groups[0]
     assert "patient_B" in groups[1] and "unstageable" in groups[1] and FAILED_ID in groups[1]
     assert "without a patient" in groups[2] and ESCAPED_XSS in groups[2]
+    page = create_app(own_batch).test_client().get(f"/slide/{GOOD_ID}").get_data(as_text=True)
+    header = page[: page.index("</header>")]
+    assert "patient patient_A" in header and '<span class="stage"' in header and "pN1mi" in header
 
 
 def test_index_without_patients_is_one_slide_list(client: FlaskClient) -> None:

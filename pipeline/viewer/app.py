@@ -206,10 +206,16 @@ def slide_page(slide_id: str) -> str:
     report: dict[str, Any] = {}
     if summary.problem is None:
         report = state.index.report(record) or {}
+    patients = load_patient_view(state.index, state.index.summaries(), state.patients_csv, state.staging)
+    patient = next(
+        (p for p in (patients.patients if patients else ()) if any(n.slide_id == slide_id for n in p.nodes)),
+        None,
+    )
     return render_template(
         "slide.html",
         summary=summary,
         report=report,
+        patient=patient,
         openseadragon_available=state.openseadragon_available,
     )
 
