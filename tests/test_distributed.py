@@ -216,7 +216,8 @@ def test_corrupt_slide_is_recorded_failed_once_and_not_retried(
 
 
 def test_cli_ray_run_skips_slides_a_local_run_finished(
-    ray_cluster: Any, local_run: Path, slides: list[Path], model_path: Path, tmp_path: Path
+    ray_cluster: Any, local_run: Path, slides: list[Path], model_path: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out_dir = shutil.copytree(local_run, tmp_path / "out")
     reports = [out_dir / s.stem / "report.json" for s in slides]
@@ -227,6 +228,8 @@ def test_cli_ray_run_skips_slides_a_local_run_finished(
     assert main(argv) == 0
     assert [r.stat().st_mtime_ns for r in reports] == before
     assert statuses(out_dir) == statuses(local_run)
+    # Progress on stderr (not a terminal here: plain lines), one per slide.
+    assert f"[{len(slides)}/{len(slides)}] " in capsys.readouterr().err
 
 
 class ScriptedPool(ActorPool):

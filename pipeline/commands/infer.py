@@ -176,16 +176,19 @@ def run(args: argparse.Namespace) -> int:
     resolve_mpp_csv(args, slides)
     if getattr(args, "patients", None) is not None:
         _keep_patient_mapping(args.patients, args.out)
+    from pipeline.commands.progress import BatchProgress, choose_mode
+
+    mode = choose_mode(bool(getattr(args, "quiet", False)), sys.stderr)
     if args.ray is not None:
         from pipeline.distributed import run_batch_on_ray
 
-        outcomes = run_batch_on_ray(slides, args)
+        # Slides run on remote workers: slides done / failed, without per-slide tile bars.
+        with BatchProgress(len(slides), mode, sys.stderr) as progress:
+            outcomes = run_batch_on_ray(slides, args, on_slide_done=progress.slide_done)
     else:
         from pipeline.analyze import run_local_batch
-        from pipeline.commands.progress import BatchProgress, choose_mode
 
         context = build_context_from_args(args)
-        mode = choose_mode(bool(getattr(args, "quiet", False)), sys.stderr)
         with BatchProgress(len(slides), mode, sys.stderr) as progress:
             outcomes = run_local_batch(
                 slides, args.out, context, args.overwrite, progress.tile_callback, progress.slide_done
