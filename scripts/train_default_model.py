@@ -363,6 +363,12 @@ def compute_qc_reference(data: Path, splits: dict[str, list[tuple[str, int]]]) -
     return qc_reference_from_tiles(tiles)
 
 
+def training_minutes(metrics_csv: Path) -> float:
+    """Minutes the run spent training and validating, summed over its epochs (also on resume)."""
+    with metrics_csv.open(newline="") as handle:
+        return sum(float(row["seconds"]) for row in csv.DictReader(handle)) / 60
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -373,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     last = work / "run" / "last.pt"
     if not args.evaluate_only:
         train_main(train_settings(args, work), resume=last if last.exists() else None)
-    train_minutes = (time.perf_counter() - started) / 60
+    train_minutes = training_minutes(work / "run" / "metrics.csv")
     model, _ = load_checkpoint(last)
     evaluation = evaluate_model(model, args.data, splits, args.seed)
     card = make_card(
