@@ -42,6 +42,7 @@ from pipeline.synthetic_render import CAPSULE_WIDTH_UM, render_strip
 from pipeline.synthetic_texture import (
     DEFAULT_TEXTURE_DIR,
     MAX_TEXTURE_MPP,
+    TEXTURE_BACKGROUNDS,
     background_source,
     load_textures,
     render_textured_strip,
@@ -83,7 +84,9 @@ class SynthConfig:
     texture: "cartoon" (drawn cells) or "real" (tissue and deposits painted from real H&E
     texture, ``synthetic_texture``; needs render_mpp <= MAX_TEXTURE_MPP). texture_dir: the
     reference data folder for "real" (None: DEFAULT_TEXTURE_DIR, ../shared/data beside the
-    repository); checked when the slide is generated.
+    repository); checked when the slide is generated. texture_background: the lymph-node
+    tiles "real" tissue may be painted from, "any" or "negative-node" (only the tile of the
+    node labelled negative; the others come from an ITC and a macro node).
     """
 
     width_px: int = 8000
@@ -97,6 +100,7 @@ class SynthConfig:
     n_levels: int | None = None
     texture: Literal["cartoon", "real"] = "cartoon"
     texture_dir: Path | None = None
+    texture_background: Literal["any", "negative-node"] = "any"
 
     def __post_init__(self) -> None:
         _check_int("width_px", self.width_px, 256, 500_000)
@@ -124,6 +128,14 @@ class SynthConfig:
             if self.texture != "real":
                 raise ValueError(f"texture_dir={str(self.texture_dir)!r} is only used with texture='real'")
             object.__setattr__(self, "texture_dir", Path(self.texture_dir))
+        if self.texture_background not in TEXTURE_BACKGROUNDS:
+            raise ValueError(
+                f"texture_background={self.texture_background!r} is not allowed; use any or negative-node"
+            )
+        if self.texture_background != "any" and self.texture != "real":
+            raise ValueError(
+                f"texture_background={self.texture_background!r} is only used with texture='real'"
+            )
         if self.texture == "real" and self.render_mpp > MAX_TEXTURE_MPP:
             raise ValueError(
                 f"mpp={self.mpp!r} is too coarse for texture='real'; allowed up to "
@@ -177,7 +189,11 @@ def _check_int(name: str, value: int, low: int, high: int) -> None:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DepositTruth:
-    """A planted deposit as drawn: outline in level-0 px and its measured size."""
+    """A planted deposit as drawn: outline in level-0 px and its measured size.
+
+    n_tumor_nuclei: the tumor cells of the layout's lattice (one per 17 µm) inside the outline;
+    drawn one for one with texture "cartoon", an estimate from the area with texture "real".
+    """
 
     id: int
     requested_diameter_mm: float
@@ -269,6 +285,7 @@ def _truth_dict(result: SynthResult, config: SynthConfig) -> dict[str, Any]:
         "cell_rule": str(DEFAULT_CELL_RULE),
         "node_category": result.node_category,
         "texture": result.texture,
+        "texture_background": config.texture_background,
         "texture_sources": list(result.texture_sources),
         "tissue": [{"vertices_xy": t.tolist()} for t in result.tissue_xy],
         "deposits": [
@@ -352,7 +369,9 @@ def generate_slide(config: SynthConfig, out_path: Path) -> SynthResult:
     out_path = Path(out_path)
     _check_out_path(config, out_path)
     started = time.perf_counter()
-    library = load_textures(config.texture_folder, config.render_mpp) if config.texture == "real" else None
+    library = None
+    if config.texture == "real":
+        library = load_textures(config.texture_folder, config.render_mpp, config.texture_background)
     scene, layout, counts = build_scene(config)
     deposits = _deposit_truths(config, layout.deposits_xy, counts)
     render_rows: RenderRows = functools.partial(render_strip, scene)

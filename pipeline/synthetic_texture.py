@@ -41,13 +41,17 @@ from pipeline.synthetic_render import (
 # The reference data folder beside the repository (``../shared/data``).
 DEFAULT_TEXTURE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCE_MPP = 0.243  # level 0 of the CAMELYON16/17 material
-# Background tiles (path under the texture folder, columns used as a fraction of the width).
-# The default model trained on the left half of centre_3's tile, so only its right half is used.
+# Background tiles: path under the texture folder, columns used (fractions of the width), and
+# the CAMELYON17 label of the node the tile comes from. The default model trained on the left
+# half of centre_3's tile, so only its right half is used. Only the negative node's tile is
+# known to be tumor-free; the others look tumor-free but come from an ITC and a macro node.
 BACKGROUND_TILES = (
-    ("camelyon17_tiles/centre_1_patient_024_node_2.jpeg", (0.0, 1.0)),
-    ("camelyon17_tiles/centre_4_patient_097_node_3.jpeg", (0.0, 1.0)),
-    ("camelyon17_tiles/centre_3_patient_066_node_1.jpeg", (0.5, 1.0)),
+    ("camelyon17_tiles/centre_1_patient_024_node_2.jpeg", (0.0, 1.0), "itc"),
+    ("camelyon17_tiles/centre_4_patient_097_node_3.jpeg", (0.0, 1.0), "macro"),
+    ("camelyon17_tiles/centre_3_patient_066_node_1.jpeg", (0.5, 1.0), "negative"),
 )
+# Which background tiles a slide may take: "any" of them, or the "negative-node" tile only.
+TEXTURE_BACKGROUNDS = ("any", "negative-node")
 TUMOR_PATCHES = "camelyon16_patches/tumor"  # 256 px RGBA PNGs at SOURCE_MPP
 MIN_TUMOR_PATCHES = 4
 BACKGROUND_CELL_UM = 180.0  # core side of a background mosaic cell (a tile is ~500 µm)
@@ -100,17 +104,23 @@ def _missing_texture_error(folder: Path, missing: str) -> ConfigError:
 
 
 @functools.lru_cache(maxsize=4)
-def load_textures(folder: Path, mpp: float) -> TextureLibrary:
+def load_textures(folder: Path, mpp: float, background: str = "any") -> TextureLibrary:
     """The background tiles and tumor patches under ``folder``, resampled to ``mpp`` µm/px.
 
-    Cached per (folder, mpp): callers must not modify the arrays. Raises ConfigError naming
-    the folder and what to do when it or its files are missing or unreadable.
+    background: "any" (every tile of BACKGROUND_TILES) or "negative-node" (the tile of the
+    node labelled negative only). Cached per arguments: callers must not modify the arrays.
+    Raises ConfigError naming the folder and what to do when it or its files are missing or
+    unreadable.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise _missing_texture_error(folder, "the folder")
-    background, names = [], []
-    for relative, (start, stop) in BACKGROUND_TILES:
+    if background not in TEXTURE_BACKGROUNDS:
+        raise ValueError(f"background={background!r} is not allowed; use any or negative-node")
+    tiles, names = [], []
+    for relative, (start, stop), node_label in BACKGROUND_TILES:
+        if background == "negative-node" and node_label != "negative":
+            continue
         path = folder / relative
         if not path.is_file():
             raise _missing_texture_error(folder, relative)
@@ -119,7 +129,7 @@ def load_textures(folder: Path, mpp: float) -> TextureLibrary:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the texture tile ({exc})") from exc
         columns = slice(round(start * rgb.shape[1]), round(stop * rgb.shape[1]))
-        background.append(_resample(np.ascontiguousarray(rgb[:, columns]), SOURCE_MPP, mpp))
+        tiles.append(_resample(np.ascontiguousarray(rgb[:, columns]), SOURCE_MPP, mpp))
         names.append(relative if (start, stop) == (0.0, 1.0) else f"{relative} (columns {start:g}-{stop:g})")
     tumor_paths = sorted((folder / TUMOR_PATCHES).glob("*.png"))
     if len(tumor_paths) < MIN_TUMOR_PATCHES:
@@ -133,7 +143,7 @@ def load_textures(folder: Path, mpp: float) -> TextureLibrary:
     return TextureLibrary(
         folder=folder,
         mpp=mpp,
-        background=tuple(background),
+        background=tuple(tiles),
         background_names=tuple(names),
         tumor=tuple(tumor),
         tumor_names=tuple(f"{TUMOR_PATCHES}/{p.name}" for p in tumor_paths),

@@ -43,7 +43,7 @@ def _noisy(rgb: tuple[int, int, int], side: int, seed: int) -> np.ndarray:
 def fake_texture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A texture folder laid out like ../shared/data, with flat green tiles and red patches."""
     folder = tmp_path_factory.mktemp("texture")
-    for index, (relative, _) in enumerate(BACKGROUND_TILES):
+    for index, (relative, _, _) in enumerate(BACKGROUND_TILES):
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(_noisy(FAKE_BACKGROUND_RGB, 2048, index)).save(folder / relative, quality=95)
     (folder / TUMOR_PATCHES).mkdir(parents=True)
@@ -173,6 +173,24 @@ def test_textures_are_resampled_by_physical_scale(fake_texture_dir: Path) -> Non
     assert "columns 0.5-1" in library.background_names[2]
 
 
+def test_negative_node_background_takes_only_the_negative_nodes_tile(
+    fake_texture_dir: Path, tmp_path: Path
+) -> None:
+    library = load_textures(fake_texture_dir, 0.5, "negative-node")
+    assert library.background_names == (f"{BACKGROUND_TILES[2][0]} (columns 0.5-1)",)
+    config = SynthConfig(
+        width_px=1024,
+        height_px=800,
+        mpp=0.5,
+        texture="real",
+        texture_dir=fake_texture_dir,
+        texture_background="negative-node",
+    )
+    result = generate_slide(config, tmp_path / "neg.tif")
+    assert result.texture_sources == library.background_names
+    assert json.loads(result.truth_path.read_text())["texture_background"] == "negative-node"
+
+
 def test_missing_texture_folder_is_a_one_line_error_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -202,6 +220,8 @@ def test_texture_folder_without_tumor_patches_names_what_is_missing(
         ({"texture": "photo"}, "texture='photo' is not allowed"),
         ({"texture_dir": Path("/data")}, "texture_dir='/data' is only used with texture='real'"),
         ({"texture": "real", "mpp": 1.5}, "mpp=1.5 is too coarse for texture='real'"),
+        ({"texture": "real", "texture_background": "centre_1"}, "texture_background='centre_1' is not"),
+        ({"texture_background": "negative-node"}, "only used with texture='real'"),
     ],
 )
 def test_bad_texture_settings_raise_value_error_naming_the_field(

@@ -12,10 +12,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Final
 
 from pipeline.errors import ConfigError
 
 # (slide name, width px, height px, planted deposit diameters in mm), drawn at DEMO_MPP.
+# Real tissue comes from the one lymph-node tile of a node labelled negative, so no tumor is
+# there but the planted deposits (the other tiles' nodes were labelled ITC and macro).
+DEMO_TEXTURE_BACKGROUND: Final = "negative-node"
 DEMO_MPP = 0.5
 DEMO_SLIDES = (
     ("patient_000_node_0", 6000, 5000, ()),
@@ -74,8 +78,14 @@ def choose_texture(texture_dir: Path | None) -> tuple[str, Path | None]:
 def _is_current(path: Path, texture: str) -> bool:
     """Whether a demo slide from an earlier run exists with the wanted texture."""
     truth = path.with_name(f"{path.stem}.truth.json")
+    background = DEMO_TEXTURE_BACKGROUND if texture == "real" else "any"
     try:
-        return path.exists() and json.loads(truth.read_text()).get("texture", "cartoon") == texture
+        data = json.loads(truth.read_text())
+        return (
+            path.exists()
+            and data.get("texture", "cartoon") == texture
+            and data.get("texture_background", "any") == background
+        )
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -98,6 +108,7 @@ def _synthesise(out_dir: Path, seed: int, texture: str, texture_dir: Path | None
                     deposits=tuple(PlantedDeposit(d) for d in diameters),
                     texture="real" if texture == "real" else "cartoon",
                     texture_dir=texture_dir,
+                    texture_background=DEMO_TEXTURE_BACKGROUND if texture == "real" else "any",
                 )
             except ValueError as exc:
                 raise ConfigError(f"demo slide {name}: {exc}") from exc

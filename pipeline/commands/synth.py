@@ -53,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="reference data folder for --texture real (default: ../shared/data beside the repository)",
     )
+    parser.add_argument(
+        "--texture-background",
+        choices=("any", "negative-node"),
+        default="any",
+        help="lymph-node tiles real tissue is painted from: any (default) or negative-node (only "
+        "the tile of the node labelled negative)",
+    )
     parser.add_argument("--name", default=None, help="file stem (default synth_seedN)")
     parser.add_argument("--list", action="store_true", help="print the planted deposits")
     parser.set_defaults(run=run)
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             format=args.format,
             texture=args.texture,
             texture_dir=args.texture_data,
+            texture_background=args.texture_background,
         )
     except ValueError as exc:  # names the field, the value and the allowed range
         raise ConfigError(str(exc)) from exc
