@@ -105,3 +105,16 @@ def test_patient_stage_from_the_batch(batch: Path, capsys: pytest.CaptureFixture
     assert main(["stage", "--batch", str(batch / "out"), "--patients", str(mapping), "--out", str(out)]) == 0
     rows = out.read_text().splitlines()
     assert rows[1].startswith("p1,pN1,3,2,1,1,0")
+
+
+@pytest.mark.parametrize("name", [n[0] for n in NODES])
+def test_no_deposit_over_0_2_mm_is_itc_without_a_review_flag(batch: Path, name: str) -> None:
+    report = _report(batch, name)
+    assert report["cell_rule"] == "size-first"
+    for deposit in report["deposits"]:
+        if deposit["category"] == "itc" and deposit["max_diameter_mm"] > 0.2:
+            assert deposit["review"], deposit
+    html = batch / "report.html"
+    if not html.is_file():
+        assert main(["report", str(batch / "out"), "--out", str(html), "--thumbnail-px", "200"]) == 0
+    assert "Research use only" in html.read_text()
