@@ -91,7 +91,7 @@ class QCConfig:
     min_focus: float = 300.0
     min_tissue_area_mm2: float = 0.05
     min_lymphocytes_per_mm2: float = 3000.0
-    min_nuclear_fraction: float = 0.55
+    min_nuclear_fraction: float = 0.52
     accept_qc_failures: bool = False
 
     def __post_init__(self) -> None:
