@@ -194,9 +194,24 @@ def build_context(
 def _score(
     context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
 ) -> NDArray[np.float32]:
-    from pipeline.inference import score_tiles
+    return _score_with_facts(context, slide, grid, progress)[0]
 
-    return score_tiles(slide.path, slide.mpp, grid, context.model, context.card, context.inference, progress)
+
+def _score_with_facts(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
+) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    """Tile probabilities and the inference section of report.json (device, CPU plan, speed)."""
+    from pipeline.inference import score_tiles_with_stats
+
+    probabilities, stats = score_tiles_with_stats(
+        slide.path, slide.mpp, grid, context.model, context.card, context.inference, progress
+    )
+    facts = {
+        "device": stats.device,
+        "tiles_per_s": round(stats.tiles_per_s, 1),
+        "cpu_plan": stats.cpu_plan.to_dict(),
+    }
+    return probabilities, facts
 
 
 def _lattice_step(values: NDArray[np.int64], fallback: float) -> float:
@@ -351,7 +366,7 @@ def analyze_slide(
         timing["tissue_tiling"] = time.perf_counter() - started
         if progress is not None:
             progress.start(len(grid))
-        probabilities = _score(context, slide, grid, progress)
+        probabilities, inference_facts = _score_with_facts(context, slide, grid, progress)
         timing["inference"] = time.perf_counter() - started - timing["tissue_tiling"]
         heatmap = heatmap_from_scores(grid, probabilities)
         save_heatmap(heatmap, folder)
@@ -371,6 +386,7 @@ def analyze_slide(
         timing,
     )
     report["qc"] = qc.to_dict()
+    report["inference"] = inference_facts
     atomic_write_json(
         folder / "run.json",
         {"micromet_version": __version__, "settings": context.settings(), "model": context.model_facts()},

@@ -83,13 +83,14 @@ class InferenceConfig:
     """How tiles are read and scored.
 
     device: "auto" picks CUDA, then MPS, then CPU.
-    num_workers: reader processes (0 reads in the main process).
+    num_workers: reader processes (0 reads in the main process); None fits the split between
+        reader processes and torch threads to the slide and model (``pipeline.cpu_plan``).
     region_tiles: model tiles per side of one slide read (1 = one read per tile).
     precision: "auto" uses bf16/fp16 autocast on GPU and fp32 on CPU.
     """
 
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None
     device: str = "auto"
     region_tiles: int = 4
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -97,7 +98,8 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         _check_range("batch_size", self.batch_size, 1, 65536)
-        _check_range("num_workers", self.num_workers, 0, 256)
+        if self.num_workers is not None:
+            _check_range("num_workers", self.num_workers, 0, 256)
         _check_range("region_tiles", self.region_tiles, 1, 64)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision={self.precision!r} is not allowed; use auto, fp32, bf16 or fp16")

@@ -27,11 +27,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline.config import InferenceConfig
+from pipeline.cpu_plan import CpuPlan, fixed_plan, plan_cpu
 from pipeline.errors import CheckpointError, ConfigError, SlideOpenError
 from pipeline.models import ModelCard, autocast_dtype, choose_device
 from pipeline.readers import (
     ReadGeometry,
     RegionDataset,
+    RegionPlan,
     RegionReadFailure,
     RegionTiles,
     end_with_parent,
@@ -65,6 +67,7 @@ class InferenceStats:
     tiles_per_s: n_tiles / seconds. wait_s: time the main loop waited for tiles from readers.
     compute_s: time spent moving, normalising and scoring tiles. device: e.g. "cpu", "cuda:0".
     read_level: pyramid level read. cpu_threads: torch threads used on the CPU.
+    cpu_plan: reader processes and threads chosen for the run, and why.
     """
 
     n_tiles: int
@@ -76,6 +79,7 @@ class InferenceStats:
     device: str
     read_level: int
     cpu_threads: int
+    cpu_plan: CpuPlan
 
 
 class _Scorer:
@@ -167,14 +171,6 @@ def check_grid_matches_card(grid: TileGrid, card: ModelCard, slide_mpp: float) -
         )
 
 
-def _cpu_threads(device: torch.device, num_workers: int) -> int:
-    """Torch threads for scoring: on the CPU, leave one core per reader process (up to half)."""
-    if device.type != "cpu":
-        return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - min(num_workers, cores // 2))
-
-
 @contextlib.contextmanager
 def _torch_threads(count: int) -> Iterator[None]:
     previous = torch.get_num_threads()
@@ -191,10 +187,7 @@ def _slide_geometry(slide_path: Path, slide_mpp: float, card: ModelCard) -> Read
         return read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
 
 
-def _make_loader(dataset: RegionDataset, config: InferenceConfig) -> DataLoader[
-    RegionTiles | RegionReadFailure
-]:
-    workers = config.num_workers
+def _make_loader(dataset: RegionDataset, workers: int) -> DataLoader[RegionTiles | RegionReadFailure]:
     return DataLoader(
         dataset,
         batch_size=None,  # items are groups of blocks; batches are assembled in _Batcher
@@ -206,11 +199,60 @@ def _make_loader(dataset: RegionDataset, config: InferenceConfig) -> DataLoader[
     )
 
 
-def _item_tiles(config: InferenceConfig, tile_size_px: int) -> int:
+def _item_tiles(workers: int, batch_size: int, tile_size_px: int) -> int:
     """Tiles a reader process joins into one item: a batch, capped at _ITEM_MAX_BYTES."""
-    if config.num_workers == 0:
+    if workers == 0:
         return 1  # read in this process: nothing to send
-    return max(1, min(config.batch_size, _ITEM_MAX_BYTES // (3 * tile_size_px**2)))
+    return max(1, min(batch_size, _ITEM_MAX_BYTES // (3 * tile_size_px**2)))
+
+
+# Blocks read, and tiles scored, by the CPU-plan probe.
+_PROBE_BLOCKS = 6
+_PROBE_TILES = 32
+
+
+def _probe_read_s_per_tile(dataset: RegionDataset) -> float:
+    """Seconds per tile to read the first few blocks in this process (slide opening excluded)."""
+    plan = dataset.plan
+    n_blocks = min(_PROBE_BLOCKS, plan.n_regions)
+    probe = RegionDataset(
+        dataset.slide_path, dataset.slide_mpp, dataset.geometry, dataset.level_xy,
+        RegionPlan(order=plan.order, starts=plan.starts[: n_blocks + 1]),
+    )
+    iterator = iter(probe)
+    first = next(iterator, None)  # opens the slide and reads the first block: not timed
+    started, tiles = time.perf_counter(), 0
+    for item in iterator:
+        if isinstance(item, RegionTiles):
+            tiles += len(item.indices)
+    seconds = time.perf_counter() - started
+    if tiles == 0:  # one block only: time it with the opening included
+        return seconds if first is None else max(seconds, 1e-6) / max(1, len(first[0]))
+    return seconds / tiles
+
+
+def _probe_compute_s_per_tile(scorer: _Scorer, tile_size_px: int) -> float:
+    """Single-thread seconds per tile to score a small batch (after one warm-up batch)."""
+    tiles = torch.zeros((_PROBE_TILES, tile_size_px, tile_size_px, 3), dtype=torch.uint8)
+    with _torch_threads(1):
+        scorer(tiles)
+        started = time.perf_counter()
+        scorer(tiles)
+        return (time.perf_counter() - started) / _PROBE_TILES
+
+
+def choose_cpu_plan(
+    config: InferenceConfig, device: torch.device, dataset: RegionDataset, scorer: _Scorer, tile_size_px: int
+) -> CpuPlan:
+    """The user's reader count if given, else one fitted to this slide and model by a probe."""
+    on_cpu = device.type == "cpu"
+    if config.num_workers is not None:
+        return fixed_plan(config.num_workers, on_cpu, torch.get_num_threads())
+    return plan_cpu(
+        len(dataset.level_xy), on_cpu, torch.get_num_threads(),
+        lambda: _probe_read_s_per_tile(dataset),
+        lambda: _probe_compute_s_per_tile(scorer, tile_size_px),
+    )
 
 
 class _Batcher:
@@ -307,17 +349,16 @@ def score_tiles_with_stats(
     device = choose_device(config.device)
     geometry = _slide_geometry(slide_path, slide_mpp, card)
     plan = plan_regions(grid.heatmap_rc, config.region_tiles)
-    dataset = RegionDataset(
-        slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan,
-        min_item_tiles=_item_tiles(config, card.tile_size_px),
-    )
+    dataset = RegionDataset(slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan)
     out = np.full(len(grid), np.nan, dtype=np.float32)
-    threads = _cpu_threads(device, config.num_workers)
     started = time.perf_counter()
-    with _torch_threads(threads), torch.inference_mode():
+    with torch.inference_mode():
         scorer = _Scorer(_prepare_model(model, device, config.compile), card, device, config.precision)
-        batcher = _Batcher(scorer, config.batch_size, card.tile_size_px, out, str(slide_path))
-        wait_s = _run_loader(_make_loader(dataset, config), batcher, slide_path, progress)
+        cpu = choose_cpu_plan(config, device, dataset, scorer, card.tile_size_px)
+        dataset.min_item_tiles = _item_tiles(cpu.num_workers, config.batch_size, card.tile_size_px)
+        with _torch_threads(cpu.torch_threads):
+            batcher = _Batcher(scorer, config.batch_size, card.tile_size_px, out, str(slide_path))
+            wait_s = _run_loader(_make_loader(dataset, cpu.num_workers), batcher, slide_path, progress)
     seconds = time.perf_counter() - started
     stats = InferenceStats(
         n_tiles=len(grid),
@@ -328,12 +369,13 @@ def score_tiles_with_stats(
         compute_s=max(0.0, seconds - wait_s),
         device=str(device),
         read_level=geometry.level,
-        cpu_threads=threads,
+        cpu_threads=cpu.torch_threads,
+        cpu_plan=cpu,
     )
     log.info(
         "%s: scored %d tiles in %d reads at level %d on %s: %.1f tiles/s (waited %.1f s for "
-        "tiles, computed %.1f s)", slide_path, stats.n_tiles, stats.n_regions, stats.read_level,
-        stats.device, stats.tiles_per_s, stats.wait_s, stats.compute_s,
+        "tiles, computed %.1f s); %s", slide_path, stats.n_tiles, stats.n_regions, stats.read_level,
+        stats.device, stats.tiles_per_s, stats.wait_s, stats.compute_s, cpu.reason,
     )
     return out, stats
 

@@ -462,3 +462,21 @@ def test_reader_processes_end_when_their_parent_is_killed(tmp_path: Path, slide_
         process.wait()
         for pid in filter(_alive, readers_pids):  # leave no sleeper behind when the test fails
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_fitted_cpu_plan_probes_the_slide_and_model_and_keeps_the_scores(
+    monkeypatch: pytest.MonkeyPatch, slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    from pipeline import cpu_plan
+
+    monkeypatch.setattr(cpu_plan, "MIN_TILES_FOR_READERS", 0)  # probe even this small grid
+    mpp, stride = CASES["level0-resized"]
+    grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
+    fitted = InferenceConfig(num_workers=None, region_tiles=2, batch_size=5, device="cpu")
+    scores, stats = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, model, card, fitted)
+    plan = stats.cpu_plan
+    assert plan.read_s_per_tile is not None and plan.read_s_per_tile > 0
+    assert plan.compute_s_per_tile is not None and plan.compute_s_per_tile > 0
+    assert plan.torch_threads == stats.cpu_threads >= 1 and plan.num_workers >= 0
+    expected = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
