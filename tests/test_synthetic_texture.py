@@ -285,3 +285,24 @@ def test_real_deposits_look_like_the_tumor_patches_and_tissue_like_the_tile(real
     assert _grey_texture_std(tumor) == pytest.approx(_grey_texture_std(tumor_source), rel=0.3)
     assert _grey_texture_std(tissue) == pytest.approx(_grey_texture_std(source), rel=0.3)
     assert np.abs(tumor.mean(axis=0) - tissue.mean(axis=0)).max() > 15
+
+
+# --- the demo with the default model ----------------------------------------------------------------
+
+
+def test_demo_nodes_come_out_as_planted_with_the_default_model(tmp_path: Path) -> None:
+    """`micromet demo` paints real texture; the real-data default model must find its planted
+    deposits: every node category as planted, every micro/macro deposit found where planted."""
+    data = require_shared_data("camelyon17_tiles")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--texture-data", str(data.parent)]) == 0
+    for name, *_ in demo.DEMO_SLIDES:
+        truth = json.loads((out / "slides" / f"{name}.truth.json").read_text())
+        report = json.loads((out / "batch" / name / "report.json").read_text())
+        assert truth["texture"] == "real"
+        assert report["category"] == truth["node_category"], name
+        found = [shapely.Point(d["centroid_x_px"], d["centroid_y_px"]) for d in report["deposits"]]
+        for planted in truth["deposits"]:
+            outline = shapely.Polygon(planted["vertices_xy"]).buffer(50 / truth["render_mpp"])
+            assert any(outline.contains(p) for p in found), (name, planted["id"])
+        assert len(found) == len(truth["deposits"]), name  # nothing found in the background
