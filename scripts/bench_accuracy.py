@@ -77,7 +77,11 @@ def plan_slides(seed: int) -> list[tuple[str, tuple[float, ...]]]:
 
 
 def synthesise(
-    folder: Path, seed: int, texture: str = "cartoon", texture_dir: Path | None = None
+    folder: Path,
+    seed: int,
+    texture: str = "cartoon",
+    texture_dir: Path | None = None,
+    texture_background: str = "any",
 ) -> list[Path]:
     """Write the benchmark slides (cached: existing files are reused)."""
     from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
@@ -96,6 +100,7 @@ def synthesise(
                 deposits=tuple(PlantedDeposit(d) for d in planted),
                 texture="real" if texture == "real" else "cartoon",
                 texture_dir=texture_dir if texture == "real" else None,
+                texture_background="negative-node" if texture_background == "negative-node" else "any",
             )
             generate_slide(config, path)
         paths.append(path)
@@ -106,8 +111,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     """Synthesise, infer, evaluate; returns the figures."""
     from pipeline.cli import main
 
-    slide_dir = args.out / f"slides_{args.texture}"  # one cache per texture
-    slides = synthesise(slide_dir, args.seed, args.texture, args.texture_data)
+    background = args.texture_background if args.texture == "real" else "any"
+    slide_dir = args.out / f"slides_{args.texture}_{background}"  # one cache per texture
+    slides = synthesise(slide_dir, args.seed, args.texture, args.texture_data, background)
     batch, evaluation = args.out / "batch", args.out / "evaluation"
     infer = ["infer", *map(str, slides), "--out", str(batch), "--overwrite"]
     if args.model:
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "seconds": seconds,
         "n_slides": len(slides),
         "texture": args.texture,
+        "texture_background": background,
         "infer_exit": infer_code,
         "plan": plan_slides(args.seed),
         "model": next(
@@ -152,8 +159,8 @@ def render_markdown(figures: dict[str, object], command: str) -> str:
         "(node plan and planted diameters below; lesion sizes drawn from the real CAMELYON16 "
         f"outlines), texture `{figures['texture']}` ("
         + (
-            "tissue and deposits painted from real CAMELYON17 lymph-node tiles and CAMELYON16 "
-            "tumor patches, exact planted outlines"
+            "tissue and deposits painted from real CAMELYON17 lymph-node tiles "
+            f"({figures['texture_background']}) and CAMELYON16 tumor patches, exact planted outlines"
             if figures["texture"] == "real"
             else "drawn cartoon cells"
         )
@@ -215,6 +222,13 @@ def main() -> int:
         default=SHARED_DATA,
         metavar="DIR",
         help="reference data folder for real texture (default ../shared/data)",
+    )
+    parser.add_argument(
+        "--texture-background",
+        choices=("any", "negative-node"),
+        default="any",
+        help="lymph-node tiles real tissue is painted from: any (default; two come from ITC and "
+        "macro nodes) or negative-node (the negative node's tile only)",
     )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
