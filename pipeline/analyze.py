@@ -89,11 +89,19 @@ class AnalysisContext:
         """The deposit threshold: the user's, else the model card's operating point."""
         return self.deposits.threshold if self.deposits.threshold is not None else self.card.threshold
 
+    @property
+    def seed_threshold(self) -> float | None:
+        """The seed a deposit must reach: the user's, else the card's (never below threshold)."""
+        seed = self.deposits.seed_threshold
+        seed = seed if seed is not None else self.card.seed_threshold
+        return None if seed is None else max(seed, self.threshold)
+
     def settings(self) -> dict[str, Any]:
         """Everything that changes a result, for report.json, run.json and the resume key."""
         return {
             "model_sha256": self.model_sha256,
             "threshold": self.threshold,
+            "seed_threshold": self.seed_threshold,
             "mpp_override": self.mpp_override,
             "mpp_by_slide": dict(sorted(self.mpp_by_slide.items())),
             "force_mpp": self.force_mpp,
@@ -114,6 +122,7 @@ class AnalysisContext:
             "tile_size_px": self.card.tile_size_px,
             "mpp": self.card.mpp,
             "threshold": self.threshold,
+            "seed_threshold": self.seed_threshold,
         }
 
 
@@ -122,7 +131,7 @@ class AnalysisContext:
 OVERRIDABLE_SETTINGS: dict[str, tuple[str, ...]] = {
     "inference": ("device", "batch_size", "num_workers", "region_tiles", "precision", "compile"),
     "tiling": ("stride_px", "min_tissue_fraction"),
-    "deposits": ("threshold", "refine", "count_cells", "cell_rule"),
+    "deposits": ("threshold", "seed_threshold", "refine", "count_cells", "cell_rule"),
     "qc": ("accept_qc_failures",),
 }
 
@@ -242,9 +251,9 @@ def points_grid(template: TileGrid, xy_px: NDArray[np.int64]) -> TileGrid:
 def _find_and_refine(
     context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap
 ) -> list[Deposit]:
-    from pipeline.deposits import find_deposits
+    from pipeline.deposits import find_deposits, keep_seeded
 
-    deposits = find_deposits(heatmap, context.threshold)
+    deposits = keep_seeded(find_deposits(heatmap, context.threshold), context.seed_threshold)
     if not (context.deposits.refine and deposits):
         return deposits
     from pipeline.refine import refine_deposits
@@ -254,7 +263,8 @@ def _find_and_refine(
             return np.zeros(0, np.float32)
         return _score(context, slide, points_grid(grid, xy_px), None)
 
-    return refine_deposits(heatmap, deposits, context.threshold, score_points, context.deposits)
+    refined = refine_deposits(heatmap, deposits, context.threshold, score_points, context.deposits)
+    return keep_seeded(refined, context.seed_threshold)
 
 
 def _count_cells(context: AnalysisContext, slide: Slide, deposits: list[Deposit]) -> list[Deposit]:

@@ -113,6 +113,8 @@ class DepositConfig:
 
     threshold: tumor probability at or above which a heatmap cell is tumor. ``None``
         means "take the operating threshold from the model card"; it is never guessed.
+    seed_threshold: a deposit is kept only if one of its cells reaches this probability
+        (hysteresis). ``None``: the model card's seed threshold, or none if the card has none.
     refine: rescore deposits whose size is within measurement uncertainty of a
         category boundary at a finer stride.
     refine_stride_fraction: refinement stride as a fraction of the tile size.
@@ -123,6 +125,7 @@ class DepositConfig:
     """
 
     threshold: float | None = None
+    seed_threshold: float | None = None
     refine: bool = True
     refine_stride_fraction: float = 0.25
     count_cells: bool = True
@@ -132,6 +135,8 @@ class DepositConfig:
     def __post_init__(self) -> None:
         if self.threshold is not None:
             _check_range("threshold", self.threshold, 0.0, 1.0)
+        if self.seed_threshold is not None:
+            _check_range("seed_threshold", self.seed_threshold, 0.0, 1.0)
         _check_range("refine_stride_fraction", self.refine_stride_fraction, 0.05, 1.0)
         _check_range("max_cell_count_diameter_mm", self.max_cell_count_diameter_mm, 0.0, 10.0)
         if self.cell_rule not in ("size-first", "literal"):

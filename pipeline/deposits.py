@@ -50,6 +50,7 @@ __all__ = [
     "deposit_from_dict",
     "diameter_uncertainty_mm",
     "find_deposits",
+    "keep_seeded",
     "max_feret_diameter",
     "number_deposits",
     "size_is_upper_bound",
@@ -184,6 +185,17 @@ def with_cell_count(
     category = categorize_deposit(deposit.max_diameter_mm, cell_count, cell_rule)
     review = deposit_review(deposit.max_diameter_mm, cell_count, cell_rule)
     return dataclasses.replace(deposit, cell_count=cell_count, category=category, review=review)
+
+
+def keep_seeded(deposits: Sequence[Deposit], seed_threshold: float | None) -> list[Deposit]:
+    """Deposits with at least one cell at or above ``seed_threshold`` (all when None), renumbered.
+
+    The second threshold of a hysteresis: ``find_deposits``' threshold outlines deposits, the
+    seed decides which of them are tumor, so isolated weak cells do not become deposits.
+    """
+    if seed_threshold is None:
+        return list(deposits)
+    return number_deposits([d for d in deposits if d.max_probability >= seed_threshold])
 
 
 def number_deposits(deposits: Sequence[Deposit]) -> list[Deposit]:

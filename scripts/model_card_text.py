@@ -56,7 +56,8 @@ def _c17_rows(m: dict[str, float]) -> list[str]:
         key = f"c17_{centre}_fraction_above_threshold"
         if key in m:
             maximum = m.get(f"c17_{centre}_max_probability", math.nan)
-            rows.append(f"{_proportion_row(m, text, key)[:-1]}| {maximum:.3f} |")
+            seeded = _proportion_row(m, "", f"c17_{centre}_fraction_above_seed_threshold").split("|")[2:4]
+            rows.append(f"{_proportion_row(m, text, key)[:-1]}|{'|'.join(seeded)}| {maximum:.3f} |")
     return rows
 
 
@@ -83,7 +84,8 @@ never for diagnosis.
 | heatmap | stride **{card.stride_px} px** ({(card.stride_px or 0) * card.mpp:.0f} µm): each heatmap cell is the central {card.stride_px} x {card.stride_px} px of its tile, the region PatchCamelyon's label describes |
 | normalisation | tiles / 255, then ImageNet mean {card.mean} / std {card.std}; no stain normalisation (HED stain augmentation in training instead) |
 | output | softmax over ("normal", "tumor"); tumor probability = class 1 |
-| operating threshold | **{card.threshold:.2f}**: the lowest threshold whose false-positive rate on the PCam validation normals is at most 2 %, and not below Youden's J there |
+| operating threshold | **{card.threshold:.2f}**: the lowest threshold whose false-positive rate on the PCam validation normals is at most 2 %, and not below Youden's J there; heatmap cells at or above it outline deposits |
+| seed threshold | **{card.seed_threshold:.2f}**: a deposit is kept only if one of its cells reaches it (hysteresis); the lowest threshold whose false-positive rate on the PCam validation normals is at most 1 %. Isolated cells between the two thresholds in tumor-free tissue do not become deposits |
 | trained | {card.created}, `micromet train`, {args.epochs} epochs of batch {args.batch_size}, AdamW, one-cycle lr {args.lr}, seed {args.seed} |
 | software | {software} |
 | reproduce | `python scripts/train_default_model.py` (needs ../shared/data; resumes if stopped) |
@@ -118,10 +120,11 @@ At the operating threshold:
 ### Per centre: CAMELYON17 tissue that should be tumor-free
 
 Grid crops (96 px, stride 32 px at 0.972 µm/px) of one 0.5 mm tile per centre. The share scored
-at or above the threshold is the share of heatmap cells that would become false deposits.
+at or above the threshold is the share of heatmap cells that would outline false deposits; the
+share at or above the seed threshold is the share that would keep one.
 
-| tile | share above threshold (95 % CI) | k / n | highest probability |
-| --- | --- | --- | --- |
+| tile | share above threshold (95 % CI) | k / n | share above seed threshold | k / n | highest probability |
+| --- | --- | --- | --- | --- | --- |
 {chr(10).join(_c17_rows(m))}
 
 ## Slide-QC reference (measured on the training patches)

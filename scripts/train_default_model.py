@@ -73,6 +73,9 @@ AUGMENT = AugmentConfig(
 # Threshold: the lowest candidate whose false-positive rate on the PCam validation normals
 # is at most this (tumor-free tissue must not become deposits), but not below Youden's J.
 MAX_VALIDATION_FPR = 0.02
+# Seed threshold (hysteresis): a deposit needs one cell this sure; the lowest candidate whose
+# false-positive rate on the PCam validation normals is at most this.
+MAX_SEED_VALIDATION_FPR = 0.01
 BOOTSTRAP_ROUNDS = 2000
 CARD_NOTES = (
     "NOT A CLINICAL MODEL. Trained on real PatchCamelyon patches (CAMELYON16) plus crops of one "
@@ -250,6 +253,14 @@ def load_c16(data: Path) -> tuple[NDArray[np.uint8], NDArray[np.int64], list[str
     return np.stack(tiles), np.array(labels, dtype=np.int64), slides
 
 
+def lowest_threshold_with_fpr(p: NDArray[np.float32], y: NDArray[np.int64], max_fpr: float) -> float:
+    """Lowest candidate threshold (0.01 steps) whose false-positive rate is at most ``max_fpr``."""
+    candidates = np.round(np.arange(1, 100) / 100.0, 2)
+    fpr = (p[y == 0][None, :] >= candidates[:, None]).mean(axis=1)
+    allowed = candidates[fpr <= max_fpr]
+    return float(allowed[0]) if len(allowed) else 0.99
+
+
 def choose_operating_threshold(p: NDArray[np.float32], y: NDArray[np.int64]) -> float:
     """Lowest threshold (0.01 steps) whose validation false-positive rate is <= MAX_VALIDATION_FPR,
     and never below the Youden threshold."""
@@ -264,6 +275,7 @@ def choose_operating_threshold(p: NDArray[np.float32], y: NDArray[np.int64]) -> 
 @dataclasses.dataclass
 class Evaluation:
     threshold: float
+    seed_threshold: float
     metrics: dict[str, float]
     c16_slides: list[str]
 
@@ -290,6 +302,7 @@ def evaluate_model(
     metrics: dict[str, float] = {}
     p_val, y_val = (lambda t: (score(model, t[0]), t[1]))(load_pcam(data, splits["val"]))
     threshold = choose_operating_threshold(p_val, y_val)
+    seed_threshold = max(threshold, lowest_threshold_with_fpr(p_val, y_val, MAX_SEED_VALIDATION_FPR))
     _auc(metrics, "pcam_val", p_val, y_val, seed)
     p_test, y_test = (lambda t: (score(model, t[0]), t[1]))(load_pcam(data, splits["test"]))
     _auc(metrics, "pcam_test", p_test, y_test, seed)
@@ -311,8 +324,9 @@ def evaluate_model(
         crops = grid_crops(c17_part(c17_image(data, stem), centre, False), C17_EVAL_STRIDE_PX)
         p = score(model, crops)
         _proportion(metrics, f"c17_{centre}_fraction_above_threshold", p >= threshold)
+        _proportion(metrics, f"c17_{centre}_fraction_above_seed_threshold", p >= seed_threshold)
         metrics[f"c17_{centre}_max_probability"] = float(p.max())
-    return Evaluation(threshold, metrics, sorted(set(c16_slides)))
+    return Evaluation(threshold, seed_threshold, metrics, sorted(set(c16_slides)))
 
 
 # --- the card ----------------------------------------------------------------------------
@@ -352,6 +366,7 @@ def make_card(evaluation: Evaluation, text: str, qc_reference: dict[str, list[fl
         notes=CARD_NOTES,
         stride_px=LABEL_SIZE_PX,
         qc_reference=qc_reference,
+        seed_threshold=evaluation.seed_threshold,
     )
 
 

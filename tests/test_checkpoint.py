@@ -570,3 +570,16 @@ def test_non_finite_weights_are_refused(tmp_path: Path, value: float) -> None:
     path = save_checkpoint(tmp_path / "nan.pt", model, _card())  # the digest matches: only values are bad
     with pytest.raises(CheckpointError, match=f"weights \\[{re.escape(key)}\\] hold NaN or infinite"):
         load_checkpoint(path)
+
+
+def test_a_seed_threshold_below_the_threshold_or_above_one_is_refused() -> None:
+    from pipeline.errors import CheckpointError as Refused
+
+    card = ModelCard(architecture="micronet", tile_size_px=64, mpp=1.0, threshold=0.8, seed_threshold=0.9)
+    assert card_from_dict(card_to_dict(card)).seed_threshold == 0.9
+    for bad in (0.5, 1.5, "0.9"):
+        with pytest.raises(Refused, match="seed_threshold"):
+            ModelCard(architecture="micronet", tile_size_px=64, mpp=1.0, threshold=0.8, seed_threshold=bad)
+    old = card_to_dict(card)
+    del old["seed_threshold"]
+    assert card_from_dict(old).seed_threshold is None  # cards written before the field still load

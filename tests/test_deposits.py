@@ -17,6 +17,7 @@ from pipeline.deposits import (
     deposit_from_dict,
     diameter_uncertainty_mm,
     find_deposits,
+    keep_seeded,
     max_feret_diameter,
     with_cell_count,
 )
@@ -372,3 +373,18 @@ def test_real_lesions_are_never_overestimated_beyond_the_bound() -> None:
             heatmap = oracle_heatmap(vertices, stride_px, stride_px, CAMELYON16_MPP)
             for deposit in find_deposits(heatmap, 0.5):
                 assert deposit.max_diameter_mm <= exact_mm + deposit.max_diameter_uncertainty_mm
+
+
+def test_hysteresis_keeps_only_deposits_with_a_cell_at_the_seed_threshold() -> None:
+    # A strong deposit whose weaker rim is outlined by the low threshold, and an isolated weak cell.
+    values = np.zeros((8, 8), np.float32)
+    values[1:4, 1:4] = 0.85
+    values[2, 2] = 0.97
+    values[6, 6] = 0.86
+    found = find_deposits(make_heatmap(values), 0.8)
+    assert len(found) == 2
+    kept = keep_seeded(found, 0.9)
+    assert len(kept) == 1 and kept[0].id == 1
+    assert kept[0].max_probability == pytest.approx(0.97) and kept[0].area_mm2 == found[0].area_mm2
+    assert keep_seeded(found, None) == found
+    assert keep_seeded(found, 0.99) == []

@@ -93,7 +93,8 @@ def _mask_with_float_hsv(rgb: NDArray[np.uint8], mask_mpp: float, config: Tissue
     candidates = ~glass & ~(value < tissue_module.BLACK_MAX_VALUE)
     threshold = config.min_saturation
     if candidates.sum() > 16:
-        threshold = max(threshold, min(float(filters.threshold_otsu(saturation[candidates | glass])), MAX_OTSU_SATURATION))
+        otsu = float(filters.threshold_otsu(saturation[candidates | glass]))
+        threshold = max(threshold, min(otsu, MAX_OTSU_SATURATION))
     found = candidates & (saturation >= threshold)
     if config.reject_pen:
         low, high = tissue_module.PEN_HUE_RANGE

@@ -104,6 +104,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="tumor probability threshold for deposits (default: the model card's)",
     )
     parser.add_argument(
+        "--seed-threshold",
+        type=float,
+        default=None,
+        help="a deposit is kept only if one of its cells reaches this probability "
+        "(default: the model card's seed threshold)",
+    )
+    parser.add_argument(
         "--stride-px",
         type=int,
         default=None,

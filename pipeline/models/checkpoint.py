@@ -95,6 +95,10 @@ class ModelCard:
         scored with that part as stride, so each heatmap cell is the region its label covered.
     qc_reference: slide-QC ranges measured on the training data, name -> [low, high]
         (see ``pipeline.qc``); empty when unknown.
+    seed_threshold: None, or a tumor probability >= threshold that at least one cell of a
+        deposit must reach: cells at or above ``threshold`` outline deposits, and a deposit
+        none of whose cells reaches the seed is dropped (hysteresis: isolated weak cells in
+        tumor-free tissue are not deposits).
     Raises CheckpointError naming the field when a value is invalid.
     """
 
@@ -113,6 +117,7 @@ class ModelCard:
     notes: str = ""
     stride_px: int | None = None
     qc_reference: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    seed_threshold: float | None = None
 
     def __post_init__(self) -> None:
         _check_card_geometry(self)
@@ -124,7 +129,7 @@ class ModelCard:
 
 CARD_FIELDS = tuple(field.name for field in dataclasses.fields(ModelCard))
 # Fields added after format version 1 first shipped: a card without them still loads.
-OPTIONAL_CARD_FIELDS = ("stride_px", "qc_reference")
+OPTIONAL_CARD_FIELDS = ("stride_px", "qc_reference", "seed_threshold")
 
 
 def _is_number(value: object) -> bool:
@@ -156,6 +161,11 @@ def _check_card_extras(card: ModelCard) -> None:
     ):
         raise _card_error(
             "stride_px", stride, f"None or an integer from 1 to tile_size_px={card.tile_size_px}"
+        )
+    seed = card.seed_threshold
+    if seed is not None and (not _is_number(seed) or not (card.threshold <= seed <= 1.0)):
+        raise _card_error(
+            "seed_threshold", seed, f"None or a probability from threshold={card.threshold} to 1"
         )
     reference = card.qc_reference
     expected = "a dict of name -> [low, high] finite numbers with low <= high"
@@ -239,6 +249,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         "notes": str(card.notes),
         "stride_px": None if card.stride_px is None else int(card.stride_px),
         "qc_reference": {str(k): [float(v) for v in b] for k, b in card.qc_reference.items()},
+        "seed_threshold": None if card.seed_threshold is None else float(card.seed_threshold),
     }
 
 
@@ -384,7 +395,8 @@ def _check_weights_digest(payload: Mapping[str, Any], path: Path) -> None:
     if recorded is None:
         logger.warning(
             "%s: no weights digest (saved by an older micromet), so damage to its weights "
-            "cannot be detected; load it and save it again with save_checkpoint to add one", path
+            "cannot be detected; load it and save it again with save_checkpoint to add one",
+            path,
         )
         return
     if not isinstance(recorded, str) or len(recorded) != 64:
