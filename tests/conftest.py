@@ -86,3 +86,34 @@ def write_pyramid_tiff(
 def tiny_slide(tmp_path: Path) -> Iterator[Path]:
     """A 1500 x 1100 px pyramidal TIFF at 0.5 µm/px with one tissue blob."""
     yield write_pyramid_tiff(tmp_path / "tiny.tif", draw_tissue_rgb(1500, 1100), mpp=0.5)
+
+
+def write_untrained_checkpoint(path: Path, mpp: float = 2.0, threshold: float = 0.5) -> Path:
+    """A seeded, untrained MicroNet checkpoint (32 px tiles at ``mpp``) for plumbing tests."""
+    import torch
+
+    from pipeline.models import ModelCard, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    card = ModelCard(
+        architecture="micronet",
+        tile_size_px=32,
+        mpp=mpp,
+        threshold=threshold,
+        training_data="untrained test model",
+    )
+    return save_checkpoint(path, build_model("micronet"), card)
+
+
+def write_overflowing_checkpoint(path: Path, mpp: float) -> Path:
+    """A MicroNet checkpoint with finite weights whose activations overflow: its output is NaN."""
+    import torch
+
+    from pipeline.models import ModelCard, build_model, save_checkpoint
+
+    model = build_model("micronet")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.mul_(1e20)
+    return save_checkpoint(path, model, ModelCard(architecture="micronet", tile_size_px=32, mpp=mpp))

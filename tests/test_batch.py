@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, draw_tissue_rgb, write_pyramid_tiff
+from conftest import (
+    FIXTURES,
+    draw_tissue_rgb,
+    write_overflowing_checkpoint,
+    write_pyramid_tiff,
+    write_untrained_checkpoint,
+)
 
 from pipeline.analyze import AnalysisContext, build_context, run_local_batch
 from pipeline.batch import SlideOutcome, collect_slides
@@ -35,13 +41,7 @@ def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    card = ModelCard(
-        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="untrained test model"
-    )
-    path = tmp_path_factory.mktemp("model") / "test.pt"
-    save_checkpoint(path, build_model("micronet"), card)
-    return path
+    return write_untrained_checkpoint(tmp_path_factory.mktemp("model") / "test.pt")
 
 
 def _context(model_path: Path) -> AnalysisContext:
@@ -227,13 +227,7 @@ def _infer(slide: Path, out: Path, model: Path) -> int:
 def test_a_model_with_non_finite_output_fails_the_slide_and_never_says_negative(
     slide_dir: Path, tmp_path: Path
 ) -> None:
-    model = build_model("micronet")
-    with torch.no_grad():  # finite weights whose activations overflow: the output is NaN
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                module.weight.mul_(1e20)
-    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0)
-    checkpoint = save_checkpoint(tmp_path / "overflow.pt", model, card)
+    checkpoint = write_overflowing_checkpoint(tmp_path / "overflow.pt", mpp=2.0)
     out = tmp_path / "out"
     outcomes = run_local_batch([slide_dir / "node_0.tif"], out, _context(checkpoint))
     assert [(o.status, o.category, o.score) for o in outcomes] == [("failed", None, None)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_overflowing_checkpoint
 from PIL import Image
 
 from pipeline.classify import (
@@ -151,13 +152,7 @@ def test_threshold_maximises_youden_and_breaks_ties_toward_one_half() -> None:
 def test_cli_classify_refuses_non_finite_scores_and_writes_no_csv(
     patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = build_model("micronet")
-    with torch.no_grad():  # finite weights whose activations overflow: the output is NaN
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                module.weight.mul_(1e20)
-    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=1.0)
-    checkpoint = save_checkpoint(tmp_path / "overflow.pt", model, card)
+    checkpoint = write_overflowing_checkpoint(tmp_path / "overflow.pt", mpp=1.0)
     out = tmp_path / "scores.csv"
     args = ["classify", str(patch_dir), "--mpp", "0.5", "--out", str(out), "--model", str(checkpoint)]
     assert cli_main([*args, "--device", "cpu"]) == 1

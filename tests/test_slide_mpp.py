@@ -9,12 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import FIXTURES, draw_tissue_rgb, write_pyramid_tiff
+from conftest import FIXTURES, draw_tissue_rgb, write_pyramid_tiff, write_untrained_checkpoint
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, MissingMppError, MppMismatchError
-from pipeline.models import ModelCard, build_model, save_checkpoint
 from pipeline.slide import mpp_by_slide_id, open_slide, open_slide_for_user, read_mpp_csv
 
 NO_MPP = FIXTURES / "bad_slides" / "no_resolution.tif"
@@ -35,13 +33,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    card = ModelCard(
-        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="untrained test model"
-    )
-    path = tmp_path_factory.mktemp("model") / "test.pt"
-    save_checkpoint(path, build_model("micronet"), card)
-    return path
+    return write_untrained_checkpoint(tmp_path_factory.mktemp("model") / "test.pt")
 
 
 def test_missing_mpp_names_the_flags_without_suggesting_a_number() -> None:
