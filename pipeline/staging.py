@@ -135,6 +135,7 @@ PATIENT_CSV_COLUMNS = (
     "micro_nodes",
     "itc_nodes",
     "node_categories",
+    "qc_warnings",
 )
 
 # File suffixes of whole-slide images; removed so "x.tif" and batch slide id "x" match.
@@ -165,6 +166,8 @@ class PatientRow:
     stage: a PNStage value, or UNSTAGEABLE when a node has no result (then the counts
     cover only the nodes that have one). node_categories: "node_0:negative;node_1:macro".
     problems: why the patient is unstageable, one line per node without a result.
+    qc_warnings: "node_1: QC failed: not lymph node" for nodes scored although they failed
+    slide QC (``--accept-qc-failures``), joined by "; "; empty when every node passed.
     """
 
     patient: str
@@ -176,6 +179,7 @@ class PatientRow:
     itc_nodes: int
     node_categories: str
     problems: tuple[str, ...] = ()
+    qc_warnings: str = ""
 
     def csv_values(self) -> list[str]:
         """The values for PATIENT_CSV_COLUMNS, in order."""

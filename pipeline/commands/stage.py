@@ -14,7 +14,7 @@ import dataclasses
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +81,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Read, stage, write; nothing is written when any input is invalid."""
     config = _staging_config(args.config, args.scheme)
+    qc_warnings: dict[str, str] = {}
     if args.batch is not None:
         batch = read_batch_node_categories(args.batch)
-        categories, unavailable = batch.categories, batch.unavailable
+        categories, unavailable, qc_warnings = batch.categories, batch.unavailable, batch.qc_warnings
     else:
         categories, unavailable = read_node_categories_csv(args.categories), {}
     mapping = read_patient_mapping_csv(args.patients) if args.patients is not None else None
     groups = assign_patients([*categories, *unavailable], mapping, args.patients)
-    rows = stage_patients(groups, categories, config, unavailable)
+    rows = [
+        _with_qc_warnings(row, groups, qc_warnings)
+        for row in stage_patients(groups, categories, config, unavailable)
+    ]
+    for row in rows:
+        if row.qc_warnings:
+            print(
+                f"micromet stage: warning: {row.patient} is staged from nodes that failed slide QC "
+                f"({row.qc_warnings}); treat its stage with that in mind",
+                file=sys.stderr,
+            )
     write_patient_csv(args.out, rows)
     for patient, slides in sorted(groups.items()):
         if config.scheme == "camelyon17" and len(slides) > CAMELYON17_MAX_NODES:
@@ -108,6 +119,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if unstageable else 0
 
 
+def _with_qc_warnings(
+    row: PatientRow, groups: Mapping[str, Sequence[str]], qc_warnings: Mapping[str, str]
+) -> PatientRow:
+    found = [
+        f"{slide}: {qc_warnings[slide]}"
+        for slide in sorted(groups.get(row.patient, ()))
+        if slide in qc_warnings
+    ]
+    return dataclasses.replace(row, qc_warnings="; ".join(found)) if found else row
+
+
 def _staging_config(config_path: Path | None, scheme: str | None) -> StagingConfig:
     section = load_config_file(config_path).get("staging") if config_path else None
     source = str(config_path) if config_path else "--scheme"
@@ -120,10 +142,12 @@ class BatchNodeCategories:
 
     categories: slide id -> category, for slides whose report.json was read.
     unavailable: slide id -> why it has no result (failed, not finished, report missing).
+    qc_warnings: slide id -> its report's QC warning, for slides scored despite failing QC.
     """
 
     categories: dict[str, Category]
     unavailable: dict[str, str]
+    qc_warnings: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -137,8 +161,7 @@ def _read_report_category(report: Path) -> Category:
     except ValueError:
         allowed = ", ".join(category.value for category in CATEGORY_ORDER)
         raise StagingError(
-            f"{report}: top-level 'category' is {value!r}; expected one of {allowed}. "
-            f"Re-run the slide"
+            f"{report}: top-level 'category' is {value!r}; expected one of {allowed}. Re-run the slide"
         ) from None
 
 
@@ -164,6 +187,7 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
         )
     categories: dict[str, Category] = {}
     unavailable: dict[str, str] = {}
+    qc_warnings: dict[str, str] = {}
     for slide_id, entry in slides.items():
         entry = entry if isinstance(entry, dict) else {}
         status = entry.get("status")
@@ -176,7 +200,16 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
             unavailable[slide] = f"{report} is missing (incomplete output folder)"
         else:
             categories[slide] = _read_report_category(report)
-    return BatchNodeCategories(categories=categories, unavailable=unavailable)
+            warning = _read_qc_warning(report)
+            if warning:
+                qc_warnings[slide] = warning
+    return BatchNodeCategories(categories=categories, unavailable=unavailable, qc_warnings=qc_warnings)
+
+
+def _read_qc_warning(report: Path) -> str:
+    qc = _read_json_object(report, "slide report").get("qc")
+    warning = qc.get("warning") if isinstance(qc, dict) else None
+    return warning if isinstance(warning, str) else ""
 
 
 def write_patient_csv(path: Path, rows: Sequence[PatientRow]) -> None:
@@ -212,8 +245,6 @@ def format_table(rows: Sequence[PatientRow]) -> str:
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
-        + "  "
-        + line[-1]
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
         for line in lines
     )
