@@ -226,9 +226,10 @@ def main() -> int:
     parser.add_argument(
         "--texture-background",
         choices=("any", "negative-node"),
-        default="any",
-        help="lymph-node tiles real tissue is painted from: any (default; two come from ITC and "
-        "macro nodes) or negative-node (the negative node's tile only)",
+        default="negative-node",
+        help="lymph-node tiles real tissue is painted from: negative-node (default: the negative "
+        "node's tile only, so the ground truth is exact) or any (two come from ITC and macro "
+        "nodes, whose tiles may hold tumor cells)",
     )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
