@@ -90,6 +90,12 @@ class AnalysisContext:
         return self.deposits.threshold if self.deposits.threshold is not None else self.card.threshold
 
     @property
+    def threshold_source(self) -> str:
+        """Where the deposit thresholds came from: "model card", or "user" when either was given."""
+        given = self.deposits.threshold is not None or self.deposits.seed_threshold is not None
+        return "user" if given else "model card"
+
+    @property
     def seed_threshold(self) -> float | None:
         """The seed a deposit must reach: the user's, else the card's (never below threshold)."""
         seed = self.deposits.seed_threshold
@@ -123,6 +129,7 @@ class AnalysisContext:
             "mpp": self.card.mpp,
             "threshold": self.threshold,
             "seed_threshold": self.seed_threshold,
+            "threshold_source": self.threshold_source,
         }
 
 

@@ -219,8 +219,21 @@ def _strict_json(path: Path) -> dict:  # type: ignore[type-arg]
 
 def _infer(slide: Path, out: Path, model: Path) -> int:
     return main(
-        ["infer", str(slide), "--out", str(out), "--model", str(model), "--device", "cpu",
-         "--workers", "0", "--no-refine", "--no-cells", "--accept-qc-failures"]
+        [
+            "infer",
+            str(slide),
+            "--out",
+            str(out),
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-refine",
+            "--no-cells",
+            "--accept-qc-failures",
+        ]
     )
 
 
@@ -285,8 +298,22 @@ def test_an_empty_folder_named_like_a_slide_fails_the_batch(
     folder.mkdir()
     out = tmp_path / "out"
     code = main(
-        ["infer", str(folder), str(slide_dir / "node_0.tif"), "--out", str(out), "--model", str(model_path),
-         "--device", "cpu", "--workers", "0", "--no-refine", "--no-cells", "--accept-qc-failures"]
+        [
+            "infer",
+            str(folder),
+            str(slide_dir / "node_0.tif"),
+            "--out",
+            str(out),
+            "--model",
+            str(model_path),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-refine",
+            "--no-cells",
+            "--accept-qc-failures",
+        ]
     )
     assert code == 1
     assert "x.svs" in capsys.readouterr().err
@@ -367,7 +394,10 @@ def test_ctrl_c_always_ends_the_batch_as_interrupted(
     slides = [str(slide_dir / "node_0.tif"), str(slide_dir / "node_1.tif")]
     process = subprocess.Popen(
         [sys.executable, "-c", _INTERRUPTED_INFER, where, str(markers), str(out), str(model_path), *slides],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
     )
     try:
         if where == "terminal":  # Ctrl-C once a reader reads (imports take minutes on a busy machine)
@@ -386,3 +416,26 @@ def test_ctrl_c_always_ends_the_batch_as_interrupted(
     slides_done = _strict_json(out / "manifest.json")["slides"] if (out / "manifest.json").exists() else {}
     assert "node_1" not in slides_done  # the batch stopped at the first slide
     assert all(entry["status"] == "done" for entry in slides_done.values())
+
+
+def test_a_threshold_from_the_user_is_marked_as_such_in_report_and_summary(
+    slide_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    import csv
+
+    for flags, source in (
+        ([], "model card"),
+        (["--threshold", "0.7"], "user"),
+        (["--seed-threshold", "0.9"], "user"),
+    ):
+        out = tmp_path / source.replace(" ", "_") / str(len(flags))
+        assert main([*_infer_args(slide_dir / "node_0.tif", out, model_path), *flags]) == 0
+        report = json.loads((out / "node_0" / "report.json").read_text())
+        assert report["model"]["threshold_source"] == source
+        (row,) = csv.DictReader((out / "summary.csv").open())
+        assert row["threshold_source"] == source and float(row["threshold"]) == report["model"]["threshold"]
+
+
+def _infer_args(slide: Path, out: Path, model: Path) -> list[str]:
+    return ["infer", str(slide), "--out", str(out), "--model", str(model), "--device", "cpu",
+            "--workers", "0", "--no-refine", "--no-cells", "--accept-qc-failures"]  # fmt: skip
