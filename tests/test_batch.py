@@ -149,24 +149,8 @@ def test_infer_command_exits_non_zero_when_a_slide_fails(
     slide_dir: Path, model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    code = main(
-        [
-            "infer",
-            str(slide_dir / "node_0.tif"),
-            str(FIXTURES / "bad_slides" / "empty.svs"),
-            "--out",
-            str(out),
-            "--model",
-            str(model_path),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--no-refine",
-            "--no-cells",
-            "--accept-qc-failures",
-        ]
-    )
+    slides = [slide_dir / "node_0.tif", FIXTURES / "bad_slides" / "empty.svs"]
+    code = main(_infer_args(slides, out, model_path))
     captured = capsys.readouterr()
     assert code == 1
     assert "empty.svs" in captured.err
@@ -217,24 +201,15 @@ def _strict_json(path: Path) -> dict:  # type: ignore[type-arg]
     return data
 
 
+def _infer_args(slides: list[Path], out: Path, model: Path) -> list[str]:
+    """``micromet infer`` on ``slides`` with the test model: CPU, no readers, refinement or cell
+    counting, and QC failures accepted (the drawn test tissue is not lymph node)."""
+    return ["infer", *map(str, slides), "--out", str(out), "--model", str(model), "--device", "cpu",
+            "--workers", "0", "--no-refine", "--no-cells", "--accept-qc-failures"]  # fmt: skip
+
+
 def _infer(slide: Path, out: Path, model: Path) -> int:
-    return main(
-        [
-            "infer",
-            str(slide),
-            "--out",
-            str(out),
-            "--model",
-            str(model),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--no-refine",
-            "--no-cells",
-            "--accept-qc-failures",
-        ]
-    )
+    return main(_infer_args([slide], out, model))
 
 
 def test_a_model_with_non_finite_output_fails_the_slide_and_never_says_negative(
@@ -297,24 +272,7 @@ def test_an_empty_folder_named_like_a_slide_fails_the_batch(
     folder = tmp_path / "x.svs"
     folder.mkdir()
     out = tmp_path / "out"
-    code = main(
-        [
-            "infer",
-            str(folder),
-            str(slide_dir / "node_0.tif"),
-            "--out",
-            str(out),
-            "--model",
-            str(model_path),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--no-refine",
-            "--no-cells",
-            "--accept-qc-failures",
-        ]
-    )
+    code = main(_infer_args([folder, slide_dir / "node_0.tif"], out, model_path))
     assert code == 1
     assert "x.svs" in capsys.readouterr().err
     slides = _strict_json(out / "manifest.json")["slides"]
@@ -429,13 +387,9 @@ def test_a_threshold_from_the_user_is_marked_as_such_in_report_and_summary(
         (["--seed-threshold", "0.9"], "user"),
     ):
         out = tmp_path / source.replace(" ", "_") / str(len(flags))
-        assert main([*_infer_args(slide_dir / "node_0.tif", out, model_path), *flags]) == 0
+        assert main([*_infer_args([slide_dir / "node_0.tif"], out, model_path), *flags]) == 0
         report = json.loads((out / "node_0" / "report.json").read_text())
         assert report["model"]["threshold_source"] == source
         (row,) = csv.DictReader((out / "summary.csv").open())
         assert row["threshold_source"] == source and float(row["threshold"]) == report["model"]["threshold"]
 
-
-def _infer_args(slide: Path, out: Path, model: Path) -> list[str]:
-    return ["infer", str(slide), "--out", str(out), "--model", str(model), "--device", "cpu",
-            "--workers", "0", "--no-refine", "--no-cells", "--accept-qc-failures"]  # fmt: skip
