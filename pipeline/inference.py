@@ -220,15 +220,15 @@ def _probe_read_s_per_tile(dataset: RegionDataset) -> float:
         RegionPlan(order=plan.order, starts=plan.starts[: n_blocks + 1]),
     )
     iterator = iter(probe)
+    opened = time.perf_counter()
     first = next(iterator, None)  # opens the slide and reads the first block: not timed
     started, tiles = time.perf_counter(), 0
     for item in iterator:
         if isinstance(item, RegionTiles):
             tiles += len(item.indices)
-    seconds = time.perf_counter() - started
     if tiles == 0:  # one block only: time it with the opening included
-        return seconds if first is None else max(seconds, 1e-6) / max(1, len(first[0]))
-    return seconds / tiles
+        return (started - opened) / (len(first.indices) if isinstance(first, RegionTiles) else 1)
+    return (time.perf_counter() - started) / tiles
 
 
 def _probe_compute_s_per_tile(scorer: _Scorer, tile_size_px: int) -> float:
