@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from pipeline.augment import AugmentConfig
-from pipeline.classify import roc_auc, score_batch
+from pipeline.classify import choose_threshold, roc_auc, score_batch
 from pipeline.datasets import fit_to_tile, load_rgb
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_checkpoint, save_checkpoint
 from pipeline.train import main as train_main
@@ -242,6 +242,14 @@ def load_pcam(data: Path, items: Sequence[tuple[str, int]]) -> tuple[NDArray[np.
     return tiles, np.array([label for _, label in items], dtype=np.int64)
 
 
+def score_pcam(
+    model: torch.nn.Module, data: Path, items: Sequence[tuple[str, int]]
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Tumor probabilities and labels of PCam patches."""
+    tiles, labels = load_pcam(data, items)
+    return score(model, tiles), labels
+
+
 def load_c16(data: Path) -> tuple[NDArray[np.uint8], NDArray[np.int64], list[str]]:
     """The level-0 CAMELYON16 patches at the model's µm/px (64 px), mirror-padded to the tile."""
     tiles, labels, slides = [], [], []
@@ -263,13 +271,8 @@ def lowest_threshold_with_fpr(p: NDArray[np.float32], y: NDArray[np.int64], max_
 
 def choose_operating_threshold(p: NDArray[np.float32], y: NDArray[np.int64]) -> float:
     """Lowest threshold (0.01 steps) whose validation false-positive rate is <= MAX_VALIDATION_FPR,
-    and never below the Youden threshold."""
-    candidates = np.round(np.arange(1, 100) / 100.0, 2)
-    fpr = (p[y == 0][None, :] >= candidates[:, None]).mean(axis=1)
-    tpr = (p[y == 1][None, :] >= candidates[:, None]).mean(axis=1)
-    youden = float(candidates[int(np.argmax(tpr - fpr))])
-    allowed = candidates[fpr <= MAX_VALIDATION_FPR]
-    return max(youden, float(allowed[0]) if len(allowed) else 0.99)
+    and never below the Youden threshold (``pipeline.classify.choose_threshold``)."""
+    return max(choose_threshold(p, y), lowest_threshold_with_fpr(p, y, MAX_VALIDATION_FPR))
 
 
 @dataclasses.dataclass
@@ -300,11 +303,11 @@ def evaluate_model(
 ) -> Evaluation:
     """Every card metric on real held-out material, with n and a 95 % interval."""
     metrics: dict[str, float] = {}
-    p_val, y_val = (lambda t: (score(model, t[0]), t[1]))(load_pcam(data, splits["val"]))
+    p_val, y_val = score_pcam(model, data, splits["val"])
     threshold = choose_operating_threshold(p_val, y_val)
     seed_threshold = max(threshold, lowest_threshold_with_fpr(p_val, y_val, MAX_SEED_VALIDATION_FPR))
     _auc(metrics, "pcam_val", p_val, y_val, seed)
-    p_test, y_test = (lambda t: (score(model, t[0]), t[1]))(load_pcam(data, splits["test"]))
+    p_test, y_test = score_pcam(model, data, splits["test"])
     _auc(metrics, "pcam_test", p_test, y_test, seed)
     _proportion(metrics, "pcam_test_sensitivity", p_test[y_test == 1] >= threshold)
     _proportion(metrics, "pcam_test_specificity", p_test[y_test == 0] < threshold)
