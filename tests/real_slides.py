@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
+from pipeline.datasets import load_rgb
 from tests.conftest import SHARED_DATA, require_shared_data, write_pyramid_tiff
 
 SHARED_DATA_ROOT = SHARED_DATA
@@ -30,9 +30,7 @@ C16_PATCH_PX = 256
 
 def c17_rgb(centre: str) -> NDArray[np.uint8]:
     """The CAMELYON17 tile of ``centre`` as (2048, 2048, 3) uint8 RGB."""
-    folder = require_shared_data("camelyon17_tiles")
-    with Image.open(folder / f"{C17_TILES[centre]}.jpeg") as image:
-        return np.asarray(image.convert("RGB")).copy()
+    return load_rgb(require_shared_data("camelyon17_tiles") / f"{C17_TILES[centre]}.jpeg")
 
 
 def write_c17_slide(centre: str, path: Path) -> Path:
@@ -43,12 +41,7 @@ def write_c17_slide(centre: str, path: Path) -> Path:
 def c16_tumor_patches(count: int) -> list[NDArray[np.uint8]]:
     """``count`` real level-0 CAMELYON16 tumor patches (RGB, 256 px at 0.243 µm/px)."""
     folder = require_shared_data("camelyon16_patches") / "tumor"
-    patches = []
-    for path in sorted(folder.glob("*.png"))[:count]:
-        with Image.open(path) as image:
-            rgba = np.asarray(image.convert("RGBA")).astype(np.float32)
-        alpha = rgba[..., 3:] / 255.0
-        patches.append((rgba[..., :3] * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8))
+    patches = [load_rgb(path) for path in sorted(folder.glob("*.png"))[:count]]
     if len(patches) < count:
         raise RuntimeError(f"{folder}: expected at least {count} tumor patches, found {len(patches)}")
     return patches
