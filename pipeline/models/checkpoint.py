@@ -271,10 +271,6 @@ def card_from_dict(data: object, source: str = "model card") -> ModelCard:
     for name in ("mean", "std", "class_names"):
         if isinstance(values[name], list):
             values[name] = tuple(values[name])
-    if isinstance(values.get("qc_reference"), dict):
-        values["qc_reference"] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in values["qc_reference"].items()
-        }
     try:
         return ModelCard(**values)
     except CheckpointError as exc:
