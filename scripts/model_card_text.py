@@ -35,9 +35,14 @@ def _auc_row(m: dict[str, float], label: str, prefix: str) -> str:
     return f"| {label} | {_ci(m, f'{prefix}_auc')} | {n:.0f} ({n_tumor:.0f} tumor) |"
 
 
-def _proportion_row(m: dict[str, float], label: str, key: str) -> str:
+def _proportion_cells(m: dict[str, float], key: str) -> str:
+    """ "rate (CI) | k / n" of the proportion ``key``."""
     k = m.get(key, math.nan) * m.get(f"{key}_n", 0)
-    return f"| {label} | {_ci(m, key)} | {k:.0f} / {m.get(f'{key}_n', 0):.0f} |"
+    return f"{_ci(m, key)} | {k:.0f} / {m.get(f'{key}_n', 0):.0f}"
+
+
+def _proportion_row(m: dict[str, float], label: str, key: str) -> str:
+    return f"| {label} | {_proportion_cells(m, key)} |"
 
 
 def _c16_rows(m: dict[str, float], slides: list[str]) -> list[str]:
@@ -56,8 +61,8 @@ def _c17_rows(m: dict[str, float]) -> list[str]:
         key = f"c17_{centre}_fraction_above_threshold"
         if key in m:
             maximum = m.get(f"c17_{centre}_max_probability", math.nan)
-            seeded = _proportion_row(m, "", f"c17_{centre}_fraction_above_seed_threshold").split("|")[2:4]
-            rows.append(f"{_proportion_row(m, text, key)[:-1]}|{'|'.join(seeded)}| {maximum:.3f} |")
+            seeded = _proportion_cells(m, f"c17_{centre}_fraction_above_seed_threshold")
+            rows.append(f"| {text} | {_proportion_cells(m, key)} | {seeded} | {maximum:.3f} |")
     return rows
 
 
