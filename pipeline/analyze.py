@@ -224,6 +224,8 @@ def _score_with_facts(
     )
     facts = {
         "device": stats.device,
+        "precision": stats.precision,
+        "compiled": context.inference.compile,
         "tiles_per_s": round(stats.tiles_per_s, 1),
         "cpu_plan": stats.cpu_plan.to_dict(),
     }

@@ -86,7 +86,8 @@ class InferenceConfig:
     num_workers: reader processes (0 reads in the main process); None fits the split between
         reader processes and torch threads to the slide and model (``pipeline.cpu_plan``).
     region_tiles: model tiles per side of one slide read (1 = one read per tile).
-    precision: "auto" uses bf16/fp16 autocast on GPU and fp32 on CPU.
+    precision: "auto" uses bf16 (else fp16) autocast on GPU, bf16 autocast on a CPU with
+        native bf16 (AVX512-BF16 or AMX) and fp32 on other CPUs (``scoring_autocast_dtype``).
     """
 
     batch_size: int = 64

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from pipeline.config import InferenceConfig
 from pipeline.cpu_plan import CpuPlan, fixed_plan, plan_cpu
 from pipeline.errors import CheckpointError, ConfigError, SlideOpenError
-from pipeline.models import ModelCard, autocast_dtype, choose_device
+from pipeline.models import ModelCard, choose_device
+from pipeline.models.device import precision_name, scoring_autocast_dtype
 from pipeline.readers import (
     ReadGeometry,
     RegionDataset,
@@ -68,6 +69,7 @@ class InferenceStats:
     compute_s: time spent moving, normalising and scoring tiles. device: e.g. "cpu", "cuda:0".
     read_level: pyramid level read. cpu_threads: torch threads used on the CPU.
     cpu_plan: reader processes and threads chosen for the run, and why.
+    precision: the autocast the model ran under ("fp32", "bf16" or "fp16").
     """
 
     n_tiles: int
@@ -80,6 +82,7 @@ class InferenceStats:
     read_level: int
     cpu_threads: int
     cpu_plan: CpuPlan
+    precision: str = "fp32"
 
 
 class _Scorer:
@@ -87,7 +90,7 @@ class _Scorer:
 
     def __init__(self, model: nn.Module, card: ModelCard, device: torch.device, precision: str):
         self.device = device
-        self.dtype = autocast_dtype(device, precision)
+        self.dtype = scoring_autocast_dtype(device, precision)
         self.model = model
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(shape)
@@ -371,6 +374,7 @@ def score_tiles_with_stats(
         read_level=geometry.level,
         cpu_threads=cpu.torch_threads,
         cpu_plan=cpu,
+        precision=precision_name(scorer.dtype),
     )
     log.info(
         "%s: scored %d tiles in %d reads at level %d on %s: %.1f tiles/s (waited %.1f s for "

@@ -19,7 +19,9 @@ import torch
 from pipeline.classify import roc_auc, score_batch
 from pipeline.cli import main
 from pipeline.datasets import fit_to_tile, load_rgb
+from pipeline.inference import _prepare_model, _Scorer
 from pipeline.models import ModelCard, default_model_path, file_sha256, load_checkpoint, load_training_state
+from pipeline.models.device import SCORING_BF16_TOLERANCE
 from tests.conftest import REPO_ROOT, require_shared_data
 from tests.real_slides import C16_MPP, write_c17_slide, write_tumor_square_slide
 
@@ -109,6 +111,35 @@ def test_auc_on_the_held_out_pcam_split_is_at_least_the_floor(
     auc = roc_auc(_scores(model, card, tiles), labels)
     assert len(labels) > 1000 and auc >= MIN_PCAM_TEST_AUC, f"AUC {auc:.4f} on {len(labels)} held-out patches"
     assert math.isclose(auc, card.metrics["pcam_test_auc"], abs_tol=1e-4)
+
+
+def test_bf16_scoring_stays_within_its_tolerance_of_fp32_on_real_patches(
+    default_model: tuple[torch.nn.Module, ModelCard],
+) -> None:
+    # precision "auto" scores under bf16 on CPUs with native bf16: it must not move a real
+    # tile's probability by more than the stated tolerance, nor across either threshold.
+    data = require_shared_data("pcam_kaggle")
+    _, card = default_model
+    paths = sorted(data.rglob("*.webp"))[::16]  # both classes, about 550 patches
+    tiles = torch.from_numpy(np.stack([load_rgb(path) for path in paths]))
+    cpu = torch.device("cpu")
+    scores = {}
+    with torch.inference_mode():
+        for precision in ("fp32", "bf16"):
+            scorer = _Scorer(
+                _prepare_model(load_checkpoint(default_model_path())[0], cpu, False), card, cpu, precision
+            )
+            scores[precision] = np.concatenate(
+                [scorer(tiles[i : i + 64]).numpy() for i in range(0, len(tiles), 64)]
+            )
+    assert len(tiles) > 500
+    assert np.max(np.abs(scores["bf16"] - scores["fp32"])) <= SCORING_BF16_TOLERANCE
+    assert card.seed_threshold is not None
+    for threshold in (card.threshold, card.seed_threshold):
+        flipped = (scores["bf16"] >= threshold) != (scores["fp32"] >= threshold)
+        # only a tile already within the tolerance of a threshold may cross it
+        assert np.all(np.abs(scores["fp32"][flipped] - threshold) <= SCORING_BF16_TOLERANCE)
+    assert not np.array_equal(scores["bf16"], scores["fp32"])  # bf16 really ran
 
 
 def test_auc_on_camelyon16_patches_of_slides_never_trained_on(

@@ -42,7 +42,8 @@ from pipeline.tissue import TissueMask
 SLIDE_MPP = 0.5
 SLIDE_SIZE = (700, 560)  # level-0 (width, height): not a multiple of the tile grid
 TILE_PX = 32
-ENGINE = InferenceConfig(num_workers=2, region_tiles=3, batch_size=7, device="cpu")
+# fp32: these tests pin the reading engine against the fp32 reference scorer.
+ENGINE = InferenceConfig(num_workers=2, region_tiles=3, batch_size=7, device="cpu", precision="fp32")
 
 # (model mpp, stride at model mpp): what the region reader must reproduce exactly.
 CASES = {
@@ -154,8 +155,10 @@ def test_reading_in_the_main_process_gives_the_same_scores(
     mpp, stride = CASES["level0-resized"]
     grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
     with_workers = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
-    in_process = InferenceConfig(num_workers=0, region_tiles=2, batch_size=5, device="cpu")
-    one_per_read = InferenceConfig(num_workers=0, region_tiles=1, batch_size=64, device="cpu")
+    in_process = InferenceConfig(num_workers=0, region_tiles=2, batch_size=5, device="cpu", precision="fp32")
+    one_per_read = InferenceConfig(
+        num_workers=0, region_tiles=1, batch_size=64, device="cpu", precision="fp32"
+    )
     for config in (in_process, one_per_read):
         scores = score_tiles(slide_path, SLIDE_MPP, grid, model, card, config)
         np.testing.assert_allclose(scores, with_workers, rtol=0, atol=1e-4)
@@ -268,7 +271,19 @@ def test_progress_counts_every_tile_once_and_stats_add_up(
     assert stats.wait_s + stats.compute_s == pytest.approx(stats.seconds, rel=1e-6)
     assert stats.tiles_per_s == pytest.approx(len(grid) / stats.seconds)
     assert stats.device == "cpu" and stats.read_level == 0
+    assert stats.precision == "fp32"
     assert torch.get_num_threads() == threads_before
+
+
+def test_stats_name_the_autocast_the_tiles_were_scored_under(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
+    config = dataclasses.replace(ENGINE, precision="bf16", num_workers=0)
+    scores, stats = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, config)
+    reference, _ = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE)
+    assert stats.precision == "bf16"
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=0.02)
 
 
 def test_grid_planned_for_another_tile_size_is_refused(
@@ -447,7 +462,8 @@ def test_reader_processes_end_when_their_parent_is_killed(tmp_path: Path, slide_
     markers.mkdir()
     process = subprocess.Popen(
         [sys.executable, "-c", _HANGING_SCORER, str(slide_path), str(markers)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     readers_pids: set[int] = set()
     try:
@@ -472,7 +488,7 @@ def test_the_fitted_cpu_plan_probes_the_slide_and_model_and_keeps_the_scores(
     monkeypatch.setattr(cpu_plan, "MIN_TILES_FOR_READERS", 0)  # probe even this small grid
     mpp, stride = CASES["level0-resized"]
     grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
-    fitted = InferenceConfig(num_workers=None, region_tiles=2, batch_size=5, device="cpu")
+    fitted = InferenceConfig(num_workers=None, region_tiles=2, batch_size=5, device="cpu", precision="fp32")
     scores, stats = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, model, card, fitted)
     plan = stats.cpu_plan
     assert plan.read_s_per_tile is not None and plan.read_s_per_tile > 0

@@ -210,6 +210,19 @@ def test_cpu_precision_auto_and_fp32_mean_no_autocast() -> None:
     assert autocast_dtype(cpu, "bf16") is torch.bfloat16
 
 
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_scoring_auto_precision_on_cpu_follows_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype | None
+) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "native_cpu_bf16", lambda: native)
+    assert device.scoring_autocast_dtype(cpu, "auto") is expected
+    assert device.scoring_autocast_dtype(cpu, "fp32") is None
+    assert device.scoring_autocast_dtype(cpu, "bf16") is torch.bfloat16
+    assert autocast_dtype(cpu, "auto") is None  # training keeps fp32 on the CPU
+    assert device.precision_name(device.scoring_autocast_dtype(cpu, "auto")) == ("bf16" if native else "fp32")
+
+
 def test_cpu_fp16_is_refused_with_alternatives() -> None:
     with pytest.raises(ConfigError, match="bf16, fp32 or auto"):
         autocast_dtype(torch.device("cpu"), "fp16")

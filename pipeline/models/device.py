@@ -15,6 +15,11 @@ from pipeline.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Scoring under bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX) was 1.6-2.3x
+# faster than fp32 and moved real-tile probabilities by at most 0.012 (1,371 real tiles,
+# docs/benchmarks.md, scripts/bench_runtimes.py): only a tile that close to a threshold can
+# cross it. Without native bf16 the CPU emulates it, slower than fp32.
+SCORING_BF16_TOLERANCE = 0.02
 
 
 class DeviceUnavailableError(ConfigError):
@@ -103,3 +108,26 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if kind == "cpu":
         raise ConfigError("precision='fp16' is not supported on CPU; use --precision bf16, fp32 or auto")
     return torch.float16
+
+
+def native_cpu_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles)."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def scoring_autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for scoring tiles (inference only; training keeps ``autocast_dtype``).
+
+    Like ``autocast_dtype``, except that "auto" on a CPU with native bf16 gives bf16: its
+    probabilities stay within ``SCORING_BF16_TOLERANCE`` of fp32 (measured, see above).
+    """
+    if precision == "auto" and device.type == "cpu":
+        return torch.bfloat16 if native_cpu_bf16() else None
+    return autocast_dtype(device, precision)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """"fp32", "bf16" or "fp16": the name of an autocast dtype (None: plain fp32)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype else "fp32"
