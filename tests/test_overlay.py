@@ -1,4 +1,4 @@
-"""Tests of pipeline/overlay.py: the overlay PNG, its heatmap colours and its scale bar."""
+"""Tests of pipeline/overlay.py: the one heatmap renderer, the overlay PNG, its colours and scale bar."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ from pipeline.overlay import (
     LEGEND_BAND_PX,
     MARGIN_PX,
     THUMB_TOP_PX,
+    blend_heatmap,
+    heatmap_layer,
     heatmap_over_thumbnail,
+    heatmap_rgba,
     legend_swatch_boxes,
     overlay_size_px,
     overlay_thumbnail_mpp,
@@ -222,3 +225,74 @@ def test_overlay_title_reads_an_upper_bound_and_no_deposits() -> None:
     assert overlay_title("s", "negative", None) == "s · negative · no deposits"
     flagged = overlay_title("s", "micro", 0.5, n_review=2)
     assert flagged == "s · micro · largest deposit 0.50 mm · review: 2 deposits"
+
+
+# The renderer pinned on a tiny heatmap: 2 x 3 cells of 2 x 2 level-0 px over a 6 x 4 px slide.
+TINY_PROBABILITIES = [[np.nan, 0.1, 0.5], [0.55, 0.9, 1.0]]
+TINY_BASE = (100, 150, 200)
+# heatmap_rgba: viridis; alpha 0 for NaN and p <= 0.1, then linear to 255 at p = 1.
+TINY_RGBA = [
+    [[68, 1, 84, 0], [72, 35, 116, 0], [32, 144, 140, 113]],
+    [[30, 155, 137, 128], [189, 222, 38, 227], [253, 231, 36, 255]],
+]
+# blend_heatmap at the default opacity 0.6: base x (1 - a) + colour x a, a = alpha / 255 x 0.6.
+TINY_BLENDED = [
+    [TINY_BASE, TINY_BASE, (82, 148, 184)],
+    [(79, 152, 181), (148, 189, 113), (192, 199, 101)],
+]
+
+
+def tiny_heatmap() -> Heatmap:
+    return Heatmap(np.array(TINY_PROBABILITIES, dtype=np.float32), 0.0, 0.0, 2.0, 2.0, SLIDE_MPP, (6, 4))
+
+
+def test_heatmap_colours_and_alpha_are_pinned() -> None:
+    rgba = heatmap_rgba(tiny_heatmap().probabilities)
+    np.testing.assert_array_equal(rgba, np.array(TINY_RGBA, dtype=np.uint8))
+
+
+def test_blend_heatmap_pins_every_pixel_of_a_tiny_heatmap() -> None:
+    thumb = np.empty((4, 6, 3), dtype=np.uint8)
+    thumb[...] = TINY_BASE
+    blended = blend_heatmap(thumb, tiny_heatmap(), (6, 4))
+    expected = np.repeat(np.repeat(np.array(TINY_BLENDED, dtype=np.uint8), 2, axis=0), 2, axis=1)
+    np.testing.assert_array_equal(blended, expected)
+    np.testing.assert_array_equal(thumb[0, 0], TINY_BASE)  # the input is left alone
+    opaque = blend_heatmap(thumb, tiny_heatmap(), (6, 4), opacity=1.0)
+    np.testing.assert_array_equal(opaque[3, 5], (253, 231, 36))  # p = 1 at full opacity: viridis' top
+
+
+def test_blend_heatmap_scales_each_axis_to_the_whole_slide() -> None:
+    """A 6 x 3 px picture of the 6 x 4 px slide: rows scale by 3/4, columns by 1. Pixel row 1
+    (level-0 y 1.33) lies in the second cell row, not the first as a 1:1 scale would put it."""
+    thumb = np.empty((3, 6, 3), dtype=np.uint8)
+    thumb[...] = TINY_BASE
+    blended = blend_heatmap(thumb, tiny_heatmap(), (6, 4))
+    np.testing.assert_array_equal(blended[0, ::2], np.array(TINY_BLENDED[0], dtype=np.uint8))
+    np.testing.assert_array_equal(blended[1, ::2], np.array(TINY_BLENDED[1], dtype=np.uint8))
+    np.testing.assert_array_equal(blended[2, ::2], np.array(TINY_BLENDED[1], dtype=np.uint8))
+
+
+def test_blend_heatmap_rejects_a_bad_opacity_or_slide_size() -> None:
+    thumb = np.zeros((4, 6, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="opacity"):
+        blend_heatmap(thumb, tiny_heatmap(), (6, 4), opacity=1.5)
+    with pytest.raises(ValueError, match="slide_dimensions"):
+        blend_heatmap(thumb, tiny_heatmap(), (0, 4))
+
+
+def test_viewer_layer_is_the_same_colouring_in_blocks() -> None:
+    layer = heatmap_layer(tiny_heatmap(), upscale=3)
+    assert layer.shape == (6, 9, 4) and layer.dtype == np.uint8
+    np.testing.assert_array_equal(layer[1::3, 1::3], np.array(TINY_RGBA, dtype=np.uint8))
+    np.testing.assert_array_equal(layer[3:6, 6:9], np.broadcast_to(TINY_RGBA[1][2], (3, 3, 4)))
+    with pytest.raises(ValueError, match="upscale"):
+        heatmap_layer(tiny_heatmap(), upscale=0)
+
+
+def test_overlay_blend_is_blend_heatmap_over_the_slide_thumbnail(slide_path: Path) -> None:
+    with open_slide(slide_path) as slide:
+        blended = heatmap_over_thumbnail(slide, make_heatmap(), max_side_px=600)
+        thumb = slide.thumbnail_at_mpp(overlay_thumbnail_mpp(slide, 600))
+    expected = blend_heatmap(thumb, make_heatmap(), (WIDTH, HEIGHT), HEATMAP_OPACITY)
+    np.testing.assert_array_equal(blended, expected)

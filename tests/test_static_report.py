@@ -17,8 +17,10 @@ from pipeline.cli import main
 from pipeline.colors import CATEGORY_COLORS, hex_to_rgb
 from pipeline.config import StagingConfig
 from pipeline.errors import OutputError
+from pipeline.heatmap import load_heatmap
+from pipeline.overlay import blend_heatmap
 from pipeline.report import RESEARCH_USE_NOTICE
-from pipeline.viewer.render import slide_thumbnail
+from pipeline.viewer.render import render_review_image, slide_thumbnail
 from pipeline.viewer.static_report import (
     StaticReportConfig,
     build_static_report,
@@ -103,6 +105,15 @@ def test_slide_image_shows_heatmap_and_category_outlines(html: str, batch: Viewe
         np.abs(pixels[round(y * scale), round(x * scale)] - orange).max() for x, y in micro["outline_xy"]
     ]
     assert np.median(on_outline) < 60  # JPEG keeps the category colour on the outline
+
+
+def test_slide_picture_blends_the_heatmap_with_overlay_pngs_renderer(batch: ViewerBatch) -> None:
+    heatmap = load_heatmap(batch.root / GOOD_ID)
+    base, dimensions = slide_thumbnail(batch.slide.slide_path, None, THUMBNAIL_PX)
+    assert base.height / dimensions[1] != base.width / dimensions[0]  # each axis scales on its own
+    picture = render_review_image(base, dimensions, None, heatmap, [], 0.45)
+    expected = blend_heatmap(np.asarray(base), heatmap, dimensions, 0.45)
+    np.testing.assert_array_equal(np.asarray(picture), expected)
 
 
 def test_moved_slide_file_still_shows_heatmap_and_outlines(batch: ViewerBatch, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ with the reason when either is missing, failed under CI=true.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import threading
 import time
@@ -15,14 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from numpy.typing import NDArray
+from PIL import Image
 from werkzeug.serving import make_server
 
+from pipeline.colors import DEFAULT_HEATMAP_OPACITY
+from pipeline.heatmap import Heatmap, load_heatmap
+from pipeline.overlay import blend_heatmap, heatmap_rect_px
 from pipeline.viewer.app import OPENSEADRAGON_DIR, create_app
 from pipeline.viewer.static_report import StaticReportConfig, write_static_report
 from tests.viewer_batch import (
     FAILED_ID,
     GOOD_ID,
+    TUMOR_PROBABILITY,
     XSS_ID,
     ViewerBatch,
     build_viewer_batch,
@@ -170,6 +178,51 @@ def test_viewer_draws_slide_heatmap_outlines_and_zooms_to_a_deposit(
     _check_scale_bar(page, batch)
     page.screenshot(path=str(tmp_path / "viewer.png"))
     assert browser_page.errors == [] and browser_page.dialogs == []
+
+
+def _screen_patch(page: Any, x_l0: float, y_l0: float, size_px: int) -> NDArray[np.int16]:
+    """A size_px square of the page's pixels centred on level-0 point (x_l0, y_l0)."""
+    x, y = page.evaluate(
+        "([x, y]) => { const m = window.micromet, r = m.viewer.element.getBoundingClientRect();"
+        " const point = new OpenSeadragon.Point(x / m.widthPx, y / m.widthPx);"
+        " const p = m.viewer.viewport.pixelFromPoint(point, true);"
+        " return [r.left + p.x, r.top + p.y]; }",
+        [x_l0, y_l0],
+    )
+    clip = {"x": round(x) - size_px // 2, "y": round(y) - size_px // 2, "width": size_px, "height": size_px}
+    png = page.screenshot(clip=clip)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def test_viewer_composites_the_heatmap_by_overlay_pngs_rule(
+    browser_page: BrowserPage, server_url: str, batch: ViewerBatch
+) -> None:
+    """Inside a tumour cell, the browser's slide + heatmap layer equals blend_heatmap (the renderer
+    of overlay.png and report.html) applied to the same screen pixels without the layer."""
+    page = _open_viewer(browser_page, f"{server_url}/slide/{GOOD_ID}")
+    heatmap = load_heatmap(batch.root / GOOD_ID)
+    micro = next(d for d in batch.good_report["deposits"] if d["category"] == "micro")
+    x0, y0, _, _ = heatmap_rect_px(heatmap)
+    stride = heatmap.stride_l0_px
+    col, row = int((micro["centroid_x_px"] - x0) // stride), int((micro["centroid_y_px"] - y0) // stride)
+    assert heatmap.probabilities[row, col] == pytest.approx(TUMOR_PROBABILITY)
+    x_l0, y_l0 = x0 + (col + 0.5) * stride, y0 + (row + 0.5) * stride
+    size_px = 7  # screen px, well inside the cell (32 level-0 px wide)
+    with_layer = _screen_patch(page, x_l0, y_l0, size_px)
+    page.click("#heatmap-toggle")
+    assert page.evaluate("window.micromet.heatmapItem.getOpacity()") == 0
+    page.wait_for_timeout(300)  # the next frame is drawn without the layer
+    without_layer = _screen_patch(page, x_l0, y_l0, size_px)
+    cell = Heatmap(
+        np.full((1, 1), TUMOR_PROBABILITY, dtype=np.float32), 0.0, 0.0, float(size_px), float(size_px),
+        heatmap.slide_mpp, (size_px, size_px),
+    )
+    expected = blend_heatmap(
+        without_layer.astype(np.uint8), cell, (size_px, size_px), DEFAULT_HEATMAP_OPACITY
+    ).astype(np.int16)
+    assert np.abs(with_layer - without_layer).max() > 40  # the layer was drawn
+    assert np.abs(with_layer - expected).max() <= 3  # browser rounding
+    assert browser_page.errors == []
 
 
 def _check_scale_bar(page: Any, batch: ViewerBatch) -> None:

@@ -17,10 +17,11 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from pipeline.colors import HEATMAP_TRANSPARENT_BELOW, heatmap_rgba
+from pipeline.colors import HEATMAP_TRANSPARENT_BELOW
 from pipeline.commands import view as view_command
 from pipeline.config import StagingConfig
 from pipeline.errors import OutputError, StagingError
+from pipeline.overlay import heatmap_rgba
 from pipeline.report import RESEARCH_USE_NOTICE
 from pipeline.viewer.app import create_app
 from pipeline.viewer.tiles import DeepZoomCache, TileConfig

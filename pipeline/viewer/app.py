@@ -32,10 +32,11 @@ from PIL import Image
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import pipeline
-from pipeline.colors import CATEGORY_COLORS, heatmap_rect_px, heatmap_rgba
+from pipeline.colors import CATEGORY_COLORS
 from pipeline.config import StagingConfig
 from pipeline.errors import OutputError, SlideOpenError
 from pipeline.heatmap import Heatmap
+from pipeline.overlay import heatmap_layer, heatmap_rect_px
 from pipeline.staging import read_patient_mapping_csv
 from pipeline.viewer.batch_index import BatchIndex, SlideRecord, SlideSummary, load_heatmap_or_none
 from pipeline.viewer.patients import load_patient_view
@@ -310,18 +311,16 @@ def tile(slide_id: str, level: int, col: int, row: int) -> Response:
 
 
 def heatmap_png(slide_id: str) -> Response:
-    """The slide's heatmap as an RGBA PNG, one upscaled block per cell (see heatmap_rect_px)."""
+    """The slide's heatmap layer (``pipeline.overlay.heatmap_layer``) as an RGBA PNG, one
+    upscaled block per cell; the browser composites it by overlay.png's rule."""
     state = _state()
     heatmap = load_heatmap_or_none(state.index, _record_or_404(slide_id))
     if heatmap is None:
         abort(404, description="This slide has no heatmap.")
     rows, cols = heatmap.shape
     factor = max(1, min(MAX_HEATMAP_UPSCALE, HEATMAP_TARGET_PX // max(rows, cols, 1)))
-    image = Image.fromarray(heatmap_rgba(heatmap.probabilities), mode="RGBA")
-    if factor > 1:
-        image = image.resize((cols * factor, rows * factor), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    Image.fromarray(heatmap_layer(heatmap, factor)).save(buffer, "PNG")
     response = Response(buffer.getvalue(), mimetype="image/png")
     response.headers["Cache-Control"] = "no-cache"
     return response

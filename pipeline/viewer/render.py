@@ -1,7 +1,10 @@
-"""Review: reads a slide, its heatmap and deposits, produces a thumbnail with the heatmap
-overlaid, deposit outlines coloured by category and a scale bar in mm (a PIL image).
+"""Review: reads a slide, its heatmap and deposits, produces report.html's slide picture: a
+thumbnail with the heatmap overlaid, deposit outlines coloured by category and a scale bar in mm
+(a PIL image).
 
-Thumbnail pixel = level-0 pixel x ``scale`` (the thumbnail's width over the slide's width).
+The heatmap is blended by ``pipeline.overlay.blend_heatmap`` (overlay.png's renderer: the
+thumbnail spans the whole slide on each axis). Outlines and scale bar take thumbnail pixel =
+level-0 pixel x ``scale`` (the thumbnail's width over the slide's width).
 """
 
 from __future__ import annotations
@@ -14,13 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.colors import (
-    OUTLINE_HALO_COLOR,
-    blend_heatmap,
-    category_color,
-    hex_to_rgb,
-)
+from pipeline.colors import OUTLINE_HALO_COLOR, category_color, hex_to_rgb
 from pipeline.heatmap import Heatmap
+from pipeline.overlay import blend_heatmap
 from pipeline.slide import open_slide
 
 # Deposits smaller than this on the thumbnail also get a ring, so an ITC stays visible.
@@ -53,13 +52,6 @@ def blank_thumbnail(dimensions: tuple[int, int], max_side_px: int) -> Image.Imag
     factor = min(1.0, max_side_px / max(width0, height0, 1))
     size = (max(1, round(width0 * factor)), max(1, round(height0 * factor)))
     return Image.new("RGB", size, BLANK_RGB)
-
-
-def overlay_heatmap(image: Image.Image, heatmap: Heatmap, scale: float, opacity: float) -> None:
-    """Blend the coloured heatmap onto ``image`` (RGB, in place) with the one renderer that
-    overlay.png uses too (``pipeline.colors.blend_heatmap``)."""
-    blended = blend_heatmap(np.asarray(image.convert("RGB")), heatmap, (scale, scale), opacity)
-    image.paste(Image.fromarray(blended))
 
 
 def _outline_points(deposit: dict[str, Any], scale: float) -> list[tuple[float, float]]:
@@ -119,11 +111,14 @@ def render_review_image(
     deposits: Sequence[dict[str, Any]],
     heatmap_opacity: float,
 ) -> Image.Image:
-    """``base`` (a slide thumbnail, RGB) with heatmap, outlines and scale bar drawn on a copy."""
+    """``base`` (a slide thumbnail, RGB) with heatmap, outlines and scale bar drawn on a copy.
+
+    The heatmap is blended by ``pipeline.overlay.blend_heatmap``, the renderer of overlay.png.
+    """
     image = base.convert("RGB")
     scale = image.width / max(slide_dimensions[0], 1)
-    if heatmap is not None:
-        overlay_heatmap(image, heatmap, scale, heatmap_opacity)
+    if heatmap is not None and min(slide_dimensions) > 0:
+        image = Image.fromarray(blend_heatmap(np.asarray(image), heatmap, slide_dimensions, heatmap_opacity))
     draw_outlines(image, deposits, scale)
     if slide_mpp:
         draw_scale_bar(image, slide_mpp / 1000.0 / scale)
