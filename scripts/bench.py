@@ -70,7 +70,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.model is not None and args.architecture is not None:
         parser.error("--model and --architecture exclude each other: benchmark a checkpoint or a fresh model")
-    for name, low in (("repeats", 1), ("workers", 0), ("batch_size", 1), ("region_tiles", 1), ("width", 256),
+    if args.both_models and (args.model is not None or args.architecture is not None):
+        parser.error("--both-models measures the default model and resnet18; "
+                     "leave out --model and --architecture")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers {args.workers} is out of range; need at least 0")
+    for name, low in (("repeats", 1), ("batch_size", 1), ("region_tiles", 1), ("width", 256),
                       ("height", 256), ("tile_size_px", 32)):
         if getattr(args, name) < low:
             flag = "--" + name.replace("_", "-")
@@ -169,14 +174,14 @@ def plan_spec(args: argparse.Namespace, slide_path: Path, model_path: Path, run_
     with open_slide(slide_path) as slide:
         tissue = detect_tissue(slide, TissueConfig())
         grid = plan_tiles(slide.dimensions, slide.mpp, tissue,
-                          TilingConfig(tile_size_px=card.tile_size_px, mpp=card.mpp))
+                          TilingConfig(card.tile_size_px, mpp=card.mpp, stride_px=card.stride_px))
     save_grid(grid, run_dir / "grid.npz")
     return BenchSpec(
         slide=str(slide_path.resolve()), slide_mpp=grid.slide_mpp, model=str(model_path.resolve()),
         tile_size_px=card.tile_size_px, model_mpp=card.mpp, device=args.device, workers=args.workers,
         batch_size=args.batch_size, region_tiles=args.region_tiles,
         grid=str((run_dir / "grid.npz").resolve()),
-        out_dir=str(run_dir.resolve()),
+        out_dir=str(run_dir.resolve()), stride_px=card.stride_px, precision=args.precision,
     )
 
 
@@ -315,21 +320,46 @@ def child_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Prepare slide, model and plan, run every variant, print (and maybe write) the section."""
+def model_runs(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One namespace per model to measure: --both-models gives the shipped default model and
+    an untrained ResNet-18 (224 px at 0.5 µm/px); otherwise the one model the options name."""
+    if not args.both_models:
+        return [args]
+    default = argparse.Namespace(**{**vars(args), "model": None, "architecture": None})
+    resnet = argparse.Namespace(**{**vars(args), "model": None, "architecture": "resnet18",
+                                   "tile_size_px": 224, "model_mpp": 0.5})
+    return [default, resnet]
+
+
+def section_heading(args: argparse.Namespace) -> str:
+    """The docs/benchmarks.md heading of one model's speed section."""
+    if not args.both_models:
+        return SECTION_HEADING
+    if args.architecture is None:
+        return f"{SECTION_HEADING}: the default model"
+    return f"{SECTION_HEADING}: {args.architecture} {args.tile_size_px} px at {args.model_mpp:g} µm/px"
+
+
+def prepare_tiatoolbox(args: argparse.Namespace) -> TiaEnv | None:
+    """TIAToolbox's environment (installed on first use), or None with --skip-tiatoolbox."""
+    if args.skip_tiatoolbox:
+        return None
+    print(f"preparing TIAToolbox {args.tiatoolbox_version} in {args.work_dir / 'tiatoolbox-venv'} "
+          "(the first time this installs it from PyPI: minutes)", file=sys.stderr)
+    tia = ensure_tiatoolbox(args.work_dir, args.tiatoolbox_version)
+    if tia.error is not None:
+        print(tia.error, file=sys.stderr)
+    return tia
+
+
+def measure_model(args: argparse.Namespace, argv: Sequence[str], tia: TiaEnv | None) -> str:
+    """Prepare slide, model and plan for one model, run every variant; its Markdown section."""
     machine = machine_facts()
-    run_dir = args.work_dir / "run"
+    run_dir = args.work_dir / ("run" if args.architecture is None else f"run_{args.architecture}")
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     slide = ensure_slide(args)
     spec = plan_spec(args, slide, ensure_model(args), run_dir)
-    tia = None
-    if not args.skip_tiatoolbox:
-        print(f"preparing TIAToolbox {args.tiatoolbox_version} in {args.work_dir / 'tiatoolbox-venv'} "
-              "(the first time this installs it from PyPI: minutes)", file=sys.stderr)
-        tia = ensure_tiatoolbox(args.work_dir, args.tiatoolbox_version)
-        if tia.error is not None:
-            print(tia.error, file=sys.stderr)
     variants = [*MAIN_VARIANTS, *(["tiatoolbox"] if tia is not None and tia.error is None else [])]
     results = run_all(variants, spec, run_dir, args, tia)
     context = RunContext(
@@ -339,12 +369,20 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
                else f"checkpoint `{Path(spec.model).name}`"),
         repeats=args.repeats, machine=machine, load_end=machine_facts()["load_average"],
     )
-    section = render_section(context, spec, spec_tiles(spec), results, tia)
-    print(section)
-    if args.write_docs:
-        text = args.docs.read_text(encoding="utf-8") if args.docs.exists() else "# Benchmarks\n"
-        args.docs.write_text(replace_section(text, SECTION_HEADING, section), encoding="utf-8")
-        print(f"wrote the section into {args.docs}", file=sys.stderr)
+    return render_section(context, spec, spec_tiles(spec), results, tia, section_heading(args))
+
+
+def run_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Measure every model of the run, print (and maybe write) one section per model."""
+    tia = prepare_tiatoolbox(args)
+    for model_args in model_runs(args):
+        section = measure_model(model_args, argv, tia)
+        print(section)
+        if args.write_docs:
+            text = args.docs.read_text(encoding="utf-8") if args.docs.exists() else "# Benchmarks\n"
+            text = replace_section(text, section_heading(model_args), section)
+            args.docs.write_text(text, encoding="utf-8")
+            print(f"wrote the section into {args.docs}", file=sys.stderr)
     return 0
 
 

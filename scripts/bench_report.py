@@ -186,8 +186,13 @@ def _micromet_notes(results: dict[str, list[RunResult]]) -> list[str]:
         compute_s = _number(_median_extra(engine, "compute_s"), 2)
         notes.append(f"micromet engine (median): its scoring loop waited {wait_s} s for tiles from the "
                      f"reader workers and spent {compute_s} s moving and scoring them, with "
-                     f"{_first_extra(engine, 'cpu_threads')} torch thread(s); "
-                     f"{_first_extra(engine, 'n_regions')} region reads.")
+                     f"{_first_extra(engine, 'cpu_threads')} torch thread(s) under "
+                     f"{_first_extra(engine, 'precision')} autocast; {_first_extra(engine, 'n_regions')} "
+                     "region reads.")
+        plan = _first_extra(engine, "cpu_plan")
+        if isinstance(plan, dict):
+            notes.append(f"micromet CPU plan (first run): {plan.get('num_workers')} reader process(es), "
+                         f"{plan.get('torch_threads')} torch thread(s): {plan.get('reason')}.")
     return notes
 
 
@@ -248,19 +253,28 @@ def _machine_line(context: RunContext, results: dict[str, list[RunResult]]) -> s
             f"{datetime.date.today().isoformat()}.")
 
 
+def _readers_text(spec: BenchSpec) -> str:
+    if spec.workers is None:
+        return (f"micromet's automatic CPU plan (read limit and TIAToolbox: {spec.reader_count} reader "
+                "processes)")
+    return f"{spec.workers} reader workers"
+
+
 def render_section(context: RunContext, spec: BenchSpec, n_tiles: int, results: dict[str, list[RunResult]],
-                   tia: TiaEnv | None) -> str:
-    """The whole ``## Speed ...`` section of docs/benchmarks.md."""
+                   tia: TiaEnv | None, heading: str = SECTION_HEADING) -> str:
+    """The whole ``## Speed ...`` section of docs/benchmarks.md, under ``heading``."""
     summaries = [summarize(v, rs) for v, rs in results.items()]
     compute = results.get("compute_limit", [])
     device = _first_extra(compute, "device_name") or _first_extra(compute, "device") or spec.device
     agreement = score_agreement(Path(spec.out_dir))
     notes = [*_compute_notes(results), *_micromet_notes(results), *_tiatoolbox_notes(results, tia, agreement)]
     lines = [
-        SECTION_HEADING, "",
-        f"What: one synthetic slide of {context.slide}, {n_tiles:,} tissue tiles of {spec.tile_size_px} px "
-        f"at {spec.model_mpp:g} µm/px, model {context.model}, batch {spec.batch_size}, {spec.workers} reader "
-        f"workers, device {device}. Each variant runs in a fresh process; medians of {context.repeats} "
+        heading, "",
+        f"What: one synthetic slide of {context.slide}, {n_tiles:,} tissue tiles of "
+        f"{spec.tile_size_px} px at {spec.model_mpp:g} µm/px (stride "
+        f"{spec.stride_px or spec.tile_size_px} px), model {context.model}, batch {spec.batch_size}, "
+        f"readers: {_readers_text(spec)}, precision {spec.precision}, device {device}. Each variant "
+        f"runs in a fresh process; medians of {context.repeats} "
         "interleaved runs. Times exclude interpreter start, imports and model loading; the compute limit "
         "also excludes one warm-up batch. Peak RSS: the measuring process, and the sum over it and its "
         "worker processes (sampled every 0.2 s, the process list refreshed every second; shared pages "

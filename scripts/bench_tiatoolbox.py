@@ -218,7 +218,7 @@ def make_tia_model(net: Any, card: Any) -> Any:
     return MicrometTiaModel()
 
 
-def _tia_scores_on_grid(zarr_path: Path, heatmap_rc: Any, tile_size_px: int) -> tuple[Any, int, int]:
+def _tia_scores_on_grid(zarr_path: Path, heatmap_rc: Any, stride_px: int) -> tuple[Any, int, int]:
     """(scores in grid order with NaN where TIAToolbox scored none, tiles it scored, common)."""
     import numpy as np
 
@@ -229,7 +229,7 @@ def _tia_scores_on_grid(zarr_path: Path, heatmap_rc: Any, tile_size_px: int) -> 
     scores = np.full(len(heatmap_rc), np.nan, dtype=np.float32)
     common = 0
     for probability, (x0, y0, _x1, _y1) in zip(probabilities, coordinates, strict=True):
-        key = (round(float(y0) / tile_size_px), round(float(x0) / tile_size_px))
+        key = (round(float(y0) / stride_px), round(float(x0) / stride_px))
         if key in index:
             scores[index[key]] = probability[1]
             common += 1
@@ -253,23 +253,24 @@ def run_tiatoolbox(spec: Any, out_dir: Path) -> tuple[int, dict[str, Any]]:
     net, card = load_checkpoint(spec.model, device="cpu")
     reader = reader_class.open(spec.slide)
     model_shape = reader.slide_dimensions(resolution=card.mpp, units="mpp")
-    mask = tile_mask(arrays["heatmap_rc"], (float(model_shape[0]), float(model_shape[1])), card.tile_size_px)
+    stride_px = spec.stride_px or card.tile_size_px
+    mask = tile_mask(arrays["heatmap_rc"], (float(model_shape[0]), float(model_shape[1])), stride_px)
     ioconfig = ioconfig_class(
         input_resolutions=[{"units": "mpp", "resolution": card.mpp}],
         patch_input_shape=(card.tile_size_px, card.tile_size_px),
-        stride_shape=(card.tile_size_px, card.tile_size_px),
+        stride_shape=(stride_px, stride_px),
     )
     save_dir = out_dir / "tiatoolbox_out"
     shutil.rmtree(save_dir, ignore_errors=True)
     started = time.perf_counter()
     predictor = predictor_class(model=make_tia_model(net, card), batch_size=spec.batch_size,
-                               num_workers=spec.workers, device=device.type, verbose=False)
+                               num_workers=spec.reader_count, device=device.type, verbose=False)
     output = predictor.run([Path(spec.slide)], masks=[mask], ioconfig=ioconfig, patch_mode=False,
                            save_dir=save_dir, overwrite=True, output_type="zarr",
                            return_probabilities=True, auto_get_mask=False)
     seconds = time.perf_counter() - started
     scores, n_scored, common = _tia_scores_on_grid(Path(next(iter(output.values()))), arrays["heatmap_rc"],
-                                                   card.tile_size_px)
+                                                   stride_px)
     np.save(out_dir / "tiatoolbox_scores.npy", scores)
     facts = {"seconds": seconds, "tiatoolbox": tiatoolbox.__version__, "reader": type(reader).__name__,
              "torch_threads": importlib.import_module("torch").get_num_threads(),

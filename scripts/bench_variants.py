@@ -24,6 +24,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -64,11 +65,20 @@ class BenchSpec:
     tile_size_px: int
     model_mpp: float
     device: str
-    workers: int
+    workers: int | None  # None: micromet's automatic CPU plan (read limit and TIAToolbox: all cores)
     batch_size: int
     region_tiles: int
     grid: str
     out_dir: str
+    stride_px: int | None = None  # heatmap stride at the model resolution (None: tile size)
+    precision: str = "auto"
+
+    @property
+    def reader_count(self) -> int:
+        """Reader processes for the read limit and TIAToolbox: --workers, else every usable core."""
+        if self.workers is not None:
+            return self.workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def save(self, path: Path) -> None:
         """Write the spec as JSON."""
@@ -174,18 +184,20 @@ def load_grid(path: Path) -> TileGrid:
 
 
 def tile_mask(
-    heatmap_rc: NDArray[np.int64], model_shape_px: tuple[float, float], tile_size_px: int
+    heatmap_rc: NDArray[np.int64], model_shape_px: tuple[float, float], stride_px: int
 ) -> NDArray[np.uint8]:
     """A mask with one pixel per grid cell, 1 on the planned tiles, for TIAToolbox.
 
     model_shape_px: (width, height) of the slide at the model resolution. TIAToolbox maps a
     patch's corners to mask pixels by multiplying with mask size / slide size and truncating;
-    one extra column and row make that factor strictly above 1 / tile_size_px, so patch
-    (col, row) starts inside mask pixel (col, row) and ends at its far edge: it covers only its
-    own cell and is kept exactly when micromet planned that tile. Returns (rows, cols) uint8.
+    one extra column and row make that factor strictly above 1 / stride_px, so patch
+    (col, row) starts inside mask pixel (col, row) and ends at its far edge. Without overlap
+    (stride = tile) it covers only its own cell and is kept exactly when micromet planned that
+    tile; with overlap it also covers the next tile_size / stride - 1 cells, so TIAToolbox also
+    scores the planned tiles' up-left neighbours (its tiles/s stays per tile). Returns uint8.
     """
     width, height = model_shape_px
-    mask = np.zeros((math.floor(height / tile_size_px) + 1, math.floor(width / tile_size_px) + 1), np.uint8)
+    mask = np.zeros((math.floor(height / stride_px) + 1, math.floor(width / stride_px) + 1), np.uint8)
     rc = np.asarray(heatmap_rc, dtype=np.int64).reshape(-1, 2)
     mask[rc[:, 0], rc[:, 1]] = 1
     return mask
@@ -223,31 +235,27 @@ def read_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     plan = plan_regions(grid.heatmap_rc, spec.region_tiles)
     level_xy = tile_level_xy(grid.xy_px, geometry)
     blocks = [plan.block(index) for index in range(plan.n_regions)]
-    shares = max(1, spec.workers)
+    shares = max(1, spec.reader_count)
     tasks = [
         (spec.slide, spec.slide_mpp, geometry, level_xy,
          blocks[len(blocks) * i // shares : len(blocks) * (i + 1) // shares])
         for i in range(shares)
     ]
-    if spec.workers == 0:
+    if spec.reader_count == 0:
         counts = [_read_span(tasks[0])]
     else:
-        with multiprocessing.Pool(spec.workers) as pool:
+        with multiprocessing.Pool(spec.reader_count) as pool:
             counts = pool.map(_read_span, tasks, chunksize=1)
-    facts = {"n_regions": plan.n_regions, "read_level": geometry.level, "workers": spec.workers}
+    facts = {"n_regions": plan.n_regions, "read_level": geometry.level, "workers": spec.reader_count}
     return sum(counts), facts
 
 
-def _prepared_model(spec: BenchSpec) -> tuple[Any, Any, Any]:
-    """(model in eval mode and channels_last on its device, card, device) for ``spec``."""
-    import torch
-
+def _loaded_model(spec: BenchSpec) -> tuple[Any, Any, Any]:
+    """(model as loaded, card, device) for ``spec``."""
     from pipeline.models import choose_device, load_checkpoint
 
     device = choose_device(spec.device)
     model, card = load_checkpoint(spec.model, device=str(device))
-    model.eval()
-    model.to(memory_format=torch.channels_last)
     return model, card, device
 
 
@@ -293,11 +301,13 @@ def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     """
     import torch
 
-    from pipeline.models import autocast_dtype
+    from pipeline.inference import _prepare_model
+    from pipeline.models.device import scoring_autocast_dtype
 
     n_tiles = len(load_grid_arrays(Path(spec.grid))[0]["xy_px"])
-    model, _, device = _prepared_model(spec)
-    dtype = autocast_dtype(device, "auto")
+    model, _, device = _loaded_model(spec)
+    model = _prepare_model(model, device, compile_model=False)  # BatchNorms folded, channels_last
+    dtype = scoring_autocast_dtype(device, spec.precision)
     shape = (spec.batch_size, 3, spec.tile_size_px, spec.tile_size_px)
     batch = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
     sizes = [s for s in [spec.batch_size] * (n_tiles // spec.batch_size) + [n_tiles % spec.batch_size] if s]
@@ -321,12 +331,13 @@ def micromet_engine(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     from pipeline.inference import score_tiles_with_stats
 
     grid = load_grid(Path(spec.grid))
-    model, card, device = _prepared_model(spec)
+    model, card, device = _loaded_model(spec)
     config = InferenceConfig(batch_size=spec.batch_size, num_workers=spec.workers, device=str(device),
-                             region_tiles=spec.region_tiles)
+                             region_tiles=spec.region_tiles, precision=spec.precision)
     scores, stats = score_tiles_with_stats(Path(spec.slide), spec.slide_mpp, grid, model, card, config)
     np.save(Path(spec.out_dir) / "micromet_engine_scores.npy", scores)
-    kept = ("n_regions", "wait_s", "compute_s", "read_level", "cpu_threads", "seconds")
+    kept = ("n_regions", "wait_s", "compute_s", "read_level", "cpu_threads", "seconds", "precision",
+            "cpu_plan")
     facts = {**_device_facts(device), **{k: v for k, v in dataclasses.asdict(stats).items() if k in kept}}
     return stats.n_tiles, facts
 
@@ -339,8 +350,11 @@ def micromet_end_to_end(spec: BenchSpec, folder: Path) -> tuple[int, dict[str, A
     """
     from pipeline.analyze import analyze_slide, build_context
 
-    overrides = {"inference": {"device": spec.device, "batch_size": spec.batch_size,
-                               "num_workers": spec.workers, "region_tiles": spec.region_tiles}}
+    overrides: dict[str, dict[str, Any]] = {
+        "inference": {"device": spec.device, "batch_size": spec.batch_size, "num_workers": spec.workers,
+                      "region_tiles": spec.region_tiles, "precision": spec.precision},
+        "tiling": {"stride_px": spec.stride_px},
+    }
     context = build_context(Path(spec.model), None, overrides, None)
     seconds: list[float] = []
     for run in ("cold", "warm"):

@@ -37,9 +37,26 @@ def result(variant: str, n_tiles: int, seconds: float, rss: float = 100.0, error
 def test_defaults_match_the_brief() -> None:
     args = bench.parse_args([])
     assert (args.width, args.height, args.mpp) == (20000, 20000, 0.25)
-    assert (args.repeats, args.workers, args.batch_size) == (3, 2, 64)
+    assert (args.repeats, args.workers, args.batch_size) == (3, None, 64)  # None: automatic CPU plan
+    assert args.precision == "auto" and not args.both_models
     assert args.model is None and args.architecture is None
     assert not args.skip_tiatoolbox and not args.write_docs
+
+
+def test_both_models_measures_the_default_model_and_resnet18_under_their_own_headings() -> None:
+    runs = bench.model_runs(bench.parse_args(["--both-models", "--repeats", "1"]))
+    assert [(r.model, r.architecture) for r in runs] == [(None, None), (None, "resnet18")]
+    assert (runs[1].tile_size_px, runs[1].model_mpp, runs[1].repeats) == (224, 0.5, 1)
+    headings = [bench.section_heading(r) for r in runs]
+    assert headings[0].endswith("the default model") and "resnet18 224 px at 0.5" in headings[1]
+    assert len(set(headings)) == 2 and all(h.startswith("## Speed") for h in headings)
+    assert bench.model_runs(bench.parse_args([]))[0].architecture is None
+
+
+def test_both_models_with_a_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        bench.parse_args(["--both-models", "--architecture", "resnet50"])
+    assert caught.value.code == 2 and "--both-models" in capsys.readouterr().err
 
 
 def test_model_and_architecture_together_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,7 +52,17 @@ BENCH_OPTIONS = (
     BenchOption("--tile-size-px", "tile side for --architecture, in px (224)", int, 224),
     BenchOption("--model-mpp", "model resolution for --architecture, in µm/px (0.5)", float, 0.5),
     BenchOption("--device", "auto (default), cpu, cuda[:N] or mps", str, "auto"),
-    BenchOption("--workers", "reader processes, for every variant (2)", int, 2),
+    BenchOption(
+        "--workers",
+        "reader processes, for every variant (default: micromet's automatic CPU plan; the read limit "
+        "and TIAToolbox then use every usable core)",
+        int,
+    ),
+    BenchOption(
+        "--precision", "scoring precision for micromet and the compute limit (auto)", str, "auto",
+        ("auto", "fp32", "bf16", "fp16"),
+    ),
+    BenchOption("--both-models", "measure the default model and an untrained resnet18 (224 px, 0.5 µm/px)"),
     BenchOption("--batch-size", "tiles per model batch, for every variant (64)", int, 64),
     BenchOption("--region-tiles", "micromet model tiles per side of one slide read (4)", int, 4),
     BenchOption("--repeats", "runs of every variant; medians are reported (3)", int, 3),
