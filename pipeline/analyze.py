@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.deposits import Deposit
+    from pipeline.inference import InferenceStats
     from pipeline.models import ModelCard
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,11 @@ class AnalysisContext:
             "qc": config_to_dict(self.qc),
             "tissue": config_to_dict(self.tissue),
             "tiling": config_to_dict(self.tiling),
-            "inference": {k: v for k, v in config_to_dict(self.inference).items() if k in ("precision",)},
+            "inference": {
+                k: v
+                for k, v in config_to_dict(self.inference).items()
+                if k in ("precision", "cascade", "cascade_screen_threshold")
+            },
             "deposits": config_to_dict(self.deposits),
         }
 
@@ -136,7 +141,16 @@ class AnalysisContext:
 # Settings a command line may override, per config section; option names equal field names.
 # Tile size and resolution are absent on purpose: they come from the model card.
 OVERRIDABLE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "inference": ("device", "batch_size", "num_workers", "region_tiles", "precision", "compile"),
+    "inference": (
+        "device",
+        "batch_size",
+        "num_workers",
+        "region_tiles",
+        "precision",
+        "compile",
+        "cascade",
+        "cascade_screen_threshold",
+    ),
     "tiling": ("stride_px", "min_tissue_fraction"),
     "deposits": ("threshold", "seed_threshold", "refine", "count_cells", "cell_rule"),
     "qc": ("accept_qc_failures",),
@@ -219,17 +233,56 @@ def _score_with_facts(
     """Tile probabilities and the inference section of report.json (device, CPU plan, speed)."""
     from pipeline.inference import score_tiles_with_stats
 
+    if context.inference.cascade:
+        return _cascade_with_facts(context, slide, grid, progress)
     probabilities, stats = score_tiles_with_stats(
         slide.path, slide.mpp, grid, context.model, context.card, context.inference, progress
     )
-    facts = {
-        "device": stats.device,
-        "precision": stats.precision,
+    return probabilities, _inference_facts(context, [stats])
+
+
+def _inference_facts(context: AnalysisContext, runs: Sequence[InferenceStats]) -> dict[str, Any]:
+    seconds = sum(stats.seconds for stats in runs)
+    return {
+        "device": runs[0].device,
+        "precision": runs[0].precision,
         "compiled": context.inference.compile,
-        "tiles_per_s": round(stats.tiles_per_s, 1),
-        "cpu_plan": stats.cpu_plan.to_dict(),
+        "tiles_per_s": round(sum(stats.n_tiles for stats in runs) / seconds, 1) if seconds > 0 else 0.0,
+        "cpu_plan": runs[0].cpu_plan.to_dict(),
     }
-    return probabilities, facts
+
+
+def _cascade_with_facts(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
+) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    """The cascade (``pipeline.cascade``): the screen, then dense scoring near suspicious tiles."""
+    from pipeline.cascade import cascade_scores
+    from pipeline.inference import score_tiles_with_stats
+
+    runs: list[InferenceStats] = []
+
+    def score(indices: NDArray[np.int64]) -> NDArray[np.float32]:
+        part = subset_grid(grid, indices)
+        scores, stats = score_tiles_with_stats(
+            slide.path, slide.mpp, part, context.model, context.card, context.inference, progress
+        )
+        runs.append(stats)
+        return scores
+
+    probabilities, cascade = cascade_scores(grid, score, context.inference.cascade_screen_threshold)
+    if progress is not None:
+        progress(len(grid) - cascade.screen_tiles - cascade.full_tiles)  # the cells left unscored
+    return probabilities, {**_inference_facts(context, runs), "cascade": cascade.to_dict()}
+
+
+def subset_grid(grid: TileGrid, indices: NDArray[np.int64]) -> TileGrid:
+    """The tiles of ``grid`` at ``indices``, on the same lattice."""
+    return dataclasses.replace(
+        grid,
+        xy_px=grid.xy_px[indices],
+        heatmap_rc=grid.heatmap_rc[indices],
+        tissue_fraction=grid.tissue_fraction[indices],
+    )
 
 
 def _lattice_step(values: NDArray[np.int64], fallback: float) -> float:
@@ -344,9 +397,7 @@ def _slide_facts(slide: Slide, tissue_fraction: float, tissue_area_mm2: float) -
     return facts
 
 
-def _check_quality(
-    context: AnalysisContext, slide: Slide, tissue: TissueMask, slide_id: str
-) -> QCResult:
+def _check_quality(context: AnalysisContext, slide: Slide, tissue: TissueMask, slide_id: str) -> QCResult:
     """Slide QC before scoring; raises SlideQCError for a failing slide unless the user accepts
     QC failures."""
     qc = check_slide(slide, tissue, context.qc, context.card.qc_reference)
@@ -427,6 +478,7 @@ def run_local_batch(
 
     tile_progress(slide_id) may return a ``TileProgress`` for that slide.
     """
+
     def analyze(path: Path, slide_id: str, folder: Path) -> dict[str, Any]:
         callback = tile_progress(slide_id) if tile_progress is not None else None
         return analyze_slide(context, path, slide_id, folder, callback)

@@ -88,6 +88,9 @@ class InferenceConfig:
     region_tiles: model tiles per side of one slide read (1 = one read per tile).
     precision: "auto" uses bf16 (else fp16) autocast on GPU, bf16 autocast on a CPU with
         native bf16 (AVX512-BF16 or AMX) and fp32 on other CPUs (``scoring_autocast_dtype``).
+    cascade: screen one tile per block first and score densely only around screen tiles at or
+        above cascade_screen_threshold (``pipeline.cascade``); off by default: it can miss
+        deposits that lie between screen tiles (measured in docs/benchmarks.md).
     """
 
     batch_size: int = 64
@@ -96,9 +99,12 @@ class InferenceConfig:
     region_tiles: int = 4
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    cascade: bool = False
+    cascade_screen_threshold: float = 0.2
 
     def __post_init__(self) -> None:
         _check_range("batch_size", self.batch_size, 1, 65536)
+        _check_range("cascade_screen_threshold", self.cascade_screen_threshold, 0.0, 1.0)
         if self.num_workers is not None:
             _check_range("num_workers", self.num_workers, 0, 256)
         _check_range("region_tiles", self.region_tiles, 1, 64)

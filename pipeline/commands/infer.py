@@ -98,6 +98,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
     parser.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     parser.add_argument(
+        "--cascade",
+        action="store_true",
+        default=None,
+        help="screen one tile per block first, score densely only near suspicious screen tiles "
+        "(faster; can miss deposits between screen tiles, see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--cascade-screen-threshold",
+        type=float,
+        default=None,
+        help="screen probability that sends a block to dense scoring (0.2)",
+    )
+    parser.add_argument(
         "--threshold",
         type=float,
         default=None,
