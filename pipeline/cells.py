@@ -26,6 +26,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.annotation_geometry import polygon_mask
 from pipeline.config import DepositConfig
 from pipeline.deposits import Deposit, with_cell_count
 from pipeline.slide import Slide
@@ -199,71 +200,13 @@ def deposit_mask(
 ) -> NDArray[np.bool_]:
     """Bool mask of a level-0 outline in an image whose (0, 0) pixel corner is ``origin_xy``.
 
-    scale: image px per level-0 px. A pixel is set when its centre is inside the outline or
-    on it, exactly as ``skimage.draw.polygon`` decides (``_closed_ring_mask``), in
-    milliseconds instead of seconds for a deposit of a million pixels.
+    scale: image px per level-0 px. A pixel is set when its centre lies inside the outline
+    by the pipeline's one polygon rule (``polygon_mask``): a centre exactly on the outline
+    counts on a left or upper edge only, never on the outline's bounding box.
     """
     xy = np.asarray(outline_xy, dtype=np.float64).reshape(-1, 2)
-    # Vertices in image px, pixel (r, c) centred on (c, r).
-    cols = (xy[:, 0] - origin_xy[0]) * scale - 0.5
-    rows = (xy[:, 1] - origin_xy[1]) * scale - 0.5
-    return _closed_ring_mask(rows, cols, shape_hw)
-
-
-# A pixel centre this close to a vertex is on it (skimage.draw.polygon's tolerance).
-_VERTEX_TOLERANCE_PX = 1e-12
-
-
-def _closed_ring_mask(
-    rows: NDArray[np.float64], cols: NDArray[np.float64], shape_hw: tuple[int, int]
-) -> NDArray[np.bool_]:
-    """Pixels (r, c) that skimage's point-in-polygon test calls inside, on an edge or a vertex.
-
-    That test counts the ring's crossings of the row strictly right of the point (edges with
-    min <= r < max) and strictly left of it (edges with min < r <= max): inside or on an edge
-    when either count is odd. Every row has an even number of crossings under each rule, so
-    "odd right of c" equals "odd at or left of c": two even-odd scanline fills.
-    """
-    mask = np.zeros(shape_hw, dtype=bool)
-    if len(rows) == 0:
-        return mask
-    right = _crossing_parity(rows, cols, shape_hw, lower_closed=True)
-    left = _crossing_parity(rows, cols, shape_hw, lower_closed=False)
-    np.logical_or(right, left, out=mask)
-    vertex_r, vertex_c = np.rint(rows), np.rint(cols)
-    on_pixel = np.abs(rows - vertex_r) < _VERTEX_TOLERANCE_PX
-    on_pixel &= np.abs(cols - vertex_c) < _VERTEX_TOLERANCE_PX
-    on_pixel &= (vertex_r >= 0) & (vertex_r < shape_hw[0]) & (vertex_c >= 0) & (vertex_c < shape_hw[1])
-    mask[vertex_r[on_pixel].astype(np.intp), vertex_c[on_pixel].astype(np.intp)] = True
-    return mask
-
-
-def _crossing_parity(
-    rows: NDArray[np.float64], cols: NDArray[np.float64], shape_hw: tuple[int, int], lower_closed: bool
-) -> NDArray[np.bool_]:
-    """Odd number of crossings at or left of each pixel (``lower_closed``: edges counted on
-    rows min <= r < max, crossings at c itself included), else on rows min < r <= max with
-    crossings strictly left of c."""
-    height, width = shape_hw
-    r0, c0 = rows, cols
-    r1, c1 = np.roll(rows, -1), np.roll(cols, -1)
-    low, high = np.minimum(r0, r1), np.maximum(r0, r1)
-    if lower_closed:
-        first, stop = np.ceil(low), np.ceil(high)
-    else:
-        first, stop = np.floor(low) + 1, np.floor(high) + 1
-    first_i = np.clip(first, 0, height).astype(np.intp)
-    stop_i = np.clip(stop, 0, height).astype(np.intp)
-    count = np.maximum(stop_i - first_i, 0)
-    edge = np.repeat(np.arange(len(rows)), count)
-    row = first_i[edge] + np.arange(len(edge)) - np.repeat(np.cumsum(count) - count, count)
-    crossing = c0[edge] + (row - r0[edge]) * (c1[edge] - c0[edge]) / (r1[edge] - r0[edge])
-    toggle = np.ceil(crossing) if lower_closed else np.floor(crossing) + 1
-    toggles = np.zeros((height, width + 1), dtype=np.uint8)  # parity survives uint8 wrap-around
-    np.add.at(toggles, (row, np.clip(toggle, 0, width).astype(np.intp)), 1)
-    parity = np.cumsum(toggles[:, :width], axis=1, dtype=np.uint8)
-    np.bitwise_and(parity, 1, out=parity)
-    return parity.view(np.bool_)
+    origin_rc = (origin_xy[1] * scale, origin_xy[0] * scale)
+    return polygon_mask([xy], shape_hw, origin_rc, 1.0 / scale)
 
 
 def count_cells_in_deposit(

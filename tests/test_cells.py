@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import shapely
 from numpy.typing import NDArray
+from polygon_reference import asap_inside, winding_number
 
 from pipeline.cells import add_cell_counts, count_cells_in_deposit, count_tumor_nuclei, deposit_mask
 from pipeline.config import DepositConfig
@@ -227,7 +228,7 @@ def test_large_deposits_are_not_counted_and_counts_flag_the_category(
 def skimage_deposit_mask(
     outline_xy: NDArray[np.float64], origin_xy: tuple[int, int], scale: float, shape_hw: tuple[int, int]
 ) -> NDArray[np.bool_]:
-    """The reference: skimage.draw.polygon on the outline in image px (pixel centres on integers)."""
+    """The former rule: skimage.draw.polygon on the outline in image px (pixel centres on integers)."""
     from skimage.draw import polygon
 
     rows = (outline_xy[:, 1] - origin_xy[1]) * scale - 0.5
@@ -235,6 +236,19 @@ def skimage_deposit_mask(
     mask = np.zeros(shape_hw, dtype=bool)
     mask[polygon(rows, cols, shape=shape_hw)] = True
     return mask
+
+
+def centres_on_outline(
+    outline_xy: NDArray[np.float64], origin_xy: tuple[int, int], scale: float, pixels_rc: NDArray[np.intp]
+) -> NDArray[np.bool_]:
+    """Which pixels (rows of pixels_rc) have their centre exactly on the outline."""
+    rows = (outline_xy[:, 1] - origin_xy[1]) * scale - 0.5
+    cols = (outline_xy[:, 0] - origin_xy[0]) * scale - 0.5
+    closed = np.vstack([np.column_stack([cols, rows]), [[cols[0], rows[0]]]])
+    ring = shapely.LineString(closed) if len(closed) > 1 else shapely.Point(closed[0])
+    points = shapely.points(pixels_rc[:, 1].astype(float), pixels_rc[:, 0].astype(float))
+    on: NDArray[np.bool_] = shapely.distance(ring, points) < 1e-9
+    return on
 
 
 def random_outline(rng: np.random.Generator, kind: int) -> NDArray[np.float64]:
@@ -248,26 +262,34 @@ def random_outline(rng: np.random.Generator, kind: int) -> NDArray[np.float64]:
     return rng.uniform(-5.0, 45.0, (n_vertices, 2))
 
 
-def test_deposit_mask_equals_skimage_polygon_pixel_for_pixel() -> None:
+def test_deposit_mask_is_the_asap_rule_at_pixel_centres() -> None:
     rng = np.random.default_rng(0)
     for trial in range(600):
         outline = random_outline(rng, trial % 3)
         origin = (int(rng.integers(-3, 3)), int(rng.integers(-3, 3)))
         scale = float(rng.choice([1.0, 0.5, 2.0, 0.25]))
         shape = (int(rng.integers(5, 60)), int(rng.integers(5, 60)))
-        expected = skimage_deposit_mask(outline, origin, scale, shape)
         got = deposit_mask(outline, origin, scale, shape)
-        np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}")
+        yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+        image_xy = (outline - origin) * scale - 0.5
+        np.testing.assert_array_equal(got, asap_inside(image_xy, xx, yy), err_msg=f"trial {trial}")
+        # the former rule (skimage.draw.polygon: even-odd, closed) differs only at centres
+        # exactly on the outline and where a self-intersecting outline winds twice or more
+        changed = np.argwhere(got != skimage_deposit_mask(outline, origin, scale, shape))
+        winding = winding_number(image_xy, xx, yy)[changed[:, 0], changed[:, 1]]
+        wound_twice = (winding != 0) & (winding % 2 == 0)
+        on_outline = centres_on_outline(outline, origin, scale, changed)
+        assert (on_outline | wound_twice).all(), f"trial {trial}"
 
 
-def test_deposit_mask_keeps_pixels_centred_on_the_outline() -> None:
-    # A 4 x 4 px square whose edges run through pixel centres 2 and 6: the closed square is set.
+def test_deposit_mask_edge_pixels_follow_the_one_polygon_rule() -> None:
+    # A 4 x 4 px square whose edges run through pixel centres 2 and 6: only the centres
+    # strictly inside it are set (skimage.draw.polygon, the former rule, set [2:7, 2:7]).
     square = np.array([[2.5, 2.5], [6.5, 2.5], [6.5, 6.5], [2.5, 6.5]])
     mask = deposit_mask(square, (0, 0), 1.0, (10, 10))
     expected = np.zeros((10, 10), dtype=bool)
-    expected[2:7, 2:7] = True
+    expected[3:6, 3:6] = True
     np.testing.assert_array_equal(mask, expected)
-    # No area: only the pixels centred on a vertex, as skimage draws it; no outline, no pixels.
-    segment = deposit_mask(square[:2], (0, 0), 1.0, (10, 10))
-    np.testing.assert_array_equal(np.argwhere(segment), [[2, 2], [2, 6]])
+    # No area, no pixels (the former rule set the pixels centred on a vertex); no outline either.
+    assert not deposit_mask(square[:2], (0, 0), 1.0, (10, 10)).any()
     assert not deposit_mask(np.zeros((0, 2)), (0, 0), 1.0, (10, 10)).any()

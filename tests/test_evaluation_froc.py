@@ -8,6 +8,7 @@ a grown region is an ITC when its major axis is under 275 µm.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -315,3 +316,29 @@ def test_real_camelyon16_outlines_give_lesions_and_itcs(shared_data: Path) -> No
     result = evaluate_froc([truth], {"Tumor_001": detections}, CONFIG)
     assert result.score_nearest == 1.0
     assert result.per_slide[0].n_itc_hits == mask.n_regions - mask.n_lesions
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_all_camelyon16_training_outlines_give_400_itcs_and_497_lesions(
+    shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The figures of docs/evaluation.md: the ASAP-drawn masks of the 110 training tumor
+    slides, their outlines read (and repaired) as ``micromet evaluate`` reads them."""
+    from pipeline.annotations import read_camelyon16_json
+
+    n_itc = n_lesions = 0
+    paths = sorted((shared_data / "annotations" / "camelyon16_ncrf_json").glob("Tumor_*.json"))
+    assert len(paths) == 110
+    with caplog.at_level(logging.ERROR):  # repaired outlines are expected here
+        for path in paths:
+            annotations = read_camelyon16_json(path)
+            lesions = [a.vertices_xy for a in annotations if a.label == "tumor"]
+            excludes = [a.vertices_xy for a in annotations if a.label == "exclude"]
+            excludes += [hole for a in annotations if a.label == "tumor" for hole in a.holes_xy]
+            stacked = np.concatenate(lesions)
+            size = (int(stacked[:, 0].max()) + 1000, int(stacked[:, 1].max()) + 1000)
+            mask = build_lesion_mask(SlideTruth(path.stem, lesions, excludes, size, 0.243), CONFIG)
+            n_itc += len(mask.itc_labels)
+            n_lesions += mask.n_lesions
+    assert (n_itc, n_lesions) == (400, 497)

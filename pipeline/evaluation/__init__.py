@@ -4,7 +4,7 @@
 - ``slide_auc``: slide-level ROC AUC with a stratified bootstrap confidence interval.
 - ``kappa``: CAMELYON17 quadratic-weighted kappa of pN stages, per-node category agreement.
 - ``sizes``: matching of measured deposits to true ones, diameter error, category accuracy.
-- ``plots``: FROC and ROC PNGs. ``raster``: outlines to low-resolution masks.
+- ``plots``: FROC and ROC PNGs.
 - ``inputs``: readers of batch folders and ground-truth files; ``batch``: every metric of
   a batch, written to a folder (used by ``micromet evaluate``).
 

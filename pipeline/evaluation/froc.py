@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.annotation_geometry import polygon_mask
 from pipeline.errors import EvaluationError
-from pipeline.evaluation.raster import rasterise_polygons
 
 logger = logging.getLogger(__name__)
 
@@ -276,9 +276,10 @@ def build_lesion_mask(truth: SlideTruth, config: FrocConfig) -> LesionMask:
         logger.warning("slide %s: every tumor outline lies outside the slide", truth.slide_id)
         return empty
     shape, origin = (r1 - r0, c1 - c0), (r0, c0)
-    tumor = rasterise_polygons(lesions, shape, origin, config.downsample)
-    if excludes:
-        tumor &= ~rasterise_polygons(excludes, shape, origin, config.downsample)
+    # Each pixel tests the level-0 point at its top-left corner: ASAP drew the masks at level 0
+    # and its pyramid keeps the top-left pixel of every 2 x 2 block (docs/evaluation.md).
+    tumor = polygon_mask(lesions, shape, origin, config.downsample, holes_xy=excludes,
+                         point_offset_px=0.0)
     if not tumor.any():
         return empty
     distance_px = distance_transform_edt(~tumor)
