@@ -6,6 +6,7 @@ slides through ``pipeline.batch`` (manifest, resume, failure isolation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.deposits import Deposit
-    from pipeline.inference import InferenceStats
+    from pipeline.inference import InferenceStats, PreparedModel
     from pipeline.models import ModelCard
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,13 @@ class AnalysisContext:
     force_mpp: bool = False
     mpp_by_slide: Mapping[str, float] = dataclasses.field(default_factory=dict)
     whole_slide: bool = False
+
+    @functools.cached_property
+    def prepared(self) -> PreparedModel:
+        """The model prepared once (folded, compiled if asked) for every slide of this context."""
+        from pipeline.inference import prepare_model
+
+        return prepare_model(self.model, self.card, self.inference)
 
     def user_mpp(self, slide_id: str) -> tuple[float | None, str]:
         """The µm/px the user gave for a slide (``--mpp-csv`` first, then ``--mpp``), or None,
@@ -224,19 +232,22 @@ def build_context(
 def _score(
     context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
 ) -> NDArray[np.float32]:
-    return _score_with_facts(context, slide, grid, progress)[0]
+    """Every tile of ``grid`` scored with the context's prepared model (never the cascade)."""
+    from pipeline.inference import score_prepared
+
+    return score_prepared(slide.path, slide.mpp, grid, context.prepared, context.inference, progress)[0]
 
 
 def _score_with_facts(
     context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
 ) -> tuple[NDArray[np.float32], dict[str, Any]]:
     """Tile probabilities and the inference section of report.json (device, CPU plan, speed)."""
-    from pipeline.inference import score_tiles_with_stats
+    from pipeline.inference import score_prepared
 
     if context.inference.cascade:
         return _cascade_with_facts(context, slide, grid, progress)
-    probabilities, stats = score_tiles_with_stats(
-        slide.path, slide.mpp, grid, context.model, context.card, context.inference, progress
+    probabilities, stats = score_prepared(
+        slide.path, slide.mpp, grid, context.prepared, context.inference, progress
     )
     return probabilities, _inference_facts(context, [stats])
 
@@ -257,14 +268,14 @@ def _cascade_with_facts(
 ) -> tuple[NDArray[np.float32], dict[str, Any]]:
     """The cascade (``pipeline.cascade``): the screen, then dense scoring near suspicious tiles."""
     from pipeline.cascade import cascade_scores
-    from pipeline.inference import score_tiles_with_stats
+    from pipeline.inference import score_prepared
 
     runs: list[InferenceStats] = []
 
     def score(indices: NDArray[np.int64]) -> NDArray[np.float32]:
         part = subset_grid(grid, indices)
-        scores, stats = score_tiles_with_stats(
-            slide.path, slide.mpp, part, context.model, context.card, context.inference, progress
+        scores, stats = score_prepared(
+            slide.path, slide.mpp, part, context.prepared, context.inference, progress
         )
         runs.append(stats)
         return scores

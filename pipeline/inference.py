@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from pipeline.readers import (
     end_with_parent,
     keep_item,
     plan_regions,
+    read_ahead,
     read_geometry,
     read_one_tile,
     tile_level_xy,
@@ -141,8 +142,9 @@ def _fuse_batch_norms(model: nn.Module) -> nn.Module:
     try:
         fused: nn.Module = fuse(model)
     except (torch.fx.proxy.TraceError, TypeError, NotImplementedError) as exc:
-        log.info("%s: scoring without BatchNorm folding (torch.fx cannot trace it: %s)",
-                 type(model).__name__, exc)
+        log.info(
+            "%s: scoring without BatchNorm folding (torch.fx cannot trace it: %s)", type(model).__name__, exc
+        )
         return model
     return fused
 
@@ -219,7 +221,10 @@ def _probe_read_s_per_tile(dataset: RegionDataset) -> float:
     plan = dataset.plan
     n_blocks = min(_PROBE_BLOCKS, plan.n_regions)
     probe = RegionDataset(
-        dataset.slide_path, dataset.slide_mpp, dataset.geometry, dataset.level_xy,
+        dataset.slide_path,
+        dataset.slide_mpp,
+        dataset.geometry,
+        dataset.level_xy,
         RegionPlan(order=plan.order, starts=plan.starts[: n_blocks + 1]),
     )
     iterator = iter(probe)
@@ -252,7 +257,9 @@ def choose_cpu_plan(
     if config.num_workers is not None:
         return fixed_plan(config.num_workers, on_cpu, torch.get_num_threads())
     return plan_cpu(
-        len(dataset.level_xy), on_cpu, torch.get_num_threads(),
+        len(dataset.level_xy),
+        on_cpu,
+        torch.get_num_threads(),
         lambda: _probe_read_s_per_tile(dataset),
         lambda: _probe_compute_s_per_tile(scorer, tile_size_px),
     )
@@ -302,7 +309,7 @@ class _Batcher:
 
 
 def _run_loader(
-    loader: DataLoader[RegionTiles | RegionReadFailure],
+    loader: Iterable[RegionTiles | RegionReadFailure],
     batcher: _Batcher,
     slide_path: Path,
     progress: ProgressCallback | None,
@@ -338,30 +345,53 @@ def _run_loader(
     return wait_s
 
 
-def score_tiles_with_stats(
+@dataclasses.dataclass(frozen=True)
+class PreparedModel:
+    """A model made ready for scoring once: BatchNorms folded into a copy, channels_last, on its
+    device, compiled if asked. One serves every scoring call of a slide or a batch (the main
+    grid, the cascade, refinement). It is a snapshot: weights changed afterwards (training)
+    do not reach it, so training scores with ``score_tiles``, which prepares on every call.
+    """
+
+    scorer: _Scorer
+    card: ModelCard
+    device: torch.device
+
+
+def prepare_model(model: nn.Module, card: ModelCard, config: InferenceConfig) -> PreparedModel:
+    """``model`` prepared for ``config`` (device, precision, compile); the caller's model is
+    left as it is apart from eval() and its device."""
+    device = choose_device(config.device)
+    with torch.inference_mode():
+        scorer = _Scorer(_prepare_model(model, device, config.compile), card, device, config.precision)
+    return PreparedModel(scorer, card, device)
+
+
+def score_prepared(
     slide_path: Path,
     slide_mpp: float,
     grid: TileGrid,
-    model: nn.Module,
-    card: ModelCard,
+    prepared: PreparedModel,
     config: InferenceConfig,
     progress: ProgressCallback | None = None,
 ) -> tuple[NDArray[np.float32], InferenceStats]:
-    """Like ``score_tiles``, also returning how the run went (``InferenceStats``)."""
+    """Like ``score_tiles_with_stats``, with a model prepared once by ``prepare_model``."""
+    card, device, scorer = prepared.card, prepared.device, prepared.scorer
     check_grid_matches_card(grid, card, slide_mpp)
-    device = choose_device(config.device)
     geometry = _slide_geometry(slide_path, slide_mpp, card)
     plan = plan_regions(grid.heatmap_rc, config.region_tiles)
     dataset = RegionDataset(slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan)
     out = np.full(len(grid), np.nan, dtype=np.float32)
     started = time.perf_counter()
     with torch.inference_mode():
-        scorer = _Scorer(_prepare_model(model, device, config.compile), card, device, config.precision)
         cpu = choose_cpu_plan(config, device, dataset, scorer, card.tile_size_px)
         dataset.min_item_tiles = _item_tiles(cpu.num_workers, config.batch_size, card.tile_size_px)
         with _torch_threads(cpu.torch_threads):
             batcher = _Batcher(scorer, config.batch_size, card.tile_size_px, out, str(slide_path))
-            wait_s = _run_loader(_make_loader(dataset, cpu.num_workers), batcher, slide_path, progress)
+            items: Iterable[RegionTiles | RegionReadFailure] = _make_loader(dataset, cpu.num_workers)
+            if cpu.read_ahead_thread:
+                items = read_ahead(items, _PREFETCH_ITEMS)
+            wait_s = _run_loader(items, batcher, slide_path, progress)
     seconds = time.perf_counter() - started
     stats = InferenceStats(
         n_tiles=len(grid),
@@ -378,10 +408,33 @@ def score_tiles_with_stats(
     )
     log.info(
         "%s: scored %d tiles in %d reads at level %d on %s: %.1f tiles/s (waited %.1f s for "
-        "tiles, computed %.1f s); %s", slide_path, stats.n_tiles, stats.n_regions, stats.read_level,
-        stats.device, stats.tiles_per_s, stats.wait_s, stats.compute_s, cpu.reason,
+        "tiles, computed %.1f s); %s",
+        slide_path,
+        stats.n_tiles,
+        stats.n_regions,
+        stats.read_level,
+        stats.device,
+        stats.tiles_per_s,
+        stats.wait_s,
+        stats.compute_s,
+        cpu.reason,
     )
     return out, stats
+
+
+def score_tiles_with_stats(
+    slide_path: Path,
+    slide_mpp: float,
+    grid: TileGrid,
+    model: nn.Module,
+    card: ModelCard,
+    config: InferenceConfig,
+    progress: ProgressCallback | None = None,
+) -> tuple[NDArray[np.float32], InferenceStats]:
+    """Like ``score_tiles``, also returning how the run went (``InferenceStats``)."""
+    check_grid_matches_card(grid, card, slide_mpp)
+    prepared = prepare_model(model, card, config)
+    return score_prepared(slide_path, slide_mpp, grid, prepared, config, progress)
 
 
 def score_tiles(
@@ -403,9 +456,7 @@ def score_tiles(
     ConfigError when the grid does not fit the card or the device is unavailable,
     CheckpointError when the model's output is NaN or infinite.
     """
-    probabilities, _ = score_tiles_with_stats(
-        slide_path, slide_mpp, grid, model, card, config, progress
-    )
+    probabilities, _ = score_tiles_with_stats(slide_path, slide_mpp, grid, model, card, config, progress)
     return probabilities
 
 

@@ -24,9 +24,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from queue import Full, Queue
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,6 +36,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import MicrometError
 from pipeline.slide import Slide, open_slide, resize_rgb
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -314,3 +318,50 @@ def keep_item(item: Any) -> Any:
     ``RegionReadFailure`` (typed Any to fit DataLoader's list-of-samples signature).
     """
     return item
+
+
+_END_OF_ITEMS = object()
+
+
+def read_ahead(items: Iterable[T], depth: int) -> Iterator[T]:
+    """``items``, produced by a thread of this process up to ``depth`` items ahead.
+
+    OpenSlide's reads run in C with the GIL released, so on a compute-bound CPU run the next
+    blocks are read while torch scores the current batch, without the second copy of the
+    slide handle and the pickling that a reader process costs. An exception in the thread is
+    raised here; stopping early (``close`` or garbage collection) stops the thread.
+    """
+    queue: Queue[object] = Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        result: object = _END_OF_ITEMS
+        try:
+            for item in items:
+                if not _put(queue, item, stop):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            result = exc
+        _put(queue, result, stop)
+
+    thread = threading.Thread(target=produce, name="micromet-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not _END_OF_ITEMS:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _put(queue: Queue[object], item: object, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set first; True when it was put."""
+    while not stop.is_set():
+        try:
+            queue.put(item, timeout=0.05)
+            return True
+        except Full:
+            continue
+    return False

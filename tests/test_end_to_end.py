@@ -125,3 +125,15 @@ def test_no_deposit_over_0_2_mm_is_itc_without_a_review_flag(batch: Path, name: 
     if not html.is_file():
         assert main(["report", str(batch / "out"), "--out", str(html), "--thumbnail-px", "200"]) == 0
     assert "Research use only" in html.read_text()
+
+
+def test_the_cascade_keeps_every_node_category_while_scoring_fewer_tiles(batch: Path) -> None:
+    out = batch / "out_cascade"
+    assert main(["infer", str(batch / "slides"), "--out", str(out), "--cascade", "--quiet"]) == 0
+    for name, *_ in NODES:
+        report = json.loads((out / name / "report.json").read_text())
+        cascade = report["inference"]["cascade"]
+        assert report["settings"]["inference"]["cascade"] is True
+        assert cascade["grid_tiles"] == report["n_tiles"] == _report(batch, name)["n_tiles"]
+        assert 0 < cascade["scored_fraction"] < 1
+        assert report["category"] == _report(batch, name)["category"], name

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -496,3 +496,62 @@ def test_the_fitted_cpu_plan_probes_the_slide_and_model_and_keeps_the_scores(
     assert plan.torch_threads == stats.cpu_threads >= 1 and plan.num_workers >= 0
     expected = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
     np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+
+def test_a_prepared_model_is_folded_once_and_serves_every_call(
+    monkeypatch: pytest.MonkeyPatch, slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    from pipeline import inference
+
+    folds: list[int] = []
+    fold = inference._fuse_batch_norms
+    monkeypatch.setattr(inference, "_fuse_batch_norms", lambda m: folds.append(1) or fold(m))
+    grid, card, model = grid_for(slide_image, 0.5, None), card_for(0.5), sensitive_micronet()
+    prepared = inference.prepare_model(model, card, ENGINE)
+    first, _ = inference.score_prepared(slide_path, SLIDE_MPP, grid, prepared, ENGINE)
+    half = dataclasses.replace(grid, xy_px=grid.xy_px[::2], heatmap_rc=grid.heatmap_rc[::2],
+                               tissue_fraction=grid.tissue_fraction[::2])  # fmt: skip
+    second, _ = inference.score_prepared(slide_path, SLIDE_MPP, half, prepared, ENGINE)
+    assert len(folds) == 1
+    np.testing.assert_allclose(second, first[::2], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        first, score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE), atol=1e-6
+    )
+
+
+def test_score_tiles_never_serves_stale_weights_after_training_changes_them(
+    slide_path: Path, slide_image: NDArray[np.uint8]
+) -> None:
+    # Hard-negative mining scores with the model it is training: each call sees its weights now.
+    grid, card, model = grid_for(slide_image, 0.5, None), card_for(0.5), sensitive_micronet()
+    before = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(-1.0)
+    after = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    assert np.max(np.abs(after - before)) > 0.05
+    np.testing.assert_allclose(after, naive_score_tiles(slide_path, SLIDE_MPP, grid, model, card), atol=1e-4)
+
+
+def test_read_ahead_keeps_the_order_and_raises_the_readers_error_here() -> None:
+    from pipeline.readers import read_ahead
+
+    assert list(read_ahead(iter(range(50)), 3)) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise SlideOpenError("slide.svs: cannot read")
+
+    with pytest.raises(SlideOpenError, match=r"slide\.svs"):
+        list(read_ahead(failing(), 2))
+
+
+def test_stopping_early_ends_the_read_ahead_thread() -> None:
+    import threading
+
+    from pipeline.readers import read_ahead
+
+    items = read_ahead(iter(range(10_000)), 2)
+    assert next(items) == 0
+    items.close()  # what a scoring error does: the generator is closed
+    assert not any(t.name == "micromet-read-ahead" for t in threading.enumerate())
