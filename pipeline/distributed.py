@@ -1,13 +1,14 @@
 """Batch runs on a Ray cluster: reads a list of slides, produces the same per-slide folders,
 ``manifest.json`` and ``summary.csv`` as ``pipeline.batch``, one slide per worker at a time.
 
-Each worker slot is a Ray actor that loads the model once, in its constructor, from plain
-picklable settings (``ContextSpec``); the model is never pickled from the driver. A worker
-builds a slide's files in ``OUT/.<slide_id>.partial`` and renames the folder into place
-(``pipeline.batch.run_slide_safely``); only the driver writes the manifest. A slide whose
-worker is lost (process crash, node death) is retried a bounded number of times on a fresh
-actor; a slide that fails by itself (a ``MicrometError``, returned as data) is recorded and
-not retried. Ray is imported only inside functions: without ``--ray`` nothing of it loads.
+Each worker slot is a Ray actor (``distributed_worker.SlideWorker``) that loads the model
+once, in its constructor, from plain picklable settings (``ContextSpec``); the model is never
+pickled from the driver. A worker builds a slide's files in ``OUT/.<slide_id>.partial`` and
+renames the folder into place (``pipeline.batch.run_slide_safely``); only the driver writes
+the manifest. A slide whose worker is lost (process crash, node death) is retried a bounded
+number of times on a fresh actor (``distributed_pool``); a slide that fails by itself (a
+``MicrometError``, returned as data) is recorded and not retried. Ray is imported only inside
+functions: without ``--ray`` nothing of it loads.
 """
 
 from __future__ import annotations
@@ -17,14 +18,10 @@ import contextlib
 import dataclasses
 import logging
 import math
-import shutil
-import socket
-import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline import __version__
 from pipeline.batch import (
@@ -32,74 +29,17 @@ from pipeline.batch import (
     is_done,
     read_manifest,
     record_outcome,
-    run_slide_safely,
     settings_key,
     skipped_outcome,
 )
-from pipeline.errors import ConfigError, MicrometError
+from pipeline.distributed_pool import ActorPool, dispatch
+from pipeline.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
+from pipeline.errors import ConfigError
 from pipeline.outputs import check_writable_folder, unique_slide_ids
-
-if TYPE_CHECKING:
-    from pipeline.analyze import AnalysisContext
 
 log = logging.getLogger(__name__)
 
 RAY_INSTALL_HINT = "pip install micromet[ray]"
-# Ray exception names meaning "the worker went away", not "the slide is bad": the slide is
-# retried on a fresh actor. RayActorError covers ActorDiedError and ActorUnavailableError;
-# ObjectLostError covers OwnerDiedError; OutOfMemoryError is Ray's memory monitor killing it.
-LOST_WORKER_ERRORS = (
-    "RayActorError",
-    "WorkerCrashedError",
-    "NodeDiedError",
-    "ObjectLostError",
-    "OutOfMemoryError",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class ContextSpec:
-    """Picklable recipe for an ``AnalysisContext``: what ``build_context`` takes, no model.
-
-    model_path, config_path: files every node sees at the same path (None: the defaults).
-    overrides: flag values per config section ("inference", "tiling", "deposits"); None
-        values mean "not given". mpp_override: µm/px forced on every slide, or None.
-        force_mpp, mpp_by_slide, whole_slide: as in ``build_context``.
-    """
-
-    model_path: Path | None
-    config_path: Path | None
-    overrides: Mapping[str, Mapping[str, Any]]
-    mpp_override: float | None = None
-    force_mpp: bool = False
-    mpp_by_slide: Mapping[str, float] | None = None
-    whole_slide: bool = False
-
-    def absolute(self) -> ContextSpec:
-        """The same spec with absolute paths, so workers with another cwd find the files."""
-        from pipeline.models import resolve_model_path
-
-        config = self.config_path.expanduser().resolve() if self.config_path else None
-        return dataclasses.replace(
-            self, model_path=resolve_model_path(self.model_path).resolve(), config_path=config
-        )
-
-    def build(self, device: str | None = None) -> AnalysisContext:
-        """Load the model and resolve the configs; ``device`` replaces the inference device."""
-        from pipeline.analyze import build_context
-
-        overrides = {section: dict(values) for section, values in self.overrides.items()}
-        if device is not None:
-            overrides["inference"] = {**overrides.get("inference", {}), "device": device}
-        return build_context(
-            self.model_path,
-            self.config_path,
-            overrides,
-            self.mpp_override,
-            self.force_mpp,
-            self.mpp_by_slide,
-            self.whole_slide,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,72 +70,6 @@ class RayOptions:
             )
         if not (1 <= self.max_attempts <= 100):
             raise ValueError(f"max_attempts={self.max_attempts!r} is out of range; allowed 1 to 100")
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkResult:
-    """What a worker sends back for one slide: a report or an error message, never an exception.
-
-    fatal: the worker itself cannot run (model or settings differ on its node); the run stops.
-    """
-
-    slide_id: str
-    report: dict[str, Any] | None
-    error: str | None
-    seconds: float
-    node: str
-    fatal: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkItem:
-    """One slide to analyse: its path (as every node sees it) and its output folder name."""
-
-    path: Path
-    slide_id: str
-
-
-class SlideWorker:
-    """One worker slot (run as a Ray actor): loads the model once, then analyses slides.
-
-    out_dir: the batch folder, absolute, on storage every node shares. expected_key: the
-    driver's settings key; a node that resolves other settings (another model file, config or
-    micromet version at the same path) refuses to work rather than write mismatched results.
-    """
-
-    def __init__(self, spec: ContextSpec, out_dir: str, expected_key: str) -> None:
-        self.out_dir = Path(out_dir)
-        self.node = socket.gethostname()
-        self.context: AnalysisContext | None = None
-        self.setup_error: str | None = None
-        try:
-            self.context = spec.build()
-        except MicrometError as exc:
-            self.setup_error = f"worker on node {self.node} cannot load the model or settings: {exc}"
-            return
-        key = settings_key(self.context.settings())
-        if key != expected_key:
-            self.setup_error = (
-                f"worker on node {self.node} resolved settings key {key}, the driver {expected_key}: "
-                f"the model file, config file or micromet version ({__version__}) differs between "
-                "nodes; every node needs the same files at the same paths"
-            )
-
-    def analyze(self, path: str, slide_id: str) -> WorkResult:
-        """Analyse one slide into ``OUT/<slide_id>`` (staged, then renamed into place)."""
-        started = time.perf_counter()
-        if self.setup_error is not None:
-            return WorkResult(slide_id, None, self.setup_error, 0.0, self.node, fatal=True)
-        report, error = run_slide_safely(self.analyze_into, Path(path), slide_id, self.out_dir)
-        seconds = round(time.perf_counter() - started, 3)
-        return WorkResult(slide_id, report, error, seconds, self.node)
-
-    def analyze_into(self, path: Path, slide_id: str, folder: Path) -> dict[str, Any]:
-        """Write one slide's files into ``folder``; returns its report dict."""
-        from pipeline.analyze import analyze_slide
-
-        assert self.context is not None  # set whenever setup_error is None
-        return analyze_slide(self.context, path, slide_id, folder)
 
 
 def import_ray() -> ModuleType:
@@ -259,136 +133,6 @@ def cluster_capacity(ray: Any, cpus: float, gpus: float) -> int:
             fits = min(fits, math.floor(resources.get("GPU", 0.0) / gpus + 1e-9))
         slots += fits
     return int(slots)
-
-
-def is_lost_worker(exc: BaseException) -> bool:
-    """True when ``exc`` says the worker (process or node) went away, not the slide failed."""
-    import ray.exceptions
-
-    lost = tuple(getattr(ray.exceptions, name) for name in LOST_WORKER_ERRORS)
-    return isinstance(exc, lost)
-
-
-class ActorPool:
-    """Worker actors with one slide in flight each; an actor that dies is replaced while the
-    cluster still has room for it.
-    """
-
-    def __init__(self, ray: Any, make_actor: Callable[[], Any], size: int, capacity: Callable[[], int]):
-        self._ray = ray
-        self._make_actor = make_actor
-        self._capacity = capacity
-        self._idle: list[Any] = [make_actor() for _ in range(size)]
-        self._running: dict[Any, tuple[Any, WorkItem]] = {}
-
-    @property
-    def has_idle(self) -> bool:
-        """True when an actor can take a slide now."""
-        return bool(self._idle)
-
-    @property
-    def busy(self) -> bool:
-        """True while some slide is in flight."""
-        return bool(self._running)
-
-    def submit(self, item: WorkItem) -> None:
-        """Hand ``item`` to an idle actor."""
-        actor = self._idle.pop()
-        reference = actor.analyze.remote(str(item.path), item.slide_id)
-        self._running[reference] = (actor, item)
-
-    def next_finished(self) -> tuple[WorkItem, WorkResult | BaseException]:
-        """Wait for any slide in flight; returns it with its result or the lost-worker error."""
-        ready, _ = self._ray.wait(list(self._running), num_returns=1)
-        actor, item = self._running.pop(ready[0])
-        try:
-            result: WorkResult = self._ray.get(ready[0])
-        except Exception as exc:  # sorted below: lost worker (retry) or a bug (raise)
-            if not is_lost_worker(exc):
-                raise
-            self._replace(actor)
-            return item, exc
-        self._idle.append(actor)
-        return item, result
-
-    def release_idle(self) -> None:
-        """Stop idle actors: with no slide left to hand out, their resources can go to
-        replacement actors still waiting for room.
-        """
-        for actor in self._idle:
-            self._kill(actor)
-        self._idle.clear()
-
-    def _replace(self, dead: Any) -> None:
-        self._kill(dead)
-        alive = len(self._idle) + len(self._running)
-        if alive < self._capacity():
-            self._idle.append(self._make_actor())
-        elif alive == 0:
-            raise MicrometError(
-                "the Ray cluster has no room left for a worker (nodes lost?); "
-                "add nodes and re-run the same command to resume"
-            )
-        else:
-            log.warning("cluster shrank: continuing with %d workers", alive)
-
-    def _kill(self, actor: Any) -> None:
-        try:
-            self._ray.kill(actor, no_restart=True)
-        except Exception as exc:  # the actor may already be gone
-            log.debug("could not kill actor: %s", exc)
-
-    def shutdown(self) -> None:
-        """Stop every actor (slides in flight are abandoned; their staging folders stay)."""
-        for actor, _ in list(self._running.values()):
-            self._kill(actor)
-        for actor in self._idle:
-            self._kill(actor)
-        self._idle.clear()
-        self._running.clear()
-
-
-def lost_worker_result(item: WorkItem, attempts: int, exc: BaseException, out_dir: Path) -> WorkResult:
-    """A failure record for a slide whose worker died on every attempt; removes its staging."""
-    shutil.rmtree(out_dir / f".{item.slide_id}.partial", ignore_errors=True)
-    summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    message = (
-        f"{item.path}: the worker died {attempts} times while analysing this slide "
-        f"({type(exc).__name__}: {summary[:300]}); the slide may crash the reader or need more "
-        "memory than a worker has"
-    )
-    return WorkResult(item.slide_id, None, message, 0.0, "")
-
-
-def dispatch(
-    pool: ActorPool, items: Sequence[WorkItem], max_attempts: int, out_dir: Path
-) -> Iterator[tuple[WorkItem, WorkResult, int]]:
-    """Run ``items`` on ``pool``; yields (item, result, attempts) as slides finish.
-
-    A lost worker puts its slide back in the queue until it has had ``max_attempts`` tries.
-    """
-    queue = deque(items)
-    attempts: dict[str, int] = {}
-    while queue or pool.busy:
-        while queue and pool.has_idle:
-            item = queue.popleft()
-            attempts[item.slide_id] = attempts.get(item.slide_id, 0) + 1
-            pool.submit(item)
-        if not queue:
-            pool.release_idle()
-        if not pool.busy:
-            raise MicrometError("no Ray worker is left to run the remaining slides; re-run to resume")
-        item, result = pool.next_finished()
-        tries = attempts[item.slide_id]
-        if isinstance(result, BaseException):
-            if tries < max_attempts:
-                log.warning("%s: worker lost (%s); retrying", item.slide_id, type(result).__name__)
-                queue.append(item)
-                continue
-            result = lost_worker_result(item, tries, result, out_dir)
-        if result.fatal:
-            raise MicrometError(f"{result.error}; fix the node and re-run the same command to resume")
-        yield item, result, tries
 
 
 def record_result(

@@ -1,5 +1,6 @@
 """Test data: lays out a synthetic lymph-node slide (node outlines, deposits, fat vacuoles,
-follicles, tumor cells) and builds the ``Scene`` that ``synthetic_render`` draws from.
+follicles, tumor cells) from a ``SynthConfig`` and builds the ``Scene`` (``synthetic_scene``)
+that ``synthetic_render`` and ``synthetic_texture`` draw from.
 
 All positions are level-0 px; sizes are stated in µm and converted with the config's µm/px.
 Every random choice comes from a seeded stream, so a seed always gives the same slide.
@@ -9,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.annotations import max_feret_diameter_px
 from pipeline.errors import ConfigError
-from pipeline.synthetic_render import (
+from pipeline.synthetic_config import SynthConfig
+from pipeline.synthetic_scene import (
     CAPSULE_WIDTH_UM,
     GLASS_NOISE_STD_LEVELS,
     GLASS_OD,
@@ -26,15 +28,11 @@ from pipeline.synthetic_render import (
     FieldGrid,
     Nuclei,
     Scene,
-    make_lymph_sprites,
     make_noise,
-    make_tumor_sprites,
     stain_lut,
     to_rgb,
 )
-
-if TYPE_CHECKING:
-    from pipeline.synthetic import SynthConfig
+from pipeline.synthetic_sprites import make_lymph_sprites, make_tumor_sprites
 
 FIELD_STEP_UM = 8.0  # grid spacing of the smooth fields
 LYMPH_SPACING_UM = 7.2  # lattice spacing of lymphocyte nuclei

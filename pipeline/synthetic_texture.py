@@ -24,14 +24,13 @@ from numpy.typing import NDArray
 
 from pipeline.annotations import polygon_mask
 from pipeline.errors import ConfigError
-from pipeline.synthetic_render import (
+from pipeline.synthetic_render import _coarse_stroma, _edge_stain
+from pipeline.synthetic_scene import (
     CAPSULE_WIDTH_UM,
     EDGE_SOFT_UM,
     MEMBRANE_WIDTH_UM,
     RENDER_CHUNK_PX,
     Scene,
-    _coarse_stroma,
-    _edge_stain,
     block_range,
     sample_block,
     to_rgb,

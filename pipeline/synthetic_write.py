@@ -1,8 +1,8 @@
 """Test data: writes a synthetic slide's pyramidal tiled JPEG TIFF (generic or Aperio SVS).
 
-Reads level-0 rows from a render function (``synthetic_render`` or ``synthetic_texture``);
-level 0 is rendered strip by strip in worker threads, lower levels are built from it through
-disk-backed arrays, so memory stays bounded for any slide size.
+Reads a ``SynthConfig`` and level-0 rows from a render function (``synthetic_render`` or
+``synthetic_texture``); level 0 is rendered strip by strip in worker threads, lower levels are
+built from it through disk-backed arrays, so memory stays bounded for any slide size.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from pipeline import __version__
+from pipeline.synthetic_config import SMALLEST_LEVEL_MAX_PX, SynthConfig
 
-if TYPE_CHECKING:
-    from pipeline.synthetic import SynthConfig
-
-# Pyramid levels halve until the long side is at most this many px.
-SMALLEST_LEVEL_MAX_PX = 1024
 RENDER_THREADS = 2  # tile rows rendered in parallel (numpy releases the GIL)
 RENDER_LOOKAHEAD = 4  # tile rows rendered ahead of the TIFF writer
 WRITE_BUFFER_BYTES = 16 * 2**20  # tiles tifffile collects per compression batch

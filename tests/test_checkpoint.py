@@ -1,4 +1,4 @@
-"""Tests for pipeline.models.checkpoint: the model card and the checkpoint file."""
+"""Tests for pipeline.models.card and pipeline.models.checkpoint: the model card and the checkpoint file."""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ from torch import nn
 
 from pipeline.errors import CheckpointError
 from pipeline.models.architectures import MicroNet, build_model
-from pipeline.models.checkpoint import (
+from pipeline.models.card import (
     CARD_FIELDS,
-    FORMAT_TAG,
     FORMAT_VERSION,
     ModelCard,
     card_from_dict,
     card_to_dict,
+    software_versions,
+)
+from pipeline.models.checkpoint import (
+    FORMAT_TAG,
     default_model_path,
     file_sha256,
     load_checkpoint,
@@ -31,7 +34,6 @@ from pipeline.models.checkpoint import (
     read_card,
     resolve_model_path,
     save_checkpoint,
-    software_versions,
     weights_sha256,
 )
 

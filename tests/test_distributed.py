@@ -1,5 +1,6 @@
-"""Tests of pipeline/distributed.py: Ray batch runs match local runs, survive lost workers,
-record bad slides once, and fail clearly without Ray or a writable output folder.
+"""Tests of pipeline/distributed.py (with distributed_pool.py and distributed_worker.py): Ray
+batch runs match local runs, survive lost workers, record bad slides once, and fail clearly
+without Ray or a writable output folder.
 """
 
 from __future__ import annotations
@@ -25,20 +26,15 @@ from pipeline.analyze import run_local_batch
 from pipeline.batch import SlideOutcome
 from pipeline.cli import main
 from pipeline.distributed import (
-    ActorPool,
-    ContextSpec,
     RayOptions,
-    SlideWorker,
-    WorkItem,
-    WorkResult,
     cluster_capacity,
     connect,
-    dispatch,
-    is_lost_worker,
     run_batch_on_ray,
     run_ray_batch,
     slot_resources,
 )
+from pipeline.distributed_pool import ActorPool, dispatch, is_lost_worker
+from pipeline.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
 from pipeline.errors import ConfigError, MicrometError, OutputError
 from pipeline.models import ModelCard, build_model, save_checkpoint
 

@@ -87,9 +87,9 @@ def test_deposit_pairs_and_froc_csv_are_safe(tmp_path: Path) -> None:
 
 
 def test_training_metrics_keep_negative_numbers(tmp_path: Path) -> None:
-    from pipeline.train import METRIC_COLUMNS, _append_metrics
+    from pipeline.train_metrics import METRIC_COLUMNS, append_metrics
 
-    _append_metrics(tmp_path / "metrics.csv", {"epoch": 0.0, "train_loss": -0.5})
+    append_metrics(tmp_path / "metrics.csv", {"epoch": 0.0, "train_loss": -0.5})
     rows = _rows(tmp_path / "metrics.csv")
     assert rows[0] == list(METRIC_COLUMNS)
     assert dict(zip(rows[0], rows[1], strict=True))["train_loss"] == "-0.5"

@@ -1,4 +1,4 @@
-"""Models stage: tile classifiers, the checkpoint file with its model card, device choice.
+"""Models stage: tile classifiers, the model card, the checkpoint file that carries both, device choice.
 
 Importing this subpackage imports torch; ``import pipeline`` alone does not import it.
 """
@@ -13,15 +13,18 @@ from pipeline.models.architectures import (
     build_model,
     check_architecture,
 )
-from pipeline.models.checkpoint import (
+from pipeline.models.card import (
     CLASS_NAMES,
-    FORMAT_TAG,
     FORMAT_VERSION,
     IMAGENET_MEAN,
     IMAGENET_STD,
     ModelCard,
     card_from_dict,
     card_to_dict,
+    software_versions,
+)
+from pipeline.models.checkpoint import (
+    FORMAT_TAG,
     check_plain,
     check_state_dict,
     default_model_path,
@@ -31,10 +34,16 @@ from pipeline.models.checkpoint import (
     read_card,
     resolve_model_path,
     save_checkpoint,
-    software_versions,
     weights_sha256,
 )
-from pipeline.models.device import DeviceUnavailableError, autocast_dtype, choose_device
+from pipeline.models.device import (
+    DeviceUnavailableError,
+    autocast_dtype,
+    choose_device,
+    native_cpu_bf16,
+    precision_name,
+    scoring_autocast_dtype,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -60,9 +69,12 @@ __all__ = [
     "file_sha256",
     "load_checkpoint",
     "load_training_state",
+    "native_cpu_bf16",
+    "precision_name",
     "read_card",
     "resolve_model_path",
     "save_checkpoint",
+    "scoring_autocast_dtype",
     "software_versions",
     "weights_sha256",
 ]

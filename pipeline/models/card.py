@@ -1,0 +1,254 @@
+"""Models stage: the model card, what a checkpoint's model expects and how it was made.
+
+Reads the card's fields (from a caller, or from the plain dict stored in a checkpoint) and
+produces a validated, frozen ``ModelCard``, or a CheckpointError naming the invalid field;
+``card_to_dict`` gives the plain (JSON- and ``weights_only``-safe) dict the checkpoint file
+stores. Inference takes tile size, mpp and normalisation from the card. The checkpoint file
+itself (save, load, digests) is ``pipeline.models.checkpoint``, which imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torchvision
+
+import pipeline
+from pipeline.augment import STAIN_NORMALIZATIONS
+from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
+from pipeline.errors import CheckpointError
+from pipeline.models.architectures import ARCHITECTURES, available_architectures
+
+# Version of the checkpoint format; the card's fields are part of it.
+FORMAT_VERSION = 1
+CLASS_NAMES = ("normal", "tumor")
+# ImageNet statistics: the usual normalisation for torchvision backbones.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_TILE_SIZE_PX = 32
+MAX_TILE_SIZE_PX = 4096
+# Smallest normalisation std: a std of 1e-300 turns every tile into inf/NaN model input.
+MIN_CARD_STD = 1e-3
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software training or running a model: torch, torchvision, micromet."""
+    return {
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "micromet": str(pipeline.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def _today_iso() -> str:
+    return datetime.date.today().isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint's model expects and how it was made.
+
+    architecture: a name in ``ARCHITECTURES``.
+    tile_size_px: tile side the model was trained on, in pixels at ``mpp``.
+    mpp: resolution of the training tiles in µm/px.
+    mean, std: per-channel RGB normalisation applied to tiles scaled to 0-1.
+    class_names: output order of the logits; always ("normal", "tumor").
+    threshold: recommended operating tumor probability (0-1).
+    stain_normalization: None, or the method applied to tiles before the model ("macenko").
+    training_data: plain-language summary of the slides and annotations used.
+    metrics: validation metrics by name (e.g. "val_auc").
+    software: versions used to train (torch, torchvision, micromet).
+    created: ISO 8601 date or date-time of training.
+    notes: free text.
+    stride_px: heatmap step at ``mpp`` in px, or None for tile_size_px (no overlap). A model
+        taught on the central part of its tile (PatchCamelyon: the central 32 px of 96) is
+        scored with that part as stride, so each heatmap cell is the region its label covered.
+    qc_reference: slide-QC ranges measured on the training data, name -> [low, high]
+        (see ``pipeline.qc``); empty when unknown.
+    seed_threshold: None, or a tumor probability >= threshold that at least one cell of a
+        deposit must reach: cells at or above ``threshold`` outline deposits, and a deposit
+        none of whose cells reaches the seed is dropped (hysteresis: isolated weak cells in
+        tumor-free tissue are not deposits).
+    Raises CheckpointError naming the field when a value is invalid.
+    """
+
+    architecture: str
+    tile_size_px: int
+    mpp: float
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: tuple[str, ...] = CLASS_NAMES
+    threshold: float = 0.5
+    stain_normalization: str | None = None
+    training_data: str = ""
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    software: dict[str, str] = dataclasses.field(default_factory=software_versions)
+    created: str = dataclasses.field(default_factory=_today_iso)
+    notes: str = ""
+    stride_px: int | None = None
+    qc_reference: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    seed_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_card_geometry(self)
+        _check_card_extras(self)
+        _check_card_normalisation(self)
+        _check_card_outputs(self)
+        _check_card_text(self)
+
+
+CARD_FIELDS = tuple(field.name for field in dataclasses.fields(ModelCard))
+# Fields added after format version 1 first shipped: a card without them still loads.
+OPTIONAL_CARD_FIELDS = ("stride_px", "qc_reference", "seed_threshold")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _card_error(name: str, value: object, expected: str) -> CheckpointError:
+    return CheckpointError(f"model card field {name}={value!r} is invalid; expected {expected}")
+
+
+def _check_card_geometry(card: ModelCard) -> None:
+    if not isinstance(card.architecture, str) or card.architecture not in ARCHITECTURES:
+        raise _card_error("architecture", card.architecture, f"one of {', '.join(available_architectures())}")
+    size = card.tile_size_px
+    if (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or not (MIN_TILE_SIZE_PX <= size <= MAX_TILE_SIZE_PX)
+    ):
+        raise _card_error("tile_size_px", size, f"an integer from {MIN_TILE_SIZE_PX} to {MAX_TILE_SIZE_PX}")
+    if not _is_number(card.mpp) or not (MIN_PLAUSIBLE_MPP <= card.mpp <= MAX_PLAUSIBLE_MPP):
+        raise _card_error("mpp", card.mpp, f"µm/px from {MIN_PLAUSIBLE_MPP} to {MAX_PLAUSIBLE_MPP}")
+
+
+def _check_card_extras(card: ModelCard) -> None:
+    stride = card.stride_px
+    if stride is not None and (
+        not isinstance(stride, int) or isinstance(stride, bool) or not (1 <= stride <= card.tile_size_px)
+    ):
+        raise _card_error(
+            "stride_px", stride, f"None or an integer from 1 to tile_size_px={card.tile_size_px}"
+        )
+    seed = card.seed_threshold
+    if seed is not None and (not _is_number(seed) or not (card.threshold <= seed <= 1.0)):
+        raise _card_error(
+            "seed_threshold", seed, f"None or a probability from threshold={card.threshold} to 1"
+        )
+    reference = card.qc_reference
+    expected = "a dict of name -> [low, high] finite numbers with low <= high"
+    if not isinstance(reference, dict):
+        raise _card_error("qc_reference", reference, expected)
+    for key, bounds in reference.items():
+        if (
+            not isinstance(key, str)
+            or not isinstance(bounds, (list, tuple))
+            or len(bounds) != 2
+            or not all(_is_number(v) and math.isfinite(v) for v in bounds)
+            or bounds[0] > bounds[1]
+        ):
+            raise _card_error("qc_reference", {key: bounds}, expected)
+
+
+def _check_rgb(name: str, value: object, low: float, high: float, low_open: bool) -> None:
+    bound = "(" if low_open else "["
+    expected = f"a tuple of 3 numbers in {bound}{low}, {high}]"
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise _card_error(name, value, expected)
+    for channel in value:
+        if not _is_number(channel) or not math.isfinite(channel):
+            raise _card_error(name, value, expected)
+        if channel > high or channel < low or (low_open and channel == low):
+            raise _card_error(name, value, expected)
+
+
+def _check_card_normalisation(card: ModelCard) -> None:
+    _check_rgb("mean", card.mean, 0.0, 1.0, low_open=False)
+    _check_rgb("std", card.std, MIN_CARD_STD, 1.0, low_open=False)
+    method = card.stain_normalization
+    if method is not None and (not isinstance(method, str) or method not in STAIN_NORMALIZATIONS):
+        raise _card_error(
+            "stain_normalization", method, f"None or one of {', '.join(map(repr, STAIN_NORMALIZATIONS))}"
+        )
+
+
+def _check_card_outputs(card: ModelCard) -> None:
+    if card.class_names != CLASS_NAMES:
+        raise _card_error("class_names", card.class_names, f"exactly {CLASS_NAMES!r} in that order")
+    if not _is_number(card.threshold) or not (0.0 <= card.threshold <= 1.0):
+        raise _card_error("threshold", card.threshold, "a tumor probability from 0 to 1")
+    metrics = card.metrics
+    if not isinstance(metrics, dict) or not all(
+        isinstance(key, str) and _is_number(value) for key, value in metrics.items()
+    ):
+        raise _card_error("metrics", metrics, "a dict of metric name -> number")
+
+
+def _check_card_text(card: ModelCard) -> None:
+    software = card.software
+    if not isinstance(software, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in software.items()
+    ):
+        raise _card_error("software", software, "a dict of package name -> version string")
+    for name in ("training_data", "notes"):
+        if not isinstance(getattr(card, name), str):
+            raise _card_error(name, getattr(card, name), "a string")
+    try:
+        datetime.datetime.fromisoformat(card.created)
+    except (TypeError, ValueError):
+        raise _card_error("created", card.created, "an ISO 8601 date such as 2024-05-31") from None
+
+
+def card_to_dict(card: ModelCard) -> dict[str, Any]:
+    """The card as a plain dict (str, int, float, None, list, dict): JSON- and torch-safe."""
+    return {
+        "architecture": str(card.architecture),
+        "tile_size_px": int(card.tile_size_px),
+        "mpp": float(card.mpp),
+        "mean": [float(v) for v in card.mean],
+        "std": [float(v) for v in card.std],
+        "class_names": [str(v) for v in card.class_names],
+        "threshold": float(card.threshold),
+        "stain_normalization": (None if card.stain_normalization is None else str(card.stain_normalization)),
+        "training_data": str(card.training_data),
+        "metrics": {str(k): float(v) for k, v in card.metrics.items()},
+        "software": {str(k): str(v) for k, v in card.software.items()},
+        "created": str(card.created),
+        "notes": str(card.notes),
+        "stride_px": None if card.stride_px is None else int(card.stride_px),
+        "qc_reference": {str(k): [float(v) for v in b] for k, b in card.qc_reference.items()},
+        "seed_threshold": None if card.seed_threshold is None else float(card.seed_threshold),
+    }
+
+
+def card_from_dict(data: object, source: str = "model card") -> ModelCard:
+    """A ModelCard from a dict as written by ``card_to_dict``.
+
+    Raises CheckpointError naming ``source`` and the field for missing, unknown or invalid fields.
+    """
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{source}: model card is a {type(data).__name__}, expected a dict")
+    missing = [name for name in CARD_FIELDS if name not in data and name not in OPTIONAL_CARD_FIELDS]
+    unknown = sorted(str(key) for key in data if key not in CARD_FIELDS)
+    if missing or unknown:
+        raise CheckpointError(
+            f"{source}: model card fields do not match format version {FORMAT_VERSION}: "
+            f"missing {missing or 'none'}, unknown {unknown or 'none'}"
+        )
+    values: dict[str, Any] = dict(data)
+    for name in ("mean", "std", "class_names"):
+        if isinstance(values[name], list):
+            values[name] = tuple(values[name])
+    try:
+        return ModelCard(**values)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
