@@ -84,12 +84,12 @@ class InferenceConfig:
 
     device: "auto" picks CUDA, then MPS, then CPU.
     num_workers: reader processes (0 reads in the main process); None fits the split between
-        reader processes and torch threads to the slide and model (``pipeline.cpu_plan``).
+        reader processes and torch threads to the slide and model (``pipeline.detection.cpu_plan``).
     region_tiles: model tiles per side of one slide read (1 = one read per tile).
     precision: "auto" uses bf16 (else fp16) autocast on GPU, bf16 autocast on a CPU with
         native bf16 (AVX512-BF16 or AMX) and fp32 on other CPUs (``scoring_autocast_dtype``).
     cascade: screen one tile per block first and score densely only around screen tiles at or
-        above cascade_screen_threshold (``pipeline.cascade``); off by default: it can miss
+        above cascade_screen_threshold (``pipeline.detection.cascade``); off by default: it can miss
         deposits that lie between screen tiles (measured in docs/benchmarks.md).
     """
 

@@ -43,7 +43,7 @@ from bench_report import SECTION_HEADING, RunContext, command_line, render_secti
 from bench_tiatoolbox import TiaEnv, ensure_tiatoolbox
 from bench_variants import MAIN_VARIANTS, BenchSpec, RunResult, load_grid_arrays, run_variant, save_grid
 
-from pipeline.commands.bench import add_bench_options
+from pipeline.cli.bench import add_bench_options
 from pipeline.errors import ConfigError, MicrometError
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -122,7 +122,7 @@ def planted_deposits_mm(width_px: int, height_px: int, mpp: float) -> tuple[floa
 
 def ensure_slide(args: argparse.Namespace) -> Path:
     """The synthetic slide for these options, generated on first use under --work-dir/slides."""
-    from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
+    from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide
 
     name = f"bench_{args.width}x{args.height}_{args.mpp:g}mpp_seed{args.seed}.{args.slide_format}"
     path: Path = args.work_dir / "slides" / name
@@ -166,9 +166,9 @@ def plan_spec(args: argparse.Namespace, slide_path: Path, model_path: Path, run_
     tile size and resolution), save the grid and return the spec every variant runs on."""
     from pipeline.config import TilingConfig, TissueConfig
     from pipeline.models import read_card
-    from pipeline.slide import open_slide
-    from pipeline.tiling import plan_tiles
-    from pipeline.tissue import detect_tissue
+    from pipeline.slides.slide import open_slide
+    from pipeline.slides.tiling import plan_tiles
+    from pipeline.slides.tissue import detect_tissue
 
     card = read_card(model_path)
     with open_slide(slide_path) as slide:

@@ -40,9 +40,10 @@ def real_lesion_diameters_mm() -> np.ndarray:
     sys.path.insert(0, str(REPO))
     import logging
 
-    from pipeline.annotations import max_feret_diameter_px, read_camelyon16_json
+    from pipeline.slides.annotations import max_feret_diameter_px, read_camelyon16_json
 
-    logging.getLogger("pipeline.annotations").setLevel(logging.ERROR)  # repaired outlines are fine here
+    # repaired outlines are fine here
+    logging.getLogger("pipeline.slides.annotations").setLevel(logging.ERROR)
     diameters = []
     for path in sorted(SHARED_OUTLINES.glob("*.json")):
         for annotation in read_camelyon16_json(path):
@@ -84,7 +85,7 @@ def synthesise(
     texture_background: str = "any",
 ) -> list[Path]:
     """Write the benchmark slides (cached: existing files are reused)."""
-    from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
+    from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -233,7 +234,7 @@ def main() -> int:
         "node's tile only, so the ground truth is exact) or any (two come from ITC and macro "
         "nodes, whose tiles may hold tumor cells)",
     )
-    parser.add_argument("--cascade", action="store_true", help="infer with --cascade (pipeline.cascade)")
+    parser.add_argument("--cascade", action="store_true", help="infer with --cascade")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.texture is None:

@@ -1,6 +1,6 @@
 """Benchmark tile scoring on the CPU: the region-reading engine against plain per-tile loops.
 
-Generates (once) a synthetic ~20000 x 20000 px slide with ``pipeline.synthetic``, plans
+Generates (once) a synthetic ~20000 x 20000 px slide with ``pipeline.synthetic.generate``, plans
 micronet tiles (96 px at 1.0 µm/px) on its tissue and times, over the same tiles:
 
 * ``read loop``: one ``Slide.read_region_at_mpp`` per tile, no model (the I/O of a plain loop);
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from pipeline.config import InferenceConfig, TilingConfig, TissueConfig
-from pipeline.inference import naive_score_tiles, score_tiles_with_stats
+from pipeline.detection.inference import naive_score_tiles, score_tiles_with_stats
 from pipeline.models import ModelCard, build_model
-from pipeline.slide import open_slide
-from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
-from pipeline.tiling import TileGrid, plan_tiles
-from pipeline.tissue import detect_tissue
+from pipeline.slides.slide import open_slide
+from pipeline.slides.tiling import TileGrid, plan_tiles
+from pipeline.slides.tissue import detect_tissue
+from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide
 
 TILE_PX = 96
 MODEL_MPP = 1.0

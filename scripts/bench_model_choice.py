@@ -22,10 +22,10 @@ from torch.nn import functional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from pipeline.augment import AugmentConfig, augment_batch  # noqa: E402
-from pipeline.classify import roc_auc, to_model_input, unit_float  # noqa: E402
-from pipeline.datasets import fit_to_tile, load_rgb  # noqa: E402
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
+from pipeline.training.augment import AugmentConfig, augment_batch  # noqa: E402
+from pipeline.training.classify import roc_auc, to_model_input, unit_float  # noqa: E402
+from pipeline.training.datasets import fit_to_tile, load_rgb  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 MPP = 0.972

@@ -5,7 +5,7 @@ model alone on batches of tiles with every CPU runtime the ecosystem offers here
 each runtime's tumor probabilities with plain fp32 eager PyTorch on **real** tiles:
 
 * fp32 eager: the unmodified model, NCHW (the reference every other row is compared with);
-* micromet fp32: BatchNorms folded, channels_last (``pipeline.inference``'s prepared model);
+* micromet fp32: BatchNorms folded, channels_last (``pipeline.detection.inference``'s prepared model);
 * micromet bf16: the same under bfloat16 autocast (native on CPUs with AVX512-BF16 or AMX);
 * torch.compile (inductor), fp32 and bf16; the first call's compile seconds are reported;
 * ONNX Runtime (CPU execution provider), exported with ``torch.onnx.export``;
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.classify import roc_auc
-from pipeline.datasets import fit_to_tile, load_rgb
-from pipeline.inference import _prepare_model, _Scorer
+from pipeline.detection.inference import _prepare_model, _Scorer
 from pipeline.models import ModelCard, build_model, load_checkpoint
+from pipeline.training.classify import roc_auc
+from pipeline.training.datasets import fit_to_tile, load_rgb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import replace_section

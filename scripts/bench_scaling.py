@@ -257,7 +257,7 @@ def write_background_slide(spec: BackgroundSlideSpec, sources: dict[str, Path], 
 
 def ensure_scaling_slide(work_dir: Path, side_px: int) -> Path:
     """A square synthetic node of ``side_px`` at 0.25 µm/px with one 0.3 mm deposit (cached)."""
-    from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
+    from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide
 
     path = work_dir / "slides" / f"node_{side_px}.tif"
     if not path.exists():
@@ -270,7 +270,7 @@ def ensure_scaling_slide(work_dir: Path, side_px: int) -> Path:
 def ensure_camelyon_slide(work_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The CAMELYON-size slide (cached) and its layout: pastes, planted deposits in its frame,
     seconds spent generating the sources and writing the pyramid."""
-    from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide, read_truth
+    from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide, read_truth
 
     folder = work_dir / "camelyon"
     path, layout_path = folder / CAMELYON_NAME, folder / "camelyon_size.layout.json"
@@ -365,10 +365,10 @@ def stage_memory(slide: Path, model: Path | None) -> dict[str, Any]:
     """Peak RSS (MB, this process) after each step before scoring; run in a fresh process."""
     import resource
 
-    from pipeline.analyze import build_context
-    from pipeline.slide import open_slide
-    from pipeline.tiling import plan_tiles
-    from pipeline.tissue import detect_tissue
+    from pipeline.batch.analyze import build_context
+    from pipeline.slides.slide import open_slide
+    from pipeline.slides.tiling import plan_tiles
+    from pipeline.slides.tissue import detect_tissue
 
     def peak_mb() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
@@ -486,7 +486,8 @@ def render_markdown(figures: dict[str, Any]) -> str:
         "The machine is shared: another engineer ran speed benchmarks at the same time, so times are "
         "noisy and pessimistic; compare rows within this section.", "",
         f"### Scaling: time against tissue area (median of {figures['repeats']} run(s) per slide)", "",
-        f"Square synthetic nodes (`pipeline.synthetic.generate_slide`, {SLIDE_MPP} µm/px, one planted "
+        f"Square synthetic nodes (`pipeline.synthetic.generate.generate_slide`, {SLIDE_MPP} µm/px, one "
+        "planted "
         f"{SCALING_DEPOSIT_MM} mm deposit each).", "",
         TABLE_HEAD, *(table_row(r) for r in sorted(rows, key=lambda r: r["tissue_area_mm2"])), "",
         "Linear fit (a: fixed per-slide overhead, b: cost per mm² of tissue):", "", *fit_lines(rows), "",

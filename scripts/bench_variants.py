@@ -36,16 +36,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from pipeline.readers import ReadGeometry
-    from pipeline.tiling import TileGrid
+    from pipeline.slides.readers import ReadGeometry
+    from pipeline.slides.tiling import TileGrid
 
 MAIN_VARIANTS = ("read_limit", "compute_limit", "micromet_engine", "micromet")
 # Imported before the clock starts: import time is not what is measured.
 PREIMPORTS = {
-    "read_limit": ("pipeline.readers", "pipeline.slide", "pipeline.tiling"),
+    "read_limit": ("pipeline.slides.readers", "pipeline.slides.slide", "pipeline.slides.tiling"),
     "compute_limit": ("torch", "pipeline.models"),
-    "micromet_engine": ("pipeline.inference", "pipeline.tiling"),
-    "micromet": ("pipeline.analyze", "pipeline.inference"),
+    "micromet_engine": ("pipeline.detection.inference", "pipeline.slides.tiling"),
+    "micromet": ("pipeline.batch.analyze", "pipeline.detection.inference"),
 }
 # ru_maxrss is in KiB on Linux and in bytes on macOS.
 _MAXRSS_TO_MB = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
@@ -166,7 +166,7 @@ def load_grid_arrays(path: Path) -> tuple[dict[str, NDArray[Any]], dict[str, Any
 
 def load_grid(path: Path) -> TileGrid:
     """The ``TileGrid`` written by ``save_grid``."""
-    from pipeline.tiling import TileGrid
+    from pipeline.slides.tiling import TileGrid
 
     arrays, meta = load_grid_arrays(path)
     return TileGrid(
@@ -205,8 +205,8 @@ def tile_mask(
 
 def _read_span(task: tuple[str, float, ReadGeometry, NDArray[np.int64], list[NDArray[np.int64]]]) -> int:
     """Read blocks of tiles with one slide handle; returns the number of tiles read."""
-    from pipeline.readers import read_block_tiles
-    from pipeline.slide import open_slide
+    from pipeline.slides.readers import read_block_tiles
+    from pipeline.slides.slide import open_slide
 
     path, slide_mpp, geometry, level_xy, blocks = task
     count = 0
@@ -226,8 +226,8 @@ def read_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     """
     import multiprocessing
 
-    from pipeline.readers import plan_regions, read_geometry, tile_level_xy
-    from pipeline.slide import open_slide
+    from pipeline.slides.readers import plan_regions, read_geometry, tile_level_xy
+    from pipeline.slides.slide import open_slide
 
     grid = load_grid(Path(spec.grid))
     with open_slide(spec.slide, mpp_override=spec.slide_mpp) as slide:
@@ -301,7 +301,7 @@ def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     """
     import torch
 
-    from pipeline.inference import _prepare_model
+    from pipeline.detection.inference import _prepare_model
     from pipeline.models.device import scoring_autocast_dtype
 
     n_tiles = len(load_grid_arrays(Path(spec.grid))[0]["xy_px"])
@@ -328,7 +328,7 @@ def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
 def micromet_engine(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     """``score_tiles_with_stats`` on the planned grid; saves the scores for the agreement check."""
     from pipeline.config import InferenceConfig
-    from pipeline.inference import score_tiles_with_stats
+    from pipeline.detection.inference import score_tiles_with_stats
 
     grid = load_grid(Path(spec.grid))
     model, card, device = _loaded_model(spec)
@@ -348,7 +348,7 @@ def micromet_end_to_end(spec: BenchSpec, folder: Path) -> tuple[int, dict[str, A
     The first (cold) run pays one-off lazy imports (matplotlib, scikit-image, shapely); the
     second (warm) is what every further slide of a batch costs and is the measured time.
     """
-    from pipeline.analyze import analyze_slide, build_context
+    from pipeline.batch.analyze import analyze_slide, build_context
 
     overrides: dict[str, dict[str, Any]] = {
         "inference": {"device": spec.device, "batch_size": spec.batch_size, "num_workers": spec.workers,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
-from pipeline.viewer.app import create_app
+from pipeline.review.viewer.app import create_app
 
 SHARED_SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"

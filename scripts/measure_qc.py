@@ -1,8 +1,8 @@
-"""Measure the slide-QC statistics (pipeline.qc) on the real material in ../shared/data.
+"""Measure the slide-QC statistics (pipeline.slides.qc) on the real material in ../shared/data.
 
 Prints, per source, the percentiles of every per-tile measure at the QC resolution, then the
 slide-level QC values of the real slides and of synthetic slides (plain, blurred, recoloured).
-docs/qc.md quotes its output; thresholds in pipeline/qc.py rest on it.
+docs/qc.md quotes its output; thresholds in pipeline/slides/qc.py rest on it.
 
     nice -n 19 .venv/bin/python scripts/measure_qc.py [--pcam-per-class 300]
 """
@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from pipeline.config import TissueConfig
-from pipeline.qc import (
+from pipeline.slides.qc import (
     QCConfig,
     check_slide,
     focus_measure,
@@ -27,8 +27,8 @@ from pipeline.qc import (
     qc_reference_from_tiles,
     stain_statistics,
 )
-from pipeline.slide import open_slide, resize_rgb
-from pipeline.tissue import detect_tissue
+from pipeline.slides.slide import open_slide, resize_rgb
+from pipeline.slides.tissue import detect_tissue
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 QC = QCConfig()
@@ -87,7 +87,7 @@ def describe(name: str, tiles: NDArray[np.uint8]) -> None:
 
 
 def slide_values(path: Path, mpp: float | None = None) -> str:
-    """The QC values of one slide, as pipeline.qc.check_slide reports them."""
+    """The QC values of one slide, as pipeline.slides.qc.check_slide reports them."""
     with open_slide(path, mpp_override=mpp) as slide:
         tissue = detect_tissue(slide, TissueConfig())
         result = check_slide(slide, tissue, QC)
@@ -100,7 +100,7 @@ def synthetic_slides(folder: Path) -> dict[str, Path]:
     recoloured copy, and the conftest-style pink blob."""
     from scipy import ndimage
 
-    from pipeline.synthetic import SynthConfig, generate_slide
+    from pipeline.synthetic.generate import SynthConfig, generate_slide
 
     sys_path = Path(__file__).resolve().parents[1] / "tests"
     import sys

@@ -12,7 +12,7 @@ What it does, in order:
 2. Adds grid crops of the left half of the CAMELYON17 tile of a negative node
    (centre 3, patient_066_node_1) as extra normal tissue from another centre; its right half
    is held out.
-3. Trains with ``micromet train`` (``pipeline.train.main``: checkpoints every epoch, resumes).
+3. Trains with ``micromet train`` (``pipeline.training.train.main``: checkpoints every epoch, resumes).
 4. Scores every real held-out set: the PCam test part, the level-0 CAMELYON16 patches of
    three slides (brought to 0.972 µm/px physically; none is trained on), and grid crops of the
    three CAMELYON17 tiles (centres 1, 3 (right half), 4) as tissue that should be normal.
@@ -38,12 +38,12 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
-from pipeline.augment import AugmentConfig
-from pipeline.classify import choose_threshold, roc_auc, score_batch
-from pipeline.datasets import fit_to_tile, load_rgb
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_checkpoint, save_checkpoint
-from pipeline.train import main as train_main
-from pipeline.train_config import DataConfig, TrainConfig, TrainSettings
+from pipeline.training.augment import AugmentConfig
+from pipeline.training.classify import choose_threshold, roc_auc, score_batch
+from pipeline.training.config import DataConfig, TrainConfig, TrainSettings
+from pipeline.training.datasets import fit_to_tile, load_rgb
+from pipeline.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -271,7 +271,7 @@ def lowest_threshold_with_fpr(p: NDArray[np.float32], y: NDArray[np.int64], max_
 
 def choose_operating_threshold(p: NDArray[np.float32], y: NDArray[np.int64]) -> float:
     """Lowest threshold (0.01 steps) whose validation false-positive rate is <= MAX_VALIDATION_FPR,
-    and never below the Youden threshold (``pipeline.classify.choose_threshold``)."""
+    and never below the Youden threshold (``pipeline.training.classify.choose_threshold``)."""
     return max(choose_threshold(p, y), lowest_threshold_with_fpr(p, y, MAX_VALIDATION_FPR))
 
 
@@ -374,8 +374,8 @@ def make_card(evaluation: Evaluation, text: str, qc_reference: dict[str, list[fl
 
 
 def compute_qc_reference(data: Path, splits: dict[str, list[tuple[str, int]]]) -> dict[str, list[float]]:
-    """Slide-QC ranges (``pipeline.qc``) measured on the training patches."""
-    from pipeline.qc import qc_reference_from_tiles
+    """Slide-QC ranges (``pipeline.slides.qc``) measured on the training patches."""
+    from pipeline.slides.qc import qc_reference_from_tiles
 
     tiles, _ = load_pcam(data, splits["train"])
     return qc_reference_from_tiles(tiles)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.datasets import load_rgb
+from pipeline.training.datasets import load_rgb
 from tests.conftest import SHARED_DATA, require_shared_data, write_pyramid_tiff
 
 SHARED_DATA_ROOT = SHARED_DATA

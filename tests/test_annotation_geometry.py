@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from polygon_reference import asap_inside
 
-from pipeline.annotation_geometry import polygon_mask
-from pipeline.annotations import polygon_mask as public_polygon_mask
+from pipeline.slides.annotation_geometry import polygon_mask
+from pipeline.slides.annotations import polygon_mask as public_polygon_mask
 
 # An L-shaped outline in pixel-centre coordinates: [1, 5] x [1, 3] plus [3, 5] x [3, 5].
 L_SHAPE_RC = np.array([[1, 1], [5, 1], [5, 5], [3, 5], [3, 3], [1, 3]], dtype=np.float64)

@@ -13,7 +13,8 @@ import pytest
 from conftest import FIXTURES, require_shared_data
 from scipy.spatial.distance import pdist
 
-from pipeline.annotations import (
+from pipeline.errors import AnnotationError, OutputError
+from pipeline.slides.annotations import (
     GROUP_LABELS,
     Annotation,
     max_feret_diameter_px,
@@ -26,7 +27,6 @@ from pipeline.annotations import (
     write_asap_xml,
     write_geojson,
 )
-from pipeline.errors import AnnotationError, OutputError
 
 BAD = FIXTURES / "annotations"
 CAMELYON17_MPP = 0.243
@@ -337,7 +337,7 @@ def test_hostile_annotation_files_raise_one_line_annotation_errors(name: str, tm
 
 
 def test_coordinates_up_to_the_bound_are_accepted(tmp_path: Path) -> None:
-    from pipeline.annotations import MAX_COORDINATE_PX
+    from pipeline.slides.annotations import MAX_COORDINATE_PX
 
     path = tmp_path / "far.json"
     far = MAX_COORDINATE_PX

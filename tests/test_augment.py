@@ -6,18 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import (
+from pipeline.slides.stain import check_stain_normalization, macenko_normalize, normalize_stain
+from pipeline.training.augment import (
     NO_AUGMENTATION,
     RGB_FROM_HED,
     AugmentConfig,
     augment_batch,
     brightness_contrast,
-    check_stain_normalization,
     flip_rotate,
     gaussian_blur,
     hed_jitter,
-    macenko_normalize,
-    normalize_stain,
 )
 
 

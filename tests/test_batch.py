@@ -17,11 +17,11 @@ from conftest import (
     write_untrained_checkpoint,
 )
 
-from pipeline.analyze import AnalysisContext, build_context, run_local_batch
-from pipeline.batch import SlideOutcome, collect_slides
+from pipeline.batch.analyze import AnalysisContext, build_context, run_local_batch
+from pipeline.batch.local import SlideOutcome, collect_slides
 from pipeline.cli import main
+from pipeline.detection.heatmap import load_heatmap
 from pipeline.errors import SlideOpenError
-from pipeline.heatmap import load_heatmap
 from pipeline.models import ModelCard, build_model, save_checkpoint
 
 # The conftest slides are a pink blob, not lymph node: slide QC would refuse them.
@@ -260,7 +260,7 @@ def test_an_empty_folder_among_the_inputs_is_reported(
 ) -> None:
     empty = tmp_path / "scans"
     empty.mkdir()
-    with caplog.at_level("WARNING", logger="pipeline.batch"):
+    with caplog.at_level("WARNING", logger="pipeline.batch.local"):
         slides = collect_slides([str(empty), str(slide_dir / "node_0.tif")])
     assert slides == [(slide_dir / "node_0.tif").resolve()]
     assert any(str(empty) in r.getMessage() and "no slide files" in r.getMessage() for r in caplog.records)
@@ -289,11 +289,13 @@ _INTERRUPTED_INFER = """
 import json, os, signal, sys, time
 from pathlib import Path
 import numpy as np
-from pipeline import analyze, inference, readers
+from pipeline.batch import analyze
+from pipeline.detection import inference
+from pipeline.slides import readers
 from pipeline.cli import main
 from pipeline.config import TilingConfig
-from pipeline.tiling import plan_tiles
-from pipeline.tissue import TissueMask
+from pipeline.slides.tiling import plan_tiles
+from pipeline.slides.tissue import TissueMask
 
 where, markers, out, model, *slides = sys.argv[1:]
 

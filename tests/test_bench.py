@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from pipeline.cli import build_parser
-from pipeline.commands.bench import bench_argv, find_bench_script
+from pipeline.cli.bench import bench_argv, find_bench_script
 from pipeline.config import TilingConfig, TissueConfig
 from pipeline.errors import ConfigError
-from pipeline.slide import open_slide
-from pipeline.tiling import plan_tiles
-from pipeline.tissue import detect_tissue
+from pipeline.slides.slide import open_slide
+from pipeline.slides.tiling import plan_tiles
+from pipeline.slides.tissue import detect_tissue
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 if str(SCRIPTS) not in sys.path:

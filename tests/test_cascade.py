@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.cascade import block_cells, cascade_scores, screen_indices
-from pipeline.tiling import TileGrid
+from pipeline.detection.cascade import block_cells, cascade_scores, screen_indices
+from pipeline.slides.tiling import TileGrid
 
 
 def make_grid(rows: int, cols: int, tile_l0_px: float = 96.0, stride_l0_px: float = 32.0) -> TileGrid:

@@ -13,11 +13,11 @@ import shapely
 from numpy.typing import NDArray
 from polygon_reference import asap_inside, winding_number
 
-from pipeline.cells import add_cell_counts, count_cells_in_deposit, count_tumor_nuclei, deposit_mask
 from pipeline.config import DepositConfig
-from pipeline.deposits import Deposit, find_deposits
-from pipeline.heatmap import Heatmap
-from pipeline.slide import open_slide
+from pipeline.deposits.cells import add_cell_counts, count_cells_in_deposit, count_tumor_nuclei, deposit_mask
+from pipeline.deposits.measure import Deposit, find_deposits
+from pipeline.detection.heatmap import Heatmap
+from pipeline.slides.slide import open_slide
 from pipeline.staging import Category
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ MPP = 0.5
 CYTOPLASM_RGB = (236, 176, 206)
 TUMOR_NUCLEUS_RGB = (150, 95, 175)  # large, pale (vesicular)
 LYMPHOCYTE_RGB = (55, 25, 105)  # small, dark
-# Stated tolerance of the estimate against known counts (module docs of pipeline.cells).
+# Stated tolerance of the estimate against known counts (module docs of pipeline.deposits.cells).
 RELATIVE_TOLERANCE = 0.25
 
 
@@ -133,7 +133,7 @@ class SyntheticSlide:
 
 @pytest.fixture(scope="module")
 def synthetic_slide(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSlide:
-    synthetic = pytest.importorskip("pipeline.synthetic")
+    synthetic = pytest.importorskip("pipeline.synthetic.generate")
     config = synthetic.SynthConfig(
         width_px=1600,
         height_px=1200,

@@ -11,7 +11,10 @@ import torch
 from conftest import write_overflowing_checkpoint
 from PIL import Image
 
-from pipeline.classify import (
+from pipeline.cli import main as cli_main
+from pipeline.errors import ConfigError
+from pipeline.models import ModelCard, build_model, load_checkpoint, save_checkpoint
+from pipeline.training.classify import (
     PatchScore,
     binary_metrics,
     choose_threshold,
@@ -22,10 +25,7 @@ from pipeline.classify import (
     score_batch,
     write_scores_csv,
 )
-from pipeline.cli import main as cli_main
-from pipeline.datasets import PatchImageError, fit_to_tile, load_rgb
-from pipeline.errors import ConfigError
-from pipeline.models import ModelCard, build_model, load_checkpoint, save_checkpoint
+from pipeline.training.datasets import PatchImageError, fit_to_tile, load_rgb
 
 
 @pytest.fixture

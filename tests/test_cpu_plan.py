@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import cpu_plan
-from pipeline.cpu_plan import MIN_TILES_FOR_READERS, fixed_plan, plan_cpu
+from pipeline.detection import cpu_plan
+from pipeline.detection.cpu_plan import MIN_TILES_FOR_READERS, fixed_plan, plan_cpu
 
 
 def _never() -> float:

@@ -12,7 +12,8 @@ import torch
 from conftest import write_pyramid_tiff
 from PIL import Image
 
-from pipeline.datasets import (
+from pipeline.errors import ConfigError
+from pipeline.training.datasets import (
     PatchFolderDataset,
     PatchImageError,
     PCamDataset,
@@ -22,8 +23,7 @@ from pipeline.datasets import (
     list_patch_folder,
     load_rgb,
 )
-from pipeline.errors import ConfigError
-from pipeline.sampling import PatchSample
+from pipeline.training.sampling import PatchSample
 
 
 def _square_image(side_px: int, square_px: int) -> np.ndarray:

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.classify import roc_auc, score_batch
 from pipeline.cli import main
-from pipeline.datasets import fit_to_tile, load_rgb
-from pipeline.inference import _prepare_model, _Scorer
+from pipeline.detection.inference import _prepare_model, _Scorer
 from pipeline.models import ModelCard, default_model_path, file_sha256, load_checkpoint, load_training_state
 from pipeline.models.device import SCORING_BF16_TOLERANCE
+from pipeline.training.classify import roc_auc, score_batch
+from pipeline.training.datasets import fit_to_tile, load_rgb
 from tests.conftest import REPO_ROOT, require_shared_data
 from tests.real_slides import C16_MPP, write_c17_slide, write_tumor_square_slide
 

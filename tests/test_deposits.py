@@ -12,7 +12,7 @@ import shapely
 from conftest import require_shared_data
 from numpy.typing import NDArray
 
-from pipeline.deposits import (
+from pipeline.deposits.measure import (
     Deposit,
     deposit_from_dict,
     diameter_uncertainty_mm,
@@ -21,8 +21,8 @@ from pipeline.deposits import (
     max_feret_diameter,
     with_cell_count,
 )
+from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import HeatmapError
-from pipeline.heatmap import Heatmap
 from pipeline.staging import Category
 
 MPP = 0.25

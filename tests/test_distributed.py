@@ -1,4 +1,4 @@
-"""Tests of pipeline/distributed.py (with distributed_pool.py and distributed_worker.py): Ray
+"""Tests of pipeline/batch/distributed.py (with distributed_pool.py and distributed_worker.py): Ray
 batch runs match local runs, survive lost workers, record bad slides once, and fail clearly
 without Ray or a writable output folder.
 """
@@ -22,10 +22,8 @@ import pytest
 import torch
 from conftest import FIXTURES, REPO_ROOT, draw_tissue_rgb, write_pyramid_tiff
 
-from pipeline.analyze import run_local_batch
-from pipeline.batch import SlideOutcome
-from pipeline.cli import main
-from pipeline.distributed import (
+from pipeline.batch.analyze import run_local_batch
+from pipeline.batch.distributed import (
     RayOptions,
     cluster_capacity,
     connect,
@@ -33,8 +31,10 @@ from pipeline.distributed import (
     run_ray_batch,
     slot_resources,
 )
-from pipeline.distributed_pool import ActorPool, dispatch, is_lost_worker
-from pipeline.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
+from pipeline.batch.distributed_pool import ActorPool, dispatch, is_lost_worker
+from pipeline.batch.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
+from pipeline.batch.local import SlideOutcome
+from pipeline.cli import main
 from pipeline.errors import ConfigError, MicrometError, OutputError
 from pipeline.models import ModelCard, build_model, save_checkpoint
 
@@ -339,7 +339,8 @@ def test_missing_ray_names_the_install_command(
 
 def test_without_ray_flag_nothing_of_ray_is_imported() -> None:
     code = (
-        "import sys; import pipeline.cli, pipeline.distributed, pipeline.analyze, pipeline.batch; "
+        "import sys; import pipeline.cli, pipeline.batch.distributed, pipeline.batch.analyze, "
+        "pipeline.batch.local; "
         "pipeline.cli.build_parser(); assert 'ray' not in sys.modules, 'ray was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -18,7 +18,7 @@ from matplotlib.path import Path as PolygonPath
 
 from pipeline.cli import main
 from pipeline.models import default_model_path
-from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
+from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide
 from tests.conftest import require_shared_data
 
 # (name, width px, height px, mpp, planted diameters mm): a negative node, a micro node with an

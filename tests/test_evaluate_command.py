@@ -70,7 +70,7 @@ def write_slide(
 def write_truth(
     truth_dir: Path, slide_id: str, node_category: str, deposits: list[tuple[list[list[float]], float, str]]
 ) -> None:
-    """A synthetic-generator ``<id>.truth.json`` (pipeline.synthetic.read_truth layout)."""
+    """A synthetic-generator ``<id>.truth.json`` (pipeline.synthetic.generate.read_truth layout)."""
     truth_dir.mkdir(parents=True, exist_ok=True)
     data = {
         "generator": "test",

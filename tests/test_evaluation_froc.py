@@ -325,7 +325,7 @@ def test_all_camelyon16_training_outlines_give_400_itcs_and_497_lesions(
 ) -> None:
     """The figures of docs/evaluation.md: the ASAP-drawn masks of the 110 training tumor
     slides, their outlines read (and repaired) as ``micromet evaluate`` reads them."""
-    from pipeline.annotations import read_camelyon16_json
+    from pipeline.slides.annotations import read_camelyon16_json
 
     n_itc = n_lesions = 0
     paths = sorted((shared_data / "annotations" / "camelyon16_ncrf_json").glob("Tumor_*.json"))

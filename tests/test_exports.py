@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import shapely
 
-from pipeline.annotations import read_asap_xml, read_geojson
-from pipeline.deposits import Deposit, find_deposits, with_cell_count
+from pipeline.deposits.measure import Deposit, find_deposits, with_cell_count
+from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import AnnotationError, OutputError
-from pipeline.exports import (
+from pipeline.review.exports import (
     detection_point_xy,
     read_camelyon16_csv,
     write_asap_xml,
     write_camelyon16_csv,
     write_qupath_geojson,
 )
-from pipeline.heatmap import Heatmap
+from pipeline.slides.annotations import read_asap_xml, read_geojson
 
 MPP = 0.25
 

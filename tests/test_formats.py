@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import draw_tissue_rgb, require_shared_data, write_pyramid_tiff
 
-from pipeline.batch import collect_slides
+from pipeline.batch.local import collect_slides
 from pipeline.cli import main
-from pipeline.slide import open_slide
+from pipeline.slides.slide import open_slide
 
 # name under formats/: (vendor, levels, level-0 (width, height), µm/px), from formats/README.md
 FORMATS = {
@@ -120,7 +120,7 @@ def test_fluorescence_slides_carry_a_not_h_and_e_warning_everywhere(
 
 def test_the_viewer_opens_every_format(batch: Path) -> None:
     pytest.importorskip("flask")
-    from pipeline.viewer.app import create_app
+    from pipeline.review.viewer.app import create_app
 
     client = create_app(batch).test_client()
     index = client.get("/")
@@ -172,9 +172,9 @@ def test_the_viewer_serves_every_tile_of_the_dicom_series(batch: Path) -> None:
     import openslide
     from openslide.deepzoom import DeepZoomGenerator
 
-    from pipeline.slide import resolve_slide_path
-    from pipeline.viewer.app import create_app
-    from pipeline.viewer.tiles import TileConfig
+    from pipeline.review.viewer.app import create_app
+    from pipeline.review.viewer.tiles import TileConfig
+    from pipeline.slides.slide import resolve_slide_path
 
     config = TileConfig()
     folder = require_shared_data("formats/dicom_cmu_small_region")

@@ -1,4 +1,4 @@
-"""Tests of pipeline/inference.py and pipeline/readers.py: region reads, scoring, errors."""
+"""Tests of pipeline/detection/inference.py and pipeline/slides/readers.py: region reads, scoring, errors."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from conftest import draw_tissue_rgb, write_pyramid_tiff
 from numpy.typing import NDArray
 from torch import nn
 
-from pipeline import readers
 from pipeline.config import InferenceConfig, TilingConfig
+from pipeline.detection.heatmap import heatmap_from_scores
+from pipeline.detection.inference import naive_score_tiles, score_tiles, score_tiles_with_stats
 from pipeline.errors import CheckpointError, ConfigError, SlideOpenError
-from pipeline.heatmap import heatmap_from_scores
-from pipeline.inference import naive_score_tiles, score_tiles, score_tiles_with_stats
 from pipeline.models import ModelCard, build_model
-from pipeline.readers import (
+from pipeline.slides import readers
+from pipeline.slides.readers import (
     RegionDataset,
     RegionTiles,
     plan_regions,
@@ -35,9 +35,9 @@ from pipeline.readers import (
     read_one_tile,
     tile_level_xy,
 )
-from pipeline.slide import open_slide
-from pipeline.tiling import TileGrid, plan_tiles
-from pipeline.tissue import TissueMask
+from pipeline.slides.slide import open_slide
+from pipeline.slides.tiling import TileGrid, plan_tiles
+from pipeline.slides.tissue import TissueMask
 
 SLIDE_MPP = 0.5
 SLIDE_SIZE = (700, 560)  # level-0 (width, height): not a multiple of the tile grid
@@ -117,7 +117,7 @@ def test_non_integer_downsample_keeps_region_tiles_within_openslide_sub_pixel_ph
 ) -> None:
     # 701 x 561 px halves to 351 x 281: downsample 1.9968, so OpenSlide resamples every level-1
     # read by a sub-pixel phase that differs per read; region and one-tile reads then agree
-    # only closely (see pipeline/readers.py).
+    # only closely (see pipeline/slides/readers.py).
     image = draw_tissue_rgb(701, 561, seed=3)
     path = write_pyramid_tiff(tmp_path / "odd.tif", image, mpp=SLIDE_MPP, tile_px=128)
     grid = grid_for(image, 1.0, None)
@@ -405,12 +405,12 @@ _HANGING_SCORER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from pipeline import readers
+from pipeline.slides import readers
 from pipeline.config import InferenceConfig, TilingConfig
-from pipeline.inference import score_tiles
+from pipeline.detection.inference import score_tiles
 from pipeline.models import ModelCard, build_model
-from pipeline.tiling import plan_tiles
-from pipeline.tissue import TissueMask
+from pipeline.slides.tiling import plan_tiles
+from pipeline.slides.tissue import TissueMask
 
 slide, markers = Path(sys.argv[1]), Path(sys.argv[2])
 
@@ -483,7 +483,7 @@ def test_reader_processes_end_when_their_parent_is_killed(tmp_path: Path, slide_
 def test_the_fitted_cpu_plan_probes_the_slide_and_model_and_keeps_the_scores(
     monkeypatch: pytest.MonkeyPatch, slide_path: Path, slide_image: NDArray[np.uint8]
 ) -> None:
-    from pipeline import cpu_plan
+    from pipeline.detection import cpu_plan
 
     monkeypatch.setattr(cpu_plan, "MIN_TILES_FOR_READERS", 0)  # probe even this small grid
     mpp, stride = CASES["level0-resized"]
@@ -501,7 +501,7 @@ def test_the_fitted_cpu_plan_probes_the_slide_and_model_and_keeps_the_scores(
 def test_a_prepared_model_is_folded_once_and_serves_every_call(
     monkeypatch: pytest.MonkeyPatch, slide_path: Path, slide_image: NDArray[np.uint8]
 ) -> None:
-    from pipeline import inference
+    from pipeline.detection import inference
 
     folds: list[int] = []
     fold = inference._fuse_batch_norms
@@ -534,7 +534,7 @@ def test_score_tiles_never_serves_stale_weights_after_training_changes_them(
 
 
 def test_read_ahead_keeps_the_order_and_raises_the_readers_error_here() -> None:
-    from pipeline.readers import read_ahead
+    from pipeline.slides.readers import read_ahead
 
     assert list(read_ahead(iter(range(50)), 3)) == list(range(50))
 
@@ -549,7 +549,7 @@ def test_read_ahead_keeps_the_order_and_raises_the_readers_error_here() -> None:
 def test_stopping_early_ends_the_read_ahead_thread() -> None:
     import threading
 
-    from pipeline.readers import read_ahead
+    from pipeline.slides.readers import read_ahead
 
     items = read_ahead(iter(range(10_000)), 2)
     assert next(items) == 0

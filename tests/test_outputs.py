@@ -41,7 +41,7 @@ def _no_formula(rows: list[list[str]]) -> None:
 
 
 def test_summary_csv_neutralises_slide_ids_paths_and_errors(tmp_path: Path) -> None:
-    from pipeline.report import write_summary_csv
+    from pipeline.review.report import write_summary_csv
 
     manifest = {"slides": {"=cmd": {"status": "failed", "path": "@evil.svs",
                                     "error": '=HYPERLINK("http://x")', "seconds": -0.5}}}
@@ -54,7 +54,7 @@ def test_summary_csv_neutralises_slide_ids_paths_and_errors(tmp_path: Path) -> N
 
 
 def test_scores_csv_neutralises_paths_and_errors(tmp_path: Path) -> None:
-    from pipeline.classify import PatchScore, write_scores_csv
+    from pipeline.training.classify import PatchScore, write_scores_csv
 
     scores = [PatchScore("=x.png", 0.25), PatchScore("-y.png", None, "@bad")]
     path = write_scores_csv(tmp_path / "s.csv", scores)
@@ -64,7 +64,7 @@ def test_scores_csv_neutralises_paths_and_errors(tmp_path: Path) -> None:
 
 
 def test_sample_index_round_trips_a_hostile_slide_name(tmp_path: Path) -> None:
-    from pipeline.sampling import PatchSample, read_sample_index, write_sample_index
+    from pipeline.training.sampling import PatchSample, read_sample_index, write_sample_index
 
     samples = [PatchSample("=evil.tif", -0.5, 12.25, 1, "train", "tumor")]
     path = write_sample_index(tmp_path / "samples.csv", samples)
@@ -87,7 +87,7 @@ def test_deposit_pairs_and_froc_csv_are_safe(tmp_path: Path) -> None:
 
 
 def test_training_metrics_keep_negative_numbers(tmp_path: Path) -> None:
-    from pipeline.train_metrics import METRIC_COLUMNS, append_metrics
+    from pipeline.training.metrics import METRIC_COLUMNS, append_metrics
 
     append_metrics(tmp_path / "metrics.csv", {"epoch": 0.0, "train_loss": -0.5})
     rows = _rows(tmp_path / "metrics.csv")

@@ -1,4 +1,5 @@
-"""Tests of pipeline/overlay.py: the one heatmap renderer, the overlay PNG, its colours and scale bar."""
+"""Tests of pipeline/review/overlay.py: the one heatmap renderer, the overlay PNG, its colours and
+scale bar."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from matplotlib import colormaps
 from numpy.typing import NDArray
 from PIL import Image
 
-from pipeline.colors import CATEGORY_COLORS, HEATMAP_TRANSPARENT_BELOW, hex_to_rgb
+from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import HeatmapError
-from pipeline.heatmap import Heatmap
-from pipeline.overlay import (
+from pipeline.review.colors import CATEGORY_COLORS, HEATMAP_TRANSPARENT_BELOW, hex_to_rgb
+from pipeline.review.overlay import (
     COLORBAR_PANEL_PX,
     COLORBAR_WIDTH_PX,
     COLORMAP,
@@ -35,7 +36,7 @@ from pipeline.overlay import (
     scale_bar_length,
     write_overlay,
 )
-from pipeline.slide import open_slide
+from pipeline.slides.slide import open_slide
 
 SLIDE_MPP = 0.5
 WIDTH, HEIGHT = 1200, 900  # level-0 px

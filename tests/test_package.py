@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from pipeline.cli import COMMAND_MODULES, build_parser
 
@@ -36,3 +38,64 @@ def test_no_command_prints_help_and_exits_2() -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "COMMAND" in result.stdout
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+STAGE_PACKAGES = ("slides", "detection", "deposits", "staging", "review", "batch", "training", "synthetic",
+                  "evaluation", "models", "cli")  # fmt: skip
+MAX_MODULE_LINES = 520  # the style guide's "about 500"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """pipeline modules ``path`` imports anywhere (inside functions and TYPE_CHECKING too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        found.update(name for name in names if name in modules)
+    return found
+
+
+def test_the_tree_shows_the_stages_each_package_saying_what_it_reads_and_produces() -> None:
+    entries = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert {name for name in entries if not name.endswith(".py")} == set(STAGE_PACKAGES)
+    assert len(entries) <= 16, sorted(entries)
+    for name in STAGE_PACKAGES:
+        doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and len(doc) > 80, (
+            f"pipeline/{name}/__init__.py needs a docstring: what it reads and produces"
+        )
+
+
+def test_no_module_is_over_about_500_lines() -> None:
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}  # fmt: skip
+    assert not long
+
+
+def test_no_import_cycle_between_modules() -> None:
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: _imports(path, set(paths)) - {name} for name, path in paths.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if target.startswith(name + "."):
+                continue  # a package's __init__ re-exporting its own modules
+            assert state.get(target) != 1, " -> ".join([*path, name, target])
+            if target not in state:
+                visit(target, [*path, name])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])

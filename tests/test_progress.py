@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import draw_tissue_rgb, write_pyramid_tiff
 
-from pipeline.batch import SlideOutcome
-from pipeline.commands.progress import BatchProgress, ProgressMode, choose_mode
+from pipeline.batch.local import SlideOutcome
+from pipeline.cli.progress import BatchProgress, ProgressMode, choose_mode
 from pipeline.models import ModelCard, build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Slide QC (pipeline.qc): brightfield H&E, stain range, focus, tissue amount, lymph-node look,
+"""Slide QC (pipeline.slides.qc): brightfield H&E, stain range, focus, tissue amount, lymph-node look,
 on synthetic slides (plain, blurred, recoloured) and on the real material in ../shared/data."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.config import TissueConfig
-from pipeline.qc import (
+from pipeline.slides.qc import (
     DEFAULT_QC_REFERENCE,
     STAIN_NAMES,
     QCConfig,
@@ -24,9 +24,9 @@ from pipeline.qc import (
     qc_reference_from_tiles,
     stain_statistics,
 )
-from pipeline.slide import open_slide
-from pipeline.synthetic import SynthConfig, generate_slide
-from pipeline.tissue import detect_tissue
+from pipeline.slides.slide import open_slide
+from pipeline.slides.tissue import detect_tissue
+from pipeline.synthetic.generate import SynthConfig, generate_slide
 
 CAMELYON17_MPP = 0.243  # level 0 of CAMELYON17 (../shared/data/README.md)
 
@@ -215,7 +215,7 @@ def test_an_accepted_qc_failure_is_scored_and_its_category_carries_the_warning(
 
 
 def test_qc_settings_come_from_the_config_file(tiny_model: Path, tmp_path: Path) -> None:
-    from pipeline.analyze import build_context
+    from pipeline.batch.analyze import build_context
     from pipeline.errors import ConfigError
 
     config = tmp_path / "run.toml"

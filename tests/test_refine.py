@@ -11,11 +11,11 @@ import pytest
 import shapely
 from numpy.typing import NDArray
 
-from pipeline import refine
 from pipeline.config import DepositConfig
-from pipeline.deposits import Deposit, diameter_uncertainty_mm, find_deposits
-from pipeline.heatmap import Heatmap
-from pipeline.refine import is_ambiguous, refine_deposit, refine_deposits
+from pipeline.deposits import refine
+from pipeline.deposits.measure import Deposit, diameter_uncertainty_mm, find_deposits
+from pipeline.deposits.refine import is_ambiguous, refine_deposit, refine_deposits
+from pipeline.detection.heatmap import Heatmap
 from pipeline.staging import Category
 
 MPP = 0.25
@@ -192,7 +192,7 @@ def test_scorer_that_finds_nothing_keeps_the_coarse_deposit(
     def nothing(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
         return np.zeros(len(xy_px), dtype=np.float32)
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.refine"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.deposits.refine"):
         (kept,) = refine_deposit(heatmap, coarse, 0.5, nothing, 0.25)
     assert kept is coarse and not kept.refined
     assert "found no tumor" in caplog.text

@@ -1,4 +1,4 @@
-"""Tests of pipeline/report.py: report.json's review and cell-rule fields, summary.csv, size text."""
+"""Tests of pipeline/review/report.py: report.json's review and cell-rule fields, summary.csv, size text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.report import (
+from pipeline.review.report import (
     RESEARCH_USE_NOTICE,
     SUMMARY_COLUMNS,
     build_report,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import draw_tissue_rgb, write_pyramid_tiff
 
-from pipeline.annotations import Annotation, write_asap_xml, write_geojson
 from pipeline.errors import ConfigError
-from pipeline.sampling import (
+from pipeline.slides.annotations import Annotation, write_asap_xml, write_geojson
+from pipeline.training.sampling import (
     PatchSample,
     SampleConfig,
     SlideSource,

@@ -9,7 +9,7 @@ import pytest
 from conftest import FIXTURES, draw_tissue_rgb, require_shared_data, write_pyramid_tiff
 
 from pipeline.errors import MissingMppError, SlideOpenError
-from pipeline.slide import open_slide, read_mpp
+from pipeline.slides.slide import open_slide, read_mpp
 
 BAD = FIXTURES / "bad_slides"
 
@@ -181,7 +181,7 @@ def test_corrupt_level0_header_is_refused_not_read_at_half_scale(
 
 
 def test_a_level_larger_than_level0_is_refused() -> None:
-    from pipeline.slide import check_level_sizes
+    from pipeline.slides.slide import check_level_sizes
 
     check_level_sizes(Path("ok.svs"), ((800, 600), (400, 300)), "unknown")
     with pytest.raises(SlideOpenError, match=r"x\.svs: corrupt level-0 header: level 0 is 1 x 1 px"):

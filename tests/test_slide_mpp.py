@@ -13,7 +13,7 @@ from conftest import FIXTURES, draw_tissue_rgb, write_pyramid_tiff, write_untrai
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, MissingMppError, MppMismatchError
-from pipeline.slide import mpp_by_slide_id, open_slide, open_slide_for_user, read_mpp_csv
+from pipeline.slides.slide import mpp_by_slide_id, open_slide, open_slide_for_user, read_mpp_csv
 
 NO_MPP = FIXTURES / "bad_slides" / "no_resolution.tif"
 

@@ -14,14 +14,14 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.colors import CATEGORY_COLORS, hex_to_rgb
 from pipeline.config import StagingConfig
+from pipeline.detection.heatmap import load_heatmap
 from pipeline.errors import OutputError
-from pipeline.heatmap import load_heatmap
-from pipeline.overlay import blend_heatmap
-from pipeline.report import RESEARCH_USE_NOTICE
-from pipeline.viewer.render import render_review_image, slide_thumbnail
-from pipeline.viewer.static_report import (
+from pipeline.review.colors import CATEGORY_COLORS, hex_to_rgb
+from pipeline.review.overlay import blend_heatmap
+from pipeline.review.report import RESEARCH_USE_NOTICE
+from pipeline.review.viewer.render import render_review_image, slide_thumbnail
+from pipeline.review.viewer.static_report import (
     StaticReportConfig,
     build_static_report,
     write_static_report,

@@ -13,11 +13,11 @@ import pytest
 import shapely
 from scipy.spatial.distance import pdist
 
-from pipeline.annotations import read_asap_xml
 from pipeline.cli import main
 from pipeline.errors import ConfigError, MissingMppError
-from pipeline.slide import read_mpp
-from pipeline.synthetic import (
+from pipeline.slides.annotations import read_asap_xml
+from pipeline.slides.slide import read_mpp
+from pipeline.synthetic.generate import (
     PlantedDeposit,
     SynthConfig,
     SynthResult,

@@ -13,12 +13,11 @@ import pytest
 import shapely
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.commands import demo
+from pipeline.cli import demo, main
 from pipeline.errors import ConfigError
-from pipeline.synthetic import PlantedDeposit, SynthConfig, SynthResult, generate_slide
-from pipeline.synthetic_layout import build_scene
-from pipeline.synthetic_texture import (
+from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, SynthResult, generate_slide
+from pipeline.synthetic.layout import build_scene
+from pipeline.synthetic.texture import (
     BACKGROUND_TILES,
     SOURCE_MPP,
     TUMOR_PATCHES,
@@ -234,7 +233,7 @@ def test_bad_texture_settings_raise_value_error_naming_the_field(
 def test_demo_falls_back_to_cartoon_with_a_one_line_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("pipeline.synthetic_texture.DEFAULT_TEXTURE_DIR", tmp_path / "absent")
+    monkeypatch.setattr("pipeline.synthetic.texture.DEFAULT_TEXTURE_DIR", tmp_path / "absent")
     assert demo.choose_texture(None) == ("cartoon", None)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

@@ -9,9 +9,9 @@ import pytest
 
 from pipeline.config import TilingConfig, TissueConfig
 from pipeline.errors import NoTissueError
-from pipeline.slide import open_slide
-from pipeline.tiling import grid_shape_for, plan_tiles
-from pipeline.tissue import TissueMask, detect_tissue
+from pipeline.slides.slide import open_slide
+from pipeline.slides.tiling import grid_shape_for, plan_tiles
+from pipeline.slides.tissue import TissueMask, detect_tissue
 
 
 def _full_mask(width: int, height: int, mask_mpp: float, slide_mpp: float) -> TissueMask:

@@ -11,10 +11,10 @@ from conftest import FIXTURES, require_shared_data
 from numpy.typing import NDArray
 from skimage import color, filters
 
-from pipeline import tissue as tissue_module
 from pipeline.config import TissueConfig
-from pipeline.slide import open_slide
-from pipeline.tissue import MAX_OTSU_SATURATION, detect_tissue, tissue_mask_from_rgb
+from pipeline.slides import tissue as tissue_module
+from pipeline.slides.slide import open_slide
+from pipeline.slides.tissue import MAX_OTSU_SATURATION, detect_tissue, tissue_mask_from_rgb
 
 
 def _canvas(rows: int = 200, cols: int = 300) -> np.ndarray:

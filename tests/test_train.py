@@ -14,19 +14,19 @@ import pytest
 import shapely
 import torch
 
-from pipeline.annotations import read_annotations
 from pipeline.cli import main as cli_main
 from pipeline.errors import ConfigError
 from pipeline.models import load_checkpoint, load_training_state
-from pipeline.sampling import read_sample_index
-from pipeline.synthetic import PlantedDeposit, SynthConfig, generate_slide
-from pipeline.train import lr_factor, main
-from pipeline.train_config import (
+from pipeline.slides.annotations import read_annotations
+from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide
+from pipeline.training.config import (
     TrainSettings,
     settings_from_dict,
     settings_to_dict,
     settings_to_toml,
 )
+from pipeline.training.sampling import read_sample_index
+from pipeline.training.train import lr_factor, main
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,11 @@ from numpy.typing import NDArray
 from PIL import Image
 from werkzeug.serving import make_server
 
-from pipeline.colors import DEFAULT_HEATMAP_OPACITY
-from pipeline.heatmap import Heatmap, load_heatmap
-from pipeline.overlay import blend_heatmap, heatmap_rect_px
-from pipeline.viewer.app import OPENSEADRAGON_DIR, create_app
-from pipeline.viewer.static_report import StaticReportConfig, write_static_report
+from pipeline.detection.heatmap import Heatmap, load_heatmap
+from pipeline.review.colors import DEFAULT_HEATMAP_OPACITY
+from pipeline.review.overlay import blend_heatmap, heatmap_rect_px
+from pipeline.review.viewer.app import OPENSEADRAGON_DIR, create_app
+from pipeline.review.viewer.static_report import StaticReportConfig, write_static_report
 from tests.viewer_batch import (
     FAILED_ID,
     GOOD_ID,

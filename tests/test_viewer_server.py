@@ -17,14 +17,14 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from pipeline.colors import HEATMAP_TRANSPARENT_BELOW
-from pipeline.commands import view as view_command
+from pipeline.cli import view as view_command
 from pipeline.config import StagingConfig
 from pipeline.errors import OutputError, StagingError
-from pipeline.overlay import heatmap_rgba
-from pipeline.report import RESEARCH_USE_NOTICE
-from pipeline.viewer.app import create_app
-from pipeline.viewer.tiles import DeepZoomCache, TileConfig
+from pipeline.review.colors import HEATMAP_TRANSPARENT_BELOW
+from pipeline.review.overlay import heatmap_rgba
+from pipeline.review.report import RESEARCH_USE_NOTICE
+from pipeline.review.viewer.app import create_app
+from pipeline.review.viewer.tiles import DeepZoomCache, TileConfig
 from tests.viewer_batch import (
     FAILED_ERROR,
     FAILED_ID,

@@ -1,6 +1,6 @@
 """Test helper: a small batch output folder for the viewer and static-report tests.
 
-One synthetic slide (``pipeline.synthetic``, generated once per test session) is listed
+One synthetic slide (``pipeline.synthetic.generate``, generated once per test session) is listed
 three times in the manifest: a finished slide with a micrometastasis and an ITC, a
 finished negative slide whose id is an HTML injection attempt, and a failed slide with an
 error. Heatmaps are drawn from the ground truth; reports follow docs/architecture.md.
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from matplotlib.path import Path as PolygonPath
 
-from pipeline.heatmap import Heatmap, save_heatmap
-from pipeline.report import build_report
-from pipeline.synthetic import (
+from pipeline.detection.heatmap import Heatmap, save_heatmap
+from pipeline.review.report import build_report
+from pipeline.synthetic.generate import (
     DepositTruth,
     PlantedDeposit,
     SynthConfig,

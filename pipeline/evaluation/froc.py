@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.annotation_geometry import polygon_mask
 from pipeline.errors import EvaluationError
+from pipeline.slides.annotation_geometry import polygon_mask
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.batch import slide_folder
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.froc import Detection, SlideTruth
 from pipeline.evaluation.sizes import PredictedDeposit, TrueDeposit
-from pipeline.outputs import read_json_object
+from pipeline.outputs import read_json_object, slide_folder
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +271,7 @@ def find_truth_file(truth_dir: Path, slide_id: str) -> Path | None:
 
 def _read_synthetic_truth(path: Path) -> Any:
     from pipeline.errors import ConfigError
-    from pipeline.synthetic import read_truth
+    from pipeline.synthetic.generate import read_truth
 
     try:
         return read_truth(path)
@@ -286,9 +285,9 @@ def _read_synthetic_truth(path: Path) -> Any:
 
 
 def _check_synthetic_truth(path: Path, truth: Any, mpp: float) -> None:
-    from pipeline.annotations import MAX_COORDINATE_PX, check_coordinates
     from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
     from pipeline.errors import AnnotationError
+    from pipeline.slides.annotations import MAX_COORDINATE_PX, check_coordinates
 
     if not (math.isfinite(mpp) and MIN_PLAUSIBLE_MPP <= mpp <= MAX_PLAUSIBLE_MPP):
         raise EvaluationError(
@@ -319,7 +318,7 @@ def _check_synthetic_truth(path: Path, truth: Any, mpp: float) -> None:
 
 
 def _synthetic_reference(path: Path, slide_id: str) -> SlideReference:
-    from pipeline.annotations import warn_outlines_outside
+    from pipeline.slides.annotations import warn_outlines_outside
 
     truth = _read_synthetic_truth(path)
     mpp = truth.mpp if truth.mpp is not None else truth.render_mpp
@@ -339,7 +338,7 @@ def _synthetic_reference(path: Path, slide_id: str) -> SlideReference:
 
 
 def _annotation_reference(path: Path, prediction: SlidePrediction) -> SlideReference:
-    from pipeline.annotations import max_feret_diameter_px, read_annotations, warn_outlines_outside
+    from pipeline.slides.annotations import max_feret_diameter_px, read_annotations, warn_outlines_outside
     from pipeline.staging import categorize_deposit, slide_category
 
     annotations = read_annotations(path)

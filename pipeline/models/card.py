@@ -20,10 +20,10 @@ import torch
 import torchvision
 
 import pipeline
-from pipeline.augment import STAIN_NORMALIZATIONS
 from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 from pipeline.errors import CheckpointError
 from pipeline.models.architectures import ARCHITECTURES, available_architectures
+from pipeline.slides.stain import STAIN_NORMALIZATIONS
 
 # Version of the checkpoint format; the card's fields are part of it.
 FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ class ModelCard:
         taught on the central part of its tile (PatchCamelyon: the central 32 px of 96) is
         scored with that part as stride, so each heatmap cell is the region its label covered.
     qc_reference: slide-QC ranges measured on the training data, name -> [low, high]
-        (see ``pipeline.qc``); empty when unknown.
+        (see ``pipeline.slides.qc``); empty when unknown.
     seed_threshold: None, or a tumor probability >= threshold that at least one cell of a
         deposit must reach: cells at or above ``threshold`` outline deposits, and a deposit
         none of whose cells reaches the seed is dropped (hysteresis: isolated weak cells in

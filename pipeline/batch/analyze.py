@@ -1,0 +1,466 @@
+"""One slide end to end: reads a slide file, produces its heatmap, deposits, category,
+exports, overlay and ``report.json`` in one folder. ``run_local_batch`` runs it over many
+slides through ``pipeline.batch.local`` (manifest, resume, failure isolation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline import __version__
+from pipeline.batch.local import MANIFEST, SlideOutcome, read_manifest, run_batch
+from pipeline.config import (
+    DepositConfig,
+    InferenceConfig,
+    TilingConfig,
+    TissueConfig,
+    build_config,
+    config_to_dict,
+    load_config_file,
+)
+from pipeline.detection.heatmap import Heatmap, heatmap_from_scores, save_heatmap
+from pipeline.errors import ConfigError, NoTissueError, SlideQCError
+from pipeline.outputs import atomic_write_json
+from pipeline.review.colors import category_color
+from pipeline.review.report import build_report, write_summary_csv
+from pipeline.slides.qc import ACCEPT_FLAG, QCConfig, QCResult, check_slide
+from pipeline.slides.slide import Slide, open_slide, open_slide_for_user
+from pipeline.slides.tiling import TileGrid, plan_tiles, points_grid, subset_grid
+from pipeline.slides.tissue import TissueMask, detect_tissue
+from pipeline.staging import slide_category
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.deposits.measure import Deposit
+    from pipeline.detection.inference import InferenceStats, PreparedModel
+    from pipeline.models import ModelCard
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int], None]
+
+
+class TileProgress(Protocol):
+    """Progress of one slide: told its number of tiles once, then counts of tiles scored."""
+
+    def start(self, n_tiles: int) -> None:
+        """The slide has ``n_tiles`` tiles to score."""
+
+    def __call__(self, n_scored: int) -> None:
+        """``n_scored`` more tiles were scored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisContext:
+    """Everything a slide analysis needs besides the slide: model, card and stage configs."""
+
+    model: nn.Module
+    card: ModelCard
+    model_path: Path
+    model_sha256: str
+    tissue: TissueConfig
+    tiling: TilingConfig
+    inference: InferenceConfig
+    deposits: DepositConfig
+    mpp_override: float | None = None
+    qc: QCConfig = dataclasses.field(default_factory=QCConfig)
+    force_mpp: bool = False
+    mpp_by_slide: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    whole_slide: bool = False
+
+    @functools.cached_property
+    def prepared(self) -> PreparedModel:
+        """The model prepared once (folded, compiled if asked) for every slide of this context."""
+        from pipeline.detection.inference import prepare_model
+
+        return prepare_model(self.model, self.card, self.inference)
+
+    def user_mpp(self, slide_id: str) -> tuple[float | None, str]:
+        """The µm/px the user gave for a slide (``--mpp-csv`` first, then ``--mpp``), or None,
+        and the flag it came from."""
+        if slide_id in self.mpp_by_slide:
+            return self.mpp_by_slide[slide_id], "--mpp-csv"
+        return self.mpp_override, "--mpp"
+
+    @property
+    def threshold(self) -> float:
+        """The deposit threshold: the user's, else the model card's operating point."""
+        return self.deposits.threshold if self.deposits.threshold is not None else self.card.threshold
+
+    @property
+    def threshold_source(self) -> str:
+        """Where the deposit thresholds came from: "model card", or "user" when either was given."""
+        given = self.deposits.threshold is not None or self.deposits.seed_threshold is not None
+        return "user" if given else "model card"
+
+    @property
+    def seed_threshold(self) -> float | None:
+        """The seed a deposit must reach: the user's, else the card's (never below threshold)."""
+        seed = self.deposits.seed_threshold
+        seed = seed if seed is not None else self.card.seed_threshold
+        return None if seed is None else max(seed, self.threshold)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes a result, for report.json, run.json and the resume key."""
+        return {
+            "model_sha256": self.model_sha256,
+            "threshold": self.threshold,
+            "seed_threshold": self.seed_threshold,
+            "mpp_override": self.mpp_override,
+            "mpp_by_slide": dict(sorted(self.mpp_by_slide.items())),
+            "force_mpp": self.force_mpp,
+            "whole_slide": self.whole_slide,
+            "qc": config_to_dict(self.qc),
+            "tissue": config_to_dict(self.tissue),
+            "tiling": config_to_dict(self.tiling),
+            "inference": {
+                k: v
+                for k, v in config_to_dict(self.inference).items()
+                if k in ("precision", "cascade", "cascade_screen_threshold")
+            },
+            "deposits": config_to_dict(self.deposits),
+        }
+
+    def model_facts(self) -> dict[str, Any]:
+        """The model section of report.json."""
+        return {
+            "path": str(self.model_path),
+            "sha256": self.model_sha256,
+            "architecture": self.card.architecture,
+            "tile_size_px": self.card.tile_size_px,
+            "mpp": self.card.mpp,
+            "threshold": self.threshold,
+            "seed_threshold": self.seed_threshold,
+            "threshold_source": self.threshold_source,
+        }
+
+
+# Settings a command line may override, per config section; option names equal field names.
+# Tile size and resolution are absent on purpose: they come from the model card.
+OVERRIDABLE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "inference": (
+        "device",
+        "batch_size",
+        "num_workers",
+        "region_tiles",
+        "precision",
+        "compile",
+        "cascade",
+        "cascade_screen_threshold",
+    ),
+    "tiling": ("stride_px", "min_tissue_fraction"),
+    "deposits": ("threshold", "seed_threshold", "refine", "count_cells", "cell_rule"),
+    "qc": ("accept_qc_failures",),
+}
+
+
+def stage_overrides(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-section overrides for ``build_context`` from flat option values (e.g. ``vars(args)``);
+    a missing option counts as not given (None)."""
+    return {
+        section: {name: options.get(name) for name in names}
+        for section, names in OVERRIDABLE_SETTINGS.items()
+    }
+
+
+def build_context(
+    model_path: Path | None,
+    config_path: Path | None,
+    overrides: Mapping[str, Mapping[str, Any]],
+    mpp_override: float | None,
+    force_mpp: bool = False,
+    mpp_by_slide: Mapping[str, float] | None = None,
+    whole_slide: bool = False,
+) -> AnalysisContext:
+    """Load the model and resolve every stage config: defaults, config file, then flags.
+
+    Tile size and resolution always come from the model card, never from flags.
+    mpp_override / mpp_by_slide (slide id -> µm/px): the user's resolution for every slide /
+    per slide, refused where it contradicts a slide's own unless ``force_mpp``.
+    whole_slide: score every tile, not only tissue (for slides tissue detection cannot read).
+    """
+    from pipeline.models import file_sha256, load_checkpoint, resolve_model_path
+
+    sections: dict[str, Any] = load_config_file(config_path) if config_path else {}
+    unknown = set(sections) - {"tissue", "tiling", "inference", "deposits", "qc"}
+    if unknown:
+        raise ConfigError(
+            f"{config_path}: unknown sections {sorted(unknown)}; use tissue, tiling, inference, deposits, qc"
+        )
+    source = str(config_path or "command line")
+    inference = build_config(InferenceConfig, sections.get("inference"), overrides.get("inference"), source)
+    path = resolve_model_path(model_path)
+    from pipeline.models import choose_device
+
+    model, card = load_checkpoint(path, device=str(choose_device(inference.device)))
+    tiling_section = dict(sections.get("tiling", {}))
+    for fixed in ("tile_size_px", "mpp"):
+        if fixed in tiling_section:
+            raise ConfigError(f"{source}: tiling.{fixed} comes from the model card; remove it")
+    tiling_overrides = {**overrides.get("tiling", {}), "tile_size_px": card.tile_size_px, "mpp": card.mpp}
+    if tiling_overrides.get("stride_px") is None and "stride_px" not in tiling_section:
+        # The card's stride: the heatmap cell is the part of the tile the model was taught on.
+        tiling_overrides["stride_px"] = card.stride_px
+    return AnalysisContext(
+        model=model,
+        card=card,
+        model_path=path,
+        model_sha256=file_sha256(path),
+        tissue=build_config(TissueConfig, sections.get("tissue"), overrides.get("tissue"), source),
+        tiling=build_config(TilingConfig, tiling_section, tiling_overrides, source),
+        inference=inference,
+        deposits=build_config(DepositConfig, sections.get("deposits"), overrides.get("deposits"), source),
+        mpp_override=mpp_override,
+        qc=build_config(QCConfig, sections.get("qc"), overrides.get("qc"), source),
+        force_mpp=force_mpp,
+        mpp_by_slide=dict(mpp_by_slide or {}),
+        whole_slide=whole_slide,
+    )
+
+
+def _score(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
+) -> NDArray[np.float32]:
+    """Every tile of ``grid`` scored with the context's prepared model (never the cascade)."""
+    from pipeline.detection.inference import score_prepared
+
+    return score_prepared(slide.path, slide.mpp, grid, context.prepared, context.inference, progress)[0]
+
+
+def _score_with_facts(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
+) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    """Tile probabilities and the inference section of report.json (device, CPU plan, speed)."""
+    from pipeline.detection.inference import score_prepared
+
+    if context.inference.cascade:
+        return _cascade_with_facts(context, slide, grid, progress)
+    probabilities, stats = score_prepared(
+        slide.path, slide.mpp, grid, context.prepared, context.inference, progress
+    )
+    return probabilities, _inference_facts(context, [stats])
+
+
+def _inference_facts(context: AnalysisContext, runs: Sequence[InferenceStats]) -> dict[str, Any]:
+    seconds = sum(stats.seconds for stats in runs)
+    return {
+        "device": runs[0].device,
+        "precision": runs[0].precision,
+        "compiled": context.inference.compile,
+        "tiles_per_s": round(sum(stats.n_tiles for stats in runs) / seconds, 1) if seconds > 0 else 0.0,
+        "cpu_plan": runs[0].cpu_plan.to_dict(),
+    }
+
+
+def _cascade_with_facts(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
+) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    """The cascade (``pipeline.detection.cascade``): the screen, then dense scoring near suspicious tiles."""
+    from pipeline.detection.cascade import cascade_scores
+    from pipeline.detection.inference import score_prepared
+
+    runs: list[InferenceStats] = []
+
+    def score(indices: NDArray[np.int64]) -> NDArray[np.float32]:
+        part = subset_grid(grid, indices)
+        scores, stats = score_prepared(
+            slide.path, slide.mpp, part, context.prepared, context.inference, progress
+        )
+        runs.append(stats)
+        return scores
+
+    probabilities, cascade = cascade_scores(grid, score, context.inference.cascade_screen_threshold)
+    if progress is not None:
+        progress(len(grid) - cascade.screen_tiles - cascade.full_tiles)  # the cells left unscored
+    return probabilities, {**_inference_facts(context, runs), "cascade": cascade.to_dict()}
+
+
+def _find_and_refine(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap
+) -> list[Deposit]:
+    from pipeline.deposits.measure import find_deposits, keep_seeded
+
+    deposits = keep_seeded(find_deposits(heatmap, context.threshold), context.seed_threshold)
+    if not (context.deposits.refine and deposits):
+        return deposits
+    from pipeline.deposits.refine import refine_deposits
+
+    def score_points(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
+        if len(xy_px) == 0:
+            return np.zeros(0, np.float32)
+        return _score(context, slide, points_grid(grid, xy_px), None)
+
+    refined = refine_deposits(heatmap, deposits, context.threshold, score_points, context.deposits)
+    return keep_seeded(refined, context.seed_threshold)
+
+
+def _count_cells(context: AnalysisContext, slide: Slide, deposits: list[Deposit]) -> list[Deposit]:
+    if not context.deposits.count_cells:
+        return deposits
+    from pipeline.deposits.cells import add_cell_counts
+
+    return add_cell_counts(slide, deposits, context.deposits)
+
+
+def _write_exports(folder: Path, deposits: Sequence[Deposit]) -> None:
+    from pipeline.review.exports import write_asap_xml, write_camelyon16_csv, write_qupath_geojson
+
+    write_qupath_geojson(deposits, folder / "deposits.geojson")
+    write_asap_xml(deposits, folder / "deposits.xml")
+    write_camelyon16_csv(deposits, folder / "detections.csv")
+
+
+def _overlay_base(path: Path, mpp_override: float | None, heatmap: Heatmap) -> NDArray[np.uint8]:
+    """The slow half of the overlay (thumbnail read + heatmap blend), on a slide handle of its
+    own so it can run in a thread beside cell counting on the main handle."""
+    from pipeline.review.overlay import heatmap_over_thumbnail
+
+    with open_slide(path, mpp_override=mpp_override) as slide:
+        return heatmap_over_thumbnail(slide, heatmap)
+
+
+def _write_overlay(
+    slide: Slide, blended: NDArray[np.uint8], deposits: Sequence[Deposit], folder: Path, slide_id: str
+) -> None:
+    from pipeline.review.overlay import overlay_title, write_overlay
+
+    outlines: list[NDArray[np.floating[Any]]] = [d.outline_xy for d in deposits]
+    colors = [category_color(str(d.category)) for d in deposits]
+    largest = max(deposits, key=lambda d: d.max_diameter_mm, default=None)
+    title = overlay_title(
+        slide_id,
+        str(slide_category(d.category for d in deposits)),
+        None if largest is None else largest.max_diameter_mm,
+        largest is not None and largest.below_grid,
+        sum(1 for d in deposits if d.review),
+    )
+    write_overlay(blended, slide, folder / "overlay.png", outlines, colors, title)
+
+
+def _deposits_and_overlay(
+    context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap, folder: Path, slide_id: str
+) -> tuple[list[Deposit], float]:
+    """Deposits (refined, cells counted), their exports and overlay.png; also the seconds the
+    deposits took. The overlay's slide read and heatmap blend run in a thread meanwhile."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="micromet-overlay") as pool:
+        deposits = _find_and_refine(context, slide, grid, heatmap)
+        # Started only now: scoring (refinement included) forks reader processes, and no
+        # thread may be inside a slide read when a process forks.
+        overlay_base = pool.submit(_overlay_base, slide.path, slide.mpp, heatmap)
+        deposits = _count_cells(context, slide, deposits)
+        seconds = time.perf_counter() - started
+        _write_exports(folder, deposits)
+        _write_overlay(slide, overlay_base.result(), deposits, folder, slide_id)
+    return deposits, seconds
+
+
+def _slide_facts(slide: Slide, tissue_fraction: float, tissue_area_mm2: float) -> dict[str, Any]:
+    facts = slide.info.to_dict()
+    facts.pop("level_dimensions", None)
+    facts.update(tissue_fraction=round(tissue_fraction, 5), tissue_area_mm2=round(tissue_area_mm2, 4))
+    return facts
+
+
+def _check_quality(context: AnalysisContext, slide: Slide, tissue: TissueMask, slide_id: str) -> QCResult:
+    """Slide QC before scoring; raises SlideQCError for a failing slide unless the user accepts
+    QC failures."""
+    qc = check_slide(slide, tissue, context.qc, context.card.qc_reference)
+    log.info("%s: %s", slide_id, qc.summary_line())
+    if not qc.passed and not context.qc.accept_qc_failures:
+        raise SlideQCError(f"{slide.path}: {qc.warning}; not scored (add {ACCEPT_FLAG} to score it anyway)")
+    return qc
+
+
+def _whole_slide_mask(tissue: TissueMask) -> TissueMask:
+    """A mask calling the whole slide tissue, for ``whole_slide`` scoring."""
+    return dataclasses.replace(tissue, mask=np.ones_like(tissue.mask))
+
+
+def analyze_slide(
+    context: AnalysisContext,
+    path: Path,
+    slide_id: str,
+    folder: Path,
+    progress: TileProgress | None = None,
+) -> dict[str, Any]:
+    """Analyse one slide into ``folder``; returns its report dict. ``report.json`` is written
+    last, so a folder with a report is complete. Raises MicrometError subclasses on bad input.
+    """
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    user_mpp, flag = context.user_mpp(slide_id)
+    with open_slide_for_user(path, user_mpp, context.force_mpp, flag) as slide:
+        tissue = detect_tissue(slide, context.tissue)
+        qc = _check_quality(context, slide, tissue, slide_id)
+        scored = _whole_slide_mask(tissue) if context.whole_slide else tissue
+        try:
+            grid = plan_tiles(slide.dimensions, slide.mpp, scored, context.tiling)
+        except NoTissueError as exc:
+            raise NoTissueError(f"{path}: {exc}") from exc
+        timing["tissue_tiling"] = time.perf_counter() - started
+        if progress is not None:
+            progress.start(len(grid))
+        probabilities, inference_facts = _score_with_facts(context, slide, grid, progress)
+        timing["inference"] = time.perf_counter() - started - timing["tissue_tiling"]
+        heatmap = heatmap_from_scores(grid, probabilities)
+        save_heatmap(heatmap, folder)
+        deposits, timing["deposits"] = _deposits_and_overlay(context, slide, grid, heatmap, folder, slide_id)
+        facts = _slide_facts(slide, tissue.tissue_fraction, tissue.tissue_area_mm2)
+    category = slide_category(d.category for d in deposits)
+    timing["total"] = time.perf_counter() - started
+    report = build_report(
+        slide_id,
+        facts,
+        context.model_facts(),
+        context.settings(),
+        str(category),
+        float(np.nanmax(probabilities)) if len(probabilities) else 0.0,
+        [d.to_dict() for d in deposits],
+        len(grid),
+        timing,
+    )
+    report["qc"] = qc.to_dict()
+    report["inference"] = inference_facts
+    atomic_write_json(
+        folder / "run.json",
+        {"micromet_version": __version__, "settings": context.settings(), "model": context.model_facts()},
+    )
+    atomic_write_json(folder / "report.json", report)
+    return report
+
+
+def run_local_batch(
+    slides: Sequence[Path],
+    out_dir: Path,
+    context: AnalysisContext,
+    overwrite: bool = False,
+    tile_progress: Callable[[str], TileProgress | None] | None = None,
+    on_slide_done: Callable[[SlideOutcome], None] | None = None,
+) -> list[SlideOutcome]:
+    """Analyse ``slides`` into ``out_dir`` on this machine, then write summary.csv (also when
+    the run is interrupted: the manifest holds every finished slide).
+
+    tile_progress(slide_id) may return a ``TileProgress`` for that slide.
+    """
+
+    def analyze(path: Path, slide_id: str, folder: Path) -> dict[str, Any]:
+        callback = tile_progress(slide_id) if tile_progress is not None else None
+        return analyze_slide(context, path, slide_id, folder, callback)
+
+    try:
+        return run_batch(slides, out_dir, analyze, context.settings(), overwrite, on_slide_done)
+    finally:
+        if (out_dir / MANIFEST).is_file():
+            write_summary_csv(out_dir, read_manifest(out_dir))

@@ -1,0 +1,305 @@
+"""Batch runs: reads a list of slides, produces one output folder per slide plus a manifest.
+
+A slide's results are built in a temporary folder and renamed into place when complete,
+so an interrupted run never leaves a result that looks finished. The manifest records
+every slide's status and the settings key its result was computed with; re-running the
+same command skips slides already done with the same key and resumes the rest. A
+slide that fails with a package error (or runs out of memory) is recorded and the
+batch carries on; anything else is a bug and propagates. Ctrl-C (SIGINT) always ends
+the batch with KeyboardInterrupt, also one that was swallowed on its way up (see
+``watch_interrupts``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.errors import MicrometError, OutputError, SlideOpenError
+from pipeline.outputs import (
+    SLIDE_SUFFIXES,
+    atomic_write_json,
+    check_writable_folder,
+    slide_folder,
+    unique_slide_ids,
+)
+from pipeline.slides.slide import is_dicom_folder
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+REPORT = "report.json"
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideOutcome:
+    """What happened to one slide in a batch run."""
+
+    slide_id: str
+    path: str
+    status: str  # done | failed | skipped
+    error: str | None = None
+    category: str | None = None
+    score: float | None = None
+    seconds: float = 0.0
+
+
+def collect_slides(inputs: Sequence[str]) -> list[Path]:
+    """Expand files, folders (their slide files, sorted) and globs into slide paths.
+
+    A named file is kept whatever its suffix (opening it reports any problem); a folder
+    holding a DICOM series (.dcm files) is one slide; another folder contributes files with a
+    known slide suffix. A folder without slide files is reported:
+    one named like a slide (``x.svs/``) is kept, so the batch records it as failed; any
+    other is skipped with a warning. Raises SlideOpenError for an input that matches nothing.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if is_dicom_folder(path):
+            paths.append(path)  # one DICOM WSI series is one slide
+        elif path.is_dir() and path.suffix.lower() != ".mrxs":
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
+            )
+            if not found:
+                named_like_a_slide = path.suffix.lower() in SLIDE_SUFFIXES
+                log.warning(
+                    "%s: folder holds no slide files (%s); %s", item, ", ".join(SLIDE_SUFFIXES),
+                    "it is named like a slide, so it is recorded as failed" if named_like_a_slide
+                    else "skipped",
+                )
+                found = [path] if named_like_a_slide else []
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        elif any(ch in item for ch in "*?["):
+            paths.extend(Path(p) for p in sorted(glob.glob(item, recursive=True)))
+        else:
+            raise SlideOpenError(f"{item}: no such file, folder or matching glob; check the path")
+    unique: dict[Path, None] = {}
+    for path in paths:
+        unique.setdefault(path.resolve(), None)
+    if not unique:
+        raise SlideOpenError(f"no slide files found in {', '.join(inputs)}; pass slide files or folders")
+    return list(unique)
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of everything that changes a slide's result."""
+    payload = json.dumps({"version": __version__, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """The batch manifest, or an empty one; raises OutputError if it is unreadable."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {"micromet_version": __version__, "slides": {}}
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OutputError(f"{path}: manifest is unreadable ({exc}); move it away or use a new --out") from exc
+    manifest.setdefault("slides", {})
+    return manifest
+
+
+def is_done(manifest: dict[str, Any], out_dir: Path, slide_id: str, path: Path, key: str) -> bool:
+    """True if the slide finished earlier with the same settings and its report exists."""
+    entry = manifest["slides"].get(slide_id)
+    if not entry or entry.get("status") != STATUS_DONE or entry.get("settings_key") != key:
+        return False
+    if entry.get("path") != str(path):
+        return False
+    return (slide_folder(out_dir, slide_id, entry) / REPORT).is_file()
+
+
+def _replace_folder(staging: Path, final: Path) -> None:
+    """Move a completed staging folder into place, replacing an older result."""
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{time.time_ns()}")
+        final.rename(trash)
+        staging.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        staging.rename(final)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    return type(exc).__name__ == "OutOfMemoryError"  # torch.cuda.OutOfMemoryError
+
+
+SlideFunction = Callable[[Path, str, Path], dict[str, Any]]
+
+
+@dataclasses.dataclass
+class InterruptWatch:
+    """Whether a SIGINT arrived while ``watch_interrupts`` was active."""
+
+    seen: bool = False
+
+    def raise_if_seen(self) -> None:
+        """Raise KeyboardInterrupt if a SIGINT arrived, even one that was swallowed."""
+        if self.seen:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def watch_interrupts() -> Iterator[InterruptWatch]:
+    """Record every SIGINT while active; it still raises KeyboardInterrupt as usual.
+
+    A KeyboardInterrupt that lands inside a finaliser (a DataLoader iterator's ``__del__``
+    while reader processes start or stop) is printed as "Exception ignored" and dropped, and
+    a reader killed by the same Ctrl-C looks like a failed slide; the batch checks the
+    watch after each slide instead. Such dropped interrupts are not printed. Outside the
+    main thread, or when SIGINT is not Python's default handler (ignored, or the caller's
+    own), nothing is installed.
+    """
+    watch = InterruptWatch()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield watch
+        return
+    previous_hook = sys.unraisablehook
+
+    def on_sigint(signum: int, frame: object) -> None:
+        watch.seen = True
+        raise KeyboardInterrupt
+
+    def on_unraisable(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            watch.seen = True
+        if not watch.seen:  # after Ctrl-C, teardown noise of half-started readers is dropped
+            previous_hook(unraisable)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = on_unraisable
+    try:
+        yield watch
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = previous_hook
+
+
+def run_slide_safely(
+    analyze: SlideFunction, path: Path, slide_id: str, out_dir: Path
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Run ``analyze`` into a staging folder; returns (report, None) or (None, error)."""
+    staging = out_dir / f".{slide_id}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        report = analyze(path, slide_id, staging)
+    except (MicrometError, MemoryError, RuntimeError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
+            raise
+        message = str(exc) if isinstance(exc, MicrometError) else f"{path}: out of memory ({exc})"
+        return None, message
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _replace_folder(staging, out_dir / slide_id)
+    return report, None
+
+
+def run_batch(
+    slides: Sequence[Path],
+    out_dir: Path,
+    analyze: SlideFunction,
+    settings: dict[str, Any],
+    overwrite: bool = False,
+    on_slide_done: Callable[[SlideOutcome], None] | None = None,
+) -> list[SlideOutcome]:
+    """Analyse every slide into ``out_dir``, resuming finished ones, recording failures.
+
+    ``analyze(path, slide_id, folder)`` writes a slide's files into ``folder`` and returns
+    its report dict. ``settings`` (model checksum, configs) decides when a result is stale.
+    Raises KeyboardInterrupt after Ctrl-C; the manifest then holds every finished slide,
+    and a slide that failed during the interrupt is not recorded (it reruns next time).
+    """
+    check_writable_folder(out_dir)
+    manifest = read_manifest(out_dir)
+    key = settings_key(settings)
+    manifest.update({"micromet_version": __version__, "settings": settings, "settings_key": key})
+    outcomes: list[SlideOutcome] = []
+    with watch_interrupts() as interrupts:
+        for path, slide_id in unique_slide_ids(slides).items():
+            if not overwrite and is_done(manifest, out_dir, slide_id, path, key):
+                outcome = skipped_outcome(manifest, slide_id, path)
+            else:
+                started = time.perf_counter()
+                report, error = run_slide_safely(analyze, path, slide_id, out_dir)
+                if report is None:
+                    interrupts.raise_if_seen()  # the failure may be the interrupt's doing
+                seconds = round(time.perf_counter() - started, 3)
+                outcome = record_outcome(manifest, out_dir, path, slide_id, key, report, error, seconds)
+            interrupts.raise_if_seen()
+            outcomes.append(outcome)
+            if on_slide_done is not None:
+                on_slide_done(outcome)
+    return outcomes
+
+
+def skipped_outcome(manifest: dict[str, Any], slide_id: str, path: Path) -> SlideOutcome:
+    """The outcome of a slide finished earlier, from its manifest entry."""
+    entry = manifest["slides"][slide_id]
+    return SlideOutcome(slide_id, str(path), "skipped", None, entry.get("category"), entry.get("score"))
+
+
+def record_outcome(
+    manifest: dict[str, Any],
+    out_dir: Path,
+    path: Path,
+    slide_id: str,
+    key: str,
+    report: dict[str, Any] | None,
+    error: str | None,
+    seconds: float,
+    extra: Mapping[str, Any] | None = None,
+) -> SlideOutcome:
+    """Write one slide's manifest entry (done with its report, or failed with its error) and
+    return its outcome. ``extra`` adds fields to the entry (e.g. Ray attempts and node)."""
+    entry: dict[str, Any] = {
+        "path": str(path),
+        "output_dir": slide_id,
+        "settings_key": key,
+        "seconds": seconds,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
+    }
+    if report is None:
+        entry.update(status=STATUS_FAILED, error=error)
+        log.info("%s failed: %s", slide_id, error)
+        outcome = SlideOutcome(slide_id, str(path), STATUS_FAILED, error, seconds=seconds)
+    else:
+        entry.update(
+            status=STATUS_DONE, error=None, category=report.get("category"), score=report.get("score")
+        )
+        outcome = SlideOutcome(
+            slide_id, str(path), STATUS_DONE, None, report.get("category"), report.get("score"), seconds
+        )
+    manifest["slides"][slide_id] = entry
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return outcome

@@ -1,0 +1,269 @@
+"""``micromet infer SLIDES... --out DIR``: heatmaps, deposits, categories and exports per slide."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``infer`` subcommand."""
+    parser = subparsers.add_parser(
+        "infer",
+        help="score slides: heatmaps, measured deposits, ITC/micro/macro, exports",
+        description="Score every slide with a tile classifier and write, per slide, a heatmap, "
+        "an overlay PNG, measured deposits with their category, report.json and exports "
+        "(QuPath GeoJSON, ASAP XML, CAMELYON16 CSV). Re-running resumes; failures are "
+        "recorded in OUT/manifest.json and the batch carries on.",
+    )
+    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files, folders or globs")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for the batch")
+    add_model_options(parser)
+    parser.add_argument("--overwrite", action="store_true", help="recompute finished slides")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (default: live bars on a terminal, plain lines otherwise)",
+    )
+    parser.add_argument(
+        "--patients",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="CSV 'slide,patient' (other columns ignored): kept as OUT/patients.csv, so "
+        "report.html and the viewer show each patient's pN stage",
+    )
+    ray = parser.add_argument_group("distributed (Ray)")
+    ray.add_argument(
+        "--ray", metavar="auto|ADDRESS", default=None, help="run on a Ray cluster (pip install micromet[ray])"
+    )
+    ray.add_argument("--gpus-per-slide", type=float, default=None, help="GPUs each slide task asks for")
+    ray.add_argument("--cpus-per-slide", type=float, default=None, help="CPUs each slide task asks for")
+    parser.set_defaults(run=run)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs the slide pipeline."""
+    parser.add_argument(
+        "--model", type=Path, default=None, help="checkpoint file (default: models/default.pt)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file with [tissue] [tiling] [inference] [deposits] [qc] sections",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm/px of every slide whose metadata has none; refused where it differs from a "
+        "slide's own value by more than 1%% unless --force-mpp",
+    )
+    parser.add_argument(
+        "--mpp-csv",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="CSV 'slide,mpp': each slide's own µm/px (slide id or file name), checked like --mpp",
+    )
+    parser.add_argument(
+        "--force-mpp",
+        action="store_true",
+        help="use --mpp / --mpp-csv even where the slide records a different µm/px",
+    )
+    parser.add_argument(
+        "--accept-qc-failures",
+        action="store_true",
+        default=None,
+        help="score slides that fail slide QC (not H&E, stain, focus, tissue, not lymph node); "
+        "their category then carries the QC warning",
+    )
+    parser.add_argument(
+        "--no-tissue",
+        action="store_true",
+        dest="whole_slide",
+        help="score every tile of the slide, not only detected tissue (e.g. fluorescence)",
+    )
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda[:N] or mps")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per model batch")
+    parser.add_argument("--workers", type=int, default=None, dest="num_workers", help="reader processes")
+    parser.add_argument(
+        "--region-tiles", type=int, default=None, help="model tiles per side of one slide read"
+    )
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    parser.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    parser.add_argument(
+        "--cascade",
+        action="store_true",
+        default=None,
+        help="screen one tile per block first, score densely only near suspicious screen tiles "
+        "(faster; can miss deposits between screen tiles, see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--cascade-screen-threshold",
+        type=float,
+        default=None,
+        help="screen probability that sends a block to dense scoring (0.2)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="tumor probability threshold for deposits (default: the model card's)",
+    )
+    parser.add_argument(
+        "--seed-threshold",
+        type=float,
+        default=None,
+        help="a deposit is kept only if one of its cells reaches this probability "
+        "(default: the model card's seed threshold)",
+    )
+    parser.add_argument(
+        "--stride-px",
+        type=int,
+        default=None,
+        help="tile step at the model resolution (default: tile size, no overlap)",
+    )
+    parser.add_argument(
+        "--min-tissue-fraction",
+        type=float,
+        default=None,
+        help="keep tiles with more tissue than this fraction (default 0.25)",
+    )
+    parser.add_argument(
+        "--no-refine",
+        action="store_false",
+        dest="refine",
+        default=None,
+        help="do not rescore deposits near a category boundary",
+    )
+    parser.add_argument(
+        "--no-cells",
+        action="store_false",
+        dest="count_cells",
+        default=None,
+        help="do not estimate tumor cell counts",
+    )
+    parser.add_argument(
+        "--cell-rule",
+        choices=("size-first", "literal"),
+        default=None,
+        help="size-first (default): size decides the category and a disagreeing cell count "
+        "flags the deposit for review; literal: < 200 counted cells make a deposit up to "
+        "2.0 mm ITC, > 200 make it micro (AJCC wording; see docs/staging.md)",
+    )
+
+
+def build_context_from_args(args: argparse.Namespace) -> Any:
+    """Resolve defaults, config file and flags into an ``AnalysisContext``."""
+    from pipeline.batch.analyze import build_context, stage_overrides
+
+    return build_context(
+        args.model,
+        args.config,
+        stage_overrides(vars(args)),
+        args.mpp,
+        force_mpp=bool(getattr(args, "force_mpp", False)),
+        mpp_by_slide=getattr(args, "mpp_by_slide", None),
+        whole_slide=bool(getattr(args, "whole_slide", False)),
+    )
+
+
+def resolve_mpp_csv(args: argparse.Namespace, slides: list[Path]) -> None:
+    """Read ``--mpp-csv`` into ``args.mpp_by_slide`` (slide id -> µm/px), checked against the
+    batch's slides before any slide runs."""
+    from pipeline.outputs import unique_slide_ids
+    from pipeline.slides.slide import mpp_by_slide_id, read_mpp_csv
+
+    args.mpp_by_slide = None
+    if getattr(args, "mpp_csv", None) is not None:
+        values = read_mpp_csv(args.mpp_csv)
+        args.mpp_by_slide = mpp_by_slide_id(args.mpp_csv, values, unique_slide_ids(slides))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the batch and print a summary table; exit 1 if any slide failed."""
+    from pipeline.batch.local import collect_slides
+
+    if (args.gpus_per_slide is not None or args.cpus_per_slide is not None) and args.ray is None:
+        raise ConfigError("--gpus-per-slide and --cpus-per-slide need --ray")
+    slides = collect_slides(args.slides)
+    resolve_mpp_csv(args, slides)
+    if getattr(args, "patients", None) is not None:
+        _keep_patient_mapping(args.patients, args.out)
+    from pipeline.cli.progress import BatchProgress, choose_mode
+
+    mode = choose_mode(bool(getattr(args, "quiet", False)), sys.stderr)
+    if args.ray is not None:
+        from pipeline.batch.distributed import run_batch_on_ray
+
+        # Slides run on remote workers: slides done / failed, without per-slide tile bars.
+        with BatchProgress(len(slides), mode, sys.stderr) as progress:
+            outcomes = run_batch_on_ray(slides, args, on_slide_done=progress.slide_done)
+    else:
+        from pipeline.batch.analyze import run_local_batch
+
+        context = build_context_from_args(args)
+        with BatchProgress(len(slides), mode, sys.stderr) as progress:
+            outcomes = run_local_batch(
+                slides, args.out, context, args.overwrite, progress.tile_callback, progress.slide_done
+            )
+    print_summary(outcomes, args.out)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _keep_patient_mapping(mapping_csv: Path, out_dir: Path) -> None:
+    """Check the mapping CSV before any slide runs, then keep it as OUT/patients.csv."""
+    from pipeline.errors import OutputError
+    from pipeline.review.viewer.patients import write_patient_mapping
+    from pipeline.staging import read_patient_mapping_csv
+
+    mapping = read_patient_mapping_csv(mapping_csv)
+    try:
+        write_patient_mapping(out_dir, mapping)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write patients.csv ({exc}); choose another --out") from exc
+
+
+def _slide_qc(out_dir: Path, slide_id: str) -> dict[str, str] | None:
+    """A finished slide's QC verdict line and warning from its report.json, or None."""
+    import json
+
+    from pipeline.slides.qc import qc_line
+
+    report_path = out_dir / slide_id / "report.json"
+    try:
+        qc = json.loads(report_path.read_text()).get("qc")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(qc, dict):
+        return None
+    return {"line": qc_line(qc), "warning": str(qc.get("warning") or "")}
+
+
+def print_summary(outcomes: Any, out_dir: Path) -> None:
+    """A readable table of every slide's outcome."""
+    rows = [("slide", "status", "category", "score", "seconds")]
+    qc_lines: list[str] = []
+    for o in outcomes:
+        score = "" if o.score is None else f"{o.score:.3f}"
+        qc = _slide_qc(out_dir, o.slide_id) if o.status != "failed" else None
+        category = o.category or ""
+        if qc is not None:
+            qc_lines.append(f"{o.slide_id}: {qc['line']}")
+            category += f" [{qc['warning']}]" if qc["warning"] else ""
+        rows.append((o.slide_id, o.status, category, score, f"{o.seconds:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for line in qc_lines:
+        print(line)
+    for o in outcomes:
+        if o.error:
+            print(f"failed: {o.slide_id}: {o.error}", file=sys.stderr)
+    print(f"results: {out_dir}/summary.csv, manifest: {out_dir}/manifest.json")

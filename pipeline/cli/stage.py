@@ -1,0 +1,249 @@
+"""``micromet stage``: patient pN stages from node categories (a batch folder or a CSV).
+
+Reads node categories from BATCH_DIR (manifest.json + each slide's report.json) or from a
+CSV, groups slides into patients (a mapping CSV, else CAMELYON17 names), writes one CSV row
+per patient atomically and prints a table (or JSON). Exit status 1 when a patient could not
+be staged because one of its slides has no result; its row then reads "unstageable".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import StagingConfig, build_config, load_config_file
+from pipeline.errors import OutputError, StagingError
+from pipeline.outputs import atomic_write_text, csv_safe_row, read_json_object, slide_folder
+from pipeline.staging import (
+    CATEGORY_ORDER,
+    PATIENT_CSV_COLUMNS,
+    UNSTAGEABLE,
+    Category,
+    PatientRow,
+    assign_patients,
+    read_node_categories_csv,
+    read_patient_mapping_csv,
+    slide_key,
+    stage_patients,
+)
+
+# CAMELYON17 provides 5 lymph-node slides per patient and its pN stages count them
+# (Bandi et al., IEEE TMI 2019); more nodes for one patient usually means a wrong mapping.
+CAMELYON17_MAX_NODES = 5
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``stage`` subcommand."""
+    parser = subparsers.add_parser(
+        "stage",
+        help="patient pN stages from node (slide) categories",
+        description=(
+            "Stage patients (pN) from the categories of their lymph-node slides. "
+            "Rules and sources: docs/staging.md."
+        ),
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--batch", type=Path, metavar="BATCH_DIR", help="batch output folder with manifest.json"
+    )
+    source.add_argument(
+        "--categories",
+        type=Path,
+        metavar="CSV",
+        help="CSV 'slide,category' or the CAMELYON17 labels CSV 'patient,stage'",
+    )
+    parser.add_argument(
+        "--patients",
+        type=Path,
+        metavar="CSV",
+        help="CSV 'slide,patient' (default: CAMELYON17 names patient_NNN_node_N)",
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=("camelyon17", "ajcc"),
+        default=None,
+        help="pN scheme (default camelyon17, or [staging] scheme in --config)",
+    )
+    parser.add_argument("--config", type=Path, metavar="TOML", help="config file ([staging])")
+    parser.add_argument("--out", type=Path, required=True, metavar="CSV", help="patient CSV")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read, stage, write; nothing is written when any input is invalid."""
+    config = _staging_config(args.config, args.scheme)
+    qc_warnings: dict[str, str] = {}
+    if args.batch is not None:
+        batch = read_batch_node_categories(args.batch)
+        categories, unavailable, qc_warnings = batch.categories, batch.unavailable, batch.qc_warnings
+    else:
+        categories, unavailable = read_node_categories_csv(args.categories), {}
+    mapping = read_patient_mapping_csv(args.patients) if args.patients is not None else None
+    groups = assign_patients([*categories, *unavailable], mapping, args.patients)
+    rows = [
+        _with_qc_warnings(row, groups, qc_warnings)
+        for row in stage_patients(groups, categories, config, unavailable)
+    ]
+    for row in rows:
+        if row.qc_warnings:
+            print(
+                f"micromet stage: warning: {row.patient} is staged from nodes that failed slide QC "
+                f"({row.qc_warnings}); treat its stage with that in mind",
+                file=sys.stderr,
+            )
+    write_patient_csv(args.out, rows)
+    for patient, slides in sorted(groups.items()):
+        if config.scheme == "camelyon17" and len(slides) > CAMELYON17_MAX_NODES:
+            print(
+                f"micromet stage: warning: {patient} has {len(slides)} nodes; CAMELYON17 stages at "
+                f"most {CAMELYON17_MAX_NODES} per patient - check the slide-to-patient mapping",
+                file=sys.stderr,
+            )
+    if args.json:
+        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+    else:
+        print(format_table(rows))
+    unstageable = [row for row in rows if row.stage == UNSTAGEABLE]
+    for row in unstageable:
+        for problem in row.problems:
+            print(f"micromet stage: {row.patient} not staged: {problem}", file=sys.stderr)
+    return 1 if unstageable else 0
+
+
+def _with_qc_warnings(
+    row: PatientRow, groups: Mapping[str, Sequence[str]], qc_warnings: Mapping[str, str]
+) -> PatientRow:
+    found = [
+        f"{slide}: {qc_warnings[slide]}"
+        for slide in sorted(groups.get(row.patient, ()))
+        if slide in qc_warnings
+    ]
+    return dataclasses.replace(row, qc_warnings="; ".join(found)) if found else row
+
+
+def _staging_config(config_path: Path | None, scheme: str | None) -> StagingConfig:
+    section = load_config_file(config_path).get("staging") if config_path else None
+    source = str(config_path) if config_path else "--scheme"
+    return build_config(StagingConfig, section, {"scheme": scheme}, source=source)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNodeCategories:
+    """Node categories read from a batch folder.
+
+    categories: slide id -> category, for slides whose report.json was read.
+    unavailable: slide id -> why it has no result (failed, not finished, report missing).
+    qc_warnings: slide id -> its report's QC warning, for slides scored despite failing QC.
+    """
+
+    categories: dict[str, Category]
+    unavailable: dict[str, str]
+    qc_warnings: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    return read_json_object(path, what, StagingError, "; re-run the batch")
+
+
+def _read_report_category(report: Path) -> Category:
+    value = _read_json_object(report, "slide report").get("category")
+    try:
+        return Category(str(value).lower())
+    except ValueError:
+        allowed = ", ".join(category.value for category in CATEGORY_ORDER)
+        raise StagingError(
+            f"{report}: top-level 'category' is {value!r}; expected one of {allowed}. Re-run the slide"
+        ) from None
+
+
+def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
+    """Node categories of a batch folder: BATCH_DIR/manifest.json, then each done slide's
+    ``<output_dir>/report.json`` top-level "category" (docs/architecture.md).
+
+    A slide whose status is not "done", or whose report.json is missing, is listed in
+    ``unavailable`` with the reason (and the manifest's error text).
+    Raises StagingError for a missing folder or manifest, unreadable JSON, or a report
+    without a valid category.
+    """
+    manifest_path = batch_dir / "manifest.json"
+    if not batch_dir.is_dir() or not manifest_path.is_file():
+        raise StagingError(
+            f"{manifest_path}: not found; pass a batch output folder (with manifest.json) "
+            f"to --batch, or a CSV 'slide,category' to --categories"
+        )
+    slides = _read_json_object(manifest_path, "batch manifest").get("slides")
+    if not isinstance(slides, dict):
+        raise StagingError(
+            f"{manifest_path}: expected a 'slides' object (slide id -> entry); re-run the batch"
+        )
+    categories: dict[str, Category] = {}
+    unavailable: dict[str, str] = {}
+    qc_warnings: dict[str, str] = {}
+    for slide_id, entry in slides.items():
+        entry = entry if isinstance(entry, dict) else {}
+        status = entry.get("status")
+        slide = slide_key(str(slide_id))
+        report = slide_folder(batch_dir, str(slide_id), entry) / "report.json"
+        if status != "done":
+            error = entry.get("error")
+            unavailable[slide] = f"status {status!r}" + (f": {error}" if error else "")
+        elif not report.is_file():
+            unavailable[slide] = f"{report} is missing (incomplete output folder)"
+        else:
+            categories[slide] = _read_report_category(report)
+            warning = _read_qc_warning(report)
+            if warning:
+                qc_warnings[slide] = warning
+    return BatchNodeCategories(categories=categories, unavailable=unavailable, qc_warnings=qc_warnings)
+
+
+def _read_qc_warning(report: Path) -> str:
+    qc = _read_json_object(report, "slide report").get("qc")
+    warning = qc.get("warning") if isinstance(qc, dict) else None
+    return warning if isinstance(warning, str) else ""
+
+
+def write_patient_csv(path: Path, rows: Sequence[PatientRow]) -> None:
+    """Write the patient stage CSV (PATIENT_CSV_COLUMNS) via a temporary file and a rename.
+
+    Raises OutputError naming the path when it cannot be written.
+    """
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(PATIENT_CSV_COLUMNS)
+    writer.writerows(csv_safe_row(row.csv_values()) for row in rows)
+    try:
+        atomic_write_text(path, buffer.getvalue())
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the patient CSV ({exc}); check the folder") from exc
+
+
+def format_table(rows: Sequence[PatientRow]) -> str:
+    """The rows as an aligned text table, one line per patient."""
+    header = ("patient", "stage", "nodes", "positive", "macro", "micro", "itc", "node categories")
+    lines = [header] + [
+        (
+            row.patient,
+            row.stage,
+            str(row.nodes),
+            str(row.positive_nodes),
+            str(row.macro_nodes),
+            str(row.micro_nodes),
+            str(row.itc_nodes),
+            row.node_categories.replace(";", " "),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
+        for line in lines
+    )

@@ -1,1 +1,0 @@
-"""Subcommands of the ``micromet`` command line, one module each with ``register(subparsers)``."""

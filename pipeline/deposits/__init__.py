@@ -1,0 +1,5 @@
+"""Deposits: reads a heatmap (and the slide, for refinement and cell counts); produces
+measured deposits: ``measure`` (connected components, max Feret diameter in mm,
+area, the seed threshold), ``refine`` (finer grids near the 0.2 / 2.0 mm cut-offs),
+``cells`` (tumor nucleus counts).
+"""

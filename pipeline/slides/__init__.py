@@ -1,0 +1,9 @@
+"""Slide access: reads whole-slide image files (OpenSlide) and annotation files; produces
+``Slide`` handles with checked metadata and mpp, slide QC results, the tissue mask, the
+tile grid at the model's physical resolution, region reads cut into model tiles, and
+polygons / masks from QuPath GeoJSON, ASAP XML and CAMELYON16 outlines.
+
+Modules, in data order: ``slide`` (+ ``metadata``), ``qc``, ``tissue``, ``tiling``,
+``readers``; ``annotations`` (+ ``annotation_model``, ``annotation_formats``,
+``annotation_geometry``, the one polygon rasteriser).
+"""

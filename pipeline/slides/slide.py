@@ -1,0 +1,352 @@
+"""Slide access: open a whole-slide image with OpenSlide, report its metadata, read at a µm/px.
+
+Reads any file OpenSlide supports (Aperio .svs incl. JPEG 2000, generic and CAMELYON
+pyramidal .tif, Hamamatsu .ndpi, MIRAX .mrxs, DICOM). Produces RGB uint8 arrays.
+All coordinates are level-0 pixels, (x, y) and (width, height), as in OpenSlide.
+``Slide`` reads; it never segments, tiles or draws. The metadata checks (µm/px, level
+sizes, user µm/px and ``--mpp-csv``) live in ``metadata`` and are importable from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from pipeline.errors import MissingMppError, SlideOpenError
+from pipeline.slides.metadata import (
+    MAX_MPP_ANISOTROPY,
+    MPP_OVERRIDE_TOLERANCE,
+    check_level_sizes,
+    check_mpp,
+    check_user_mpp,
+    mpp_by_slide_id,
+    parse_float,
+    read_mpp,
+    read_mpp_csv,
+)
+
+if TYPE_CHECKING:
+    import openslide
+
+__all__ = [
+    "DICOM_SUFFIX",
+    "FALLBACK_MAX_LEVEL0_PX",
+    "MAX_MPP_ANISOTROPY",
+    "MPP_MATCH_TOLERANCE",
+    "MPP_OVERRIDE_TOLERANCE",
+    "Slide",
+    "SlideInfo",
+    "check_level_sizes",
+    "check_mpp",
+    "check_user_mpp",
+    "is_dicom_folder",
+    "mpp_by_slide_id",
+    "open_slide",
+    "open_slide_for_user",
+    "read_mpp",
+    "read_mpp_csv",
+    "resize_rgb",
+    "resolve_slide_path",
+    "rgba_to_rgb",
+]
+
+log = logging.getLogger(__name__)
+
+# A target resolution within this relative tolerance of a level's mpp reads that level as is.
+MPP_MATCH_TOLERANCE = 0.02
+DICOM_SUFFIX = ".dcm"
+# A reduced level that fails to decode is re-read from level 0 up to this many level-0 pixels.
+FALLBACK_MAX_LEVEL0_PX = 64_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideInfo:
+    """What the slide access layer knows about one slide.
+
+    dimensions: level-0 (width, height) in px. mpp: µm/px at level 0 (mean of x and y).
+    mpp_source: "metadata" (the slide's own) or "user" (given with --mpp or --mpp-csv).
+    metadata_mpp: the slide's own µm/px, None when it records none (or an unusable one).
+    objective_power: None when not recorded.
+    """
+
+    path: str
+    vendor: str
+    dimensions: tuple[int, int]
+    level_count: int
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: float
+    mpp_source: str
+    objective_power: float | None
+    metadata_mpp: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+def _import_openslide() -> Any:
+    try:
+        import openslide
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SlideOpenError(
+            "OpenSlide is not available; install micromet with its dependencies "
+            "(openslide-python and openslide-bin)"
+        ) from exc
+    return openslide
+
+
+def is_dicom_folder(path: Path) -> bool:
+    """True for a folder holding a DICOM WSI series (its files end in .dcm)."""
+    if not path.is_dir():
+        return False
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return bool(files) and any(p.suffix.lower() == DICOM_SUFFIX for p in files)
+
+
+def resolve_slide_path(path: Path) -> Path:
+    """The file OpenSlide opens for ``path``: the path itself, or for a DICOM series folder its
+    first .dcm file (OpenSlide reads the whole series from any one of its files)."""
+    if not is_dicom_folder(path):
+        return path
+    return min(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == DICOM_SUFFIX)
+
+
+def _open_handle(path: Path) -> Any:
+    if not path.exists():
+        raise SlideOpenError(f"{path}: file not found; check the path")
+    if not path.is_file() and path.suffix.lower() != ".mrxs":
+        raise SlideOpenError(
+            f"{path}: not a file; pass a slide file (or a folder holding one DICOM series)"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise SlideOpenError(f"{path}: file is empty; the copy or scan may have failed")
+    openslide = _import_openslide()
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        raise SlideOpenError(
+            f"{path}: OpenSlide cannot read this file: not a supported slide format "
+            "(svs, tif, ndpi, mrxs, DICOM, ...) or a truncated copy; check the file"
+        ) from exc
+    except (openslide.OpenSlideError, OSError, ValueError) as exc:
+        raise SlideOpenError(
+            f"{path}: cannot open the slide, the file looks truncated or corrupt ({exc})"
+        ) from exc
+
+
+class Slide:
+    """An open whole-slide image. Use as a context manager; reads return RGB uint8 arrays."""
+
+    def __init__(self, path: str | Path, mpp_override: float | None = None) -> None:
+        self.path = resolve_slide_path(Path(path))
+        self._handle: openslide.OpenSlide | None = _open_handle(self.path)
+        try:
+            self.info = self._read_info(mpp_override)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_info(self, mpp_override: float | None) -> SlideInfo:
+        handle = self._require_handle()
+        properties = dict(handle.properties)
+        check_level_sizes(self.path, handle.level_dimensions, properties.get("openslide.vendor", ""))
+        metadata_mpp: float | None
+        if mpp_override is not None:
+            check_mpp(self.path, mpp_override)
+            mpp, mpp_source = float(mpp_override), "user"
+            try:
+                metadata_mpp = read_mpp(self.path, properties)
+            except MissingMppError:
+                metadata_mpp = None
+        else:
+            mpp, mpp_source = read_mpp(self.path, properties), "metadata"
+            metadata_mpp = mpp
+        return SlideInfo(
+            path=str(self.path),
+            vendor=properties.get("openslide.vendor", "unknown"),
+            dimensions=(int(handle.dimensions[0]), int(handle.dimensions[1])),
+            level_count=int(handle.level_count),
+            level_dimensions=tuple((int(w), int(h)) for w, h in handle.level_dimensions),
+            level_downsamples=tuple(float(d) for d in handle.level_downsamples),
+            mpp=mpp,
+            mpp_source=mpp_source,
+            objective_power=parse_float(properties.get("openslide.objective-power")),
+            metadata_mpp=metadata_mpp,
+        )
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the OpenSlide handle; safe to call twice."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _require_handle(self) -> openslide.OpenSlide:
+        if self._handle is None:
+            raise SlideOpenError(f"{self.path}: slide is closed")
+        return self._handle
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 resolution in µm/px."""
+        return self.info.mpp
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in px."""
+        return self.info.dimensions
+
+    def level_mpp(self, level: int) -> float:
+        """Resolution of ``level`` in µm/px, from the slide's reported downsample."""
+        return self.mpp * self.info.level_downsamples[level]
+
+    def best_level_for_mpp(self, target_mpp: float) -> int:
+        """The cheapest (coarsest) level whose resolution is at or finer than ``target_mpp``."""
+        best = 0
+        for level in range(self.info.level_count):
+            fine_enough = self.level_mpp(level) <= target_mpp * (1.0 + MPP_MATCH_TOLERANCE)
+            if fine_enough and self.level_mpp(level) >= self.level_mpp(best):
+                best = level
+        return best
+
+    def read_region_rgb(
+        self, x_px: int, y_px: int, level: int, width_px: int, height_px: int
+    ) -> NDArray[np.uint8]:
+        """Read (height_px, width_px, 3) RGB at ``level``; (x_px, y_px) is the level-0 corner.
+
+        Transparent pixels (outside the scanned area) become white. Raises
+        SlideOpenError naming the file if the data cannot be decoded.
+        """
+        handle = self._require_handle()
+        openslide = _import_openslide()
+        try:
+            rgba = handle.read_region((int(x_px), int(y_px)), level, (width_px, height_px))
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            # An OpenSlide handle that raised stays in an error state: discard it.
+            self.close()
+            fallback = self._read_from_level0(x_px, y_px, level, width_px, height_px, exc)
+            if fallback is not None:
+                return fallback
+            raise SlideOpenError(
+                f"{self.path}: cannot read region at ({x_px}, {y_px}) level {level}: "
+                f"the file looks truncated or corrupt ({exc})"
+            ) from exc
+        return rgba_to_rgb(np.asarray(rgba))
+
+    def _read_from_level0(
+        self, x_px: int, y_px: int, level: int, width_px: int, height_px: int, error: BaseException
+    ) -> NDArray[np.uint8] | None:
+        """A failed read of a reduced level, redone from level 0 on a fresh handle and
+        resized; None when that fails too or would exceed FALLBACK_MAX_LEVEL0_PX.
+
+        Some converters store a reduced level's edge tiles cut to the image (a DICOM series
+        made with ``wsidicomizer --add-missing-levels``), which OpenSlide refuses to decode.
+        """
+        downsample = self.info.level_downsamples[level] if level < self.info.level_count else 0.0
+        width0, height0 = math.ceil(width_px * downsample), math.ceil(height_px * downsample)
+        if level == 0 or width0 * height0 == 0 or width0 * height0 > FALLBACK_MAX_LEVEL0_PX:
+            return None
+        openslide = _import_openslide()
+        try:
+            self._handle = _open_handle(self.path)
+            rgba = self._handle.read_region((int(x_px), int(y_px)), 0, (width0, height0))
+        except (SlideOpenError, openslide.OpenSlideError, OSError, ValueError):
+            self.close()
+            return None
+        log.warning(
+            "%s: level %d could not be decoded at (%d, %d) (%s); read from level 0 instead",
+            self.path, level, x_px, y_px, error,
+        )
+        return resize_rgb(rgba_to_rgb(np.asarray(rgba)), width_px, height_px)
+
+    def read_region_at_mpp(
+        self, x_px: int, y_px: int, width_px: int, height_px: int, target_mpp: float
+    ) -> NDArray[np.uint8]:
+        """Read a region at a physical resolution.
+
+        (x_px, y_px): top-left corner in level-0 px. (width_px, height_px): output size
+        in px at ``target_mpp`` µm/px. Reads the cheapest level at or finer than the
+        target and resizes. Returns (height_px, width_px, 3) uint8.
+        """
+        level = self.best_level_for_mpp(target_mpp)
+        scale = target_mpp / self.level_mpp(level)  # level px per output px (>= ~1)
+        level_w = max(1, round(width_px * scale))
+        level_h = max(1, round(height_px * scale))
+        region = self.read_region_rgb(x_px, y_px, level, level_w, level_h)
+        if (level_w, level_h) == (width_px, height_px):
+            return region
+        return resize_rgb(region, width_px, height_px)
+
+    def thumbnail_at_mpp(self, target_mpp: float) -> NDArray[np.uint8]:
+        """The whole slide at ``target_mpp`` µm/px, as (rows, cols, 3) uint8."""
+        width0, height0 = self.dimensions
+        factor = self.mpp / target_mpp
+        width_px = max(1, round(width0 * factor))
+        height_px = max(1, round(height0 * factor))
+        return self.read_region_at_mpp(0, 0, width_px, height_px, target_mpp)
+
+
+def rgba_to_rgb(rgba: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Composite an RGBA array onto white (OpenSlide marks unscanned areas transparent)."""
+    alpha = rgba[..., 3]
+    if bool(np.all(alpha == 255)):
+        # Pillow's convert copies the channels several times faster than numpy slicing.
+        opaque: NDArray[np.uint8] = np.array(Image.fromarray(rgba, "RGBA").convert("RGB"))
+        return opaque
+    alpha_f = alpha[..., None].astype(np.float32) / 255.0
+    blended = rgba[..., :3].astype(np.float32) * alpha_f + 255.0 * (1.0 - alpha_f)
+    composited: NDArray[np.uint8] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return composited
+
+
+def resize_rgb(image: NDArray[np.uint8], width_px: int, height_px: int) -> NDArray[np.uint8]:
+    """Resize an RGB uint8 array to (height_px, width_px) with area-aware filtering."""
+    pil = Image.fromarray(image)
+    resample = Image.Resampling.BOX if pil.width >= width_px else Image.Resampling.BILINEAR
+    resized: NDArray[np.uint8] = np.asarray(pil.resize((width_px, height_px), resample=resample))
+    return resized
+
+
+def open_slide(path: str | Path, mpp_override: float | None = None) -> Slide:
+    """Open a slide; raises SlideOpenError or MissingMppError naming the file.
+
+    ``mpp_override`` is used as given (e.g. a value already checked); user input goes through
+    ``open_slide_for_user``.
+    """
+    return Slide(path, mpp_override=mpp_override)
+
+
+def open_slide_for_user(
+    path: str | Path, user_mpp: float | None, force_mpp: bool = False, flag: str = "--mpp"
+) -> Slide:
+    """Open a slide with a µm/px the user gave (``flag``: --mpp or --mpp-csv), or None.
+
+    Raises MppMismatchError (``check_user_mpp``) when it contradicts the slide's own value
+    and ``force_mpp`` is False, besides open_slide's errors.
+    """
+    slide = Slide(path, mpp_override=user_mpp)
+    try:
+        check_user_mpp(slide.path, slide.info.metadata_mpp, user_mpp, force_mpp, flag)
+    except BaseException:
+        slide.close()
+        raise
+    return slide

@@ -1,0 +1,5 @@
+"""Synthetic data: reads a ``SynthConfig`` (and optionally real H&E texture); produces
+pyramidal TIFF / SVS test slides with planted deposits of known size and their
+ground truth. ``generate`` is the entry; ``config``, ``layout``, ``scene``,
+``sprites``, ``texture``, ``render``, ``write`` are its steps.
+"""
