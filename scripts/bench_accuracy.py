@@ -119,8 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     infer = ["infer", *map(str, slides), "--out", str(batch), "--overwrite"]
     if args.model:
         infer += ["--model", str(args.model)]
-    if args.cascade:
-        infer += ["--cascade"]
+    if args.no_cascade:
+        infer += ["--no-cascade"]
     started = time.perf_counter()
     infer_code = main(infer)
     seconds = time.perf_counter() - started
@@ -234,7 +234,7 @@ def main() -> int:
         "node's tile only, so the ground truth is exact) or any (two come from ITC and macro "
         "nodes, whose tiles may hold tumor cells)",
     )
-    parser.add_argument("--cascade", action="store_true", help="infer with --cascade")
+    parser.add_argument("--no-cascade", action="store_true", help="infer with --no-cascade: score every tile")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.texture is None:

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "models" / "default.pt")
     parser.add_argument("--strides", type=int, nargs="+", default=[32])
-    parser.add_argument("--cascade", action="store_true", help="infer with --cascade")
+    parser.add_argument("--no-cascade", action="store_true", help="infer with --no-cascade: score every tile")
     args = parser.parse_args(argv)
     if not SHARED_DATA_ROOT.is_dir():
         parser.error(f"{SHARED_DATA_ROOT} not found: the real tissue lives in ../shared/data beside the repo")
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--stride-px",
                     str(stride),
                     "--quiet",
-                    *(["--cascade"] if args.cascade else []),
+                    *(["--no-cascade"] if args.no_cascade else []),
                 ]
             )
             if code != 0:

@@ -352,7 +352,8 @@ def micromet_end_to_end(spec: BenchSpec, folder: Path) -> tuple[int, dict[str, A
 
     overrides: dict[str, dict[str, Any]] = {
         "inference": {"device": spec.device, "batch_size": spec.batch_size, "num_workers": spec.workers,
-                      "region_tiles": spec.region_tiles, "precision": spec.precision},
+                      "region_tiles": spec.region_tiles, "precision": spec.precision,
+                      "cascade": False},  # every planned tile, as the other variants score
         "tiling": {"stride_px": spec.stride_px},
     }
     context = build_context(Path(spec.model), None, overrides, None)

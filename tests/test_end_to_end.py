@@ -127,13 +127,16 @@ def test_no_deposit_over_0_2_mm_is_itc_without_a_review_flag(batch: Path, name: 
     assert "Research use only" in html.read_text()
 
 
-def test_the_cascade_keeps_every_node_category_while_scoring_fewer_tiles(batch: Path) -> None:
-    out = batch / "out_cascade"
-    assert main(["infer", str(batch / "slides"), "--out", str(out), "--cascade", "--quiet"]) == 0
+def test_the_default_cascade_keeps_every_node_category_of_full_scoring_with_fewer_tiles(batch: Path) -> None:
+    out = batch / "out_full"
+    assert main(["infer", str(batch / "slides"), "--out", str(out), "--no-cascade", "--quiet"]) == 0
     for name, *_ in NODES:
-        report = json.loads((out / name / "report.json").read_text())
+        full = json.loads((out / name / "report.json").read_text())
+        report = _report(batch, name)  # the default run: the cascade
         cascade = report["inference"]["cascade"]
         assert report["settings"]["inference"]["cascade"] is True
-        assert cascade["grid_tiles"] == report["n_tiles"] == _report(batch, name)["n_tiles"]
+        assert full["settings"]["inference"]["cascade"] is False and "cascade" not in full["inference"]
+        assert cascade["grid_tiles"] == report["n_tiles"] == full["n_tiles"]
         assert 0 < cascade["scored_fraction"] < 1
-        assert report["category"] == _report(batch, name)["category"], name
+        assert report["category"] == full["category"], name
+        assert len(report["deposits"]) == len(full["deposits"]), name

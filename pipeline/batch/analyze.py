@@ -280,7 +280,10 @@ def _cascade_with_facts(
         runs.append(stats)
         return scores
 
-    probabilities, cascade = cascade_scores(grid, score, context.inference.cascade_screen_threshold)
+    # Cells the screen rules out keep the screen's probability, so the screen threshold never
+    # exceeds the deposit threshold (a user's --threshold below it lowers it too).
+    screen_threshold = min(context.inference.cascade_screen_threshold, context.threshold)
+    probabilities, cascade = cascade_scores(grid, score, screen_threshold)
     if progress is not None:
         progress(len(grid) - cascade.screen_tiles - cascade.full_tiles)  # the cells left unscored
     return probabilities, {**_inference_facts(context, runs), "cascade": cascade.to_dict()}

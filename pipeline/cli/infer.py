@@ -99,10 +99,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     parser.add_argument(
         "--cascade",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="screen one tile per block first, score densely only near suspicious screen tiles "
-        "(faster; can miss deposits between screen tiles, see docs/benchmarks.md)",
+        help="screen one tile per block first and score densely only near suspicious screen tiles "
+        "(the default; --no-cascade scores every tile; see docs/benchmarks.md, Cascade)",
     )
     parser.add_argument(
         "--cascade-screen-threshold",
