@@ -93,3 +93,19 @@ def test_training_metrics_keep_negative_numbers(tmp_path: Path) -> None:
     rows = _rows(tmp_path / "metrics.csv")
     assert rows[0] == list(METRIC_COLUMNS)
     assert dict(zip(rows[0], rows[1], strict=True))["train_loss"] == "-0.5"
+
+
+def test_an_atomic_write_that_cannot_happen_is_one_output_error_naming_the_file(tmp_path: Path) -> None:
+    from pipeline.errors import OutputError
+    from pipeline.outputs import atomic_write_json, atomic_write_text
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError, match=r"file/out\.json: cannot write here"):
+        atomic_write_json(blocker / "out.json", {"a": 1})
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "taken").mkdir()  # a folder where the file should go: os.replace fails
+    with pytest.raises(OutputError, match=r"taken: cannot write here"):
+        atomic_write_text(folder / "taken", "text")
+    assert sorted(p.name for p in folder.iterdir()) == ["taken"]  # no temporary file left

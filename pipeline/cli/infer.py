@@ -219,15 +219,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _keep_patient_mapping(mapping_csv: Path, out_dir: Path) -> None:
     """Check the mapping CSV before any slide runs, then keep it as OUT/patients.csv."""
-    from pipeline.errors import OutputError
     from pipeline.review.viewer.patients import write_patient_mapping
     from pipeline.staging import read_patient_mapping_csv
 
     mapping = read_patient_mapping_csv(mapping_csv)
-    try:
-        write_patient_mapping(out_dir, mapping)
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot write patients.csv ({exc}); choose another --out") from exc
+    write_patient_mapping(out_dir, mapping)
 
 
 def _slide_qc(out_dir: Path, slide_id: str) -> dict[str, str] | None:

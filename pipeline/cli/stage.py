@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import StagingConfig, build_config, load_config_file
-from pipeline.errors import OutputError, StagingError
+from pipeline.errors import StagingError
 from pipeline.outputs import atomic_write_text, csv_safe_row, read_json_object, slide_folder
 from pipeline.staging import (
     CATEGORY_ORDER,
@@ -220,10 +220,7 @@ def write_patient_csv(path: Path, rows: Sequence[PatientRow]) -> None:
     writer = csv.writer(buffer)
     writer.writerow(PATIENT_CSV_COLUMNS)
     writer.writerows(csv_safe_row(row.csv_values()) for row in rows)
-    try:
-        atomic_write_text(path, buffer.getvalue())
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write the patient CSV ({exc}); check the folder") from exc
+    atomic_write_text(path, buffer.getvalue())
 
 
 def format_table(rows: Sequence[PatientRow]) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.deposits.measure import Deposit
-from pipeline.errors import AnnotationError, OutputError
+from pipeline.errors import AnnotationError
 from pipeline.outputs import atomic_write_text, csv_safe_row
 from pipeline.slides.annotations import Annotation, annotation_to_feature
 from pipeline.slides.annotations import write_asap_xml as write_annotations_xml
@@ -89,10 +89,7 @@ def write_qupath_geojson(deposits: Sequence[Deposit], path: Path) -> None:
         feature["properties"].update(category=str(deposit.category), review=deposit.review)
         features.append(feature)
     text = json.dumps({"type": "FeatureCollection", "features": features}, indent=1) + "\n"
-    try:
-        atomic_write_text(Path(path), text)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write here ({exc})") from exc
+    atomic_write_text(Path(path), text)
 
 
 def write_asap_xml(deposits: Sequence[Deposit], path: Path) -> None:
@@ -138,10 +135,7 @@ def write_camelyon16_csv(deposits: Sequence[Deposit], path: Path) -> None:
     for deposit in deposits:
         x_px, y_px = detection_point_xy(deposit)
         writer.writerow(csv_safe_row([repr(float(deposit.max_probability)), round(x_px), round(y_px)]))
-    try:
-        atomic_write_text(Path(path), buffer.getvalue())
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write the detection CSV here ({exc})") from exc
+    atomic_write_text(Path(path), buffer.getvalue())
 
 
 def read_camelyon16_csv(path: Path) -> list[tuple[float, int, int]]:

@@ -18,7 +18,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import AnnotationError, OutputError
+from pipeline.errors import AnnotationError
 from pipeline.outputs import atomic_write_text
 from pipeline.slides.annotation_model import (
     CANONICAL_GROUPS,
@@ -283,15 +283,6 @@ def read_annotations(path: Path) -> list[Annotation]:
 # --- writers -----------------------------------------------------------------------------
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` atomically (``pipeline.outputs``); raises OutputError naming the file
-    if the folder cannot be written."""
-    try:
-        atomic_write_text(Path(path), text)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write here ({exc})") from exc
-
-
 def _group_to_write(annotation: Annotation) -> str:
     if annotation.group and label_for_group(annotation.group) == annotation.label:
         return annotation.group
@@ -339,7 +330,7 @@ def write_asap_xml(annotations: Sequence[Annotation], path: Path) -> None:
             f'Color="{_hex_color(label)}"><Attributes /></Group>'
         )
     lines += ["\t</AnnotationGroups>", "</ASAP_Annotations>", ""]
-    write_text_atomic(path, "\n".join(lines))
+    atomic_write_text(Path(path), "\n".join(lines))
 
 
 def _closed(ring: NDArray[np.float64]) -> list[list[float]]:
@@ -385,4 +376,4 @@ def write_geojson(
         for i, a in enumerate(annotations)
     ]
     collection = {"type": "FeatureCollection", "features": features}
-    write_text_atomic(path, json.dumps(collection, indent=1) + "\n")
+    atomic_write_text(Path(path), json.dumps(collection, indent=1) + "\n")

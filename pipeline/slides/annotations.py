@@ -20,7 +20,6 @@ from pipeline.slides.annotation_formats import (
     read_geojson,
     write_asap_xml,
     write_geojson,
-    write_text_atomic,
 )
 from pipeline.slides.annotation_geometry import (
     max_feret_diameter_px,
@@ -63,5 +62,4 @@ __all__ = [
     "warn_outlines_outside",
     "write_asap_xml",
     "write_geojson",
-    "write_text_atomic",
 ]

@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 
 from pipeline import __version__
 from pipeline.errors import ConfigError, OutputError
-from pipeline.slides.annotations import Annotation, write_asap_xml, write_text_atomic
+from pipeline.outputs import atomic_write_text
+from pipeline.slides.annotations import Annotation, write_asap_xml
 from pipeline.staging import (
     DEFAULT_CELL_RULE,
     ITC_MAX_CELLS,
@@ -281,7 +282,7 @@ def generate_slide(config: SynthConfig, out_path: Path) -> SynthResult:
         for d in deposits
     ]
     write_asap_xml(annotations, result.xml_path)
-    write_text_atomic(result.truth_path, json.dumps(_truth_dict(result, config), indent=1) + "\n")
+    atomic_write_text(result.truth_path, json.dumps(_truth_dict(result, config), indent=1) + "\n")
     log.info(
         "%s: %d x %d px, %d deposit(s), written in %.1f s",
         out_path,

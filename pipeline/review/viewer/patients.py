@@ -68,13 +68,12 @@ class PatientView:
 
 def write_patient_mapping(out_dir: Path, mapping: dict[str, str]) -> Path:
     """Write ``mapping`` (slide id -> patient) as BATCH_DIR/patients.csv (atomically), where
-    report.html and the viewer find it. Raises OSError if the folder cannot be written."""
+    report.html and the viewer find it. Raises OutputError if the folder cannot be written."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("slide", "patient"))
     for slide in sorted(mapping, key=natural_key):
         writer.writerow((slide, mapping[slide]))
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PATIENTS_CSV
     atomic_write_text(path, buffer.getvalue())
     return path

@@ -186,12 +186,7 @@ def write_static_report(
     """Write the report to ``out_path`` atomically; raises OutputError naming the path."""
     _make_parent(out_path)  # fail before the slow part
     html = build_static_report(batch_dir, config, patients_csv, staging)
-    try:
-        atomic_write_text(out_path, html)
-    except OSError as exc:
-        raise OutputError(
-            f"{out_path}: cannot write the report ({exc.strerror}); choose another --out"
-        ) from exc
+    atomic_write_text(out_path, html)
     return out_path
 
 
