@@ -8,6 +8,7 @@ defaults, then a TOML config file, then the flags the user gave.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,8 +22,11 @@ MIN_PLAUSIBLE_MPP = 0.05
 MAX_PLAUSIBLE_MPP = 20.0
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (low <= value <= high):
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a finite number (not a bool) in
+    [low, high]: the one range check of every settings dataclass."""
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not (number and low <= value <= high):
         raise ValueError(f"{name}={value!r} is out of range; allowed {low} to {high}")
 
 
@@ -44,10 +48,10 @@ class TissueConfig:
     reject_pen: bool = True
 
     def __post_init__(self) -> None:
-        _check_range("mask_mpp", self.mask_mpp, 0.5, 128.0)
-        _check_range("min_tissue_area_mm2", self.min_tissue_area_mm2, 0.0, 1000.0)
-        _check_range("max_hole_area_mm2", self.max_hole_area_mm2, 0.0, 1000.0)
-        _check_range("min_saturation", self.min_saturation, 0.0, 1.0)
+        check_range("mask_mpp", self.mask_mpp, 0.5, 128.0)
+        check_range("min_tissue_area_mm2", self.min_tissue_area_mm2, 0.0, 1000.0)
+        check_range("max_hole_area_mm2", self.max_hole_area_mm2, 0.0, 1000.0)
+        check_range("min_saturation", self.min_saturation, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +70,11 @@ class TilingConfig:
     min_tissue_fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        _check_range("tile_size_px", self.tile_size_px, 8, 4096)
-        _check_range("mpp", self.mpp, MIN_PLAUSIBLE_MPP, MAX_PLAUSIBLE_MPP)
+        check_range("tile_size_px", self.tile_size_px, 8, 4096)
+        check_range("mpp", self.mpp, MIN_PLAUSIBLE_MPP, MAX_PLAUSIBLE_MPP)
         if self.stride_px is not None:
-            _check_range("stride_px", self.stride_px, 1, 4096)
-        _check_range("min_tissue_fraction", self.min_tissue_fraction, 0.0, 1.0)
+            check_range("stride_px", self.stride_px, 1, 4096)
+        check_range("min_tissue_fraction", self.min_tissue_fraction, 0.0, 1.0)
 
     @property
     def effective_stride_px(self) -> int:
@@ -105,11 +109,11 @@ class InferenceConfig:
     cascade_screen_threshold: float = 0.2
 
     def __post_init__(self) -> None:
-        _check_range("batch_size", self.batch_size, 1, 65536)
-        _check_range("cascade_screen_threshold", self.cascade_screen_threshold, 0.0, 1.0)
+        check_range("batch_size", self.batch_size, 1, 65536)
+        check_range("cascade_screen_threshold", self.cascade_screen_threshold, 0.0, 1.0)
         if self.num_workers is not None:
-            _check_range("num_workers", self.num_workers, 0, 256)
-        _check_range("region_tiles", self.region_tiles, 1, 64)
+            check_range("num_workers", self.num_workers, 0, 256)
+        check_range("region_tiles", self.region_tiles, 1, 64)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision={self.precision!r} is not allowed; use auto, fp32, bf16 or fp16")
         if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
@@ -143,11 +147,11 @@ class DepositConfig:
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
-            _check_range("threshold", self.threshold, 0.0, 1.0)
+            check_range("threshold", self.threshold, 0.0, 1.0)
         if self.seed_threshold is not None:
-            _check_range("seed_threshold", self.seed_threshold, 0.0, 1.0)
-        _check_range("refine_stride_fraction", self.refine_stride_fraction, 0.05, 1.0)
-        _check_range("max_cell_count_diameter_mm", self.max_cell_count_diameter_mm, 0.0, 10.0)
+            check_range("seed_threshold", self.seed_threshold, 0.0, 1.0)
+        check_range("refine_stride_fraction", self.refine_stride_fraction, 0.05, 1.0)
+        check_range("max_cell_count_diameter_mm", self.max_cell_count_diameter_mm, 0.0, 10.0)
         if self.cell_rule not in ("size-first", "literal"):
             raise ValueError(f"cell_rule={self.cell_rule!r} is not allowed; use size-first or literal")
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.config import TilingConfig
+from pipeline.config import TilingConfig, check_range
 from pipeline.errors import NoTissueError
 from pipeline.slides.slide import Slide
 from pipeline.slides.tiling import plan_tiles
@@ -64,11 +64,6 @@ REFERENCE_MARGIN = 0.25
 ACCEPT_FLAG = "--accept-qc-failures"
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"qc.{name}={value!r} is out of range; allowed {low} to {high}")
-
-
 @dataclasses.dataclass(frozen=True)
 class QCConfig:
     """Slide QC thresholds (measured values and their source in docs/qc.md).
@@ -95,14 +90,14 @@ class QCConfig:
     accept_qc_failures: bool = False
 
     def __post_init__(self) -> None:
-        _check_range("tile_mpp", self.tile_mpp, 0.1, 4.0)
-        _check_range("tile_size_px", self.tile_size_px, 32, 1024)
-        _check_range("max_tiles", self.max_tiles, 1, 10_000)
-        _check_range("max_dark_fraction", self.max_dark_fraction, 0.0, 1.0)
-        _check_range("min_focus", self.min_focus, 0.0, 1e6)
-        _check_range("min_tissue_area_mm2", self.min_tissue_area_mm2, 0.0, 1e4)
-        _check_range("min_lymphocytes_per_mm2", self.min_lymphocytes_per_mm2, 1.0, 1e6)
-        _check_range("min_nuclear_fraction", self.min_nuclear_fraction, 0.01, 1.0)
+        check_range("qc.tile_mpp", self.tile_mpp, 0.1, 4.0)
+        check_range("qc.tile_size_px", self.tile_size_px, 32, 1024)
+        check_range("qc.max_tiles", self.max_tiles, 1, 10_000)
+        check_range("qc.max_dark_fraction", self.max_dark_fraction, 0.0, 1.0)
+        check_range("qc.min_focus", self.min_focus, 0.0, 1e6)
+        check_range("qc.min_tissue_area_mm2", self.min_tissue_area_mm2, 0.0, 1e4)
+        check_range("qc.min_lymphocytes_per_mm2", self.min_lymphocytes_per_mm2, 1.0, 1e6)
+        check_range("qc.min_nuclear_fraction", self.min_nuclear_fraction, 0.01, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

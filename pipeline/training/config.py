@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pipeline.config import TissueConfig, build_config
+from pipeline.config import TissueConfig, build_config, check_range
 from pipeline.errors import ConfigError
 from pipeline.models.architectures import check_architecture
 from pipeline.slides.stain import check_stain_normalization
@@ -59,18 +59,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_architecture(self.architecture)
-        _check("tile_size_px", self.tile_size_px, 32, 4096)
-        _check("mpp", self.mpp, 0.05, 20.0)
-        _check("epochs", self.epochs, 1, 100_000)
-        _check("batch_size", self.batch_size, 2, 65_536)
-        _check("lr", self.lr, 1e-8, 10.0)
-        _check("weight_decay", self.weight_decay, 0.0, 1.0)
-        _check("warmup_fraction", self.warmup_fraction, 0.0, 0.5)
-        _check("num_workers", self.num_workers, 0, 256)
-        _check("hard_negative_rounds", self.hard_negative_rounds, 0, 100)
-        _check("hard_negative_min_probability", self.hard_negative_min_probability, 0.0, 1.0)
+        check_range("tile_size_px", self.tile_size_px, 32, 4096)
+        check_range("mpp", self.mpp, 0.05, 20.0)
+        check_range("epochs", self.epochs, 1, 100_000)
+        check_range("batch_size", self.batch_size, 2, 65_536)
+        check_range("lr", self.lr, 1e-8, 10.0)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("warmup_fraction", self.warmup_fraction, 0.0, 0.5)
+        check_range("num_workers", self.num_workers, 0, 256)
+        check_range("hard_negative_rounds", self.hard_negative_rounds, 0, 100)
+        check_range("hard_negative_min_probability", self.hard_negative_min_probability, 0.0, 1.0)
         if self.max_steps is not None:
-            _check("max_steps", self.max_steps, 1, 10**12)
+            check_range("max_steps", self.max_steps, 1, 10**12)
         for name, allowed in (
             ("optimizer", ("adamw", "sgd")),
             ("scheduler", ("cosine", "onecycle")),
@@ -112,7 +112,7 @@ class DataConfig:
             object.__setattr__(self, name, tuple(value))
         if (self.patches or self.val_patches) and self.patch_mpp is None:
             raise ValueError("patches given without patch_mpp; state the patches' µm/px")
-        _check("val_fraction", self.val_fraction, 0.0, 0.9)
+        check_range("val_fraction", self.val_fraction, 0.0, 0.9)
         if not (self.slides or self.patches or self.pcam or self.index):
             raise ValueError("no training data: give slides, patches or pcam folders")
 
@@ -125,11 +125,6 @@ class TrainSettings:
     data: DataConfig
     sampling: SampleConfig = dataclasses.field(default_factory=SampleConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-
-
-def _check(name: str, value: float, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ValueError(f"{name}={value!r} is out of range; allowed {low} to {high}")
 
 
 SECTIONS: dict[str, type[Any]] = {
