@@ -23,20 +23,19 @@ Usage: .venv/bin/python scripts/bench_runtimes.py [--threads 2] [--seconds 6] [-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.detection.inference import _prepare_model, _Scorer
+from pipeline.detection.inference import _prepare_model, _Scorer, _torch_threads
 from pipeline.models import ModelCard, build_model, load_checkpoint
 from pipeline.training.classify import roc_auc
 from pipeline.training.datasets import fit_to_tile, load_rgb
@@ -145,16 +144,6 @@ def tiles_per_s(runner: Runner, tile_size_px: int, seconds: float) -> list[float
     return rates
 
 
-@contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def runtimes(
     model: torch.nn.Module, card: ModelCard, calibration: NDArray[np.uint8], threads: int, folder: Path
 ) -> dict[str, Callable[[], Runner]]:
@@ -191,7 +180,7 @@ def measure_model(name: str, model: torch.nn.Module, card: ModelCard, args: argp
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     reference_rate, reference = None, None
-    with tempfile.TemporaryDirectory() as tmp, _threads(args.threads), torch.inference_mode():
+    with tempfile.TemporaryDirectory() as tmp, _torch_threads(args.threads), torch.inference_mode():
         for label, build in runtimes(model, card, tiles[::4], args.threads, Path(tmp)).items():
             try:
                 runner = build()
