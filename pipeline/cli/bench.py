@@ -64,7 +64,7 @@ BENCH_OPTIONS = (
     ),
     BenchOption("--both-models", "measure the default model and an untrained resnet18 (224 px, 0.5 µm/px)"),
     BenchOption("--batch-size", "tiles per model batch, for every variant (64)", int, 64),
-    BenchOption("--region-tiles", "micromet model tiles per side of one slide read (4)", int, 4),
+    BenchOption("--region-tiles", "micromet model tiles per side of one slide read (8)", int, 8),
     BenchOption("--repeats", "runs of every variant; medians are reported (3)", int, 3),
     BenchOption("--skip-tiatoolbox", "do not install or run TIAToolbox"),
     BenchOption("--tiatoolbox-version", "TIAToolbox release to install (2.1.3)", str, "2.1.3"),
