@@ -1,8 +1,9 @@
 """Inference cascade: reads a tile grid and a score function, produces every tile's probability
 while scoring only part of the grid at full density.
 
-On by default (``InferenceConfig.cascade``; ``--no-cascade`` turns it off). The grid is cut into blocks of ``k x k`` cells,
-``k`` = tile size / stride (at least 2), so one tile covers about one block. The screen scores
+On by default (``InferenceConfig.cascade``; ``--no-cascade`` turns it off). The grid is cut
+into blocks of ``k x k`` cells, ``k`` = tile size / stride (at least 2), so one tile covers
+about one block. The screen scores
 one tile per block (the block's cell nearest its top-left corner): with overlapping tiles
 (stride < tile size) the screen tiles cover the tissue without gaps. Every cell of a block
 whose screen probability reaches ``screen_threshold``, and of the 8 blocks around it, is then
