@@ -89,17 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             reports[mode] = {n: json.loads((out / n / "report.json").read_text()) for n in squares}
         rows = [
-            "| pasted real tumor | slides | found, full scoring | found, cascade | tiles cascade scored |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| pasted real tumor | slides | found, full scoring | found, cascade | lost by the cascade | "
+            "tiles cascade scored |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for side_patches in SIZES_PATCHES:
             names = [n for n in squares if n.startswith(f"tumor{side_patches}x")]
             hits = {m: sum(found(reports[m][n], squares[n]) for n in names) for m in reports}
+            lost = sum(found(reports["full"][n], squares[n]) and not found(reports["cascade"][n], squares[n])
+                       for n in names)
             facts = [reports["cascade"][n]["inference"] for n in names]
             scored = [f["cascade"]["scored_fraction"] for f in facts]  # type: ignore[index]
             side_mm = side_patches * C16_PATCH_PX * C16_MPP / 1000
+            share = 100 * float(np.mean(scored))
             rows.append(f"| {side_patches} x {side_patches} patches ({side_mm:.3f} mm side) | {len(names)} | "
-                        f"{hits['full']} | {hits['cascade']} | {100 * float(np.mean(scored)):.0f} % |")
+                        f"{hits['full']} | {hits['cascade']} | {lost} | {share:.0f} % |")
         print("\n".join(rows))
     return 0
 

@@ -12,7 +12,7 @@ threshold and so below any deposit threshold at or above it.
 
 What it costs is measured, not assumed (docs/benchmarks.md, "Cascade"): a deposit whose tumor
 lies only in blocks whose screen tile scores below the screen threshold, next to no suspicious
-block, is missed. None was on the synthetic benchmark or among 24 small real deposits, at a
+block, is missed. None was on the synthetic benchmark or among 83 small real deposits, at a
 third to four fifths of the tiles; that is why it is the default.
 """
 
