@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.detection.inference import _prepare_model, _Scorer, _torch_threads
+from pipeline.config import InferenceConfig
+from pipeline.detection.inference import _torch_threads, prepare_model
 from pipeline.models import ModelCard, build_model, load_checkpoint
 from pipeline.training.classify import roc_auc
 from pipeline.training.datasets import fit_to_tile, load_rgb
@@ -82,8 +83,8 @@ def eager_runner(model: torch.nn.Module, card: ModelCard) -> Runner:
 
 def micromet_runner(model: torch.nn.Module, card: ModelCard, precision: str, compile_model: bool) -> Runner:
     """micromet's own scorer: folded BatchNorms, channels_last, the given autocast."""
-    prepared = _prepare_model(copy.deepcopy(model), torch.device("cpu"), compile_model)
-    return _Scorer(prepared, card, torch.device("cpu"), precision)
+    config = InferenceConfig(device="cpu", precision=precision, compile=compile_model)  # type: ignore[arg-type]
+    return prepare_model(copy.deepcopy(model), card, config).scorer
 
 
 def onnx_runner(model: torch.nn.Module, card: ModelCard, threads: int, folder: Path) -> Runner:

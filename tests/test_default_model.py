@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.detection.inference import _prepare_model, _Scorer
+from pipeline.config import InferenceConfig
+from pipeline.detection.inference import prepare_model
 from pipeline.models import ModelCard, default_model_path, file_sha256, load_checkpoint, load_training_state
 from pipeline.models.device import SCORING_BF16_TOLERANCE
 from pipeline.training.classify import roc_auc, score_batch
@@ -122,13 +123,11 @@ def test_bf16_scoring_stays_within_its_tolerance_of_fp32_on_real_patches(
     _, card = default_model
     paths = sorted(data.rglob("*.webp"))[::16]  # both classes, about 550 patches
     tiles = torch.from_numpy(np.stack([load_rgb(path) for path in paths]))
-    cpu = torch.device("cpu")
     scores = {}
     with torch.inference_mode():
         for precision in ("fp32", "bf16"):
-            scorer = _Scorer(
-                _prepare_model(load_checkpoint(default_model_path())[0], cpu, False), card, cpu, precision
-            )
+            config = InferenceConfig(device="cpu", precision=precision)  # type: ignore[arg-type]
+            scorer = prepare_model(load_checkpoint(default_model_path())[0], card, config).scorer
             scores[precision] = np.concatenate(
                 [scorer(tiles[i : i + 64]).numpy() for i in range(0, len(tiles), 64)]
             )

@@ -229,26 +229,22 @@ def build_context(
     )
 
 
-def _score(
+def _score_with_stats(
     context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
-) -> NDArray[np.float32]:
-    """Every tile of ``grid`` scored with the context's prepared model (never the cascade)."""
+) -> tuple[NDArray[np.float32], InferenceStats]:
+    """Every tile of ``grid`` scored densely with the context's prepared model, and how it went."""
     from pipeline.detection.inference import score_prepared
 
-    return score_prepared(slide.path, slide.mpp, grid, context.prepared, context.inference, progress)[0]
+    return score_prepared(slide.path, slide.mpp, grid, context.prepared, context.inference, progress)
 
 
 def _score_with_facts(
     context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
 ) -> tuple[NDArray[np.float32], dict[str, Any]]:
     """Tile probabilities and the inference section of report.json (device, CPU plan, speed)."""
-    from pipeline.detection.inference import score_prepared
-
     if context.inference.cascade:
         return _cascade_with_facts(context, slide, grid, progress)
-    probabilities, stats = score_prepared(
-        slide.path, slide.mpp, grid, context.prepared, context.inference, progress
-    )
+    probabilities, stats = _score_with_stats(context, slide, grid, progress)
     return probabilities, _inference_facts(context, [stats])
 
 
@@ -268,15 +264,11 @@ def _cascade_with_facts(
 ) -> tuple[NDArray[np.float32], dict[str, Any]]:
     """The cascade (``pipeline.detection.cascade``): the screen, then dense scoring near suspicious tiles."""
     from pipeline.detection.cascade import cascade_scores
-    from pipeline.detection.inference import score_prepared
 
     runs: list[InferenceStats] = []
 
     def score(indices: NDArray[np.int64]) -> NDArray[np.float32]:
-        part = subset_grid(grid, indices)
-        scores, stats = score_prepared(
-            slide.path, slide.mpp, part, context.prepared, context.inference, progress
-        )
+        scores, stats = _score_with_stats(context, slide, subset_grid(grid, indices), progress)
         runs.append(stats)
         return scores
 
@@ -302,7 +294,7 @@ def _find_and_refine(
     def score_points(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
         if len(xy_px) == 0:
             return np.zeros(0, np.float32)
-        return _score(context, slide, points_grid(grid, xy_px), None)
+        return _score_with_stats(context, slide, points_grid(grid, xy_px), None)[0]
 
     refined = refine_deposits(heatmap, deposits, context.threshold, score_points, context.deposits)
     return keep_seeded(refined, context.seed_threshold)
