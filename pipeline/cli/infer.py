@@ -127,7 +127,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--stride-px",
         type=int,
         default=None,
-        help="tile step at the model resolution (default: tile size, no overlap)",
+        help="tile step at the model resolution (default: the model card's stride)",
     )
     parser.add_argument(
         "--min-tissue-fraction",
