@@ -184,6 +184,49 @@ def load_config_file(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid TOML config file ({exc})") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: nested too deeply to be a micromet config file") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the config file ({exc.strerror or exc}); check it is readable"
+        ) from exc
+
+
+def check_sections(values: Mapping[str, Any], source: str) -> None:
+    """Raise ConfigError unless every section of a config file is a table (``[name]``)."""
+    for name, section in values.items():
+        if not isinstance(section, Mapping):
+            raise ConfigError(
+                f"{source}: {name} = {section!r} is not a section; write it as a [{name}] table of settings"
+            )
+
+
+# Field types (as written in the dataclasses) whose values must have exactly that type: a
+# TOML 'false' (a string) is true in Python, and 16.5 px is no stride.
+_STRICT_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "int | None": (int,),
+    "float": (int, float),
+    "float | None": (int, float),
+    "str": (str,),
+    "str | None": (str,),
+}
+
+_EXPECTED = {"bool": "true or false", "int": "a whole number", "int | None": "a whole number",
+             "str": "a string", "str | None": "a string"}
+
+
+def _check_value_type(cls: type[Any], field: dataclasses.Field[Any], value: Any, source: str) -> None:
+    allowed = _STRICT_TYPES.get(str(field.type))
+    if allowed is None or value is None:
+        return
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, allowed) or (is_bool and bool not in allowed):
+        expected = _EXPECTED.get(str(field.type), "a number")
+        raise ConfigError(
+            f"{source}: {cls.__name__}: {field.name}={value!r} is {type(value).__name__}; expected {expected}"
+        )
 
 
 def build_config(
@@ -197,14 +240,23 @@ def build_config(
     Raises ConfigError naming ``source`` for unknown keys or out-of-range values.
     """
     assert dataclasses.is_dataclass(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if section is not None and not isinstance(section, Mapping):
+        raise ConfigError(
+            f"{source}: {cls.__name__} settings must be a table of name = value, not {section!r}"
+        )
     values: dict[str, Any] = {}
     for key, value in (section or {}).items():
-        if key not in known:
-            raise ConfigError(f"{source}: unknown setting {key!r} for {cls.__name__}; known: {sorted(known)}")
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: unknown setting {key!r} for {cls.__name__}; known: {sorted(fields)}"
+            )
+        _check_value_type(cls, fields[key], value, source)
         values[key] = value
     for key, value in (overrides or {}).items():
         if value is not None:
+            if key in fields:
+                _check_value_type(cls, fields[key], value, source)
             values[key] = value
     try:
         return cls(**values)

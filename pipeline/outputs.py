@@ -139,12 +139,25 @@ def slide_id_for(path: Path) -> str:
     return cleaned or "slide"
 
 
+# A slide id names a folder beside the batch's own files: an id ending like one of them
+# (``manifest.json.tif`` -> "manifest.json") has its dots replaced, so no slide folder ever
+# takes the place of a batch file.
+_BATCH_FILE_SUFFIXES = (".json", ".csv", ".html", ".htm", ".txt", ".log", ".lock", ".tmp", ".png", ".toml")
+
+
+def _clear_of_batch_files(slide_id: str) -> str:
+    if slide_id.lower().endswith(_BATCH_FILE_SUFFIXES):
+        return slide_id.replace(".", "_")
+    return slide_id
+
+
 def unique_slide_ids(paths: Iterable[Path]) -> dict[Path, str]:
-    """Ids for slides, made unique with ``-2``, ``-3`` suffixes when stems clash."""
+    """Ids for slides, made unique with ``-2``, ``-3`` suffixes when stems clash; an id that
+    could be a batch file's name (``manifest.json``) becomes ``manifest_json``."""
     ids: dict[Path, str] = {}
     used: set[str] = set()
     for path in paths:
-        base = slide_id_for(path)
+        base = _clear_of_batch_files(slide_id_for(path))
         candidate, counter = base, 2
         while candidate in used:
             candidate = f"{base}-{counter}"

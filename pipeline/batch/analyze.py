@@ -25,6 +25,7 @@ from pipeline.config import (
     TilingConfig,
     TissueConfig,
     build_config,
+    check_sections,
     config_to_dict,
     load_config_file,
 )
@@ -33,6 +34,7 @@ from pipeline.errors import ConfigError, NoTissueError, SlideQCError
 from pipeline.outputs import atomic_write_json
 from pipeline.review.colors import category_color
 from pipeline.review.report import build_report, write_summary_csv
+from pipeline.slides.integrity import check_integrity
 from pipeline.slides.qc import ACCEPT_FLAG, QCConfig, QCResult, check_slide
 from pipeline.slides.slide import Slide, open_slide, open_slide_for_user
 from pipeline.slides.tiling import TileGrid, plan_tiles, points_grid, subset_grid
@@ -143,7 +145,15 @@ class AnalysisContext:
             "threshold": self.threshold,
             "seed_threshold": self.seed_threshold,
             "threshold_source": self.threshold_source,
+            "warning": self.model_warning,
         }
+
+    @property
+    def model_warning(self) -> str:
+        """Empty, or why the model's own validation figures do not earn trust (near chance, absent)."""
+        from pipeline.models.card import card_quality_warning
+
+        return card_quality_warning(self.card)
 
 
 # Settings a command line may override, per config section; option names equal field names.
@@ -199,6 +209,7 @@ def build_context(
             f"{config_path}: unknown sections {sorted(unknown)}; use tissue, tiling, inference, deposits, qc"
         )
     source = str(config_path or "command line")
+    check_sections(sections, source)
     inference = build_config(InferenceConfig, sections.get("inference"), overrides.get("inference"), source)
     path = resolve_model_path(model_path)
     from pipeline.models import choose_device
@@ -404,6 +415,10 @@ def analyze_slide(
             grid = plan_tiles(slide.dimensions, slide.mpp, scored, context.tiling)
         except NoTissueError as exc:
             raise NoTissueError(f"{path}: {exc}") from exc
+        qc = check_integrity(
+            slide, tissue, None if context.whole_slide else grid, context.tiling.mpp,
+            context.card.tile_size_px, qc, context.qc.accept_qc_failures,
+        )
         timing["tissue_tiling"] = time.perf_counter() - started
         if progress is not None:
             progress.start(len(grid))

@@ -29,6 +29,7 @@ from pipeline.batch.distributed_worker import ContextSpec, SlideWorker, WorkItem
 from pipeline.batch.local import (
     SlideOutcome,
     is_done,
+    lock_batch_folder,
     read_manifest,
     record_outcome,
     settings_key,
@@ -91,6 +92,7 @@ def connect(ray: Any, address: str) -> bool:
     """
     if ray.is_initialized():
         return False
+    check_reachable(address)
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -99,6 +101,31 @@ def connect(ray: Any, address: str) -> bool:
             "`ray start --head --port=6379` and pass --ray auto or --ray HEAD_HOST:6379"
         ) from exc
     return True
+
+
+# How long a named head node may take to accept a connection; Ray itself retries for ever.
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Raise ConfigError unless HOST:PORT (or ray://HOST:PORT) accepts a TCP connection within
+    ``timeout_s`` seconds; "auto" and addresses without a port are left to Ray."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        reason = "no answer" if isinstance(exc, TimeoutError) else reason
+        raise ConfigError(
+            f"cannot reach a Ray cluster at {address!r} within {timeout_s:g} s ({reason}); start one "
+            "with `ray start --head --port=6379` and pass --ray auto or --ray HEAD_HOST:6379"
+        ) from exc
 
 
 def slot_resources(ray: Any, options: RayOptions, cpu_only: bool = False) -> tuple[float, float]:
@@ -186,28 +213,29 @@ def run_ray_batch(
     ray = import_ray()
     out_dir = out_dir.expanduser().resolve()
     check_writable_folder(out_dir)
-    spec = spec.absolute()
-    # Resolve the settings on the driver (CPU, never pickled): validates model and config
-    # before the cluster is touched, and gives the resume key.
-    settings = spec.build(device="cpu").settings()
-    key = settings_key(settings)
-    manifest = read_manifest(out_dir)
-    manifest.update({"micromet_version": __version__, "settings": settings, "settings_key": key})
-    skipped, items, order = plan_work(slides, out_dir, manifest, key, overwrite)
-    outcomes = dict(skipped)
-    for outcome in skipped.values():
-        if on_slide_done is not None:
-            on_slide_done(outcome)
-    finished = _run_on_cluster(ray, items, out_dir, spec, options, key, manifest, worker_class)
-    try:
-        with contextlib.closing(finished):  # stops the actors at once if anything below raises
-            for outcome in finished:
-                outcomes[outcome.slide_id] = outcome
-                if on_slide_done is not None:
-                    on_slide_done(outcome)
-    finally:
-        write_summary_csv(out_dir, manifest)  # once, also for an interrupted run
-    return [outcomes[slide_id] for slide_id in order]
+    with lock_batch_folder(out_dir):
+        spec = spec.absolute()
+        # Resolve the settings on the driver (CPU, never pickled): validates model and config
+        # before the cluster is touched, and gives the resume key.
+        settings = spec.build(device="cpu").settings()
+        key = settings_key(settings)
+        manifest = read_manifest(out_dir)
+        manifest.update({"micromet_version": __version__, "settings": settings, "settings_key": key})
+        skipped, items, order = plan_work(slides, out_dir, manifest, key, overwrite)
+        outcomes = dict(skipped)
+        for outcome in skipped.values():
+            if on_slide_done is not None:
+                on_slide_done(outcome)
+        finished = _run_on_cluster(ray, items, out_dir, spec, options, key, manifest, worker_class)
+        try:
+            with contextlib.closing(finished):  # stops the actors at once if anything below raises
+                for outcome in finished:
+                    outcomes[outcome.slide_id] = outcome
+                    if on_slide_done is not None:
+                        on_slide_done(outcome)
+        finally:
+            write_summary_csv(out_dir, manifest)  # once, also for an interrupted run
+        return [outcomes[slide_id] for slide_id in order]
 
 
 def _run_on_cluster(

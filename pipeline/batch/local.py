@@ -202,13 +202,60 @@ def watch_interrupts() -> Iterator[InterruptWatch]:
         sys.unraisablehook = previous_hook
 
 
+LOCK_FILE = ".micromet.lock"
+
+
+@contextlib.contextmanager
+def lock_batch_folder(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the batch folder while a run writes into it.
+
+    A second run on the same folder (same machine, or a file system with working locks)
+    raises OutputError at once instead of mixing its manifest and staging folders with the
+    first one's. The lock goes with the process, so a killed run leaves none behind.
+    """
+    import fcntl
+
+    path = out_dir / LOCK_FILE
+    try:
+        handle = path.open("a+")
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot create the batch lock ({exc.strerror}); choose another --out"
+        ) from exc
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise OutputError(
+                f"{out_dir}: another micromet run is writing to this batch folder; wait for it to "
+                "finish, or choose another --out"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a link (never what it points to) or a folder tree; nothing if absent."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def run_slide_safely(
     analyze: SlideFunction, path: Path, slide_id: str, out_dir: Path
 ) -> tuple[dict[str, Any] | None, str | None]:
     """Run ``analyze`` into a staging folder; returns (report, None) or (None, error)."""
     staging = out_dir / f".{slide_id}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        remove_path(staging)
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{staging}: cannot make the slide's working folder ({exc.strerror}); remove it and re-run"
+        ) from exc
     try:
         report = analyze(path, slide_id, staging)
     except (MicrometError, MemoryError, RuntimeError) as exc:
@@ -240,6 +287,18 @@ def run_batch(
     and a slide that failed during the interrupt is not recorded (it reruns next time).
     """
     check_writable_folder(out_dir)
+    with lock_batch_folder(out_dir):
+        return _run_locked(slides, out_dir, analyze, settings, overwrite, on_slide_done)
+
+
+def _run_locked(
+    slides: Sequence[Path],
+    out_dir: Path,
+    analyze: SlideFunction,
+    settings: dict[str, Any],
+    overwrite: bool,
+    on_slide_done: Callable[[SlideOutcome], None] | None,
+) -> list[SlideOutcome]:
     manifest = read_manifest(out_dir)
     key = settings_key(settings)
     manifest.update({"micromet_version": __version__, "settings": settings, "settings_key": key})

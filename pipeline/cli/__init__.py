@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "evaluate",
     "report",
     "view",
+    "review",
     "bench",
     "demo",
 )
@@ -72,3 +73,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"micromet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last resort: a bug, reported in one line with its log
+        log_path = write_crash_log(args.command, argv)
+        print(
+            f"micromet {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}; "
+            f"the traceback is in {log_path}; please report it with that file",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def write_crash_log(command: str, argv: Sequence[str] | None) -> str:
+    """Write the exception being handled, with the command line, to a new file in the temporary
+    folder; returns its path (or a note where even that cannot be written)."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    try:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        handle, path = tempfile.mkstemp(prefix=f"micromet-crash-{stamp}-", suffix=".log")
+        with os.fdopen(handle, "w", encoding="utf-8", errors="replace") as stream:
+            stream.write(f"micromet {__version__} {command}\n")
+            stream.write(f"argv: {list(sys.argv if argv is None else argv)!r}\n\n")
+            stream.write(traceback.format_exc())
+    except OSError as exc:
+        return f"(no crash log: {exc.strerror or exc})"
+    return path

@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     model_path = resolve_model_path(args.model)
     device = choose_device(args.device)
     model, card = load_checkpoint(model_path, device)
+    from pipeline.models.card import card_quality_warning
+
+    if card_quality_warning(card):
+        print(f"micromet classify: warning: {model_path}: {card_quality_warning(card)}", file=sys.stderr)
     enabled = not args.no_progress and sys.stderr.isatty()
     with tqdm(total=len(files), unit="patch", disable=not enabled) as bar:
 

@@ -226,20 +226,35 @@ def _keep_patient_mapping(mapping_csv: Path, out_dir: Path) -> None:
     write_patient_mapping(out_dir, mapping)
 
 
-def _slide_qc(out_dir: Path, slide_id: str) -> dict[str, str] | None:
-    """A finished slide's QC verdict line and warning from its report.json, or None."""
+def _read_report(out_dir: Path, slide_id: str) -> dict[str, Any]:
     import json
 
+    try:
+        report = json.loads((out_dir / slide_id / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _slide_qc(out_dir: Path, slide_id: str) -> dict[str, str] | None:
+    """A finished slide's QC verdict line and warning from its report.json, or None."""
     from pipeline.slides.qc import qc_line
 
-    report_path = out_dir / slide_id / "report.json"
-    try:
-        qc = json.loads(report_path.read_text()).get("qc")
-    except (OSError, ValueError):
-        return None
+    qc = _read_report(out_dir, slide_id).get("qc")
     if not isinstance(qc, dict):
         return None
     return {"line": qc_line(qc), "warning": str(qc.get("warning") or "")}
+
+
+def _model_warnings(out_dir: Path, outcomes: Any) -> list[str]:
+    """The distinct model warnings (near-chance or absent validation AUC) of finished slides."""
+    warnings: dict[str, None] = {}
+    for o in outcomes:
+        if o.status != "failed":
+            model = _read_report(out_dir, o.slide_id).get("model")
+            if isinstance(model, dict) and model.get("warning"):
+                warnings.setdefault(f"{model.get('path', 'model')}: {model['warning']}", None)
+    return list(warnings)
 
 
 def print_summary(outcomes: Any, out_dir: Path) -> None:
@@ -262,4 +277,7 @@ def print_summary(outcomes: Any, out_dir: Path) -> None:
     for o in outcomes:
         if o.error:
             print(f"failed: {o.slide_id}: {o.error}", file=sys.stderr)
+    for warning in _model_warnings(out_dir, outcomes):
+        print(f"micromet infer: warning: {warning} (recorded in every report.json and summary.csv)",
+              file=sys.stderr)
     print(f"results: {out_dir}/summary.csv, manifest: {out_dir}/manifest.json")

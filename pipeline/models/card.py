@@ -145,12 +145,14 @@ def _check_card_extras(card: ModelCard) -> None:
             "seed_threshold", seed, f"None or a probability from threshold={card.threshold} to 1"
         )
     reference = card.qc_reference
-    expected = "a dict of name -> [low, high] finite numbers with low <= high"
+    from pipeline.slides.qc import STAIN_NAMES
+
+    expected = f"a dict of name ({', '.join(STAIN_NAMES)}) -> [low, high] finite numbers with low <= high"
     if not isinstance(reference, dict):
         raise _card_error("qc_reference", reference, expected)
     for key, bounds in reference.items():
         if (
-            not isinstance(key, str)
+            key not in STAIN_NAMES
             or not isinstance(bounds, (list, tuple))
             or len(bounds) != 2
             or not all(_is_number(v) and math.isfinite(v) for v in bounds)
@@ -188,9 +190,28 @@ def _check_card_outputs(card: ModelCard) -> None:
         raise _card_error("threshold", card.threshold, "a tumor probability from 0 to 1")
     metrics = card.metrics
     if not isinstance(metrics, dict) or not all(
-        isinstance(key, str) and _is_number(value) for key, value in metrics.items()
+        isinstance(key, str) and _is_number(value) and math.isfinite(value) for key, value in metrics.items()
     ):
-        raise _card_error("metrics", metrics, "a dict of metric name -> number")
+        raise _card_error("metrics", metrics, "a dict of metric name -> finite number")
+
+
+# A model whose own validation AUC is below this is too close to chance (0.5) to trust.
+MIN_TRUSTED_VAL_AUC = 0.7
+
+
+def card_quality_warning(card: ModelCard) -> str:
+    """Empty when the card's own validation AUC (``val_auc`` or ``<set>_val_auc``) is at least
+    MIN_TRUSTED_VAL_AUC; else a warning for every output that results from this model."""
+    figures = {k: v for k, v in card.metrics.items() if k == "val_auc" or k.endswith("_val_auc")}
+    if not figures:
+        return "model card records no validation AUC: its accuracy is unknown"
+    worst_name = min(figures, key=lambda name: figures[name])
+    if figures[worst_name] < MIN_TRUSTED_VAL_AUC:
+        return (
+            f"model card's {worst_name} is {figures[worst_name]:.2f}, near chance "
+            f"(below {MIN_TRUSTED_VAL_AUC}): results are unreliable"
+        )
+    return ""
 
 
 def _check_card_text(card: ModelCard) -> None:

@@ -26,6 +26,7 @@ SUMMARY_COLUMNS = (
     "status",
     "category",
     "qc_warning",
+    "model_warning",
     "score",
     "largest_deposit_mm",
     "n_deposits",
@@ -143,6 +144,7 @@ def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | N
             threshold=(report.get("model") or {}).get("threshold", ""),
             threshold_source=(report.get("model") or {}).get("threshold_source", ""),
             qc_warning=(report.get("qc") or {}).get("warning", ""),
+            model_warning=(report.get("model") or {}).get("warning", ""),
             tissue_fraction=report["slide"].get("tissue_fraction", ""),
             n_tiles=report.get("n_tiles", ""),
         )

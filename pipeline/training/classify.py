@@ -24,6 +24,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 from pipeline.detection.inference import check_finite_probabilities
 from pipeline.errors import ConfigError, OutputError
 from pipeline.models import ModelCard
@@ -200,8 +201,11 @@ def classify_patches(
     with an empty probability and the error text. progress: called with files done.
     Raises CheckpointError if the model's output for a batch is NaN or infinite.
     """
-    if not patch_mpp > 0:
-        raise ConfigError(f"--mpp {patch_mpp!r} is invalid; give the patches' µm/px (> 0)")
+    if not MIN_PLAUSIBLE_MPP <= patch_mpp <= MAX_PLAUSIBLE_MPP:
+        raise ConfigError(
+            f"--mpp {patch_mpp!r} is invalid; give the patches' µm/px "
+            f"({MIN_PLAUSIBLE_MPP} to {MAX_PLAUSIBLE_MPP})"
+        )
     model.to(device).eval()
     scores: list[PatchScore] = []
     pending: list[tuple[Path, NDArray[np.uint8]]] = []

@@ -11,7 +11,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pipeline.config import TissueConfig, build_config, check_range
+from pipeline.config import (
+    MAX_PLAUSIBLE_MPP,
+    MIN_PLAUSIBLE_MPP,
+    TissueConfig,
+    build_config,
+    check_range,
+    check_sections,
+)
 from pipeline.errors import ConfigError
 from pipeline.models.architectures import check_architecture
 from pipeline.slides.stain import check_stain_normalization
@@ -65,6 +72,8 @@ class TrainConfig:
         check_range("batch_size", self.batch_size, 2, 65_536)
         check_range("lr", self.lr, 1e-8, 10.0)
         check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("momentum", self.momentum, 0.0, 0.999)
+        check_range("seed", self.seed, 0, 2**32 - 1)
         check_range("warmup_fraction", self.warmup_fraction, 0.0, 0.5)
         check_range("num_workers", self.num_workers, 0, 256)
         check_range("hard_negative_rounds", self.hard_negative_rounds, 0, 100)
@@ -112,6 +121,11 @@ class DataConfig:
             object.__setattr__(self, name, tuple(value))
         if (self.patches or self.val_patches) and self.patch_mpp is None:
             raise ValueError("patches given without patch_mpp; state the patches' µm/px")
+        for name in ("patch_mpp", "slide_mpp"):
+            if getattr(self, name) is not None:
+                check_range(name, getattr(self, name), MIN_PLAUSIBLE_MPP, MAX_PLAUSIBLE_MPP)
+        if self.index is not None and not isinstance(self.index, str):
+            raise ValueError(f"index={self.index!r}; expected the path of a sample index CSV")
         check_range("val_fraction", self.val_fraction, 0.0, 0.9)
         if not (self.slides or self.patches or self.pcam or self.index):
             raise ValueError("no training data: give slides, patches or pcam folders")
@@ -147,10 +161,11 @@ def settings_from_dict(
     unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{source}: unknown sections {unknown}; known: {sorted(SECTIONS)}")
+    check_sections(values, source)
     built: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         section = dict(values.get(name, {}))
-        if name == "sampling" and isinstance(section.get("tissue"), Mapping):
+        if name == "sampling" and "tissue" in section:
             section["tissue"] = build_config(TissueConfig, section["tissue"], None, source)
         if name == "data":
             section = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}

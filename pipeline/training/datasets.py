@@ -45,6 +45,11 @@ class PatchImageError(MicrometError):
     """A patch image file is missing, unreadable or not an image."""
 
 
+# The largest patch image read (64 MP, e.g. 8000 x 8000 px): a patch is a tile or a small
+# field, and a header may declare any size (20000 x 20000 px decodes to 1.6 GB).
+MAX_PATCH_PIXELS = 64_000_000
+
+
 def load_rgb(path: Path) -> NDArray[np.uint8]:
     """(H, W, 3) uint8 RGB of an image file; transparency is composited onto white.
 
@@ -54,9 +59,15 @@ def load_rgb(path: Path) -> NDArray[np.uint8]:
         raise PatchImageError(f"{path}: patch image not found")
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PATCH_PIXELS:
+                raise PatchImageError(
+                    f"{path}: declares {width} x {height} px, more than a patch may hold "
+                    f"({MAX_PATCH_PIXELS:,} px); crop it into patches first"
+                )
             image.load()
             rgba = np.asarray(image.convert("RGBA"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise PatchImageError(
             f"{path}: cannot read the patch image ({exc}); expected PNG, JPEG, TIFF or WebP"
         ) from exc
