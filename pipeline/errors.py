@@ -57,3 +57,11 @@ class EvaluationError(MicrometError):
 
 class OutputError(MicrometError):
     """An output folder cannot be written."""
+
+
+class ReviewError(MicrometError):
+    """A pathologist's review (review.geojson, an edit, an imported file) is invalid."""
+
+
+class ReviewConflictError(ReviewError):
+    """A review edit was made on an outdated revision (another tab or person saved first)."""

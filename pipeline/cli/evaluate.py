@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.cli.values import seed_int
 from pipeline.errors import ConfigError, EvaluationError
 
 if TYPE_CHECKING:
     from pipeline.evaluation.batch import BatchEvaluation, EvaluationConfig
     from pipeline.evaluation.inputs import BatchPredictions, SlideReference
+    from pipeline.evaluation.reviews import ReviewScore
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,10 +50,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="deposit matching: largest centroid-to-outline distance (µm)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the AUC interval")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--seed", type=seed_int, default=0, help="bootstrap seed")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder for evaluation.json, froc.csv, froc.png, roc.png")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    parser.add_argument("--reviews", action="store_true",
+                        help="also score the model against the pathologists' reviews in BATCH_DIR "
+                             "(deposits rejected, corrected, added; per slide and per batch, in "
+                             "OUT/reviews.json and reviews.csv); alone, only that")
     parser.set_defaults(run=run)
 
 
@@ -120,21 +126,57 @@ def run(args: argparse.Namespace) -> int:
     """Read, evaluate, write, print."""
     from pipeline.evaluation.batch import evaluate_batch, evaluation_to_dict, write_evaluation
     from pipeline.evaluation.inputs import read_batch
+    from pipeline.evaluation.reviews import format_review_score, review_score_to_dict, write_review_score
     from pipeline.outputs import check_writable_folder
 
     config = _config(args)
+    if args.reviews and not (args.truth_dir or args.reference or args.stages):
+        return _run_reviews_only(args)
     batch = read_batch(args.batch)
     references = _references(batch, args.truth_dir, args.reference)
     node_reference, stage_reference = _stage_references(args.stages)
     evaluation = evaluate_batch(batch, references, config, node_reference, stage_reference)
+    review_score = _review_score(args)
     check_writable_folder(args.out)  # only now: bad input leaves no output folder behind
     write_evaluation(evaluation, args.out)
+    reviews = {}
+    if review_score is not None:
+        write_review_score(review_score, args.out)
+        reviews = {"reviews": review_score_to_dict(review_score)}
     if args.json:
-        print(json.dumps(evaluation_to_dict(evaluation), indent=2))
+        print(json.dumps({**evaluation_to_dict(evaluation), **reviews}, indent=2))
     else:
         print(format_summary(evaluation, args.out))
+        if review_score is not None:
+            print(format_review_score(review_score))
     for metric, reason in evaluation.skipped.items():
         print(f"micromet evaluate: {metric} not computed: {reason}", file=sys.stderr)
+    return 0
+
+
+def _review_score(args: argparse.Namespace) -> ReviewScore | None:
+    from pipeline.evaluation.reviews import score_reviews
+
+    return score_reviews(args.batch) if args.reviews else None
+
+
+def _run_reviews_only(args: argparse.Namespace) -> int:
+    """--reviews without other ground truth: the review scores only."""
+    from pipeline.evaluation.reviews import (
+        format_review_score,
+        review_score_to_dict,
+        score_reviews,
+        write_review_score,
+    )
+    from pipeline.outputs import check_writable_folder
+
+    score = score_reviews(args.batch)
+    check_writable_folder(args.out)
+    write_review_score(score, args.out)
+    if args.json:
+        print(json.dumps({"reviews": review_score_to_dict(score)}, indent=2))
+    else:
+        print(format_review_score(score))
     return 0
 
 

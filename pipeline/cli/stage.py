@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import StagingError
 from pipeline.outputs import atomic_write_text, csv_safe_row, read_json_object, slide_folder
+from pipeline.review.reviews import read_slide_review
 from pipeline.staging import (
     CATEGORY_ORDER,
     PATIENT_CSV_COLUMNS,
@@ -28,6 +29,7 @@ from pipeline.staging import (
     Category,
     PatientRow,
     assign_patients,
+    node_label,
     read_node_categories_csv,
     read_patient_mapping_csv,
     slide_key,
@@ -81,15 +83,17 @@ def run(args: argparse.Namespace) -> int:
     """Read, stage, write; nothing is written when any input is invalid."""
     config = _staging_config(args.config, args.scheme)
     qc_warnings: dict[str, str] = {}
+    reviewed: dict[str, str] = {}
     if args.batch is not None:
         batch = read_batch_node_categories(args.batch)
         categories, unavailable, qc_warnings = batch.categories, batch.unavailable, batch.qc_warnings
+        reviewed = batch.reviewed
     else:
         categories, unavailable = read_node_categories_csv(args.categories), {}
     mapping = read_patient_mapping_csv(args.patients) if args.patients is not None else None
     groups = assign_patients([*categories, *unavailable], mapping, args.patients)
     rows = [
-        _with_qc_warnings(row, groups, qc_warnings)
+        _with_reviews(_with_qc_warnings(row, groups, qc_warnings), groups, reviewed)
         for row in stage_patients(groups, categories, config, unavailable)
     ]
     for row in rows:
@@ -111,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
     else:
         print(format_table(rows))
+        for row in rows:
+            if row.reviewed_nodes:
+                print(f"{row.patient}: reviewed nodes: {row.reviewed_nodes}")
     unstageable = [row for row in rows if row.stage == UNSTAGEABLE]
     for row in unstageable:
         for problem in row.problems:
@@ -129,6 +136,14 @@ def _with_qc_warnings(
     return dataclasses.replace(row, qc_warnings="; ".join(found)) if found else row
 
 
+def _with_reviews(
+    row: PatientRow, groups: Mapping[str, Sequence[str]], reviewed: Mapping[str, str]
+) -> PatientRow:
+    found = [f"{node_label(slide, row.patient)}: {reviewed[slide]}"
+             for slide in groups.get(row.patient, ()) if slide in reviewed]
+    return dataclasses.replace(row, reviewed_nodes="; ".join(found)) if found else row
+
+
 def _staging_config(config_path: Path | None, scheme: str | None) -> StagingConfig:
     section = load_config_file(config_path).get("staging") if config_path else None
     source = str(config_path) if config_path else "--scheme"
@@ -142,11 +157,14 @@ class BatchNodeCategories:
     categories: slide id -> category, for slides whose report.json was read.
     unavailable: slide id -> why it has no result (failed, not finished, report missing).
     qc_warnings: slide id -> its report's QC warning, for slides scored despite failing QC.
+    reviewed: slide id -> "itc (automated micro, reviewed by Dr A)" for slides whose category
+    is the one of a complete pathologist review (<output_dir>/review.geojson).
     """
 
     categories: dict[str, Category]
     unavailable: dict[str, str]
     qc_warnings: dict[str, str] = dataclasses.field(default_factory=dict)
+    reviewed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -166,7 +184,8 @@ def _read_report_category(report: Path) -> Category:
 
 def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
     """Node categories of a batch folder: BATCH_DIR/manifest.json, then each done slide's
-    ``<output_dir>/report.json`` top-level "category" (docs/architecture.md).
+    ``<output_dir>/report.json`` top-level "category" (docs/architecture.md), replaced by the
+    reviewed category where ``<output_dir>/review.geojson`` holds a complete review.
 
     A slide whose status is not "done", or whose report.json is missing, is listed in
     ``unavailable`` with the reason (and the manifest's error text).
@@ -187,6 +206,7 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
     categories: dict[str, Category] = {}
     unavailable: dict[str, str] = {}
     qc_warnings: dict[str, str] = {}
+    reviewed: dict[str, str] = {}
     for slide_id, entry in slides.items():
         entry = entry if isinstance(entry, dict) else {}
         status = entry.get("status")
@@ -202,7 +222,12 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
             warning = _read_qc_warning(report)
             if warning:
                 qc_warnings[slide] = warning
-    return BatchNodeCategories(categories=categories, unavailable=unavailable, qc_warnings=qc_warnings)
+            review = read_slide_review(report.parent)
+            if review is not None and review.complete:
+                reviewed[slide] = (f"{review.reviewed_category} (automated {categories[slide]}, "
+                                   f"reviewed by {review.reviewer})")
+                categories[slide] = Category(review.reviewed_category)
+    return BatchNodeCategories(categories, unavailable, qc_warnings, reviewed)
 
 
 def _read_qc_warning(report: Path) -> str:

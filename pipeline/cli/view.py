@@ -11,6 +11,7 @@ from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # every interface: the Host header names no one host
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--no-browser", action="store_true", help="do not open a web browser"
     )
+    parser.add_argument(
+        "--review",
+        action="store_true",
+        help="let pathologists confirm, reject and draw deposits and mark slides reviewed; saved "
+        "as <slide>/review.geojson beside the automated result, which is never changed. Edits need "
+        "the link with ?token= printed at start (docs/viewer.md)",
+    )
     from pipeline.cli.report import add_patient_options
 
     add_patient_options(parser)
@@ -52,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; exit status 1 when the port cannot be opened."""
     from werkzeug.serving import make_server
 
-    from pipeline.review.viewer.app import create_app
+    from pipeline.review.viewer.app import create_app, review_token
 
     if not 0 <= args.port <= 65535:
         print(f"micromet view: error: --port {args.port} is not a port (0-65535)", file=sys.stderr)
@@ -63,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         args.batch_dir,
         patients_csv=getattr(args, "patients", None),
         staging=StagingConfig(scheme=getattr(args, "scheme", "camelyon17")),
+        review=getattr(args, "review", False),
+        allowed_hosts=() if args.host in WILDCARD_HOSTS else (args.host,),
     )
     if not is_loopback(args.host):
         print(
@@ -82,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{url_host}:{server.server_port}/"
+    token = review_token(app)
+    if token is not None:
+        url += f"?token={token}"
+        print("micromet view: review mode: edits are saved in each slide's review.geojson; only "
+              "pages opened from the link below (it holds this run's token) can save them", flush=True)
     print(f"micromet view: serving {args.batch_dir} at {url} (Ctrl+C to stop)", flush=True)
     if not args.no_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()

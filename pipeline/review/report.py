@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.errors import ReviewError
 from pipeline.outputs import atomic_write_text, csv_safe_dict, slide_folder
+from pipeline.review.reviews import read_slide_review
 from pipeline.staging import DEFAULT_CELL_RULE
 
 # Shown on every human-facing output: report.html, every viewer page, overlay.png's footer.
@@ -25,6 +27,8 @@ SUMMARY_COLUMNS = (
     "slide_id",
     "status",
     "category",
+    "reviewed",
+    "automated_category",
     "qc_warning",
     "model_warning",
     "score",
@@ -151,6 +155,23 @@ def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | N
     return row
 
 
+def with_review(row: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A summary row after the slide's pathologist review (``pipeline.review.reviews``): where
+    the review is complete, ``category`` is the reviewed one, ``automated_category`` the
+    model's and ``reviewed`` "complete (reviewer)"; "in progress" or why the file is unreadable
+    otherwise."""
+    try:
+        review = read_slide_review(folder)
+    except ReviewError as exc:
+        return {**row, "reviewed": f"review not used: {exc}"}
+    if review is None:
+        return row
+    if not review.complete:
+        return {**row, "reviewed": "in progress"}
+    return {**row, "category": review.reviewed_category, "automated_category": row["category"],
+            "reviewed": f"complete ({review.reviewer})"}
+
+
 def write_summary_csv(out_dir: Path, manifest: dict[str, Any]) -> Path:
     """Rebuild ``summary.csv`` from the manifest and the finished slides' reports."""
     buffer = io.StringIO()
@@ -161,7 +182,10 @@ def write_summary_csv(out_dir: Path, manifest: dict[str, Any]) -> Path:
         report_path = slide_folder(out_dir, slide_id, entry) / "report.json"
         if entry.get("status") == "done" and report_path.is_file():
             report = json.loads(report_path.read_text())
-        writer.writerow(csv_safe_dict(summary_row(slide_id, entry, report)))
+        row = summary_row(slide_id, entry, report)
+        if report is not None:
+            row = with_review(row, slide_folder(out_dir, slide_id, entry))
+        writer.writerow(csv_safe_dict(row))
     path = out_dir / SUMMARY_CSV
     atomic_write_text(path, buffer.getvalue())
     return path

@@ -34,6 +34,7 @@ PATIENT_CSV_COLUMNS = (
     "itc_nodes",
     "node_categories",
     "qc_warnings",
+    "reviewed_nodes",
 )
 
 # File suffixes of whole-slide images; removed so "x.tif" and batch slide id "x" match.
@@ -50,6 +51,8 @@ class PatientRow:
     problems: why the patient is unstageable, one line per node without a result.
     qc_warnings: "node_1: QC failed: not lymph node" for nodes scored although they failed
     slide QC (``--accept-qc-failures``), joined by "; "; empty when every node passed.
+    reviewed_nodes: "node_1: itc (automated micro, reviewed by Dr A)" for nodes whose category
+    comes from a complete pathologist review (``pipeline.review.reviews``), joined by "; ".
     """
 
     patient: str
@@ -62,6 +65,7 @@ class PatientRow:
     node_categories: str
     problems: tuple[str, ...] = ()
     qc_warnings: str = ""
+    reviewed_nodes: str = ""
 
     def csv_values(self) -> list[str]:
         """The values for PATIENT_CSV_COLUMNS, in order."""

@@ -5,16 +5,28 @@ outlines, deposit table, scale bar). Data: ``/api/slides``, ``/api/slide/<id>``,
 ``/dz/<id>.dzi``, ``/dz/<id>_files/<level>/<col>_<row>.jpeg``, ``/heatmap/<id>.png``.
 OpenSeadragon is served from ``node_modules`` (``npm ci``) under ``/vendor/openseadragon/``.
 
+Review (``create_app(review=True)``, ``micromet view --review``): ``GET /api/review/<id>``
+gives the slide's pathologist review, ``POST /api/review/<id>`` saves one edit of it
+(``pipeline.review.viewer.review_edits``) into the slide's result folder.
+
 Security: a slide id is only ever looked up in the manifest, never joined into a path;
 output files are served only when they resolve inside the batch folder; templates
-autoescape; nothing is written anywhere.
+autoescape. ``check_request`` guards every request: the Host header must name this machine
+(or a host the user gave), so a DNS-rebinding page cannot read the batch; a request that
+writes must come from the viewer's own page (Origin, Sec-Fetch-Site) and carry the run's
+review token (header X-Micromet-Token). Without ``review`` nothing is written anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import io
 import logging
+import secrets
+import threading
+import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +37,7 @@ from flask import (
     current_app,
     jsonify,
     render_template,
+    request,
     send_from_directory,
     url_for,
 )
@@ -34,11 +47,12 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 import pipeline
 from pipeline.config import StagingConfig
 from pipeline.detection.heatmap import Heatmap
-from pipeline.errors import OutputError, SlideOpenError
+from pipeline.errors import OutputError, ReviewConflictError, ReviewError, SlideOpenError
 from pipeline.review.colors import CATEGORY_COLORS
 from pipeline.review.overlay import heatmap_layer, heatmap_rect_px
 from pipeline.review.viewer.batch_index import BatchIndex, SlideRecord, SlideSummary, load_heatmap_or_none
 from pipeline.review.viewer.patients import load_patient_view
+from pipeline.review.viewer.review_edits import MAX_REQUEST_BYTES, review_payload, save_edit
 from pipeline.review.viewer.templating import (
     STATIC_DIR,
     TEMPLATES_DIR,
@@ -64,6 +78,10 @@ CONTENT_SECURITY_POLICY = (
     "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'none'"
 )
+# Host names that reach only this machine; requests naming any other host are refused.
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+TOKEN_HEADER = "X-Micromet-Token"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +93,9 @@ class ViewerState:
     openseadragon_dir: Path
     patients_csv: Path | None = None
     staging: StagingConfig = dataclasses.field(default_factory=StagingConfig)
+    review_token: str | None = None  # None: review is off, nothing can be written
+    allowed_hosts: frozenset[str] = LOCAL_HOSTS
+    review_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
     def openseadragon_available(self) -> bool:
@@ -88,15 +109,24 @@ def create_app(
     openseadragon_dir: Path = OPENSEADRAGON_DIR,
     patients_csv: Path | None = None,
     staging: StagingConfig | None = None,
+    review: bool = False,
+    allowed_hosts: Iterable[str] = (),
 ) -> Flask:
     """The viewer app for one batch folder; raises OutputError if it has no manifest,
-    StagingError for a bad ``patients_csv`` (slide,patient; see ``pipeline.review.viewer.patients``)."""
+    StagingError for a bad ``patients_csv`` (slide,patient; see ``pipeline.review.viewer.patients``).
+
+    review: allow pathologist reviews to be saved, with a new random token
+    (``review_token(app)``) that every write must carry. allowed_hosts: host names accepted
+    in the Host header besides LOCAL_HOSTS.
+    """
     state = ViewerState(
         index=BatchIndex(batch_dir),
         tiles=DeepZoomCache(tile_config or TileConfig()),
         openseadragon_dir=openseadragon_dir,
         patients_csv=patients_csv,
         staging=staging or StagingConfig(),
+        review_token=secrets.token_urlsafe(24) if review else None,
+        allowed_hosts=LOCAL_HOSTS | {host.lower().strip("[]") for host in allowed_hosts},
     )
     if patients_csv is not None:
         read_patient_mapping_csv(patients_csv)  # fail at start, not on the first page
@@ -112,6 +142,8 @@ def create_app(
     app.extensions["micromet_viewer"] = state
     app.jinja_env.filters["fmt"] = format_number
     app.jinja_env.globals.update(template_globals())
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.before_request(check_request)
     app.after_request(_security_headers)
     _register_routes(app)
     return app
@@ -120,6 +152,48 @@ def create_app(
 def _state() -> ViewerState:
     state: ViewerState = current_app.extensions["micromet_viewer"]
     return state
+
+
+def review_token(app: Flask) -> str | None:
+    """The token review writes must carry, None when review is off."""
+    state: ViewerState = app.extensions["micromet_viewer"]
+    return state.review_token
+
+
+def _refuse(code: int, message: str) -> tuple[Any, int]:
+    log.warning("refused %s %s: %s", request.method, request.path, message)
+    if request.path.startswith("/api/"):
+        return jsonify({"error": message}), code
+    return render_template("error.html", code=code, description=message), code
+
+
+def check_request() -> tuple[Any, int] | None:
+    """The one gate of every request (None lets it through).
+
+    The Host header must name this machine or a host the user gave: a page of another site
+    whose name resolves here (DNS rebinding) is refused. A request that writes must also come
+    from the viewer's own page (Origin and Sec-Fetch-Site, when the browser sends them) and
+    carry the run's review token in the X-Micromet-Token header.
+    """
+    state = _state()
+    hostname = urllib.parse.urlsplit("//" + request.host).hostname
+    if hostname not in state.allowed_hosts:
+        return _refuse(403, f"Host {request.host!r} is not this viewer; open the address "
+                            "`micromet view` printed (http://127.0.0.1:PORT/)")
+    if request.method in READ_METHODS:
+        return None
+    origin = request.headers.get("Origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.host:
+        return _refuse(403, f"a write from {origin!r} is refused; edit in the viewer's own page")
+    if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin":
+        return _refuse(403, "a write from another site is refused; edit in the viewer's own page")
+    if state.review_token is None:
+        return _refuse(403, "review is off: restart with `micromet view --review` to save reviews")
+    token = request.headers.get(TOKEN_HEADER, "")
+    if not hmac.compare_digest(token.encode("utf-8"), state.review_token.encode("utf-8")):
+        return _refuse(403, "the review token is missing or wrong; open the link with ?token= that "
+                            "`micromet view --review` printed")
+    return None
 
 
 def _security_headers(response: Response) -> Response:
@@ -152,6 +226,8 @@ def _register_routes(app: Flask) -> None:
         "/dz/<path:slide_id>_files/<int:level>/<int:col>_<int:row>.jpeg", "tile", tile
     )
     app.add_url_rule("/heatmap/<path:slide_id>.png", "heatmap_png", heatmap_png)
+    app.add_url_rule("/api/review/<path:slide_id>", "api_review", api_review, methods=["GET"])
+    app.add_url_rule("/api/review/<path:slide_id>", "api_review_edit", api_review_edit, methods=["POST"])
     app.add_url_rule("/vendor/openseadragon/<path:filename>", "openseadragon", openseadragon)
     app.register_error_handler(404, _error_page)
     app.register_error_handler(500, _error_page)
@@ -218,6 +294,8 @@ def slide_page(slide_id: str) -> str:
         report=report,
         patient=patient,
         openseadragon_available=state.openseadragon_available,
+        review_api_url=url_for("api_review", slide_id=slide_id),
+        review_writable=state.review_token is not None,
     )
 
 
@@ -282,6 +360,33 @@ def api_slide(slide_id: str) -> Response:
         "category_colors": CATEGORY_COLORS,
     }
     return jsonify(payload)
+
+
+def api_review(slide_id: str) -> tuple[Response, int]:
+    """The slide's pathologist review (a new one when none is saved) and whether it can be edited."""
+    state = _state()
+    record = _record_or_404(slide_id)
+    try:
+        return jsonify(review_payload(state.index, record, state.review_token is not None)), 200
+    except ReviewError as exc:
+        return jsonify({"error": str(exc)}), 409
+
+
+def api_review_edit(slide_id: str) -> tuple[Response, int]:
+    """Save one review edit (check_request has checked Host, Origin and token). 409 with the
+    current review when the edit was made on an outdated revision."""
+    state = _state()
+    record = _record_or_404(slide_id)
+    body = request.get_json(silent=True)
+    try:
+        return jsonify(save_edit(state.index, record, body, state.review_lock)), 200
+    except ReviewConflictError as exc:
+        current = review_payload(state.index, record, True)
+        return jsonify({"error": str(exc), "conflict": True, **current}), 409
+    except ReviewError as exc:
+        return jsonify({"error": str(exc)}), 400
+    except OutputError as exc:
+        return jsonify({"error": str(exc)}), 500
 
 
 def dzi(slide_id: str) -> Response:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.detection.heatmap import HEATMAP_ARRAY, HEATMAP_META, Heatmap, load_heatmap
-from pipeline.errors import HeatmapError, OutputError
+from pipeline.errors import HeatmapError, OutputError, ReviewError
 from pipeline.outputs import read_json_object
 from pipeline.review.report import deposit_size_text, review_reasons
+from pipeline.review.reviews import REVIEW_GEOJSON, SlideReview, read_review
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ class SlideSummary:
     (``pipeline.review.report.deposit_size_text``), None without deposits. review: "deposit N:
     reason" for each deposit whose size and cell count disagree. cell_rule: the rule that
     made the categories. qc_warning: the slide-QC warning its category carries ("QC failed:
-    ..."), None when QC passed or was not run.
+    ..."), None when QC passed or was not run. review_status: the pathologist review's
+    status ("complete", "in progress"), None without one; where it is complete, ``category``
+    is the reviewed category and ``automated_category`` the model's (else None).
     """
 
     record: SlideRecord
@@ -64,6 +67,9 @@ class SlideSummary:
     review: tuple[str, ...] = ()
     cell_rule: str | None = None
     qc_warning: str | None = None
+    review_status: str | None = None
+    reviewer: str | None = None
+    automated_category: str | None = None
 
 
 def resolve_inside(root: Path, candidate: Path) -> Path | None:
@@ -206,10 +212,13 @@ class BatchIndex:
                 problem = str(exc)
             if report is None and problem is None:
                 problem = "report.json is missing (incomplete output folder)"
+        review = None
+        if report is not None and problem is None:
+            review, problem = self._review(record)
         report = report or {}
         deposits = report.get("deposits")
         deposits = [d for d in deposits if isinstance(d, dict)] if isinstance(deposits, list) else []
-        return SlideSummary(
+        summary = SlideSummary(
             record=record,
             category=_optional_str(report.get("category")),
             score=_optional_float(report.get("score")),
@@ -221,10 +230,33 @@ class BatchIndex:
             cell_rule=_optional_str(report.get("cell_rule")) if report else None,
             qc_warning=_optional_str((report.get("qc") or {}).get("warning")) or None,
         )
+        return summary if review is None else _reviewed(summary, review)
+
+    def _review(self, record: SlideRecord) -> tuple[SlideReview | None, str | None]:
+        """The slide's pathologist review, or (None, why it cannot be used)."""
+        path = self.output_file(record, REVIEW_GEOJSON)
+        if path is None:
+            return None, None
+        try:
+            return read_review(path), None
+        except ReviewError as exc:
+            return None, str(exc)
 
     def summaries(self) -> list[SlideSummary]:
         """Summaries of every slide, in manifest order."""
         return [self.summary(record) for record in self.records().values()]
+
+
+def _reviewed(summary: SlideSummary, review: SlideReview) -> SlideSummary:
+    if not review.complete:
+        return dataclasses.replace(summary, review_status=review.status, reviewer=review.reviewer)
+    return dataclasses.replace(
+        summary,
+        category=review.reviewed_category,
+        automated_category=summary.category,
+        review_status=review.status,
+        reviewer=review.reviewer,
+    )
 
 
 def _largest_text(deposits: list[dict[str, Any]]) -> str | None:

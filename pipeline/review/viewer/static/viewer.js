@@ -237,6 +237,7 @@
     addOutlines(viewer, info);
     setupDepositTable(viewer, info);
     setupScaleBar(viewer, info);
+    state.focus = function (deposit) { focusDeposit(viewer, deposit, info.mpp); };  // for review.js
     addHeatmap(viewer, info).then(function () { state.ready = true; });
   }
 

@@ -1,0 +1,500 @@
+"""Review: reads a slide's report.json and a pathologist's decisions, produces the slide's
+review record ``<slide>/review.geojson`` (and ``review.xml`` for ASAP) and its reviewed category.
+
+The review never changes the automated result: report.json stays as the batch wrote it and
+the review is a separate record beside it. Each automated deposit has a decision (pending,
+confirmed, rejected, or corrected with a new outline); missed deposits are drawn as polygons
+("added"). Drawn and corrected outlines are measured with the code that measures automated
+deposits (``pipeline.deposits.measure.max_feret_diameter``) and categorised by size
+(``pipeline.staging.categorize_deposit``, no cell count). Where the review is complete the
+slide's reviewed category (its worst deposit not rejected) replaces the automated one in
+summary.csv, ``stage``, report.html and the viewer, which show the automated one beside it.
+
+review.geojson is a QuPath-compatible FeatureCollection: one Polygon Feature per deposit with
+``properties.objectType = "annotation"``, ``classification`` {name: Tumor / Rejected / Pending,
+color}, ``measurements`` (max_diameter_um, max_diameter_mm, area_mm2), and ``decision``,
+``reviewer``, ``time``; the foreign member ``micromet_review`` holds the revision, status,
+reviewer, note, categories and the history of changes. Every edit carries the revision it was
+made on; an edit on an outdated revision raises ReviewConflictError (nothing is lost silently).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.deposits.measure import max_feret_diameter
+from pipeline.errors import ReviewConflictError, ReviewError
+from pipeline.outputs import atomic_write_text
+from pipeline.slides.annotations import (
+    Annotation,
+    AnnotationLabel,
+    annotation_to_feature,
+    polygon_area_px2,
+    write_asap_xml,
+)
+from pipeline.staging import DEFAULT_CELL_RULE, Category, categorize_deposit, slide_category
+
+log = logging.getLogger(__name__)
+
+REVIEW_GEOJSON = "review.geojson"
+REVIEW_XML = "review.xml"
+SCHEMA_VERSION = 1
+STATUS_IN_PROGRESS = "in progress"
+STATUS_COMPLETE = "complete"
+STATUSES = (STATUS_IN_PROGRESS, STATUS_COMPLETE)
+# Decisions on automated deposits; drawn ones are "added".
+PENDING, CONFIRMED, REJECTED, CORRECTED, ADDED = "pending", "confirmed", "rejected", "corrected", "added"
+DECISIONS = (PENDING, CONFIRMED, REJECTED, CORRECTED, ADDED)
+# QuPath class of each decision, and its colour (RGB).
+DECISION_CLASSES: Mapping[str, tuple[str, tuple[int, int, int]]] = {
+    PENDING: ("Pending", (230, 159, 0)),
+    CONFIRMED: ("Tumor", (200, 0, 0)),
+    CORRECTED: ("Tumor", (200, 0, 0)),
+    ADDED: ("Tumor", (200, 0, 0)),
+    REJECTED: ("Rejected", (120, 120, 120)),
+}
+MAX_TEXT_CHARS = 2000  # reviewer names and notes
+MAX_VERTICES = 20_000
+# An imported outline within this of the current one (each vertex, level-0 px) is unchanged.
+SAME_OUTLINE_PX = 1.0
+UM_PER_MM = 1000.0
+DEPOSIT_KEY = re.compile(r"^(deposit|drawn) (\d+)\b", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReviewedDeposit:
+    """One deposit of a review.
+
+    key: "deposit N" (automated deposit N of report.json) or "drawn N". decision: one of
+    DECISIONS. outline_xy: (N, 2) float64 level-0 px, open ring. category, max_diameter_mm,
+    area_mm2: the automated values for an automated outline, else measured from the outline.
+    reviewer, time: who decided last, and when (ISO 8601 UTC); empty while pending.
+    """
+
+    key: str
+    decision: str
+    outline_xy: NDArray[np.float64]
+    category: str
+    max_diameter_mm: float
+    area_mm2: float
+    reviewer: str = ""
+    time: str = ""
+
+    @property
+    def counts_as_tumor(self) -> bool:
+        """Every deposit but a rejected one stands (a pending one keeps the model's call)."""
+        return self.decision != REJECTED
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideReview:
+    """A slide's review: revision (0 = never saved), status, last reviewer, note, deposits
+    and history (dicts: revision, time, reviewer, action), plus the slide facts it needs."""
+
+    slide_id: str
+    revision: int
+    status: str
+    reviewer: str
+    note: str
+    updated: str
+    mpp: float
+    slide_dimensions: tuple[int, int] | None
+    cell_rule: str
+    automated_category: str
+    deposits: tuple[ReviewedDeposit, ...]
+    history: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """True when the reviewer marked the slide "review complete"."""
+        return self.status == STATUS_COMPLETE
+
+    @property
+    def reviewed_category(self) -> str:
+        """The slide's category from the deposits that stand (negative when none does)."""
+        return str(slide_category(d.category for d in self.deposits if d.counts_as_tumor))
+
+    def deposit(self, key: str) -> ReviewedDeposit:
+        """The deposit called ``key``; raises ReviewError when there is none."""
+        for deposit in self.deposits:
+            if deposit.key == key:
+                return deposit
+        raise ReviewError(f"{self.slide_id}: no deposit {key!r} in this review; reload the page")
+
+
+def now_utc() -> str:
+    """The current time, ISO 8601 UTC to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def _report_mpp(report: Mapping[str, Any], slide_id: str) -> float:
+    mpp = (report.get("slide") or {}).get("mpp")
+    if not isinstance(mpp, int | float) or isinstance(mpp, bool) or not (math.isfinite(mpp) and mpp > 0):
+        raise ReviewError(
+            f"{slide_id}: report.json records no valid µm/px (slide.mpp = {mpp!r}); drawn deposits "
+            "cannot be measured - re-run the slide with --mpp"
+        )
+    return float(mpp)
+
+
+def check_outline(outline: Any, what: str, dimensions: tuple[int, int] | None) -> NDArray[np.float64]:
+    """``outline`` ([[x, y], ...], level-0 px) as an (N, 2) float64 open ring.
+
+    Raises ReviewError naming ``what`` unless it has 3 to MAX_VERTICES distinct finite points
+    inside the slide (``dimensions``: level-0 width, height; None = not checked).
+    """
+    try:
+        points = np.asarray(outline, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ReviewError(f"{what}: the outline is not a list of [x, y] numbers ({exc})") from None
+    if points.ndim != 2 or points.shape[1:] != (2,) or not 3 <= len(points) <= MAX_VERTICES + 1:
+        raise ReviewError(
+            f"{what}: the outline needs 3 to {MAX_VERTICES} [x, y] points, got shape {points.shape}"
+        )
+    if np.array_equal(points[0], points[-1]):
+        points = points[:-1]
+    if not np.isfinite(points).all():
+        raise ReviewError(f"{what}: the outline has a coordinate that is not a finite number")
+    if dimensions is not None:
+        width, height = dimensions
+        if points.min() < 0 or points[:, 0].max() > width or points[:, 1].max() > height:
+            raise ReviewError(f"{what}: the outline leaves the slide (0-{width} x 0-{height} level-0 px)")
+    if len(np.unique(points, axis=0)) < 3 or polygon_area_px2(points) <= 0:
+        raise ReviewError(f"{what}: the outline encloses no area; draw at least 3 distinct points")
+    return points
+
+
+def measure_outline(outline_xy: NDArray[np.float64], mpp: float, cell_rule: str) -> tuple[float, float, str]:
+    """(max_diameter_mm, area_mm2, category) of a drawn outline in level-0 px at ``mpp`` µm/px:
+    the max Feret diameter of automated deposits, the polygon's area, the size category."""
+    max_diameter_mm = max_feret_diameter(outline_xy) * mpp / UM_PER_MM
+    area_mm2 = polygon_area_px2(outline_xy) * (mpp / UM_PER_MM) ** 2
+    return max_diameter_mm, area_mm2, str(categorize_deposit(max_diameter_mm, None, cell_rule))
+
+
+def measured_deposit(review: SlideReview, key: str, decision: str, outline: NDArray[np.float64],
+                     reviewer: str, time: str) -> ReviewedDeposit:
+    """A deposit with ``outline`` measured by ``measure_outline`` at the review's µm/px."""
+    diameter, area, category = measure_outline(outline, review.mpp, review.cell_rule)
+    return ReviewedDeposit(key, decision, outline, category, diameter, area, reviewer, time)
+
+
+# --- a new review from report.json ----------------------------------------------------------
+
+
+def _dimensions(report: Mapping[str, Any]) -> tuple[int, int] | None:
+    dims = (report.get("slide") or {}).get("dimensions")
+    if isinstance(dims, list) and len(dims) == 2 and all(isinstance(v, int) for v in dims):
+        return int(dims[0]), int(dims[1])
+    return None
+
+
+def _automated_deposit(slide_id: str, raw: Any) -> ReviewedDeposit:
+    try:
+        outline = np.asarray(raw["outline_xy"], dtype=np.float64).reshape(-1, 2)
+        return ReviewedDeposit(
+            key=f"deposit {int(raw['id'])}",
+            decision=PENDING,
+            outline_xy=outline,
+            category=str(Category(raw["category"])),
+            max_diameter_mm=float(raw["max_diameter_mm"]),
+            area_mm2=float(raw["area_mm2"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReviewError(
+            f"{slide_id}: report.json has a malformed deposit ({exc!r}); re-run the slide"
+        ) from None
+
+
+def new_review(slide_id: str, report: Mapping[str, Any]) -> SlideReview:
+    """The unsaved review (revision 0) of a slide: every automated deposit pending.
+
+    Raises ReviewError when report.json has no valid µm/px or a malformed deposit.
+    """
+    deposits = report.get("deposits") or []
+    return SlideReview(
+        slide_id=slide_id,
+        revision=0,
+        status=STATUS_IN_PROGRESS,
+        reviewer="",
+        note="",
+        updated="",
+        mpp=_report_mpp(report, slide_id),
+        slide_dimensions=_dimensions(report),
+        cell_rule=str(report.get("cell_rule") or DEFAULT_CELL_RULE),  # build_report records it
+        automated_category=str(Category(str(report.get("category", "negative")).lower())),
+        deposits=tuple(_automated_deposit(slide_id, raw) for raw in deposits),
+    )
+
+
+# --- review.geojson -------------------------------------------------------------------------
+
+
+def _feature(deposit: ReviewedDeposit) -> dict[str, Any]:
+    class_name, color = DECISION_CLASSES[deposit.decision]
+    annotation = _asap_annotation(deposit)
+    measurements = {
+        "max_diameter_um": deposit.max_diameter_mm * UM_PER_MM,
+        "max_diameter_mm": deposit.max_diameter_mm,
+        "area_mm2": deposit.area_mm2,
+    }
+    feature = annotation_to_feature(annotation, measurements)
+    feature["properties"].update(
+        classification={"name": class_name, "color": list(color)},
+        isLocked=False,
+        key=deposit.key,
+        decision=deposit.decision,
+        category=deposit.category,
+        reviewer=deposit.reviewer,
+        time=deposit.time,
+    )
+    return feature
+
+
+def review_to_geojson(review: SlideReview) -> dict[str, Any]:
+    """The review as a QuPath-compatible GeoJSON FeatureCollection (module docs)."""
+    meta = {
+        "schema": SCHEMA_VERSION,
+        "slide_id": review.slide_id,
+        "revision": review.revision,
+        "status": review.status,
+        "reviewer": review.reviewer,
+        "note": review.note,
+        "updated": review.updated,
+        "mpp": review.mpp,
+        "slide_dimensions": list(review.slide_dimensions) if review.slide_dimensions else None,
+        "cell_rule": review.cell_rule,
+        "automated_category": review.automated_category,
+        "reviewed_category": review.reviewed_category,
+        "history": list(review.history),
+    }
+    return {"type": "FeatureCollection", "micromet_review": meta,
+            "features": [_feature(d) for d in review.deposits]}
+
+
+def _deposit_from_feature(path: Path, index: int, feature: Any) -> ReviewedDeposit:
+    try:
+        properties = feature["properties"]
+        ring = feature["geometry"]["coordinates"][0]
+        outline = check_outline(ring, f"{path}: feature {index}", None)
+        measurements = properties["measurements"]
+        decision = str(properties["decision"])
+        if decision not in DECISIONS:
+            raise ValueError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
+        return ReviewedDeposit(
+            key=str(properties["key"]),
+            decision=decision,
+            outline_xy=outline,
+            category=str(Category(properties["category"])),
+            max_diameter_mm=float(measurements["max_diameter_mm"]),
+            area_mm2=float(measurements["area_mm2"]),
+            reviewer=str(properties.get("reviewer") or ""),
+            time=str(properties.get("time") or ""),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ReviewError(f"{path}: feature {index} is not a micromet review deposit ({exc!r}); "
+                          "fix or delete the file (report.json is unchanged)") from None
+
+
+def review_from_geojson(path: Path, data: Any) -> SlideReview:
+    """Parse a review.geojson written by ``review_to_geojson``; raises ReviewError naming
+    ``path`` for anything else."""
+    hint = "fix or delete the file (report.json is unchanged)"
+    if not isinstance(data, dict) or not isinstance(data.get("micromet_review"), dict):
+        raise ReviewError(f"{path}: not a micromet review (no 'micromet_review' object); {hint}")
+    meta, features = data["micromet_review"], data.get("features")
+    if not isinstance(features, list):
+        raise ReviewError(f"{path}: 'features' is not a list; {hint}")
+    try:
+        dims = meta.get("slide_dimensions")
+        review = SlideReview(
+            slide_id=str(meta["slide_id"]),
+            revision=int(meta["revision"]),
+            status=str(meta["status"]),
+            reviewer=str(meta.get("reviewer") or ""),
+            note=str(meta.get("note") or ""),
+            updated=str(meta.get("updated") or ""),
+            mpp=float(meta["mpp"]),
+            slide_dimensions=(int(dims[0]), int(dims[1])) if dims else None,
+            cell_rule=str(meta["cell_rule"]),
+            automated_category=str(Category(meta["automated_category"])),
+            deposits=tuple(_deposit_from_feature(path, i, f) for i, f in enumerate(features)),
+            history=tuple(dict(entry) for entry in meta.get("history") or ()),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ReviewError(f"{path}: malformed 'micromet_review' ({exc!r}); {hint}") from None
+    valid_mpp = math.isfinite(review.mpp) and review.mpp > 0
+    if review.status not in STATUSES or review.revision < 1 or not valid_mpp:
+        raise ReviewError(f"{path}: status {review.status!r}, revision {review.revision} or mpp "
+                          f"{review.mpp} is not valid; {hint}")
+    return review
+
+
+def read_review(path: Path) -> SlideReview:
+    """Read a review.geojson; raises ReviewError naming the file when it is unreadable."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ReviewError(f"{path}: cannot read the review ({exc}); fix or delete the file "
+                          "(report.json is unchanged)") from None
+    return review_from_geojson(Path(path), data)
+
+
+def read_slide_review(folder: Path) -> SlideReview | None:
+    """The review in a slide's result folder, or None when it has none (ReviewError as
+    ``read_review``). The one reader of review.geojson for summary.csv, stage and the viewer."""
+    path = Path(folder) / REVIEW_GEOJSON
+    return read_review(path) if path.is_file() else None
+
+
+def write_review(folder: Path, review: SlideReview) -> Path:
+    """Write review.geojson and its ASAP twin review.xml atomically into ``folder``; returns
+    the GeoJSON path. Raises OutputError naming a file that cannot be written."""
+    path = Path(folder) / REVIEW_GEOJSON
+    write_asap_xml([_asap_annotation(d) for d in review.deposits], Path(folder) / REVIEW_XML)
+    atomic_write_text(path, json.dumps(review_to_geojson(review), indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+def _asap_annotation(deposit: ReviewedDeposit) -> Annotation:
+    class_name = DECISION_CLASSES[deposit.decision][0]
+    label: AnnotationLabel = "tumor" if class_name == "Tumor" else "other"
+    return Annotation(f"{deposit.key} ({deposit.category})", class_name, label, deposit.outline_xy)
+
+
+# --- edits ----------------------------------------------------------------------------------
+
+
+def check_text(value: Any, what: str, required: bool) -> str:
+    """``value`` stripped; raises ReviewError unless it is text (non-empty if ``required``)."""
+    if value is None:
+        value = ""
+    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+        raise ReviewError(f"{what} must be text of at most {MAX_TEXT_CHARS} characters")
+    text = value.strip()
+    if required and not text:
+        raise ReviewError(f"{what} is empty; enter the reviewer's name before editing")
+    return text
+
+
+def _next_drawn_key(review: SlideReview) -> str:
+    matches = [DEPOSIT_KEY.match(d.key) for d in review.deposits]
+    numbers = [int(m.group(2)) for m in matches if m and m.group(1) == "drawn"]
+    return f"drawn {max(numbers, default=0) + 1}"
+
+
+def _edit_deposits(review: SlideReview, edit: Mapping[str, Any], reviewer: str,
+                   time: str) -> tuple[tuple[ReviewedDeposit, ...], str]:
+    op = edit.get("op")
+    deposits = list(review.deposits)
+    if op == "draw":
+        key = _next_drawn_key(review)
+        outline = check_outline(edit.get("outline_xy"), key, review.slide_dimensions)
+        deposits.append(measured_deposit(review, key, ADDED, outline, reviewer, time))
+        return tuple(deposits), f"drew {key}"
+    key = str(edit.get("key"))
+    index = review.deposits.index(review.deposit(key))
+    current = deposits[index]
+    if op == "decide":
+        decision = str(edit.get("decision"))
+        allowed = (CONFIRMED, REJECTED, PENDING) if key.startswith("deposit") else (ADDED, REJECTED)
+        if decision not in allowed:
+            raise ReviewError(f"{key}: decision {decision!r}; expected one of {', '.join(allowed)}")
+        deposits[index] = dataclasses.replace(current, decision=decision, reviewer=reviewer, time=time)
+        return tuple(deposits), f"{decision} {key}"
+    if op == "redraw":
+        outline = check_outline(edit.get("outline_xy"), key, review.slide_dimensions)
+        decision = ADDED if key.startswith("drawn") else CORRECTED
+        deposits[index] = measured_deposit(review, key, decision, outline, reviewer, time)
+        return tuple(deposits), f"redrew {key}"
+    if op == "delete" and key.startswith("drawn"):
+        del deposits[index]
+        return tuple(deposits), f"deleted {key}"
+    raise ReviewError(f"unknown edit {op!r}; expected decide, draw, redraw, delete (drawn only) or status")
+
+
+def apply_edit(review: SlideReview, edit: Mapping[str, Any], base_revision: Any, reviewer: Any,
+               time: str | None = None) -> SlideReview:
+    """The review after one edit made on ``base_revision`` by ``reviewer``; revision + 1 and
+    a history entry. Edits (JSON objects): {"op": "decide", "key", "decision"}, {"op": "draw",
+    "outline_xy"}, {"op": "redraw", "key", "outline_xy"}, {"op": "delete", "key"} (drawn
+    deposits), {"op": "status", "status", "note"}.
+
+    Raises ReviewConflictError when ``base_revision`` is not the current revision, ReviewError
+    for a malformed edit.
+    """
+    if not isinstance(base_revision, int) or isinstance(base_revision, bool):
+        raise ReviewError(f"base_revision {base_revision!r} is not a revision number; reload the page")
+    if base_revision != review.revision:
+        by = f" by {review.reviewer}" if review.reviewer else ""
+        raise ReviewConflictError(
+            f"{review.slide_id}: the review was saved elsewhere (revision {review.revision}{by} at "
+            f"{review.updated}) after the revision {base_revision} you edited; your edit was NOT saved. "
+            "The current review is shown now: check it and redo your edit."
+        )
+    name = check_text(reviewer, "reviewer", required=True)
+    time = time or now_utc()
+    deposits, status, note = review.deposits, review.status, review.note
+    if edit.get("op") == "status":
+        status = str(edit.get("status"))
+        if status not in STATUSES:
+            raise ReviewError(f"status {status!r}; expected one of {', '.join(STATUSES)}")
+        note = check_text(edit.get("note", note), "note", required=False)
+        action = f"marked {status}" + (f"; note: {note}" if note != review.note else "")
+    else:
+        deposits, action = _edit_deposits(review, edit, name, time)
+    revision = review.revision + 1
+    entry = {"revision": revision, "time": time, "reviewer": name, "action": action}
+    return dataclasses.replace(review, revision=revision, status=status, note=note, reviewer=name,
+                               updated=time, deposits=deposits, history=(*review.history, entry))
+
+
+# --- what flows on --------------------------------------------------------------------------
+
+
+def review_counts(review: SlideReview) -> dict[str, int]:
+    """How many automated deposits were confirmed, corrected, rejected or left pending, and how
+    many the reviewer added (drawn and not rejected)."""
+    counts = {decision: 0 for decision in DECISIONS}
+    for deposit in review.deposits:
+        if deposit.key.startswith("drawn") and deposit.decision == REJECTED:
+            continue
+        counts[deposit.decision] += 1
+    return counts
+
+
+def review_to_json(review: SlideReview) -> dict[str, Any]:
+    """The review as the viewer's API gives it: the record's fields, counts and deposits."""
+    return {
+        "slide_id": review.slide_id,
+        "revision": review.revision,
+        "status": review.status,
+        "reviewer": review.reviewer,
+        "note": review.note,
+        "updated": review.updated,
+        "automated_category": review.automated_category,
+        "reviewed_category": review.reviewed_category,
+        "counts": review_counts(review),
+        "history": list(review.history[-20:]),
+        "deposits": [
+            {"key": d.key, "decision": d.decision, "category": d.category,
+             "max_diameter_mm": d.max_diameter_mm, "area_mm2": d.area_mm2,
+             "reviewer": d.reviewer, "time": d.time,
+             "outline_xy": [[float(x), float(y)] for x, y in d.outline_xy]}
+            for d in review.deposits
+        ],
+    }
