@@ -11,7 +11,6 @@ from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # every interface: the Host header names no one host
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +31,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8000)")
     parser.add_argument(
         "--no-browser", action="store_true", help="do not open a web browser"
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="NAME",
+        help="also answer requests that name this host (the machine's name or address others "
+        "use with --host 0.0.0.0); by default only localhost names and --host are answered, so "
+        "no other web site can read the batch through this viewer (DNS rebinding). Repeatable",
     )
     parser.add_argument(
         "--review",
@@ -72,12 +79,13 @@ def run(args: argparse.Namespace) -> int:
         patients_csv=getattr(args, "patients", None),
         staging=StagingConfig(scheme=getattr(args, "scheme", "camelyon17")),
         review=getattr(args, "review", False),
-        allowed_hosts=() if args.host in WILDCARD_HOSTS else (args.host,),
+        allowed_hosts=(args.host, *(getattr(args, "allow_host", None) or ())),
     )
     if not is_loopback(args.host):
         print(
             f"micromet view: warning: listening on {args.host} makes the slides and results "
             "readable by anyone who can reach this machine; there is no login. "
+            "Others reach it only by the names given with --allow-host. "
             f"Use --host {DEFAULT_HOST} unless you mean it.",
             file=sys.stderr,
         )
