@@ -8,6 +8,7 @@ defaults, then a TOML config file, then the flags the user gave.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import tomllib
 from collections.abc import Mapping
@@ -268,3 +269,23 @@ def config_to_dict(config: object) -> dict[str, Any]:
     """A JSON-ready dict of a stage config, for writing beside outputs."""
     assert dataclasses.is_dataclass(config) and not isinstance(config, type)
     return dataclasses.asdict(config)
+
+
+def check_thresholds(
+    deposits: DepositConfig, inference: InferenceConfig, threshold: float, source: str
+) -> None:
+    """Refuse a user's seed threshold below the deposit (outline) threshold ``threshold``, which
+    would otherwise be raised to it silently; say when the cascade's screen threshold is
+    lowered to the deposit threshold. Raises ConfigError naming ``source``."""
+    seed = deposits.seed_threshold
+    if seed is not None and seed < threshold:
+        raise ConfigError(
+            f"{source}: seed_threshold {seed:g} is below the deposit threshold {threshold:g}; a deposit's "
+            "seed must reach at least its outline threshold: raise --seed-threshold or lower --threshold"
+        )
+    screen = inference.cascade_screen_threshold
+    if inference.cascade and screen > threshold:
+        logging.getLogger(__name__).warning(
+            "the cascade's screen threshold %g is above the deposit threshold %g: screening at %g, so "
+            "the screen alone rules out no deposit", screen, threshold, threshold,
+        )

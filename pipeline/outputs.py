@@ -16,7 +16,8 @@ from typing import Any
 
 from pipeline.errors import MicrometError, OutputError
 
-# File suffixes OpenSlide reads; used when a folder is given instead of files.
+# File suffixes OpenSlide reads, then plain images (read with --mpp); used when a folder is
+# given instead of files.
 SLIDE_SUFFIXES = (
     ".svs",
     ".tif",
@@ -29,6 +30,9 @@ SLIDE_SUFFIXES = (
     ".bif",
     ".svslide",
     ".dcm",
+    ".jpg",
+    ".jpeg",
+    ".png",
 )
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 # A cell starting with one of these is run as a formula by Excel, LibreOffice and Google
@@ -72,6 +76,9 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     Every atomic write of micromet goes through here, so a folder that cannot be written
     (missing permission, a file in the way, a full disk) is one OutputError naming the file.
     """
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
+        raise OutputError(f"{path}: is {kind}, so micromet will not replace it; write to a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

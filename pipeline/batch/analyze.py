@@ -26,6 +26,7 @@ from pipeline.config import (
     TissueConfig,
     build_config,
     check_sections,
+    check_thresholds,
     config_to_dict,
     load_config_file,
 )
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int], None]
+MAX_OBJECTIVE_POWER = 200.0  # the strongest microscope objectives are 100x
 
 
 class TileProgress(Protocol):
@@ -223,7 +225,7 @@ def build_context(
     if tiling_overrides.get("stride_px") is None and "stride_px" not in tiling_section:
         # The card's stride: the heatmap cell is the part of the tile the model was taught on.
         tiling_overrides["stride_px"] = card.stride_px
-    return AnalysisContext(
+    context = AnalysisContext(
         model=model,
         card=card,
         model_path=path,
@@ -238,6 +240,8 @@ def build_context(
         mpp_by_slide=dict(mpp_by_slide or {}),
         whole_slide=whole_slide,
     )
+    check_thresholds(context.deposits, context.inference, context.threshold, source)
+    return context
 
 
 def _score_with_stats(
@@ -375,6 +379,10 @@ def _deposits_and_overlay(
 def _slide_facts(slide: Slide, tissue_fraction: float, tissue_area_mm2: float) -> dict[str, Any]:
     facts = slide.info.to_dict()
     facts.pop("level_dimensions", None)
+    power = facts.get("objective_power")
+    if power is not None and not 0 < power <= MAX_OBJECTIVE_POWER:  # e.g. AppMag = -40
+        log.warning("%s: objective power %s is not a magnification; recorded as unknown", slide.path, power)
+        facts["objective_power"] = None
     facts.update(tissue_fraction=round(tissue_fraction, 5), tissue_area_mm2=round(tissue_area_mm2, 4))
     return facts
 

@@ -70,36 +70,55 @@ def collect_slides(inputs: Sequence[str]) -> list[Path]:
     """
     paths: list[Path] = []
     for item in inputs:
-        path = Path(item)
-        if is_dicom_folder(path):
-            paths.append(path)  # one DICOM WSI series is one slide
-        elif path.is_dir() and path.suffix.lower() != ".mrxs":
-            found = sorted(
-                p
-                for p in path.iterdir()
-                if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
-            )
-            if not found:
-                named_like_a_slide = path.suffix.lower() in SLIDE_SUFFIXES
-                log.warning(
-                    "%s: folder holds no slide files (%s); %s", item, ", ".join(SLIDE_SUFFIXES),
-                    "it is named like a slide, so it is recorded as failed" if named_like_a_slide
-                    else "skipped",
-                )
-                found = [path] if named_like_a_slide else []
-            paths.extend(found)
-        elif path.exists():
-            paths.append(path)
-        elif any(ch in item for ch in "*?["):
-            paths.extend(Path(p) for p in sorted(glob.glob(item, recursive=True)))
-        else:
-            raise SlideOpenError(f"{item}: no such file, folder or matching glob; check the path")
+        try:
+            paths.extend(_expand_input(item))
+        except OSError as exc:
+            raise SlideOpenError(
+                f"{item}: cannot read this input ({exc.strerror or exc}); check it exists and is readable"
+            ) from exc
     unique: dict[Path, None] = {}
     for path in paths:
-        unique.setdefault(path.resolve(), None)
+        unique.setdefault(_resolve_slide_path(path), None)
     if not unique:
         raise SlideOpenError(f"no slide files found in {', '.join(inputs)}; pass slide files or folders")
     return list(unique)
+
+
+def _resolve_slide_path(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (Python < 3.13)
+        raise SlideOpenError(f"{path}: a symbolic link loop ({exc}); fix or remove the link") from exc
+
+
+def _expand_input(item: str) -> list[Path]:
+    """The slide paths one input names (``collect_slides``)."""
+    paths: list[Path] = []
+    path = Path(item)
+    if is_dicom_folder(path):
+        paths.append(path)  # one DICOM WSI series is one slide
+    elif path.is_dir() and path.suffix.lower() != ".mrxs":
+        found = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
+        )
+        if not found:
+            named_like_a_slide = path.suffix.lower() in SLIDE_SUFFIXES
+            log.warning(
+                "%s: folder holds no slide files (%s); %s", item, ", ".join(SLIDE_SUFFIXES),
+                "it is named like a slide, so it is recorded as failed" if named_like_a_slide
+                else "skipped",
+            )
+            found = [path] if named_like_a_slide else []
+        paths.extend(found)
+    elif path.exists():
+        paths.append(path)
+    elif any(ch in item for ch in "*?["):
+        paths.extend(Path(p) for p in sorted(glob.glob(item, recursive=True)))
+    else:
+        raise SlideOpenError(f"{item}: no such file, folder or matching glob; check the path")
+    return paths
 
 
 def settings_key(settings: dict[str, Any]) -> str:

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.cli.values import mpp_float
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``classify`` subcommand."""
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "size. Writes one CSV row per file: path, tumor_probability, error.",
     )
     parser.add_argument("patches", nargs="+", type=Path, metavar="PATCH", help="image files or folders")
-    parser.add_argument("--mpp", type=float, required=True, help="µm/px of the patches")
+    parser.add_argument("--mpp", type=mpp_float, required=True, help="µm/px of the patches")
     parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
     parser.add_argument(
         "--model", type=Path, default=None, help="checkpoint file (default: models/default.pt)"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.values import mpp_float
 from pipeline.errors import ConfigError
 
 
@@ -59,7 +60,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mpp",
-        type=float,
+        type=mpp_float,
         default=None,
         help="µm/px of every slide whose metadata has none; refused where it differs from a "
         "slide's own value by more than 1%% unless --force-mpp",

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from pipeline.cli.values import mpp_float
 from pipeline.errors import ConfigError, MicrometError
 
 
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--mpp",
-        type=float,
+        type=mpp_float,
         default=None,
         help="µm/px for a slide whose metadata has none (refused beyond 1%% of the slide's own)",
     )

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.values import mpp_float, seed_int
+
 # Flag destination -> (TOML section, key).
 FLAG_KEYS: dict[str, tuple[str, str]] = {
     "out": ("train", "out_dir"),
@@ -83,9 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--annotations", nargs="+", default=None, help="annotation folders")
     data.add_argument("--patches", nargs="+", default=None, help="folders with tumor/ normal/")
     data.add_argument("--val-patches", nargs="+", default=None, help="validation patch folders")
-    data.add_argument("--patch-mpp", type=float, default=None, help="µm/px of the patches")
+    data.add_argument("--patch-mpp", type=mpp_float, default=None, help="µm/px of the patches")
     data.add_argument("--pcam", nargs="+", default=None, help="folders of PatchCamelyon .h5")
-    data.add_argument("--slide-mpp", type=float, default=None, help="µm/px for slides lacking it")
+    data.add_argument("--slide-mpp", type=mpp_float, default=None, help="µm/px for slides lacking it")
     data.add_argument("--val-fraction", type=float, default=None, help="share of slides for validation")
     data.add_argument("--index", default=None, help="reuse this sample index CSV")
     data.add_argument("--tumor-per-slide", type=int, default=None)
@@ -93,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--arch", dest="architecture", default=None, help="e.g. micronet, resnet18")
     model.add_argument("--tile-size-px", type=int, default=None, help="tile side in px")
-    model.add_argument("--model-mpp", type=float, default=None, help="tile resolution, µm/px")
+    model.add_argument("--model-mpp", type=mpp_float, default=None, help="tile resolution, µm/px")
     model.add_argument(
         "--stain-normalization",
         choices=("macenko",),
@@ -112,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--workers", dest="num_workers", type=int, default=None)
     loop.add_argument("--device", default=None, help="auto, cpu, cuda[:N] or mps")
     loop.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
-    loop.add_argument("--seed", type=int, default=None)
+    loop.add_argument("--seed", type=seed_int, default=None)
     loop.add_argument("--deterministic", action="store_true", default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -223,10 +223,11 @@ def read_camelyon16_reference_csv(path: Path) -> dict[str, bool]:
     from pipeline.staging import slide_key
 
     try:
-        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
-    except (OSError, UnicodeDecodeError) as exc:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise EvaluationError(f"{path}: cannot read the reference CSV ({exc})") from exc
     labels: dict[str, bool] = {}
+    first_line: dict[str, int] = {}
     for line, row in enumerate(rows, start=1):
         if len(row) < 2 or not row[0].strip():
             continue
@@ -235,7 +236,14 @@ def read_camelyon16_reference_csv(path: Path) -> dict[str, bool]:
             continue  # header
         if value not in ("tumor", "normal"):
             raise EvaluationError(f"{path}: line {line}: class {row[1]!r}; expected Tumor or Normal")
-        labels[slide_key(row[0])] = value == "tumor"
+        key = slide_key(row[0])
+        if key in first_line:
+            raise EvaluationError(
+                f"{path}: line {line}: slide {row[0].strip()!r} is listed again (first on line "
+                f"{first_line[key]}); keep one row per slide"
+            )
+        first_line[key] = line
+        labels[key] = value == "tumor"
     if not labels:
         raise EvaluationError(f"{path}: no 'slide,Tumor|Normal' rows found")
     return labels
@@ -248,15 +256,24 @@ def read_camelyon17_stages_csv(path: Path) -> dict[str, str]:
     Raises EvaluationError for a missing or unreadable file.
     """
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise EvaluationError(f"{path}: cannot read the stage CSV ({exc})") from exc
-    stages = {
-        str(row.get("patient", "")).strip().removesuffix(".zip"): str(row.get("stage", "")).strip()
-        for row in rows
-        if str(row.get("patient", "")).strip().lower().endswith(".zip")
-    }
+    stages: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        name = str(row.get("patient", "")).strip()
+        if not name.lower().endswith(".zip"):
+            continue
+        patient = name.removesuffix(".zip")
+        if patient in first_line:
+            raise EvaluationError(
+                f"{path}: line {line}: patient {name!r} is listed again (first on line "
+                f"{first_line[patient]}); keep one stage per patient"
+            )
+        first_line[patient] = line
+        stages[patient] = str(row.get("stage", "")).strip()
     return stages
 
 

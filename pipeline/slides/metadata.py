@@ -26,7 +26,7 @@ _TIFF_UNIT_UM = {"centimeter": 10_000.0, "cm": 10_000.0, "inch": 25_400.0}
 
 def parse_float(value: str | None) -> float | None:
     """A metadata string as a finite float; None when missing, not a number or not finite."""
-    if value is None:
+    if value is None or "_" in value:  # float() reads "1_0" as 10
         return None
     try:
         number = float(value)
@@ -61,6 +61,11 @@ def read_mpp(path: Path, properties: dict[str, str]) -> float:
         raise MissingMppError(
             f"{path}: no microns-per-pixel in the slide metadata; pass the scanner's µm/px "
             "with --mpp (or per slide with --mpp-csv)"
+        )
+    if mpp_x <= 0 or mpp_y <= 0:
+        raise MissingMppError(
+            f"{path}: the slide metadata gives a resolution of {mpp_x:g} x {mpp_y:g} µm/px, which is "
+            "not positive; the metadata is damaged: pass the scanner's µm/px with --mpp"
         )
     mpp = (mpp_x + mpp_y) / 2.0
     if abs(mpp_x - mpp_y) > MAX_MPP_ANISOTROPY * mpp:
@@ -185,15 +190,25 @@ def read_mpp_csv(path: Path) -> dict[str, float]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the --mpp-csv file ({exc}); check the path") from exc
     reader = csv.DictReader(text.splitlines())
-    columns = [c.strip() for c in reader.fieldnames or []]
+    try:
+        columns = [c.strip() for c in reader.fieldnames or []]
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: not a readable CSV ({exc})") from exc
     if "slide" not in columns or "mpp" not in columns:
         raise ConfigError(f"{path}: --mpp-csv needs the columns slide and mpp; found {columns or 'none'}")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ConfigError(f"{path}: the columns {twice} appear more than once; keep one of each")
     values: dict[str, float] = {}
-    for line, row in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for line, raw_row in enumerate(_csv_rows(reader, path), start=2):
+        if None in raw_row:
+            raise ConfigError(f"{path}: line {line}: more cells than the header's {len(columns)}")
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw_row.items()}
         name, raw = row["slide"], row["mpp"]
         if not name:
             raise ConfigError(f"{path}: line {line}: empty slide name; give every row a slide")
+        if any(ord(ch) < 32 for ch in name):
+            raise ConfigError(f"{path}: line {line}: slide name {name!r} holds control characters")
         if name in values:
             raise ConfigError(f"{path}: line {line}: slide {name!r} is listed twice; keep one row per slide")
         mpp = parse_float(raw)
@@ -208,6 +223,24 @@ def read_mpp_csv(path: Path) -> dict[str, float]:
     return values
 
 
+def _csv_rows(reader: Any, path: Path) -> list[dict[Any, Any]]:
+    import csv
+
+    from pipeline.errors import ConfigError
+
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: not a readable CSV ({exc})") from exc
+
+
+def _resolved(name: str) -> str:
+    try:
+        return str(Path(name).resolve())
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte
+        return name
+
+
 def mpp_by_slide_id(csv_path: Path, values: dict[str, float], slide_ids: dict[Path, str]) -> dict[str, float]:
     """Map ``read_mpp_csv`` names onto a batch's slide ids; a name may be the slide id, the file
     (or folder) name, or the path as given. Raises ConfigError for a name matching no slide
@@ -220,7 +253,7 @@ def mpp_by_slide_id(csv_path: Path, values: dict[str, float], slide_ids: dict[Pa
             by_name.setdefault(name, slide_id)
     result: dict[str, float] = {}
     for name, mpp in values.items():
-        match = by_name.get(name) or by_name.get(str(Path(name).resolve()))
+        match = by_name.get(name) or by_name.get(_resolved(name))
         if match is None:
             available = ", ".join(sorted(slide_ids.values())[:20])
             raise ConfigError(

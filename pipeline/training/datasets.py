@@ -280,15 +280,15 @@ class PCamDataset(Dataset[TileItem]):
         self.stain_normalization = stain_normalization
         try:
             with h5py.File(y_path, "r") as handle:
-                self._labels = np.asarray(handle["y"]).reshape(-1).astype(np.int64)
+                raw_labels = np.asarray(handle["y"]).reshape(-1)
             with h5py.File(x_path, "r") as handle:
-                n_x = int(handle["x"].shape[0])
-        except (OSError, KeyError) as exc:
+                x_shape, x_dtype = tuple(handle["x"].shape), handle["x"].dtype
+        except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
                 f"{x_path} / {y_path}: not PatchCamelyon HDF5 files with datasets 'x' and 'y' ({exc})"
             ) from exc
-        if n_x != len(self._labels):
-            raise ConfigError(f"{x_path}: {n_x} patches but {y_path} has {len(self._labels)} labels")
+        _check_pcam_arrays(x_path, y_path, x_shape, x_dtype, raw_labels)
+        self._labels = raw_labels.astype(np.int64)
         self._pid = -1
         self._file: Any = None
 
@@ -312,6 +312,34 @@ class PCamDataset(Dataset[TileItem]):
     def labels(self) -> list[int]:
         """Label of every patch, in order."""
         return [int(v) for v in self._labels]
+
+
+def _check_pcam_arrays(
+    x_path: Path, y_path: Path, x_shape: tuple[int, ...], x_dtype: Any, labels: NDArray[Any]
+) -> None:
+    """Raise ConfigError unless ``x`` is (N > 0, H, W, 3) uint8 and ``y`` holds N labels 0/1."""
+    if len(x_shape) != 4 or x_shape[3] != 3 or x_dtype != np.uint8:
+        raise ConfigError(
+            f"{x_path}: 'x' is {x_dtype} of shape {x_shape}; PatchCamelyon patches are (N, 96, 96, 3) "
+            "uint8 RGB (convert floats in [0, 1] with x * 255 and grey or RGBA patches to RGB first)"
+        )
+    if x_shape[0] == 0:
+        raise ConfigError(f"{x_path}: holds 0 patches; remove the pair or point --pcam at full files")
+    if x_shape[0] != len(labels):
+        raise ConfigError(f"{x_path}: {x_shape[0]} patches but {y_path} has {len(labels)} labels")
+    if labels.dtype.kind not in "biuf" or not np.isin(labels, (0, 1)).all():
+        found = sorted({str(v) for v in np.unique(labels)[:5]})
+        raise ConfigError(f"{y_path}: labels must be 0 (normal) or 1 (tumor); found {', '.join(found)}")
+
+
+def check_both_classes(parts: Sequence[Dataset[TileItem]], what: str) -> None:
+    """Raise ConfigError unless the datasets (each with ``labels``) hold tumor and normal tiles."""
+    counts = np.bincount([label for part in parts for label in getattr(part, "labels", [])], minlength=2)
+    if counts[0] == 0 or counts[1] == 0:
+        raise ConfigError(
+            f"{what} holds {counts[1]} tumor and {counts[0]} normal tiles; a tumor/normal classifier "
+            "needs both (add tumor/ and normal/ patches, annotated slides, or normal slides)"
+        )
 
 
 class ArrayTileDataset(Dataset[TileItem]):
@@ -374,6 +402,9 @@ def build_datasets(
                 )
     if not train_parts:
         raise ConfigError("no training tiles: every slide went to validation and no patches were given")
+    check_both_classes(train_parts, "the training data")
+    if val_parts and len({label for part in val_parts for label in getattr(part, "labels", [])}) < 2:
+        log.warning("the validation data holds one class only: its AUC is undefined and best.pt is last.pt")
     return ConcatDataset(train_parts), (ConcatDataset(val_parts) if val_parts else None)
 
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from pipeline.errors import OutputError
 from pipeline.outputs import csv_safe_dict
 from pipeline.training.checkpoint import RunState, Trainer
 from pipeline.training.loop import EpochStats
@@ -38,11 +39,15 @@ METRIC_COLUMNS = (
 def append_metrics(path: Path, row: Mapping[str, float]) -> None:
     """Append ``row`` (missing columns left empty) to the metrics CSV at ``path``."""
     new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(csv_safe_dict({k: row.get(k, "") for k in METRIC_COLUMNS}))
+    try:
+        with path.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(csv_safe_dict({k: row.get(k, "") for k in METRIC_COLUMNS}))
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise OutputError(f"{path}: cannot write here ({reason}); check the folder has space") from exc
 
 
 def log_epoch(

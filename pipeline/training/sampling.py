@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import math
 import zlib
@@ -28,7 +29,7 @@ from numpy.typing import NDArray
 
 from pipeline.config import TissueConfig
 from pipeline.errors import ConfigError
-from pipeline.outputs import csv_safe_row, csv_unquote
+from pipeline.outputs import atomic_write_text, csv_safe_row, csv_unquote
 from pipeline.slides.annotations import Annotation, read_annotations, warn_outlines_outside
 from pipeline.slides.slide import open_slide
 from pipeline.slides.tissue import detect_tissue
@@ -402,14 +403,12 @@ def balance_classes(samples: Sequence[PatchSample], seed: int) -> list[PatchSamp
 
 def write_sample_index(path: Path, samples: Sequence[PatchSample]) -> Path:
     """Write samples as CSV (INDEX_COLUMNS); coordinates keep full float precision."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(INDEX_COLUMNS)
-        for s in samples:
-            writer.writerow(csv_safe_row([s.slide, repr(s.x_px), repr(s.y_px), s.label, s.split, s.kind]))
-    tmp.replace(path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(INDEX_COLUMNS)
+    for s in samples:
+        writer.writerow(csv_safe_row([s.slide, repr(s.x_px), repr(s.y_px), s.label, s.split, s.kind]))
+    atomic_write_text(path, buffer.getvalue())  # OutputError naming the file on a full disk
     return path
 
 
@@ -424,7 +423,7 @@ def _parse_row(path: Path, line: int, row: dict[str, str]) -> PatchSample:
         x_px, y_px = float(row["x_px"]), float(row["y_px"])
         if not (math.isfinite(x_px) and math.isfinite(y_px)):
             raise ValueError("coordinates are not finite")
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(
             f"{path}: line {line}: bad sample row ({exc}); columns are {INDEX_COLUMNS}"
         ) from exc
@@ -435,8 +434,13 @@ def read_sample_index(path: Path) -> list[PatchSample]:
     """Samples from a CSV written by ``write_sample_index``; ConfigError naming the line."""
     if not path.is_file():
         raise ConfigError(f"{path}: sample index not found")
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [_parse_row(path, n, row) for n, row in enumerate(csv.DictReader(handle), start=2)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return [_parse_row(path, n, row) for n, row in enumerate(csv.DictReader(handle), start=2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(
+            f"{path}: cannot read the sample index ({exc}); pass the samples.csv of a run"
+        ) from exc
 
 
 def build_sample_index(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +36,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pipeline.errors import MicrometError, OutputError
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, autocast_dtype, build_model
+from pipeline.outputs import atomic_write_text
 from pipeline.training.checkpoint import (
     RunState,
     Trainer,
@@ -225,13 +228,21 @@ def _run(
 ) -> TrainResult:
     t = settings.train
     out = Path(t.out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: the run folder (--out) is a file; choose a folder")
     trainer, step = _setup(settings, info)
     state = restore_run(resume, trainer, step.device) if resume is not None else RunState()
     sources = slide_sources(settings.data)
-    samples = _load_samples(settings, sources, state, resume is not None, info)
+    fresh = not out.exists()
+    try:
+        samples = _load_samples(settings, sources, state, resume is not None, info)
+        build_datasets(settings, samples)  # one class only, a bad PCam file: refused before training
+    except MicrometError:
+        if fresh and info.is_main:  # a bad input leaves no run folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if info.is_main:  # only once the inputs have been read: a bad input leaves no run folder
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(settings_to_toml(settings), encoding="utf-8")
+        atomic_write_text(out / "config.toml", settings_to_toml(settings))
     description = describe_training_data(settings, samples)
     wrapped: nn.Module = trainer.model
     if info.world_size > 1:
