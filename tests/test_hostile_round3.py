@@ -176,6 +176,38 @@ def test_overwrite_with_a_file_or_link_as_the_partial_folder(tmp_path: Path, kin
     assert (out / "s1" / "report.json").is_file() and target.read_text() == "not micromet's"
 
 
+def test_sigterm_ends_the_batch_like_ctrl_c_and_removes_the_staging_folder(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from pipeline.batch.local import run_batch
+
+    seen: list[bool] = []
+
+    def analyze(path: Path, slide_id: str, folder: Path) -> dict[str, object]:
+        (folder / "heatmap.npy").write_bytes(b"half")
+        seen.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {"category": "negative"}
+
+    out = tmp_path / "batch"
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([_slide(tmp_path / "s1.tif")], out, analyze, {"k": 1})
+    assert seen == [True] and not list(out.glob(".*.partial")) and not (out / "s1").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_an_mpp_csv_that_is_a_link_loop_is_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loop = tmp_path / "mpp.csv"
+    loop.symlink_to(loop)
+    slide = _slide(tmp_path / "s1.tif")
+    code = main(["infer", str(slide), "--out", str(tmp_path / "b"), "--mpp-csv", str(loop)])
+    err = capsys.readouterr().err
+    assert code == 1 and "mpp.csv" in err and "Traceback" not in err
+
+
 def test_a_ray_address_that_never_answers_gives_up_after_a_stated_time() -> None:
     from pipeline.batch.distributed import check_reachable
 

@@ -184,7 +184,7 @@ class InterruptWatch:
 
 @contextlib.contextmanager
 def watch_interrupts() -> Iterator[InterruptWatch]:
-    """Record every SIGINT while active; it still raises KeyboardInterrupt as usual.
+    """Record every SIGINT (and SIGTERM) while active; it still raises KeyboardInterrupt as usual.
 
     A KeyboardInterrupt that lands inside a finaliser (a DataLoader iterator's ``__del__``
     while reader processes start or stop) is printed as "Exception ignored" and dropped, and
@@ -213,11 +213,18 @@ def watch_interrupts() -> Iterator[InterruptWatch]:
             previous_hook(unraisable)
 
     signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (``kill``, a scheduler's stop) ends the batch like Ctrl-C: the slide under way
+    # removes its staging folder instead of leaving it for the next run.
+    terminate = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if terminate:
+        signal.signal(signal.SIGTERM, on_sigint)
     sys.unraisablehook = on_unraisable
     try:
         yield watch
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if terminate:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sys.unraisablehook = previous_hook
 
 
