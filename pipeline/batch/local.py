@@ -98,11 +98,7 @@ def _expand_input(item: str) -> list[Path]:
     if is_dicom_folder(path):
         paths.append(path)  # one DICOM WSI series is one slide
     elif path.is_dir() and path.suffix.lower() != ".mrxs":
-        found = sorted(
-            p
-            for p in path.iterdir()
-            if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
-        )
+        found = _slide_files_in(path)
         if not found:
             named_like_a_slide = path.suffix.lower() in SLIDE_SUFFIXES
             log.warning(
@@ -119,6 +115,28 @@ def _expand_input(item: str) -> list[Path]:
     else:
         raise SlideOpenError(f"{item}: no such file, folder or matching glob; check the path")
     return paths
+
+
+def _slide_files_in(folder: Path) -> list[Path]:
+    """The slide and image files of ``folder`` (sorted); the other entries are logged as skipped
+    with the reason, so a user sees what a mixed folder left out."""
+    found: list[Path] = []
+    skipped: list[str] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_file():
+            skipped.append(f"{entry.name} (a folder)" if entry.is_dir() else f"{entry.name} (not a file)")
+        elif entry.suffix.lower() in SLIDE_SUFFIXES:
+            found.append(entry)
+        else:
+            skipped.append(f"{entry.name} (not a slide or image suffix)")
+    if found and skipped:
+        log.warning(
+            "%s: skipped %d of its entries: %s; slides and images end in %s",
+            folder, len(skipped), ", ".join(skipped), ", ".join(SLIDE_SUFFIXES),
+        )
+    return found
 
 
 def settings_key(settings: dict[str, Any]) -> str:

@@ -88,6 +88,14 @@ def _mpp_text(facts: dict[str, Any]) -> str:
     return f"{text} (given by the user; {recorded})"
 
 
+def _computed_levels_text(facts: dict[str, Any]) -> str:
+    """For a single-level file: which levels micromet computes from level 0."""
+    computed = int(facts.get("computed_levels", 0))
+    if computed == 0:
+        return ""
+    return f" (the file stores level 0 only; micromet computes the other {computed} from it)"
+
+
 def format_table(facts: dict[str, Any]) -> str:
     """A readable block of one slide's facts."""
     levels = ", ".join(
@@ -98,7 +106,7 @@ def format_table(facts: dict[str, Any]) -> str:
         ("slide", facts["path"]),
         ("format", facts["vendor"]),
         ("dimensions", f"{facts['dimensions'][0]} x {facts['dimensions'][1]} px"),
-        ("levels", f"{facts['level_count']}: {levels}"),
+        ("levels", f"{facts['level_count']}: {levels}" + _computed_levels_text(facts)),
         ("mpp", _mpp_text(facts)),
         ("objective", "unknown" if facts["objective_power"] is None else f"{facts['objective_power']:g}x"),
     ]

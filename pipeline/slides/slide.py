@@ -32,9 +32,18 @@ from pipeline.slides.metadata import (
     read_mpp,
     read_mpp_csv,
 )
+from pipeline.slides.plain_images import (
+    PLAIN_IMAGE_VENDORS,
+    ComputedLevels,
+    TiffRegionSlide,
+    WholeImageSlide,
+    computed_level_factors,
+    is_tiff_file,
+    plain_image_kind,
+)
 
 if TYPE_CHECKING:
-    import openslide
+    from openslide import AbstractSlide
 
 __all__ = [
     "DICOM_SUFFIX",
@@ -49,6 +58,7 @@ __all__ = [
     "check_user_mpp",
     "is_dicom_folder",
     "mpp_by_slide_id",
+    "open_handle",
     "open_slide",
     "open_slide_for_user",
     "read_mpp",
@@ -74,7 +84,8 @@ class SlideInfo:
     dimensions: level-0 (width, height) in px. mpp: µm/px at level 0 (mean of x and y).
     mpp_source: "metadata" (the slide's own) or "user" (given with --mpp or --mpp-csv).
     metadata_mpp: the slide's own µm/px, None when it records none (or an unusable one).
-    objective_power: None when not recorded.
+    objective_power: None when not recorded. computed_levels: how many of the levels micromet
+    computes from level 0 (a single-level image or slide) rather than reads from the file.
     """
 
     path: str
@@ -87,6 +98,7 @@ class SlideInfo:
     mpp_source: str
     objective_power: float | None
     metadata_mpp: float | None = None
+    computed_levels: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -120,7 +132,19 @@ def resolve_slide_path(path: Path) -> Path:
     return min(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == DICOM_SUFFIX)
 
 
-def _open_handle(path: Path) -> Any:
+def open_handle(path: Path) -> AbstractSlide:
+    """An OpenSlide-like handle of a slide file or plain image; raises SlideOpenError naming it.
+
+    JPEG and PNG images (recognised by their first bytes) and TIFFs OpenSlide refuses are read
+    by ``plain_images``; a single-level image larger than ``COMPUTED_LEVELS_MIN_SIDE_PX``
+    gets coarser levels computed from level 0, so no read decodes level 0 whole.
+    """
+    handle = _open_base_handle(path)
+    factors = computed_level_factors(handle.dimensions) if handle.level_count == 1 else ()
+    return ComputedLevels(handle, factors) if factors else handle
+
+
+def _open_base_handle(path: Path) -> AbstractSlide:
     if not path.exists():
         raise SlideOpenError(f"{path}: file not found; check the path")
     if not path.is_file() and path.suffix.lower() != ".mrxs":
@@ -129,13 +153,20 @@ def _open_handle(path: Path) -> Any:
         )
     if path.is_file() and path.stat().st_size == 0:
         raise SlideOpenError(f"{path}: file is empty; the copy or scan may have failed")
+    kind = plain_image_kind(path) if path.is_file() else None
+    if kind is not None:
+        return WholeImageSlide(path, kind)
     openslide = _import_openslide()
     try:
-        return openslide.OpenSlide(str(path))
+        handle: AbstractSlide = openslide.OpenSlide(str(path))
+        return handle
     except openslide.OpenSlideUnsupportedFormatError as exc:
+        if is_tiff_file(path):
+            return TiffRegionSlide(path)
         raise SlideOpenError(
             f"{path}: OpenSlide cannot read this file: not a supported slide format "
-            "(svs, tif, ndpi, mrxs, DICOM, ...) or a truncated copy; check the file"
+            "(svs, tif, ndpi, mrxs, DICOM, ...) nor a JPEG, PNG or TIFF image, or a truncated "
+            "copy; check the file"
         ) from exc
     except (openslide.OpenSlideError, OSError, ValueError) as exc:
         raise SlideOpenError(
@@ -148,7 +179,7 @@ class Slide:
 
     def __init__(self, path: str | Path, mpp_override: float | None = None) -> None:
         self.path = resolve_slide_path(Path(path))
-        self._handle: openslide.OpenSlide | None = _open_handle(self.path)
+        self._handle: AbstractSlide | None = open_handle(self.path)
         try:
             self.info = self._read_info(mpp_override)
         except BaseException:
@@ -168,7 +199,7 @@ class Slide:
             except MissingMppError:
                 metadata_mpp = None
         else:
-            mpp, mpp_source = read_mpp(self.path, properties), "metadata"
+            mpp, mpp_source = self._metadata_mpp(properties), "metadata"
             metadata_mpp = mpp
         return SlideInfo(
             path=str(self.path),
@@ -181,6 +212,20 @@ class Slide:
             mpp_source=mpp_source,
             objective_power=parse_float(properties.get("openslide.objective-power")),
             metadata_mpp=metadata_mpp,
+            computed_levels=int(properties.get("micromet.computed-levels", "0")),
+        )
+
+    def _metadata_mpp(self, properties: dict[str, str]) -> float:
+        """The file's own µm/px; for a plain image without one, a MissingMppError saying that
+        such images need --mpp (micromet never guesses a resolution)."""
+        vendor = properties.get("openslide.vendor", "")
+        has_tags = "tiff.XResolution" in properties
+        if vendor not in PLAIN_IMAGE_VENDORS or has_tags:
+            return read_mpp(self.path, properties)
+        kind = {"plain-jpeg": "JPEG", "plain-png": "PNG"}.get(vendor, "TIFF")
+        raise MissingMppError(
+            f"{self.path}: a plain {kind} image records no µm/px micromet can trust; pass the "
+            "resolution of the scan it was exported from with --mpp (or per image with --mpp-csv)"
         )
 
     def __enter__(self) -> Slide:
@@ -200,7 +245,7 @@ class Slide:
             self._handle.close()
             self._handle = None
 
-    def _require_handle(self) -> openslide.OpenSlide:
+    def _require_handle(self) -> AbstractSlide:
         if self._handle is None:
             raise SlideOpenError(f"{self.path}: slide is closed")
         return self._handle
@@ -267,7 +312,7 @@ class Slide:
             return None
         openslide = _import_openslide()
         try:
-            self._handle = _open_handle(self.path)
+            self._handle = open_handle(self.path)
             rgba = self._handle.read_region((int(x_px), int(y_px)), 0, (width0, height0))
         except (SlideOpenError, openslide.OpenSlideError, OSError, ValueError):
             self.close()

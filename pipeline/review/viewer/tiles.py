@@ -1,4 +1,5 @@
-"""Review: reads slide files with OpenSlide, produces Deep Zoom descriptors and JPEG tiles.
+"""Review: reads slide files and plain images (``open_handle``), produces Deep Zoom descriptors
+and JPEG tiles.
 
 Open slides are kept in a small thread-safe LRU cache so that a viewer session does not
 reopen the file for every tile. Deep Zoom coordinates are level-0 pixels
@@ -44,20 +45,16 @@ class TileConfig:
 
 
 def _open_deepzoom(path: Path, config: TileConfig) -> Any:
-    """A DeepZoomGenerator over ``path`` (a slide file, or a DICOM series folder); raises
-    SlideOpenError naming the file."""
-    from pipeline.slides.slide import resolve_slide_path
+    """A DeepZoomGenerator over ``path`` (a slide file, a plain JPEG/PNG/TIFF image, or a DICOM
+    series folder); raises SlideOpenError naming the file."""
+    from openslide.deepzoom import DeepZoomGenerator
+
+    from pipeline.slides.slide import open_handle, resolve_slide_path
 
     path = resolve_slide_path(path)
     if not path.is_file():
         raise SlideOpenError(f"{path}: slide file not found; was it moved since the batch ran?")
-    import openslide
-    from openslide.deepzoom import DeepZoomGenerator
-
-    try:
-        handle = openslide.OpenSlide(str(path))
-    except (openslide.OpenSlideError, OSError, ValueError) as exc:
-        raise SlideOpenError(f"{path}: cannot open the slide ({exc})") from exc
+    handle = open_handle(path)
     return DeepZoomGenerator(
         handle, tile_size=config.tile_size_px, overlap=config.overlap_px, limit_bounds=False
     )
