@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 MPP = 0.5
 CYTOPLASM_RGB = (236, 176, 206)
-TUMOR_NUCLEUS_RGB = (150, 95, 175)  # large, pale (vesicular)
+TUMOR_NUCLEUS_RGB = (175, 125, 195)  # large, pale (vesicular): mean hematoxylin OD 0.036
 LYMPHOCYTE_RGB = (55, 25, 105)  # small, dark
 # Stated tolerance of the estimate against known counts (module docs of pipeline.deposits.cells).
 RELATIVE_TOLERANCE = 0.25
@@ -293,3 +293,98 @@ def test_deposit_mask_edge_pixels_follow_the_one_polygon_rule() -> None:
     # No area, no pixels (the former rule set the pixels centred on a vertex); no outline either.
     assert not deposit_mask(square[:2], (0, 0), 1.0, (10, 10)).any()
     assert not deposit_mask(np.zeros((0, 2)), (0, 0), 1.0, (10, 10)).any()
+
+
+# --- real tissue (../shared/data): only tumor-like nuclei count -----------------------------
+
+LEVEL0_MPP = 0.243  # CAMELYON16 patches and CAMELYON17 tiles
+# Carcinoma nuclei counted by eye on CAMELYON16 level-0 tumor patches (62 x 62 µm): every
+# nucleus that looks like carcinoma with its centre inside the patch (docs/benchmarks.md,
+# "Tumor nuclei counts on real tissue"; ringed overlays: scripts/measure_nuclei.py --overlays).
+COUNTED_BY_EYE = {
+    "tumor_001_70094_124883": 12,
+    "tumor_001_70146_134140": 20,
+    "tumor_064_68256_138372": 22,
+    "tumor_001_70272_124240": 10,
+    "tumor_001_70399_124449": 24,
+    "tumor_064_68394_135834": 11,
+}
+
+
+def at_count_mpp(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """A level-0 image as the cell count reads a CAMELYON slide: at CELL_COUNT_MPP µm/px."""
+    from pipeline.deposits.cells import CELL_COUNT_MPP
+    from pipeline.slides.slide import resize_rgb
+
+    factor = LEVEL0_MPP / CELL_COUNT_MPP
+    return resize_rgb(rgb, round(rgb.shape[1] * factor), round(rgb.shape[0] * factor))
+
+
+def area_mm2(image: NDArray[np.uint8]) -> float:
+    """Area of an image at 0.5 µm/px, in mm²."""
+    return image.shape[0] * image.shape[1] * 0.5**2 / 1e6
+
+
+def all_nuclei(image: NDArray[np.uint8]) -> int:
+    """Segmented nuclei of at least 20 µm²: what the former count counted."""
+    from pipeline.slides.nuclei import measure_nuclei
+
+    area_um2, _ = measure_nuclei(image, 0.5)
+    return int(np.count_nonzero(area_um2 >= 20.0))
+
+
+def c16_tumor_patch(name: str) -> NDArray[np.uint8]:
+    from conftest import require_shared_data
+
+    from pipeline.training.datasets import load_rgb
+
+    return load_rgb(require_shared_data("camelyon16_patches/tumor") / f"{name}.png")
+
+
+def test_tumor_free_node_tissue_counts_under_5_percent_of_its_nuclei() -> None:
+    from tests.real_slides import NEGATIVE_C17_TILE, c17_rgb
+
+    node = at_count_mpp(c17_rgb(NEGATIVE_C17_TILE))  # 0.5 x 0.5 mm of a negative node
+    former, counted = all_nuclei(node), count_tumor_nuclei(node, 0.5)
+    log.info("tumor-free node: %d tumor-like of %d nuclei in %.3f mm²", counted, former, area_mm2(node))
+    assert former > 1000  # dense lymphoid tissue: the former count called these tumor nuclei
+    assert counted < 0.05 * former
+
+
+def test_real_tumor_counts_far_more_nuclei_per_mm2_than_tumor_free_node_tissue() -> None:
+    from conftest import require_shared_data
+
+    from pipeline.training.datasets import load_rgb
+    from tests.real_slides import NEGATIVE_C17_TILE, c17_rgb
+
+    folder = require_shared_data("camelyon16_patches/tumor")
+    patches = [at_count_mpp(load_rgb(path)) for path in sorted(folder.glob("*.png"))]
+    tumor = sum(count_tumor_nuclei(p, 0.5) for p in patches) / sum(area_mm2(p) for p in patches)
+    node_image = at_count_mpp(c17_rgb(NEGATIVE_C17_TILE))
+    node = count_tumor_nuclei(node_image, 0.5) / area_mm2(node_image)
+    log.info("tumor-like nuclei per mm²: %.0f in 28 tumor patches, %.0f in node tissue", tumor, node)
+    assert len(patches) == 28 and tumor >= 1000
+    assert node <= 0.05 * tumor
+
+
+def test_counts_on_real_tumor_patches_are_within_a_factor_of_two_of_a_count_by_eye() -> None:
+    counted = {name: count_tumor_nuclei(at_count_mpp(c16_tumor_patch(name)), 0.5) for name in COUNTED_BY_EYE}
+    log.info("counted %s against %s by eye", counted, COUNTED_BY_EYE)
+    ratio = sum(counted.values()) / sum(COUNTED_BY_EYE.values())
+    assert 0.5 <= ratio <= 2.0, ratio
+
+
+def test_a_real_0_03_mm_deposit_in_node_tissue_counts_a_few_nuclei_not_dozens() -> None:
+    from tests.real_slides import NEGATIVE_C17_TILE, c17_rgb
+
+    # a 0.124 mm square of the negative node (about a coarse heatmap outline) with a 0.03 mm
+    # disc of real tumor (about 4 carcinoma nuclei) in its middle
+    square = c17_rgb(NEGATIVE_C17_TILE)[1024:1536, 1024:1536].copy()
+    tumor = c16_tumor_patch("tumor_064_68256_138372")
+    yy, xx = np.mgrid[0:256, 0:256]
+    disc = (xx - 127.5) ** 2 + (yy - 127.5) ** 2 <= (0.03 / 2 * 1000 / LEVEL0_MPP) ** 2
+    square[128:384, 128:384][disc] = tumor[disc]
+    image = at_count_mpp(square)
+    counted, former = count_tumor_nuclei(image, 0.5), all_nuclei(image)
+    log.info("0.03 mm deposit in a 0.124 mm outline: %d tumor-like of %d nuclei", counted, former)
+    assert former >= 46 and counted <= 10
