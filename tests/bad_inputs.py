@@ -97,6 +97,20 @@ def _tag_patches(slide: Path) -> dict[str, Callable[[bytes], bytes]]:
     return patches
 
 
+def _every_level_doubled(slide: Path) -> bytes:
+    """Every level's ImageWidth and ImageLength doubled: a consistent pyramid twice the size
+    its tile tables cover (issue 22: read as 6000 x 4800 px with 4 deposits instead of 2)."""
+    data = slide.read_bytes()
+    with tifffile.TiffFile(slide) as tif:
+        for page in tif.pages:
+            assert isinstance(page, tifffile.TiffPage)
+            for name in ("ImageWidth", "ImageLength"):
+                tag = page.tags[name]
+                packed = struct.pack("<H" if tag.dtype == 3 else "<I", tag.value * 2)
+                data = _patch(data, tag.valueoffset, packed)
+    return data
+
+
 def _slide_files(folder: Path, slide: Path) -> list[BadFile]:
     data = slide.read_bytes()
     files: list[BadFile] = []
@@ -121,6 +135,7 @@ def _slide_files(folder: Path, slide: Path) -> list[BadFile]:
         add(f"bitflip_{index:02d}.tif", bytes(flipped), True)
     for name, patch in _tag_patches(slide).items():
         add(f"header_{name}.tif", patch(data), name in ("width_1", "length_1"))
+    add("header_every_level_doubled.tif", _every_level_doubled(slide))
     rng = _seeded(13)
     png = io.BytesIO()
     from PIL import Image
@@ -443,11 +458,14 @@ def _csv_files(folder: Path) -> list[BadFile]:
 
 def write_corpus(folder: Path, valid: ValidInputs) -> list[BadFile]:
     """Write every bad input under ``folder`` (one subfolder per group); returns them all."""
+    from bad_configs import write_settings_corpus
+
     groups = {
         "slides": lambda f: _slide_files(f, valid.slide),
         "annotations": _annotation_files,
         "checkpoints": lambda f: _checkpoint_files(f, valid.checkpoint),
         "csv": _csv_files,
+        "settings": write_settings_corpus,
     }
     files: list[BadFile] = []
     for name, make in groups.items():

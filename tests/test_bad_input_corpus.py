@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_configs import BAD_FLAGS
 from bad_inputs import BadFile, ValidInputs, write_corpus
 from conftest import draw_tissue_rgb, write_pyramid_tiff
 from PIL import Image
@@ -94,10 +95,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     return Corpus(files, valid, patch, root)
 
 
-def test_the_corpus_holds_at_least_200_bad_files(corpus: Corpus) -> None:
+def test_the_corpus_holds_at_least_400_bad_inputs(corpus: Corpus) -> None:
     kinds = {f.kind for f in corpus.files}
-    assert len(corpus.files) >= 200
-    assert {"slide", "annotation", "checkpoint", "categories_csv", "mapping_csv"} <= kinds
+    assert len(corpus.files) + len(BAD_FLAGS) >= 400
+    assert {"slide", "annotation", "checkpoint", "categories_csv", "mapping_csv", "infer_config",
+            "train_config", "mpp_csv", "reference_csv", "stages_csv"} <= kinds
     assert all(f.path.is_file() for f in corpus.files)
 
 
@@ -285,3 +287,51 @@ def test_a_valid_input_passes_the_same_checks(corpus: Corpus, tmp_path: Path) ->
     assert (run.code, run.error_lines) == (0, [])
     rows = out.read_text().splitlines()
     assert len(rows) == 2 and np.isfinite(float(rows[1].split(",")[1]))
+
+
+# --- settings (issue 22) -------------------------------------------------------------------
+
+
+def test_infer_refuses_every_bad_config_and_mpp_csv_before_any_output(corpus: Corpus, tmp_path: Path) -> None:
+    problems: list[str] = []
+    for index, bad in enumerate(corpus.of("infer_config", "mpp_csv")):
+        out = tmp_path / f"batch_{index}"
+        flag = "--config" if bad.kind == "infer_config" else "--mpp-csv"
+        # no --device or --workers: those flags would override the config's bad values
+        run = run_cli(["infer", corpus.valid.slide, "--out", out, "--model", corpus.valid.checkpoint,
+                       flag, bad.path])
+        _check_one_error(run, bad, [str(bad.path)], problems, [out])
+    _report(problems)
+
+
+def test_train_refuses_every_bad_config_and_leaves_no_run_folder(corpus: Corpus, tmp_path: Path) -> None:
+    problems: list[str] = []
+    for index, bad in enumerate(corpus.of("train_config")):
+        out = tmp_path / f"run_{index}"
+        # the only flags are those no config here sets: each bad value must reach the settings
+        run = run_cli(["train", "--config", bad.path, "--slides", corpus.valid.slide, "--out", out,
+                       "--no-progress"])
+        _check_one_error(run, bad, [str(bad.path)], problems, [out])
+    _report(problems)
+
+
+def test_evaluate_refuses_every_bad_stage_csv(corpus: Corpus, tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    _write_batch(batch, corpus.valid.annotation_size_wh)
+    problems: list[str] = []
+    for index, bad in enumerate(corpus.of("stages_csv")):
+        out = tmp_path / f"eval_{index}"
+        run = run_cli(["evaluate", "--batch", batch, "--stages", bad.path, "--out", out])
+        _check_one_error(run, bad, [str(bad.path)], problems, [out])
+    _report(problems)
+
+
+def test_every_bad_flag_value_is_a_one_line_usage_error() -> None:
+    problems: list[str] = []
+    for command, flag in BAD_FLAGS:
+        run = run_cli([command, flag])
+        lines = [line for line in run.stderr.splitlines() if "error:" in line]
+        name = flag.split("=")[0]
+        if run.code != 2 or len(lines) != 1 or name not in lines[0] or "Traceback" in run.stderr:
+            problems.append(f"{command} {flag}: exit {run.code}, {run.stderr[-300:]!r}")
+    _report(problems)

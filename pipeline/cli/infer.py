@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.values import mpp_float
+from pipeline.cli.values import mpp_float, plain_float
 from pipeline.errors import ConfigError
 
 
@@ -107,19 +107,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cascade-screen-threshold",
-        type=float,
+        type=plain_float,
         default=None,
         help="screen probability that sends a block to dense scoring (0.2)",
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=plain_float,
         default=None,
         help="tumor probability threshold for deposits (default: the model card's)",
     )
     parser.add_argument(
         "--seed-threshold",
-        type=float,
+        type=plain_float,
         default=None,
         help="a deposit is kept only if one of its cells reaches this probability "
         "(default: the model card's seed threshold)",
@@ -132,7 +132,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--min-tissue-fraction",
-        type=float,
+        type=plain_float,
         default=None,
         help="keep tiles with more tissue than this fraction (default 0.25)",
     )

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.values import mpp_float, seed_int
+from pipeline.cli.values import mpp_float, plain_float, seed_int
 
 # Flag destination -> (TOML section, key).
 FLAG_KEYS: dict[str, tuple[str, str]] = {
@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--patch-mpp", type=mpp_float, default=None, help="µm/px of the patches")
     data.add_argument("--pcam", nargs="+", default=None, help="folders of PatchCamelyon .h5")
     data.add_argument("--slide-mpp", type=mpp_float, default=None, help="µm/px for slides lacking it")
-    data.add_argument("--val-fraction", type=float, default=None, help="share of slides for validation")
+    data.add_argument("--val-fraction", type=plain_float, default=None, help="share of slides for validation")
     data.add_argument("--index", default=None, help="reuse this sample index CSV")
     data.add_argument("--tumor-per-slide", type=int, default=None)
     data.add_argument("--normal-per-slide", type=int, default=None)
@@ -106,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--epochs", type=int, default=None)
     loop.add_argument("--batch-size", type=int, default=None)
     loop.add_argument("--optimizer", choices=("adamw", "sgd"), default=None)
-    loop.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    loop.add_argument("--weight-decay", type=float, default=None)
+    loop.add_argument("--lr", type=plain_float, default=None, help="peak learning rate")
+    loop.add_argument("--weight-decay", type=plain_float, default=None)
     loop.add_argument("--scheduler", choices=("cosine", "onecycle"), default=None)
     loop.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     loop.add_argument("--hard-negative-rounds", type=int, default=None)
