@@ -82,7 +82,6 @@ def test_mpp_falls_back_to_tiff_resolution_tags() -> None:
         ("empty.svs", "empty"),
         ("text_named.svs", "cannot read"),
         ("random_bytes.svs", "cannot read"),
-        ("png_renamed.tif", "cannot read"),
         ("truncated.tif", "cannot read|truncated"),
     ],
 )
@@ -91,6 +90,16 @@ def test_bad_files_raise_one_clear_error_naming_the_file(name: str, message: str
         open_slide(BAD / name)
     assert name in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_png_named_tif_is_read_as_the_png_it_is() -> None:
+    """Recognised by its bytes, not its name: a plain image needs --mpp, and is not called an
+    unsupported slide format."""
+    with pytest.raises(MissingMppError, match=r"plain PNG image .*--mpp") as info:
+        open_slide(BAD / "png_renamed.tif")
+    assert "png_renamed.tif" in str(info.value) and "not a supported" not in str(info.value)
+    with open_slide(BAD / "png_renamed.tif", mpp_override=0.5) as slide:
+        assert slide.info.vendor == "plain-png"
 
 
 def test_missing_file_and_folder_are_refused(tmp_path: Path) -> None:

@@ -220,6 +220,12 @@ class TiffRegionSlide(_SingleLevel):
                 f"{path}: a TIFF storing each colour in its own plane; re-save it with "
                 "interleaved RGB (e.g. vips tiffsave IN OUT.tif --tile)"
             )
+        ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False)]
+        if max(ends, default=0) > path.stat().st_size:
+            raise SlideOpenError(
+                f"{path}: the TIFF's image data runs past the end of the file: a truncated copy; "
+                "copy or export it again"
+            )
         width, height = page.chunks[1], page.chunks[0]
         if width * height > MAX_SEGMENT_PX:
             raise SlideOpenError(
