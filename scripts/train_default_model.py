@@ -60,6 +60,7 @@ C17_TILES = {
     "centre_3": ("centre_3_patient_066_node_1", "negative node; right half (left half trained on)"),
     "centre_4": ("centre_4_patient_097_node_3", "macro node; the tile may show tumor"),
 }
+PLACES_CSV = REPO / "data" / "pcam_places.csv"
 C17_EVAL_STRIDE_PX = 32
 C17_TRAIN_STRIDE_PX = 16
 AUGMENT = AugmentConfig(
@@ -69,6 +70,8 @@ AUGMENT = AugmentConfig(
     contrast=0.2,
     blur_probability=0.2,
     blur_max_sigma_px=1.0,
+    resample_probability=0.3,
+    resample_min_scale=0.5,
 )
 # Threshold: the lowest candidate whose false-positive rate on the PCam validation normals
 # is at most this (tumor-free tissue must not become deposits), but not below Youden's J.
@@ -88,7 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "models" / "default.pt")
     parser.add_argument("--card", type=Path, default=REPO / "models" / "MODEL_CARD.md")
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="../shared/data")
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "default_model")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "default_model_places")
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -105,19 +108,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def split_pcam(data: Path, seed: int) -> dict[str, list[tuple[str, int]]]:
-    """(file relative to pcam_kaggle, label) per split: seeded and stratified by class."""
-    with (data / "pcam_kaggle" / "labels.csv").open(newline="") as handle:
-        rows = sorted((r["file"], int(r["label"])) for r in csv.DictReader(handle))
-    rng = np.random.default_rng(seed)
-    splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
-    for label in (0, 1):
-        items = [r for r in rows if r[1] == label]
-        order = rng.permutation(len(items))
-        n_test = round(SPLIT_FRACTIONS["test"] * len(items))
-        n_val = round(SPLIT_FRACTIONS["val"] * len(items))
-        for rank, index in enumerate(order):
-            name = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-            splits[name].append(items[index])
+    """(file relative to ``data``, label) per part, from the place split in data/pcam_places.csv.
+
+    Whole places (patches sharing pixels; scripts/split_pcam_by_place.py) sit in one part:
+    train (PCam and hard normals), val = the dev part's PCam patches (thresholds), hard_dev = the
+    dev part's hard normals (reported apart: a biased sample), test = the test part (reported once).
+    ``seed`` is kept for the command line; the split itself is fixed by the file.
+    """
+    del seed
+    splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "hard_dev": [], "test": []}
+    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            item = (f"{row['source']}/{row['file']}", int(row["label"]))
+            if not (data / item[0]).is_file():
+                raise SystemExit(f"{data / item[0]}: listed in {PLACES_CSV} but missing; check --data")
+            hard = row["source"] == "pcam_hard_normals"
+            part = {"train": "train", "dev": "hard_dev" if hard else "val", "test": "test"}[row["part"]]
+            splits[part].append(item)
     return splits
 
 
@@ -158,8 +165,8 @@ def prepare_folders(data: Path, work: Path, seed: int) -> dict[str, list[tuple[s
     """work/train and work/val patch folders (tumor/, normal/) for ``micromet train``."""
     splits = split_pcam(data, seed)
     for split in ("train", "val"):
-        for name, _ in splits[split]:
-            _link(data / "pcam_kaggle" / name, work / split / name)
+        for name, label in splits[split]:
+            _link(data / name, work / split / ("tumor" if label else "normal") / Path(name).name)
     crops = grid_crops(c17_part(c17_image(data, C17_TRAIN_TILE), "centre_3", True), C17_TRAIN_STRIDE_PX)
     folder = work / "train" / "normal"
     for index, crop in enumerate(crops):
@@ -238,7 +245,7 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def load_pcam(data: Path, items: Sequence[tuple[str, int]]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
-    tiles = np.stack([load_rgb(data / "pcam_kaggle" / name) for name, _ in items])
+    tiles = np.stack([load_rgb(data / name) for name, _ in items])
     return tiles, np.array([label for _, label in items], dtype=np.int64)
 
 

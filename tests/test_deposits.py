@@ -46,6 +46,8 @@ REPORT_FIELDS = {
     "refined",
     "outline_xy",
     "review",
+    "confirm_probability",
+    "size_calibrated",
     "max_diameter_is_upper_bound",
 }
 

@@ -18,6 +18,13 @@ Measurements, all in level-0 px and converted to mm with the slide's µm/px:
 - area_mm2: number of cells x stride²; centroid: mean of the cell centres; bbox: the
   bounding box of the squares; outline_xy: the outer boundary of the squares (holes are
   not part of the outline; their cells are simply absent from the area).
+
+With a ``SizeCalibration`` (from the model card, measured on real tumor at node scale) the size
+is instead the max Feret diameter of the probability contour at ``level`` around the deposit
+(marching squares on the heatmap, so partial cells count by how tumor-like they score), less
+``offset_mm``, the mean excess measured on real tumor; its ± is the 95 % error measured for the
+deposit's size class. The grid-step bound above covers quantisation only; the calibrated ± is
+what sizes were actually off by on real tissue.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ UM_PER_MM = 1000.0
 
 __all__ = [
     "Deposit",
+    "SizeCalibration",
+    "calibrated_diameter_mm",
     "deposit_from_dict",
     "diameter_uncertainty_mm",
     "find_deposits",
@@ -56,6 +65,37 @@ __all__ = [
     "size_is_upper_bound",
     "with_cell_count",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeCalibration:
+    """How sizes are measured, from real tumor at node scale (docs/benchmarks.md, "Node scale").
+
+    level: probability of the contour whose max Feret diameter is measured. offset_mm: mean
+    excess of that diameter over the true largest dimension, subtracted. error_mm: (upper size
+    mm, 95 % error half-width mm) by size class, smallest first; the last covers every larger size.
+    """
+
+    level: float
+    offset_mm: float
+    error_mm: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.level) and 0.0 < self.level < 1.0):
+            raise ValueError(f"size level={self.level!r} is out of range; allowed 0 to 1 (exclusive)")
+        if not (math.isfinite(self.offset_mm) and abs(self.offset_mm) < 1.0):
+            raise ValueError(f"size offset_mm={self.offset_mm!r} is out of range; allowed -1 to 1")
+        if not self.error_mm or any(
+            not (math.isfinite(u) and math.isfinite(e) and u > 0 and e >= 0) for u, e in self.error_mm
+        ):
+            raise ValueError(f"size error_mm={self.error_mm!r}; expected (upper mm, error mm) pairs, > 0")
+
+    def error_for(self, diameter_mm: float) -> float:
+        """The 95 % error half-width measured for a deposit of this size."""
+        for upper_mm, error_mm in self.error_mm:
+            if diameter_mm <= upper_mm:
+                return error_mm
+        return self.error_mm[-1][1]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -71,7 +111,9 @@ class Deposit:
     measured on a finer rescoring (``pipeline.deposits.refine``). outline_xy: (N, 2) float64 level-0
     px, open ring (first vertex not repeated), counter-clockwise in the x-right/y-up sense.
     review: why size and cell count disagree (``staging.deposit_review``), None when they
-    agree or cells were not counted.
+    agree or cells were not counted. confirm_probability: mean tumor probability over the 8
+    dihedral poses of the deposit's best cell (``pipeline.deposits.decide``), None when not
+    rescored. size_calibrated: the size is the calibrated contour diameter (module docs).
     """
 
     id: int
@@ -90,6 +132,8 @@ class Deposit:
     refined: bool
     outline_xy: NDArray[np.float64]
     review: str | None = None
+    confirm_probability: float | None = None
+    size_calibrated: bool = False
 
     @property
     def below_grid(self) -> bool:
@@ -121,6 +165,10 @@ class Deposit:
             "refined": bool(self.refined),
             "outline_xy": [[float(px), float(py)] for px, py in self.outline_xy],
             "review": self.review,
+            "confirm_probability": None
+            if self.confirm_probability is None
+            else round(float(self.confirm_probability), 4),
+            "size_calibrated": bool(self.size_calibrated),
         }
 
 
@@ -153,6 +201,10 @@ def deposit_from_dict(data: Mapping[str, Any]) -> Deposit:
             refined=bool(data["refined"]),
             outline_xy=np.asarray(data["outline_xy"], dtype=np.float64).reshape(-1, 2),
             review=None if data.get("review") is None else str(data["review"]),
+            confirm_probability=None
+            if data.get("confirm_probability") is None
+            else float(data["confirm_probability"]),
+            size_calibrated=bool(data.get("size_calibrated", False)),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"deposit entry is missing or has a malformed field ({exc!r})") from exc
@@ -226,16 +278,18 @@ def _check_heatmap(heatmap: Heatmap) -> None:
 def _check_threshold(threshold: float) -> None:
     if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise ValueError(
-            f"threshold={threshold!r} is out of range; allowed 0.0 to 1.0 (take it from "
-            "the model card)"
+            f"threshold={threshold!r} is out of range; allowed 0.0 to 1.0 (take it from the model card)"
         )
 
 
-def find_deposits(heatmap: Heatmap, threshold: float, refined: bool = False) -> list[Deposit]:
+def find_deposits(
+    heatmap: Heatmap, threshold: float, refined: bool = False, calibration: SizeCalibration | None = None
+) -> list[Deposit]:
     """Measured deposits of a heatmap, sorted largest first (ids 1..n).
 
     threshold: a cell is tumor when its probability is >= threshold (NaN is never tumor).
     refined: the value written into every deposit's ``refined`` flag.
+    calibration: measure sizes as calibrated contour diameters (module docs); None: grid sizes.
     Returns [] for an empty or all-NaN heatmap. Raises HeatmapError for a heatmap that is
     not 2-D or has a broken geometry, ValueError for a threshold outside [0, 1].
     """
@@ -255,7 +309,10 @@ def find_deposits(heatmap: Heatmap, threshold: float, refined: bool = False) -> 
         if window is None:
             continue
         component = labels[window] == index + 1
-        deposits.append(_measure(heatmap, values[window], component, window, refined))
+        deposit = _measure(heatmap, values[window], component, window, refined)
+        if calibration is not None:
+            deposit = _calibrate(heatmap, deposit, values, labels, index + 1, window, calibration)
+        deposits.append(deposit)
     log.debug("%d deposit(s) at threshold %g", len(deposits), threshold)
     return number_deposits(deposits)
 
@@ -295,6 +352,60 @@ def _measure(
         cell_count=None,
         refined=refined,
         outline_xy=heatmap.cell_center_xy(outline_rc),
+    )
+
+
+def contour_diameter_px(
+    heatmap: Heatmap,
+    values: NDArray[np.float32],
+    labels: NDArray[np.int32],
+    label_id: int,
+    window: tuple[slice, slice],
+    level: float,
+) -> float:
+    """Max Feret diameter in level-0 px of the probability contour at ``level`` around one
+    component: its cells and the unlabelled cells touching it (other components count as 0)."""
+    from scipy.ndimage import binary_dilation
+    from skimage.measure import find_contours
+
+    row0, col0 = max(window[0].start - 1, 0), max(window[1].start - 1, 0)
+    row1, col1 = min(window[0].stop + 1, values.shape[0]), min(window[1].stop + 1, values.shape[1])
+    sub = np.nan_to_num(values[row0:row1, col0:col1], nan=0.0).astype(np.float64)
+    own = labels[row0:row1, col0:col1] == label_id
+    near = binary_dilation(own, structure=np.ones((3, 3), dtype=bool))
+    sub = np.where(near & ((labels[row0:row1, col0:col1] == 0) | own), sub, 0.0)
+    contours = find_contours(np.pad(sub, 1), level)
+    if not contours:
+        return 0.0
+    points_rc = np.concatenate(contours) - 1.0 + np.array([row0, col0], dtype=np.float64)
+    return max_feret_diameter(points_rc * heatmap.stride_l0_px)
+
+
+def calibrated_diameter_mm(raw_mm: float, calibration: SizeCalibration, floor_mm: float) -> float:
+    """A contour diameter less the calibrated offset, never below ``floor_mm``."""
+    return max(raw_mm - calibration.offset_mm, floor_mm)
+
+
+def _calibrate(
+    heatmap: Heatmap,
+    deposit: Deposit,
+    values: NDArray[np.float32],
+    labels: NDArray[np.int32],
+    label_id: int,
+    window: tuple[slice, slice],
+    calibration: SizeCalibration,
+) -> Deposit:
+    """The deposit with its calibrated size, ± and category (module docs)."""
+    raw_px = contour_diameter_px(heatmap, values, labels, label_id, window, calibration.level)
+    mm_per_px = heatmap.slide_mpp / UM_PER_MM
+    # the floor: a deposit found is at least a few cells' worth of tissue (10 µm)
+    diameter_mm = calibrated_diameter_mm(raw_px * mm_per_px, calibration, 0.01)
+    return dataclasses.replace(
+        deposit,
+        category=categorize_deposit(diameter_mm, None),
+        max_diameter_mm=diameter_mm,
+        max_diameter_uncertainty_mm=calibration.error_for(diameter_mm),
+        size_calibrated=True,
     )
 
 

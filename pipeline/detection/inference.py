@@ -490,3 +490,23 @@ def naive_score_tiles(
             out[index] = float(scorer(torch.from_numpy(tile[None].copy()))[0])
     check_finite_probabilities(out, str(slide_path))
     return out
+
+
+def dihedral_poses(tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(8N, T, T, 3): each of the (N, T, T, 3) tiles in its 8 dihedral poses (4 turns, each
+    also mirrored), tile by tile."""
+    poses = []
+    for tile in tiles:
+        for turns in range(4):
+            turned = np.rot90(tile, turns)
+            poses += [turned, turned[:, ::-1]]
+    return np.ascontiguousarray(np.stack(poses))
+
+
+def score_dihedral(prepared: PreparedModel, tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Mean tumor probability (N,) over the 8 dihedral poses of (N, T, T, 3) uint8 tiles."""
+    if len(tiles) == 0:
+        return np.zeros(0, dtype=np.float32)
+    with torch.inference_mode():
+        probabilities = prepared.scorer(torch.from_numpy(dihedral_poses(tiles))).numpy()
+    return np.asarray(probabilities.reshape(len(tiles), 8).mean(axis=1), dtype=np.float32)

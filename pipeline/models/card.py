@@ -21,6 +21,7 @@ import torchvision
 
 import pipeline
 from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
+from pipeline.deposits.measure import SizeCalibration
 from pipeline.errors import CheckpointError
 from pipeline.models.architectures import ARCHITECTURES, available_architectures
 from pipeline.slides.stain import STAIN_NORMALIZATIONS
@@ -76,6 +77,12 @@ class ModelCard:
         deposit must reach: cells at or above ``threshold`` outline deposits, and a deposit
         none of whose cells reaches the seed is dropped (hysteresis: isolated weak cells in
         tumor-free tissue are not deposits).
+    confirm_threshold: None, or the mean tumor probability over the 8 dihedral poses that one of
+        a seeded deposit's best cells must reach for the deposit to be confirmed; unconfirmed
+        ITC-size deposits become candidates for review (``pipeline.deposits.decide``).
+    size_calibration: {} or {"level", "offset_mm", "error_mm"}: sizes are the contour diameter at
+        ``level`` less ``offset_mm``, with the measured 95 % errors ``error_mm`` ([[upper mm,
+        error mm], ...]) as their ± (``pipeline.deposits.measure.SizeCalibration``).
     Raises CheckpointError naming the field when a value is invalid.
     """
 
@@ -95,6 +102,8 @@ class ModelCard:
     stride_px: int | None = None
     qc_reference: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     seed_threshold: float | None = None
+    confirm_threshold: float | None = None
+    size_calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_card_geometry(self)
@@ -106,7 +115,13 @@ class ModelCard:
 
 CARD_FIELDS = tuple(field.name for field in dataclasses.fields(ModelCard))
 # Fields added after format version 1 first shipped: a card without them still loads.
-OPTIONAL_CARD_FIELDS = ("stride_px", "qc_reference", "seed_threshold")
+OPTIONAL_CARD_FIELDS = (
+    "stride_px",
+    "qc_reference",
+    "seed_threshold",
+    "confirm_threshold",
+    "size_calibration",
+)
 
 
 def _is_number(value: object) -> bool:
@@ -144,6 +159,11 @@ def _check_card_extras(card: ModelCard) -> None:
         raise _card_error(
             "seed_threshold", seed, f"None or a probability from threshold={card.threshold} to 1"
         )
+    confirm = card.confirm_threshold
+    if confirm is not None and (not _is_number(confirm) or not (0.0 <= confirm <= 1.0)):
+        raise _card_error("confirm_threshold", confirm, "None or a probability from 0 to 1")
+    if card.size_calibration:
+        size_calibration_from_card(card)
     reference = card.qc_reference
     from pipeline.slides.qc import STAIN_NAMES
 
@@ -159,6 +179,21 @@ def _check_card_extras(card: ModelCard) -> None:
             or bounds[0] > bounds[1]
         ):
             raise _card_error("qc_reference", {key: bounds}, expected)
+
+
+def size_calibration_from_card(card: ModelCard) -> SizeCalibration | None:
+    """The card's size calibration, None when it has none; CheckpointError when malformed."""
+    data = card.size_calibration
+    if not data:
+        return None
+    expected = '{"level": 0-1, "offset_mm": number, "error_mm": [[upper mm, error mm], ...]}'
+    if not isinstance(data, dict) or set(data) != {"level", "offset_mm", "error_mm"}:
+        raise _card_error("size_calibration", data, expected)
+    try:
+        pairs = tuple((float(u), float(e)) for u, e in data["error_mm"])
+        return SizeCalibration(float(data["level"]), float(data["offset_mm"]), pairs)
+    except (TypeError, ValueError) as exc:
+        raise _card_error("size_calibration", data, expected) from exc
 
 
 def _check_rgb(name: str, value: object, low: float, high: float, low_open: bool) -> None:
@@ -248,6 +283,18 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         "stride_px": None if card.stride_px is None else int(card.stride_px),
         "qc_reference": {str(k): [float(v) for v in b] for k, b in card.qc_reference.items()},
         "seed_threshold": None if card.seed_threshold is None else float(card.seed_threshold),
+        "confirm_threshold": None if card.confirm_threshold is None else float(card.confirm_threshold),
+        "size_calibration": _size_calibration_dict(card.size_calibration),
+    }
+
+
+def _size_calibration_dict(data: dict[str, Any]) -> dict[str, Any]:
+    if not data:
+        return {}
+    return {
+        "level": float(data["level"]),
+        "offset_mm": float(data["offset_mm"]),
+        "error_mm": [[float(u), float(e)] for u, e in data["error_mm"]],
     }
 
 

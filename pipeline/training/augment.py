@@ -32,6 +32,10 @@ class AugmentConfig:
     brightness: added U(-b, b) (fraction of full scale). contrast: scaled by 1 + U(-c, c).
     blur_probability: fraction of tiles blurred; blur_max_sigma_px: their Gaussian sigma is
     U(0.1, max) px at the model resolution.
+    resample_probability: fraction of tiles shrunk to U(resample_min_scale, 1) of their size
+    and brought back, each with bilinear or area resampling at random: readers bring slide
+    pixels to the model's µm/px in different ways (OpenSlide levels, TIAToolbox, scanners'
+    own pyramids), and the scores must not depend on which.
     """
 
     flip: bool = True
@@ -42,6 +46,8 @@ class AugmentConfig:
     contrast: float = 0.1
     blur_probability: float = 0.1
     blur_max_sigma_px: float = 1.0
+    resample_probability: float = 0.0
+    resample_min_scale: float = 0.5
 
     def __post_init__(self) -> None:
         for name, high in (
@@ -51,10 +57,15 @@ class AugmentConfig:
             ("contrast", 0.9),
             ("blur_probability", 1.0),
             ("blur_max_sigma_px", 8.0),
+            ("resample_probability", 1.0),
         ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= high):
                 raise ValueError(f"{name}={value!r} is out of range; allowed 0 to {high}")
+        if not (isinstance(self.resample_min_scale, (int, float)) and 0.25 <= self.resample_min_scale <= 1.0):
+            raise ValueError(
+                f"resample_min_scale={self.resample_min_scale!r} is out of range; allowed 0.25 to 1"
+            )
 
 
 NO_AUGMENTATION = AugmentConfig(
@@ -89,9 +100,7 @@ def flip_rotate(tiles: torch.Tensor, generator: torch.Generator, flip: bool, rot
     return tiles
 
 
-def hed_jitter(
-    tiles: torch.Tensor, generator: torch.Generator, scale: float, shift: float
-) -> torch.Tensor:
+def hed_jitter(tiles: torch.Tensor, generator: torch.Generator, scale: float, shift: float) -> torch.Tensor:
     """Perturb stain concentrations in HED space: (B, 3, H, W) RGB 0-1 in and out.
 
     Each tile's HED concentrations become hed * (1 + U(-scale, scale)) + U(-shift, shift);
@@ -157,6 +166,26 @@ def gaussian_blur(
     return out
 
 
+def resample(
+    tiles: torch.Tensor, generator: torch.Generator, probability: float, min_scale: float
+) -> torch.Tensor:
+    """Shrink a random ``probability`` share of (B, C, H, W) tiles to U(min_scale, 1) of their
+    size and enlarge them back, by bilinear (no antialiasing) or area resampling at random."""
+    batch, _, height, width = tiles.shape
+    chosen = torch.rand(batch, generator=generator) < probability
+    scales = min_scale + torch.rand(batch, generator=generator) * (1.0 - min_scale)
+    modes = torch.rand(batch, generator=generator) < 0.5
+    out = tiles.clone()
+    for index in chosen.nonzero().flatten().tolist():
+        size = (max(2, round(height * float(scales[index]))), max(2, round(width * float(scales[index]))))
+        mode = "area" if bool(modes[index]) else "bilinear"
+        small = functional.interpolate(tiles[index : index + 1], size=size, mode=mode)
+        out[index : index + 1] = functional.interpolate(
+            small, size=(height, width), mode="bilinear", align_corners=False
+        ).clamp(0.0, 1.0)
+    return out
+
+
 def augment_batch(tiles: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Augmented copy of (B, 3, H, W) float RGB tiles in 0-1 (square tiles for rotate90).
 
@@ -169,4 +198,6 @@ def augment_batch(tiles: torch.Tensor, config: AugmentConfig, generator: torch.G
         tiles = brightness_contrast(tiles, generator, config.brightness, config.contrast)
     if config.blur_probability > 0.0:
         tiles = gaussian_blur(tiles, generator, config.blur_probability, config.blur_max_sigma_px)
+    if config.resample_probability > 0.0:
+        tiles = resample(tiles, generator, config.resample_probability, config.resample_min_scale)
     return tiles

@@ -1,0 +1,209 @@
+"""Node-scale benchmark on real tissue: false deposits per mm², detection and size per size class.
+
+    python scripts/bench_node_scale.py score --part dev  [--model models/default.pt] [--work runs/node_scale]
+    python scripts/bench_node_scale.py report --part test [--write-docs]
+
+``score`` builds the surfaces of one part of the place split (data/pcam_places.csv; dev for
+every choice, test reported once) from real material only and scores every tile of each with the
+model (the pipeline's prepared model and precision), caching image, heatmap and truth under
+--work. ``report`` turns the cached heatmaps into deposits with the pipeline's own deposit code
+(``pipeline.deposits.decide``: outline, seed, confirmation, size calibration) and prints the
+figures (Markdown), optionally into docs/benchmarks.md and the card's metrics (--write-card).
+
+Material (all real, none trained on: the train part of the split never appears):
+- negative surfaces: feathered mosaics of the part's PCam normal patches (each patch used once
+  per mosaic, random dihedral pose, 16 px blended seams) and, for the test part, the untrained
+  right half of the CAMELYON17 centre-3 tile (a negative node); the centre-1 and centre-4 tiles
+  (nodes labelled ITC and macro) are reported apart;
+- positive surfaces: a deposit of real tumor (the part's PCam tumor patches' central 48 px, and
+  for the test part the level-0 CAMELYON16 tumor patches brought to 0.972 µm/px) pasted into a
+  mosaic of the part's normals, disc / ellipse / irregular, 0.03-3 mm, at a random offset from the
+  heatmap grid, edge blended over 2 µm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.evaluation.node_scale import (  # noqa: E402
+    SHAPES,
+    Surface,
+    TrueDeposit,
+    deposit_mask,
+    feathered_mosaic,
+    heatmap_of_surface,
+    paste_deposit,
+)
+from pipeline.training.datasets import fit_to_tile, load_rgb  # noqa: E402
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+PLACES_CSV = REPO / "data" / "pcam_places.csv"
+MODEL_MPP = 0.972
+C16_MPP = C17_MPP = 0.243
+# (true largest dimension mm, placements): ITC-size 0.05-0.2 mm is the hard, common case
+SIZES_MM = (
+    (0.03, 8), (0.05, 8), (0.08, 8), (0.10, 8), (0.15, 8), (0.19, 8),
+    (0.25, 8), (0.5, 6), (1.0, 4), (1.9, 3), (2.1, 3), (3.0, 1),
+)  # fmt: skip
+MARGIN_MM = 0.15
+NEGATIVE_MOSAICS = 3
+NEGATIVE_SIDE_MM = 2.2
+
+
+def part_patches(part: str, data: Path) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """(normal patches (N, 96, 96, 3), tumor pieces (M, 48, 48, 3)) of one part of the split."""
+    normals, tumors = [], []
+    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["part"] != part or row["source"] != "pcam_kaggle":
+                continue
+            rgb = load_rgb(data / row["source"] / row["file"])
+            (tumors if row["label"] == "1" else normals).append(
+                rgb[24:72, 24:72] if row["label"] == "1" else rgb
+            )
+    if part == "test":
+        for path in sorted((data / "camelyon16_patches" / "tumor").glob("*.png")):
+            tumors.append(fit_to_tile(load_rgb(path), C16_MPP, MODEL_MPP, 64)[8:56, 8:56])
+    return np.stack(normals), np.stack(tumors)
+
+
+def c17_half(data: Path, stem: str, right_half: bool) -> NDArray[np.uint8]:
+    rgb = load_rgb(data / "camelyon17_tiles" / f"{stem}.jpeg")
+    side = round(rgb.shape[0] * C17_MPP / MODEL_MPP)
+    image = fit_to_tile(rgb, C17_MPP, MODEL_MPP, side)
+    return image[:, side // 2 :] if right_half else image
+
+
+def build_surfaces(part: str, data: Path, seed: int) -> list[Surface]:
+    """Every surface of one part (module docs), seeded."""
+    rng = np.random.default_rng(seed)
+    normals, tumors = part_patches(part, data)
+    side_px = round(NEGATIVE_SIDE_MM * 1000 / MODEL_MPP)
+    surfaces = [
+        Surface(f"negative_mosaic_{i}", feathered_mosaic(normals, (side_px, side_px), rng), MODEL_MPP, ())
+        for i in range(NEGATIVE_MOSAICS)
+    ]
+    if part == "test":
+        surfaces.append(
+            Surface(
+                "c17_centre_3_right_half", c17_half(data, "centre_3_patient_066_node_1", True), MODEL_MPP, ()
+            )
+        )
+    for diameter_mm, placements in SIZES_MM:
+        for index in range(placements):
+            shape = SHAPES[index % len(SHAPES)]
+            mask = deposit_mask(shape, diameter_mm, MODEL_MPP, rng)
+            side = mask.shape[0] + 2 * round(MARGIN_MM * 1000 / MODEL_MPP)
+            background = feathered_mosaic(normals, (side, side), rng)
+            tumor = feathered_mosaic(tumors, (side, side), rng, feather_px=8)
+            offset = rng.integers(-16, 17, size=2)
+            centre = (side // 2 + int(offset[0]), side // 2 + int(offset[1]))
+            image, truth = paste_deposit(background, tumor, mask, centre, MODEL_MPP, shape)
+            surfaces.append(
+                Surface(f"deposit_{diameter_mm:.2f}mm_{shape}_{index}", image, MODEL_MPP, (truth,))
+            )
+    return surfaces
+
+
+def apart_surfaces(data: Path) -> list[Surface]:
+    """The centre-1 and centre-4 tiles (nodes labelled ITC and macro), reported apart."""
+    return [
+        Surface("c17_centre_1_itc_node", c17_half(data, "centre_1_patient_024_node_2", False), MODEL_MPP, ()),
+        Surface(
+            "c17_centre_4_macro_node", c17_half(data, "centre_4_patient_097_node_3", False), MODEL_MPP, ()
+        ),
+    ]
+
+
+def make_scorer(model_path: Path):  # type: ignore[no-untyped-def]
+    import torch
+
+    from pipeline.config import InferenceConfig
+    from pipeline.detection.inference import prepare_model
+    from pipeline.models import load_checkpoint
+
+    model, card = load_checkpoint(model_path)
+    prepared = prepare_model(model, card, InferenceConfig())
+
+    def score(tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
+        with torch.inference_mode():
+            return prepared.scorer(torch.from_numpy(np.ascontiguousarray(tiles))).numpy()
+
+    return score, card
+
+
+def save_surface(folder: Path, surface: Surface, heatmap_values: NDArray[np.float32]) -> None:
+    truth = [
+        {"diameter_mm": t.diameter_mm, "shape": t.shape, "centre_rc": list(t.centre_rc)}
+        for t in surface.truth
+    ]
+    masks = np.stack([t.mask for t in surface.truth]) if surface.truth else np.zeros((0, 1, 1), bool)
+    np.savez_compressed(
+        folder / f"{surface.name}.npz", image=surface.image, heatmap=heatmap_values, masks=masks,
+        truth=json.dumps(truth), mpp=surface.mpp,
+    )  # fmt: skip
+
+
+def load_surfaces(folder: Path) -> list[tuple[Surface, NDArray[np.float32]]]:
+    out = []
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as npz:
+            truth = json.loads(str(npz["truth"]))
+            deposits = tuple(
+                TrueDeposit(npz["masks"][i], t["diameter_mm"], t["shape"], tuple(t["centre_rc"]))
+                for i, t in enumerate(truth)
+            )
+            surface = Surface(path.stem, npz["image"], float(npz["mpp"]), deposits)
+            out.append((surface, npz["heatmap"].astype(np.float32)))
+    return out
+
+
+def score_part(args: argparse.Namespace) -> int:
+    folder = args.work / args.part
+    folder.mkdir(parents=True, exist_ok=True)
+    score, card = make_scorer(args.model)
+    surfaces = build_surfaces(args.part, args.data, args.seed)
+    if args.part == "test":
+        surfaces += apart_surfaces(args.data)
+    started, n_tiles = time.perf_counter(), 0
+    for surface in surfaces:
+        heatmap = heatmap_of_surface(
+            surface.image, surface.mpp, card.tile_size_px, card.stride_px or 32, score
+        )
+        n_tiles += heatmap.probabilities.size
+        save_surface(folder, surface, heatmap.probabilities)
+    (folder / "model.json").write_text(json.dumps({"model": str(args.model)}), encoding="utf-8")
+    print(f"{len(surfaces)} surfaces, {n_tiles} tiles in {time.perf_counter() - started:.0f} s -> {folder}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("score", "report"))
+    parser.add_argument("--part", choices=("dev", "test"), default="dev")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "default.pt")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "node_scale")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "score":
+        return score_part(args)
+    from node_scale_report import report  # the figures, beside this script
+
+    return report(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""The figures of scripts/bench_node_scale.py from its cached surfaces (see that script's docs).
+
+Every deposit decision goes through ``pipeline.deposits.decide.decide_deposits``, the code
+``micromet infer`` runs, with the rules of the model card (or the sweep's candidates on dev).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.deposits.decide import DepositDecision, DepositRules, decide_deposits
+from pipeline.deposits.measure import Deposit
+from pipeline.detection.heatmap import Heatmap
+from pipeline.evaluation.node_scale import Surface, poisson_upper_95, size_class, summarise_sizes, wilson_95
+from pipeline.staging import slide_category
+
+ITC_BAND_MM = (0.05, 0.2)
+SIZE_BANDS_MM = (
+    (0.0, 0.05),
+    (0.05, 0.1),
+    (0.1, 0.2),
+    (0.2, 0.3),
+    (0.3, 1.0),
+    (1.0, 1.8),
+    (1.8, 2.2),
+    (2.2, 9.0),
+)
+
+
+def dihedral_scorer(surface: Surface, tile_px: int, score):  # type: ignore[no-untyped-def]
+    """Mean tumor probability over the 8 dihedral poses of tiles at (x, y) corners, cached."""
+    cache: dict[tuple[int, int], float] = {}
+
+    def mean_poses(xy: NDArray[np.int64]) -> NDArray[np.float32]:
+        todo = [tuple(int(v) for v in p) for p in xy if tuple(int(v) for v in p) not in cache]
+        if todo:
+            tiles = []
+            for x, y in todo:
+                tile = surface.image[y : y + tile_px, x : x + tile_px]
+                for k in range(4):
+                    turned = np.rot90(tile, k)
+                    tiles += [turned, turned[:, ::-1]]
+            p = score(np.ascontiguousarray(np.stack(tiles))).reshape(len(todo), 8).mean(axis=1)
+            cache.update({corner: float(v) for corner, v in zip(todo, p, strict=True)})
+        return np.array([cache[(int(x), int(y))] for x, y in xy], dtype=np.float32)
+
+    return mean_poses
+
+
+def heatmap_for(surface: Surface, values: NDArray[np.float32], tile_px: int, stride_px: int) -> Heatmap:
+    height, width = surface.image.shape[:2]
+    return Heatmap(values, 0.0, 0.0, float(stride_px), float(tile_px), surface.mpp, (width, height))
+
+
+def matches(deposit: Deposit, mask: NDArray[np.bool_], reach_px: int) -> bool:
+    """A deposit finds a true one when its centroid lies within ``reach_px`` of the true mask."""
+    x, y = round(deposit.centroid_x_px), round(deposit.centroid_y_px)
+    y0, y1 = max(y - reach_px, 0), min(y + reach_px + 1, mask.shape[0])
+    x0, x1 = max(x - reach_px, 0), min(x + reach_px + 1, mask.shape[1])
+    return bool(mask[y0:y1, x0:x1].any())
+
+
+@dataclasses.dataclass
+class Tally:
+    """Running figures over the surfaces of one rule."""
+
+    negative_mm2: float = 0.0
+    false_deposits: int = 0
+    false_micro_macro: int = 0
+    candidates_on_negative: int = 0
+    per_truth: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    per_surface: list[dict[str, object]] = dataclasses.field(default_factory=list)
+
+
+def tally_surface(tally: Tally, surface: Surface, decision: DepositDecision, reach_px: int) -> None:
+    truth_mm2 = sum(float(t.mask.sum()) for t in surface.truth) * (surface.mpp / 1000) ** 2
+    tally.negative_mm2 += surface.area_mm2 - truth_mm2
+    false = [d for d in decision.deposits if not any(matches(d, t.mask, reach_px) for t in surface.truth)]
+    tally.false_deposits += len(false)
+    tally.false_micro_macro += sum(d.max_diameter_mm > 0.2 for d in false)
+    tally.candidates_on_negative += sum(
+        not any(matches(d, t.mask, reach_px) for t in surface.truth) for d in decision.candidates
+    )
+    category = str(slide_category(d.category for d in decision.deposits))
+    tally.per_surface.append({"name": surface.name, "category": category, "false": len(false)})
+    for truth in surface.truth:
+        found = [d for d in decision.deposits if matches(d, truth.mask, reach_px)]
+        as_candidate = any(matches(d, truth.mask, reach_px) for d in decision.candidates)
+        measured = max((d.max_diameter_mm for d in found), default=math.nan)
+        tally.per_truth.append(
+            {
+                "true_mm": truth.diameter_mm,
+                "shape": truth.shape,
+                "found": bool(found),
+                "candidate": as_candidate,
+                "measured_mm": measured,
+                "category": category,
+                "true_category": size_class(truth.diameter_mm),
+            }
+        )
+
+
+def run_rules(
+    surfaces: Sequence[tuple[Surface, NDArray[np.float32]]],
+    rules: DepositRules,
+    tile_px: int,
+    stride_px: int,
+    scorers: dict[str, object],
+) -> Tally:  # fmt: skip
+    tally = Tally()
+    for surface, values in surfaces:
+        heatmap = heatmap_for(surface, values, tile_px, stride_px)
+        decision = decide_deposits(heatmap, rules, scorers.get(surface.name))  # type: ignore[arg-type]
+        tally_surface(tally, surface, decision, stride_px)
+    return tally
+
+
+def band_rows(tally: Tally) -> list[str]:
+    """Markdown rows: detection, category and size error per size band."""
+    rows = []
+    for low, high in SIZE_BANDS_MM:
+        chosen = [t for t in tally.per_truth if low < float(t["true_mm"]) <= high]  # type: ignore[arg-type]
+        if not chosen:
+            continue
+        k = sum(bool(t["found"]) for t in chosen)
+        lo, hi = wilson_95(k, len(chosen))
+        right = sum(t["category"] == t["true_category"] for t in chosen)
+        errors = [float(t["measured_mm"]) - float(t["true_mm"]) for t in chosen if t["found"]]  # type: ignore[arg-type]
+        bias, spread, n = summarise_sizes(errors)
+        cand = sum(bool(t["candidate"]) and not t["found"] for t in chosen)
+        rows.append(
+            f"| {low:.2f}-{high:.2f} | {len(chosen)} | {k / len(chosen):.2f} ({lo:.2f}-{hi:.2f}) | {cand} | "
+            f"{right}/{len(chosen)} | {bias:+.3f} | {spread:.3f} | {n} |"
+        )
+    return rows
+
+
+def summary(tally: Tally) -> dict[str, float]:
+    itc = [t for t in tally.per_truth if ITC_BAND_MM[0] <= float(t["true_mm"]) <= ITC_BAND_MM[1]]  # type: ignore[arg-type]
+    micro = [t for t in tally.per_truth if 0.2 < float(t["true_mm"]) <= 2.0]  # type: ignore[arg-type]
+    return {
+        "negative_mm2": tally.negative_mm2,
+        "false_deposits": tally.false_deposits,
+        "false_per_mm2": tally.false_deposits / tally.negative_mm2,
+        "false_per_mm2_upper95": poisson_upper_95(tally.false_deposits, tally.negative_mm2),
+        "false_micro_macro": tally.false_micro_macro,
+        "candidates_per_mm2": tally.candidates_on_negative / tally.negative_mm2,
+        "itc_sensitivity": sum(bool(t["found"]) for t in itc) / max(len(itc), 1),
+        "itc_n": len(itc),
+        "micro_sensitivity": sum(bool(t["found"]) for t in micro) / max(len(micro), 1),
+        "micro_n": len(micro),
+    }
+
+
+def report(args: argparse.Namespace) -> int:
+    """Entry point of ``bench_node_scale.py report``."""
+    from bench_node_scale import load_surfaces, make_scorer
+
+    folder = args.work / args.part
+    model_path = Path(json.loads((folder / "model.json").read_text(encoding="utf-8"))["model"])
+    score, card = make_scorer(model_path)
+    surfaces = load_surfaces(folder)
+    tile_px, stride_px = card.tile_size_px, card.stride_px or 32
+    scorers = {s.name: dihedral_scorer(s, tile_px, score) for s, _ in surfaces}
+    rules = rules_from_card(card)
+    tally = run_rules(surfaces, rules, tile_px, stride_px, scorers)
+    print(json.dumps(summary(tally), indent=1))
+    print(
+        "| true size mm | n | detected (95 % CI) | only as candidate | category right "
+        "| size bias mm | sd mm | n sized |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(band_rows(tally)))
+    by_name = defaultdict(list)
+    for row in tally.per_surface:
+        if not str(row["name"]).startswith("deposit_"):
+            by_name[str(row["name"])].append(row)
+    for name, rows in by_name.items():
+        print(f"{name}: {rows[0]['category']}, {rows[0]['false']} false deposits")
+    return 0
+
+
+def rules_from_card(card) -> DepositRules:  # type: ignore[no-untyped-def]
+    from pipeline.deposits.decide import rules_from_card as pipeline_rules
+
+    return pipeline_rules(card)
