@@ -77,6 +77,23 @@ def read_mpp(path: Path, properties: dict[str, str]) -> float:
     return mpp
 
 
+# The strongest microscope objectives are 100x; an objective power outside (0, this] is damage.
+MAX_OBJECTIVE_POWER = 200.0
+
+
+def plausible_objective_power(path: Path, power: float | None) -> float | None:
+    """``power`` when it is a magnification (0 to MAX_OBJECTIVE_POWER), else None with a warning
+    (an Aperio ``AppMag = -40`` would otherwise reach report.json)."""
+    if power is not None and not 0 < power <= MAX_OBJECTIVE_POWER:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s: objective power %g is not a magnification; recorded as unknown", path, power
+        )
+        return None
+    return power
+
+
 def check_mpp(path: Path, mpp: float) -> None:
     """Raise MissingMppError if ``mpp`` is not a plausible whole-slide resolution."""
     if not (MIN_PLAUSIBLE_MPP <= mpp <= MAX_PLAUSIBLE_MPP):
