@@ -46,6 +46,7 @@ from pipeline.staging import slide_category
 if TYPE_CHECKING:
     from torch import nn
 
+    from pipeline.deposits.decide import DepositDecision, DepositRules
     from pipeline.deposits.measure import Deposit
     from pipeline.detection.inference import InferenceStats, PreparedModel
     from pipeline.models import ModelCard
@@ -115,12 +116,21 @@ class AnalysisContext:
         seed = seed if seed is not None else self.card.seed_threshold
         return None if seed is None else max(seed, self.threshold)
 
+    @functools.cached_property
+    def rules(self) -> DepositRules:
+        """The deposit rules: the card's, with the user's thresholds where given."""
+        from pipeline.deposits.decide import rules_from_card
+
+        return rules_from_card(self.card, self.threshold, self.seed_threshold)
+
     def settings(self) -> dict[str, Any]:
         """Everything that changes a result, for report.json, run.json and the resume key."""
         return {
             "model_sha256": self.model_sha256,
             "threshold": self.threshold,
             "seed_threshold": self.seed_threshold,
+            "confirm_threshold": self.card.confirm_threshold,
+            "size_calibrated": bool(self.card.size_calibration),
             "mpp_override": self.mpp_override,
             "mpp_by_slide": dict(sorted(self.mpp_by_slide.items())),
             "force_mpp": self.force_mpp,
@@ -291,14 +301,37 @@ def _cascade_with_facts(
     return probabilities, {**_inference_facts(context, runs), "cascade": cascade.to_dict()}
 
 
+def _dihedral_scorer(
+    context: AnalysisContext, slide: Slide
+) -> Callable[[NDArray[np.int64]], NDArray[np.float32]]:
+    """Tiles at level-0 corners, read as the grid reads them, scored in their 8 dihedral poses."""
+    from pipeline.detection.inference import score_dihedral
+    from pipeline.slides.readers import read_geometry, read_one_tile
+
+    card = context.card
+    geometry = read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
+
+    def score(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
+        if len(xy_px) == 0:
+            return np.zeros(0, np.float32)
+        tiles = np.stack([read_one_tile(slide, xy, geometry) for xy in xy_px])
+        return score_dihedral(context.prepared, tiles)
+
+    return score
+
+
 def _find_and_refine(
     context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap
-) -> list[Deposit]:
-    from pipeline.deposits.measure import find_deposits, keep_seeded
+) -> DepositDecision:
+    """Deposits and review candidates (``pipeline.deposits.decide``); deposits of a card without a
+    size calibration are refined near the category cut-offs (``pipeline.deposits.refine``)."""
+    from pipeline.deposits.decide import DepositDecision, decide_deposits
+    from pipeline.deposits.measure import keep_seeded
 
-    deposits = keep_seeded(find_deposits(heatmap, context.threshold), context.seed_threshold)
-    if not (context.deposits.refine and deposits):
-        return deposits
+    rules = context.rules
+    decision = decide_deposits(heatmap, rules, _dihedral_scorer(context, slide))
+    if not (context.deposits.refine and decision.deposits) or rules.size is not None:
+        return decision
     from pipeline.deposits.refine import refine_deposits
 
     def score_points(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
@@ -306,8 +339,8 @@ def _find_and_refine(
             return np.zeros(0, np.float32)
         return _score_with_stats(context, slide, points_grid(grid, xy_px), None)[0]
 
-    refined = refine_deposits(heatmap, deposits, context.threshold, score_points, context.deposits)
-    return keep_seeded(refined, context.seed_threshold)
+    refined = refine_deposits(heatmap, decision.deposits, context.threshold, score_points, context.deposits)
+    return DepositDecision(keep_seeded(refined, context.seed_threshold), decision.candidates)
 
 
 def _count_cells(context: AnalysisContext, slide: Slide, deposits: list[Deposit]) -> list[Deposit]:
@@ -355,20 +388,21 @@ def _write_overlay(
 
 def _deposits_and_overlay(
     context: AnalysisContext, slide: Slide, grid: TileGrid, heatmap: Heatmap, folder: Path, slide_id: str
-) -> tuple[list[Deposit], float]:
-    """Deposits (refined, cells counted), their exports and overlay.png; also the seconds the
-    deposits took. The overlay's slide read and heatmap blend run in a thread meanwhile."""
+) -> tuple[list[Deposit], list[Deposit], float]:
+    """Deposits (refined, cells counted), review candidates, their exports and overlay.png; also
+    the seconds the deposits took. The overlay's slide read and heatmap blend run in a thread
+    meanwhile."""
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="micromet-overlay") as pool:
-        deposits = _find_and_refine(context, slide, grid, heatmap)
+        decision = _find_and_refine(context, slide, grid, heatmap)
         # Started only now: scoring (refinement included) forks reader processes, and no
         # thread may be inside a slide read when a process forks.
         overlay_base = pool.submit(_overlay_base, slide.path, slide.mpp, heatmap)
-        deposits = _count_cells(context, slide, deposits)
+        deposits = _count_cells(context, slide, decision.deposits)
         seconds = time.perf_counter() - started
         _write_exports(folder, deposits)
         _write_overlay(slide, overlay_base.result(), deposits, folder, slide_id)
-    return deposits, seconds
+    return deposits, decision.candidates, seconds
 
 
 def _slide_facts(slide: Slide, tissue_fraction: float, tissue_area_mm2: float) -> dict[str, Any]:
@@ -426,7 +460,9 @@ def analyze_slide(
         timing["inference"] = time.perf_counter() - started - timing["tissue_tiling"]
         heatmap = heatmap_from_scores(grid, probabilities)
         save_heatmap(heatmap, folder)
-        deposits, timing["deposits"] = _deposits_and_overlay(context, slide, grid, heatmap, folder, slide_id)
+        deposits, candidates, timing["deposits"] = _deposits_and_overlay(
+            context, slide, grid, heatmap, folder, slide_id
+        )
         facts = _slide_facts(slide, tissue.tissue_fraction, tissue.tissue_area_mm2)
     category = slide_category(d.category for d in deposits)
     timing["total"] = time.perf_counter() - started
@@ -441,6 +477,7 @@ def analyze_slide(
         len(grid),
         timing,
     )
+    report["candidates"] = [c.to_dict() for c in candidates]
     report["qc"] = qc.to_dict()
     report["inference"] = inference_facts
     atomic_write_json(
