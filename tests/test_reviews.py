@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.batch.local import run_slide_safely
 from pipeline.deposits.measure import max_feret_diameter
 from pipeline.errors import AnnotationError, ReviewConflictError, ReviewError
 from pipeline.review.review_import import import_review
@@ -20,6 +21,7 @@ from pipeline.review.reviews import (
     REVIEW_XML,
     SlideReview,
     apply_edit,
+    check_review_matches,
     measure_outline,
     new_review,
     read_review,
@@ -250,3 +252,29 @@ def test_import_of_a_bad_file_names_it(tmp_path: Path) -> None:
         _qupath_feature("x", "Tumor", [[0, 0], [20_000, 0], [20_000, 10]])]}))
     with pytest.raises(AnnotationError, match=r"outside\.geojson.*leaves the slide"):
         import_review(new_review("n1", _report()), outside, "Dr Ana", complete=False)
+
+
+def test_a_review_of_an_earlier_result_of_the_slide_is_refused(tmp_path: Path) -> None:
+    review = _reviewed(tmp_path)
+    check_review_matches(review, _report(), tmp_path / REVIEW_GEOJSON)  # the same result: fine
+    rerun = _report()
+    rerun["deposits"][0]["max_diameter_mm"] = 0.9
+    with pytest.raises(ReviewError, match=r"review.geojson: this review was made on an earlier result"):
+        check_review_matches(read_review(tmp_path / REVIEW_GEOJSON), rerun, tmp_path / REVIEW_GEOJSON)
+
+
+def test_analysing_a_reviewed_slide_again_keeps_its_review_as_superseded(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "n1"
+    folder.mkdir(parents=True)
+    _reviewed(folder)
+    before = (folder / REVIEW_GEOJSON).read_bytes()
+
+    def analyze(path: Path, slide_id: str, staging: Path) -> dict[str, Any]:
+        (staging / "report.json").write_text(json.dumps(_report()))
+        return _report()
+
+    report, error = run_slide_safely(analyze, tmp_path / "n1.tif", "n1", tmp_path / "out")
+    assert error is None and report is not None
+    assert not (folder / REVIEW_GEOJSON).exists()  # the new result starts unreviewed
+    (kept,) = folder.glob("review.superseded-*.geojson")
+    assert kept.read_bytes() == before and kept.with_suffix(".xml").is_file()

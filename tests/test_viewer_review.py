@@ -291,3 +291,19 @@ def test_view_review_prints_the_link_with_the_token(
     args.review = False
     assert view_command.run(args) == 0
     assert "token" not in capsys.readouterr().out and review_token(apps[1]) is None
+
+
+def test_a_review_of_an_earlier_result_is_not_used_anywhere(app: Flask, root: Path, tmp_path: Path) -> None:
+    _review_the_good_slide(app)
+    report_path = root / GOOD_ID / "report.json"
+    report = json.loads(report_path.read_text())
+    report["deposits"][0]["max_diameter_mm"] = 0.9  # the slide was analysed again elsewhere
+    report_path.write_text(json.dumps(report))
+    client = app.test_client()
+    assert "earlier result" in client.get(URL).get_json()["error"]
+    index = client.get("/").get_data(as_text=True)
+    assert "earlier result" in index and 'class="badge reviewed"' not in index
+    out = tmp_path / "stages.csv"
+    mapping = str(root / "patients.csv")
+    assert main(["stage", "--batch", str(root), "--patients", mapping, "--out", str(out)]) == 1
+    assert not out.exists()  # nothing written from a review that does not belong to the result

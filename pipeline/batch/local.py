@@ -36,6 +36,7 @@ from pipeline.outputs import (
     slide_folder,
     unique_slide_ids,
 )
+from pipeline.review.reviews import keep_superseded_review
 from pipeline.slides.slide import is_dicom_folder
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,10 @@ def is_done(manifest: dict[str, Any], out_dir: Path, slide_id: str, path: Path, 
 
 
 def _replace_folder(staging: Path, final: Path) -> None:
-    """Move a completed staging folder into place, replacing an older result."""
+    """Move a completed staging folder into place, replacing an older result (a pathologist's
+    review of it is kept: ``pipeline.review.reviews.keep_superseded_review``)."""
     if final.exists():
+        keep_superseded_review(final, staging)
         trash = final.with_name(f".{final.name}.old-{time.time_ns()}")
         final.rename(trash)
         staging.rename(final)

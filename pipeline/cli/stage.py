@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import StagingError
 from pipeline.outputs import atomic_write_text, csv_safe_row, read_json_object, slide_folder
-from pipeline.review.reviews import read_slide_review
+from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches, read_slide_review
 from pipeline.staging import (
     CATEGORY_ORDER,
     PATIENT_CSV_COLUMNS,
@@ -223,6 +223,9 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
             if warning:
                 qc_warnings[slide] = warning
             review = read_slide_review(report.parent)
+            if review is not None:
+                report_data = _read_json_object(report, "slide report")
+                check_review_matches(review, report_data, report.parent / REVIEW_GEOJSON)
             if review is not None and review.complete:
                 reviewed[slide] = (f"{review.reviewed_category} (automated {categories[slide]}, "
                                    f"reviewed by {review.reviewer})")

@@ -14,7 +14,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.errors import ReviewError
 from pipeline.outputs import atomic_write_text, csv_safe_dict, slide_folder
-from pipeline.review.reviews import read_slide_review
+from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches, read_slide_review
 from pipeline.staging import DEFAULT_CELL_RULE
 
 # Shown on every human-facing output: report.html, every viewer page, overlay.png's footer.
@@ -37,6 +37,7 @@ SUMMARY_COLUMNS = (
     "n_itc",
     "n_micro",
     "n_macro",
+    "n_candidates",
     "review",
     "cell_rule",
     "mpp",
@@ -141,6 +142,7 @@ def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | N
             n_itc=categories.count("itc"),
             n_micro=categories.count("micro"),
             n_macro=categories.count("macro"),
+            n_candidates=len(report.get("candidates") or []),
             review=" | ".join(review_reasons(report.get("deposits", []))),
             cell_rule=report.get("cell_rule") or report_cell_rule(report.get("settings") or {}),
             mpp=report["slide"].get("mpp", ""),
@@ -155,13 +157,15 @@ def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | N
     return row
 
 
-def with_review(row: dict[str, Any], folder: Path) -> dict[str, Any]:
+def with_review(row: dict[str, Any], folder: Path, report: dict[str, Any]) -> dict[str, Any]:
     """A summary row after the slide's pathologist review (``pipeline.review.reviews``): where
     the review is complete, ``category`` is the reviewed one, ``automated_category`` the
     model's and ``reviewed`` "complete (reviewer)"; "in progress" or why the file is unreadable
     otherwise."""
     try:
         review = read_slide_review(folder)
+        if review is not None:
+            check_review_matches(review, report, folder / REVIEW_GEOJSON)
     except ReviewError as exc:
         return {**row, "reviewed": f"review not used: {exc}"}
     if review is None:
@@ -184,7 +188,7 @@ def write_summary_csv(out_dir: Path, manifest: dict[str, Any]) -> Path:
             report = json.loads(report_path.read_text())
         row = summary_row(slide_id, entry, report)
         if report is not None:
-            row = with_review(row, slide_folder(out_dir, slide_id, entry))
+            row = with_review(row, slide_folder(out_dir, slide_id, entry), report)
         writer.writerow(csv_safe_dict(row))
     path = out_dir / SUMMARY_CSV
     atomic_write_text(path, buffer.getvalue())

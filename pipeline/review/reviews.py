@@ -114,6 +114,7 @@ class SlideReview:
     automated_category: str
     deposits: tuple[ReviewedDeposit, ...]
     history: tuple[dict[str, Any], ...] = ()
+    report_deposits: tuple[str, ...] = ()  # report_fingerprint of the report.json reviewed
 
     @property
     def complete(self) -> bool:
@@ -238,7 +239,27 @@ def new_review(slide_id: str, report: Mapping[str, Any]) -> SlideReview:
         cell_rule=str(report.get("cell_rule") or DEFAULT_CELL_RULE),  # build_report records it
         automated_category=str(Category(str(report.get("category", "negative")).lower())),
         deposits=tuple(_automated_deposit(slide_id, raw) for raw in deposits),
+        report_deposits=report_fingerprint(report),
     )
+
+
+def report_fingerprint(report: Mapping[str, Any]) -> tuple[str, ...]:
+    """The slide category and "id:category:max_diameter_mm" of each deposit of a report.json:
+    what a review was made on."""
+    deposits = [d for d in report.get("deposits") or [] if isinstance(d, dict)]
+    return (str(report.get("category")),
+            *(f"{d.get('id')}:{d.get('category')}:{d.get('max_diameter_mm')}" for d in deposits))
+
+
+def check_review_matches(review: SlideReview, report: Mapping[str, Any], path: Path) -> None:
+    """Raise ReviewError naming ``path`` when the review was made on another report.json (the
+    slide was analysed again since): its decisions may not belong to these deposits."""
+    if review.report_deposits and review.report_deposits != report_fingerprint(report):
+        raise ReviewError(
+            f"{path}: this review was made on an earlier result of the slide (report.json has changed "
+            "since); rename or move the file away to review the new result, or load it back with "
+            "`micromet review import` if its outlines still apply"
+        )
 
 
 # --- review.geojson -------------------------------------------------------------------------
@@ -281,6 +302,7 @@ def review_to_geojson(review: SlideReview) -> dict[str, Any]:
         "automated_category": review.automated_category,
         "reviewed_category": review.reviewed_category,
         "history": list(review.history),
+        "report_deposits": list(review.report_deposits),
     }
     return {"type": "FeatureCollection", "micromet_review": meta,
             "features": [_feature(d) for d in review.deposits]}
@@ -334,6 +356,7 @@ def review_from_geojson(path: Path, data: Any) -> SlideReview:
             automated_category=str(Category(meta["automated_category"])),
             deposits=tuple(_deposit_from_feature(path, i, f) for i, f in enumerate(features)),
             history=tuple(dict(entry) for entry in meta.get("history") or ()),
+            report_deposits=tuple(str(item) for item in meta.get("report_deposits") or ()),
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ReviewError(f"{path}: malformed 'micromet_review' ({exc!r}); {hint}") from None
@@ -477,24 +500,19 @@ def review_counts(review: SlideReview) -> dict[str, int]:
     return counts
 
 
-def review_to_json(review: SlideReview) -> dict[str, Any]:
-    """The review as the viewer's API gives it: the record's fields, counts and deposits."""
-    return {
-        "slide_id": review.slide_id,
-        "revision": review.revision,
-        "status": review.status,
-        "reviewer": review.reviewer,
-        "note": review.note,
-        "updated": review.updated,
-        "automated_category": review.automated_category,
-        "reviewed_category": review.reviewed_category,
-        "counts": review_counts(review),
-        "history": list(review.history[-20:]),
-        "deposits": [
-            {"key": d.key, "decision": d.decision, "category": d.category,
-             "max_diameter_mm": d.max_diameter_mm, "area_mm2": d.area_mm2,
-             "reviewer": d.reviewer, "time": d.time,
-             "outline_xy": [[float(x), float(y)] for x, y in d.outline_xy]}
-            for d in review.deposits
-        ],
-    }
+def keep_superseded_review(old_folder: Path, new_folder: Path) -> Path | None:
+    """When a slide is analysed again, move its review from the old result folder into the new
+    one as review.superseded-<UTC time>.geojson (and .xml), so a re-run never deletes a
+    pathologist's work; the new result starts unreviewed. Returns the kept GeoJSON, if any."""
+    old = Path(old_folder) / REVIEW_GEOJSON
+    if not old.is_file() or old.is_symlink():
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept = Path(new_folder) / f"review.superseded-{stamp}.geojson"
+    old.replace(kept)
+    xml = Path(old_folder) / REVIEW_XML
+    if xml.is_file() and not xml.is_symlink():
+        xml.replace(kept.with_suffix(".xml"))
+    log.warning("%s: the slide was analysed again; its review is kept as %s (load it back with "
+                "`micromet review import` if its outlines still apply)", old_folder.name, kept)
+    return kept

@@ -18,7 +18,7 @@ from pipeline.detection.heatmap import HEATMAP_ARRAY, HEATMAP_META, Heatmap, loa
 from pipeline.errors import HeatmapError, OutputError, ReviewError
 from pipeline.outputs import read_json_object
 from pipeline.review.report import deposit_size_text, review_reasons
-from pipeline.review.reviews import REVIEW_GEOJSON, SlideReview, read_review
+from pipeline.review.reviews import REVIEW_GEOJSON, SlideReview, check_review_matches, read_review
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class BatchIndex:
                 problem = "report.json is missing (incomplete output folder)"
         review = None
         if report is not None and problem is None:
-            review, problem = self._review(record)
+            review, problem = self._review(record, report)
         report = report or {}
         deposits = report.get("deposits")
         deposits = [d for d in deposits if isinstance(d, dict)] if isinstance(deposits, list) else []
@@ -232,15 +232,17 @@ class BatchIndex:
         )
         return summary if review is None else _reviewed(summary, review)
 
-    def _review(self, record: SlideRecord) -> tuple[SlideReview | None, str | None]:
+    def _review(self, record: SlideRecord, report: dict[str, Any]) -> tuple[SlideReview | None, str | None]:
         """The slide's pathologist review, or (None, why it cannot be used)."""
         path = self.output_file(record, REVIEW_GEOJSON)
         if path is None:
             return None, None
         try:
-            return read_review(path), None
+            review = read_review(path)
+            check_review_matches(review, report, path)
         except ReviewError as exc:
             return None, str(exc)
+        return review, None
 
     def summaries(self) -> list[SlideSummary]:
         """Summaries of every slide, in manifest order."""

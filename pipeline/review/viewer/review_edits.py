@@ -22,9 +22,10 @@ from pipeline.review.reviews import (
     REVIEW_GEOJSON,
     SlideReview,
     apply_edit,
+    check_review_matches,
     new_review,
     read_review,
-    review_to_json,
+    review_counts,
     write_review,
 )
 from pipeline.review.viewer.batch_index import STATUS_DONE, BatchIndex, SlideRecord
@@ -46,7 +47,10 @@ def slide_review(index: BatchIndex, record: SlideRecord) -> SlideReview:
     if path is None and (record.output_dir / REVIEW_GEOJSON).exists():
         raise ReviewError(f"{record.output_dir / REVIEW_GEOJSON}: not a regular file inside the batch "
                           "folder; remove it")
-    review = read_review(path) if path is not None else new_review(record.slide_id, report)
+    if path is None:
+        return new_review(record.slide_id, report)
+    review = read_review(path)
+    check_review_matches(review, report, path)
     if review.slide_id != record.slide_id:
         raise ReviewError(f"{path}: the review is of slide {review.slide_id!r}, not {record.slide_id!r}; "
                           "remove the file")
@@ -101,3 +105,26 @@ def _refresh_summary(index: BatchIndex) -> None:
         write_summary_csv(index.root, read_json_object(index.manifest_path, "batch manifest"))
     except (OutputError, ReviewError) as exc:
         log.warning("summary.csv not refreshed: %s", exc)
+
+
+def review_to_json(review: SlideReview) -> dict[str, Any]:
+    """The review as the viewer's API gives it: the record's fields, counts and deposits."""
+    return {
+        "slide_id": review.slide_id,
+        "revision": review.revision,
+        "status": review.status,
+        "reviewer": review.reviewer,
+        "note": review.note,
+        "updated": review.updated,
+        "automated_category": review.automated_category,
+        "reviewed_category": review.reviewed_category,
+        "counts": review_counts(review),
+        "history": list(review.history[-20:]),
+        "deposits": [
+            {"key": d.key, "decision": d.decision, "category": d.category,
+             "max_diameter_mm": d.max_diameter_mm, "area_mm2": d.area_mm2,
+             "reviewer": d.reviewer, "time": d.time,
+             "outline_xy": [[float(x), float(y)] for x, y in d.outline_xy]}
+            for d in review.deposits
+        ],
+    }
