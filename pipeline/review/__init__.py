@@ -1,6 +1,7 @@
 """Review: reads deposits, heatmaps and slide facts; produces what a person reads:
 ``report`` (report.json, summary.csv), ``exports`` (QuPath GeoJSON, ASAP XML,
 CAMELYON16 CSV), ``overlay`` (the one heatmap-over-thumbnail renderer and
-overlay.png), ``colors`` (one palette) and ``viewer`` (static HTML report and the
-deep-zoom web viewer).
+overlay.png), ``colors`` (one palette), ``reviews`` and ``review_import`` (a pathologist's
+review of a slide: review.geojson / review.xml, the reviewed category) and ``viewer``
+(static HTML report and the deep-zoom web viewer).
 """
