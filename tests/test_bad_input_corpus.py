@@ -223,6 +223,22 @@ def test_evaluate_refuses_every_bad_annotation_file(corpus: Corpus, tmp_path: Pa
     _report(problems)
 
 
+def test_review_import_refuses_every_bad_annotation_file(corpus: Corpus, tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    _write_batch(batch, corpus.valid.annotation_size_wh)
+    report = json.loads((batch / "s1" / "report.json").read_text())
+    report["deposits"][0].update(id=1, area_mm2=0.01, outline_xy=[[250, 250], [350, 250], [350, 350]])
+    (batch / "s1" / "report.json").write_text(json.dumps(report))
+    review = batch / "s1" / "review.geojson"
+    problems: list[str] = []
+    for bad in corpus.of("annotation"):
+        run = run_cli(["review", "import", batch, "s1", bad.path, "--reviewer", "Dr A"])
+        _check_one_error(run, bad, [str(bad.path)], problems, [review])
+        for name in ("review.geojson", "review.xml"):  # a readable file was imported: start afresh
+            (batch / "s1" / name).unlink(missing_ok=True)
+    _report(problems)
+
+
 TRAIN_ANNOTATIONS = ("vertices_e15.json", "vertices_e300.json", "vertices_booleans.json",
                      "positive_null.json", "features_null.geojson", "klingon.xml")
 
