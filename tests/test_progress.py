@@ -103,6 +103,29 @@ def test_plain_lines_when_stderr_is_not_a_terminal() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("updates", "expected"),
+    [
+        ([100], ["100/100 tiles scored (100 %)"]),  # all tiles in one update: one line, not three
+        (
+            [30, 40, 30],
+            ["30/100 tiles scored (30 %)", "70/100 tiles scored (70 %)", "100/100 tiles scored (100 %)"],
+        ),
+        ([10, 10, 10], ["30/100 tiles scored (30 %)"]),
+    ],
+)
+def test_plain_lines_state_the_share_actually_scored(updates: list[int], expected: list[str]) -> None:
+    stream = io.StringIO()
+    progress = BatchProgress(1, ProgressMode.LINES, stream)
+    tiles = progress.tile_callback("node_0")
+    assert tiles is not None
+    tiles.start(100)
+    for n_scored in updates:
+        tiles(n_scored)
+    lines = stream.getvalue().splitlines()[1:]
+    assert lines == [f"node_0: {line}" for line in expected]
+
+
 def test_quiet_prints_nothing() -> None:
     stream = io.StringIO()
     with BatchProgress(2, choose_mode(True, stream), stream) as progress:

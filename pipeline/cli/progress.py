@@ -61,12 +61,15 @@ class _SlideTiles:
         if self.bar is not None:
             self.bar.update(n_scored)
             return
+        crossed = False
         while self._next_step < len(LINE_STEPS) and self.total and (
             self.scored >= LINE_STEPS[self._next_step] * self.total
         ):
-            percent = round(100 * LINE_STEPS[self._next_step])
-            self.owner.line(f"{self.slide_id}: {self.scored}/{self.total} tiles scored ({percent} %)")
             self._next_step += 1
+            crossed = True
+        if crossed:  # one line per update, with the share actually scored (updates come in batches)
+            percent = min(100, 100 * self.scored // self.total)
+            self.owner.line(f"{self.slide_id}: {self.scored}/{self.total} tiles scored ({percent} %)")
 
     def close(self) -> None:
         if self.bar is not None:
