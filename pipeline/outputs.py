@@ -77,8 +77,8 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     (missing permission, a file in the way, a full disk) is one OutputError naming the file.
     """
     if path.exists() and not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
-        raise OutputError(f"{path}: is {kind}, so micromet will not replace it; write to a file path")
+        kind = "a folder" if path.is_dir() else "not a regular file but a device, FIFO or socket"
+        raise OutputError(f"{path}: cannot write here ({kind}, which micromet never replaces)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

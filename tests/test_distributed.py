@@ -33,7 +33,7 @@ from pipeline.batch.distributed import (
 )
 from pipeline.batch.distributed_pool import ActorPool, dispatch, is_lost_worker
 from pipeline.batch.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
-from pipeline.batch.local import SlideOutcome
+from pipeline.batch.local import LOCK_FILE, SlideOutcome
 from pipeline.cli import main
 from pipeline.errors import ConfigError, MicrometError, OutputError
 from pipeline.models import ModelCard, build_model, save_checkpoint
@@ -114,8 +114,8 @@ def statuses(out_dir: Path) -> dict[str, str]:
 
 
 def leftovers(out_dir: Path) -> list[str]:
-    """Hidden staging or replaced folders left in a batch folder."""
-    return sorted(p.name for p in out_dir.iterdir() if p.name.startswith("."))
+    """Hidden staging or replaced folders left in a batch folder (the batch lock file stays)."""
+    return sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE)
 
 
 @pytest.fixture(scope="module")
