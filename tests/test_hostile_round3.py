@@ -288,3 +288,13 @@ def test_an_unexpected_exception_is_one_line_naming_a_crash_log(
     (log,) = tmp_path.glob("micromet-crash-*.log")
     assert str(log) in err and "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()
 
+
+
+def test_info_refuses_a_header_with_every_level_doubled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slide = _double_every_level(_slide(tmp_path / "doubled.tif"))
+    assert main(["info", "--no-tissue", str(slide)]) == 1
+    err = capsys.readouterr().err
+    assert "doubled.tif: TIFF level 0 declares 3000 x 2200 px" in err and "Traceback" not in err
+    assert main(["info", "--no-tissue", str(_slide(tmp_path / "intact.tif"))]) == 0

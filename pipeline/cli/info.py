@@ -52,13 +52,17 @@ def describe_slide(
     """Metadata (tissue fraction, a tiling summary for a ``TilingConfig``, and slide QC with
     the default stain reference when ``with_qc``) of one slide."""
     from pipeline.config import TissueConfig
+    from pipeline.slides.integrity import check_tile_tables
+    from pipeline.slides.metadata import plausible_objective_power
     from pipeline.slides.qc import QCConfig, check_slide
     from pipeline.slides.slide import open_slide_for_user
     from pipeline.slides.tiling import plan_tiles
     from pipeline.slides.tissue import detect_tissue
 
     with open_slide_for_user(path, mpp, force_mpp) as slide:
+        check_tile_tables(slide.path)  # a header whose levels claim more tiles than they hold
         facts = slide.info.to_dict()
+        facts["objective_power"] = plausible_objective_power(slide.path, facts.get("objective_power"))
         if with_qc:
             facts["qc"] = check_slide(slide, detect_tissue(slide, TissueConfig()), QCConfig()).to_dict()
         if with_tissue or tiling is not None:
