@@ -148,3 +148,24 @@ def test_pcam_patches_are_brought_to_the_model_resolution(tmp_path: Path) -> Non
     tile, label = dataset[2]
     assert label == 1 and tile.shape == (64, 64, 3)
     assert 14 <= int((tile.numpy()[32, :, 0] > 128).sum()) <= 17
+
+
+@pytest.mark.parametrize(("batch_size", "left_out"), [(32, 16), (16, 0), (20, 0)])
+def test_the_loader_says_how_many_patches_sit_out_each_epoch_and_why(
+    batch_size: int, left_out: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.training.datasets import make_loader
+
+    dataset = [(torch.zeros(3), 0)] * 400
+    with caplog.at_level("WARNING", logger="pipeline.training.datasets"):
+        loader = make_loader(dataset, batch_size, 0, True, (0, 0))  # type: ignore[arg-type]
+        make_loader(dataset, batch_size, 0, True, (0, 1))  # later epochs say nothing more
+    assert sum(len(labels) for _, labels in loader) == 400 - left_out
+    if left_out:
+        assert caplog.messages == [
+            f"training: {left_out} of the 400 training patches sit out each epoch (a different "
+            f"{left_out} each time, shuffled): the last incomplete batch is dropped so every step "
+            f"has {batch_size} patches; choose a --batch-size that divides 400 to use them all"
+        ]
+    else:
+        assert caplog.messages == []

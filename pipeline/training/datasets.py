@@ -438,6 +438,14 @@ def make_loader(
     sampler.set_epoch(epoch)
     sampler.start = start_sample
     drop_last = train and len(sampler) >= batch_size
+    left_out = len(sampler) % batch_size if drop_last else 0
+    if left_out and epoch == 0 and start_sample == 0:
+        log.warning(
+            "training: %d of the %d training patches sit out each epoch (a different %d each time, "
+            "shuffled): the last incomplete batch is dropped so every step has %d patches; "
+            "choose a --batch-size that divides %d to use them all",
+            left_out, len(sampler), left_out, batch_size, len(sampler),
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
