@@ -169,6 +169,7 @@ def test_reject_draw_complete_reload_and_the_answer_flows_on(
         assert abs(x - x0) <= 1.5 and abs(y - y0) <= 1.5  # one screen pixel at this zoom
     assert page.eval_on_selector_all(".outline-layer .deposit.rejected", "els => els.length") == 1
     assert page.eval_on_selector_all(".review-layer .drawn", "els => els.length") == 1
+    page.screenshot(path=str(tmp_path / "review.png"))
     page.goto(f"{url}/")
     patients = page.inner_text("table.patients")
     assert "pN0(i+)" in patients and "pN1mi" not in patients and "reviewed" in patients

@@ -46,6 +46,9 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "slide_mpp": ("data", "slide_mpp"),
     "val_fraction": ("data", "val_fraction"),
     "index": ("data", "index"),
+    "reviews": ("data", "reviews"),
+    "review_tiles_per_deposit": ("data", "review_tiles_per_deposit"),
+    "init_model": ("train", "init_model"),
     "tumor_per_slide": ("sampling", "tumor_per_slide"),
     "normal_per_slide": ("sampling", "normal_per_slide"),
 }
@@ -90,12 +93,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--slide-mpp", type=mpp_float, default=None, help="µm/px for slides lacking it")
     data.add_argument("--val-fraction", type=plain_float, default=None, help="share of slides for validation")
     data.add_argument("--index", default=None, help="reuse this sample index CSV")
+    data.add_argument(
+        "--reviews", nargs="+", default=None, metavar="BATCH_DIR",
+        help="batch folders whose complete pathologist reviews add tiles: tumor in confirmed, "
+        "corrected and drawn deposits, hard negatives in rejected ones (docs/training.md)",
+    )
+    data.add_argument("--review-tiles-per-deposit", type=int, default=None, metavar="N",
+                      help="tiles drawn in each reviewed deposit (default 32)")
     data.add_argument("--tumor-per-slide", type=int, default=None)
     data.add_argument("--normal-per-slide", type=int, default=None)
     model = parser.add_argument_group("model")
     model.add_argument("--arch", dest="architecture", default=None, help="e.g. micronet, resnet18")
     model.add_argument("--tile-size-px", type=int, default=None, help="tile side in px")
     model.add_argument("--model-mpp", type=mpp_float, default=None, help="tile resolution, µm/px")
+    model.add_argument(
+        "--init-model", default=None, metavar="CHECKPOINT",
+        help="start from this checkpoint's weights (fine-tuning); give its --arch, "
+        "--tile-size-px and --model-mpp",
+    )
     model.add_argument(
         "--stain-normalization",
         choices=("macenko",),

@@ -37,7 +37,9 @@ class TrainConfig:
     hard_negative_rounds: mining rounds spread evenly over the epochs; each scores
     hard_negative_candidates_per_slide fresh normal centres per training slide and adds up to
     hard_negatives_per_slide of them whose tumor probability is at least
-    hard_negative_min_probability.
+    hard_negative_min_probability. init_model: a checkpoint whose weights the run starts from
+    (fine-tuning, e.g. on pathologists' reviews); its architecture, tile size and µm/px must
+    be the run's.
     """
 
     out_dir: str = "runs/train"
@@ -63,6 +65,7 @@ class TrainConfig:
     hard_negatives_per_slide: int = 50
     hard_negative_candidates_per_slide: int = 400
     hard_negative_min_probability: float = 0.5
+    init_model: str | None = None
 
     def __post_init__(self) -> None:
         check_architecture(self.architecture)
@@ -88,6 +91,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
         check_stain_normalization(self.stain_normalization)
+        if self.init_model is not None and not isinstance(self.init_model, str):
+            raise ValueError(f"init_model={self.init_model!r}; expected the path of a checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +106,9 @@ class DataConfig:
     train -> training, valid -> validation). slide_mpp: µm/px for slides lacking it.
     val_fraction: share of slides (annotated and normal separately) kept for validation.
     index: a sample index CSV from an earlier run to reuse instead of sampling the slides.
+    reviews: batch folders whose complete pathologist reviews add tiles
+    (``pipeline.training.review_samples``): review_tiles_per_deposit tumor tiles per confirmed,
+    corrected or drawn deposit, as many hard negatives per rejected one.
     """
 
     slides: tuple[str, ...] = ()
@@ -112,9 +120,11 @@ class DataConfig:
     slide_mpp: float | None = None
     val_fraction: float = 0.2
     index: str | None = None
+    reviews: tuple[str, ...] = ()
+    review_tiles_per_deposit: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("slides", "annotations", "patches", "val_patches", "pcam"):
+        for name in ("slides", "annotations", "patches", "val_patches", "pcam", "reviews"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{name}={value!r}; expected a list of paths")
@@ -127,8 +137,9 @@ class DataConfig:
         if self.index is not None and not isinstance(self.index, str):
             raise ValueError(f"index={self.index!r}; expected the path of a sample index CSV")
         check_range("val_fraction", self.val_fraction, 0.0, 0.9)
-        if not (self.slides or self.patches or self.pcam or self.index):
-            raise ValueError("no training data: give slides, patches or pcam folders")
+        check_range("review_tiles_per_deposit", self.review_tiles_per_deposit, 1, 100_000)
+        if not (self.slides or self.patches or self.pcam or self.index or self.reviews):
+            raise ValueError("no training data: give slides, patches, pcam or reviews folders")
 
 
 @dataclasses.dataclass(frozen=True)

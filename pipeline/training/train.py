@@ -36,8 +36,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.errors import MicrometError, OutputError
-from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, autocast_dtype, build_model
+from pipeline.errors import ConfigError, MicrometError, OutputError
+from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, autocast_dtype, build_model, load_checkpoint
 from pipeline.outputs import atomic_write_text
 from pipeline.training.checkpoint import (
     RunState,
@@ -62,6 +62,7 @@ from pipeline.training.loop import (
 )
 from pipeline.training.metrics import METRIC_COLUMNS, log_epoch
 from pipeline.training.mining import mine_hard_negatives, mine_round, mining_due
+from pipeline.training.review_samples import describe_reviews, find_reviewed_slides, review_tile_samples
 from pipeline.training.sampling import (
     PatchSample,
     SlideSource,
@@ -137,6 +138,10 @@ def _load_samples(
             )
         else:
             samples = []
+        if settings.data.reviews:
+            reviewed = find_reviewed_slides([Path(b) for b in settings.data.reviews])
+            per_deposit = settings.data.review_tiles_per_deposit
+            samples = [*samples, *review_tile_samples(reviewed, per_deposit, settings.sampling.seed)]
         write_sample_index(index, samples)
     barrier(info)
     return read_sample_index(index)
@@ -171,7 +176,10 @@ def _setup(settings: TrainSettings, info: DistInfo) -> tuple[Trainer, StepSettin
     np.random.seed(t.seed % 2**32)
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
-    model = build_model(t.architecture).to(device).to(memory_format=torch.channels_last)
+    model = build_model(t.architecture)
+    if t.init_model is not None:
+        _load_initial_weights(model, t)
+    model = model.to(device).to(memory_format=torch.channels_last)
     dtype = autocast_dtype(device, t.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     trainer = Trainer(model, _optimizer(model, t), scaler, torch.Generator())
@@ -186,6 +194,23 @@ def _setup(settings: TrainSettings, info: DistInfo) -> tuple[Trainer, StepSettin
         t.warmup_fraction,
     )
     return trainer, step
+
+
+def _load_initial_weights(model: nn.Module, t: TrainConfig) -> None:
+    """Start from the weights of ``t.init_model`` (fine-tuning); raises ConfigError unless its
+    card's architecture, tile size and µm/px are the run's, CheckpointError for a bad file."""
+    start, card = load_checkpoint(str(t.init_model))
+    differ = [
+        f"{name} {getattr(card, name)!r} (run: {getattr(t, name)!r})"
+        for name in ("architecture", "tile_size_px", "mpp")
+        if not (getattr(card, name) == getattr(t, name) or (name == "mpp" and math.isclose(card.mpp, t.mpp)))
+    ]
+    if differ:
+        raise ConfigError(
+            f"{t.init_model}: --init-model's {', '.join(differ)} differ from the run's; pass "
+            "--arch, --tile-size-px and --model-mpp as its card says"
+        )
+    model.load_state_dict(start.state_dict())
 
 
 def _finish_epoch(
@@ -244,6 +269,11 @@ def _run(
     if info.is_main:  # only once the inputs have been read: a bad input leaves no run folder
         atomic_write_text(out / "config.toml", settings_to_toml(settings))
     description = describe_training_data(settings, samples)
+    if t.init_model is not None:
+        description = f"fine-tuned from {t.init_model}; {description}"
+    if settings.data.reviews:
+        reviewed = find_reviewed_slides([Path(b) for b in settings.data.reviews])
+        description = f"{description}; {describe_reviews(reviewed, samples)}"
     wrapped: nn.Module = trainer.model
     if info.world_size > 1:
         ids = [info.local_rank] if step.device.type == "cuda" else None

@@ -1,0 +1,149 @@
+"""Training: reads batch folders' complete pathologist reviews (``<slide>/review.geojson``,
+``pipeline.review.reviews``), produces training tiles from them: tumor tiles inside the
+deposits reviewers confirmed, corrected or drew, hard negatives inside the deposits they
+rejected (the model's false deposits), as ``PatchSample`` rows of the sample index.
+
+Only complete reviews made on the slide's current report.json train; deposits left pending
+are neither tumor nor negative. Tiles are read later from the slide files at the model's
+µm/px like every other slide sample. Every review used is recorded (batch, slide, revision,
+reviewer, SHA-256 of the file) for the checkpoint's card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+
+from pipeline.errors import ConfigError
+from pipeline.outputs import read_json_object, slide_folder
+from pipeline.review.reviews import (
+    ADDED,
+    CONFIRMED,
+    CORRECTED,
+    PENDING,
+    REJECTED,
+    REVIEW_GEOJSON,
+    SlideReview,
+    check_review_matches,
+    read_slide_review,
+)
+from pipeline.training.sampling import PatchSample, SampleKind, SlideRegions, sample_tumor_centres
+
+TUMOR_DECISIONS = (CONFIRMED, CORRECTED, ADDED)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewedSlide:
+    """A slide with a complete review: the slide file, the review and its file's SHA-256."""
+
+    batch_dir: Path
+    slide_path: Path
+    review: SlideReview
+    review_sha256: str
+
+    def provenance(self) -> str:
+        """"BATCH/slide revision N by REVIEWER (sha256 0123456789ab)" for the model card."""
+        r = self.review
+        return (f"{self.batch_dir}/{r.slide_id} revision {r.revision} by {r.reviewer or 'unknown'} "
+                f"(sha256 {self.review_sha256[:12]})")
+
+
+def _slide_path(batch_dir: Path, slide_id: str, entry: dict[str, Any]) -> Path:
+    raw = entry.get("path")
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{batch_dir}/manifest.json: slide {slide_id!r} records no slide file")
+    path = Path(raw) if Path(raw).is_absolute() else batch_dir / raw
+    if not path.is_file():
+        raise ConfigError(f"{path}: the slide file of reviewed slide {slide_id!r} is missing; "
+                          "training reads its tiles from it - restore the file or drop the batch")
+    return path
+
+
+def find_reviewed_slides(batch_dirs: Sequence[Path]) -> list[ReviewedSlide]:
+    """Every slide of ``batch_dirs`` with a complete review of its current result.
+
+    Raises ConfigError for a folder without manifest.json, a batch without any complete
+    review, or a reviewed slide whose file is missing; ReviewError for an unreadable review
+    or one made on an earlier result of the slide.
+    """
+    found: list[ReviewedSlide] = []
+    for batch_dir in (Path(b) for b in batch_dirs):
+        manifest = read_json_object(batch_dir / "manifest.json", "batch manifest", ConfigError,
+                                    "; pass a batch output folder to --reviews")
+        slides = manifest.get("slides")
+        before = len(found)
+        for slide_id, entry in (slides.items() if isinstance(slides, dict) else ()):
+            entry = entry if isinstance(entry, dict) else {}
+            folder = slide_folder(batch_dir, str(slide_id), entry)
+            review = read_slide_review(folder) if entry.get("status") == "done" else None
+            if review is None or not review.complete:
+                continue
+            report = read_json_object(folder / "report.json", "slide report", ConfigError)
+            check_review_matches(review, report, folder / REVIEW_GEOJSON)
+            digest = hashlib.sha256((folder / REVIEW_GEOJSON).read_bytes()).hexdigest()
+            path = _slide_path(batch_dir, str(slide_id), entry)
+            found.append(ReviewedSlide(batch_dir, path, review, digest))
+        if len(found) == before:
+            raise ConfigError(f"{batch_dir}: no slide has a complete review; review slides with "
+                              "`micromet view --review` (mark them complete) before training on them")
+    return found
+
+
+def _polygon(outline_xy: Any) -> Any:
+    shape = shapely.Polygon(outline_xy)
+    return shape if shape.is_valid else shapely.make_valid(shape)
+
+
+def _union(review: SlideReview, decisions: Sequence[str]) -> Any:
+    shapes = [_polygon(d.outline_xy) for d in review.deposits if d.decision in decisions]
+    return shapely.union_all(shapes) if shapes else shapely.Polygon()
+
+
+def _inside(polygon: Any, avoid: Any, count: int, rng: np.random.Generator) -> Any:
+    if polygon.is_empty or polygon.area <= 0:
+        return np.zeros((0, 2))
+    return sample_tumor_centres(SlideRegions((polygon,), polygon, avoid), count, rng)
+
+
+def review_tile_samples(
+    slides: Sequence[ReviewedSlide], tiles_per_deposit: int, seed: int
+) -> list[PatchSample]:
+    """``tiles_per_deposit`` tile centres inside each decided deposit of each review (fewer
+    for deposits too small to hold them apart from other deposits): label 1 ("tumor") in
+    confirmed, corrected and drawn deposits, label 0 ("hard_negative") in rejected ones
+    (away from any deposit that stands or is pending). All go to the training split."""
+    samples: list[PatchSample] = []
+    for slide in slides:
+        review = slide.review
+        rng = np.random.default_rng([seed, zlib.crc32(f"{slide.slide_path}".encode())])
+        pending = _union(review, (PENDING,))
+        standing = _union(review, TUMOR_DECISIONS)
+        for deposit in review.deposits:
+            kind: SampleKind
+            if deposit.decision in TUMOR_DECISIONS:
+                label, kind, avoid = 1, "tumor", pending
+            elif deposit.decision == REJECTED:
+                label, kind, avoid = 0, "hard_negative", shapely.union(standing, pending)
+            else:
+                continue
+            centres = _inside(_polygon(deposit.outline_xy), avoid, tiles_per_deposit, rng)
+            samples.extend(PatchSample(str(slide.slide_path), float(x), float(y), label, "train", kind)
+                           for x, y in centres)
+    return samples
+
+
+def describe_reviews(slides: Sequence[ReviewedSlide], samples: Sequence[PatchSample]) -> str:
+    """For the model card: which reviews trained the model and what they gave."""
+    from_reviews = {str(s.slide_path) for s in slides}
+    n_tumor = sum(1 for s in samples if s.slide in from_reviews and s.kind == "tumor")
+    n_negative = sum(1 for s in samples if s.slide in from_reviews and s.kind == "hard_negative")
+    return (f"pathologist reviews of {len(slides)} slide(s): {n_tumor} tumor tiles in confirmed, "
+            f"corrected and drawn deposits, {n_negative} hard negatives in rejected deposits; "
+            f"reviews {'; '.join(s.provenance() for s in slides)}")

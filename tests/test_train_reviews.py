@@ -1,0 +1,111 @@
+"""Fine-tuning from pathologist reviews (pipeline/training/review_samples.py, train --reviews
+--init-model): tiles inside confirmed / drawn deposits are tumor, inside rejected ones hard
+negatives; the checkpoint's card names the reviews that trained it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import shapely
+import torch
+
+from pipeline.cli import main
+from pipeline.errors import ConfigError
+from pipeline.models import ModelCard, build_model, read_card, save_checkpoint
+from pipeline.review.reviews import apply_edit, new_review, write_review
+from pipeline.training.config import TrainConfig
+from pipeline.training.review_samples import find_reviewed_slides, review_tile_samples
+from pipeline.training.train import _load_initial_weights
+from tests.viewer_batch import GOOD_ID, ViewerBatch, build_viewer_batch, synthetic_slide
+
+DRAWN_XY = [[100.0, 100.0], [200.0, 100.0], [200.0, 180.0], [100.0, 180.0]]
+TIME = "2026-01-02T03:04:05+00:00"
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> ViewerBatch:
+    return build_viewer_batch(tmp_path_factory.mktemp("batch"), synthetic_slide(tmp_path_factory))
+
+
+def _review(root: Path, complete: bool = True) -> None:
+    """Dr Ana rejects the micro deposit (a false deposit), confirms the ITC, draws one."""
+    report = json.loads((root / GOOD_ID / "report.json").read_text())
+    review = new_review(GOOD_ID, report)
+    edits = [{"op": "decide", "key": "deposit 1", "decision": "rejected"},
+             {"op": "decide", "key": "deposit 2", "decision": "confirmed"},
+             {"op": "draw", "outline_xy": DRAWN_XY}]
+    if complete:
+        edits.append({"op": "status", "status": "complete"})
+    for edit in edits:
+        review = apply_edit(review, edit, review.revision, "Dr Ana", TIME)
+    write_review(root / GOOD_ID, review)
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path, batch: ViewerBatch) -> Path:
+    root = tmp_path / "batch"
+    shutil.copytree(batch.root, root)
+    _review(root)
+    return root
+
+
+def test_rejected_deposits_give_hard_negatives_and_the_others_tumor(
+    reviewed: Path, batch: ViewerBatch
+) -> None:
+    slides = find_reviewed_slides([reviewed])
+    assert [s.review.slide_id for s in slides] == [GOOD_ID]
+    samples = review_tile_samples(slides, 10, seed=0)
+    deposits = {d["id"]: shapely.Polygon(d["outline_xy"]) for d in batch.good_report["deposits"]}
+    negatives = [s for s in samples if s.kind == "hard_negative"]
+    tumor = [s for s in samples if s.kind == "tumor"]
+    assert len(negatives) == 10 and all(s.label == 0 for s in negatives)
+    assert all(deposits[1].contains(shapely.Point(s.x_px, s.y_px)) for s in negatives)  # the rejected one
+    assert len(tumor) == 20 and all(s.label == 1 for s in tumor)
+    in_itc = [s for s in tumor if deposits[2].contains(shapely.Point(s.x_px, s.y_px))]
+    in_drawn = [s for s in tumor if shapely.Polygon(DRAWN_XY).contains(shapely.Point(s.x_px, s.y_px))]
+    assert len(in_itc) == len(in_drawn) == 10
+    assert samples == review_tile_samples(slides, 10, seed=0)  # reproducible
+
+
+def test_a_review_in_progress_does_not_train(tmp_path: Path, batch: ViewerBatch) -> None:
+    root = tmp_path / "batch"
+    shutil.copytree(batch.root, root)
+    _review(root, complete=False)
+    with pytest.raises(ConfigError, match="no slide has a complete review"):
+        find_reviewed_slides([root])
+
+
+def test_train_fine_tunes_from_reviews_and_its_card_names_them(reviewed: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5,
+                     training_data="a test model")
+    start = save_checkpoint(tmp_path / "start.pt", build_model("micronet"), card)
+    out = tmp_path / "run"
+    code = main(["train", "--reviews", str(reviewed), "--init-model", str(start), "--arch", "micronet",
+                 "--tile-size-px", "32", "--model-mpp", "2.0", "--epochs", "1", "--max-steps", "2",
+                 "--batch-size", "4", "--device", "cpu", "--workers", "0", "--no-progress",
+                 "--review-tiles-per-deposit", "8", "--out", str(out)])
+    assert code == 0
+    training_data = read_card(out / "last.pt").training_data
+    assert training_data.startswith(f"fine-tuned from {start}")
+    assert f"{GOOD_ID} revision 4 by Dr Ana (sha256 " in training_data
+    assert "16 tumor tiles" in training_data and "8 hard negatives" in training_data
+    kinds = (out / "samples.csv").read_text().count("hard_negative")
+    assert kinds == 8
+
+
+def test_initial_weights_are_copied_and_a_mismatched_card_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_model("micronet")
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="t")
+    path = save_checkpoint(tmp_path / "start.pt", source, card)
+    torch.manual_seed(2)
+    model = build_model("micronet")
+    _load_initial_weights(model, TrainConfig(tile_size_px=32, mpp=2.0, init_model=str(path)))
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    with pytest.raises(ConfigError, match=r"tile_size_px 32 \(run: 64\).*--tile-size-px"):
+        _load_initial_weights(model, TrainConfig(tile_size_px=64, mpp=2.0, init_model=str(path)))
