@@ -312,3 +312,20 @@ def test_an_output_that_is_a_fifo_is_refused_and_kept(tmp_path: Path) -> None:
     code, err = _run(["stage", "--categories", categories, "--out", fifo])
     _one_error(code, err, 1, "out.csv")
     assert fifo.is_fifo()
+
+
+def test_train_refuses_an_oversized_patch_first_and_a_broken_one_in_one_line(tmp_path: Path) -> None:
+    patches = _patch_folder(tmp_path / "patches", ("tumor", "normal"), n=2)
+    huge = _png_declaring(patches / "tumor" / "huge.png", 20000, 20000)
+    args = ["--patch-mpp", "1.0", "--epochs", "1", "--device", "cpu", "--no-progress", "--tile-size-px", "32",
+            "--batch-size", "2"]
+    out = tmp_path / "run"
+    code, err = _run(["train", "--patches", patches, "--out", out, "--workers", "0", *args])
+    _one_error(code, err, 1, "huge.png")
+    assert not out.exists()
+    # a header that reads but data that does not: found by a reader process mid-epoch, its
+    # traceback is not the user's message
+    _png_declaring(huge, 48, 48)
+    code, err = _run(["train", "--patches", patches, "--out", tmp_path / "run2", "--workers", "1", *args])
+    _one_error(code, err, 1, "huge.png", "cannot read the patch image")
+    assert "Original Traceback" not in err

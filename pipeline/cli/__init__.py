@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except MicrometError as exc:
-        print(f"micromet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"micromet {args.command}: error: {_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"micromet {args.command}: interrupted", file=sys.stderr)
@@ -81,6 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _error_line(exc: MicrometError) -> str:
+    """The error's message; for one re-raised by a DataLoader reader process (its message then
+    holds the reader's traceback), the original message, its last line."""
+    text = str(exc)
+    if "\n" in text and "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if last.startswith(type(exc).__module__) else last
+    return text
 
 
 def _one_line(exc: BaseException) -> str:

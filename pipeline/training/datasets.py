@@ -59,12 +59,7 @@ def load_rgb(path: Path) -> NDArray[np.uint8]:
         raise PatchImageError(f"{path}: patch image not found")
     try:
         with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_PATCH_PIXELS:
-                raise PatchImageError(
-                    f"{path}: declares {width} x {height} px, more than a patch may hold "
-                    f"({MAX_PATCH_PIXELS:,} px); crop it into patches first"
-                )
+            _check_patch_size(path, image.size)
             image.load()
             rgba = np.asarray(image.convert("RGBA"))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -72,6 +67,27 @@ def load_rgb(path: Path) -> NDArray[np.uint8]:
             f"{path}: cannot read the patch image ({exc}); expected PNG, JPEG, TIFF or WebP"
         ) from exc
     return rgba_to_rgb(rgba)
+
+
+def _check_patch_size(path: Path, size: tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_PATCH_PIXELS:
+        raise PatchImageError(
+            f"{path}: declares {width} x {height} px, more than a patch may hold "
+            f"({MAX_PATCH_PIXELS:,} px); crop it into patches first"
+        )
+
+
+def check_patch_header(path: Path) -> None:
+    """Raise PatchImageError naming ``path`` unless its header is a readable image of at most
+    MAX_PATCH_PIXELS (reads the header only, so a folder is checked before training starts)."""
+    try:
+        with Image.open(path) as image:
+            _check_patch_size(path, image.size)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise PatchImageError(
+            f"{path}: cannot read the patch image ({exc}); expected PNG, JPEG, TIFF or WebP"
+        ) from exc
 
 
 def _crop_or_pad(rgb: NDArray[np.uint8], size_px: int) -> NDArray[np.uint8]:
@@ -122,6 +138,8 @@ def list_patch_folder(root: Path) -> list[tuple[Path, int]]:
             f"{root}: no images in {root / 'tumor'} or {root / 'normal'}; a patch folder holds "
             f"tumor/ and normal/ subfolders of {', '.join(IMAGE_SUFFIXES)} files"
         )
+    for path, _ in items:  # a bad image stops the run here, not in a reader process mid-epoch
+        check_patch_header(path)
     return items
 
 
