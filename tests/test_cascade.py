@@ -186,6 +186,7 @@ def real_strip_slide(path: Path, centre_y_px: int, patch_index: int) -> tuple[Pa
     return write_pyramid_tiff(path, image, C17_MPP, n_levels=3, tile_px=256), (centre_x, centre_y_px)
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize(("centre_y_px", "patch_index"), [(400, 0), (900, 5)])
 def test_a_real_deposit_beyond_the_last_blocks_screen_tile_is_found_as_full_scoring_finds_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, centre_y_px: int, patch_index: int

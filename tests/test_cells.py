@@ -341,6 +341,7 @@ def c16_tumor_patch(name: str) -> NDArray[np.uint8]:
     return load_rgb(require_shared_data("camelyon16_patches/tumor") / f"{name}.png")
 
 
+@pytest.mark.shared_data
 def test_tumor_free_node_tissue_counts_under_5_percent_of_its_nuclei() -> None:
     from tests.real_slides import NEGATIVE_C17_TILE, c17_rgb
 
@@ -351,6 +352,7 @@ def test_tumor_free_node_tissue_counts_under_5_percent_of_its_nuclei() -> None:
     assert counted < 0.05 * former
 
 
+@pytest.mark.shared_data
 def test_real_tumor_counts_far_more_nuclei_per_mm2_than_tumor_free_node_tissue() -> None:
     from conftest import require_shared_data
 
@@ -367,6 +369,7 @@ def test_real_tumor_counts_far_more_nuclei_per_mm2_than_tumor_free_node_tissue()
     assert node <= 0.05 * tumor
 
 
+@pytest.mark.shared_data
 def test_counts_on_real_tumor_patches_are_within_a_factor_of_two_of_a_count_by_eye() -> None:
     counted = {name: count_tumor_nuclei(at_count_mpp(c16_tumor_patch(name)), 0.5) for name in COUNTED_BY_EYE}
     log.info("counted %s against %s by eye", counted, COUNTED_BY_EYE)
@@ -374,6 +377,7 @@ def test_counts_on_real_tumor_patches_are_within_a_factor_of_two_of_a_count_by_e
     assert 0.5 <= ratio <= 2.0, ratio
 
 
+@pytest.mark.shared_data
 def test_a_real_0_03_mm_deposit_in_node_tissue_counts_a_few_nuclei_not_dozens() -> None:
     from tests.real_slides import NEGATIVE_C17_TILE, c17_rgb
 

@@ -99,6 +99,8 @@ def test_model_card_markdown_matches_the_checkpoint(default_model: tuple[torch.n
     assert "micromet train" in text and "python scripts/train_default_model.py" in text
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_auc_on_the_held_out_pcam_split_is_at_least_the_floor(
     default_model: tuple[torch.nn.Module, ModelCard], training_script: ModuleType
 ) -> None:
@@ -114,6 +116,8 @@ def test_auc_on_the_held_out_pcam_split_is_at_least_the_floor(
     assert math.isclose(auc, card.metrics["pcam_test_auc"], abs_tol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_bf16_scoring_stays_within_its_tolerance_of_fp32_on_real_patches(
     default_model: tuple[torch.nn.Module, ModelCard],
 ) -> None:
@@ -141,6 +145,8 @@ def test_bf16_scoring_stays_within_its_tolerance_of_fp32_on_real_patches(
     assert not np.array_equal(scores["bf16"], scores["fp32"])  # bf16 really ran
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_auc_on_camelyon16_patches_of_slides_never_trained_on(
     default_model: tuple[torch.nn.Module, ModelCard],
 ) -> None:
@@ -160,6 +166,8 @@ def _infer(slide: Path, out: Path) -> dict:  # type: ignore[type-arg]
     return json.loads((out / slide.stem / "report.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_tumor_free_lymph_node_from_another_centre_is_negative_with_no_deposit(tmp_path: Path) -> None:
     slide = write_c17_slide("centre_3", tmp_path / "c17_negative_node.tif")
     report = _infer(slide, tmp_path / "out")
@@ -167,6 +175,8 @@ def test_tumor_free_lymph_node_from_another_centre_is_negative_with_no_deposit(t
     assert report["deposits"] == []
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_a_real_tumor_deposit_in_real_lymph_node_is_found_once_and_measured_within_a_tile(
     default_model: tuple[torch.nn.Module, ModelCard], tmp_path: Path
 ) -> None:

@@ -147,6 +147,7 @@ def faulty_run(
     return out_dir, outcomes, seen
 
 
+@pytest.mark.ray
 def test_ray_batch_matches_the_local_run(
     faulty_run: tuple[Path, list[SlideOutcome], list[SlideOutcome]], local_run: Path, slides: list[Path]
 ) -> None:
@@ -174,6 +175,7 @@ def test_ray_batch_matches_the_local_run(
     assert (ray_out / "summary.csv").read_text().count("\n") == 1 + 3
 
 
+@pytest.mark.ray
 def test_lost_worker_slide_is_retried_and_written_exactly_once(
     faulty_run: tuple[Path, list[SlideOutcome], list[SlideOutcome]], slides: list[Path]
 ) -> None:
@@ -198,6 +200,7 @@ def test_lost_worker_slide_is_retried_and_written_exactly_once(
     assert sorted(o.slide_id for o in seen) == sorted(by_id)
 
 
+@pytest.mark.ray
 def test_corrupt_slide_is_recorded_failed_once_and_not_retried(
     faulty_run: tuple[Path, list[SlideOutcome], list[SlideOutcome]],
 ) -> None:
@@ -211,6 +214,7 @@ def test_corrupt_slide_is_recorded_failed_once_and_not_retried(
     assert not (out_dir / "corrupt").exists()
 
 
+@pytest.mark.ray
 def test_cli_ray_run_skips_slides_a_local_run_finished(
     ray_cluster: Any, local_run: Path, slides: list[Path], model_path: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -255,6 +259,7 @@ class ScriptedPool(ActorPool):
         pass
 
 
+@pytest.mark.ray
 def test_slide_whose_worker_always_dies_is_failed_after_max_attempts(tmp_path: Path) -> None:
     ray_exceptions = pytest.importorskip("ray.exceptions")
     staging = tmp_path / ".node.partial"
@@ -294,6 +299,7 @@ def test_worker_without_the_model_file_names_it(tmp_path: Path) -> None:
     assert result.fatal and result.error is not None and "no_such_model.pt" in result.error
 
 
+@pytest.mark.ray
 def test_lost_worker_errors_are_told_apart_from_bugs() -> None:
     ray_exceptions = pytest.importorskip("ray.exceptions")
     assert is_lost_worker(ray_exceptions.ActorDiedError())
@@ -301,6 +307,7 @@ def test_lost_worker_errors_are_told_apart_from_bugs() -> None:
     assert not is_lost_worker(ValueError("a bug"))
 
 
+@pytest.mark.ray
 def test_gpus_asked_on_a_cluster_without_gpus_is_a_config_error(ray_cluster: Any) -> None:
     assert slot_resources(ray_cluster, RayOptions()) == (1.0, 0.0)
     assert slot_resources(ray_cluster, RayOptions(cpus_per_slide=2)) == (2.0, 0.0)
@@ -346,6 +353,7 @@ def test_without_ray_flag_nothing_of_ray_is_imported() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
+@pytest.mark.ray
 def test_unwritable_output_folder_is_rejected_before_any_work(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     blocker = tmp_path / "a_file"

@@ -21,6 +21,8 @@ from pipeline.models import default_model_path
 from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide
 from tests.conftest import require_shared_data
 
+pytestmark = pytest.mark.slow  # three synthetic nodes through infer: minutes on 2 cores
+
 # (name, width px, height px, mpp, planted diameters mm): a negative node, a micro node with an
 # ITC, and a macro node whose deposit sits just above the 2 mm cut-off, so refinement decides.
 NODES = (
@@ -61,11 +63,13 @@ def _report(root: Path, name: str) -> dict:  # type: ignore[type-arg]
     return json.loads((root / "out" / name / "report.json").read_text())
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", [n[0] for n in NODES])
 def test_slide_category_matches_the_planted_truth(batch: Path, name: str) -> None:
     assert _report(batch, name)["category"] == _truth(batch, name)["node_category"]
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", ["node_micro", "node_macro"])
 def test_every_planted_micro_and_macro_deposit_is_found_with_its_category(batch: Path, name: str) -> None:
     report = _report(batch, name)
@@ -84,6 +88,7 @@ def test_every_planted_micro_and_macro_deposit_is_found_with_its_category(batch:
         )
 
 
+@pytest.mark.shared_data
 def test_itc_detections_are_reported(batch: Path, capsys: pytest.CaptureFixture[str]) -> None:
     truth = _truth(batch, "node_micro")
     planted_itc = [d for d in truth["deposits"] if d["category"] == "itc"]
@@ -101,10 +106,12 @@ def test_itc_detections_are_reported(batch: Path, capsys: pytest.CaptureFixture[
     assert len(planted_itc) == 1
 
 
+@pytest.mark.shared_data
 def test_the_negative_node_has_no_deposit(batch: Path) -> None:
     assert _report(batch, "node_neg")["deposits"] == []
 
 
+@pytest.mark.shared_data
 def test_patient_stage_from_the_batch(batch: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mapping = batch / "patients.csv"
     mapping.write_text("slide,patient\nnode_neg,p1\nnode_micro,p1\nnode_macro,p1\n")
@@ -114,6 +121,7 @@ def test_patient_stage_from_the_batch(batch: Path, capsys: pytest.CaptureFixture
     assert rows[1].startswith("p1,pN1,3,2,1,1,0")
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", [n[0] for n in NODES])
 def test_no_deposit_over_0_2_mm_is_itc_without_a_review_flag(batch: Path, name: str) -> None:
     report = _report(batch, name)
@@ -127,6 +135,7 @@ def test_no_deposit_over_0_2_mm_is_itc_without_a_review_flag(batch: Path, name: 
     assert "Research use only" in html.read_text()
 
 
+@pytest.mark.shared_data
 def test_the_default_cascade_keeps_every_node_category_of_full_scoring_with_fewer_tiles(batch: Path) -> None:
     out = batch / "out_full"
     assert main(["infer", str(batch / "slides"), "--out", str(out), "--no-cascade", "--quiet"]) == 0

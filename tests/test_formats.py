@@ -34,6 +34,7 @@ def _assert_not_blank(rgb: np.ndarray) -> None:  # type: ignore[type-arg]
     assert not bool(np.all(rgb == 255)) and not bool(np.all(rgb == 0))
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_each_format_opens_with_the_expected_properties_and_pixels(name: str) -> None:
     vendor, levels, size, mpp = FORMATS[name]
@@ -47,6 +48,7 @@ def test_each_format_opens_with_the_expected_properties_and_pixels(name: str) ->
         _assert_not_blank(slide.read_region_rgb(0, 0, coarsest, *slide.info.level_dimensions[coarsest]))
 
 
+@pytest.mark.shared_data
 def test_a_dicom_folder_and_any_file_of_the_series_name_the_same_slide() -> None:
     folder = require_shared_data("formats/dicom_cmu_small_region")
     with open_slide(folder) as slide:
@@ -57,6 +59,7 @@ def test_a_dicom_folder_and_any_file_of_the_series_name_the_same_slide() -> None
     assert collect_slides([str(folder)]) == [folder.resolve()]
 
 
+@pytest.mark.shared_data
 def test_info_reports_each_format(capsys: pytest.CaptureFixture[str]) -> None:
     paths = [str(require_shared_data(f"formats/{name}")) for name in FORMATS]
     assert main(["info", "--json", "--no-tissue", *paths]) == 0
@@ -87,6 +90,8 @@ def _slide_ids(batch: Path) -> list[str]:
     return sorted(json.loads((batch / "manifest.json").read_text())["slides"])
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_infer_runs_every_format_end_to_end(batch: Path) -> None:
     assert _slide_ids(batch) == sorted(
         [*FLUORESCENCE, "dicom_cmu_small_region", "CMU-1-Small-Region.philips-style", "crop800"]
@@ -100,6 +105,8 @@ def test_infer_runs_every_format_end_to_end(batch: Path) -> None:
     assert by_vendor["fluorescence_dapi"] == ("hamamatsu", (3968, 4864))
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_fluorescence_slides_carry_a_not_h_and_e_warning_everywhere(
     batch: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -118,6 +125,8 @@ def test_fluorescence_slides_carry_a_not_h_and_e_warning_everywhere(
         assert slide_id in text
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_the_viewer_opens_every_format(batch: Path) -> None:
     pytest.importorskip("flask")
     from pipeline.review.viewer.app import create_app
@@ -134,6 +143,8 @@ def test_the_viewer_opens_every_format(batch: Path) -> None:
         assert tile.status_code == 200 and tile.mimetype == "image/jpeg"
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_a_fluorescence_slide_is_refused_unless_qc_failures_are_accepted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -165,6 +176,7 @@ def test_a_dicom_wsi_made_with_wsidicomizer_round_trips(tmp_path: Path) -> None:
     assert collect_slides([str(out)]) == [out.resolve()]
 
 
+@pytest.mark.shared_data
 def test_the_viewer_serves_every_tile_of_the_dicom_series(batch: Path) -> None:
     """Levels 1 and 2 of this series have edge tiles OpenSlide cannot decode (cut to the image
     by the converter); the viewer serves them from level 0 instead of an error."""

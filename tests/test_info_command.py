@@ -59,6 +59,7 @@ def test_a_bad_slide_does_not_stop_the_others(tiny_slide: Path, capsys: pytest.C
     assert "1500 x 1100 px" in captured.out
 
 
+@pytest.mark.shared_data
 def test_real_slides_report_format_mpp_and_tiles(capsys: pytest.CaptureFixture[str]) -> None:
     slide = require_shared_data("slides/cmu_small_region.svs")
     assert main(["info", str(slide), "--tile-px", "224", "--tile-mpp", "0.5", "--json"]) == 0
@@ -78,6 +79,7 @@ def test_info_refuses_an_mpp_contradicting_the_slide_unless_forced(
     assert "0.2500 µm/px (given by the user; the slide records 0.5000)" in capsys.readouterr().out
 
 
+@pytest.mark.shared_data
 def test_info_qc_prints_the_qc_line(capsys: pytest.CaptureFixture[str]) -> None:
     skin = require_shared_data("slides/cmu_small_region.svs")
     assert main(["info", str(skin), "--qc"]) == 0

@@ -130,6 +130,7 @@ def test_level_downsamples_come_from_the_slide_not_powers_of_two(tmp_path: Path)
         assert slide.level_mpp(1) == pytest.approx(0.25 * slide.info.level_downsamples[1])
 
 
+@pytest.mark.shared_data
 def test_real_aperio_jpeg_slide_reports_its_mpp() -> None:
     path = require_shared_data("slides/cmu_small_region.svs")
     with open_slide(path) as slide:
@@ -140,6 +141,7 @@ def test_real_aperio_jpeg_slide_reports_its_mpp() -> None:
         assert thumb.shape[0] == pytest.approx(2967 * 0.499 / 8.0, abs=2)
 
 
+@pytest.mark.shared_data
 def test_real_jpeg2000_slide_opens_and_asks_for_mpp() -> None:
     # This TCGA file records no resolution at all: it must not be guessed.
     path = require_shared_data("slides/tcga_cr_7395_jp2k.svs")
@@ -197,6 +199,7 @@ def test_a_level_larger_than_level0_is_refused() -> None:
         check_level_sizes(Path("x.svs"), ((1, 1), (400, 300)), "unknown")
 
 
+@pytest.mark.shared_data
 def test_aperio_slide_with_a_damaged_first_directory_is_refused(tmp_path: Path) -> None:
     source = require_shared_data("slides/cmu_small_region.svs")
     bad = _patch_first_directory_size(source, tmp_path / "bad.svs", 1, 1)

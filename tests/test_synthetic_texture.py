@@ -261,6 +261,7 @@ def _grey_texture_std(rgb: np.ndarray) -> float:
     return float(rgb.astype(np.float64).mean(axis=-1).std())
 
 
+@pytest.mark.shared_data
 def test_real_texture_slide_has_exact_ground_truth(real_slide: SynthResult) -> None:
     for requested, truth in zip(DEPOSITS, real_slide.deposits, strict=True):
         assert truth.diameter_mm == pytest.approx(requested.diameter_mm, abs=1e-9)
@@ -268,6 +269,7 @@ def test_real_texture_slide_has_exact_ground_truth(real_slide: SynthResult) -> N
     assert real_slide.node_category == "micro" and real_slide.texture == "real"
 
 
+@pytest.mark.shared_data
 def test_real_deposits_look_like_the_tumor_patches_and_tissue_like_the_tile(real_slide: SynthResult) -> None:
     library = load_textures(require_shared_data(), real_slide.render_mpp)
     background_name = real_slide.texture_sources[0]
@@ -289,6 +291,8 @@ def test_real_deposits_look_like_the_tumor_patches_and_tissue_like_the_tile(real
 # --- the demo with the default model ----------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_demo_nodes_come_out_as_planted_with_the_default_model(tmp_path: Path) -> None:
     """`micromet demo` paints real texture; the real-data default model must find its planted
     deposits: every node category as planted, every micro/macro deposit found where planted."""

@@ -70,6 +70,7 @@ def test_tiny_slide_tissue_fraction_matches_the_drawn_ellipse(tiny_slide: Path) 
     )
 
 
+@pytest.mark.shared_data
 def test_real_slide_gives_a_sensible_mask() -> None:
     path = require_shared_data("slides/cmu_small_region.svs")
     with open_slide(path) as slide:
