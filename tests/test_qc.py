@@ -137,6 +137,7 @@ def test_a_bad_qc_setting_names_the_field() -> None:
 # Real material from ../shared/data.
 
 
+@pytest.mark.shared_data
 def test_the_fluorescence_ndpi_is_flagged_not_h_and_e() -> None:
     for name in ("fluorescence_dapi.ndpi", "fluorescence_tritc.ndpi"):
         result = run_qc(require_shared_data(f"formats/ndpi/{name}"))
@@ -149,6 +150,7 @@ def test_the_fluorescence_ndpi_is_flagged_not_h_and_e() -> None:
     "tile",
     ["centre_1_patient_024_node_2", "centre_3_patient_066_node_1", "centre_4_patient_097_node_3"],
 )
+@pytest.mark.shared_data
 def test_slides_made_from_real_camelyon17_tiles_pass_qc(tile: str, tmp_path: Path) -> None:
     jpeg = require_shared_data(f"camelyon17_tiles/{tile}.jpeg")
     image = np.asarray(Image.open(jpeg).convert("RGB"), dtype=np.uint8)
@@ -158,6 +160,7 @@ def test_slides_made_from_real_camelyon17_tiles_pass_qc(tile: str, tmp_path: Pat
     assert score.value is not None and score.value >= 1.2
 
 
+@pytest.mark.shared_data
 def test_the_real_skin_slide_is_not_lymph_node() -> None:
     result = run_qc(require_shared_data("slides/cmu_small_region.svs"))
     assert result.failures == ["not lymph node"], result.summary_line()
@@ -225,3 +228,24 @@ def test_qc_settings_come_from_the_config_file(tiny_model: Path, tmp_path: Path)
     config.write_text("[qc]\nmin_focus = -1.0\n")
     with pytest.raises(ConfigError, match="min_focus"):
         build_context(tiny_model, config, {}, None)
+
+
+def test_the_qc_line_shows_each_value_with_its_limit_and_which_failed() -> None:
+    def check(
+        name: str, value: float | None, low: float | None, high: float | None, passed: bool | None
+    ) -> dict[str, object]:
+        return {"name": name, "value": value, "low": low, "high": high, "passed": passed, "failure": "x"}
+
+    qc = {
+        "warning": "QC failed: not lymph node",
+        "checks": [
+            check("dark_fraction", 0.0016, None, 0.5, True),
+            check("od_eosin", 0.0235, -0.0185, 0.0957, True),
+            check("focus", None, 300.0, None, None),
+            check("lymphoid_score", 0.8712, 1.0, None, False),
+        ],
+    }
+    assert qc_line(qc) == (
+        "QC failed: not lymph node (dark_fraction 0.0016 (<= 0.5), od_eosin 0.0235 (-0.0185 to 0.0957), "
+        "focus n/a (>= 300: not measured), lymphoid_score 0.8712 (>= 1: FAILED))"
+    )

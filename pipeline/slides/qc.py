@@ -163,12 +163,27 @@ class QCResult:
 
 
 def qc_line(qc: Mapping[str, Any]) -> str:
-    """One line from a report's ``qc`` section: the verdict and every measured value."""
-    values = ", ".join(
-        f"{c['name']} {'n/a' if c.get('value') is None else format(c['value'], '.4g')}"
-        for c in qc.get("checks", [])
-    )
+    """One line from a report's ``qc`` section: the verdict, and every measured value with its
+    limit, e.g. ``focus 7837 (>= 300)``, ``lymphoid_score 0.87 (>= 1: FAILED)``."""
+    values = ", ".join(_check_text(check) for check in qc.get("checks", []))
     return f"{qc.get('warning') or 'QC passed'} ({values})"
+
+
+def _check_text(check: Mapping[str, Any]) -> str:
+    value = check.get("value")
+    text = f"{check['name']} {'n/a' if value is None else format(value, '.4g')}"
+    low, high = check.get("low"), check.get("high")
+    if low is not None and high is not None:
+        limit = f"{low:.4g} to {high:.4g}"
+    elif low is not None:
+        limit = f">= {low:.4g}"
+    elif high is not None:
+        limit = f"<= {high:.4g}"
+    else:
+        limit = ""
+    verdict = {False: "FAILED", None: "not measured"}.get(check.get("passed"), "")
+    inside = ": ".join(part for part in (limit, verdict) if part)
+    return f"{text} ({inside})" if inside else text
 
 
 def dark_fraction(thumbnail: NDArray[np.uint8]) -> float:
