@@ -329,3 +329,48 @@ def test_train_refuses_an_oversized_patch_first_and_a_broken_one_in_one_line(tmp
     code, err = _run(["train", "--patches", patches, "--out", tmp_path / "run2", "--workers", "1", *args])
     _one_error(code, err, 1, "huge.png", "cannot read the patch image")
     assert "Original Traceback" not in err
+
+
+def test_an_unreadable_config_or_slide_folder_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.batch.local import collect_slides
+    from pipeline.config import load_config_file
+    from pipeline.errors import SlideOpenError
+
+    config = tmp_path / "locked.toml"
+    config.write_text("[tissue]\n")
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real_open, real_iterdir = Path.open, Path.iterdir
+
+    def refuse_open(self: Path, *args: object, **kwargs: object) -> object:
+        if self == config:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def refuse_iterdir(self: Path) -> object:
+        if self == folder:
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "open", refuse_open)
+    monkeypatch.setattr(Path, "iterdir", refuse_iterdir)
+    with pytest.raises(ConfigError, match=r"locked\.toml: cannot read the config file \(Permission denied\)"):
+        load_config_file(config)
+    with pytest.raises(SlideOpenError, match=r"locked: cannot read this input \(Permission denied\)"):
+        collect_slides([str(folder)])
+
+
+def test_a_full_disk_while_writing_the_sample_index_is_one_error_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.training.sampling import PatchSample, write_sample_index
+
+    def no_space(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(OutputError, match=r"samples\.csv: cannot write here \(No space left on device\)"):
+        write_sample_index(tmp_path / "samples.csv", [PatchSample("a.tif", 1.0, 2.0, 0, "train", "normal")])
+    assert list(tmp_path.iterdir()) == []
