@@ -374,3 +374,17 @@ def test_a_full_disk_while_writing_the_sample_index_is_one_error_and_no_temporar
     with pytest.raises(OutputError, match=r"samples\.csv: cannot write here \(No space left on device\)"):
         write_sample_index(tmp_path / "samples.csv", [PatchSample("a.tif", 1.0, 2.0, 0, "train", "normal")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_screen_threshold_above_the_deposit_threshold_is_said_not_silently_lowered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pipeline.config import DepositConfig, InferenceConfig, check_thresholds
+
+    with caplog.at_level("WARNING"):
+        check_thresholds(DepositConfig(), InferenceConfig(cascade_screen_threshold=0.3), 0.1, "flags")
+    assert "screen threshold 0.3 is above the deposit threshold 0.1: screening at 0.1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_thresholds(DepositConfig(seed_threshold=0.9), InferenceConfig(), 0.5, "flags")
+    assert caplog.text == ""
