@@ -191,7 +191,7 @@ def score_part(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("score", "report"))
+    parser.add_argument("command", choices=("score", "calibrate", "report"))
     parser.add_argument("--part", choices=("dev", "test"), default="dev")
     parser.add_argument("--model", type=Path, default=REPO / "models" / "default.pt")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
@@ -200,9 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "score":
         return score_part(args)
-    from node_scale_report import report  # the figures, beside this script
+    from node_scale_report import calibrate, report  # the figures, beside this script
 
-    return report(args)
+    return calibrate(args) if args.command == "calibrate" else report(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""The deposit decision (pipeline.deposits.decide): seed, dihedral confirmation, review
+candidates, calibrated sizes, and the card fields that carry the rules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from pipeline.deposits.decide import NOT_CONFIRMED, DepositRules, decide_deposits, rules_from_card
+from pipeline.deposits.measure import SizeCalibration, find_deposits
+from pipeline.detection.heatmap import Heatmap
+from pipeline.errors import CheckpointError
+from pipeline.models import ModelCard
+from pipeline.models.card import card_from_dict, card_to_dict
+from pipeline.staging import Category
+
+STRIDE_PX = 32.0
+TILE_PX = 96.0
+MPP = 1.0
+
+
+def heatmap(values: NDArray[np.float32]) -> Heatmap:
+    rows, cols = values.shape
+    size = (int(cols * STRIDE_PX + TILE_PX), int(rows * STRIDE_PX + TILE_PX))
+    return Heatmap(values.astype(np.float32), 0.0, 0.0, STRIDE_PX, TILE_PX, MPP, size)
+
+
+def two_blobs() -> NDArray[np.float32]:
+    """A one-cell blob (ITC size) at (2, 2) and a 10 x 10 block (micro size) at rows/cols 8-17."""
+    values = np.full((24, 24), 0.1, dtype=np.float32)
+    values[2, 2] = 0.97
+    values[8:18, 8:18] = 0.96
+    return values
+
+
+def score_by_column(confirmed_min_x: float):  # type: ignore[no-untyped-def]
+    """A fake dihedral scorer: tiles right of ``confirmed_min_x`` score 0.99, others 0.2."""
+    calls: list[int] = []
+
+    def score(xy: NDArray[np.int64]) -> NDArray[np.float32]:
+        calls.append(len(xy))
+        return np.where(xy[:, 0] >= confirmed_min_x, 0.99, 0.2).astype(np.float32)
+
+    return score, calls
+
+
+def test_without_confirmation_every_seeded_deposit_counts() -> None:
+    decision = decide_deposits(heatmap(two_blobs()), DepositRules(0.8, 0.9), None)
+    assert len(decision.deposits) == 2
+    assert decision.candidates == []
+
+
+def test_seed_drops_deposits_whose_cells_never_reach_it() -> None:
+    values = two_blobs()
+    values[2, 2] = 0.85  # above the outline threshold, below the seed
+    decision = decide_deposits(heatmap(values), DepositRules(0.8, 0.9), None)
+    assert [d.category for d in decision.deposits] == [Category.MICRO]
+
+
+def test_unconfirmed_itc_becomes_a_candidate_and_confirmed_micro_stays() -> None:
+    score, calls = score_by_column(confirmed_min_x=200.0)
+    decision = decide_deposits(heatmap(two_blobs()), DepositRules(0.8, 0.9, 0.7), score)
+    assert [d.category for d in decision.deposits] == [Category.MICRO]
+    assert [d.category for d in decision.candidates] == [Category.ITC]
+    assert decision.candidates[0].confirm_probability == pytest.approx(0.2)
+    assert decision.deposits[0].confirm_probability == pytest.approx(0.99)
+    assert sum(calls) <= 6  # at most CONFIRM_CELLS cells per deposit are rescored
+
+
+def test_unconfirmed_micro_is_kept_and_flagged_never_dropped() -> None:
+    score, _ = score_by_column(confirmed_min_x=1e9)  # nothing confirms
+    decision = decide_deposits(heatmap(two_blobs()), DepositRules(0.8, 0.9, 0.7), score)
+    assert [d.category for d in decision.deposits] == [Category.MICRO]
+    assert decision.deposits[0].review == NOT_CONFIRMED
+    assert len(decision.candidates) == 1
+
+
+def test_calibrated_size_is_contour_diameter_less_offset_with_measured_error() -> None:
+    values = np.full((30, 30), 0.0, dtype=np.float32)
+    values[10:20, 10:20] = 1.0  # 10 cells of 32 px: contour at 0.5 runs half way to the zeros
+    raw = SizeCalibration(0.5, 0.0, ((9.0, 0.0),))
+    (deposit,) = find_deposits(heatmap(values), 0.8, calibration=raw)
+    # the level-0.5 contour is a square of side 10 cells (cut corners): diagonal ~ 10 * 32 * sqrt(2)
+    assert deposit.max_diameter_mm == pytest.approx(10 * 32 * np.sqrt(2) / 1000, rel=0.05)
+    calibrated = SizeCalibration(0.5, 0.1, ((0.2, 0.03), (2.0, 0.05), (9.0, 0.2)))
+    (again,) = find_deposits(heatmap(values), 0.8, calibration=calibrated)
+    assert again.max_diameter_mm == pytest.approx(deposit.max_diameter_mm - 0.1)
+    assert again.max_diameter_uncertainty_mm == 0.05
+    assert again.size_calibrated and not deposit.refined
+    grid_only = find_deposits(heatmap(values), 0.8)[0]
+    assert not grid_only.size_calibrated
+    assert grid_only.max_diameter_uncertainty_mm == pytest.approx(32 * np.sqrt(2) / 1000)
+
+
+def test_size_calibration_error_lookup_and_range_checks() -> None:
+    calibration = SizeCalibration(0.5, 0.05, ((0.2, 0.03), (2.0, 0.05)))
+    assert calibration.error_for(0.1) == 0.03
+    assert calibration.error_for(1.0) == 0.05
+    assert calibration.error_for(5.0) == 0.05  # the last covers every larger size
+    with pytest.raises(ValueError, match="level"):
+        SizeCalibration(1.5, 0.0, ((1.0, 0.1),))
+    with pytest.raises(ValueError, match="error_mm"):
+        SizeCalibration(0.5, 0.0, ())
+
+
+def _card(**fields: object) -> ModelCard:
+    return ModelCard(architecture="pcamnet", tile_size_px=96, mpp=0.972, threshold=0.8, **fields)  # type: ignore[arg-type]
+
+
+def test_card_carries_the_rules_and_round_trips() -> None:
+    size = {"level": 0.6, "offset_mm": 0.04, "error_mm": [[0.2, 0.03], [2.0, 0.06], [9.0, 0.3]]}
+    card = _card(seed_threshold=0.95, confirm_threshold=0.9, size_calibration=size)
+    again = card_from_dict(card_to_dict(card))
+    rules = rules_from_card(again)
+    assert rules.threshold == 0.8 and rules.seed_threshold == 0.95 and rules.confirm_threshold == 0.9
+    assert rules.size == SizeCalibration(0.6, 0.04, ((0.2, 0.03), (2.0, 0.06), (9.0, 0.3)))
+    user = rules_from_card(again, threshold=0.7, seed=0.99)
+    assert (user.threshold, user.seed_threshold, user.confirm_threshold) == (0.7, 0.99, 0.9)
+
+
+def test_card_without_the_new_fields_still_loads() -> None:
+    data = card_to_dict(_card())
+    del data["confirm_threshold"], data["size_calibration"]
+    rules = rules_from_card(card_from_dict(data))
+    assert rules.confirm_threshold is None and rules.size is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"confirm_threshold": 1.5},
+        {"confirm_threshold": float("nan")},
+        {"size_calibration": {"level": 0.5}},
+        {"size_calibration": {"level": 2.0, "offset_mm": 0.0, "error_mm": [[1.0, 0.1]]}},
+        {"size_calibration": {"level": 0.5, "offset_mm": 0.0, "error_mm": [["x", 0.1]]}},
+    ],
+)
+def test_card_refuses_malformed_rules(fields: dict[str, object]) -> None:
+    with pytest.raises(CheckpointError):
+        _card(**fields)
+
+
+def test_rules_are_frozen() -> None:
+    rules = DepositRules(0.8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rules.threshold = 0.5  # type: ignore[misc]
