@@ -218,6 +218,19 @@ def test_report_opens_with_the_patient_table(batch: ViewerBatch, tmp_path: Path)
     assert "ajcc scheme" in ajcc
 
 
+def test_the_patient_table_lists_slides_without_a_patient_under_no_patient(
+    batch: ViewerBatch, tmp_path: Path
+) -> None:
+    root = _batch_with_patients_and_flags(batch, tmp_path / "batch")  # maps all slides but one
+    html = build_static_report(root, StaticReportConfig(thumbnail_max_px=64))
+    start = html.index('<table class="patients">')
+    table = html[start : html.index("</table>", start)]
+    last_row = table.split('<tr class="no-patient">')[1]
+    assert "<td>no patient</td>" in last_row and "not staged" in last_row and "1 slide<" in last_row
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in last_row and XSS_ID not in last_row
+    assert GOOD_ID not in last_row and FAILED_ID not in last_row
+
+
 def test_report_without_patients_has_no_patient_table(html: str) -> None:
     assert 'class="patients"' not in html
 
