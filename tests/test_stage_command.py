@@ -303,3 +303,29 @@ def test_a_node_scored_despite_failing_qc_is_named_in_the_stage_output(
     row = out.read_text(encoding="utf-8").splitlines()[1]
     assert row.endswith(",n1: QC failed: not lymph node,")
     assert "p1 is staged from nodes that failed slide QC" in capsys.readouterr().err
+
+
+def test_batch_finds_patients_inside_longer_slide_ids(tmp_path: Path) -> None:
+    slides = {
+        "centre_1_patient_024_node_2": {"status": "done", "category": "itc"},
+        "centre_1_patient_024_node_3": {"status": "done", "category": "micro"},
+        "centre_3_patient_066_node_1": {"status": "done", "category": "negative"},
+    }
+    batch = make_batch(tmp_path / "batch", slides)
+    out = tmp_path / "stages.csv"
+    assert main(["stage", "--batch", str(batch), "--out", str(out)]) == 0
+    rows = {row["patient"]: row for row in read_rows(out)}
+    assert rows["patient_024"]["stage"] == "pN1mi" and rows["patient_066"]["stage"] == "pN0"
+    assert rows["patient_024"]["node_categories"] == "node_2:itc;node_3:micro"
+
+
+def test_batch_with_a_slide_id_holding_no_patient_names_the_patients_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slides = {"patient_001_node_0": {"status": "done", "category": "negative"},
+              "lymph_a": {"status": "done", "category": "macro"}}
+    batch = make_batch(tmp_path / "batch", slides)
+    out = tmp_path / "stages.csv"
+    assert main(["stage", "--batch", str(batch), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "'lymph_a'" in err and "--patients" in err and "patient_NNN_node_N" in err and not out.exists()

@@ -294,13 +294,29 @@ def test_stage_patient_without_nodes_is_an_error() -> None:
         ("/data/centre_0/patient_004_node_4.tif", "patient_004"),
         ("patient_120_node_0.TIF", "patient_120"),
         ("patient_004.zip", None),
-        ("patient_004_node_4_extra", None),
+        ("patient_004_node_4_extra", "patient_004"),
         ("tumor_001", None),
-        ("centre_1_patient_024_node_2", None),
+        ("centre_1_patient_024_node_2", "patient_024"),
+        ("centre_1_patient_024_node_2.jpeg", "patient_024"),
+        ("Patient_010_Node_3_HE.svs", "Patient_010"),
+        ("xpatient_1_node_2", None),
+        ("patient_1_node_22x", None),
+        ("patient_1_node_2_patient_3_node_1", None),  # two patients: ambiguous
     ],
 )
 def test_patient_from_camelyon17_name(name: str, expected: str | None) -> None:
     assert patient_from_camelyon17_name(name) == expected
+
+
+def test_patients_are_found_inside_longer_names_and_nodes_keep_their_short_label() -> None:
+    slides = ["centre_1_patient_024_node_2", "centre_1_patient_024_node_10", "centre_3_patient_066_node_1"]
+    groups = assign_patients(slides)
+    assert groups == {
+        "patient_024": ["centre_1_patient_024_node_2", "centre_1_patient_024_node_10"],
+        "patient_066": ["centre_3_patient_066_node_1"],
+    }
+    assert node_label("centre_1_patient_024_node_10", "patient_024") == "node_10"
+    assert node_label("xpatient_024_node_1", "patient_024") == "xpatient_024_node_1"
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,12 @@ PATIENT_CSV_COLUMNS = (
 )
 
 # File suffixes of whole-slide images; removed so "x.tif" and batch slide id "x" match.
-SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
-_CAMELYON17_NODE = re.compile(r"(patient_\d+)_node_\d+", re.IGNORECASE)
+SLIDE_SUFFIXES = (
+    ".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".jpg", ".jpeg", ".png",
+)
+# "patient_024_node_2", also inside a longer name ("centre_1_patient_024_node_2_HE"): the
+# patient part must start the name or follow a separator, the node part end it or precede one.
+_CAMELYON17_NODE = re.compile(r"(?:^|(?<=[_\W]))(patient_\d+)_node_\d+(?=$|[_\W])", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,19 +93,22 @@ def slide_key(name: str) -> str:
 
 
 def patient_from_camelyon17_name(slide: str) -> str | None:
-    """Patient of a CAMELYON17 node slide: "patient_004_node_4(.tif)" -> "patient_004".
+    """Patient of a CAMELYON17 node slide: "patient_004_node_4(.tif)" -> "patient_004", also
+    inside a longer name: "centre_1_patient_024_node_2" -> "patient_024".
 
-    Returns None when the name does not follow that convention.
+    Returns None when the name holds no such part, or two that name different patients.
     """
-    match = _CAMELYON17_NODE.fullmatch(slide_key(slide))
-    return match.group(1) if match else None
+    patients = {match.group(1) for match in _CAMELYON17_NODE.finditer(slide_key(slide))}
+    return patients.pop() if len(patients) == 1 else None
 
 
 def node_label(slide: str, patient: str) -> str:
-    """Short name of a node within its patient: "patient_004_node_4" -> "node_4"."""
+    """Short name of a node within its patient: "patient_004_node_4" -> "node_4",
+    "centre_1_patient_004_node_4" -> "node_4" (what follows the patient part)."""
     prefix = f"{patient}_"
-    if slide.startswith(prefix) and len(slide) > len(prefix):
-        return slide[len(prefix) :]
+    at = slide.find(prefix)
+    if at >= 0 and len(slide) > at + len(prefix) and (at == 0 or not slide[at - 1].isalnum()):
+        return slide[at + len(prefix) :]
     return slide
 
 
@@ -292,8 +299,8 @@ def assign_patients(
             groups.setdefault(patient, []).append(slide)
     if unmatched:
         raise StagingError(
-            f"no patient for {len(unmatched)} slide(s): {_examples(unmatched)}; their names do "
-            f"not follow the CAMELYON17 'patient_NNN_node_N' convention"
+            f"no patient for {len(unmatched)} slide(s): {_examples(unmatched)}; their names hold "
+            f"no CAMELYON17 'patient_NNN_node_N' part"
             + (" and the patient mapping does not list them" if mapping else "")
             + "; pass --patients with a CSV 'slide,patient' that lists every slide"
         )
