@@ -72,6 +72,22 @@ def test_deposit_table_shows_size_area_cells_and_probability(html: str, batch: V
     assert "0.950" in html
 
 
+def test_a_deposit_whose_cells_were_not_counted_says_so_rather_than_zero(
+    batch: ViewerBatch, tmp_path: Path
+) -> None:
+    root = tmp_path / "batch"
+    shutil.copytree(batch.root, root)
+    report_path = root / GOOD_ID / "report.json"
+    report = json.loads(report_path.read_text())
+    report["deposits"][0]["cell_count"] = None
+    report["deposits"][1]["cell_count"] = 0
+    report_path.write_text(json.dumps(report))
+    html = build_static_report(root, StaticReportConfig(thumbnail_max_px=64))
+    rows = html[html.index('<table class="deposits') :].split("</table>")[0].split("<tr ")[1:]
+    assert ">not counted</span></td>" in rows[0] and '<td class="num">0</td>' not in rows[0]
+    assert '<td class="num">0</td>' in rows[1]
+
+
 def test_script_name_is_escaped(html: str) -> None:
     assert XSS_ID not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
