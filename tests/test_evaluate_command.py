@@ -354,3 +354,22 @@ def test_outlines_outside_the_slide_are_reported(
     with caplog.at_level(logging.WARNING):
         assert _evaluate(batch, truth, out) == 0
     assert "1 of 2 tumor outline(s) lie entirely outside the slide" in caplog.text
+
+
+def test_a_reference_csv_listing_none_of_the_batch_says_so_and_names_both_sides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch, out = tmp_path / "batch", tmp_path / "eval"
+    write_slide(batch, "node_a", "macro", 0.9, [deposit(4000, 4000, 1.3, "macro", 0.9)])
+    write_slide(batch, "node_b", "negative", 0.1, [])
+    reference = tmp_path / "reference.csv"
+    reference.write_text("slide,class\nTest_001,Tumor\nTest_002,Normal\n")
+    argv = ["evaluate", "--batch", str(batch), "--reference", str(reference), "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "reference.csv: lists none of the 2 finished slides" in err and "node_a, node_b" in err
+    assert "Test_001" in err and "pass --truth-dir" not in err and not out.exists()
+    reference.write_text("slide,class\nnode_a,Tumor\nTest_002,Normal\n")
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "does not list 1 finished slide(s) (node_b); they are left out" in err

@@ -91,7 +91,33 @@ def _references(batch: BatchPredictions, truth_dir: Path | None,
         reference = read_slide_reference(prediction, truth_dir, labels)
         if reference is not None:
             references[slide_id] = reference
+    if reference_csv is not None and labels is not None:
+        _say_which_slides_the_reference_lacks(batch, references, reference_csv, labels)
     return references
+
+
+def _say_which_slides_the_reference_lacks(
+    batch: BatchPredictions, references: dict[str, SlideReference], reference_csv: Path,
+    labels: dict[str, bool],
+) -> None:
+    """Finished slides that --reference does not list: an error when it lists none of them
+    (the ids do not match), else one warning line naming them (they are left out)."""
+    missing = sorted(s for s in batch.slides if s not in references)
+    if not missing:
+        return
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    if not references:
+        listed = ", ".join(sorted(labels)[:5]) + (" ..." if len(labels) > 5 else "")
+        raise EvaluationError(
+            f"{reference_csv}: lists none of the {len(batch.slides)} finished slides of the batch "
+            f"({shown}); it lists {listed or 'no slide'}. Its first column must hold the batch's "
+            "slide ids (file names without their suffix)"
+        )
+    print(
+        f"micromet evaluate: warning: {reference_csv} does not list {len(missing)} finished "
+        f"slide(s) ({shown}); they are left out of the FROC and AUC",
+        file=sys.stderr,
+    )
 
 
 def _check_every_slide_has_truth(batch: BatchPredictions, truth_dir: Path) -> None:
