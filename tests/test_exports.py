@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -183,3 +184,29 @@ def test_review_flag_is_in_geojson_properties_and_the_asap_name(tmp_path: Path) 
     assert names[1:] == ["deposit 2 (itc)", "deposit 3 (itc)"]
     write_camelyon16_csv(deposits, tmp_path / "d.csv")  # the CAMELYON16 format stays 3 columns
     assert all(len(line.split(",")) == 3 for line in (tmp_path / "d.csv").read_text().splitlines())
+
+
+def test_candidates_for_review_are_a_separate_class_in_geojson_and_group_in_asap(tmp_path: Path) -> None:
+    deposits = make_deposits()
+    candidate = dataclasses.replace(deposits[2], id=1, confirm_probability=0.31)
+    write_qupath_geojson(deposits[:2], tmp_path / "d.geojson", [candidate])
+    write_asap_xml(deposits[:2], tmp_path / "d.xml", [candidate])
+    data = json.loads((tmp_path / "d.geojson").read_text())
+    check_rfc7946_polygon_collection(data)
+    properties = [f["properties"] for f in data["features"]]
+    assert [p["classification"]["name"] for p in properties] == ["Tumor", "Tumor", "Candidate"]
+    assert properties[2]["name"] == "candidate 1 (for review, not counted)"
+    assert properties[2]["candidate"] is True and "candidate" not in properties[0]
+    assert properties[2]["measurements"]["confirm_probability"] == pytest.approx(0.31)
+    assert "confirm_probability" not in properties[0]["measurements"]  # not rescored
+    reloaded = read_geojson(tmp_path / "d.geojson")
+    assert [a.label for a in reloaded] == ["tumor", "tumor", "other"]  # never read back as tumor
+    np.testing.assert_array_equal(reloaded[2].vertices_xy, candidate.outline_xy)
+    groups = [(a.name, a.group, a.label) for a in read_asap_xml(tmp_path / "d.xml")]
+    assert groups == [
+        ("deposit 1 (micro)", "Tumor", "tumor"),
+        ("deposit 2 (itc)", "Tumor", "tumor"),
+        ("candidate 1 (for review, not counted)", "Candidate", "other"),
+    ]
+    write_qupath_geojson(deposits[:2], tmp_path / "none.geojson")  # without candidates: as before
+    assert len(json.loads((tmp_path / "none.geojson").read_text())["features"]) == 2

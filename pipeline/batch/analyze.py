@@ -351,11 +351,11 @@ def _count_cells(context: AnalysisContext, slide: Slide, deposits: list[Deposit]
     return add_cell_counts(slide, deposits, context.deposits)
 
 
-def _write_exports(folder: Path, deposits: Sequence[Deposit]) -> None:
+def _write_exports(folder: Path, deposits: Sequence[Deposit], candidates: Sequence[Deposit]) -> None:
     from pipeline.review.exports import write_asap_xml, write_camelyon16_csv, write_qupath_geojson
 
-    write_qupath_geojson(deposits, folder / "deposits.geojson")
-    write_asap_xml(deposits, folder / "deposits.xml")
+    write_qupath_geojson(deposits, folder / "deposits.geojson", candidates)
+    write_asap_xml(deposits, folder / "deposits.xml", candidates)
     write_camelyon16_csv(deposits, folder / "detections.csv")
 
 
@@ -400,7 +400,7 @@ def _deposits_and_overlay(
         overlay_base = pool.submit(_overlay_base, slide.path, slide.mpp, heatmap)
         deposits = _count_cells(context, slide, decision.deposits)
         seconds = time.perf_counter() - started
-        _write_exports(folder, deposits)
+        _write_exports(folder, deposits, decision.candidates)
         _write_overlay(slide, overlay_base.result(), deposits, folder, slide_id)
     return deposits, decision.candidates, seconds
 

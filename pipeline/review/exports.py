@@ -8,15 +8,20 @@ never leaves a half-written file under its final name.
   ``properties.objectType = "annotation"``, classification "Tumor", name
   "deposit 1 (micro)", the measurements (mm, mm², probabilities, cell count), and the
   properties ``category`` and ``review`` (why size and cell count disagree, or null).
+  Candidates for review (ITC-size findings that rescoring in 8 poses did not confirm,
+  ``pipeline.deposits.decide``) follow as Features of classification "Candidate", named
+  "candidate 1 (for review, not counted)", with ``properties.candidate = true``; they are not
+  part of the slide's category, and a review import skips them unless reclassed as tumor.
 - ASAP XML: one polygon per deposit in group "Tumor" (opens in ASAP and reads back with
   ``pipeline.slides.annotations.read_asap_xml``); a deposit flagged for review is named
   "deposit 1 (micro, review: <reason>)", since ASAP shows names but keeps no other fields.
+  Candidates for review are polygons in a separate group "Candidate".
 - CAMELYON16 lesion-detection CSV: one row per deposit, ``confidence,X,Y`` with the
   deposit's max probability and a point inside it (its centroid, or when the centroid of an
   irregular deposit falls outside it, the nearest interior point). The official
   evaluation script (Evaluation_FROC.py) parses X and Y with ``int()``, so they are
   written as whole level-0 px. The review flag is not in this file: the format has exactly
-  these three columns.
+  these three columns. Candidates for review are not detections and are not listed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.deposits.measure import Deposit
 from pipeline.errors import AnnotationError
@@ -35,11 +41,17 @@ from pipeline.slides.annotations import Annotation, annotation_to_feature
 from pipeline.slides.annotations import write_asap_xml as write_annotations_xml
 
 TUMOR_GROUP = "Tumor"
+CANDIDATE_GROUP = "Candidate"
+# QuPath class colour of candidates (RGB): amber, apart from the red tumor class.
+CANDIDATE_RGB = (230, 159, 0)
 CAMELYON16_CSV_HEADER = ("confidence", "X", "Y")
 
 __all__ = [
     "CAMELYON16_CSV_HEADER",
+    "CANDIDATE_GROUP",
+    "CANDIDATE_RGB",
     "TUMOR_GROUP",
+    "candidate_annotation",
     "deposit_annotation",
     "deposit_measurements",
     "detection_point_xy",
@@ -62,8 +74,20 @@ def deposit_annotation(deposit: Deposit) -> Annotation:
     )
 
 
+def candidate_annotation(candidate: Deposit) -> Annotation:
+    """A candidate for review's outline as an ``Annotation`` of group "Candidate" (label
+    "other": never read back as tumor) named "candidate N (for review, not counted)"."""
+    return Annotation(
+        name=f"candidate {candidate.id} (for review, not counted)",
+        group=CANDIDATE_GROUP,
+        label="other",
+        vertices_xy=candidate.outline_xy,
+    )
+
+
 def deposit_measurements(deposit: Deposit) -> dict[str, float]:
-    """Numeric measurements shown by QuPath; cell_count only when it was estimated."""
+    """Numeric measurements shown by QuPath; cell_count and confirm_probability only when
+    they were measured."""
     values = {
         "id": float(deposit.id),
         "max_diameter_mm": deposit.max_diameter_mm,
@@ -75,11 +99,21 @@ def deposit_measurements(deposit: Deposit) -> dict[str, float]:
     }
     if deposit.cell_count is not None:
         values["cell_count"] = float(deposit.cell_count)
+    if deposit.confirm_probability is not None:
+        values["confirm_probability"] = float(deposit.confirm_probability)
     return values
 
 
-def write_qupath_geojson(deposits: Sequence[Deposit], path: Path) -> None:
-    """Write the deposits as a QuPath GeoJSON FeatureCollection (atomically).
+def _candidate_feature(candidate: Deposit) -> dict[str, Any]:
+    feature = annotation_to_feature(candidate_annotation(candidate), deposit_measurements(candidate))
+    feature["properties"]["classification"] = {"name": CANDIDATE_GROUP, "color": list(CANDIDATE_RGB)}
+    feature["properties"].update(category=str(candidate.category), review=candidate.review, candidate=True)
+    return feature
+
+
+def write_qupath_geojson(deposits: Sequence[Deposit], path: Path, candidates: Sequence[Deposit] = ()) -> None:
+    """Write the deposits, then the candidates for review (class "Candidate"), as a QuPath
+    GeoJSON FeatureCollection (atomically).
 
     Raises OutputError if the file cannot be written.
     """
@@ -88,16 +122,19 @@ def write_qupath_geojson(deposits: Sequence[Deposit], path: Path) -> None:
         feature = annotation_to_feature(deposit_annotation(deposit), deposit_measurements(deposit))
         feature["properties"].update(category=str(deposit.category), review=deposit.review)
         features.append(feature)
+    features += [_candidate_feature(candidate) for candidate in candidates]
     text = json.dumps({"type": "FeatureCollection", "features": features}, indent=1) + "\n"
     atomic_write_text(Path(path), text)
 
 
-def write_asap_xml(deposits: Sequence[Deposit], path: Path) -> None:
-    """Write the deposits as ASAP XML polygons in group "Tumor" (atomically).
+def write_asap_xml(deposits: Sequence[Deposit], path: Path, candidates: Sequence[Deposit] = ()) -> None:
+    """Write the deposits as ASAP XML polygons in group "Tumor", the candidates for review in
+    group "Candidate" (atomically).
 
     Raises OutputError if the file cannot be written.
     """
-    write_annotations_xml([deposit_annotation(d) for d in deposits], Path(path))
+    annotations = [deposit_annotation(d) for d in deposits] + [candidate_annotation(c) for c in candidates]
+    write_annotations_xml(annotations, Path(path))
 
 
 def detection_point_xy(deposit: Deposit) -> tuple[float, float]:
