@@ -3,6 +3,7 @@ checkpoint loads for inference; settings resolve and round-trip through config.t
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import math
@@ -254,3 +255,44 @@ def test_cli_train_reads_webp_patch_folders(tmp_path: Path, capsys: pytest.Captu
     assert "finished: 1 epochs" in capsys.readouterr().out
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert float(rows[-1]["n_train"]) == 8 and float(rows[-1]["val_n"]) == 8
+
+
+def test_train_prints_a_line_per_epoch_when_stderr_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, value in (("tumor", 70), ("normal", 215)):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for index in range(5):
+                pixels = torch.full((48, 48, 3), value + index, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"p{index}.png")
+    out = tmp_path / "run"
+    code = cli_main(
+        ["train", "--patches", str(tmp_path / "train"), "--val-patches", str(tmp_path / "val"),
+         "--patch-mpp", "0.972", "--tile-size-px", "32", "--model-mpp", "0.972", "--epochs", "2",
+         "--batch-size", "4", "--workers", "0", "--out", str(out), "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err  # captured: not a terminal, so no bars
+    epoch_lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1", "epoch 2"]
+    assert all(" over 2 batches, val AUC " in line and ", val loss " in line for line in epoch_lines)
+    assert "2 of the 10 training patches sit out each epoch" in caplog.text  # 10 patches, batch 4
+
+
+def test_epoch_line_and_help_name_the_real_flags() -> None:
+    from pipeline.cli.train import epoch_line, flag_name
+
+    line = epoch_line(2, [0.5, 0.3], {"val_auc": 0.91234, "val_loss": 0.3333, "epoch": 2.0})
+    assert line == "epoch 3: train loss 0.400 over 2 batches, val AUC 0.912, val loss 0.333"
+    assert epoch_line(0, [], {}) == "epoch 1: no training batch"
+    assert flag_name("num_workers") == "--workers" and flag_name("max_steps") == "--max-steps"
+    parser = argparse.ArgumentParser()
+    from pipeline.cli import train as train_command
+
+    train_command.add_arguments(parser)
+    text = parser.format_help()
+    assert "--num-workers" not in text and "--workers N" in text
