@@ -16,6 +16,9 @@ CATEGORY_COLORS: dict[str, str] = {
     "macro": "#D55E00",
 }
 UNKNOWN_CATEGORY_COLOR = "#777777"
+# Candidates for review (ITC-size findings not confirmed by rescoring; never a category):
+# Okabe-Ito reddish purple, drawn dashed, apart from every category colour.
+CANDIDATE_COLOR = "#CC79A7"
 # Drawn under every outline so it stays visible on tissue and on the heatmap alike.
 OUTLINE_HALO_COLOR = "#000000"
 
@@ -51,7 +54,7 @@ def heatmap_gradient_css(steps: int = 11) -> str:
 
 
 def category_css() -> str:
-    """CSS rules giving each ``.cat-<category>`` class its colour as ``--cat-color``."""
-    return "\n".join(
-        f".cat-{name} {{ --cat-color: {color}; }}" for name, color in CATEGORY_COLORS.items()
-    )
+    """CSS rules giving each ``.cat-<category>`` class its colour as ``--cat-color``, and the
+    candidates' colour as ``--candidate-color``."""
+    rules = [f".cat-{name} {{ --cat-color: {color}; }}" for name, color in CATEGORY_COLORS.items()]
+    return "\n".join([*rules, f":root {{ --candidate-color: {CANDIDATE_COLOR}; }}"])

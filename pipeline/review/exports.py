@@ -37,13 +37,14 @@ from typing import Any
 from pipeline.deposits.measure import Deposit
 from pipeline.errors import AnnotationError
 from pipeline.outputs import atomic_write_text, csv_safe_row
+from pipeline.review.colors import CANDIDATE_COLOR, hex_to_rgb
 from pipeline.slides.annotations import Annotation, annotation_to_feature
 from pipeline.slides.annotations import write_asap_xml as write_annotations_xml
 
 TUMOR_GROUP = "Tumor"
 CANDIDATE_GROUP = "Candidate"
-# QuPath class colour of candidates (RGB): amber, apart from the red tumor class.
-CANDIDATE_RGB = (230, 159, 0)
+# QuPath class colour of candidates (RGB): the viewer's candidate colour, apart from tumor's red.
+CANDIDATE_RGB = hex_to_rgb(CANDIDATE_COLOR)
 CAMELYON16_CSV_HEADER = ("confidence", "X", "Y")
 
 __all__ = [

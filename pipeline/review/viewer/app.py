@@ -1,8 +1,9 @@
 """Review: reads a batch output folder, produces the deep-zoom web viewer (a Flask app).
 
 Pages: ``/`` (slide list), ``/slide/<id>`` (OpenSeadragon viewer with heatmap, deposit
-outlines, deposit table, scale bar). Data: ``/api/slides``, ``/api/slide/<id>``,
-``/dz/<id>.dzi``, ``/dz/<id>_files/<level>/<col>_<row>.jpeg``, ``/heatmap/<id>.png``.
+outlines, deposit table, candidates for review drawn dashed and listed apart, scale bar).
+Data: ``/api/slides``, ``/api/slide/<id>``, ``/dz/<id>.dzi``,
+``/dz/<id>_files/<level>/<col>_<row>.jpeg``, ``/heatmap/<id>.png``.
 OpenSeadragon is served from ``node_modules`` (``npm ci``) under ``/vendor/openseadragon/``.
 
 Review (``create_app(review=True)``, ``micromet view --review``): ``GET /api/review/<id>``
@@ -50,7 +51,13 @@ from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import OutputError, ReviewConflictError, ReviewError, SlideOpenError
 from pipeline.review.colors import CATEGORY_COLORS
 from pipeline.review.overlay import heatmap_layer, heatmap_rect_px
-from pipeline.review.viewer.batch_index import BatchIndex, SlideRecord, SlideSummary, load_heatmap_or_none
+from pipeline.review.viewer.batch_index import (
+    BatchIndex,
+    SlideRecord,
+    SlideSummary,
+    load_heatmap_or_none,
+    report_candidates,
+)
 from pipeline.review.viewer.patients import load_patient_view
 from pipeline.review.viewer.review_edits import MAX_REQUEST_BYTES, review_payload, save_edit
 from pipeline.review.viewer.templating import (
@@ -292,6 +299,7 @@ def slide_page(slide_id: str) -> str:
         "slide.html",
         summary=summary,
         report=report,
+        candidates=report_candidates(report),
         patient=patient,
         openseadragon_available=state.openseadragon_available,
         review_api_url=url_for("api_review", slide_id=slide_id),
@@ -310,6 +318,7 @@ def _summary_payload(summary: SlideSummary) -> dict[str, Any]:
         "score": summary.score,
         "largest_deposit_mm": summary.largest_deposit_mm,
         "n_deposits": summary.n_deposits,
+        "n_candidates": summary.n_candidates,
         "largest_deposit_text": summary.largest_deposit_text,
         "review": list(summary.review),
         "cell_rule": summary.cell_rule,
@@ -343,7 +352,8 @@ def _heatmap_payload(slide_id: str, heatmap: Heatmap) -> dict[str, Any]:
 
 
 def api_slide(slide_id: str) -> Response:
-    """One slide: manifest entry, report, heatmap geometry, tile and overlay URLs."""
+    """One slide: manifest entry, report, its candidates for review (none for a report written
+    before they existed), heatmap geometry, tile and overlay URLs."""
     state = _state()
     record = _record_or_404(slide_id)
     summary = state.index.summary(record)
@@ -354,6 +364,7 @@ def api_slide(slide_id: str) -> Response:
     payload = {
         **_summary_payload(summary),
         "report": report,
+        "candidates": report_candidates(report),
         "mpp": mpp,
         "dzi_url": url_for("dzi", slide_id=slide_id),
         "heatmap": None if heatmap is None else _heatmap_payload(slide_id, heatmap),

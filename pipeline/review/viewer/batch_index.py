@@ -55,6 +55,8 @@ class SlideSummary:
     ..."), None when QC passed or was not run. review_status: the pathologist review's
     status ("complete", "in progress"), None without one; where it is complete, ``category``
     is the reviewed category and ``automated_category`` the model's (else None).
+    n_candidates: the report's candidates for review (ITC-size findings rescoring did not
+    confirm; ``report_candidates``), not counted in ``category``.
     """
 
     record: SlideRecord
@@ -70,6 +72,7 @@ class SlideSummary:
     review_status: str | None = None
     reviewer: str | None = None
     automated_category: str | None = None
+    n_candidates: int = 0
 
 
 def resolve_inside(root: Path, candidate: Path) -> Path | None:
@@ -218,6 +221,7 @@ class BatchIndex:
         report = report or {}
         deposits = report.get("deposits")
         deposits = [d for d in deposits if isinstance(d, dict)] if isinstance(deposits, list) else []
+        candidates = report_candidates(report)
         summary = SlideSummary(
             record=record,
             category=_optional_str(report.get("category")),
@@ -229,6 +233,7 @@ class BatchIndex:
             review=tuple(str(reason) for reason in report.get("review") or review_reasons(deposits)),
             cell_rule=_optional_str(report.get("cell_rule")) if report else None,
             qc_warning=_optional_str((report.get("qc") or {}).get("warning")) or None,
+            n_candidates=len(candidates),
         )
         return summary if review is None else _reviewed(summary, review)
 
@@ -247,6 +252,16 @@ class BatchIndex:
     def summaries(self) -> list[SlideSummary]:
         """Summaries of every slide, in manifest order."""
         return [self.summary(record) for record in self.records().values()]
+
+
+def report_candidates(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The candidates for review of a report.json (``pipeline.deposits.decide``: ITC-size
+    findings that rescoring in 8 poses did not confirm; entries as deposits'), in report
+    order. A report written before candidates existed has none."""
+    candidates = (report or {}).get("candidates")
+    if not isinstance(candidates, list):
+        return []
+    return [c for c in candidates if isinstance(c, dict)]
 
 
 def _reviewed(summary: SlideSummary, review: SlideReview) -> SlideSummary:

@@ -3,7 +3,8 @@
 The file embeds its thumbnails as data URIs and its CSS and JavaScript inline, so it opens
 from disk (file://) with no server and no network. Every slide is listed: category,
 score, largest deposit, a thumbnail with the heatmap and deposit outlines, the deposit
-table; failed slides with their error.
+table, the candidates for review (counted beside the category, never in it; listed apart and
+drawn dashed); failed slides with their error.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pipeline.review.viewer.batch_index import (
     BatchIndex,
     SlideSummary,
     load_heatmap_or_none,
+    report_candidates,
 )
 from pipeline.review.viewer.patients import load_patient_view
 from pipeline.review.viewer.render import blank_thumbnail, render_review_image, slide_thumbnail
@@ -66,13 +68,14 @@ class StaticReportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SlideSection:
-    """What the report shows for one slide."""
+    """What the report shows for one slide; candidates: its candidates for review."""
 
     summary: SlideSummary
     anchor: str
     report: dict[str, Any]
     image_uri: str | None
     image_note: str | None
+    candidates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def _environment() -> jinja2.Environment:
@@ -120,7 +123,8 @@ def _slide_image(
         note = f"slide image not shown ({exc}); heatmap and outlines only"
         log.warning("%s: %s", record.slide_id, note)
     image = render_review_image(
-        base, dimensions, mpp, heatmap, report.get("deposits") or [], config.heatmap_opacity
+        base, dimensions, mpp, heatmap, report.get("deposits") or [], config.heatmap_opacity,
+        report_candidates(report),
     )
     return _jpeg_data_uri(image, config.jpeg_quality), note
 
@@ -133,7 +137,7 @@ def _section(
     if summary.record.status == STATUS_DONE and summary.problem is None:
         report = index.report(summary.record) or {}
         image_uri, note = _slide_image(index, summary, report, config)
-    return SlideSection(summary, f"slide-{number}", report, image_uri, note)
+    return SlideSection(summary, f"slide-{number}", report, image_uri, note, report_candidates(report))
 
 
 def build_static_report(

@@ -1,6 +1,6 @@
 /* micromet viewer: OpenSeadragon deep zoom of one slide, with the heatmap as a second image,
-   deposit outlines as an SVG layer, a deposit table that zooms to a deposit, and a scale bar
-   in mm. Coordinates: the API gives level-0 px; OpenSeadragon's viewport has the slide's
+   deposit outlines as an SVG layer (candidates for review dashed, in their own group), deposit
+   and candidate tables that zoom to one, and a scale bar in mm. Coordinates: the API gives level-0 px; OpenSeadragon's viewport has the slide's
    width as 1, so viewport = level-0 px / slide width.
    State for tests and debugging is exposed on window.micromet. */
 (function () {
@@ -108,6 +108,16 @@
     var layer = svgElement('g', {});
     svg.appendChild(layer);
     viewer.canvas.appendChild(svg);
+    // Candidates first, so deposits are drawn over them; their stroke comes from the CSS.
+    var candidateLayer = svgElement('g', {'class': 'candidate-layer'});
+    layer.appendChild(candidateLayer);
+    state.candidateOutlines = (info.candidates || []).map(function (candidate) {
+      var group = svgElement('g', {'class': 'candidate'});
+      group.appendChild(outlineShape(candidate, 'outline-halo'));
+      group.appendChild(outlineShape(candidate, 'outline'));
+      candidateLayer.appendChild(group);
+      return group;
+    });
     state.outlines = deposits.map(function (deposit) {
       var group = svgElement('g', {'class': 'deposit'});
       var line = outlineShape(deposit, 'outline');
@@ -131,6 +141,12 @@
     toggle.addEventListener('change', function () {
       svg.setAttribute('visibility', toggle.checked ? 'visible' : 'hidden');
     });
+    var candidateToggle = document.getElementById('candidate-toggle');
+    if (candidateToggle) {
+      candidateToggle.addEventListener('change', function () {
+        candidateLayer.setAttribute('visibility', candidateToggle.checked ? 'inherit' : 'hidden');
+      });
+    }
   }
 
   function depositBox(deposit) {
@@ -170,20 +186,26 @@
       2 * halfWidth / width, 2 * halfHeight / width));
   }
 
-  function setupDepositTable(viewer, info) {
-    var deposits = (info.report && info.report.deposits) || [];
-    var rows = document.querySelectorAll('#deposit-table tbody tr[data-index]');
+  // rowSelector: the table's rows; indexAttribute: the row's index into items; outlines():
+  // the SVG groups of items, in the same order. Selecting a row selects one outline of all.
+  function setupZoomTable(viewer, info, rowSelector, indexAttribute, items, outlines) {
+    var rows = document.querySelectorAll(rowSelector);
     Array.prototype.forEach.call(rows, function (row) {
-      var index = Number(row.getAttribute('data-index'));
-      var deposit = deposits[index];
+      var index = Number(row.getAttribute(indexAttribute));
+      var deposit = items[index];
       if (!deposit) {
         return;
       }
       function select() {
-        Array.prototype.forEach.call(rows, function (other) { other.classList.remove('selected'); });
-        (state.outlines || []).forEach(function (group, i) {
-          group.classList.toggle('selected', i === index);
+        Array.prototype.forEach.call(document.querySelectorAll('#deposit-table tr.selected, ' +
+          '#candidate-table tr.selected'), function (other) { other.classList.remove('selected'); });
+        (state.outlines || []).concat(state.candidateOutlines || []).forEach(function (group) {
+          group.classList.remove('selected');
         });
+        var group = outlines()[index];
+        if (group) {
+          group.classList.add('selected');
+        }
         row.classList.add('selected');
         focusDeposit(viewer, deposit, info.mpp);
       }
@@ -235,7 +257,11 @@
     });
     state.tilesLoaded = slide.getFullyLoaded();
     addOutlines(viewer, info);
-    setupDepositTable(viewer, info);
+    setupZoomTable(viewer, info, '#deposit-table tbody tr[data-index]', 'data-index',
+      (info.report && info.report.deposits) || [], function () { return state.outlines || []; });
+    setupZoomTable(viewer, info, '#candidate-table tbody tr[data-candidate-index]',
+      'data-candidate-index', info.candidates || [],
+      function () { return state.candidateOutlines || []; });
     setupScaleBar(viewer, info);
     state.focus = function (deposit) { focusDeposit(viewer, deposit, info.mpp); };  // for review.js
     addHeatmap(viewer, info).then(function () { state.ready = true; });
