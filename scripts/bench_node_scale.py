@@ -197,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "node_scale")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--write-card", action="store_true", help="write rules / figures into the model's card"
+    )
+    parser.add_argument(
+        "--rules", type=Path, default=None, help="report: a calibration.json instead of the card"
+    )
     args = parser.parse_args(argv)
     if args.command == "score":
         return score_part(args)

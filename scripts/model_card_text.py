@@ -66,6 +66,59 @@ def _c17_rows(m: dict[str, float]) -> list[str]:
     return rows
 
 
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2f}"
+
+
+def _size_text(card: ModelCard) -> str:
+    size = card.size_calibration
+    if not size:
+        return (
+            "grid sizes: the max Feret diameter of the cell squares; ± one cell diagonal (quantisation only)"
+        )
+    errors = ", ".join(f"up to {u:g} mm: ± {e:.3f} mm" for u, e in size["error_mm"])
+    return (
+        f"max Feret diameter of the heatmap contour at probability {size['level']}, less "
+        f"{size['offset_mm']:.3f} mm (the mean excess on real dev tumor); the ± printed is the 95 % "
+        f"error measured on dev: {errors}"
+    )
+
+
+def _node_text(m: dict[str, float]) -> str:
+    """The node-scale test figures (scripts/bench_node_scale.py report --part test)."""
+    if "node_test_negative_mm2" not in m:
+        return "Not measured for this checkpoint."
+    rows = [
+        "Surfaces of real tissue from the test part only (feathered mosaics of test-part PCam normals, "
+        "the untrained half of the centre-3 tile, and real test-part tumor pasted in at 0.03-3 mm in "
+        "discs, ellipses and irregular shapes); deposits decided by the pipeline's own code "
+        "(`pipeline.deposits.decide`). Not whole slides: mosaics of 96 µm patches.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| tumor-free tissue | {m['node_test_negative_mm2']:.1f} mm² |",
+        f"| false deposits | {m['node_test_false_deposits']:.0f}: {m['node_test_false_per_mm2']:.3f} per mm² "
+        f"(95 % upper bound {m['node_test_false_per_mm2_upper95']:.3f}) |",
+        f"| false micro or macro deposits | {m['node_test_false_micro_macro']:.0f} |",
+        f"| candidates for review on tumor-free tissue | {m['node_test_candidates_per_mm2']:.3f} per mm² |",
+        f"| sensitivity, ITC-size 0.05-0.2 mm | {m['node_test_itc_sensitivity']:.2f} (n {m['node_test_itc_n']:.0f}) |",
+        f"| sensitivity, micro 0.2-2 mm | {m['node_test_micro_sensitivity']:.2f} (n {m['node_test_micro_n']:.0f}) |",
+        "",
+        "| true size band mm | n | detected | category right | size bias mm | size sd mm |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    prefix = "node_test_"
+    keys = [k for k in m if k.startswith(prefix) and k.endswith("mm_n")]
+    for key in sorted(keys, key=lambda k: float(k[len(prefix) :].split("_")[0])):
+        band = key[len(prefix) : -len("mm_n")]
+        base = f"{prefix}{band}mm"
+        rows.append(
+            f"| {band.replace('_', '-')} | {m[key]:.0f} | {m[base + '_detected']:.2f} | "
+            f"{m[base + '_category_right']:.2f} | {m[base + '_size_bias_mm']:+.3f} | {m[base + '_size_sd_mm']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
 def write_model_card_md(
     path: Path, card: ModelCard, c16_slides: list[str], args: argparse.Namespace, minutes: float
 ) -> None:
@@ -89,20 +142,24 @@ never for diagnosis.
 | heatmap | stride **{card.stride_px} px** ({(card.stride_px or 0) * card.mpp:.0f} µm): each heatmap cell is the central {card.stride_px} x {card.stride_px} px of its tile, the region PatchCamelyon's label describes |
 | normalisation | tiles / 255, then ImageNet mean {card.mean} / std {card.std}; no stain normalisation (HED stain augmentation in training instead) |
 | output | softmax over ("normal", "tumor"); tumor probability = class 1 |
-| operating threshold | **{card.threshold:.2f}**: the lowest threshold whose false-positive rate on the PCam validation normals is at most 2 %, and not below Youden's J there; heatmap cells at or above it outline deposits |
-| seed threshold | **{card.seed_threshold:.2f}**: a deposit is kept only if one of its cells reaches it (hysteresis); the lowest threshold whose false-positive rate on the PCam validation normals is at most 1 %. Isolated cells between the two thresholds in tumor-free tissue do not become deposits |
+| operating threshold | **{card.threshold:.2f}**: the lowest threshold whose false-positive rate on the dev part's PCam normals is at most 2 %, and not below Youden's J there; heatmap cells at or above it outline deposits |
+| seed threshold | **{_fmt(card.seed_threshold)}**: a deposit is kept only if one of its cells reaches it (hysteresis); chosen with the confirm threshold on the dev part's node-scale surfaces (`scripts/bench_node_scale.py calibrate`): the pair finding the most ITC-size deposits with at most 0.1 false deposits per mm² and micro sensitivity at least 0.95 |
+| confirm threshold | **{_fmt(card.confirm_threshold)}**: the best cells of a seeded deposit are rescored in the 8 dihedral poses; the deposit counts when one cell's mean over the poses reaches it. An unconfirmed ITC-size deposit is a candidate for review, never the slide's category; a larger one stays a deposit, flagged |
+| sizes | {_size_text(card)} |
 | trained | {card.created}, `micromet train`, {args.epochs} epochs of batch {args.batch_size}, AdamW, one-cycle lr {args.lr}, seed {args.seed} |
 | software | {software} |
-| reproduce | `python scripts/train_default_model.py` (needs ../shared/data; resumes if stopped) |
+| reproduce | `python scripts/train_default_model.py`, then `python scripts/bench_node_scale.py score --part dev`, `... calibrate --write-card`, `... score --part test`, `... report --part test --write-card`, then `python scripts/train_default_model.py --card-only` (needs ../shared/data; training resumes if stopped) |
 
 ## Training data
 
 {card.training_data}
 
-Licences: PatchCamelyon and CAMELYON16/17 are CC0 1.0; the Kaggle copy of PCam is CC0.
-The PCam patches carry no slide id, so the split is by patch, not by slide: the PCam test
-figure below is in-distribution and optimistic. Generalisation is judged on the CAMELYON16
-level-0 patches and on the CAMELYON17 tiles of three other centres.
+Licences: PatchCamelyon and CAMELYON16/17 are CC0 1.0; the Kaggle copy of PCam is CC0; the hard
+normals are PCam patches (CC0) as committed in MartiHan/8p361_MedicalImaging.
+The PCam patches carry no slide id. They are split by place (no pixel shared between parts), not by
+slide: patches of one slide that do not overlap can sit on both sides, so the PCam test figure is
+still in-distribution and optimistic. Generalisation is judged on the CAMELYON16 level-0 patches
+and on the CAMELYON17 tiles of three other centres.
 
 ## Real results on material held out from training (95 % intervals)
 
@@ -113,8 +170,8 @@ The PCam validation row is not independent of the threshold: the threshold was p
 
 | set | AUC | n |
 | --- | --- | --- |
-{_auc_row(m, "PCam held-out test part (random split, seed " + str(args.seed) + ")", "pcam_test")}
-{_auc_row(m, "PCam validation part (used to pick the threshold)", "pcam_val")}
+{_auc_row(m, "PCam held-out test part (split by place; shares no pixel with training or dev)", "pcam_test")}
+{_auc_row(m, "PCam dev part (picked the thresholds)", "pcam_val")}
 {_auc_row(m, "CAMELYON16 level-0 patches of tumor_001, tumor_004, tumor_064 (brought to 0.972 µm/px; never trained on)", "c16_patches")}
 
 At the operating threshold:
@@ -126,6 +183,12 @@ At the operating threshold:
 {_proportion_row(m, "CAMELYON16 patches: sensitivity", "c16_patches_sensitivity")}
 {_proportion_row(m, "CAMELYON16 patches: specificity", "c16_patches_specificity")}
 {chr(10).join(_c16_rows(m, c16_slides))}
+{_proportion_row(m, "dev hard normals (a biased sample of look-alikes): share at or above the threshold", "hard_dev_fraction_above_threshold")}
+{_proportion_row(m, "dev hard normals: share at or above the seed threshold", "hard_dev_fraction_above_seed_threshold")}
+
+## At the scale of a node (real tissue, test part)
+
+{_node_text(m)}
 
 ### Per centre: CAMELYON17 tissue that should be tumor-free
 

@@ -82,7 +82,8 @@ MAX_SEED_VALIDATION_FPR = 0.01
 BOOTSTRAP_ROUNDS = 2000
 CARD_NOTES = (
     "NOT A CLINICAL MODEL. Trained on real PatchCamelyon patches (CAMELYON16) plus crops of one "
-    "CAMELYON17 tile; validated on patches and tiles only, never on whole slides."
+    "CAMELYON17 tile; validated on patches, tiles and node-scale surfaces of real tissue "
+    "(scripts/bench_node_scale.py), never on whole slides."
 )
 
 
@@ -101,6 +102,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--hed-scale", type=float, default=AUGMENT.hed_scale, help="HED stain jitter (shift is a quarter)"
     )
     parser.add_argument("--evaluate-only", action="store_true", help="score work/run/last.pt again")
+    parser.add_argument(
+        "--card-only",
+        action="store_true",
+        help="write --card again from --out's card (after the node-scale bench)",
+    )
     return parser.parse_args(argv)
 
 
@@ -318,6 +324,11 @@ def evaluate_model(
     _auc(metrics, "pcam_test", p_test, y_test, seed)
     _proportion(metrics, "pcam_test_sensitivity", p_test[y_test == 1] >= threshold)
     _proportion(metrics, "pcam_test_specificity", p_test[y_test == 0] < threshold)
+    hard = [item for item in splits["hard_dev"]]
+    if hard:
+        p_hard = score_pcam(model, data, hard)[0]
+        _proportion(metrics, "hard_dev_fraction_above_threshold", p_hard >= threshold)
+        _proportion(metrics, "hard_dev_fraction_above_seed_threshold", p_hard >= seed_threshold)
     c16_tiles, c16_y, c16_slides = load_c16(data)
     p_c16 = score(model, c16_tiles)
     _auc(metrics, "c16_patches", p_c16, c16_y, seed)
@@ -346,19 +357,24 @@ def training_data_text(
     splits: dict[str, list[tuple[str, int]]], n_c17: int, seed: int, hed_scale: float
 ) -> str:
     n = {k: (len(v), sum(label for _, label in v)) for k, v in splits.items()}
+    n_hard_train = sum(name.startswith("pcam_hard_normals/") for name, _ in splits["train"])
     return (
         f"(1) Real PatchCamelyon patches from ../shared/data/pcam_kaggle (Kaggle histopathologic-"
-        f"cancer-detection training set, derived from PatchCamelyon / CAMELYON16, CC0): 96 x 96 px "
-        f"at 0.972 µm/px, label = tumor in the central 32 x 32 px. Seeded (seed {seed}) stratified "
-        f"split: training {n['train'][0]} ({n['train'][1]} tumor), validation {n['val'][0]} "
-        f"({n['val'][1]} tumor; picks the threshold only: the last epoch's weights are kept), "
-        f"held-out test {n['test'][0]} "
-        f"({n['test'][1]} tumor; never trained or tuned on). (2) {n_c17} overlapping 96 px crops "
-        f"(stride {C17_TRAIN_STRIDE_PX} px at 0.972 µm/px) of the left half of CAMELYON17 tile "
-        f"{C17_TRAIN_TILE} (CC0; a negative node) as normal tissue. No synthetic slides. "
-        f"HED stain jitter (scale {hed_scale:g}, shift {hed_scale / 4:g}), brightness "
-        f"{AUGMENT.brightness}, contrast {AUGMENT.contrast}, blur, flips and 90° rotations; "
-        "no stain normalisation."
+        f"cancer-detection training set, derived from PatchCamelyon / CAMELYON16, CC0) and (2) real "
+        f"hard-negative PatchCamelyon normals from ../shared/data/pcam_hard_normals (patches another "
+        f"PCam CNN called tumor; CC0, via MartiHan/8p361_MedicalImaging; 1,572 of 1,679 carry JPEG loss): "
+        f"96 x 96 px at 0.972 µm/px, label = tumor in the central 32 x 32 px. Split by place, not by "
+        f"patch (data/pcam_places.csv, scripts/split_pcam_by_place.py): patches sharing any identical "
+        f"textured 8 x 8 px window are one place and stay in one part. Training "
+        f"{n['train'][0]} ({n['train'][1]} tumor, {n_hard_train} hard normals); dev PCam "
+        f"{n['val'][0]} ({n['val'][1]} tumor; picks the thresholds, the last epoch's weights are "
+        f"kept) and dev hard normals {n['hard_dev'][0]} (reported apart); held-out test {n['test'][0]} "
+        f"({n['test'][1]} tumor; shares no pixel with training or dev patches). (3) {n_c17} "
+        f"overlapping 96 px crops (stride {C17_TRAIN_STRIDE_PX} px at 0.972 µm/px) of the left half of "
+        f"CAMELYON17 tile {C17_TRAIN_TILE} (CC0; a negative node) as normal tissue. No synthetic "
+        f"slides. HED stain jitter (scale {hed_scale:g}, shift {hed_scale / 4:g}), brightness "
+        f"{AUGMENT.brightness}, contrast {AUGMENT.contrast}, blur, resampling (30 % of tiles shrunk "
+        f"to 0.5-1x and back, bilinear or area), flips and 90° rotations; no stain normalisation."
     )
 
 
@@ -394,8 +410,24 @@ def training_minutes(metrics_csv: Path) -> float:
         return sum(float(row["seconds"]) for row in csv.DictReader(handle)) / 60
 
 
+def rewrite_card_md(args: argparse.Namespace) -> int:
+    """MODEL_CARD.md from the checkpoint's card as it stands (its node-scale figures included)."""
+    from model_card_text import write_model_card_md
+
+    _, card = load_checkpoint(args.out)
+    slides = sorted(
+        {k.split("_")[1] + "_" + k.split("_")[2] for k in card.metrics if k.startswith("c16_tumor_")}
+    )
+    minutes = training_minutes(args.work / "run" / "metrics.csv")
+    write_model_card_md(args.card, card, slides, args, minutes)
+    print(f"wrote {args.card}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.card_only:
+        return rewrite_card_md(args)
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     work: Path = args.work
