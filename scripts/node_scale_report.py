@@ -356,9 +356,10 @@ def calibrate(args: argparse.Namespace) -> int:
 
 def write_card(model_path: Path, fields: dict[str, object], metrics: dict[str, float]) -> None:
     """Update the checkpoint's card in place: ``fields`` (rules) and ``metrics`` (merged)."""
-    from pipeline.models import load_checkpoint, save_checkpoint
+    from pipeline.models import load_checkpoint, load_training_state, save_checkpoint
 
     model, card = load_checkpoint(model_path)
+    extra = load_training_state(model_path)
     card = dataclasses.replace(card, **fields, metrics={**card.metrics, **metrics})  # type: ignore[arg-type]
-    save_checkpoint(model_path, model, card, {"node_scale": "scripts/bench_node_scale.py"})
+    save_checkpoint(model_path, model, card, {**extra, "node_scale": "scripts/bench_node_scale.py"})
     load_checkpoint(model_path)  # refuse to finish with a file that does not load

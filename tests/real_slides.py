@@ -38,6 +38,13 @@ def write_c17_slide(centre: str, path: Path) -> Path:
     return write_pyramid_tiff(path, c17_rgb(centre), C17_MPP, n_levels=3, tile_px=256)
 
 
+def write_untrained_negative_slide(path: Path) -> Path:
+    """A pyramidal TIFF of the right half of the negative node's tile (centre 3): the default
+    model trained on crops of its left half only, so only this half is evidence."""
+    rgb = c17_rgb(NEGATIVE_C17_TILE)
+    return write_pyramid_tiff(path, np.ascontiguousarray(rgb[:, rgb.shape[1] // 2 :]), C17_MPP, 3, 256)
+
+
 def c16_tumor_patches(count: int) -> list[NDArray[np.uint8]]:
     """``count`` real level-0 CAMELYON16 tumor patches (RGB, 256 px at 0.243 µm/px)."""
     folder = require_shared_data("camelyon16_patches") / "tumor"
