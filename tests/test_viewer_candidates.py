@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from pipeline.review.colors import CANDIDATE_COLOR, hex_to_rgb
-from pipeline.review.viewer.app import create_app
+from pipeline.review.viewer.app import create_app, review_token
 from pipeline.review.viewer.render import render_review_image
 from pipeline.review.viewer.static_report import StaticReportConfig, build_static_report
 from tests.viewer_batch import (
@@ -177,3 +177,37 @@ def test_the_slide_picture_draws_candidates_dashed_in_their_own_colour(batch: Vi
     target = np.array(hex_to_rgb(CANDIDATE_COLOR))
     on = [bool(np.abs(pixels[round(y), round(x)] - target).sum() <= 6) for x, y in points]
     assert 0.2 < sum(on) / len(on) < 0.8
+
+
+def test_a_reviewer_confirms_a_candidate_or_rejects_it(tmp_path: Path, batch: ViewerBatch) -> None:
+    root = tmp_path / "batch"
+    shutil.copytree(batch.root, root)
+    app = create_app(root, review=True)
+    client = app.test_client()
+    url = f"/api/review/{CANDIDATE_ID}"
+    review = client.get(url).get_json()["review"]
+    assert [(d["key"], d["decision"]) for d in review["deposits"]] == [
+        ("candidate 1", "pending"), ("candidate 2", "pending")]
+    assert review["reviewed_category"] == "negative" and review["counts"]["pending candidates"] == 2
+    headers = {"X-Micromet-Token": review_token(app) or "", "Origin": "http://localhost"}
+
+    def decide(revision: int, key: str, decision: str) -> dict[str, Any]:
+        edit = {"op": "decide", "key": key, "decision": decision}
+        body = {"base_revision": revision, "reviewer": "Dr Ana", "edit": edit}
+        response = client.post(url, json=body, headers=headers)
+        assert response.status_code == 200, response.get_json()
+        result: dict[str, Any] = response.get_json()["review"]
+        return result
+
+    review = decide(0, "candidate 1", "confirmed")
+    assert review["reviewed_category"] == "itc"
+    review = decide(1, "candidate 2", "rejected")
+    assert review["counts"]["confirmed candidates"] == 1 and review["counts"]["rejected candidates"] == 1
+    status = {"op": "status", "status": "complete", "note": ""}
+    done = client.post(url, json={"base_revision": 2, "reviewer": "Dr Ana", "edit": status}, headers=headers)
+    assert done.status_code == 200
+    slides = {s["slide_id"]: s for s in client.get("/api/slides").get_json()["slides"]}
+    assert slides[CANDIDATE_ID]["category"] == "itc"  # the reviewed category, a confirmed candidate
+    assert client.get(f"/api/slide/{CANDIDATE_ID}").get_json()["report"]["category"] == "negative"
+    summary = (root / "summary.csv").read_text()
+    assert f"{CANDIDATE_ID},done,itc,complete (Dr Ana),negative" in summary

@@ -14,7 +14,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.errors import ReviewError
 from pipeline.outputs import atomic_write_text, csv_safe_dict, slide_folder
-from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches, read_slide_review
+from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches, read_slide_review, report_candidates
 from pipeline.staging import DEFAULT_CELL_RULE
 
 # Shown on every human-facing output: report.html, every viewer page, overlay.png's footer.
@@ -142,7 +142,7 @@ def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | N
             n_itc=categories.count("itc"),
             n_micro=categories.count("micro"),
             n_macro=categories.count("macro"),
-            n_candidates=len(report.get("candidates") or []),
+            n_candidates=len(report_candidates(report)),
             review=" | ".join(review_reasons(report.get("deposits", []))),
             cell_rule=report.get("cell_rule") or report_cell_rule(report.get("settings") or {}),
             mpp=report["slide"].get("mpp", ""),

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from pipeline.errors import AnnotationError, ReviewError
 from pipeline.review.reviews import (
     ADDED,
+    CANDIDATE_CLASS,
     CONFIRMED,
     CORRECTED,
     DEPOSIT_KEY,
@@ -46,12 +47,14 @@ def _imported_decision(annotation: Annotation) -> str | None:
     group = annotation.group.strip().lower()
     if group in (REJECTED, PENDING):
         return str(group)
+    if group == CANDIDATE_CLASS[0].lower():  # a candidate for review left as it was: pending
+        return PENDING
     return CONFIRMED if annotation.label == "tumor" else None
 
 
 def _merge_imported(review: SlideReview, annotations: Sequence[Annotation], reviewer: str,
                     time: str) -> tuple[ReviewedDeposit, ...]:
-    automated = {d.key: d for d in review.deposits if d.key.startswith("deposit")}
+    automated = {d.key: d for d in review.deposits if d.key.startswith(("deposit", "candidate"))}
     merged: dict[str, ReviewedDeposit] = {}
     drawn: list[ReviewedDeposit] = []
     for annotation in annotations:
@@ -88,10 +91,11 @@ def import_review(review: SlideReview, path: Path, reviewer: str, complete: bool
 
     Annotations named "deposit N" update automated deposit N: class Rejected rejects it,
     Pending leaves it pending, a tumor class confirms it (corrected when its outline moved by
-    more than SAME_OUTLINE_PX). Other tumor annotations are added deposits (Rejected drawn
-    ones are kept as rejected). An automated deposit absent from the file is rejected: it was
-    deleted. ``complete`` marks the review complete. Raises AnnotationError / ReviewError
-    naming the file.
+    more than SAME_OUTLINE_PX). Annotations named "candidate N" update candidate for review N
+    alike (class Candidate leaves it pending). Other tumor annotations are added deposits
+    (Rejected drawn ones are kept as rejected). An automated deposit or candidate absent from
+    the file is rejected: it was deleted. ``complete`` marks the review complete. Raises
+    AnnotationError / ReviewError naming the file.
     """
     name = check_text(reviewer, "--reviewer", required=True)
     time = time or now_utc()

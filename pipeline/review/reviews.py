@@ -1,21 +1,25 @@
-"""Review: reads a slide's report.json and a pathologist's decisions, produces the slide's
-review record ``<slide>/review.geojson`` (and ``review.xml`` for ASAP) and its reviewed category.
+"""Review: reads a slide's report.json and a pathologist's decisions, produces the slide's review
+record ``<slide>/review.geojson`` (and ``review.xml`` for ASAP) and its reviewed category.
 
-The review never changes the automated result: report.json stays as the batch wrote it and
-the review is a separate record beside it. Each automated deposit has a decision (pending,
+The review never changes the automated result: report.json stays as the batch wrote it and the
+review is a separate record beside it. Each automated deposit has a decision (pending,
 confirmed, rejected, or corrected with a new outline); missed deposits are drawn as polygons
-("added"). Drawn and corrected outlines are measured with the code that measures automated
-deposits (``pipeline.deposits.measure.max_feret_diameter``) and categorised by size
+("added"). Each candidate for review of report.json (an ITC-size finding rescoring did not
+confirm, ``pipeline.deposits.decide``) is reviewed the same way as "candidate N", but counts as
+tumor only once a reviewer confirms (or redraws) it: a pending one stays out of the category.
+Drawn and corrected outlines are measured with the code that measures automated deposits
+(``pipeline.deposits.measure.max_feret_diameter``) and categorised by size
 (``pipeline.staging.categorize_deposit``, no cell count). Where the review is complete the
-slide's reviewed category (its worst deposit not rejected) replaces the automated one in
+slide's reviewed category (its worst deposit that stands) replaces the automated one in
 summary.csv, ``stage``, report.html and the viewer, which show the automated one beside it.
 
 review.geojson is a QuPath-compatible FeatureCollection: one Polygon Feature per deposit with
-``properties.objectType = "annotation"``, ``classification`` {name: Tumor / Rejected / Pending,
-color}, ``measurements`` (max_diameter_um, max_diameter_mm, area_mm2), and ``decision``,
-``reviewer``, ``time``; the foreign member ``micromet_review`` holds the revision, status,
-reviewer, note, categories and the history of changes. Every edit carries the revision it was
-made on; an edit on an outdated revision raises ReviewConflictError (nothing is lost silently).
+``properties.objectType = "annotation"``, ``classification`` {name: Tumor / Rejected / Pending /
+Candidate (a pending candidate), color}, ``measurements`` (max_diameter_um, max_diameter_mm,
+area_mm2), and ``decision``, ``reviewer``, ``time``; the foreign member ``micromet_review``
+holds the revision, status, reviewer, note, categories and the history of changes. Every edit
+carries the revision it was made on; an edit on an outdated revision raises ReviewConflictError
+(nothing is lost silently).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from numpy.typing import NDArray
 from pipeline.deposits.measure import max_feret_diameter
 from pipeline.errors import ReviewConflictError, ReviewError
 from pipeline.outputs import atomic_write_text
+from pipeline.review.exports import CANDIDATE_GROUP, CANDIDATE_RGB
 from pipeline.slides.annotations import (
     Annotation,
     AnnotationLabel,
@@ -64,19 +69,28 @@ DECISION_CLASSES: Mapping[str, tuple[str, tuple[int, int, int]]] = {
     ADDED: ("Tumor", (200, 0, 0)),
     REJECTED: ("Rejected", (120, 120, 120)),
 }
+CANDIDATE_CLASS = (CANDIDATE_GROUP, CANDIDATE_RGB)  # a candidate for review still pending
+# review_counts' keys for the candidates' decisions (a redrawn candidate is confirmed).
+CANDIDATE_COUNTS: Mapping[str, str] = {
+    CONFIRMED: "confirmed candidates",
+    CORRECTED: "confirmed candidates",
+    REJECTED: "rejected candidates",
+    PENDING: "pending candidates",
+}
 MAX_TEXT_CHARS = 2000  # reviewer names and notes
 MAX_VERTICES = 20_000
 # An imported outline within this of the current one (each vertex, level-0 px) is unchanged.
 SAME_OUTLINE_PX = 1.0
 UM_PER_MM = 1000.0
-DEPOSIT_KEY = re.compile(r"^(deposit|drawn) (\d+)\b", re.IGNORECASE)
+DEPOSIT_KEY = re.compile(r"^(deposit|candidate|drawn) (\d+)\b", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ReviewedDeposit:
     """One deposit of a review.
 
-    key: "deposit N" (automated deposit N of report.json) or "drawn N". decision: one of
+    key: "deposit N" (automated deposit N of report.json), "candidate N" (its candidate for
+    review N) or "drawn N". decision: one of
     DECISIONS. outline_xy: (N, 2) float64 level-0 px, open ring. category, max_diameter_mm,
     area_mm2: the automated values for an automated outline, else measured from the outline.
     reviewer, time: who decided last, and when (ISO 8601 UTC); empty while pending.
@@ -92,8 +106,16 @@ class ReviewedDeposit:
     time: str = ""
 
     @property
+    def is_candidate(self) -> bool:
+        """True for a candidate for review of report.json ("candidate N")."""
+        return self.key.startswith("candidate")
+
+    @property
     def counts_as_tumor(self) -> bool:
-        """Every deposit but a rejected one stands (a pending one keeps the model's call)."""
+        """Every deposit but a rejected one stands (a pending one keeps the model's call); a
+        candidate only once confirmed or redrawn (the model did not count it)."""
+        if self.is_candidate:
+            return self.decision in (CONFIRMED, CORRECTED)
         return self.decision != REJECTED
 
 
@@ -204,11 +226,20 @@ def _dimensions(report: Mapping[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-def _automated_deposit(slide_id: str, raw: Any) -> ReviewedDeposit:
+def report_candidates(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The candidates for review of a report.json (entries with a deposit's fields), in report
+    order; none for a report written before candidates existed (or a malformed field)."""
+    candidates = (report or {}).get("candidates")
+    if not isinstance(candidates, list):
+        return []
+    return [c for c in candidates if isinstance(c, dict)]
+
+
+def _automated_deposit(slide_id: str, raw: Any, kind: str = "deposit") -> ReviewedDeposit:
     try:
         outline = np.asarray(raw["outline_xy"], dtype=np.float64).reshape(-1, 2)
         return ReviewedDeposit(
-            key=f"deposit {int(raw['id'])}",
+            key=f"{kind} {int(raw['id'])}",
             decision=PENDING,
             outline_xy=outline,
             category=str(Category(raw["category"])),
@@ -217,12 +248,13 @@ def _automated_deposit(slide_id: str, raw: Any) -> ReviewedDeposit:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ReviewError(
-            f"{slide_id}: report.json has a malformed deposit ({exc!r}); re-run the slide"
+            f"{slide_id}: report.json has a malformed {kind} ({exc!r}); re-run the slide"
         ) from None
 
 
 def new_review(slide_id: str, report: Mapping[str, Any]) -> SlideReview:
-    """The unsaved review (revision 0) of a slide: every automated deposit pending.
+    """The unsaved review (revision 0) of a slide: every automated deposit, then every
+    candidate for review, pending.
 
     Raises ReviewError when report.json has no valid µm/px or a malformed deposit.
     """
@@ -238,17 +270,23 @@ def new_review(slide_id: str, report: Mapping[str, Any]) -> SlideReview:
         slide_dimensions=_dimensions(report),
         cell_rule=str(report.get("cell_rule") or DEFAULT_CELL_RULE),  # build_report records it
         automated_category=str(Category(str(report.get("category", "negative")).lower())),
-        deposits=tuple(_automated_deposit(slide_id, raw) for raw in deposits),
+        deposits=(
+            *(_automated_deposit(slide_id, raw) for raw in deposits),
+            *(_automated_deposit(slide_id, raw, "candidate") for raw in report_candidates(report)),
+        ),
         report_deposits=report_fingerprint(report),
     )
 
 
 def report_fingerprint(report: Mapping[str, Any]) -> tuple[str, ...]:
-    """The slide category and "id:category:max_diameter_mm" of each deposit of a report.json:
-    what a review was made on."""
+    """The slide category, "id:category:max_diameter_mm" of each deposit and "candidate
+    id:category:max_diameter_mm" of each candidate for review of a report.json: what a review
+    was made on (a report without candidates reads as before they existed)."""
     deposits = [d for d in report.get("deposits") or [] if isinstance(d, dict)]
     return (str(report.get("category")),
-            *(f"{d.get('id')}:{d.get('category')}:{d.get('max_diameter_mm')}" for d in deposits))
+            *(f"{d.get('id')}:{d.get('category')}:{d.get('max_diameter_mm')}" for d in deposits),
+            *(f"candidate {c.get('id')}:{c.get('category')}:{c.get('max_diameter_mm')}"
+              for c in report_candidates(report)))
 
 
 def check_review_matches(review: SlideReview, report: Mapping[str, Any], path: Path) -> None:
@@ -265,8 +303,16 @@ def check_review_matches(review: SlideReview, report: Mapping[str, Any], path: P
 # --- review.geojson -------------------------------------------------------------------------
 
 
+def _review_class(deposit: ReviewedDeposit) -> tuple[str, tuple[int, int, int]]:
+    """The QuPath / ASAP class and colour of a deposit's decision; "Candidate" while a
+    candidate for review is pending."""
+    if deposit.is_candidate and deposit.decision == PENDING:
+        return CANDIDATE_CLASS
+    return DECISION_CLASSES[deposit.decision]
+
+
 def _feature(deposit: ReviewedDeposit) -> dict[str, Any]:
-    class_name, color = DECISION_CLASSES[deposit.decision]
+    class_name, color = _review_class(deposit)
     annotation = _asap_annotation(deposit)
     measurements = {
         "max_diameter_um": deposit.max_diameter_mm * UM_PER_MM,
@@ -394,7 +440,7 @@ def write_review(folder: Path, review: SlideReview) -> Path:
 
 
 def _asap_annotation(deposit: ReviewedDeposit) -> Annotation:
-    class_name = DECISION_CLASSES[deposit.decision][0]
+    class_name = _review_class(deposit)[0]
     label: AnnotationLabel = "tumor" if class_name == "Tumor" else "other"
     return Annotation(f"{deposit.key} ({deposit.category})", class_name, label, deposit.outline_xy)
 
@@ -434,7 +480,8 @@ def _edit_deposits(review: SlideReview, edit: Mapping[str, Any], reviewer: str,
     current = deposits[index]
     if op == "decide":
         decision = str(edit.get("decision"))
-        allowed = (CONFIRMED, REJECTED, PENDING) if key.startswith("deposit") else (ADDED, REJECTED)
+        automated = key.startswith(("deposit", "candidate"))
+        allowed = (CONFIRMED, REJECTED, PENDING) if automated else (ADDED, REJECTED)
         if decision not in allowed:
             raise ReviewError(f"{key}: decision {decision!r}; expected one of {', '.join(allowed)}")
         deposits[index] = dataclasses.replace(current, decision=decision, reviewer=reviewer, time=time)
@@ -490,13 +537,14 @@ def apply_edit(review: SlideReview, edit: Mapping[str, Any], base_revision: Any,
 
 
 def review_counts(review: SlideReview) -> dict[str, int]:
-    """How many automated deposits were confirmed, corrected, rejected or left pending, and how
-    many the reviewer added (drawn and not rejected)."""
-    counts = {decision: 0 for decision in DECISIONS}
+    """How many automated deposits were confirmed, corrected, rejected or left pending, how
+    many the reviewer added (drawn and not rejected), and apart from them how many candidates
+    for review were confirmed (or redrawn), rejected or left pending (CANDIDATE_COUNTS)."""
+    counts = {decision: 0 for decision in DECISIONS} | {name: 0 for name in CANDIDATE_COUNTS.values()}
     for deposit in review.deposits:
         if deposit.key.startswith("drawn") and deposit.decision == REJECTED:
             continue
-        counts[deposit.decision] += 1
+        counts[CANDIDATE_COUNTS[deposit.decision] if deposit.is_candidate else deposit.decision] += 1
     return counts
 
 

@@ -51,12 +51,12 @@ from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import OutputError, ReviewConflictError, ReviewError, SlideOpenError
 from pipeline.review.colors import CATEGORY_COLORS
 from pipeline.review.overlay import heatmap_layer, heatmap_rect_px
+from pipeline.review.reviews import report_candidates
 from pipeline.review.viewer.batch_index import (
     BatchIndex,
     SlideRecord,
     SlideSummary,
     load_heatmap_or_none,
-    report_candidates,
 )
 from pipeline.review.viewer.patients import load_patient_view
 from pipeline.review.viewer.review_edits import MAX_REQUEST_BYTES, review_payload, save_edit

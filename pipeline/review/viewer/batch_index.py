@@ -18,7 +18,13 @@ from pipeline.detection.heatmap import HEATMAP_ARRAY, HEATMAP_META, Heatmap, loa
 from pipeline.errors import HeatmapError, OutputError, ReviewError
 from pipeline.outputs import read_json_object
 from pipeline.review.report import deposit_size_text, review_reasons
-from pipeline.review.reviews import REVIEW_GEOJSON, SlideReview, check_review_matches, read_review
+from pipeline.review.reviews import (
+    REVIEW_GEOJSON,
+    SlideReview,
+    check_review_matches,
+    read_review,
+    report_candidates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -252,16 +258,6 @@ class BatchIndex:
     def summaries(self) -> list[SlideSummary]:
         """Summaries of every slide, in manifest order."""
         return [self.summary(record) for record in self.records().values()]
-
-
-def report_candidates(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The candidates for review of a report.json (``pipeline.deposits.decide``: ITC-size
-    findings that rescoring in 8 poses did not confirm; entries as deposits'), in report
-    order. A report written before candidates existed has none."""
-    candidates = (report or {}).get("candidates")
-    if not isinstance(candidates, list):
-        return []
-    return [c for c in candidates if isinstance(c, dict)]
 
 
 def _reviewed(summary: SlideSummary, review: SlideReview) -> SlideSummary:

@@ -24,12 +24,12 @@ from pipeline.config import StagingConfig
 from pipeline.errors import MicrometError, OutputError
 from pipeline.outputs import atomic_write_text
 from pipeline.review.colors import DEFAULT_HEATMAP_OPACITY
+from pipeline.review.reviews import report_candidates
 from pipeline.review.viewer.batch_index import (
     STATUS_DONE,
     BatchIndex,
     SlideSummary,
     load_heatmap_or_none,
-    report_candidates,
 )
 from pipeline.review.viewer.patients import load_patient_view
 from pipeline.review.viewer.render import blank_thumbnail, render_review_image, slide_thumbnail

@@ -1,4 +1,5 @@
-/* micromet viewer: the pathologist review of one slide. Confirm or reject each deposit, redraw
+/* micromet viewer: the pathologist review of one slide. Confirm or reject each deposit (and each
+   candidate for review: confirmed, it counts in the reviewed category; its outline turns solid), redraw
    its outline, draw a missed deposit (click its corners on the slide, Enter to finish), mark the
    review complete, with the reviewer's name and a note. Keys: n / p next / previous deposit,
    c confirm, x reject, Enter finish drawing, Esc cancel.
@@ -128,7 +129,7 @@
     if (!review.writable) {
       return cell;
     }
-    var automated = deposit.key.indexOf('deposit') === 0;
+    var automated = deposit.key.indexOf('deposit') === 0 || deposit.key.indexOf('candidate') === 0;
     if (automated) {
       cell.appendChild(button('✓', 'confirm (c)', function () {
         send({op: 'decide', key: deposit.key, decision: 'confirmed'});
@@ -184,9 +185,13 @@
     byId('review-category').replaceChildren(badge(data.reviewed_category));
     byId('review-automated').replaceChildren(badge(data.automated_category));
     var counts = data.counts;
+    var candidates = (counts['confirmed candidates'] || 0) + (counts['rejected candidates'] || 0) +
+      (counts['pending candidates'] || 0);
     byId('review-counts').textContent = counts.confirmed + ' confirmed, ' + counts.corrected +
       ' corrected, ' + counts.rejected + ' rejected, ' + counts.added + ' added, ' +
-      counts.pending + ' pending';
+      counts.pending + ' pending' + (candidates ? '; candidates for review: ' +
+      counts['confirmed candidates'] + ' confirmed, ' + counts['rejected candidates'] +
+      ' rejected, ' + counts['pending candidates'] + ' pending' : '');
     var note = byId('review-note');
     if (document.activeElement !== note) {
       note.value = data.note;
@@ -228,14 +233,22 @@
     drawShapes();
   }
 
-  function automatedIndex(key) {
-    var deposits = (window.micromet.info.report && window.micromet.info.report.deposits) || [];
-    for (var i = 0; i < deposits.length; i++) {
-      if ('deposit ' + deposits[i].id === key) {
-        return i;
+  // The viewer's outline group of automated deposit "deposit N" or candidate "candidate N",
+  // null for a drawn deposit.
+  function automatedGroup(key) {
+    var info = window.micromet.info;
+    var sources = [
+      ['deposit ', (info.report && info.report.deposits) || [], window.micromet.outlines || []],
+      ['candidate ', info.candidates || [], window.micromet.candidateOutlines || []]
+    ];
+    for (var s = 0; s < sources.length; s++) {
+      for (var i = 0; i < sources[s][1].length; i++) {
+        if (sources[s][0] + sources[s][1][i].id === key) {
+          return sources[s][2][i] || null;
+        }
       }
     }
-    return -1;
+    return null;
   }
 
   function drawShapes() {
@@ -244,13 +257,13 @@
     }
     review.layer.textContent = '';
     review.data.deposits.forEach(function (deposit, index) {
-      var automated = automatedIndex(deposit.key);
-      var group = automated >= 0 ? (window.micromet.outlines || [])[automated] : null;
+      var group = automatedGroup(deposit.key);
       if (group) {
         group.classList.toggle('rejected', deposit.decision === 'rejected');
+        group.classList.toggle('confirmed', deposit.decision === 'confirmed');
         group.classList.toggle('selected', index === review.selected);
       }
-      if (automated < 0 || deposit.decision === 'corrected') {
+      if (!group || deposit.decision === 'corrected') {
         var shape = svgElement('polygon', {points: pointsText(deposit.outline_xy),
           'class': 'drawn decision-' + deposit.decision + (index === review.selected ? ' selected' : '')});
         review.layer.appendChild(shape);
