@@ -339,6 +339,7 @@ sys.exit(main(["infer", *slides, "--out", out, "--model", model, "--device", "cp
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["finaliser", "reader-start", "terminal"])
 def test_ctrl_c_always_ends_the_batch_as_interrupted(
     where: str, slide_dir: Path, model_path: Path, tmp_path: Path

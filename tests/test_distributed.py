@@ -74,7 +74,11 @@ def ray_cluster() -> Iterator[Any]:
     """A local two-CPU Ray cluster for this module; test-defined workers are shipped by value."""
     ray = pytest.importorskip("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    # On a loaded 2-core machine a worker importing torch can take over Ray's default 60 s to
+    # register (one run failed so under load and passed alone): give start-up time, not retries.
+    slow_start = {"worker_register_timeout_seconds": 600, "raylet_start_wait_time_s": 600}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             _system_config=slow_start)
     yield ray
     ray.shutdown()
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

@@ -176,6 +176,7 @@ def test_a_dicom_wsi_made_with_wsidicomizer_round_trips(tmp_path: Path) -> None:
     assert collect_slides([str(out)]) == [out.resolve()]
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_the_viewer_serves_every_tile_of_the_dicom_series(batch: Path) -> None:
     """Levels 1 and 2 of this series have edge tiles OpenSlide cannot decode (cut to the image

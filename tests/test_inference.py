@@ -456,6 +456,7 @@ def _wait_for(condition: Callable[[], bool], limit_s: float) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_reader_processes_end_when_their_parent_is_killed(tmp_path: Path, slide_path: Path) -> None:
     markers = tmp_path / "markers"

@@ -150,6 +150,7 @@ def infer_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_infer_shows_live_progress_on_a_terminal_only(infer_args: list[str], tmp_path: Path) -> None:
     master, slave = _terminal()
     try:

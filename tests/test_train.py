@@ -125,6 +125,7 @@ def test_micromet_infer_scores_a_slide_with_the_trained_checkpoint(
     assert (tmp_path / "batch" / "node_1" / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_exactly_where_it_stopped(
     full_run: Path, slide_dir: Path, tmp_path: Path
 ) -> None:
