@@ -201,6 +201,8 @@ def report(args: argparse.Namespace) -> int:
     surfaces = load_surfaces(folder)
     tile_px, stride_px = card.tile_size_px, card.stride_px or 32
     scorers = {s.name: dihedral_scorer(s, tile_px, score) for s, _ in surfaces}
+    apart = [(s, v) for s, v in surfaces if s.name in APART_SURFACES]
+    surfaces = [(s, v) for s, v in surfaces if s.name not in APART_SURFACES]
     rules = rules_from_card(card)
     if args.rules is not None:  # a calibration.json instead of the card's rules (dev work only)
         chosen = json.loads(args.rules.read_text(encoding="utf-8"))
@@ -231,6 +233,15 @@ def report(args: argparse.Namespace) -> int:
             by_name[str(row["name"])].append(row)
     for name, rows in by_name.items():
         print(f"{name}: {rows[0]['category']}, {rows[0]['false']} false deposits")
+    for surface, values in apart:  # nodes labelled ITC / macro: the tile may hold tumor
+        decision = decide_deposits(
+            heatmap_for(surface, values, tile_px, stride_px), rules, scorers[surface.name]
+        )
+        sizes = ", ".join(f"{d.max_diameter_mm:.3f} mm" for d in decision.deposits) or "none"
+        print(
+            f"{surface.name} (reported apart, {APART_SURFACES[surface.name]}): "
+            f"{len(decision.deposits)} deposits ({sizes}), {len(decision.candidates)} candidates"
+        )
     return 0
 
 
@@ -242,6 +253,10 @@ def rules_from_card(card) -> DepositRules:  # type: ignore[no-untyped-def]
 
 # --- calibration on the dev part -----------------------------------------------------------
 
+APART_SURFACES = {
+    "c17_centre_1_itc_node": "node labelled ITC; the tile may or may not hold the tumor",
+    "c17_centre_4_macro_node": "node labelled macro; the tile may or may not hold the tumor",
+}
 SIZE_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 SEED_CANDIDATES = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 CONFIRM_CANDIDATES = (None, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.97)

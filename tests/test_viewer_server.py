@@ -394,6 +394,6 @@ def test_slide_page_shows_review_flag_cell_rule_and_size_note(own_batch: Path) -
     report_path.write_text(json.dumps(report))
     html = create_app(own_batch).test_client().get(f"/slide/{GOOD_ID}").get_data(as_text=True)
     assert "only 150 nuclei" in html and 'class="badge review-flag"' in html
-    assert "size-first" in html and "± is the bound set by the heatmap grid" in html
+    assert "size-first" in html and "95 % error measured" in html and "bound set by the heatmap grid" in html
     index = create_app(own_batch).test_client().get("/").get_data(as_text=True)
     assert 'class="badge review-flag"' in index

@@ -26,11 +26,11 @@ STATIC_DIR = VIEWER_DIR / "static"
 
 # What "±" means, shown under every deposit table.
 SIZE_NOTE = (
-    "Sizes are maximum (Feret) diameters of one contiguous deposit. ± is the bound set by the "
-    "heatmap grid (stride × √2): the true largest diameter lies within it when the deposit "
-    "spans more than one heatmap cell; it does not cover errors of the model. A deposit of one "
-    "heatmap cell is smaller than the grid can measure and is given as an upper bound "
-    "(≤ …, one tile)."
+    "Sizes are maximum (Feret) diameters of one contiguous deposit. With a model card that "
+    "calibrates sizes (the default model's does), ± is the 95 % error measured for that size "
+    "class on real tumor pasted into real lymph node (docs/benchmarks.md, \"Node scale\"). "
+    "Otherwise ± is only the bound set by the heatmap grid (stride × √2), which does not cover "
+    "errors of the model. A size not above its ± is given as an upper bound (≤ …)."
 )
 
 # Sort key of a slide's category: negative < itc < micro < macro (clinical order).
