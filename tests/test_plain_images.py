@@ -250,3 +250,21 @@ def test_a_real_camelyon17_jpeg_runs_through_infer_and_the_viewer(tmp_path: Path
     assert top_tile.status_code == 200 and top_tile.mimetype == "image/jpeg"
     pixels = np.asarray(Image.open(__import__("io").BytesIO(top_tile.data)))
     assert pixels.std() > 10  # tissue, not a blank tile
+
+
+def test_damaged_tiff_headers_are_refused_at_open_without_hanging(tmp_path: Path) -> None:
+    import struct
+
+    path = _stripped_tiff(tmp_path / "loop.tif", _image(), mpp=0.25)
+    data = bytearray(path.read_bytes())
+    first = struct.unpack("<I", data[4:8])[0]
+    entries = struct.unpack("<H", data[first : first + 2])[0]
+    next_at = first + 2 + 12 * entries
+    data[next_at : next_at + 4] = struct.pack("<I", first)  # the directory chain loops to itself
+    path.write_bytes(bytes(data))
+    with pytest.raises(SlideOpenError, match="loops back on itself"):
+        open_slide(path)
+    for name, payload in {"magic.tif": b"II*\x00", "short.tif": bytes(data[:64])}.items():
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(SlideOpenError, match=name):
+            open_slide(tmp_path / name)

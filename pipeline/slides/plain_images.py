@@ -13,9 +13,12 @@ Coordinates are level-0 pixels, (x, y) and (width, height), as in OpenSlide.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,19 +189,20 @@ class TiffRegionSlide(_SingleLevel):
     def __init__(self, path: Path) -> None:
         import tifffile
 
-        try:
-            self._tif = tifffile.TiffFile(path)
-            page = self._tif.pages[0]
-        except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
-            raise SlideOpenError(
-                f"{path}: neither OpenSlide nor the TIFF reader can read this file ({exc}); "
-                "the file looks truncated or corrupt: copy or export it again"
-            ) from exc
-        try:
-            self._page = self._check_page(path, page)
-        except SlideOpenError:
-            self._tif.close()
-            raise
+        with _quiet_tifffile():
+            try:
+                _check_directory_chain(path)
+                self._tif = tifffile.TiffFile(path)
+            except (tifffile.TiffFileError, *_TIFF_ERRORS) as exc:
+                raise _unreadable_tiff(path, exc) from exc
+            try:
+                self._page = self._check_page(path, self._tif.pages[0])
+            except SlideOpenError:
+                self._tif.close()
+                raise
+            except (tifffile.TiffFileError, *_TIFF_ERRORS) as exc:
+                self._tif.close()
+                raise _unreadable_tiff(path, exc) from exc
         super().__init__(path, (int(self._page.imagewidth), int(self._page.imagelength)))
         self._properties.update(_resolution_properties(self._page))
         self._lock = threading.Lock()
@@ -227,6 +231,13 @@ class TiffRegionSlide(_SingleLevel):
                 "copy or export it again"
             )
         width, height = page.chunks[1], page.chunks[0]
+        expected = math.ceil(page.imagewidth / width) * math.ceil(page.imagelength / height)
+        if len(page.dataoffsets) != expected:
+            raise SlideOpenError(
+                f"{path}: the TIFF header says {page.imagewidth} x {page.imagelength} px in pieces "
+                f"of {width} x {height} px ({expected} pieces) but the file indexes "
+                f"{len(page.dataoffsets)}: a damaged header; copy or export it again"
+            )
         if width * height > MAX_SEGMENT_PX:
             raise SlideOpenError(
                 f"{path}: the TIFF stores its pixels in pieces of {width} x {height} px, too large "
@@ -275,6 +286,58 @@ class TiffRegionSlide(_SingleLevel):
             return
         pixels = np.asarray(segment).reshape(shape[-3], shape[-2], shape[-1])
         _paste_rgba(out, _as_rgba(pixels), offset)
+
+
+# What tifffile raises on damaged headers besides TiffFileError (a hostile corpus found these).
+_TIFF_ERRORS = (OSError, ValueError, IndexError, KeyError, struct.error, EOFError, TypeError, AttributeError)
+
+
+def _check_directory_chain(path: Path) -> None:
+    """Raise SlideOpenError when the chain of TIFF image directories loops back on itself
+    (tifffile would iterate such a file's pages forever). Reads only the chain's offsets."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+        order = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(order + "H", head[2:4])[0] == 43
+        offset = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
+        count_format, entry_size, next_format = ("Q", 20, "Q") if big else ("H", 12, "I")
+        seen: set[int] = set()
+        while offset and len(seen) < 4096:
+            if offset in seen:
+                raise SlideOpenError(
+                    f"{path}: the TIFF's chain of image directories loops back on itself: a damaged "
+                    "header; copy or export it again"
+                )
+            seen.add(offset)
+            handle.seek(offset)
+            raw = handle.read(struct.calcsize(count_format))
+            if len(raw) < struct.calcsize(count_format):
+                return  # past the end: tifffile reports it
+            entries = struct.unpack(order + count_format, raw)[0]
+            handle.seek(offset + len(raw) + entries * entry_size)
+            raw = handle.read(struct.calcsize(next_format))
+            if len(raw) < struct.calcsize(next_format):
+                return
+            offset = struct.unpack(order + next_format, raw)[0]
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs each damaged tag as a warning; the one error raised here says it all."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _unreadable_tiff(path: Path, error: BaseException) -> SlideOpenError:
+    return SlideOpenError(
+        f"{path}: neither OpenSlide nor the TIFF reader can read this file ({error}); "
+        "the file looks truncated or corrupt: copy or export it again"
+    )
 
 
 def _as_rgba(pixels: NDArray[Any]) -> NDArray[np.uint8]:
