@@ -241,6 +241,24 @@ def _check_scale_bar(page: Any, batch: ViewerBatch) -> None:
     assert 20 <= bar_px <= 160
 
 
+@pytest.mark.parametrize("size", [(1280, 800), (700, 420)])
+def test_the_scale_bar_is_fully_on_screen_in_large_and_small_windows(
+    browser_page: BrowserPage, server_url: str, size: tuple[int, int]
+) -> None:
+    page = browser_page.page
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    page.goto(f"{server_url}/slide/{GOOD_ID}")
+    _wait_until(page, "!document.getElementById('scalebar').hidden")
+    box = page.evaluate(
+        "(() => { const s = document.getElementById('scalebar').getBoundingClientRect(),"
+        " o = document.querySelector('.osd-wrap').getBoundingClientRect();"
+        " return {top: s.top, bottom: s.bottom, left: s.left, osdBottom: o.bottom,"
+        " height: window.innerHeight, scroll: document.documentElement.scrollHeight}; })()"
+    )
+    assert box["top"] >= 0 and box["bottom"] <= box["osdBottom"] <= box["height"]
+    assert box["scroll"] <= box["height"]  # nothing below the window to scroll to
+
+
 def test_script_named_slide_is_shown_as_text_and_never_runs(
     browser_page: BrowserPage, server_url: str
 ) -> None:
