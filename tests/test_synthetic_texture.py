@@ -234,10 +234,25 @@ def test_demo_falls_back_to_cartoon_with_a_one_line_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr("pipeline.synthetic.texture.DEFAULT_TEXTURE_DIR", tmp_path / "absent")
+    monkeypatch.setattr("pipeline.synthetic.texture.BUNDLED_TEXTURE_DIR", tmp_path / "absent")
     assert demo.choose_texture(None) == ("cartoon", None)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert str(tmp_path / "absent") in err and "does not recognise cartoon tumor" in err
+
+
+def test_a_fresh_clone_paints_the_demo_from_the_bundled_real_texture_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.synthetic.texture import BUNDLED_TEXTURE_DIR, load_textures
+
+    monkeypatch.setattr("pipeline.synthetic.texture.DEFAULT_TEXTURE_DIR", tmp_path / "no_shared_data")
+    assert demo.choose_texture(None) == ("real", BUNDLED_TEXTURE_DIR)
+    assert BUNDLED_TEXTURE_DIR.parent.name == "data" and (BUNDLED_TEXTURE_DIR.parent / "README.md").is_file()
+    library = load_textures(BUNDLED_TEXTURE_DIR, 1.0, "negative-node")  # the pack loads as the demo needs
+    assert library is not None
+    size_bytes = sum(p.stat().st_size for p in BUNDLED_TEXTURE_DIR.rglob("*") if p.is_file())
+    assert size_bytes < 6_000_000  # a few MB in the repository
 
 
 def test_demo_uses_real_texture_when_the_folder_exists(fake_texture_dir: Path) -> None:

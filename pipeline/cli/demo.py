@@ -52,18 +52,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def choose_texture(texture_dir: Path | None) -> tuple[str, Path | None]:
-    """("real", folder) when the reference data folder exists, else ("cartoon", None) after a
-    one-line warning on stderr that the default model does not recognise cartoon tumor.
+    """("real", folder) when the reference data folder (or else the repository's demo texture
+    pack, data/textures) exists, else ("cartoon", None) after a one-line warning on stderr
+    that the default model does not recognise cartoon tumor.
 
     Raises ConfigError when a folder passed explicitly is missing."""
-    from pipeline.synthetic.texture import DEFAULT_TEXTURE_DIR
+    from pipeline.synthetic.texture import default_texture_dir
 
     if texture_dir is not None and not texture_dir.is_dir():
         raise ConfigError(
             f"--texture-data {texture_dir}: folder not found; pass the reference data folder "
             "(with camelyon17_tiles/ and camelyon16_patches/), or leave the flag out"
         )
-    folder = texture_dir if texture_dir is not None else DEFAULT_TEXTURE_DIR
+    folder = texture_dir if texture_dir is not None else default_texture_dir()
     if folder.is_dir():
         return "real", folder
     print(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.synthetic.scene import CAPSULE_WIDTH_UM
-from pipeline.synthetic.texture import DEFAULT_TEXTURE_DIR, MAX_TEXTURE_MPP, TEXTURE_BACKGROUNDS
+from pipeline.synthetic.texture import MAX_TEXTURE_MPP, TEXTURE_BACKGROUNDS, default_texture_dir
 
 # Resolution used to draw a slide written without mpp metadata (``mpp=None``).
 NOMINAL_MPP = 0.25
@@ -114,7 +114,7 @@ class SynthConfig:
     @property
     def texture_folder(self) -> Path:
         """The reference data folder real texture is read from."""
-        return self.texture_dir if self.texture_dir is not None else DEFAULT_TEXTURE_DIR
+        return self.texture_dir if self.texture_dir is not None else default_texture_dir()
 
     def _check_fits(self, index: int, deposit: PlantedDeposit) -> None:
         if not isinstance(deposit, PlantedDeposit):

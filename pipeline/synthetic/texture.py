@@ -39,6 +39,14 @@ from pipeline.synthetic.scene import (
 
 # The reference data folder beside the repository (``../shared/data``).
 DEFAULT_TEXTURE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# The demo texture pack inside the repository (a few MB of the same files, data/README.md),
+# used when the reference data folder is not there (a fresh clone).
+BUNDLED_TEXTURE_DIR = Path(__file__).resolve().parents[2] / "data" / "textures"
+
+
+def default_texture_dir() -> Path:
+    """The reference data folder when it exists, else the repository's demo texture pack."""
+    return DEFAULT_TEXTURE_DIR if DEFAULT_TEXTURE_DIR.is_dir() else BUNDLED_TEXTURE_DIR
 SOURCE_MPP = 0.243  # level 0 of the CAMELYON16/17 material
 # Background tiles: path under the texture folder, columns used (fractions of the width), and
 # the CAMELYON17 label of the node the tile comes from. The default model trained on the left
