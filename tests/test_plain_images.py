@@ -20,8 +20,9 @@ from PIL import Image
 from pipeline.batch.local import collect_slides
 from pipeline.cli import main
 from pipeline.errors import MissingMppError, MppMismatchError, SlideOpenError
-from pipeline.slides import plain_images
-from pipeline.slides.plain_images import ComputedLevels, TiffRegionSlide, computed_level_factors
+from pipeline.slides import computed_levels, plain_images
+from pipeline.slides.computed_levels import ComputedLevels, computed_level_factors
+from pipeline.slides.plain_images import TiffRegionSlide
 from pipeline.slides.slide import open_handle, open_slide, open_slide_for_user
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,8 +140,8 @@ class _Recorder:
 def test_thumbnails_of_a_large_single_level_image_read_bounded_regions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(plain_images, "MAX_READ_PX", 256 * 256)
-    monkeypatch.setattr(plain_images, "MAX_CACHED_LEVEL_PX", 128 * 128)
+    monkeypatch.setattr(computed_levels, "MAX_READ_PX", 256 * 256)
+    monkeypatch.setattr(computed_levels, "MAX_CACHED_LEVEL_PX", 128 * 128)
     image = draw_tissue_rgb(4700, 1300)
     path = _stripped_tiff(tmp_path / "wide.tif", image, mpp=0.5, rows_per_strip=8)
     with open_slide(path) as slide:

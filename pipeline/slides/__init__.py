@@ -3,7 +3,8 @@
 tile grid at the model's physical resolution, region reads cut into model tiles, and
 polygons / masks from QuPath GeoJSON, ASAP XML and CAMELYON16 outlines.
 
-Modules, in data order: ``slide`` (+ ``metadata``), ``qc``, ``tissue``, ``tiling``,
+Modules, in data order: ``slide`` (+ ``metadata``; ``plain_images`` for JPEG, PNG and plain
+TIFF images, ``computed_levels`` for the coarser levels of single-level ones), ``qc``, ``tissue``, ``tiling``,
 ``readers``; ``annotations`` (+ ``annotation_model``, ``annotation_formats``,
 ``annotation_geometry``, the one polygon rasteriser).
 """

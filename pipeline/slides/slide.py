@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from pipeline.errors import MissingMppError, SlideOpenError
+from pipeline.slides.computed_levels import ComputedLevels, computed_level_factors
 from pipeline.slides.metadata import (
     MAX_MPP_ANISOTROPY,
     MPP_OVERRIDE_TOLERANCE,
@@ -34,10 +35,8 @@ from pipeline.slides.metadata import (
 )
 from pipeline.slides.plain_images import (
     PLAIN_IMAGE_VENDORS,
-    ComputedLevels,
     TiffRegionSlide,
     WholeImageSlide,
-    computed_level_factors,
     is_tiff_file,
     plain_image_kind,
 )
@@ -136,7 +135,7 @@ def open_handle(path: Path) -> AbstractSlide:
     """An OpenSlide-like handle of a slide file or plain image; raises SlideOpenError naming it.
 
     JPEG and PNG images (recognised by their first bytes) and TIFFs OpenSlide refuses are read
-    by ``plain_images``; a single-level image larger than ``COMPUTED_LEVELS_MIN_SIDE_PX``
+    by ``plain_images``; a single-level image larger than ``computed_levels.COMPUTED_LEVELS_MIN_SIDE_PX``
     gets coarser levels computed from level 0, so no read decodes level 0 whole.
     """
     handle = _open_base_handle(path)
