@@ -104,6 +104,10 @@ def _node_text(m: dict[str, float]) -> str:
         f"| sensitivity, ITC-size 0.05-0.2 mm | {m['node_test_itc_sensitivity']:.2f} (n {m['node_test_itc_n']:.0f}) |",
         f"| sensitivity, micro 0.2-2 mm | {m['node_test_micro_sensitivity']:.2f} (n {m['node_test_micro_n']:.0f}) |",
         "",
+        "Figures the issue asked for and this model does not meet: at most 0.2 false deposits per "
+        "mm² and none of micro size; ITC-size sensitivity at least 0.5; 0.15 mm tumor ITC in 7 of 8 "
+        "placements; size bias within ±0.02 mm. All are measured here and stated as they are.",
+        "",
         "| true size band mm | n | detected | category right | size bias mm | size sd mm |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -114,9 +118,10 @@ def _node_text(m: dict[str, float]) -> str:
         base = f"{prefix}{band}mm"
         rows.append(
             f"| {band.replace('_', '-')} | {m[key]:.0f} | {m[base + '_detected']:.2f} | "
-            f"{m[base + '_category_right']:.2f} | {m[base + '_size_bias_mm']:+.3f} | {m[base + '_size_sd_mm']:.3f} |"
+            f"{m[base + '_category_right']:.2f} | {m.get(base + '_size_bias_mm', math.nan):+.3f} | "
+            f"{m.get(base + '_size_sd_mm', math.nan):.3f} |"
         )
-    return "\n".join(rows)
+    return "\n".join(rows).replace("+nan", "n/a").replace("nan", "n/a")
 
 
 def write_model_card_md(
@@ -166,7 +171,7 @@ and on the CAMELYON17 tiles of three other centres.
 Scored in fp32. micromet scores under bf16 autocast on CPUs with native bf16 (`--precision
 auto`); on 1,371 of these real patches (PCam test and CAMELYON16) that moved no probability by
 more than 0.012 and left the AUC unchanged (`scripts/bench_runtimes.py`, docs/benchmarks.md).
-The PCam validation row is not independent of the threshold: the threshold was picked on it.
+The PCam dev row is not independent of the thresholds: they were picked on it.
 
 | set | AUC | n |
 | --- | --- | --- |
@@ -193,8 +198,10 @@ At the operating threshold:
 ### Per centre: CAMELYON17 tissue that should be tumor-free
 
 Grid crops (96 px, stride 32 px at 0.972 µm/px) of one 0.5 mm tile per centre. The share scored
-at or above the threshold is the share of heatmap cells that would outline false deposits; the
-share at or above the seed threshold is the share that would keep one.
+at or above the threshold is the share of heatmap cells that would outline false deposits. The
+"seed" column uses the training-time seed (the lowest threshold with at most 1 % false positives on
+the dev normals), not the card's node-scale seed above, which is higher; a cell above it still
+needs the confirmation in 8 poses to make a deposit.
 
 | tile | share above threshold (95 % CI) | k / n | share above seed threshold | k / n | highest probability |
 | --- | --- | --- | --- | --- | --- |
@@ -214,7 +221,10 @@ share at or above the seed threshold is the share that would keep one.
 - Trained on CAMELYON16 (two Dutch centres) patches; other scanners, stains and tissues (not
   lymph node) are outside what it knows. micromet's slide QC flags such slides.
 - 96 µm tiles at 0.972 µm/px: isolated tumor cells of a few cells are at the limit of what it
-  can see; the smallest deposit it measures is one heatmap cell (31 µm).
+  can see: on the node-scale test it found 1 of 24 real deposits under 0.09 mm.
+- At node scale it still calls some tumor-free tissue ITC (0.22 false deposits per mm² on the
+  test surfaces: a 50 mm² negative node would hold about 11); those deposits are small and
+  review should look at every ITC call.
 
 ## All metrics stored in the card
 

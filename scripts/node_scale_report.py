@@ -24,16 +24,10 @@ from pipeline.evaluation.node_scale import Surface, poisson_upper_95, size_class
 from pipeline.staging import slide_category
 
 ITC_BAND_MM = (0.045, 0.2)
+# bands around the nominal sizes placed (a true size is within a pixel of its nominal one)
 SIZE_BANDS_MM = (
-    (0.0, 0.05),
-    (0.05, 0.1),
-    (0.1, 0.2),
-    (0.2, 0.3),
-    (0.3, 1.0),
-    (1.0, 1.8),
-    (1.8, 2.2),
-    (2.2, 9.0),
-)
+    (0.0, 0.04), (0.04, 0.09), (0.09, 0.205), (0.205, 0.3), (0.3, 0.75), (0.75, 1.5), (1.5, 2.5), (2.5, 9.0),
+)  # fmt: skip
 
 
 def dihedral_scorer(surface: Surface, tile_px: int, score):  # type: ignore[no-untyped-def]
@@ -375,6 +369,7 @@ def write_card(model_path: Path, fields: dict[str, object], metrics: dict[str, f
 
     model, card = load_checkpoint(model_path)
     extra = load_training_state(model_path)
-    card = dataclasses.replace(card, **fields, metrics={**card.metrics, **metrics})  # type: ignore[arg-type]
+    finite = {k: v for k, v in metrics.items() if math.isfinite(v)}  # a card holds finite figures only
+    card = dataclasses.replace(card, **fields, metrics={**card.metrics, **finite})  # type: ignore[arg-type]
     save_checkpoint(model_path, model, card, {**extra, "node_scale": "scripts/bench_node_scale.py"})
     load_checkpoint(model_path)  # refuse to finish with a file that does not load
