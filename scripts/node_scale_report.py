@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from pipeline.deposits.decide import DepositDecision, DepositRules, decide_deposits
 from pipeline.deposits.measure import Deposit, SizeCalibration
 from pipeline.detection.heatmap import Heatmap
+from pipeline.detection.inference import dihedral_poses
 from pipeline.evaluation.node_scale import Surface, poisson_upper_95, size_class, summarise_sizes, wilson_95
 from pipeline.staging import slide_category
 
@@ -37,13 +38,8 @@ def dihedral_scorer(surface: Surface, tile_px: int, score):  # type: ignore[no-u
     def mean_poses(xy: NDArray[np.int64]) -> NDArray[np.float32]:
         todo = [tuple(int(v) for v in p) for p in xy if tuple(int(v) for v in p) not in cache]
         if todo:
-            tiles = []
-            for x, y in todo:
-                tile = surface.image[y : y + tile_px, x : x + tile_px]
-                for k in range(4):
-                    turned = np.rot90(tile, k)
-                    tiles += [turned, turned[:, ::-1]]
-            p = score(np.ascontiguousarray(np.stack(tiles))).reshape(len(todo), 8).mean(axis=1)
+            tiles = [surface.image[y : y + tile_px, x : x + tile_px] for x, y in todo]
+            p = score(dihedral_poses(np.stack(tiles))).reshape(len(todo), 8).mean(axis=1)
             cache.update({corner: float(v) for corner, v in zip(todo, p, strict=True)})
         return np.array([cache[(int(x), int(y))] for x, y in xy], dtype=np.float32)
 

@@ -38,6 +38,7 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from pipeline.evaluation.node_scale import wilson_95
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_checkpoint, save_checkpoint
 from pipeline.training.augment import AugmentConfig
 from pipeline.training.classify import choose_threshold, roc_auc, score_batch
@@ -239,17 +240,6 @@ def auc_interval(p: NDArray[np.float32], y: NDArray[np.int64], seed: int) -> tup
     return float(low), float(high)
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k / n."""
-    if n == 0:
-        return math.nan, math.nan
-    z = 1.959964
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def load_pcam(data: Path, items: Sequence[tuple[str, int]]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
     tiles = np.stack([load_rgb(data / name) for name, _ in items])
     return tiles, np.array([label for _, label in items], dtype=np.int64)
@@ -298,7 +288,7 @@ class Evaluation:
 
 def _proportion(metrics: dict[str, float], key: str, hits: NDArray[np.bool_]) -> None:
     k, n = int(hits.sum()), len(hits)
-    low, high = wilson(k, n)
+    low, high = wilson_95(k, n)
     metrics.update({f"{key}": k / n if n else math.nan, f"{key}_ci_low": low, f"{key}_ci_high": high})
     metrics[f"{key}_n"] = float(n)
 

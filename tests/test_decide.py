@@ -147,3 +147,14 @@ def test_rules_are_frozen() -> None:
     rules = DepositRules(0.8)
     with pytest.raises(dataclasses.FrozenInstanceError):
         rules.threshold = 0.5  # type: ignore[misc]
+
+
+def test_dihedral_poses_are_the_eight_distinct_rotations_and_mirrors() -> None:
+    from pipeline.detection.inference import dihedral_poses
+
+    tile = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    poses = dihedral_poses(np.stack([tile, tile[::-1]]))
+    assert poses.shape == (16, 4, 4, 3) and poses.flags["C_CONTIGUOUS"]
+    first = {pose.tobytes() for pose in poses[:8]}
+    assert len(first) == 8  # an asymmetric tile has 8 different poses
+    assert first == {pose.tobytes() for pose in poses[8:]}  # a mirrored tile has the same 8
