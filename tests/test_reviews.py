@@ -15,6 +15,7 @@ import pytest
 from pipeline.batch.local import run_slide_safely
 from pipeline.deposits.measure import max_feret_diameter
 from pipeline.errors import AnnotationError, ReviewConflictError, ReviewError
+from pipeline.review.review_files import read_review, read_slide_review, write_review
 from pipeline.review.review_import import import_review
 from pipeline.review.reviews import (
     REVIEW_GEOJSON,
@@ -24,9 +25,6 @@ from pipeline.review.reviews import (
     check_review_matches,
     measure_outline,
     new_review,
-    read_review,
-    read_slide_review,
-    write_review,
 )
 
 MPP = 0.5  # µm/px: 1,000 px = 0.5 mm
@@ -37,8 +35,13 @@ T = "2026-01-02T03:04:05+00:00"
 
 def _deposit(deposit_id: int, category: str, outline: list[list[float]]) -> dict[str, Any]:
     side_mm = (outline[1][0] - outline[0][0]) * MPP / 1000
-    return {"id": deposit_id, "category": category, "max_diameter_mm": side_mm * math.sqrt(2),
-            "area_mm2": side_mm**2, "outline_xy": outline}
+    return {
+        "id": deposit_id,
+        "category": category,
+        "max_diameter_mm": side_mm * math.sqrt(2),
+        "area_mm2": side_mm**2,
+        "outline_xy": outline,
+    }
 
 
 def _report() -> dict[str, Any]:
@@ -58,7 +61,9 @@ def test_a_new_review_keeps_the_models_deposits_pending_and_its_category() -> No
     review = new_review("n1", _report())
     assert review.revision == 0 and review.status == "in progress"
     assert [(d.key, d.decision, d.category) for d in review.deposits] == [
-        ("deposit 1", "pending", "micro"), ("deposit 2", "pending", "itc")]
+        ("deposit 1", "pending", "micro"),
+        ("deposit 2", "pending", "itc"),
+    ]
     assert review.reviewed_category == "micro" == review.automated_category
 
 
@@ -85,8 +90,12 @@ def test_a_drawn_deposit_is_measured_like_an_automated_one() -> None:
 
 @pytest.mark.parametrize(
     ("side_px", "category"),
-    [(0.2 / math.sqrt(2) * 2000, "itc"), (0.2 / math.sqrt(2) * 2000 + 1, "micro"),
-     (2.0 / math.sqrt(2) * 2000, "micro"), (2.0 / math.sqrt(2) * 2000 + 1, "macro")],
+    [
+        (0.2 / math.sqrt(2) * 2000, "itc"),
+        (0.2 / math.sqrt(2) * 2000 + 1, "micro"),
+        (2.0 / math.sqrt(2) * 2000, "micro"),
+        (2.0 / math.sqrt(2) * 2000 + 1, "macro"),
+    ],
 )
 def test_drawn_sizes_use_the_clinical_cut_offs_exactly(side_px: float, category: str) -> None:
     square = np.array([[0, 0], [side_px, 0], [side_px, side_px], [0, side_px]], dtype=np.float64)
@@ -165,7 +174,10 @@ def test_review_xml_opens_as_asap_with_decision_groups(tmp_path: Path) -> None:
     root = ET.parse(tmp_path / REVIEW_XML).getroot()
     annotations = root.findall("./Annotations/Annotation")
     assert [(a.get("Name"), a.get("PartOfGroup")) for a in annotations] == [
-        ("deposit 1 (micro)", "Rejected"), ("deposit 2 (itc)", "Tumor"), ("drawn 1 (micro)", "Tumor")]
+        ("deposit 1 (micro)", "Rejected"),
+        ("deposit 2 (itc)", "Tumor"),
+        ("drawn 1 (micro)", "Tumor"),
+    ]
 
 
 def test_a_broken_review_file_names_itself(tmp_path: Path) -> None:
@@ -190,7 +202,8 @@ def test_an_unchanged_export_imports_back_as_the_same_review(tmp_path: Path, nam
     review = _reviewed(tmp_path)
     imported = import_review(review, tmp_path / name, "Dr Ben", complete=True, time=T)
     assert [(d.key, d.decision, d.category) for d in imported.deposits] == [
-        (d.key, d.decision, d.category) for d in review.deposits]
+        (d.key, d.decision, d.category) for d in review.deposits
+    ]
     for key, outline in _outlines(review).items():
         assert np.abs(_outlines(imported)[key] - outline).max() <= 1.0  # within one pixel
     assert imported.revision == review.revision + 1 and imported.reviewer == "Dr Ben"
@@ -198,10 +211,17 @@ def test_an_unchanged_export_imports_back_as_the_same_review(tmp_path: Path, nam
 
 def _qupath_feature(name: str, cls: str, ring: list[list[float]]) -> dict[str, Any]:
     """A feature as QuPath 0.5 exports it (id, closed ring, classification with an int colour)."""
-    return {"type": "Feature", "id": "7b9c0d4e-0000-4000-8000-000000000000",
-            "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
-            "properties": {"objectType": "annotation", "name": name, "isLocked": False,
-                           "classification": {"name": cls, "color": [200, 0, 0]}}}
+    return {
+        "type": "Feature",
+        "id": "7b9c0d4e-0000-4000-8000-000000000000",
+        "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+        "properties": {
+            "objectType": "annotation",
+            "name": name,
+            "isLocked": False,
+            "classification": {"name": cls, "color": [200, 0, 0]},
+        },
+    }
 
 
 def test_a_qupath_edited_geojson_rejects_deleted_corrects_moved_and_adds_new(tmp_path: Path) -> None:
@@ -209,10 +229,17 @@ def test_a_qupath_edited_geojson_rejects_deleted_corrects_moved_and_adds_new(tmp
     moved = [[x + 40.25, y - 3.5] for x, y in ITC_SQUARE] + [[4990.25, 5096.5]]  # a new corner
     new = [[3000.0, 3000.0], [3900.5, 3000.0], [3900.5, 3300.0], [3000.0, 3300.0]]
     path = tmp_path / "edited.geojson"
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        _qupath_feature("deposit 2 (itc)", "Tumor", moved),
-        _qupath_feature("", "Tumor", new),
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    _qupath_feature("deposit 2 (itc)", "Tumor", moved),
+                    _qupath_feature("", "Tumor", new),
+                ],
+            }
+        )
+    )
     imported = import_review(review, path, "Dr Ana", complete=True, time=T)
     decisions = {d.key: d.decision for d in imported.deposits}
     assert decisions == {"deposit 1": "rejected", "deposit 2": "corrected", "drawn 1": "added"}
@@ -238,7 +265,11 @@ def test_an_asap_edited_xml_with_a_rejected_group_and_a_new_polygon_imports(tmp_
     imported = import_review(read_review(tmp_path / REVIEW_GEOJSON), path, "Dr Ana", complete=True, time=T)
     decisions = {d.key: d.decision for d in imported.deposits}
     assert decisions == {
-        "deposit 1": "rejected", "deposit 2": "rejected", "drawn 1": "added", "drawn 2": "added"}
+        "deposit 1": "rejected",
+        "deposit 2": "rejected",
+        "drawn 1": "added",
+        "drawn 2": "added",
+    }
     assert np.abs(imported.deposit("drawn 2").outline_xy - np.array(ring)).max() <= 1.0
 
 
@@ -248,8 +279,14 @@ def test_import_of_a_bad_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match=r"bad\.geojson"):
         import_review(new_review("n1", _report()), path, "Dr Ana", complete=False)
     outside = tmp_path / "outside.geojson"
-    outside.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        _qupath_feature("x", "Tumor", [[0, 0], [20_000, 0], [20_000, 10]])]}))
+    outside.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [_qupath_feature("x", "Tumor", [[0, 0], [20_000, 0], [20_000, 10]])],
+            }
+        )
+    )
     with pytest.raises(AnnotationError, match=r"outside\.geojson.*leaves the slide"):
         import_review(new_review("n1", _report()), outside, "Dr Ana", complete=False)
 

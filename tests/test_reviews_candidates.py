@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ReviewError
+from pipeline.review.review_files import read_review, write_review
 from pipeline.review.review_import import import_review
 from pipeline.review.reviews import (
     REVIEW_GEOJSON,
@@ -21,10 +22,8 @@ from pipeline.review.reviews import (
     apply_edit,
     check_review_matches,
     new_review,
-    read_review,
     report_fingerprint,
     review_counts,
-    write_review,
 )
 from pipeline.slides.annotations import Annotation, read_asap_xml, write_geojson
 
@@ -39,8 +38,14 @@ T = "2026-01-02T03:04:05+00:00"
 
 def _entry(entry_id: int, category: str, outline: list[list[float]]) -> dict[str, Any]:
     side_mm = (outline[1][0] - outline[0][0]) * MPP / 1000
-    return {"id": entry_id, "category": category, "max_diameter_mm": side_mm * math.sqrt(2),
-            "area_mm2": side_mm**2, "outline_xy": outline, "confirm_probability": 0.3}
+    return {
+        "id": entry_id,
+        "category": category,
+        "max_diameter_mm": side_mm * math.sqrt(2),
+        "area_mm2": side_mm**2,
+        "outline_xy": outline,
+        "confirm_probability": 0.3,
+    }
 
 
 def _report(with_deposit: bool = False, with_candidates: bool = True) -> dict[str, Any]:
@@ -66,7 +71,9 @@ def _decide(review: SlideReview, key: str, decision: str) -> SlideReview:
 def test_pending_candidates_stay_out_of_the_reviewed_category() -> None:
     review = new_review("n1", _report())
     assert [(d.key, d.decision, d.category) for d in review.deposits] == [
-        ("candidate 1", "pending", "itc"), ("candidate 2", "pending", "itc")]
+        ("candidate 1", "pending", "itc"),
+        ("candidate 2", "pending", "itc"),
+    ]
     assert review.reviewed_category == "negative" == review.automated_category
     counts = review_counts(review)
     assert counts["pending candidates"] == 2 and counts["pending"] == 0
@@ -132,14 +139,20 @@ def _annotation(name: str, group: str, outline: list[list[float]]) -> Annotation
 
 def test_import_keeps_a_candidate_class_pending_and_confirms_one_reclassed_as_tumor(tmp_path: Path) -> None:
     path = tmp_path / "edited.geojson"
-    write_geojson([  # as deposits.geojson names them, one reclassed as Tumor in QuPath
-        _annotation("deposit 1 (micro)", "Tumor", MICRO_SQUARE),
-        _annotation("candidate 1 (for review, not counted)", "Candidate", CANDIDATE_SQUARES[0]),
-        _annotation("candidate 2 (for review, not counted)", "Tumor", CANDIDATE_SQUARES[1]),
-    ], path)
+    write_geojson(
+        [  # as deposits.geojson names them, one reclassed as Tumor in QuPath
+            _annotation("deposit 1 (micro)", "Tumor", MICRO_SQUARE),
+            _annotation("candidate 1 (for review, not counted)", "Candidate", CANDIDATE_SQUARES[0]),
+            _annotation("candidate 2 (for review, not counted)", "Tumor", CANDIDATE_SQUARES[1]),
+        ],
+        path,
+    )
     imported = import_review(new_review("n1", _report(with_deposit=True)), path, "Dr Ben", False, T)
     assert [(d.key, d.decision) for d in imported.deposits] == [
-        ("deposit 1", "confirmed"), ("candidate 1", "pending"), ("candidate 2", "confirmed")]
+        ("deposit 1", "confirmed"),
+        ("candidate 1", "pending"),
+        ("candidate 2", "confirmed"),
+    ]
     write_geojson([_annotation("deposit 1 (micro)", "Tumor", MICRO_SQUARE)], path)  # candidates deleted
     imported = import_review(new_review("n1", _report(with_deposit=True)), path, "Dr Ben", False, T)
     assert [d.decision for d in imported.deposits if d.is_candidate] == ["rejected", "rejected"]

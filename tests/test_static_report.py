@@ -271,7 +271,7 @@ def test_report_shows_review_flags_and_one_tile_sizes_as_upper_bounds(
     assert 'class="badge review-flag"' in html
     assert "≤ 0.091 mm, one tile" in html
     assert "0.091 ± 0.091" not in html and "0.090 ± 0.090" not in html
-    assert "± is the bound set by the heatmap grid" in html
+    assert "95 % error measured" in html and "bound set by the heatmap grid" in html
     assert "size-first cell rule" in html
 
 

@@ -15,7 +15,8 @@ import torch
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.models import ModelCard, build_model, read_card, save_checkpoint
-from pipeline.review.reviews import apply_edit, new_review, write_review
+from pipeline.review.review_files import write_review
+from pipeline.review.reviews import apply_edit, new_review
 from pipeline.training.config import TrainConfig
 from pipeline.training.review_samples import find_reviewed_slides, review_tile_samples
 from pipeline.training.train import _load_initial_weights
@@ -34,9 +35,11 @@ def _review(root: Path, complete: bool = True) -> None:
     """Dr Ana rejects the micro deposit (a false deposit), confirms the ITC, draws one."""
     report = json.loads((root / GOOD_ID / "report.json").read_text())
     review = new_review(GOOD_ID, report)
-    edits = [{"op": "decide", "key": "deposit 1", "decision": "rejected"},
-             {"op": "decide", "key": "deposit 2", "decision": "confirmed"},
-             {"op": "draw", "outline_xy": DRAWN_XY}]
+    edits = [
+        {"op": "decide", "key": "deposit 1", "decision": "rejected"},
+        {"op": "decide", "key": "deposit 2", "decision": "confirmed"},
+        {"op": "draw", "outline_xy": DRAWN_XY},
+    ]
     if complete:
         edits.append({"op": "status", "status": "complete"})
     for edit in edits:
@@ -80,14 +83,41 @@ def test_a_review_in_progress_does_not_train(tmp_path: Path, batch: ViewerBatch)
 
 def test_train_fine_tunes_from_reviews_and_its_card_names_them(reviewed: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5,
-                     training_data="a test model")
+    card = ModelCard(
+        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="a test model"
+    )
     start = save_checkpoint(tmp_path / "start.pt", build_model("micronet"), card)
     out = tmp_path / "run"
-    code = main(["train", "--reviews", str(reviewed), "--init-model", str(start), "--arch", "micronet",
-                 "--tile-size-px", "32", "--model-mpp", "2.0", "--epochs", "1", "--max-steps", "2",
-                 "--batch-size", "4", "--device", "cpu", "--workers", "0", "--no-progress",
-                 "--review-tiles-per-deposit", "8", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--reviews",
+            str(reviewed),
+            "--init-model",
+            str(start),
+            "--arch",
+            "micronet",
+            "--tile-size-px",
+            "32",
+            "--model-mpp",
+            "2.0",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--review-tiles-per-deposit",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     training_data = read_card(out / "last.pt").training_data
     assert training_data.startswith(f"fine-tuned from {start}")

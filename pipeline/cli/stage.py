@@ -21,7 +21,8 @@ from typing import Any
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import StagingError
 from pipeline.outputs import atomic_write_text, csv_safe_row, read_json_object, slide_folder
-from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches, read_slide_review
+from pipeline.review.review_files import read_slide_review
+from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches
 from pipeline.staging import (
     CATEGORY_ORDER,
     PATIENT_CSV_COLUMNS,
@@ -139,8 +140,11 @@ def _with_qc_warnings(
 def _with_reviews(
     row: PatientRow, groups: Mapping[str, Sequence[str]], reviewed: Mapping[str, str]
 ) -> PatientRow:
-    found = [f"{node_label(slide, row.patient)}: {reviewed[slide]}"
-             for slide in groups.get(row.patient, ()) if slide in reviewed]
+    found = [
+        f"{node_label(slide, row.patient)}: {reviewed[slide]}"
+        for slide in groups.get(row.patient, ())
+        if slide in reviewed
+    ]
     return dataclasses.replace(row, reviewed_nodes="; ".join(found)) if found else row
 
 
@@ -227,8 +231,10 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
                 report_data = _read_json_object(report, "slide report")
                 check_review_matches(review, report_data, report.parent / REVIEW_GEOJSON)
             if review is not None and review.complete:
-                reviewed[slide] = (f"{review.reviewed_category} (automated {categories[slide]}, "
-                                   f"reviewed by {review.reviewer})")
+                reviewed[slide] = (
+                    f"{review.reviewed_category} (automated {categories[slide]}, "
+                    f"reviewed by {review.reviewer})"
+                )
                 categories[slide] = Category(review.reviewed_category)
     return BatchNodeCategories(categories, unavailable, qc_warnings, reviewed)
 

@@ -23,7 +23,8 @@ from pipeline.outputs import (
     read_json_object,
     slide_folder,
 )
-from pipeline.review.reviews import SlideReview, read_slide_review, review_counts
+from pipeline.review.review_files import read_slide_review
+from pipeline.review.reviews import SlideReview, review_counts
 
 REVIEWS_JSON = "reviews.json"
 REVIEWS_CSV = "reviews.csv"
@@ -70,8 +71,10 @@ class ReviewScore:
         """Sums over complete reviews, the fraction of the model's deposits rejected and of all
         tumor deposits the model missed (None when undefined), and slides whose category changed."""
         done = self.complete
-        sums = {field: sum(getattr(s, field) for s in done)
-                for field in ("n_automated", "confirmed", "corrected", "rejected", "pending", "added")}
+        sums = {
+            field: sum(getattr(s, field) for s in done)
+            for field in ("n_automated", "confirmed", "corrected", "rejected", "pending", "added")
+        }
         kept = sums["confirmed"] + sums["corrected"] + sums["pending"]
         return {
             "n_slides_reviewed": len(done),
@@ -110,7 +113,7 @@ def score_reviews(batch_dir: Path) -> ReviewScore:
     manifest = read_json_object(Path(batch_dir) / "manifest.json", "batch manifest")
     slides = manifest.get("slides")
     scores = []
-    for slide_id, entry in (slides.items() if isinstance(slides, dict) else ()):
+    for slide_id, entry in slides.items() if isinstance(slides, dict) else ():
         entry = entry if isinstance(entry, dict) else {}
         if entry.get("status") != "done":
             continue
@@ -150,9 +153,11 @@ def write_review_score(score: ReviewScore, out_dir: Path) -> list[Path]:
 def format_review_score(score: ReviewScore) -> str:
     """One line for the batch: what reviewers did to the model's deposits."""
     t = score.totals()
-    line = (f"reviews   {t['n_slides_reviewed']} slide(s) complete: {t['rejected']} of {t['n_automated']} "
-            f"deposits rejected, {t['corrected']} corrected, {t['added']} added (missed); "
-            f"{t['n_slides_category_changed']} slide categories changed")
+    line = (
+        f"reviews   {t['n_slides_reviewed']} slide(s) complete: {t['rejected']} of {t['n_automated']} "
+        f"deposits rejected, {t['corrected']} corrected, {t['added']} added (missed); "
+        f"{t['n_slides_category_changed']} slide categories changed"
+    )
     if t["n_slides_in_progress"]:
         line += f"; {t['n_slides_in_progress']} review(s) in progress not counted"
     return line

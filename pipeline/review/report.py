@@ -14,7 +14,8 @@ from typing import Any
 from pipeline import __version__
 from pipeline.errors import ReviewError
 from pipeline.outputs import atomic_write_text, csv_safe_dict, slide_folder
-from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches, read_slide_review, report_candidates
+from pipeline.review.review_files import read_slide_review
+from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches, report_candidates
 from pipeline.staging import DEFAULT_CELL_RULE
 
 # Shown on every human-facing output: report.html, every viewer page, overlay.png's footer.
@@ -118,7 +119,7 @@ def report_cell_rule(settings: dict[str, Any]) -> str:
 
 
 def review_reasons(deposits: Sequence[dict[str, Any]]) -> list[str]:
-    """"deposit N: reason" for every deposit with a review flag, in the given order."""
+    """ "deposit N: reason" for every deposit with a review flag, in the given order."""
     return [f"deposit {d.get('id', '?')}: {d['review']}" for d in deposits if d.get("review")]
 
 
@@ -172,8 +173,12 @@ def with_review(row: dict[str, Any], folder: Path, report: dict[str, Any]) -> di
         return row
     if not review.complete:
         return {**row, "reviewed": "in progress"}
-    return {**row, "category": review.reviewed_category, "automated_category": row["category"],
-            "reviewed": f"complete ({review.reviewer})"}
+    return {
+        **row,
+        "category": review.reviewed_category,
+        "automated_category": row["category"],
+        "reviewed": f"complete ({review.reviewer})",
+    }
 
 
 def write_summary_csv(out_dir: Path, manifest: dict[str, Any]) -> Path:

@@ -23,6 +23,7 @@ import shapely
 
 from pipeline.errors import ConfigError
 from pipeline.outputs import read_json_object, slide_folder
+from pipeline.review.review_files import read_slide_review
 from pipeline.review.reviews import (
     ADDED,
     CONFIRMED,
@@ -32,7 +33,6 @@ from pipeline.review.reviews import (
     REVIEW_GEOJSON,
     SlideReview,
     check_review_matches,
-    read_slide_review,
 )
 from pipeline.training.sampling import PatchSample, SampleKind, SlideRegions, sample_tumor_centres
 
@@ -49,10 +49,12 @@ class ReviewedSlide:
     review_sha256: str
 
     def provenance(self) -> str:
-        """"BATCH/slide revision N by REVIEWER (sha256 0123456789ab)" for the model card."""
+        """ "BATCH/slide revision N by REVIEWER (sha256 0123456789ab)" for the model card."""
         r = self.review
-        return (f"{self.batch_dir}/{r.slide_id} revision {r.revision} by {r.reviewer or 'unknown'} "
-                f"(sha256 {self.review_sha256[:12]})")
+        return (
+            f"{self.batch_dir}/{r.slide_id} revision {r.revision} by {r.reviewer or 'unknown'} "
+            f"(sha256 {self.review_sha256[:12]})"
+        )
 
 
 def _slide_path(batch_dir: Path, slide_id: str, entry: dict[str, Any]) -> Path:
@@ -61,8 +63,10 @@ def _slide_path(batch_dir: Path, slide_id: str, entry: dict[str, Any]) -> Path:
         raise ConfigError(f"{batch_dir}/manifest.json: slide {slide_id!r} records no slide file")
     path = Path(raw) if Path(raw).is_absolute() else batch_dir / raw
     if not path.is_file():
-        raise ConfigError(f"{path}: the slide file of reviewed slide {slide_id!r} is missing; "
-                          "training reads its tiles from it - restore the file or drop the batch")
+        raise ConfigError(
+            f"{path}: the slide file of reviewed slide {slide_id!r} is missing; "
+            "training reads its tiles from it - restore the file or drop the batch"
+        )
     return path
 
 
@@ -75,11 +79,15 @@ def find_reviewed_slides(batch_dirs: Sequence[Path]) -> list[ReviewedSlide]:
     """
     found: list[ReviewedSlide] = []
     for batch_dir in (Path(b) for b in batch_dirs):
-        manifest = read_json_object(batch_dir / "manifest.json", "batch manifest", ConfigError,
-                                    "; pass a batch output folder to --reviews")
+        manifest = read_json_object(
+            batch_dir / "manifest.json",
+            "batch manifest",
+            ConfigError,
+            "; pass a batch output folder to --reviews",
+        )
         slides = manifest.get("slides")
         before = len(found)
-        for slide_id, entry in (slides.items() if isinstance(slides, dict) else ()):
+        for slide_id, entry in slides.items() if isinstance(slides, dict) else ():
             entry = entry if isinstance(entry, dict) else {}
             folder = slide_folder(batch_dir, str(slide_id), entry)
             review = read_slide_review(folder) if entry.get("status") == "done" else None
@@ -91,8 +99,10 @@ def find_reviewed_slides(batch_dirs: Sequence[Path]) -> list[ReviewedSlide]:
             path = _slide_path(batch_dir, str(slide_id), entry)
             found.append(ReviewedSlide(batch_dir, path, review, digest))
         if len(found) == before:
-            raise ConfigError(f"{batch_dir}: no slide has a complete review; review slides with "
-                              "`micromet view --review` (mark them complete) before training on them")
+            raise ConfigError(
+                f"{batch_dir}: no slide has a complete review; review slides with "
+                "`micromet view --review` (mark them complete) before training on them"
+            )
     return found
 
 
@@ -134,8 +144,10 @@ def review_tile_samples(
             else:
                 continue
             centres = _inside(_polygon(deposit.outline_xy), avoid, tiles_per_deposit, rng)
-            samples.extend(PatchSample(str(slide.slide_path), float(x), float(y), label, "train", kind)
-                           for x, y in centres)
+            samples.extend(
+                PatchSample(str(slide.slide_path), float(x), float(y), label, "train", kind)
+                for x, y in centres
+            )
     return samples
 
 
@@ -144,6 +156,8 @@ def describe_reviews(slides: Sequence[ReviewedSlide], samples: Sequence[PatchSam
     from_reviews = {str(s.slide_path) for s in slides}
     n_tumor = sum(1 for s in samples if s.slide in from_reviews and s.kind == "tumor")
     n_negative = sum(1 for s in samples if s.slide in from_reviews and s.kind == "hard_negative")
-    return (f"pathologist reviews of {len(slides)} slide(s): {n_tumor} tumor tiles in confirmed, "
-            f"corrected and drawn deposits, {n_negative} hard negatives in rejected deposits; "
-            f"reviews {'; '.join(s.provenance() for s in slides)}")
+    return (
+        f"pathologist reviews of {len(slides)} slide(s): {n_tumor} tumor tiles in confirmed, "
+        f"corrected and drawn deposits, {n_negative} hard negatives in rejected deposits; "
+        f"reviews {'; '.join(s.provenance() for s in slides)}"
+    )

@@ -18,13 +18,8 @@ from pipeline.detection.heatmap import HEATMAP_ARRAY, HEATMAP_META, Heatmap, loa
 from pipeline.errors import HeatmapError, OutputError, ReviewError
 from pipeline.outputs import read_json_object
 from pipeline.review.report import deposit_size_text, review_reasons
-from pipeline.review.reviews import (
-    REVIEW_GEOJSON,
-    SlideReview,
-    check_review_matches,
-    read_review,
-    report_candidates,
-)
+from pipeline.review.review_files import read_review
+from pipeline.review.reviews import REVIEW_GEOJSON, SlideReview, check_review_matches, report_candidates
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +150,7 @@ class BatchIndex:
         slides = _read_json_object(self.manifest_path, "batch manifest").get("slides")
         if not isinstance(slides, dict):
             raise OutputError(
-                f"{self.manifest_path}: expected a 'slides' object (slide id -> entry); "
-                "re-run the batch"
+                f"{self.manifest_path}: expected a 'slides' object (slide id -> entry); re-run the batch"
             )
         return {
             str(slide_id): _record_from_entry(

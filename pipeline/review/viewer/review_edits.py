@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.errors import OutputError, ReviewError
 from pipeline.outputs import read_json_object
 from pipeline.review.report import write_summary_csv
+from pipeline.review.review_files import read_review, write_review
 from pipeline.review.review_import import import_review
 from pipeline.review.reviews import (
     REVIEW_GEOJSON,
@@ -24,9 +25,7 @@ from pipeline.review.reviews import (
     apply_edit,
     check_review_matches,
     new_review,
-    read_review,
     review_counts,
-    write_review,
 )
 from pipeline.review.viewer.batch_index import STATUS_DONE, BatchIndex, SlideRecord
 
@@ -45,15 +44,17 @@ def slide_review(index: BatchIndex, record: SlideRecord) -> SlideReview:
         raise ReviewError(f"{record.slide_id}: the slide has no result to review (status {record.status})")
     path = index.output_file(record, REVIEW_GEOJSON)
     if path is None and (record.output_dir / REVIEW_GEOJSON).exists():
-        raise ReviewError(f"{record.output_dir / REVIEW_GEOJSON}: not a regular file inside the batch "
-                          "folder; remove it")
+        raise ReviewError(
+            f"{record.output_dir / REVIEW_GEOJSON}: not a regular file inside the batch folder; remove it"
+        )
     if path is None:
         return new_review(record.slide_id, report)
     review = read_review(path)
     check_review_matches(review, report, path)
     if review.slide_id != record.slide_id:
-        raise ReviewError(f"{path}: the review is of slide {review.slide_id!r}, not {record.slide_id!r}; "
-                          "remove the file")
+        raise ReviewError(
+            f"{path}: the review is of slide {review.slide_id!r}, not {record.slide_id!r}; remove the file"
+        )
     return review
 
 
@@ -83,8 +84,9 @@ def save_edit(index: BatchIndex, record: SlideRecord, body: Any, lock: threading
     return {"writable": True, "review": review_to_json(updated)}
 
 
-def import_review_file(index: BatchIndex, record: SlideRecord, path: Path, reviewer: str,
-                       complete: bool) -> SlideReview:
+def import_review_file(
+    index: BatchIndex, record: SlideRecord, path: Path, reviewer: str, complete: bool
+) -> SlideReview:
     """Load a QuPath GeoJSON or ASAP XML file into the slide's review
     (``pipeline.review.review_import``), save it and refresh summary.csv.
 
@@ -121,10 +123,16 @@ def review_to_json(review: SlideReview) -> dict[str, Any]:
         "counts": review_counts(review),
         "history": list(review.history[-20:]),
         "deposits": [
-            {"key": d.key, "decision": d.decision, "category": d.category,
-             "max_diameter_mm": d.max_diameter_mm, "area_mm2": d.area_mm2,
-             "reviewer": d.reviewer, "time": d.time,
-             "outline_xy": [[float(x), float(y)] for x, y in d.outline_xy]}
+            {
+                "key": d.key,
+                "decision": d.decision,
+                "category": d.category,
+                "max_diameter_mm": d.max_diameter_mm,
+                "area_mm2": d.area_mm2,
+                "reviewer": d.reviewer,
+                "time": d.time,
+                "outline_xy": [[float(x), float(y)] for x, y in d.outline_xy],
+            }
             for d in review.deposits
         ],
     }
