@@ -298,3 +298,14 @@ def test_info_refuses_a_header_with_every_level_doubled(
     err = capsys.readouterr().err
     assert "doubled.tif: TIFF level 0 declares 3000 x 2200 px" in err and "Traceback" not in err
     assert main(["info", "--no-tissue", str(_slide(tmp_path / "intact.tif"))]) == 0
+
+
+def test_the_tile_tables_of_a_directory_chain_that_loops_are_read_once(tmp_path: Path) -> None:
+    from bad_inputs import _tag_patches
+
+    from pipeline.slides.integrity import check_tile_tables
+
+    slide = _slide(tmp_path / "intact.tif")
+    looping = tmp_path / "loop.tif"
+    looping.write_bytes(_tag_patches(slide)["ifd_loops_to_itself"](slide.read_bytes()))
+    assert check_tile_tables(looping) == []  # level 0 once, its tiles all hold data

@@ -18,6 +18,7 @@ import logging
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +47,29 @@ class EmptyTile:
     height_px: float
 
 
+# More TIFF directories than any pyramid holds: a damaged chain of directories stops here.
+MAX_DIRECTORIES = 256
+
+
+def _pages(tif: Any) -> list[Any]:
+    """The file's TIFF pages in order, stopping at the first directory seen before (a chain
+    that loops back, which iterating ``tif.pages`` would follow for ever) or at MAX_DIRECTORIES."""
+    import tifffile
+
+    pages: list[Any] = []
+    seen: set[int] = set()
+    for index in range(MAX_DIRECTORIES):
+        try:
+            page = tif.pages[index]
+        except IndexError:
+            break
+        if not isinstance(page, tifffile.TiffPage) or page.offset in seen:
+            break
+        seen.add(page.offset)
+        pages.append(page)
+    return pages
+
+
 def _tiled_levels(path: Path) -> list[tuple[int, int, int, int, tuple[int, ...], tuple[int, ...]]]:
     """(width, height, tile_w, tile_h, chunked, bytecounts) of every tiled page, largest first;
     empty for a file tifffile cannot read (OpenSlide's own checks stand for those)."""
@@ -56,8 +80,8 @@ def _tiled_levels(path: Path) -> list[tuple[int, int, int, int, tuple[int, ...],
     try:
         with tifffile.TiffFile(path) as tif:
             levels = []
-            for page in tif.pages:
-                if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:
+            for page in _pages(tif):
+                if not page.is_tiled:
                     continue
                 levels.append((
                     int(page.imagewidth), int(page.imagelength), int(page.tilewidth), int(page.tilelength),
