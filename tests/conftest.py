@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,16 @@ def require_shared_data(relative: str = "") -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def default_sigint_handler() -> Iterator[None]:
+    """Python's own SIGINT handler for the whole session. A runner started in the background
+    inherits SIGINT ignored; the batch then leaves SIGTERM alone and a test that sends itself
+    SIGTERM (the batch's clean stop) would end the whole test run instead."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture
