@@ -48,8 +48,24 @@ def _double_every_level(path: Path) -> Path:
 
 
 def _infer(slides: list[Path], out: Path, model: Path, *extra: str) -> int:
-    return main(["infer", *map(str, slides), "--out", str(out), "--model", str(model), "--device", "cpu",
-                 "--workers", "0", "--no-refine", "--no-cells", "--quiet", *extra])
+    return main(
+        [
+            "infer",
+            *map(str, slides),
+            "--out",
+            str(out),
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--no-refine",
+            "--no-cells",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 # --- tissue unreadable at the scoring level ---------------------------------------------------
@@ -191,10 +207,20 @@ def test_sigterm_ends_the_batch_like_ctrl_c_and_removes_the_staging_folder(tmp_p
         return {"category": "negative"}
 
     out = tmp_path / "batch"
-    with pytest.raises(KeyboardInterrupt):
-        run_batch([_slide(tmp_path / "s1.tif")], out, analyze, {"k": 1})
+    # Earlier tests (Ray) may leave handlers of their own: start from Python's defaults, so a
+    # SIGTERM the batch does not catch can never end the test run itself.
+    previous = (
+        signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        signal.signal(signal.SIGINT, signal.default_int_handler),
+    )
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_batch([_slide(tmp_path / "s1.tif")], out, analyze, {"k": 1})
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
     assert seen == [True] and not list(out.glob(".*.partial")) and not (out / "s1").exists()
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_an_mpp_csv_that_is_a_link_loop_is_one_error(
@@ -232,8 +258,12 @@ def test_a_model_near_chance_or_without_figures_is_warned_about(tmp_path: Path) 
     assert "no validation AUC" in card_quality_warning(card)
     near_chance = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, metrics={"val_auc": 0.56})
     assert "val_auc is 0.56, near chance" in card_quality_warning(near_chance)
-    good = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0,
-                     metrics={"pcam_val_auc": 0.95, "pcam_test_auc": 0.96})
+    good = ModelCard(
+        architecture="micronet",
+        tile_size_px=32,
+        mpp=2.0,
+        metrics={"pcam_val_auc": 0.95, "pcam_test_auc": 0.96},
+    )
     assert card_quality_warning(good) == ""
 
 
@@ -252,8 +282,10 @@ def test_the_model_warning_reaches_report_summary_and_console(
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"metrics": {"val_auc": float("nan")}}, "metrics"),
-     ({"qc_reference": {"od_purple": [0.0, 1.0]}}, "qc_reference")],
+    [
+        ({"metrics": {"val_auc": float("nan")}}, "metrics"),
+        ({"qc_reference": {"od_purple": [0.0, 1.0]}}, "qc_reference"),
+    ],
 )
 def test_a_card_with_nan_metrics_or_unknown_qc_reference_names_is_refused(
     change: dict[str, object], message: str
@@ -287,7 +319,6 @@ def test_an_unexpected_exception_is_one_line_naming_a_crash_log(
     assert err.startswith("micromet info: internal error: ZeroDivisionError: a bug over two lines")
     (log,) = tmp_path.glob("micromet-crash-*.log")
     assert str(log) in err and "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()
-
 
 
 def test_info_refuses_a_header_with_every_level_doubled(
