@@ -163,8 +163,9 @@ Licences: PatchCamelyon and CAMELYON16/17 are CC0 1.0; the Kaggle copy of PCam i
 normals are PCam patches (CC0) as committed in MartiHan/8p361_MedicalImaging.
 The PCam patches carry no slide id. They are split by place (no pixel shared between parts), not by
 slide: patches of one slide that do not overlap can sit on both sides, so the PCam test figure is
-still in-distribution and optimistic. Generalisation is judged on the CAMELYON16 level-0 patches
-and on the CAMELYON17 tiles of three other centres.
+still in-distribution and optimistic. Generalisation is judged on the CAMELYON17 tiles of three other centres (the centre-3 tile's
+left-half training crops and right-half test crops share no pixel) and on the CAMELYON16 level-0
+patches, whose place overlap with the PCam training patches cannot be checked (other resolution).
 
 ## Real results on material held out from training (95 % intervals)
 
@@ -177,7 +178,7 @@ The PCam dev row is not independent of the thresholds: they were picked on it.
 | --- | --- | --- |
 {_auc_row(m, "PCam held-out test part (split by place; shares no pixel with training or dev)", "pcam_test")}
 {_auc_row(m, "PCam dev part (picked the thresholds)", "pcam_val")}
-{_auc_row(m, "CAMELYON16 level-0 patches of tumor_001, tumor_004, tumor_064 (brought to 0.972 µm/px; never trained on)", "c16_patches")}
+{_auc_row(m, "CAMELYON16 level-0 patches of tumor_001, tumor_004, tumor_064 (brought to 0.972 µm/px; not training files, but PCam was cut from every CAMELYON16 slide, so whether a training patch covers the same place cannot be checked)", "c16_patches")}
 
 At the operating threshold:
 
