@@ -128,6 +128,8 @@ def apart_surfaces(data: Path) -> list[Surface]:
 
 
 def make_scorer(model_path: Path):  # type: ignore[no-untyped-def]
+    """(tile scorer, region scorer or None, card) of a checkpoint: the pipeline's prepared model
+    for tiles; the model's exact dense inference (fp32) for regions when it has one."""
     import torch
 
     from pipeline.config import InferenceConfig
@@ -141,7 +143,25 @@ def make_scorer(model_path: Path):  # type: ignore[no-untyped-def]
         with torch.inference_mode():
             return prepared.scorer(torch.from_numpy(np.ascontiguousarray(tiles))).numpy()
 
-    return score, card
+    dense = getattr(model.eval(), "dense_logits", None)
+    if dense is None:
+        return score, None, card
+    mean = torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def score_region(region: NDArray[np.uint8]) -> NDArray[np.float32]:
+        x = torch.from_numpy(region).permute(2, 0, 1)[None].float().div(255.0).sub(mean).div(std)
+        with torch.inference_mode():
+            logits = dense(x.contiguous(memory_format=torch.channels_last))
+        return torch.softmax(logits.float(), dim=1)[0, 1].numpy()
+
+    return score, score_region, card
+
+
+def grid_stride_px(folder: Path, card) -> int:  # type: ignore[no-untyped-def]
+    """The heatmap stride a part was scored at (model.json), the card's by default."""
+    settings = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    return int(settings.get("stride_px") or card.stride_px or 32)
 
 
 def save_surface(folder: Path, surface: Surface, heatmap_values: NDArray[np.float32]) -> None:
@@ -173,19 +193,24 @@ def load_surfaces(folder: Path) -> list[tuple[Surface, NDArray[np.float32]]]:
 def score_part(args: argparse.Namespace) -> int:
     folder = args.work / args.part
     folder.mkdir(parents=True, exist_ok=True)
-    score, card = make_scorer(args.model)
+    score, score_region, card = make_scorer(args.model)
+    model_stride = card.stride_px or 32
+    stride = args.stride_px or model_stride
     surfaces = build_surfaces(args.part, args.data, args.seed)
     if args.part == "test":
         surfaces += apart_surfaces(args.data)
     started, n_tiles = time.perf_counter(), 0
     for surface in surfaces:
         heatmap = heatmap_of_surface(
-            surface.image, surface.mpp, card.tile_size_px, card.stride_px or 32, score
-        )
+            surface.image, surface.mpp, card.tile_size_px, stride, score,
+            region_score=score_region, model_stride_px=model_stride,
+        )  # fmt: skip
         n_tiles += heatmap.probabilities.size
         save_surface(folder, surface, heatmap.probabilities)
-    (folder / "model.json").write_text(json.dumps({"model": str(args.model)}), encoding="utf-8")
-    print(f"{len(surfaces)} surfaces, {n_tiles} tiles in {time.perf_counter() - started:.0f} s -> {folder}")
+    settings = {"model": str(args.model), "stride_px": stride, "dense": score_region is not None}
+    (folder / "model.json").write_text(json.dumps(settings), encoding="utf-8")
+    how, seconds = ("dense" if score_region else "tile by tile"), time.perf_counter() - started
+    print(f"{len(surfaces)} surfaces, {n_tiles} tiles ({how}) in {seconds:.0f} s -> {folder}")
     return 0
 
 
@@ -197,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "node_scale")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stride-px",
+        type=int,
+        default=None,
+        help="score: heatmap stride px (default: the card's, which it must divide)",
+    )
     parser.add_argument(
         "--write-card", action="store_true", help="write rules / figures into the model's card"
     )

@@ -183,13 +183,13 @@ def summary(tally: Tally) -> dict[str, float]:
 
 def report(args: argparse.Namespace) -> int:
     """Entry point of ``bench_node_scale.py report``."""
-    from bench_node_scale import load_surfaces, make_scorer
+    from bench_node_scale import grid_stride_px, load_surfaces, make_scorer
 
     folder = args.work / args.part
     model_path = Path(json.loads((folder / "model.json").read_text(encoding="utf-8"))["model"])
-    score, card = make_scorer(model_path)
+    score, _, card = make_scorer(model_path)
     surfaces = load_surfaces(folder)
-    tile_px, stride_px = card.tile_size_px, card.stride_px or 32
+    tile_px, stride_px = card.tile_size_px, grid_stride_px(folder, card)
     scorers = {s.name: dihedral_scorer(s, tile_px, score) for s, _ in surfaces}
     apart = [(s, v) for s, v in surfaces if s.name in APART_SURFACES]
     surfaces = [(s, v) for s, v in surfaces if s.name not in APART_SURFACES]
@@ -327,13 +327,13 @@ def calibrate_detection(run, base: DepositRules) -> tuple[DepositRules, list[str
 
 def calibrate(args: argparse.Namespace) -> int:
     """Entry point of ``bench_node_scale.py calibrate`` (dev part only)."""
-    from bench_node_scale import load_surfaces, make_scorer
+    from bench_node_scale import grid_stride_px, load_surfaces, make_scorer
 
     folder = args.work / "dev"
     model_path = Path(json.loads((folder / "model.json").read_text(encoding="utf-8"))["model"])
-    score, card = make_scorer(model_path)
+    score, _, card = make_scorer(model_path)
     surfaces = load_surfaces(folder)
-    tile_px, stride_px = card.tile_size_px, card.stride_px or 32
+    tile_px, stride_px = card.tile_size_px, grid_stride_px(folder, card)
     scorers = {s.name: dihedral_scorer(s, tile_px, score) for s, _ in surfaces}
 
     def run(rules: DepositRules) -> Tally:

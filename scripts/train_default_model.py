@@ -48,7 +48,7 @@ from pipeline.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-ARCHITECTURE = "pcamnet"
+ARCHITECTURE = "dense96"
 TILE_SIZE_PX = 96
 MODEL_MPP = 0.972  # PatchCamelyon: CAMELYON16 level 2
 LABEL_SIZE_PX = 32  # PCam's label describes the central 32 x 32 px: the heatmap stride
@@ -95,6 +95,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="../shared/data")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "default_model_places")
     parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument(
+        "--architecture", default=ARCHITECTURE, help="dense96 (exact dense inference) or pcamnet"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -189,7 +192,7 @@ def train_settings(args: argparse.Namespace, work: Path) -> TrainSettings:
     return TrainSettings(
         train=TrainConfig(
             out_dir=str(work / "run"),
-            architecture=ARCHITECTURE,
+            architecture=args.architecture,
             tile_size_px=TILE_SIZE_PX,
             mpp=MODEL_MPP,
             epochs=args.epochs,
@@ -368,9 +371,11 @@ def training_data_text(
     )
 
 
-def make_card(evaluation: Evaluation, text: str, qc_reference: dict[str, list[float]]) -> ModelCard:
+def make_card(
+    evaluation: Evaluation, text: str, qc_reference: dict[str, list[float]], architecture: str = ARCHITECTURE
+) -> ModelCard:
     return ModelCard(
-        architecture=ARCHITECTURE,
+        architecture=architecture,
         tile_size_px=TILE_SIZE_PX,
         mpp=MODEL_MPP,
         mean=IMAGENET_MEAN,
@@ -433,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         evaluation,
         training_data_text(splits, n_c17, args.seed, args.hed_scale),
         compute_qc_reference(args.data, splits),
+        args.architecture,
     )
     save_checkpoint(args.out, model, card, {"script": "scripts/train_default_model.py", "seed": args.seed})
     load_checkpoint(args.out)  # refuse to finish with a file that does not load

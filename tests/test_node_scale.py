@@ -145,6 +145,43 @@ def test_heatmap_of_surface_scores_every_grid_tile() -> None:
     assert heatmap.probabilities[0, 0] < heatmap.probabilities[0, 2]
 
 
+def _random_dense96() -> torch.nn.Module:
+    from pipeline.models.architectures import build_model
+
+    torch.manual_seed(0)
+    model = build_model("dense96").eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics, as after training
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("stride_px", [32, 16])
+def test_dense_surface_heatmap_equals_tile_by_tile(stride_px: int) -> None:
+    model = _random_dense96()
+
+    def tiles(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255
+            return torch.softmax(model(x), 1)[:, 1].numpy()
+
+    def region(image: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+            return torch.softmax(model.dense_logits(x), 1)[0, 1].numpy()
+
+    # a surface taller than one dense band, with a partial cell at the right and bottom
+    image = np.random.default_rng(1).integers(0, 256, (96 + 32 * 17 + 20, 96 + 32 * 3 + 7, 3), dtype=np.uint8)
+    tile_wise = heatmap_of_surface(image, 0.972, 96, stride_px, tiles).probabilities
+    dense = heatmap_of_surface(image, 0.972, 96, stride_px, tiles, region_score=region, model_stride_px=32)
+    assert dense.probabilities.shape == tile_wise.shape
+    assert not np.isnan(dense.probabilities).any()
+    assert np.abs(dense.probabilities - tile_wise).max() < 1e-5
+    with pytest.raises(ValueError, match="does not divide"):
+        heatmap_of_surface(image, 0.972, 96, 24, tiles, region_score=region, model_stride_px=32)
+
+
 def test_size_classes_and_intervals() -> None:
     assert [size_class(d) for d in (0.15, 0.2, 0.21, 2.0, 2.1)] == ["itc", "itc", "micro", "micro", "macro"]
     assert poisson_upper_95(0, 15.0) == pytest.approx(2.996 / 15.0, rel=1e-3)

@@ -23,14 +23,21 @@ from pipeline.detection.heatmap import Heatmap
 from pipeline.staging import ITC_MAX_DIAMETER_MM, MICRO_MAX_DIAMETER_MM
 
 TileScorer = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+# (H, W, 3) uint8 region of (tile + k * model stride) px per side -> (k + 1, k + 1) probabilities,
+# equal to scoring each tile of the region at the model's stride (a model with exact dense inference)
+RegionScorer = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+# Heatmap rows scored per dense region: bounds memory to about band x width of the surface.
+DENSE_BAND_ROWS = 16
 SHAPES = ("disc", "ellipse", "irregular")
 UM_PER_MM = 1000.0
 EDGE_BLEND_UM = 2.0
 
 __all__ = [
     "SHAPES",
+    "RegionScorer",
     "Surface",
     "TrueDeposit",
+    "dense_values",
     "deposit_mask",
     "feathered_mosaic",
     "heatmap_of_surface",
@@ -191,19 +198,15 @@ def paste_deposit(
     return image, TrueDeposit(full, diameter_mm, shape, centre_rc)
 
 
-def heatmap_of_surface(
-    image: NDArray[np.uint8],
-    mpp: float,
-    tile_size_px: int,
-    stride_px: int,
-    score: TileScorer,
-    batch: int = 256,
-) -> Heatmap:
-    """Every tile of a grid of ``stride_px`` over ``image`` scored by ``score``, as a Heatmap
-    (the surface is its own level 0, at the model's µm/px)."""
+def _grid_shape(image: NDArray[np.uint8], tile_size_px: int, stride_px: int) -> tuple[int, int]:
     height, width = image.shape[:2]
-    rows = (height - tile_size_px) // stride_px + 1
-    cols = (width - tile_size_px) // stride_px + 1
+    return (height - tile_size_px) // stride_px + 1, (width - tile_size_px) // stride_px + 1
+
+
+def _tile_values(
+    image: NDArray[np.uint8], tile_size_px: int, stride_px: int, score: TileScorer, batch: int
+) -> NDArray[np.float32]:
+    rows, cols = _grid_shape(image, tile_size_px, stride_px)
     corners = [(r * stride_px, c * stride_px) for r in range(rows) for c in range(cols)]
     values = np.empty(len(corners), dtype=np.float32)
     for start in range(0, len(corners), batch):
@@ -211,8 +214,59 @@ def heatmap_of_surface(
             [image[y : y + tile_size_px, x : x + tile_size_px] for y, x in corners[start : start + batch]]
         )
         values[start : start + len(tiles)] = score(tiles)
+    return values.reshape(rows, cols)
+
+
+def dense_values(
+    image: NDArray[np.uint8], tile_size_px: int, stride_px: int, model_stride_px: int, score: RegionScorer
+) -> NDArray[np.float32]:
+    """The tile grid of ``stride_px`` over ``image`` scored by exact dense inference.
+
+    ``stride_px`` must divide ``model_stride_px``; each of the (model / grid stride)² shifted
+    lattices is scored in bands of DENSE_BAND_ROWS rows and interleaved into the grid.
+    """
+    if model_stride_px % stride_px:
+        raise ValueError(f"grid stride {stride_px} px does not divide the model's {model_stride_px} px")
+    rows, cols = _grid_shape(image, tile_size_px, stride_px)
+    values = np.full((rows, cols), np.nan, dtype=np.float32)
+    factor = model_stride_px // stride_px
+    for shift_row in range(factor):
+        for shift_col in range(factor):
+            shifted = image[shift_row * stride_px :, shift_col * stride_px :]
+            sub_rows, sub_cols = _grid_shape(shifted, tile_size_px, model_stride_px)
+            for first in range(0, sub_rows, DENSE_BAND_ROWS):
+                last = min(first + DENSE_BAND_ROWS, sub_rows)
+                region = shifted[
+                    first * model_stride_px : (last - 1) * model_stride_px + tile_size_px,
+                    : (sub_cols - 1) * model_stride_px + tile_size_px,
+                ]
+                band = score(np.ascontiguousarray(region))
+                values[shift_row + first * factor : shift_row + last * factor : factor, shift_col::factor] = (
+                    band
+                )
+    return values
+
+
+def heatmap_of_surface(
+    image: NDArray[np.uint8],
+    mpp: float,
+    tile_size_px: int,
+    stride_px: int,
+    score: TileScorer,
+    batch: int = 256,
+    region_score: RegionScorer | None = None,
+    model_stride_px: int | None = None,
+) -> Heatmap:
+    """Every tile of a grid of ``stride_px`` over ``image`` scored, as a Heatmap (the surface is
+    its own level 0, at the model's µm/px): by exact dense inference when ``region_score`` is
+    given (with the model's own stride), else tile by tile with ``score``."""
+    height, width = image.shape[:2]
+    if region_score is not None:
+        values = dense_values(image, tile_size_px, stride_px, model_stride_px or stride_px, region_score)
+    else:
+        values = _tile_values(image, tile_size_px, stride_px, score, batch)
     return Heatmap(
-        probabilities=values.reshape(rows, cols),
+        probabilities=values,
         origin_x_px=0.0,
         origin_y_px=0.0,
         stride_l0_px=float(stride_px),

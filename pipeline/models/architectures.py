@@ -88,6 +88,63 @@ class PCamNet(nn.Module):
         return logits
 
 
+# Channels of the DenseNet96 stages (see the class docstring for the sizes they work on).
+DENSE96_CHANNELS = (32, 64, 128, 256, 256)
+# Total stride of DenseNet96: its dense output has one cell per 32 px of input.
+DENSE96_STRIDE_PX = 32
+# The tile DenseNet96 reads: its receptive field, exactly.
+DENSE96_TILE_PX = 96
+
+
+class Dense96(nn.Module):
+    """A CNN whose region-wise evaluation equals its tile-wise evaluation, for exact dense inference.
+
+    Every layer is unpadded (valid), and the pools are aligned, so on a region of
+    ``96 + 32 k`` px it returns the ``(k + 1)`` outputs per side that scoring each 96 px tile at a
+    32 px stride would give, while reading each pixel once. Sizes for one 96 px tile: a 2 x 2
+    stride-2 stem (48), 3 x 3 conv (46), 3 x 3 conv (44), pool (22), conv (20), pool (10),
+    conv (8), pool (4), conv (2), pool (1), then a 1 x 1 conv head. About 1 M parameters and
+    0.11 GMAC per tile, like ``pcamnet``; dense scoring costs about a sixth of that per cell.
+    """
+
+    def __init__(self, num_classes: int = 2, channels: tuple[int, ...] = DENSE96_CHANNELS):
+        super().__init__()
+        c1, c2, c3, c4, c5 = channels
+        self.features = nn.Sequential(
+            _valid_conv_bn_relu(3, c1, kernel_size=2, stride=2),
+            _valid_conv_bn_relu(c1, c1),
+            _valid_conv_bn_relu(c1, c2),
+            nn.MaxPool2d(2),
+            _valid_conv_bn_relu(c2, c3),
+            nn.MaxPool2d(2),
+            _valid_conv_bn_relu(c3, c4),
+            nn.MaxPool2d(2),
+            _valid_conv_bn_relu(c4, c5),
+            nn.MaxPool2d(2),
+        )
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Conv2d(c5, num_classes, kernel_size=1)
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, k + 1, k + 1) for regions of (96 + 32 k) px, one per tile."""
+        logits: torch.Tensor = self.head(self.dropout(self.features(x)))
+        return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) for 96 px tiles (a larger input gives its cells' mean)."""
+        return self.dense_logits(x).mean(dim=(2, 3))
+
+
+def _valid_conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1
+) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride, padding=0, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
@@ -98,6 +155,10 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Se
 
 def _pcamnet(num_classes: int) -> nn.Module:
     return PCamNet(num_classes=num_classes)
+
+
+def _dense96(num_classes: int) -> nn.Module:
+    return Dense96(num_classes=num_classes)
 
 
 def _micronet(num_classes: int) -> nn.Module:
@@ -136,6 +197,7 @@ def _efficientnet_b0(num_classes: int) -> nn.Module:
 
 # Name -> builder taking the number of classes. Builders never load pretrained weights.
 ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
+    "dense96": _dense96,
     "micronet": _micronet,
     "pcamnet": _pcamnet,
     "resnet18": _resnet18,
