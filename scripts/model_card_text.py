@@ -70,6 +70,16 @@ def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.2f}"
 
 
+ARCHITECTURE_TEXT = {
+    "pcamnet": "VGG-style CNN, about 1.2 M parameters",
+    "dense96": (
+        "VGG-style CNN of unpadded convolutions, about 1.0 M parameters, total stride 32 px: scoring a "
+        "region at once gives exactly the scores of its 96 px tiles at a 32 px stride (exact dense "
+        "inference), reading each pixel once"
+    ),
+}
+
+
 def _size_text(card: ModelCard) -> str:
     size = card.size_calibration
     if not size:
@@ -77,6 +87,13 @@ def _size_text(card: ModelCard) -> str:
             "grid sizes: the max Feret diameter of the cell squares; ± one cell diagonal (quantisation only)"
         )
     errors = ", ".join(f"up to {u:g} mm: ± {e:.3f} mm" for u, e in size["error_mm"])
+    if size.get("knots_mm"):
+        knots = ", ".join(f"{r:.3f} -> {t:.3f}" for r, t in size["knots_mm"])
+        return (
+            f"max Feret diameter of the heatmap contour at probability {size['level']}, corrected by "
+            f"size along a curve measured on real dev tumor (contour mm -> true mm: {knots}); the ± "
+            f"printed is the 95 % error (bias included) measured on dev after that correction: {errors}"
+        )
     return (
         f"max Feret diameter of the heatmap contour at probability {size['level']}, less "
         f"{size['offset_mm']:.3f} mm (the mean excess on real dev tumor); the ± printed is the 95 % "
@@ -142,7 +159,7 @@ never for diagnosis.
 
 | | |
 | --- | --- |
-| architecture | `{card.architecture}` (VGG-style CNN, about 1.2 M parameters) |
+| architecture | `{card.architecture}` ({ARCHITECTURE_TEXT.get(card.architecture, "see pipeline/models/architectures.py")}) |
 | input | {card.tile_size_px} x {card.tile_size_px} px RGB at **{card.mpp} µm/px** ({card.tile_size_px * card.mpp:.0f} µm field of view) |
 | heatmap | stride **{card.stride_px} px** ({(card.stride_px or 0) * card.mpp:.0f} µm): each heatmap cell is the central {card.stride_px} x {card.stride_px} px of its tile, the region PatchCamelyon's label describes |
 | normalisation | tiles / 255, then ImageNet mean {card.mean} / std {card.std}; no stain normalisation (HED stain augmentation in training instead) |

@@ -25,6 +25,8 @@ from pipeline.evaluation.node_scale import Surface, poisson_upper_95, size_class
 from pipeline.staging import slide_category
 
 ITC_BAND_MM = (0.045, 0.2)
+# a deposit finds a true one when its centroid lies this close to it (one cell of the model's grid)
+MATCH_REACH_PX = 32
 # bands around the nominal sizes placed (a true size is within a pixel of its nominal one)
 SIZE_BANDS_MM = (
     (0.0, 0.04), (0.04, 0.09), (0.09, 0.205), (0.205, 0.3), (0.3, 0.75), (0.75, 1.5), (1.5, 2.5), (2.5, 9.0),
@@ -110,7 +112,7 @@ def run_rules(
     for surface, values in surfaces:
         heatmap = heatmap_for(surface, values, tile_px, stride_px)
         decision = decide_deposits(heatmap, rules, scorers.get(surface.name))  # type: ignore[arg-type]
-        tally_surface(tally, surface, decision, stride_px)
+        tally_surface(tally, surface, decision, max(stride_px, MATCH_REACH_PX))
     return tally
 
 
@@ -201,7 +203,12 @@ def report(args: argparse.Namespace) -> int:
             card.threshold,
             chosen["seed_threshold"],
             chosen["confirm_threshold"],
-            SizeCalibration(size["level"], size["offset_mm"], tuple(tuple(p) for p in size["error_mm"])),
+            SizeCalibration(
+                size["level"],
+                size["offset_mm"],
+                tuple(tuple(p) for p in size["error_mm"]),
+                tuple(tuple(p) for p in size.get("knots_mm", ())),
+            ),
         )
     tally = run_rules(surfaces, rules, tile_px, stride_px, scorers)
     figures = summary(tally)
@@ -267,28 +274,61 @@ def _size_errors(tally: Tally) -> list[tuple[float, float]]:
     ]
 
 
+def size_knots(errors: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """(contour mm, true mm) knots from (true mm, contour - true mm) pairs: one per placed size
+    (its median contour diameter), its true size from an isotonic fit of true on contour size,
+    so the curve rises; sizes with fewer than 3 found deposits give no knot."""
+    from sklearn.isotonic import IsotonicRegression
+
+    true = np.array([t for t, _ in errors])
+    raw = np.array([t + e for t, e in errors])
+    fit = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(raw, true)
+    groups = defaultdict(list)
+    for t, r in zip(true, raw, strict=True):
+        groups[round(t, 2)].append(r)
+    medians = sorted(float(np.median(v)) for v in groups.values() if len(v) >= 3)
+    knots: list[tuple[float, float]] = []
+    for r in medians:
+        if knots and r <= knots[-1][0]:
+            continue
+        knots.append((round(r, 4), round(float(fit.predict([r])[0]), 4)))
+    return tuple(knots)
+
+
+def _calibrated_errors(
+    errors: Sequence[tuple[float, float]], size: SizeCalibration
+) -> list[tuple[float, float]]:
+    from pipeline.deposits.measure import calibrated_diameter_mm
+
+    return [(t, calibrated_diameter_mm(t + e, size, 0.01) - t) for t, e in errors]
+
+
 def calibrate_sizes(run, base: DepositRules) -> tuple[SizeCalibration, list[str]]:  # type: ignore[no-untyped-def]
-    """The contour level with the smallest spread of size errors, its offset and 95 % errors."""
+    """The contour level whose size-corrected errors (knots, ``size_knots``) are smallest (RMS),
+    its knots and the 95 % error half-width (1.96 x RMS, bias included) per size class."""
     lines, best = [], None
     for level in SIZE_LEVELS:
         raw = SizeCalibration(level, 0.0, ((9.0, 0.0),))
         errors = _size_errors(run(dataclasses.replace(base, size=raw, confirm_threshold=None)))
-        values = np.array([e for _, e in errors])
-        offset, spread = float(values.mean()), float(values.std(ddof=1))
-        lines.append(f"level {level}: offset {offset:+.4f} mm, sd {spread:.4f} mm, n {len(values)}")
-        if best is None or spread < best[2]:
-            best = (level, offset, spread, errors)
+        offset = float(np.mean([e for _, e in errors]))
+        knots = size_knots(errors)
+        corrected = _calibrated_errors(errors, SizeCalibration(level, offset, ((9.0, 0.0),), knots))
+        rms = float(np.sqrt(np.mean([e * e for _, e in corrected])))
+        lines.append(f"level {level}: offset {offset:+.4f} mm, RMS after knots {rms:.4f} mm, n {len(errors)}")
+        if best is None or rms < best[2]:
+            best = (level, offset, rms, corrected, knots)
     assert best is not None
-    level, offset, _, errors = best
+    level, offset, _, corrected, knots = best
     pairs, lower = [], 0.0
     for upper in SIZE_CLASS_UPPER_MM:
-        residual = [e - offset for true, e in errors if lower < true <= upper]
-        half = 1.96 * float(np.std(residual, ddof=1)) if len(residual) > 2 else math.nan
+        residual = [e for true, e in corrected if lower < true <= upper]
+        half = 1.96 * float(np.sqrt(np.mean(np.square(residual)))) if len(residual) > 2 else math.nan
         pairs.append((upper, round(half, 4)))
         lower = upper
     known = [e for _, e in pairs if math.isfinite(e)]
     pairs = [(u, e if math.isfinite(e) else max(known)) for u, e in pairs]
-    return SizeCalibration(level, round(offset, 4), tuple(pairs)), lines
+    lines.append(f"knots (contour mm, true mm): {knots}")
+    return SizeCalibration(level, round(offset, 4), tuple(pairs), knots), lines
 
 
 def calibrate_detection(run, base: DepositRules) -> tuple[DepositRules, list[str]]:  # type: ignore[no-untyped-def]
@@ -346,7 +386,12 @@ def calibrate(args: argparse.Namespace) -> int:
     out = {
         "seed_threshold": rules.seed_threshold,
         "confirm_threshold": rules.confirm_threshold,
-        "size_calibration": {"level": size.level, "offset_mm": size.offset_mm, "error_mm": size.error_mm},
+        "size_calibration": {
+            "level": size.level,
+            "offset_mm": size.offset_mm,
+            "error_mm": size.error_mm,
+            "knots_mm": size.knots_mm,
+        },
     }
     (folder / "calibration.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
     (folder / "calibration.log").write_text("\n".join(size_lines + rule_lines) + "\n", encoding="utf-8")

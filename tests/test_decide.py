@@ -10,7 +10,7 @@ import pytest
 from numpy.typing import NDArray
 
 from pipeline.deposits.decide import NOT_CONFIRMED, DepositRules, decide_deposits, rules_from_card
-from pipeline.deposits.measure import SizeCalibration, find_deposits
+from pipeline.deposits.measure import SizeCalibration, calibrated_diameter_mm, find_deposits
 from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import CheckpointError
 from pipeline.models import ModelCard
@@ -104,6 +104,25 @@ def test_size_calibration_error_lookup_and_range_checks() -> None:
         SizeCalibration(1.5, 0.0, ((1.0, 0.1),))
     with pytest.raises(ValueError, match="error_mm"):
         SizeCalibration(0.5, 0.0, ())
+
+
+def test_size_knots_correct_by_size_and_extend_by_the_end_offsets() -> None:
+    knots = ((0.2, 0.12), (0.5, 0.45), (2.0, 2.05))
+    calibration = SizeCalibration(0.5, 0.03, ((9.0, 0.05),), knots)
+    assert calibrated_diameter_mm(0.2, calibration, 0.01) == pytest.approx(0.12)
+    assert calibrated_diameter_mm(0.35, calibration, 0.01) == pytest.approx(0.285)  # halfway
+    assert calibrated_diameter_mm(0.15, calibration, 0.01) == pytest.approx(0.07)  # first knot's offset
+    assert calibrated_diameter_mm(3.0, calibration, 0.01) == pytest.approx(3.05)  # last knot's offset
+    assert calibrated_diameter_mm(0.05, calibration, 0.01) == 0.01  # never below the floor
+    assert calibrated_diameter_mm(0.35, SizeCalibration(0.5, 0.03, ((9.0, 0.05),)), 0.01) == pytest.approx(
+        0.32
+    )
+    with pytest.raises(ValueError, match="knots_mm"):
+        SizeCalibration(0.5, 0.0, ((9.0, 0.05),), ((0.5, 0.4), (0.3, 0.3)))  # not rising
+    card = _card(
+        size_calibration={"level": 0.5, "offset_mm": 0.03, "error_mm": [[9.0, 0.05]], "knots_mm": knots}
+    )
+    assert rules_from_card(card_from_dict(card_to_dict(card))).size == calibration
 
 
 def _card(**fields: object) -> ModelCard:

@@ -30,6 +30,7 @@ what sizes were actually off by on real tissue.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -74,13 +75,22 @@ class SizeCalibration:
     level: probability of the contour whose max Feret diameter is measured. offset_mm: mean
     excess of that diameter over the true largest dimension, subtracted. error_mm: (upper size
     mm, 95 % error half-width mm) by size class, smallest first; the last covers every larger size.
+    knots_mm: (contour diameter mm, mean true size mm) pairs measured on real tumor; when given,
+    sizes are read off this piecewise-linear curve (the offset of the nearest end knot beyond it)
+    instead of subtracting one offset, since the contour's excess depends on the deposit's size.
     """
 
     level: float
     offset_mm: float
     error_mm: tuple[tuple[float, float], ...]
+    knots_mm: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
+        raw = [r for r, _ in self.knots_mm]
+        if any(
+            not (math.isfinite(r) and math.isfinite(t) and r > 0 and t > 0) for r, t in self.knots_mm
+        ) or any(b <= a for a, b in itertools.pairwise(raw)):
+            raise ValueError(f"size knots_mm={self.knots_mm!r}; expected (contour mm, true mm) pairs, rising")
         if not (math.isfinite(self.level) and 0.0 < self.level < 1.0):
             raise ValueError(f"size level={self.level!r} is out of range; allowed 0 to 1 (exclusive)")
         if not (math.isfinite(self.offset_mm) and abs(self.offset_mm) < 1.0):
@@ -382,8 +392,17 @@ def contour_diameter_px(
 
 
 def calibrated_diameter_mm(raw_mm: float, calibration: SizeCalibration, floor_mm: float) -> float:
-    """A contour diameter less the calibrated offset, never below ``floor_mm``."""
-    return max(raw_mm - calibration.offset_mm, floor_mm)
+    """A contour diameter corrected by the calibration (its knots, else its offset), never below
+    ``floor_mm``."""
+    knots = calibration.knots_mm
+    if not knots:
+        return max(raw_mm - calibration.offset_mm, floor_mm)
+    if raw_mm <= knots[0][0]:
+        return max(raw_mm - (knots[0][0] - knots[0][1]), floor_mm)
+    if raw_mm >= knots[-1][0]:
+        return max(raw_mm - (knots[-1][0] - knots[-1][1]), floor_mm)
+    raw, true = zip(*knots, strict=True)
+    return max(float(np.interp(raw_mm, raw, true)), floor_mm)
 
 
 def _calibrate(

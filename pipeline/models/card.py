@@ -82,7 +82,8 @@ class ModelCard:
         ITC-size deposits become candidates for review (``pipeline.deposits.decide``).
     size_calibration: {} or {"level", "offset_mm", "error_mm"}: sizes are the contour diameter at
         ``level`` less ``offset_mm``, with the measured 95 % errors ``error_mm`` ([[upper mm,
-        error mm], ...]) as their ± (``pipeline.deposits.measure.SizeCalibration``).
+        error mm], ...]) as their ± (``pipeline.deposits.measure.SizeCalibration``); an optional
+        "knots_mm" ([[contour mm, true mm], ...]) corrects by size instead of one offset.
     Raises CheckpointError naming the field when a value is invalid.
     """
 
@@ -186,12 +187,17 @@ def size_calibration_from_card(card: ModelCard) -> SizeCalibration | None:
     data = card.size_calibration
     if not data:
         return None
-    expected = '{"level": 0-1, "offset_mm": number, "error_mm": [[upper mm, error mm], ...]}'
-    if not isinstance(data, dict) or set(data) != {"level", "offset_mm", "error_mm"}:
+    expected = (
+        '{"level": 0-1, "offset_mm": number, "error_mm": [[upper mm, error mm], ...]'
+        ', optional "knots_mm": [[contour mm, true mm], ...]}'
+    )
+    keys = {"level", "offset_mm", "error_mm"}
+    if not isinstance(data, dict) or not keys <= set(data) or not set(data) <= keys | {"knots_mm"}:
         raise _card_error("size_calibration", data, expected)
     try:
         pairs = tuple((float(u), float(e)) for u, e in data["error_mm"])
-        return SizeCalibration(float(data["level"]), float(data["offset_mm"]), pairs)
+        knots = tuple((float(r), float(t)) for r, t in data.get("knots_mm", ()))
+        return SizeCalibration(float(data["level"]), float(data["offset_mm"]), pairs, knots)
     except (TypeError, ValueError) as exc:
         raise _card_error("size_calibration", data, expected) from exc
 
@@ -295,7 +301,7 @@ def _size_calibration_dict(data: dict[str, Any]) -> dict[str, Any]:
         "level": float(data["level"]),
         "offset_mm": float(data["offset_mm"]),
         "error_mm": [[float(u), float(e)] for u, e in data["error_mm"]],
-    }
+    } | ({"knots_mm": [[float(r), float(t)] for r, t in data["knots_mm"]]} if data.get("knots_mm") else {})
 
 
 def card_from_dict(data: object, source: str = "model card") -> ModelCard:
