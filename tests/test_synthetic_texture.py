@@ -3,6 +3,7 @@ tissue from lymph-node texture, physical resampling, seeded and block-independen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,8 @@ from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, SynthResult
 from pipeline.synthetic.layout import build_scene
 from pipeline.synthetic.texture import (
     BACKGROUND_TILES,
+    BUNDLED_BACKGROUND_TILES,
+    BUNDLED_TUMOR_PATCHES,
     SOURCE_MPP,
     TUMOR_PATCHES,
     load_textures,
@@ -250,9 +253,35 @@ def test_a_fresh_clone_paints_the_demo_from_the_bundled_real_texture_pack(
     assert demo.choose_texture(None) == ("real", BUNDLED_TEXTURE_DIR)
     assert BUNDLED_TEXTURE_DIR.parent.name == "data" and (BUNDLED_TEXTURE_DIR.parent / "README.md").is_file()
     library = load_textures(BUNDLED_TEXTURE_DIR, 1.0, "negative-node")  # the pack loads as the demo needs
-    assert library is not None
+    assert library.background_names == (BUNDLED_BACKGROUND_TILES[BACKGROUND_TILES[2][0]],)
+    assert len(library.tumor) >= 10 and all(n.startswith(BUNDLED_TUMOR_PATCHES) for n in library.tumor_names)
+    assert len(load_textures(BUNDLED_TEXTURE_DIR, 0.243).background) == 3  # every tile, at the finest mpp
     size_bytes = sum(p.stat().st_size for p in BUNDLED_TEXTURE_DIR.rglob("*") if p.is_file())
     assert size_bytes < 6_000_000  # a few MB in the repository
+
+
+@pytest.mark.shared_data
+def test_the_texture_pack_holds_crops_of_the_reference_files_never_copies() -> None:
+    """The pack's files are re-encoded crops named by their corner: none has the bytes of a
+    reference file, and each matches the region of its source it names (JPEG loss aside)."""
+    from pipeline.synthetic.texture import BUNDLED_TEXTURE_DIR
+
+    data = require_shared_data()
+    reference = {hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*") if p.is_file()}
+    pack = [p for p in BUNDLED_TEXTURE_DIR.rglob("*") if p.is_file()]
+    assert pack and not {hashlib.sha256(p.read_bytes()).hexdigest() for p in pack} & reference
+    for tile, crop in BUNDLED_BACKGROUND_TILES.items():
+        x, y = (int(part[1:]) for part in Path(crop).stem.split("_")[-2:])
+        pixels = np.asarray(Image.open(BUNDLED_TEXTURE_DIR / crop).convert("RGB"), dtype=np.float64)
+        source = np.asarray(Image.open(data / tile).convert("RGB"), dtype=np.float64)
+        region = source[y : y + pixels.shape[0], x : x + pixels.shape[1]]
+        assert region.shape == pixels.shape and np.abs(region - pixels).mean() < 4, crop
+    for patch in BUNDLED_TEXTURE_DIR.glob(f"{BUNDLED_TUMOR_PATCHES}/*.png"):
+        slide, x, y = patch.stem.rsplit("_", 2)
+        pixels = np.asarray(Image.open(patch).convert("RGB"), dtype=np.int16)
+        name = f"{slide}_{int(x) - 2}_{int(y) - 2}.png"
+        source = np.asarray(Image.open(data / TUMOR_PATCHES / name).convert("RGB"), dtype=np.int16)
+        np.testing.assert_array_equal(pixels, source[2:254, 2:254])
 
 
 def test_demo_uses_real_texture_when_the_folder_exists(fake_texture_dir: Path) -> None:

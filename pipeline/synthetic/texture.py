@@ -57,9 +57,17 @@ BACKGROUND_TILES = (
     ("camelyon17_tiles/centre_4_patient_097_node_3.jpeg", (0.0, 1.0), "macro"),
     ("camelyon17_tiles/centre_3_patient_066_node_1.jpeg", (0.5, 1.0), "negative"),
 )
+# The same tiles in the demo texture pack (data/textures/README.md): crops of the tiles above,
+# re-encoded, named by their corner in the tile; centre_3's lies inside its right half, so all
+# of it is used. Read when a folder has no tile of the reference layout.
+BUNDLED_BACKGROUND_TILES = {
+    tile: f"camelyon17_crops/{Path(tile).stem}_{corner}.jpeg"
+    for (tile, _, _), corner in zip(BACKGROUND_TILES, ("x224_y224", "x224_y224", "x1040_y16"), strict=True)
+}
 # Which background tiles a slide may take: "any" of them, or the "negative-node" tile only.
 TEXTURE_BACKGROUNDS = ("any", "negative-node")
 TUMOR_PATCHES = "camelyon16_patches/tumor"  # 256 px RGBA PNGs at SOURCE_MPP
+BUNDLED_TUMOR_PATCHES = "camelyon16_crops/tumor"  # the pack's 252 px crops of some of them
 MIN_TUMOR_PATCHES = 4
 BACKGROUND_CELL_UM = 180.0  # core side of a background mosaic cell (a tile is ~500 µm)
 TUMOR_CELL_UM = 42.0  # core side of a tumor mosaic cell (a patch is 62 µm)
@@ -110,6 +118,29 @@ def _missing_texture_error(folder: Path, missing: str) -> ConfigError:
     )
 
 
+def _background_tile(
+    folder: Path, relative: str, columns: tuple[float, float]
+) -> tuple[str, tuple[float, float]]:
+    """(path under folder, columns used) of a BACKGROUND_TILES entry: the reference layout's
+    tile, else the demo pack's crop of it (all columns). Raises ConfigError when neither is
+    there."""
+    if (folder / relative).is_file():
+        return relative, columns
+    bundled = BUNDLED_BACKGROUND_TILES[relative]
+    if (folder / bundled).is_file():
+        return bundled, (0.0, 1.0)
+    raise _missing_texture_error(folder, relative)
+
+
+def _tumor_patch_paths(folder: Path) -> tuple[str, list[Path]]:
+    """(sub-folder, sorted PNGs) of the tumor patches: the reference layout's, else the pack's."""
+    for relative in (TUMOR_PATCHES, BUNDLED_TUMOR_PATCHES):
+        paths = sorted((folder / relative).glob("*.png"))
+        if paths:
+            return relative, paths
+    return TUMOR_PATCHES, []
+
+
 @functools.lru_cache(maxsize=4)
 def load_textures(folder: Path, mpp: float, background: str = "any") -> TextureLibrary:
     """The background tiles and tumor patches under ``folder``, resampled to ``mpp`` µm/px.
@@ -128,9 +159,8 @@ def load_textures(folder: Path, mpp: float, background: str = "any") -> TextureL
     for relative, (start, stop), node_label in BACKGROUND_TILES:
         if background == "negative-node" and node_label != "negative":
             continue
+        relative, (start, stop) = _background_tile(folder, relative, (start, stop))
         path = folder / relative
-        if not path.is_file():
-            raise _missing_texture_error(folder, relative)
         try:
             rgb = _read_rgb(path)
         except OSError as exc:
@@ -138,7 +168,7 @@ def load_textures(folder: Path, mpp: float, background: str = "any") -> TextureL
         columns = slice(round(start * rgb.shape[1]), round(stop * rgb.shape[1]))
         tiles.append(_resample(np.ascontiguousarray(rgb[:, columns]), SOURCE_MPP, mpp))
         names.append(relative if (start, stop) == (0.0, 1.0) else f"{relative} (columns {start:g}-{stop:g})")
-    tumor_paths = sorted((folder / TUMOR_PATCHES).glob("*.png"))
+    tumor_dir, tumor_paths = _tumor_patch_paths(folder)
     if len(tumor_paths) < MIN_TUMOR_PATCHES:
         raise _missing_texture_error(folder, f"{TUMOR_PATCHES}/*.png (at least {MIN_TUMOR_PATCHES})")
     tumor = []
@@ -153,7 +183,7 @@ def load_textures(folder: Path, mpp: float, background: str = "any") -> TextureL
         background=tuple(tiles),
         background_names=tuple(names),
         tumor=tuple(tumor),
-        tumor_names=tuple(f"{TUMOR_PATCHES}/{p.name}" for p in tumor_paths),
+        tumor_names=tuple(f"{tumor_dir}/{p.name}" for p in tumor_paths),
     )
 
 
