@@ -13,7 +13,7 @@ from pipeline.cli import main
 
 HEADER = (
     "patient,stage,nodes,positive_nodes,macro_nodes,micro_nodes,itc_nodes,node_categories,qc_warnings,"
-    "reviewed_nodes"
+    "reviewed_nodes,category_warning"
 )
 
 
@@ -66,8 +66,8 @@ def test_stages_camelyon17_labels_csv(tmp_path: Path, capsys: pytest.CaptureFixt
     assert out.read_text(encoding="utf-8").splitlines() == [
         HEADER,
         "patient_004,pN0(i+),5,0,0,0,1,"
-        "node_0:negative;node_1:negative;node_2:negative;node_3:negative;node_4:itc,,",
-        "patient_017,pN2,5,4,1,3,1,node_0:macro;node_1:micro;node_2:micro;node_3:micro;node_4:itc,,",
+        "node_0:negative;node_1:negative;node_2:negative;node_3:negative;node_4:itc,,,",
+        "patient_017,pN2,5,4,1,3,1,node_0:macro;node_1:micro;node_2:micro;node_3:micro;node_4:itc,,,",
     ]
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == [
@@ -301,7 +301,7 @@ def test_a_node_scored_despite_failing_qc_is_named_in_the_stage_output(
     out = tmp_path / "stages.csv"
     assert main(["stage", "--batch", str(batch), "--patients", str(mapping), "--out", str(out)]) == 0
     row = out.read_text(encoding="utf-8").splitlines()[1]
-    assert row.endswith(",n1: QC failed: not lymph node,")
+    assert row.endswith(",n1: QC failed: not lymph node,,")
     assert "p1 is staged from nodes that failed slide QC" in capsys.readouterr().err
 
 

@@ -472,6 +472,7 @@ def test_stage_patients_rows_and_unstageable_patient() -> None:
         "node_0:negative;node_1:macro",
         "",
         "",
+        "",
     ]
     assert rows[1].stage == UNSTAGEABLE
     assert rows[1].node_categories == f"x:{NO_RESULT}"

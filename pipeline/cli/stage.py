@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import StagingError
 from pipeline.outputs import atomic_write_text, csv_safe_row, read_json_object, slide_folder
+from pipeline.review.cartoon import NOT_MEANINGFUL, batch_cartoon_slides, cartoon_notice
 from pipeline.review.review_files import read_slide_review
 from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches
 from pipeline.staging import (
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         _with_reviews(_with_qc_warnings(row, groups, qc_warnings), groups, reviewed)
         for row in stage_patients(groups, categories, config, unavailable)
     ]
+    cartoons = {slide_key(s) for s in batch_cartoon_slides(args.batch)} if args.batch is not None else set()
+    rows = [_with_cartoons(row, groups, cartoons) for row in rows]
     for row in rows:
         if row.qc_warnings:
             print(
@@ -112,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
                 f"most {CAMELYON17_MAX_NODES} per patient - check the slide-to-patient mapping",
                 file=sys.stderr,
             )
+    if cartoons:  # first, on the first screen (stderr beside JSON, which must stay parseable)
+        notice = cartoon_notice(cartoons, len(categories) + len(unavailable))
+        print(f"micromet stage: NOTE: {notice}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
     else:
@@ -119,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             if row.reviewed_nodes:
                 print(f"{row.patient}: reviewed nodes: {row.reviewed_nodes}")
+            if row.category_warning:
+                print(f"{row.patient}: {row.category_warning}")
     unstageable = [row for row in rows if row.stage == UNSTAGEABLE]
     for row in unstageable:
         for problem in row.problems:
@@ -135,6 +143,15 @@ def _with_qc_warnings(
         if slide in qc_warnings
     ]
     return dataclasses.replace(row, qc_warnings="; ".join(found)) if found else row
+
+
+def _with_cartoons(row: PatientRow, groups: Mapping[str, Sequence[str]], cartoons: set[str]) -> PatientRow:
+    slides = sorted(groups.get(row.patient, ()))
+    found = [node_label(slide, row.patient) for slide in slides if slide in cartoons]
+    if not found:
+        return row
+    verb = "is a synthetic cartoon slide" if len(found) == 1 else "are synthetic cartoon slides"
+    return dataclasses.replace(row, category_warning=f"{NOT_MEANINGFUL}: {', '.join(found)} {verb}")
 
 
 def _with_reviews(
@@ -263,7 +280,7 @@ def format_table(rows: Sequence[PatientRow]) -> str:
     lines = [header] + [
         (
             row.patient,
-            row.stage,
+            row.stage + (f" ({NOT_MEANINGFUL})" if row.category_warning else ""),
             str(row.nodes),
             str(row.positive_nodes),
             str(row.macro_nodes),

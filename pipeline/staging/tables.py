@@ -35,6 +35,7 @@ PATIENT_CSV_COLUMNS = (
     "node_categories",
     "qc_warnings",
     "reviewed_nodes",
+    "category_warning",
 )
 
 # File suffixes of whole-slide images; removed so "x.tif" and batch slide id "x" match.
@@ -57,6 +58,8 @@ class PatientRow:
     slide QC (``--accept-qc-failures``), joined by "; "; empty when every node passed.
     reviewed_nodes: "node_1: itc (automated micro, reviewed by Dr A)" for nodes whose category
     comes from a complete pathologist review (``pipeline.review.reviews``), joined by "; ".
+    category_warning: why the categories and the stage are not meaningful ("not meaningful:
+    node_0, node_1 are synthetic cartoon slides"); empty when nothing is known against them.
     """
 
     patient: str
@@ -70,6 +73,7 @@ class PatientRow:
     problems: tuple[str, ...] = ()
     qc_warnings: str = ""
     reviewed_nodes: str = ""
+    category_warning: str = ""
 
     def csv_values(self) -> list[str]:
         """The values for PATIENT_CSV_COLUMNS, in order."""

@@ -49,6 +49,7 @@ import pipeline
 from pipeline.config import StagingConfig
 from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import OutputError, ReviewConflictError, ReviewError, SlideOpenError
+from pipeline.review.cartoon import cartoon_context
 from pipeline.review.colors import CATEGORY_COLORS
 from pipeline.review.overlay import heatmap_layer, heatmap_rect_px
 from pipeline.review.reviews import report_candidates
@@ -279,6 +280,7 @@ def index_page() -> str:
         patients=patients,
         patient_rows=patient_rows,
         unassigned_rows=[by_id[s.record.slide_id] for s in patients.unassigned] if patients else [],
+        **cartoon_context((s.record.slide_id, s.record.slide_path) for s in summaries),
     )
 
 
@@ -290,7 +292,8 @@ def slide_page(slide_id: str) -> str:
     report: dict[str, Any] = {}
     if summary.problem is None:
         report = state.index.report(record) or {}
-    patients = load_patient_view(state.index, state.index.summaries(), state.patients_csv, state.staging)
+    summaries = state.index.summaries()
+    patients = load_patient_view(state.index, summaries, state.patients_csv, state.staging)
     patient = next(
         (p for p in (patients.patients if patients else ()) if any(n.slide_id == slide_id for n in p.nodes)),
         None,
@@ -304,6 +307,7 @@ def slide_page(slide_id: str) -> str:
         openseadragon_available=state.openseadragon_available,
         review_api_url=url_for("api_review", slide_id=slide_id),
         review_writable=state.review_token is not None,
+        **cartoon_context((s.record.slide_id, s.record.slide_path) for s in summaries),
     )
 
 

@@ -23,6 +23,7 @@ from pipeline import __version__
 from pipeline.config import StagingConfig
 from pipeline.errors import MicrometError, OutputError
 from pipeline.outputs import atomic_write_text
+from pipeline.review.cartoon import cartoon_context
 from pipeline.review.colors import DEFAULT_HEATMAP_OPACITY
 from pipeline.review.reviews import report_candidates
 from pipeline.review.viewer.batch_index import (
@@ -173,6 +174,7 @@ def build_static_report(
         patients=patients,
         cell_rules=sorted({s.summary.cell_rule or str(DEFAULT_CELL_RULE) for s in sections if s.report}),
         counts=counts,
+        **cartoon_context((s.record.slide_id, s.record.slide_path) for s in summaries),
         version=__version__,
         generated=time.strftime("%Y-%m-%d %H:%M"),
         css=read_static("viewer.css"),
