@@ -100,6 +100,9 @@ class InferenceConfig:
         it found every deposit full scoring found on the synthetic benchmark and on small real
         tumor deposits (docs/benchmarks.md, "Cascade") at about half the time. ``--no-cascade``
         scores every tile.
+    dense: score regions at once with a model that supports exact dense inference (valid
+        convolutions, total stride = grid stride; ``pipeline.detection.dense``), where it is
+        exact and cheaper than scoring tile by tile; False always scores tile by tile.
     """
 
     batch_size: int = 64
@@ -110,6 +113,7 @@ class InferenceConfig:
     compile: bool = False
     cascade: bool = True
     cascade_screen_threshold: float = 0.2
+    dense: bool = True
 
     def __post_init__(self) -> None:
         check_range("batch_size", self.batch_size, 1, 65536)

@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import InferenceConfig
 from pipeline.detection.cpu_plan import CpuPlan, fixed_plan, plan_cpu
+from pipeline.detection.dense import DenseBatcher, dense_forward, plan_dense
 from pipeline.errors import CheckpointError, ConfigError, SlideOpenError
 from pipeline.models import ModelCard, choose_device
 from pipeline.models.device import precision_name, scoring_autocast_dtype
 from pipeline.slides.readers import (
     ReadGeometry,
     RegionDataset,
-    RegionPlan,
     RegionReadFailure,
     RegionTiles,
     end_with_parent,
@@ -70,7 +70,7 @@ class InferenceStats:
     compute_s: time spent moving, normalising and scoring tiles. device: e.g. "cpu", "cuda:0".
     read_level: pyramid level read. cpu_threads: torch threads used on the CPU.
     cpu_plan: reader processes and threads chosen for the run, and why.
-    precision: the autocast the model ran under ("fp32", "bf16" or "fp16").
+    precision: the autocast the model ran under ("fp32", "bf16" or "fp16"). mode: "tiles" or "dense".
     """
 
     n_tiles: int
@@ -84,6 +84,7 @@ class InferenceStats:
     cpu_threads: int
     cpu_plan: CpuPlan
     precision: str = "fp32"
+    mode: str = "tiles"
 
 
 class _Scorer:
@@ -220,13 +221,8 @@ def _probe_read_s_per_tile(dataset: RegionDataset) -> float:
     """Seconds per tile to read the first few blocks in this process (slide opening excluded)."""
     plan = dataset.plan
     n_blocks = min(_PROBE_BLOCKS, plan.n_regions)
-    probe = RegionDataset(
-        dataset.slide_path,
-        dataset.slide_mpp,
-        dataset.geometry,
-        dataset.level_xy,
-        RegionPlan(order=plan.order, starts=plan.starts[: n_blocks + 1]),
-    )
+    head = dataclasses.replace(plan, starts=plan.starts[: n_blocks + 1])  # same read mode
+    probe = RegionDataset(dataset.slide_path, dataset.slide_mpp, dataset.geometry, dataset.level_xy, head)
     iterator = iter(probe)
     opened = time.perf_counter()
     first = next(iterator, None)  # opens the slide and reads the first block: not timed
@@ -310,7 +306,7 @@ class _Batcher:
 
 def _run_loader(
     loader: Iterable[RegionTiles | RegionReadFailure],
-    batcher: _Batcher,
+    batcher: _Batcher | DenseBatcher,
     slide_path: Path,
     progress: ProgressCallback | None,
 ) -> float:
@@ -351,11 +347,13 @@ class PreparedModel:
     device, compiled if asked. One serves every scoring call of a slide or a batch (the main
     grid, the cascade, refinement). It is a snapshot: weights changed afterwards (training)
     do not reach it, so training scores with ``score_tiles``, which prepares on every call.
+    dense: the model's dense form (``pipeline.detection.dense``) prepared alike, or None.
     """
 
     scorer: _Scorer
     card: ModelCard
     device: torch.device
+    dense: _Scorer | None = None
 
 
 def prepare_model(model: nn.Module, card: ModelCard, config: InferenceConfig) -> PreparedModel:
@@ -364,7 +362,11 @@ def prepare_model(model: nn.Module, card: ModelCard, config: InferenceConfig) ->
     device = choose_device(config.device)
     with torch.inference_mode():
         scorer = _Scorer(_prepare_model(model, device, config.compile), card, device, config.precision)
-    return PreparedModel(scorer, card, device)
+        dense = dense_forward(model, card) if config.dense else None
+        if dense is None:
+            return PreparedModel(scorer, card, device)
+        dense_scorer = _Scorer(_prepare_model(dense, device, config.compile), card, device, config.precision)
+    return PreparedModel(scorer, card, device, dense_scorer)
 
 
 def score_prepared(
@@ -379,7 +381,8 @@ def score_prepared(
     card, device, scorer = prepared.card, prepared.device, prepared.scorer
     check_grid_matches_card(grid, card, slide_mpp)
     geometry = _slide_geometry(slide_path, slide_mpp, card)
-    plan = plan_regions(grid.heatmap_rc, config.region_tiles)
+    dense = plan_dense(grid, geometry, card, prepared.dense if config.dense else None)
+    plan = dense.regions if dense else plan_regions(grid.heatmap_rc, config.region_tiles)
     dataset = RegionDataset(slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan)
     out = np.full(len(grid), np.nan, dtype=np.float32)
     started = time.perf_counter()
@@ -388,10 +391,12 @@ def score_prepared(
         dataset.min_item_tiles = _item_tiles(cpu.num_workers, config.batch_size, card.tile_size_px)
         with _torch_threads(cpu.torch_threads):
             batcher = _Batcher(scorer, config.batch_size, card.tile_size_px, out, str(slide_path))
+            scoring = dense.batcher(grid.heatmap_rc, out) if dense else batcher
             items: Iterable[RegionTiles | RegionReadFailure] = _make_loader(dataset, cpu.num_workers)
             if cpu.read_ahead_thread:
                 items = read_ahead(items, _PREFETCH_ITEMS)
-            wait_s = _run_loader(items, batcher, slide_path, progress)
+            wait_s = _run_loader(items, scoring, slide_path, progress)
+    check_finite_probabilities(out, str(slide_path))  # dense regions are checked here, at the end
     seconds = time.perf_counter() - started
     stats = InferenceStats(
         n_tiles=len(grid),
@@ -405,12 +410,14 @@ def score_prepared(
         cpu_threads=cpu.torch_threads,
         cpu_plan=cpu,
         precision=precision_name(scorer.dtype),
+        mode="dense" if dense else "tiles",
     )
     log.info(
-        "%s: scored %d tiles in %d reads at level %d on %s: %.1f tiles/s (waited %.1f s for "
+        "%s: scored %d tiles (%s) in %d reads at level %d on %s: %.1f tiles/s (waited %.1f s for "
         "tiles, computed %.1f s); %s",
         slide_path,
         stats.n_tiles,
+        stats.mode,
         stats.n_regions,
         stats.read_level,
         stats.device,

@@ -121,6 +121,21 @@ def _normalize(tile: NDArray[np.uint8], geometry: ReadGeometry) -> NDArray[np.ui
     return normalize_stain(tile, geometry.stain_normalization)
 
 
+def read_block_region(
+    slide: Slide, level_xy: NDArray[np.int64], geometry: ReadGeometry
+) -> NDArray[np.uint8]:
+    """The pixels (H, W, 3) uint8 at the read level spanning the tiles at ``level_xy`` (k, 2).
+
+    One slide read of the box from the tiles' first corner to the last tile's far edge, as read
+    level px, unresized and unnormalised. Raises SlideOpenError naming the file if the region
+    cannot be decoded.
+    """
+    origin = level_xy.min(axis=0)
+    width, height = (level_xy.max(axis=0) - origin + geometry.level_tile_px).tolist()
+    x_px, y_px = level_to_l0_px(origin.reshape(1, 2), geometry)[0]
+    return slide.read_region_rgb(int(x_px), int(y_px), geometry.level, width, height)
+
+
 def read_block_tiles(
     slide: Slide, level_xy: NDArray[np.int64], geometry: ReadGeometry
 ) -> NDArray[np.uint8]:
@@ -133,9 +148,7 @@ def read_block_tiles(
     """
     side = geometry.level_tile_px
     origin = level_xy.min(axis=0)
-    width, height = (level_xy.max(axis=0) - origin + side).tolist()
-    x_px, y_px = level_to_l0_px(origin.reshape(1, 2), geometry)[0]
-    region = slide.read_region_rgb(int(x_px), int(y_px), geometry.level, width, height)
+    region = read_block_region(slide, level_xy, geometry)
     size = geometry.tile_size_px
     tiles = np.empty((len(level_xy), size, size, 3), dtype=np.uint8)
     for index, (col, row) in enumerate((level_xy - origin).tolist()):
@@ -151,10 +164,12 @@ class RegionPlan:
 
     order: (N,) int64 tile indices (grid order) sorted block by block, blocks row-major.
     starts: (B + 1,) int64; block b holds ``order[starts[b]:starts[b + 1]]``.
+    whole_regions: read each block as its whole region, not cut into tiles (dense scoring).
     """
 
     order: NDArray[np.int64]
     starts: NDArray[np.int64]
+    whole_regions: bool = False
 
     @property
     def n_regions(self) -> int:
@@ -248,7 +263,8 @@ class RegionDataset(IterableDataset[RegionTiles | RegionReadFailure]):
     A read error is yielded as ``RegionReadFailure`` (then iteration stops) so the main
     process can raise it as SlideOpenError without a worker traceback. Consecutive blocks are
     sent together until an item holds at least ``min_item_tiles`` tiles: fewer, larger
-    messages cost the receiving process less.
+    messages cost the receiving process less. With ``plan.whole_regions`` each block is one
+    item whose ``tiles`` is its region (1, H, W, 3) (``read_block_region``), for dense scoring.
     """
 
     def __init__(
@@ -288,17 +304,22 @@ class RegionDataset(IterableDataset[RegionTiles | RegionReadFailure]):
             _exit_if_orphaned(self.parent_pid)
             indices = self.plan.block(block_index)
             try:
-                tiles = read_block_tiles(slide, self.level_xy[indices], self.geometry)
+                tiles = self._read_block(slide, indices)
             except MicrometError as exc:
                 yield RegionReadFailure(str(exc))
                 return
             held.append(RegionTiles(indices, tiles))
             n_held += len(indices)
-            if n_held >= self.min_item_tiles:
+            if n_held >= self.min_item_tiles or self.plan.whole_regions:  # regions differ in size
                 yield _joined(held)
                 held, n_held = [], 0
         if held:
             yield _joined(held)
+
+    def _read_block(self, slide: Slide, indices: NDArray[np.int64]) -> NDArray[np.uint8]:
+        if self.plan.whole_regions:
+            return read_block_region(slide, self.level_xy[indices], self.geometry)[None]
+        return read_block_tiles(slide, self.level_xy[indices], self.geometry)
 
 
 def _joined(blocks: list[RegionTiles]) -> RegionTiles:
