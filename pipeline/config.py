@@ -16,11 +16,23 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pipeline.errors import ConfigError
+from pipeline.models.device import PRECISIONS, Precision
 
 # Plausible microns per pixel for a whole-slide scan: 0.05 (oil, 100x) to 20
 # (a macro photograph). Anything outside is a metadata error, not a slide.
 MIN_PLAUSIBLE_MPP = 0.05
 MAX_PLAUSIBLE_MPP = 20.0
+
+# The reference data folder beside the repository (``../shared/data``, README there): real
+# tissue for the texture of synthetic slides, the benchmarks and the tests. Only a source
+# checkout has it; nothing reads it unless asked to.
+SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Level-0 resolution of the CAMELYON16 slides, patches and outlines, and of the CAMELYON17
+# tiles (judged by nucleus size) in SHARED_DATA_DIR, µm/px (its README; some CAMELYON17
+# centres scan at 0.226, which no file there comes from).
+CAMELYON_LEVEL0_MPP = 0.243
+# PatchCamelyon patches: CAMELYON16 level 2, four times the level-0 pixel, µm/px.
+PCAM_MPP = 4 * CAMELYON_LEVEL0_MPP
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:
@@ -109,7 +121,7 @@ class InferenceConfig:
     num_workers: int | None = None
     device: str = "auto"
     region_tiles: int = 8
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     compile: bool = False
     cascade: bool = True
     cascade_screen_threshold: float = 0.2
@@ -121,8 +133,8 @@ class InferenceConfig:
         if self.num_workers is not None:
             check_range("num_workers", self.num_workers, 0, 256)
         check_range("region_tiles", self.region_tiles, 1, 64)
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision={self.precision!r} is not allowed; use auto, fp32, bf16 or fp16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not allowed; use {', '.join(PRECISIONS)}")
         if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
             raise ValueError(f"device={self.device!r} is not allowed; use auto, cpu, cuda[:N] or mps")
 

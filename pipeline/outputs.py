@@ -189,8 +189,3 @@ def read_json_object(
         raise error(f"{path}: the {what} is not a JSON object{hint}")
     return data
 
-
-def slide_folder(batch_dir: Path, slide_id: str, entry: Mapping[str, Any]) -> Path:
-    """A manifest entry's result folder: its ``output_dir`` (relative to the batch folder, or
-    absolute), else the slide id."""
-    return batch_dir / str(entry.get("output_dir") or slide_id)

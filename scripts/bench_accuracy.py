@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import CAMELYON_LEVEL0_MPP, SHARED_DATA_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-SHARED_OUTLINES = SHARED_DATA / "annotations" / "camelyon16_ncrf_json"
-CAMELYON16_MPP = 0.243
+SHARED_OUTLINES = SHARED_DATA_DIR / "annotations" / "camelyon16_ncrf_json"
 SLIDE_MPP = 0.5
 # Node categories of the benchmark slides, in order (CAMELYON16 has many small lesions).
 NODE_PLAN = ("negative", "negative", "negative", "itc", "itc", "itc", "micro", "micro", "micro", "macro")
@@ -48,7 +48,7 @@ def real_lesion_diameters_mm() -> np.ndarray:
     for path in sorted(SHARED_OUTLINES.glob("*.json")):
         for annotation in read_camelyon16_json(path):
             if annotation.label == "tumor":
-                diameters.append(max_feret_diameter_px(annotation.vertices_xy) * CAMELYON16_MPP / 1000)
+                diameters.append(max_feret_diameter_px(annotation.vertices_xy) * CAMELYON_LEVEL0_MPP / 1000)
     if diameters:
         return np.asarray(diameters)
     rng = np.random.default_rng(0)  # published proportions: 1460 / 600 / 100 of 2162
@@ -222,7 +222,7 @@ def main() -> int:
     parser.add_argument(
         "--texture-data",
         type=Path,
-        default=SHARED_DATA,
+        default=SHARED_DATA_DIR,
         metavar="DIR",
         help="reference data folder for real texture (default ../shared/data)",
     )

@@ -26,12 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.cli import main as micromet  # noqa: E402
+from pipeline.config import CAMELYON_LEVEL0_MPP, SHARED_DATA_DIR  # noqa: E402
 from tests.conftest import write_pyramid_tiff  # noqa: E402
 from tests.real_slides import (  # noqa: E402
-    C16_MPP,
     C16_PATCH_PX,
     NEGATIVE_C17_TILE,
-    SHARED_DATA_ROOT,
     c16_tumor_patches,
     c17_rgb,
 )
@@ -55,7 +54,7 @@ def build(folder: Path, per_size: int, seed: int) -> dict[str, tuple[int, int, i
                 y, x = y0 + row * C16_PATCH_PX, x0 + col * C16_PATCH_PX
                 image[y : y + C16_PATCH_PX, x : x + C16_PATCH_PX] = patches[patch_index]
             name = f"tumor{side_patches}x{side_patches}_{index}"
-            write_pyramid_tiff(folder / f"{name}.tif", image, C16_MPP, n_levels=3, tile_px=256)
+            write_pyramid_tiff(folder / f"{name}.tif", image, CAMELYON_LEVEL0_MPP, n_levels=3, tile_px=256)
             squares[name] = (x0, y0, side)
     return squares
 
@@ -63,7 +62,7 @@ def build(folder: Path, per_size: int, seed: int) -> dict[str, tuple[int, int, i
 def found(report: dict[str, object], square: tuple[int, int, int]) -> bool:
     """True if a deposit's centre lies within one 96 µm tile of the pasted square."""
     x0, y0, side = square
-    margin = 96.0 / C16_MPP
+    margin = 96.0 / CAMELYON_LEVEL0_MPP
     for deposit in report["deposits"]:  # type: ignore[attr-defined]
         x, y = deposit["centroid_x_px"], deposit["centroid_y_px"]
         if x0 - margin <= x <= x0 + side + margin and y0 - margin <= y <= y0 + side + margin:
@@ -76,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-size", type=int, default=8, help="slides per deposit size (8)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not SHARED_DATA_ROOT.is_dir():
-        parser.error(f"{SHARED_DATA_ROOT} not found: the real tissue lives in ../shared/data beside the repo")
+    if not SHARED_DATA_DIR.is_dir():
+        parser.error(f"{SHARED_DATA_DIR} not found: the real tissue lives in ../shared/data beside the repo")
     with tempfile.TemporaryDirectory(prefix="micromet_cascade_") as tmp:
         slides = Path(tmp) / "slides"
         slides.mkdir()
@@ -100,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        for n in names)
             facts = [reports["cascade"][n]["inference"] for n in names]
             scored = [f["cascade"]["scored_fraction"] for f in facts]  # type: ignore[index]
-            side_mm = side_patches * C16_PATCH_PX * C16_MPP / 1000
+            side_mm = side_patches * C16_PATCH_PX * CAMELYON_LEVEL0_MPP / 1000
             share = 100 * float(np.mean(scored))
             rows.append(f"| {side_patches} x {side_patches} patches ({side_mm:.3f} mm side) | {len(names)} | "
                         f"{hits['full']} | {hits['cascade']} | {lost} | {share:.0f} % |")

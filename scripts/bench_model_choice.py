@@ -22,32 +22,37 @@ from torch.nn import functional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR  # noqa: E402
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
 from pipeline.training.augment import AugmentConfig, augment_batch  # noqa: E402
 from pipeline.training.classify import roc_auc, to_model_input, unit_float  # noqa: E402
 from pipeline.training.datasets import fit_to_tile, load_rgb  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
-MPP = 0.972
+
+def _at_pcam_mpp(rgb: np.ndarray) -> np.ndarray:
+    """A level-0 CAMELYON image brought to the PCam µm/px, keeping its field of view."""
+    side_px = round(rgb.shape[0] * CAMELYON_LEVEL0_MPP / PCAM_MPP)
+    return fit_to_tile(rgb, CAMELYON_LEVEL0_MPP, PCAM_MPP, side_px)
 
 
 def load_data() -> dict[str, np.ndarray]:
     """The real data at 0.972 µm/px."""
     out = {}
-    rows = sorted(csv.DictReader((DATA / "pcam_kaggle" / "labels.csv").open()), key=lambda r: r["file"])
-    out["pcam_x"] = np.stack([load_rgb(DATA / "pcam_kaggle" / r["file"]) for r in rows])
+    labels_csv = SHARED_DATA_DIR / "pcam_kaggle" / "labels.csv"
+    rows = sorted(csv.DictReader(labels_csv.open()), key=lambda r: r["file"])
+    out["pcam_x"] = np.stack([load_rgb(SHARED_DATA_DIR / "pcam_kaggle" / r["file"]) for r in rows])
     out["pcam_y"] = np.array([int(r["label"]) for r in rows])
     c16x, c16y, c16s = [], [], []
     for name, label in (("tumor", 1), ("normal", 0)):
-        for p in sorted((DATA / "camelyon16_patches" / name).glob("*.png")):
+        for p in sorted((SHARED_DATA_DIR / "camelyon16_patches" / name).glob("*.png")):
             rgb = load_rgb(p)
-            c16x.append(fit_to_tile(rgb, 0.243, MPP, round(rgb.shape[0] * 0.243 / MPP)))
+            c16x.append(_at_pcam_mpp(rgb))
             c16y.append(label)
             c16s.append(p.name[:9])
     out["c16_x"], out["c16_y"], out["c16_slide"] = np.stack(c16x), np.array(c16y), np.array(c16s)
-    for p in sorted((DATA / "camelyon17_tiles").glob("*.jpeg")):
+    for p in sorted((SHARED_DATA_DIR / "camelyon17_tiles").glob("*.jpeg")):
         rgb = load_rgb(p)
-        out["c17_" + p.stem[:8]] = fit_to_tile(rgb, 0.243, MPP, round(rgb.shape[0] * 0.243 / MPP))
+        out["c17_" + p.stem[:8]] = _at_pcam_mpp(rgb)
     return out
 
 

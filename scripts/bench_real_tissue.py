@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.cli import main as micromet  # noqa: E402
-from tests.real_slides import SHARED_DATA_ROOT, write_c17_slide, write_tumor_square_slide  # noqa: E402
+from pipeline.config import SHARED_DATA_DIR  # noqa: E402
+from tests.real_slides import write_c17_slide, write_tumor_square_slide  # noqa: E402
 
 TRUTH = {
     "c17_centre_1": "node labelled ITC; tile looks tumor-free",
@@ -58,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strides", type=int, nargs="+", default=[32])
     parser.add_argument("--no-cascade", action="store_true", help="infer with --no-cascade: score every tile")
     args = parser.parse_args(argv)
-    if not SHARED_DATA_ROOT.is_dir():
-        parser.error(f"{SHARED_DATA_ROOT} not found: the real tissue lives in ../shared/data beside the repo")
+    if not SHARED_DATA_DIR.is_dir():
+        parser.error(f"{SHARED_DATA_DIR} not found: the real tissue lives in ../shared/data beside the repo")
     with tempfile.TemporaryDirectory(prefix="micromet_real_") as tmp:
         slides = Path(tmp) / "slides"
         slides.mkdir()

@@ -24,13 +24,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import InferenceConfig  # noqa: E402
+from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR, InferenceConfig  # noqa: E402
 from pipeline.detection.inference import prepare_model  # noqa: E402
 from pipeline.models import load_checkpoint  # noqa: E402
 from pipeline.training.datasets import load_rgb  # noqa: E402
 
-SOURCE_MPP, MODEL_MPP, TILE_PX, STRIDE_PX = 0.243, 0.972, 96, 32
-FACTOR = MODEL_MPP / SOURCE_MPP
+TILE_PX, STRIDE_PX = 96, 32
+FACTOR = PCAM_MPP / CAMELYON_LEVEL0_MPP
 
 
 def bring_to_model_mpp(rgb: NDArray[np.uint8], method: str) -> NDArray[np.uint8]:
@@ -69,7 +69,7 @@ def sources(data: Path) -> list[NDArray[np.uint8]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=Path, nargs="+", default=[REPO / "models" / "default.pt"])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA_DIR)
     args = parser.parse_args(argv)
     methods = ("box", "bilinear", "lanczos", "nearest_every_4th")
     tiles = {

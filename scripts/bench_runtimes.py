@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pipeline.config import InferenceConfig
+from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR, InferenceConfig
 from pipeline.detection.inference import _torch_threads, prepare_model
 from pipeline.models import ModelCard, build_model, load_checkpoint
 from pipeline.training.classify import roc_auc
@@ -43,7 +43,7 @@ from pipeline.training.datasets import fit_to_tile, load_rgb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import replace_section
-from train_default_model import C16_MPP, SHARED_DATA, load_pcam, split_pcam
+from train_default_model import load_pcam, split_pcam
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_HEADING = "## Compute runtimes on the CPU (issue 14, item 2)"
@@ -53,13 +53,13 @@ Runner = Callable[[torch.Tensor], torch.Tensor]  # uint8 NHWC tiles -> (B,) prob
 
 def real_tiles(card: ModelCard) -> tuple[NDArray[np.uint8], NDArray[np.int64], str]:
     """Real tiles at the card's tile size and µm/px, their labels, and what they are."""
-    c16 = [(p, 1) for p in sorted((SHARED_DATA / "camelyon16_patches" / "tumor").glob("*.png"))]
-    c16 += [(p, 0) for p in sorted((SHARED_DATA / "camelyon16_patches" / "normal").glob("*.png"))]
-    tiles = [fit_to_tile(load_rgb(p), C16_MPP, card.mpp, card.tile_size_px) for p, _ in c16]
+    c16 = [(p, 1) for p in sorted((SHARED_DATA_DIR / "camelyon16_patches" / "tumor").glob("*.png"))]
+    c16 += [(p, 0) for p in sorted((SHARED_DATA_DIR / "camelyon16_patches" / "normal").glob("*.png"))]
+    tiles = [fit_to_tile(load_rgb(p), CAMELYON_LEVEL0_MPP, card.mpp, card.tile_size_px) for p, _ in c16]
     labels = [label for _, label in c16]
     what = f"{len(c16)} CAMELYON16 patches"
-    if card.tile_size_px == 96 and abs(card.mpp - 0.972) < 1e-3:
-        pcam, pcam_labels = load_pcam(SHARED_DATA, split_pcam(SHARED_DATA, 0)["test"])
+    if card.tile_size_px == 96 and abs(card.mpp - PCAM_MPP) < 1e-3:
+        pcam, pcam_labels = load_pcam(SHARED_DATA_DIR, split_pcam(SHARED_DATA_DIR, 0)["test"])
         tiles, labels = [*pcam, *tiles], [*pcam_labels.tolist(), *labels]
         what = f"{len(pcam)} PCam test patches + {what}"
     return np.stack(tiles), np.asarray(labels, dtype=np.int64), what
@@ -214,8 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per runtime (6)")
     parser.add_argument("--write-docs", action="store_true", help="write the section into docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if not SHARED_DATA.is_dir():
-        parser.error(f"{SHARED_DATA} not found: the real tiles live in ../shared/data beside the repo")
+    if not SHARED_DATA_DIR.is_dir():
+        parser.error(f"{SHARED_DATA_DIR} not found: the real tiles live in ../shared/data beside the repo")
     default_model, default_card = load_checkpoint(REPO / "models" / "default.pt")
     torch.manual_seed(0)
     resnet_card = ModelCard(

@@ -26,9 +26,10 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
+from pipeline.config import SHARED_DATA_DIR
 from pipeline.review.viewer.app import create_app
 
-SHARED_SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
+SHARED_SLIDES = SHARED_DATA_DIR / "slides"
 DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 

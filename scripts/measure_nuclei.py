@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR  # noqa: E402
 from pipeline.deposits.cells import (  # noqa: E402
     CELL_COUNT_MPP,
     MAX_TUMOR_NUCLEUS_HEMATOXYLIN_OD,
@@ -43,9 +44,6 @@ from pipeline.slides.nuclei import measure_nuclei  # noqa: E402
 from pipeline.slides.slide import resize_rgb  # noqa: E402
 from pipeline.training.datasets import load_rgb  # noqa: E402
 
-SHARED_DATA = REPO.parent / "shared" / "data"
-LEVEL0_MPP = 0.243  # CAMELYON16 patches and CAMELYON17 tiles
-PCAM_MPP = 0.972
 C17_SQUARE_PX = 512  # 0.124 mm squares of the 2048 px CAMELYON17 tiles
 FORMER_MIN_AREA_UM2 = 20.0  # the former count's smallest nucleus
 C17_TILES = {
@@ -78,19 +76,19 @@ def at_count_resolution(rgb: NDArray[np.uint8], mpp: float) -> tuple[NDArray[np.
 
 
 def c16_patches(kind: str) -> Iterator[NDArray[np.uint8]]:
-    for path in sorted((SHARED_DATA / "camelyon16_patches" / kind).glob("*.png")):
+    for path in sorted((SHARED_DATA_DIR / "camelyon16_patches" / kind).glob("*.png")):
         yield load_rgb(path)
 
 
 def c17_squares(stem: str) -> Iterator[NDArray[np.uint8]]:
-    tile = load_rgb(SHARED_DATA / "camelyon17_tiles" / f"{stem}.jpeg")
+    tile = load_rgb(SHARED_DATA_DIR / "camelyon17_tiles" / f"{stem}.jpeg")
     for y in range(0, tile.shape[0] - C17_SQUARE_PX + 1, C17_SQUARE_PX):
         for x in range(0, tile.shape[1] - C17_SQUARE_PX + 1, C17_SQUARE_PX):
             yield tile[y : y + C17_SQUARE_PX, x : x + C17_SQUARE_PX]
 
 
 def pcam_patches(label: str, count: int, seed: int) -> Iterator[NDArray[np.uint8]]:
-    files = sorted((SHARED_DATA / "pcam_kaggle" / label).glob("*.webp"))
+    files = sorted((SHARED_DATA_DIR / "pcam_kaggle" / label).glob("*.webp"))
     picked = np.random.default_rng(seed).choice(len(files), min(count, len(files)), replace=False)
     for index in sorted(picked.tolist()):
         yield load_rgb(files[index])
@@ -144,12 +142,12 @@ def write_overlays(folder: Path) -> None:
     from PIL import Image, ImageDraw
 
     folder.mkdir(parents=True, exist_ok=True)
-    paths = sorted((SHARED_DATA / "camelyon16_patches" / "tumor").glob("*.png"))
+    paths = sorted((SHARED_DATA_DIR / "camelyon16_patches" / "tumor").glob("*.png"))
     for path in paths:
         level0 = load_rgb(path)
-        image, read_mpp = at_count_resolution(level0, LEVEL0_MPP)
+        image, read_mpp = at_count_resolution(level0, CAMELYON_LEVEL0_MPP)
         counted = tumor_nuclei_rc(image, read_mpp)
-        scale = 3 * read_mpp / LEVEL0_MPP  # px of the 3x level-0 patch per counted px
+        scale = 3 * read_mpp / CAMELYON_LEVEL0_MPP  # px of the 3x level-0 patch per counted px
         big = Image.fromarray(level0).resize((3 * level0.shape[1], 3 * level0.shape[0]))
         draw = ImageDraw.Draw(big)
         for row, col in counted.tolist():
@@ -172,15 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the PatchCamelyon sample (0)")
     parser.add_argument("--overlays", type=Path, help="folder for ringed tumor patches")
     args = parser.parse_args(argv)
-    if not SHARED_DATA.is_dir():
-        parser.error(f"{SHARED_DATA} not found: the real tissue lives in ../shared/data beside the repo")
+    if not SHARED_DATA_DIR.is_dir():
+        parser.error(f"{SHARED_DATA_DIR} not found: the real tissue lives in ../shared/data beside the repo")
     if args.overlays is not None:
         write_overlays(args.overlays)
     normal_name = "CAMELYON16 normal patches (tumor slides, outside tumor)"
     figures = [
-        measure_set("CAMELYON16 tumor patches", c16_patches("tumor"), LEVEL0_MPP),
-        measure_set(normal_name, c16_patches("normal"), LEVEL0_MPP),
-        *(measure_set(name, c17_squares(stem), LEVEL0_MPP) for name, stem in C17_TILES.items()),
+        measure_set("CAMELYON16 tumor patches", c16_patches("tumor"), CAMELYON_LEVEL0_MPP),
+        measure_set(normal_name, c16_patches("normal"), CAMELYON_LEVEL0_MPP),
+        *(measure_set(name, c17_squares(stem), CAMELYON_LEVEL0_MPP) for name, stem in C17_TILES.items()),
         measure_set(
             "PatchCamelyon tumor patches (whole 96 px)", pcam_patches("tumor", args.pcam, args.seed), PCAM_MPP
         ),

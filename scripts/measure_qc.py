@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from pipeline.config import TissueConfig
+from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR, TissueConfig
 from pipeline.slides.qc import (
     QCConfig,
     check_slide,
@@ -30,7 +30,6 @@ from pipeline.slides.qc import (
 from pipeline.slides.slide import open_slide, resize_rgb
 from pipeline.slides.tissue import detect_tissue
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 QC = QCConfig()
 
 
@@ -47,16 +46,16 @@ def pcam_tiles(per_class: int) -> NDArray[np.uint8]:
     """Evenly spaced PCam patches of each class, at the QC resolution."""
     tiles = []
     for label in ("normal", "tumor"):
-        files = sorted((DATA / "pcam_kaggle" / label).glob("*.webp"))
+        files = sorted((SHARED_DATA_DIR / "pcam_kaggle" / label).glob("*.webp"))
         picks = np.linspace(0, len(files) - 1, per_class).round().astype(int)
-        tiles += [_at_qc_mpp(_load(files[i]), 0.972) for i in picks]
+        tiles += [_at_qc_mpp(_load(files[i]), PCAM_MPP) for i in picks]
     return np.stack(tiles)
 
 
 def camelyon16_tiles() -> NDArray[np.uint8]:
     """The level-0 CAMELYON16 patches (0.243 µm/px) at the QC resolution."""
-    files = sorted((DATA / "camelyon16_patches").glob("*/*.png"))
-    return np.stack([_at_qc_mpp(_load(f), 0.243) for f in files])
+    files = sorted((SHARED_DATA_DIR / "camelyon16_patches").glob("*/*.png"))
+    return np.stack([_at_qc_mpp(_load(f), CAMELYON_LEVEL0_MPP) for f in files])
 
 
 def split_tiles(image: NDArray[np.uint8], size: int) -> Iterator[NDArray[np.uint8]]:
@@ -69,8 +68,8 @@ def split_tiles(image: NDArray[np.uint8], size: int) -> Iterator[NDArray[np.uint
 def camelyon17_tiles() -> dict[str, NDArray[np.uint8]]:
     """Each CAMELYON17 tile (about 0.243 µm/px) at the QC resolution, cut into QC tiles."""
     result = {}
-    for path in sorted((DATA / "camelyon17_tiles").glob("*.jpeg")):
-        image = _at_qc_mpp(_load(path), 0.243)
+    for path in sorted((SHARED_DATA_DIR / "camelyon17_tiles").glob("*.jpeg")):
+        image = _at_qc_mpp(_load(path), CAMELYON_LEVEL0_MPP)
         result[path.stem] = np.stack(list(split_tiles(image, QC.tile_size_px)))
     return result
 
@@ -151,13 +150,13 @@ def main() -> None:
     print("\nqc_reference_from_tiles(all of the above):", qc_reference_from_tiles(everything))
     print("\nslides:")
     for path in [
-        DATA / "slides" / "cmu_small_region.svs",
-        *sorted((DATA / "formats").glob("*/*.ndpi")),
-        DATA / "formats" / "vmu" / "crop800.vmu",
+        SHARED_DATA_DIR / "slides" / "cmu_small_region.svs",
+        *sorted((SHARED_DATA_DIR / "formats").glob("*/*.ndpi")),
+        SHARED_DATA_DIR / "formats" / "vmu" / "crop800.vmu",
     ]:
         print(f"  {path.name}: {slide_values(path)}")
     # The TCGA file records no µm/px; 0.5 (20x) is an assumption for measuring only.
-    tcga = DATA / "slides" / "tcga_cr_7395_jp2k.svs"
+    tcga = SHARED_DATA_DIR / "slides" / "tcga_cr_7395_jp2k.svs"
     print(f"  {tcga.name} (assumed 0.5 µm/px): {slide_values(tcga, 0.5)}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in synthetic_slides(Path(tmp)).items():
@@ -165,8 +164,8 @@ def main() -> None:
         for name in c17:
             from conftest import write_pyramid_tiff
 
-            image = _load(DATA / "camelyon17_tiles" / f"{name}.jpeg")
-            path = write_pyramid_tiff(Path(tmp) / f"{name}.tif", image, 0.243)
+            image = _load(SHARED_DATA_DIR / "camelyon17_tiles" / f"{name}.jpeg")
+            path = write_pyramid_tiff(Path(tmp) / f"{name}.tif", image, CAMELYON_LEVEL0_MPP)
             print(f"  {name} as a slide: {slide_values(path)}")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.config import SHARED_DATA_DIR  # noqa: E402
 from pipeline.training.datasets import load_rgb  # noqa: E402
 from pipeline.training.places import find_places, split_places  # noqa: E402
 
@@ -57,7 +58,7 @@ def assign_parts(rows: list[tuple[str, str, int]], places: np.ndarray) -> list[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA_DIR)
     parser.add_argument("--out", type=Path, default=REPO / "data" / "pcam_places.csv")
     args = parser.parse_args(argv)
     rows = read_rows(args.data)

@@ -12,14 +12,16 @@ import pytest
 import tifffile
 from numpy.typing import NDArray
 
+from pipeline.config import SHARED_DATA_DIR
+from tests.slow_tests import is_listed_slow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def require_shared_data(relative: str = "") -> Path:
     """Path under ../shared/data; skip outside CI and fail under CI=true when it is missing."""
-    path = SHARED_DATA / relative
+    path = SHARED_DATA_DIR / relative
     if not path.exists():
         message = f"{path} not found: the reference data lives in ../shared/data beside the repo"
         if os.environ.get("CI") == "true":
@@ -128,3 +130,11 @@ def write_overflowing_checkpoint(path: Path, mpp: float) -> Path:
             if isinstance(module, torch.nn.Conv2d):
                 module.weight.mul_(1e20)
     return save_checkpoint(path, model, ModelCard(architecture="micronet", tile_size_px=32, mpp=mpp))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` the tests listed in tests/slow_tests.py (before ``-m`` selects)."""
+    for item in items:
+        if is_listed_slow(item.nodeid):
+            item.add_marker(pytest.mark.slow)

@@ -12,13 +12,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.config import CAMELYON_LEVEL0_MPP
 from pipeline.training.datasets import load_rgb
-from tests.conftest import SHARED_DATA, require_shared_data, write_pyramid_tiff
+from tests.conftest import require_shared_data, write_pyramid_tiff
 
-SHARED_DATA_ROOT = SHARED_DATA
-
-C17_MPP = 0.243
-C16_MPP = 0.243
 C17_TILES = {
     "centre_1": "centre_1_patient_024_node_2",
     "centre_3": "centre_3_patient_066_node_1",
@@ -35,14 +32,15 @@ def c17_rgb(centre: str) -> NDArray[np.uint8]:
 
 def write_c17_slide(centre: str, path: Path) -> Path:
     """A pyramidal TIFF of the CAMELYON17 tile of ``centre`` at 0.243 µm/px."""
-    return write_pyramid_tiff(path, c17_rgb(centre), C17_MPP, n_levels=3, tile_px=256)
+    return write_pyramid_tiff(path, c17_rgb(centre), CAMELYON_LEVEL0_MPP, n_levels=3, tile_px=256)
 
 
 def write_untrained_negative_slide(path: Path) -> Path:
     """A pyramidal TIFF of the right half of the negative node's tile (centre 3): the default
     model trained on crops of its left half only, so only this half is evidence."""
     rgb = c17_rgb(NEGATIVE_C17_TILE)
-    return write_pyramid_tiff(path, np.ascontiguousarray(rgb[:, rgb.shape[1] // 2 :]), C17_MPP, 3, 256)
+    right_half = np.ascontiguousarray(rgb[:, rgb.shape[1] // 2 :])
+    return write_pyramid_tiff(path, right_half, CAMELYON_LEVEL0_MPP, 3, 256)
 
 
 def c16_tumor_patches(count: int) -> list[NDArray[np.uint8]]:
@@ -72,5 +70,5 @@ def write_tumor_square_slide(path: Path, side_patches: int = 4) -> tuple[Path, f
     """The tumor-square slide as a pyramidal TIFF; returns it and the square's true largest
     dimension (its diagonal) in mm."""
     image, (_, _, side) = tumor_square_rgb(side_patches)
-    write_pyramid_tiff(path, image, C16_MPP, n_levels=3, tile_px=256)
-    return path, side * np.sqrt(2.0) * C16_MPP / 1000.0
+    write_pyramid_tiff(path, image, CAMELYON_LEVEL0_MPP, n_levels=3, tile_px=256)
+    return path, side * np.sqrt(2.0) * CAMELYON_LEVEL0_MPP / 1000.0

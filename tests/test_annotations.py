@@ -13,6 +13,7 @@ import pytest
 from conftest import FIXTURES, require_shared_data
 from scipy.spatial.distance import pdist
 
+from pipeline.config import CAMELYON_LEVEL0_MPP
 from pipeline.errors import AnnotationError, OutputError
 from pipeline.slides.annotations import (
     GROUP_LABELS,
@@ -29,7 +30,6 @@ from pipeline.slides.annotations import (
 )
 
 BAD = FIXTURES / "annotations"
-CAMELYON17_MPP = 0.243
 
 
 def _square(x0: float, y0: float, side: float) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_camelyon17_asap_xml_reads_three_itc_sized_tumor_polygons() -> None:
     assert {a.label for a in annotations} == {"tumor"}
     np.testing.assert_array_equal(annotations[0].vertices_xy[0], [12711.2998, 88778.1016])
     # The node is labelled itc: every outline is at most 0.2 mm across at ~0.243 µm/px.
-    diameters_mm = [max_feret_diameter_px(a.vertices_xy) * CAMELYON17_MPP / 1000 for a in annotations]
+    diameters_mm = [max_feret_diameter_px(a.vertices_xy) * CAMELYON_LEVEL0_MPP / 1000 for a in annotations]
     assert all(0.05 < d <= 0.2 for d in diameters_mm)
 
 

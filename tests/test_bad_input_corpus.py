@@ -201,8 +201,13 @@ def _write_batch(batch: Path, size_wh: tuple[int, int]) -> None:
         {"slides": {"s1": {"status": "done", "output_dir": "s1", "path": "/slides/s1.tif"}}}))
     report = {"slide_id": "s1", "category": "micro", "score": 0.9,
               "slide": {"mpp": SLIDE_MPP, "dimensions": list(size_wh)},
-              "deposits": [{"centroid_x_px": 300.0, "centroid_y_px": 300.0, "max_diameter_mm": 0.4,
-                            "category": "micro"}]}
+              "deposits": [{"id": 1, "category": "micro", "max_diameter_mm": 0.4,
+                            "max_diameter_uncertainty_mm": 0.01, "area_mm2": 0.1,
+                            "centroid_x_px": 300.0, "centroid_y_px": 300.0, "centroid_x_mm": 0.1,
+                            "centroid_y_mm": 0.1, "bbox_x_px": 250, "bbox_y_px": 250,
+                            "bbox_width_px": 100, "bbox_height_px": 100, "max_probability": 0.9,
+                            "mean_probability": 0.8, "cell_count": None, "refined": False,
+                            "outline_xy": []}]}
     (folder / "report.json").write_text(json.dumps(report))
     (folder / "detections.csv").write_text("confidence,X,Y\n0.9,300,300\n")
 

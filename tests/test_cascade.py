@@ -172,18 +172,20 @@ DEPOSIT_DIAMETER_MM = 0.05
 def real_strip_slide(path: Path, centre_y_px: int, patch_index: int) -> tuple[Path, tuple[int, int]]:
     """The cut tile with a 0.05 mm disc of a real CAMELYON16 tumor patch in the middle of the
     right-hand strip; returns the slide and the disc's centre (x, y) in level-0 px."""
+    from pipeline.config import CAMELYON_LEVEL0_MPP
     from tests.conftest import write_pyramid_tiff
-    from tests.real_slides import C16_PATCH_PX, C17_MPP, NEGATIVE_C17_TILE, c16_tumor_patches, c17_rgb
+    from tests.real_slides import C16_PATCH_PX, NEGATIVE_C17_TILE, c16_tumor_patches, c17_rgb
 
     image = c17_rgb(NEGATIVE_C17_TILE)[:STRIP_SLIDE_PX, :STRIP_SLIDE_PX].copy()
     patch = c16_tumor_patches(patch_index + 1)[patch_index]
     half = C16_PATCH_PX // 2
     yy, xx = np.mgrid[0:C16_PATCH_PX, 0:C16_PATCH_PX]
-    radius_px = DEPOSIT_DIAMETER_MM * 1000 / C17_MPP / 2
+    radius_px = DEPOSIT_DIAMETER_MM * 1000 / CAMELYON_LEVEL0_MPP / 2
     disc = (xx - half + 0.5) ** 2 + (yy - half + 0.5) ** 2 <= radius_px**2
     centre_x = (STRIP_X0_PX + STRIP_SLIDE_PX) // 2
     image[centre_y_px - half : centre_y_px + half, centre_x - half : centre_x + half][disc] = patch[disc]
-    return write_pyramid_tiff(path, image, C17_MPP, n_levels=3, tile_px=256), (centre_x, centre_y_px)
+    slide = write_pyramid_tiff(path, image, CAMELYON_LEVEL0_MPP, n_levels=3, tile_px=256)
+    return slide, (centre_x, centre_y_px)
 
 
 @pytest.mark.shared_data

@@ -13,7 +13,7 @@ import shapely
 from numpy.typing import NDArray
 from polygon_reference import asap_inside, winding_number
 
-from pipeline.config import DepositConfig
+from pipeline.config import CAMELYON_LEVEL0_MPP, DepositConfig
 from pipeline.deposits.cells import add_cell_counts, count_cells_in_deposit, count_tumor_nuclei, deposit_mask
 from pipeline.deposits.measure import Deposit, find_deposits
 from pipeline.detection.heatmap import Heatmap
@@ -297,7 +297,6 @@ def test_deposit_mask_edge_pixels_follow_the_one_polygon_rule() -> None:
 
 # --- real tissue (../shared/data): only tumor-like nuclei count -----------------------------
 
-LEVEL0_MPP = 0.243  # CAMELYON16 patches and CAMELYON17 tiles
 # Carcinoma nuclei counted by eye on CAMELYON16 level-0 tumor patches (62 x 62 µm): every
 # nucleus that looks like carcinoma with its centre inside the patch (docs/benchmarks.md,
 # "Tumor nuclei counts on real tissue"; ringed overlays: scripts/measure_nuclei.py --overlays).
@@ -316,7 +315,7 @@ def at_count_mpp(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
     from pipeline.deposits.cells import CELL_COUNT_MPP
     from pipeline.slides.slide import resize_rgb
 
-    factor = LEVEL0_MPP / CELL_COUNT_MPP
+    factor = CAMELYON_LEVEL0_MPP / CELL_COUNT_MPP
     return resize_rgb(rgb, round(rgb.shape[1] * factor), round(rgb.shape[0] * factor))
 
 
@@ -386,7 +385,7 @@ def test_a_real_0_03_mm_deposit_in_node_tissue_counts_a_few_nuclei_not_dozens() 
     square = c17_rgb(NEGATIVE_C17_TILE)[1024:1536, 1024:1536].copy()
     tumor = c16_tumor_patch("tumor_064_68256_138372")
     yy, xx = np.mgrid[0:256, 0:256]
-    disc = (xx - 127.5) ** 2 + (yy - 127.5) ** 2 <= (0.03 / 2 * 1000 / LEVEL0_MPP) ** 2
+    disc = (xx - 127.5) ** 2 + (yy - 127.5) ** 2 <= (0.03 / 2 * 1000 / CAMELYON_LEVEL0_MPP) ** 2
     square[128:384, 128:384][disc] = tumor[disc]
     image = at_count_mpp(square)
     counted, former = count_tumor_nuclei(image, 0.5), all_nuclei(image)

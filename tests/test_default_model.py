@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.config import InferenceConfig
+from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, InferenceConfig
 from pipeline.detection.inference import prepare_model
 from pipeline.models import ModelCard, default_model_path, file_sha256, load_checkpoint
 from pipeline.models.device import SCORING_BF16_TOLERANCE
 from pipeline.training.classify import roc_auc, score_batch
 from pipeline.training.datasets import fit_to_tile, load_rgb
 from tests.conftest import REPO_ROOT, require_shared_data
-from tests.real_slides import C16_MPP, write_tumor_square_slide, write_untrained_negative_slide
+from tests.real_slides import write_tumor_square_slide, write_untrained_negative_slide
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
 MIN_PCAM_TEST_AUC = 0.93  # issue 17's floor on the seeded held-out PCam split
@@ -78,7 +78,7 @@ def test_card_describes_a_real_data_model_at_pcam_resolution(
 ) -> None:
     _, card = default_model
     assert card.architecture == "pcamnet"
-    assert (card.tile_size_px, card.mpp, card.stride_px) == (96, 0.972, 32)
+    assert (card.tile_size_px, card.mpp, card.stride_px) == (96, PCAM_MPP, 32)
     assert 0.0 < card.threshold < 1.0
     assert "pcam_kaggle" in card.training_data and "CC0" in card.training_data
     assert "synthetic" not in card.training_data.lower().replace("no synthetic", "")
@@ -155,7 +155,7 @@ def test_auc_on_camelyon16_patches_of_slides_never_trained_on(
     tiles, labels = [], []
     for name, label in (("tumor", 1), ("normal", 0)):
         for path in sorted((folder / name).glob("*.png")):
-            tiles.append(fit_to_tile(load_rgb(path), C16_MPP, card.mpp, card.tile_size_px))
+            tiles.append(fit_to_tile(load_rgb(path), CAMELYON_LEVEL0_MPP, card.mpp, card.tile_size_px))
             labels.append(label)
     auc = roc_auc(_scores(model, card, np.stack(tiles)), np.array(labels, dtype=np.int64))
     assert len(labels) == 57 and auc >= MIN_C16_AUC, f"AUC {auc:.4f} on 57 CAMELYON16 patches"
@@ -191,6 +191,6 @@ def test_a_real_tumor_deposit_in_real_lymph_node_is_found_once_and_measured_with
     found = deposits[0]
     assert abs(found["max_diameter_mm"] - truth_mm) <= tile_diagonal_mm, (found["max_diameter_mm"], truth_mm)
     centre_px = 1024  # the square is pasted in the middle of the 2048 px tile
-    assert abs(found["centroid_x_px"] - centre_px) < card.tile_size_px * card.mpp / C16_MPP
-    assert abs(found["centroid_y_px"] - centre_px) < card.tile_size_px * card.mpp / C16_MPP
+    assert abs(found["centroid_x_px"] - centre_px) < card.tile_size_px * card.mpp / CAMELYON_LEVEL0_MPP
+    assert abs(found["centroid_y_px"] - centre_px) < card.tile_size_px * card.mpp / CAMELYON_LEVEL0_MPP
     assert found["category"] == "micro" and report["category"] == "micro"

@@ -12,6 +12,7 @@ import shapely
 from conftest import require_shared_data
 from numpy.typing import NDArray
 
+from pipeline.config import CAMELYON_LEVEL0_MPP
 from pipeline.deposits.measure import (
     Deposit,
     deposit_from_dict,
@@ -334,7 +335,6 @@ def test_one_cell_deposit_size_is_an_upper_bound() -> None:
 
 # --- real CAMELYON16 lesion outlines (0.243 µm/px) ----------------------------------------
 
-CAMELYON16_MPP = 0.243
 # Compact lesions from small annotation files, 0.26-3.0 mm (file, outline name).
 COMPACT_LESIONS = [
     ("Tumor_081.json", "Annotation 0"),
@@ -356,9 +356,9 @@ def _outlines(file_name: str) -> dict[str, NDArray[np.float64]]:
 @pytest.mark.parametrize(("file_name", "name"), COMPACT_LESIONS)
 def test_real_lesion_outline_diameter_within_uncertainty(file_name: str, name: str) -> None:
     vertices = _outlines(file_name)[name]
-    exact_mm = max_feret_diameter(vertices) * CAMELYON16_MPP / 1000
-    stride_px = 32.0 / CAMELYON16_MPP
-    heatmap = oracle_heatmap(vertices, stride_px, 2 * stride_px, CAMELYON16_MPP)
+    exact_mm = max_feret_diameter(vertices) * CAMELYON_LEVEL0_MPP / 1000
+    stride_px = 32.0 / CAMELYON_LEVEL0_MPP
+    heatmap = oracle_heatmap(vertices, stride_px, 2 * stride_px, CAMELYON_LEVEL0_MPP)
     deposits = find_deposits(heatmap, 0.5)
     assert len(deposits) == 1
     assert abs(deposits[0].max_diameter_mm - exact_mm) <= deposits[0].max_diameter_uncertainty_mm
@@ -370,9 +370,9 @@ def test_real_lesions_are_never_overestimated_beyond_the_bound() -> None:
     ever larger than the lesion it comes from plus the uncertainty."""
     for file_name in ("Tumor_098.json", "Tumor_100.json", "Tumor_017.json"):
         for vertices in _outlines(file_name).values():
-            exact_mm = max_feret_diameter(vertices) * CAMELYON16_MPP / 1000
-            stride_px = 64.0 / CAMELYON16_MPP
-            heatmap = oracle_heatmap(vertices, stride_px, stride_px, CAMELYON16_MPP)
+            exact_mm = max_feret_diameter(vertices) * CAMELYON_LEVEL0_MPP / 1000
+            stride_px = 64.0 / CAMELYON_LEVEL0_MPP
+            heatmap = oracle_heatmap(vertices, stride_px, stride_px, CAMELYON_LEVEL0_MPP)
             for deposit in find_deposits(heatmap, 0.5):
                 assert deposit.max_diameter_mm <= exact_mm + deposit.max_diameter_uncertainty_mm
 

@@ -33,7 +33,8 @@ from pipeline.batch.distributed import (
 )
 from pipeline.batch.distributed_pool import ActorPool, dispatch, is_lost_worker
 from pipeline.batch.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
-from pipeline.batch.local import LOCK_FILE, SlideOutcome
+from pipeline.batch.folder import LOCK_FILE
+from pipeline.batch.local import SlideOutcome
 from pipeline.cli import main
 from pipeline.errors import ConfigError, MicrometError, OutputError
 from pipeline.models import ModelCard, build_model, save_checkpoint

@@ -23,12 +23,25 @@ def square(x0: float, y0: float, side: float) -> list[list[float]]:
 
 
 def deposit(x: float, y: float, diameter_mm: float, category: str, probability: float) -> dict[str, Any]:
+    """A report.json deposit entry (every field of ``Deposit.to_dict``)."""
     return {
+        "id": 1,
+        "category": category,
+        "max_diameter_mm": diameter_mm,
+        "max_diameter_uncertainty_mm": 0.01,
+        "area_mm2": diameter_mm**2,
         "centroid_x_px": x,
         "centroid_y_px": y,
-        "max_diameter_mm": diameter_mm,
-        "category": category,
+        "centroid_x_mm": x * MPP / 1000,
+        "centroid_y_mm": y * MPP / 1000,
+        "bbox_x_px": int(x),
+        "bbox_y_px": int(y),
+        "bbox_width_px": 1,
+        "bbox_height_px": 1,
         "max_probability": probability,
+        "mean_probability": probability,
+        "cell_count": None,
+        "refined": False,
         "outline_xy": [],
     }
 

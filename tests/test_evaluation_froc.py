@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from pipeline.config import CAMELYON_LEVEL0_MPP
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.froc import (
     Detection,
@@ -303,7 +304,7 @@ def test_real_camelyon16_outlines_give_lesions_and_itcs(shared_data: Path) -> No
     excludes = [np.asarray(p["vertices"], np.float64) for p in data["negative"]]
     stacked = np.concatenate(lesions)
     size = (int(stacked[:, 0].max()) + 1000, int(stacked[:, 1].max()) + 1000)
-    truth = SlideTruth("Tumor_001", lesions, excludes, size, 0.243)
+    truth = SlideTruth("Tumor_001", lesions, excludes, size, CAMELYON_LEVEL0_MPP)
     mask = build_lesion_mask(truth, CONFIG)
     assert mask.n_lesions >= 1
     # a detection on every lesion finds them all; one on every ITC changes nothing
@@ -338,7 +339,8 @@ def test_all_camelyon16_training_outlines_give_400_itcs_and_497_lesions(
             excludes += [hole for a in annotations if a.label == "tumor" for hole in a.holes_xy]
             stacked = np.concatenate(lesions)
             size = (int(stacked[:, 0].max()) + 1000, int(stacked[:, 1].max()) + 1000)
-            mask = build_lesion_mask(SlideTruth(path.stem, lesions, excludes, size, 0.243), CONFIG)
+            truth = SlideTruth(path.stem, lesions, excludes, size, CAMELYON_LEVEL0_MPP)
+            mask = build_lesion_mask(truth, CONFIG)
             n_itc += len(mask.itc_labels)
             n_lesions += mask.n_lesions
     assert (n_itc, n_lesions) == (400, 497)

@@ -25,7 +25,7 @@ def _needs(node: ast.AST) -> set[str]:
     """Markers the body of ``node`` needs by itself (without following names)."""
     found: set[str] = set()
     for child in ast.walk(node):
-        if isinstance(child, ast.Name) and child.id in ("require_shared_data", "SHARED_DATA"):
+        if isinstance(child, ast.Name) and child.id in ("require_shared_data", "SHARED_DATA_DIR"):
             found.add("shared_data")
         if isinstance(child, ast.arg) and child.arg == "shared_data":
             found.add("shared_data")
@@ -158,3 +158,24 @@ def test_the_check_finds_a_missing_marker(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(sys.modules[__name__], "TESTS", tmp_path)
     expected = ["test_sample.py::test_unmarked: shared_data", "test_sample.py::test_ray: ray"]
     assert missing_markers() == expected
+
+
+def test_every_test_listed_slow_exists() -> None:
+    """tests/slow_tests.py names real tests: a renamed or removed test there would silently
+    come back into ``make test-fast``."""
+    from tests.slow_tests import SLOW_TESTS
+
+    missing = []
+    for relative, names in SLOW_TESTS.items():
+        path = REPO_ROOT / relative
+        functions = _parse(path).functions if path.is_file() else {}
+        missing += [f"{relative}::{name}" for name in names if name not in functions]
+    assert not missing, "not found (update tests/slow_tests.py):\n" + "\n".join(missing)
+
+
+def test_a_listed_test_matches_with_and_without_parameters_and_nothing_else_does() -> None:
+    from tests.slow_tests import SLOW_TESTS, is_listed_slow
+
+    relative, names = next(iter(SLOW_TESTS.items()))
+    assert is_listed_slow(f"{relative}::{names[0]}[param]") and is_listed_slow(f"{relative}::{names[0]}")
+    assert not is_listed_slow(f"{relative}::test_not_listed") and not is_listed_slow(f"other.py::{names[0]}")

@@ -41,10 +41,12 @@ def _no_formula(rows: list[list[str]]) -> None:
 
 
 def test_summary_csv_neutralises_slide_ids_paths_and_errors(tmp_path: Path) -> None:
+    from pipeline.batch.folder import Manifest, entry_from_dict
     from pipeline.review.report import write_summary_csv
 
-    manifest = {"slides": {"=cmd": {"status": "failed", "path": "@evil.svs",
-                                    "error": '=HYPERLINK("http://x")', "seconds": -0.5}}}
+    entry = entry_from_dict({"status": "failed", "path": "@evil.svs", "error": '=HYPERLINK("http://x")',
+                             "seconds": -0.5})
+    manifest = Manifest("0", {"=cmd": entry})
     rows = _rows(write_summary_csv(tmp_path, manifest))
     _no_formula(rows)
     row = dict(zip(rows[0], rows[1], strict=True))

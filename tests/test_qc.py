@@ -13,7 +13,7 @@ from conftest import require_shared_data, write_pyramid_tiff
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.config import TissueConfig
+from pipeline.config import CAMELYON_LEVEL0_MPP, TissueConfig
 from pipeline.slides.qc import (
     DEFAULT_QC_REFERENCE,
     STAIN_NAMES,
@@ -27,8 +27,6 @@ from pipeline.slides.qc import (
 from pipeline.slides.slide import open_slide
 from pipeline.slides.tissue import detect_tissue
 from pipeline.synthetic.generate import SynthConfig, generate_slide
-
-CAMELYON17_MPP = 0.243  # level 0 of CAMELYON17 (../shared/data/README.md)
 
 
 def run_qc(path: Path, mpp: float | None = None, reference: dict[str, list[float]] | None = None) -> QCResult:
@@ -154,7 +152,7 @@ def test_the_fluorescence_ndpi_is_flagged_not_h_and_e() -> None:
 def test_slides_made_from_real_camelyon17_tiles_pass_qc(tile: str, tmp_path: Path) -> None:
     jpeg = require_shared_data(f"camelyon17_tiles/{tile}.jpeg")
     image = np.asarray(Image.open(jpeg).convert("RGB"), dtype=np.uint8)
-    result = run_qc(write_pyramid_tiff(tmp_path / f"{tile}.tif", image, CAMELYON17_MPP))
+    result = run_qc(write_pyramid_tiff(tmp_path / f"{tile}.tif", image, CAMELYON_LEVEL0_MPP))
     assert result.passed, result.summary_line()
     score = next(c for c in result.checks if c.name == "lymphoid_score")
     assert score.value is not None and score.value >= 1.2

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.batch.folder import entry_from_dict
 from pipeline.review.report import (
     RESEARCH_USE_NOTICE,
     SUMMARY_COLUMNS,
@@ -40,11 +41,11 @@ def test_report_lists_review_reasons_and_the_cell_rule() -> None:
 
 def test_summary_row_carries_review_and_cell_rule() -> None:
     assert {"review", "cell_rule"} <= set(SUMMARY_COLUMNS)
-    row = summary_row("s1", {"status": "done"}, _report({}))
+    row = summary_row("s1", entry_from_dict({"status": "done"}), _report({}))
     assert row["review"] == f"deposit 1: {REASON}"
     assert row["cell_rule"] == "size-first"
     clean = build_report("s2", {}, {}, {}, "itc", 0.9, [_deposit(1, 0.1)], 1, {})
-    assert summary_row("s2", {"status": "done"}, clean)["review"] == ""
+    assert summary_row("s2", entry_from_dict({"status": "done"}), clean)["review"] == ""
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import shapely
 from PIL import Image
 
 from pipeline.cli import demo, main
+from pipeline.config import CAMELYON_LEVEL0_MPP
 from pipeline.errors import ConfigError
 from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, SynthResult, generate_slide
 from pipeline.synthetic.layout import build_scene
@@ -22,7 +23,6 @@ from pipeline.synthetic.texture import (
     BACKGROUND_TILES,
     BUNDLED_BACKGROUND_TILES,
     BUNDLED_TUMOR_PATCHES,
-    SOURCE_MPP,
     TUMOR_PATCHES,
     load_textures,
     render_textured_block,
@@ -168,7 +168,7 @@ def test_any_block_layout_gives_the_same_pixels(fake_texture_dir: Path) -> None:
 
 def test_textures_are_resampled_by_physical_scale(fake_texture_dir: Path) -> None:
     library = load_textures(fake_texture_dir, 0.5)
-    scale = SOURCE_MPP / 0.5
+    scale = CAMELYON_LEVEL0_MPP / 0.5
     assert library.background[0].shape == (round(2048 * scale), round(2048 * scale), 3)
     assert library.background[2].shape == (round(2048 * scale), round(1024 * scale), 3)  # right half
     assert {t.shape for t in library.tumor} == {(round(256 * scale), round(256 * scale), 3)}

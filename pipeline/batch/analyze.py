@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline import __version__
-from pipeline.batch.local import MANIFEST, SlideOutcome, read_manifest, run_batch
+from pipeline.batch.folder import REPORT_JSON, manifest_path, read_or_start_manifest
+from pipeline.batch.local import SlideOutcome, run_batch
 from pipeline.config import (
     DepositConfig,
     InferenceConfig,
@@ -484,7 +485,7 @@ def analyze_slide(
         folder / "run.json",
         {"micromet_version": __version__, "settings": context.settings(), "model": context.model_facts()},
     )
-    atomic_write_json(folder / "report.json", report)
+    atomic_write_json(folder / REPORT_JSON, report)
     return report
 
 
@@ -509,5 +510,5 @@ def run_local_batch(
     try:
         return run_batch(slides, out_dir, analyze, context.settings(), overwrite, on_slide_done)
     finally:
-        if (out_dir / MANIFEST).is_file():
-            write_summary_csv(out_dir, read_manifest(out_dir))
+        if manifest_path(out_dir).is_file():
+            write_summary_csv(out_dir, read_or_start_manifest(out_dir))

@@ -23,17 +23,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipeline import __version__
 from pipeline.batch.distributed_pool import ActorPool, dispatch
 from pipeline.batch.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
+from pipeline.batch.folder import Manifest, read_or_start_manifest
 from pipeline.batch.local import (
     SlideOutcome,
     is_done,
     lock_batch_folder,
-    read_manifest,
     record_outcome,
     settings_key,
     skipped_outcome,
+    start_run,
 )
 from pipeline.errors import ConfigError
 from pipeline.outputs import check_writable_folder, unique_slide_ids
@@ -163,7 +163,7 @@ def cluster_capacity(ray: Any, cpus: float, gpus: float) -> int:
 
 
 def record_result(
-    manifest: dict[str, Any], out_dir: Path, item: WorkItem, result: WorkResult, key: str, attempts: int
+    manifest: Manifest, out_dir: Path, item: WorkItem, result: WorkResult, key: str, attempts: int
 ) -> SlideOutcome:
     """Write one slide's manifest entry (``pipeline.batch.local.record_outcome``) and return its outcome."""
     if result.report is None:
@@ -175,7 +175,7 @@ def record_result(
 
 
 def plan_work(
-    slides: Sequence[Path], out_dir: Path, manifest: dict[str, Any], key: str, overwrite: bool
+    slides: Sequence[Path], out_dir: Path, manifest: Manifest, key: str, overwrite: bool
 ) -> tuple[dict[str, SlideOutcome], list[WorkItem], list[str]]:
     """Split slides into finished ones (skipped outcomes) and work items; also every id in order."""
     skipped: dict[str, SlideOutcome] = {}
@@ -219,8 +219,8 @@ def run_ray_batch(
         # before the cluster is touched, and gives the resume key.
         settings = spec.build(device="cpu").settings()
         key = settings_key(settings)
-        manifest = read_manifest(out_dir)
-        manifest.update({"micromet_version": __version__, "settings": settings, "settings_key": key})
+        manifest = read_or_start_manifest(out_dir)
+        start_run(manifest, settings, key)
         skipped, items, order = plan_work(slides, out_dir, manifest, key, overwrite)
         outcomes = dict(skipped)
         for outcome in skipped.values():
@@ -245,7 +245,7 @@ def _run_on_cluster(
     spec: ContextSpec,
     options: RayOptions,
     key: str,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     worker_class: type[SlideWorker],
 ) -> Generator[SlideOutcome, None, None]:
     if not items:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.batch.distributed_worker import WorkItem, WorkResult
+from pipeline.batch.folder import partial_folder
 from pipeline.errors import MicrometError
 
 # Records keep the name of the module users run, ``pipeline.batch.distributed``.
@@ -123,7 +124,7 @@ class ActorPool:
 
 def lost_worker_result(item: WorkItem, attempts: int, exc: BaseException, out_dir: Path) -> WorkResult:
     """A failure record for a slide whose worker died on every attempt; removes its staging."""
-    shutil.rmtree(out_dir / f".{item.slide_id}.partial", ignore_errors=True)
+    shutil.rmtree(partial_folder(out_dir, item.slide_id), ignore_errors=True)
     summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     message = (
         f"{item.path}: the worker died {attempts} times while analysing this slide "

@@ -28,23 +28,25 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.errors import MicrometError, OutputError, SlideOpenError
-from pipeline.outputs import (
-    SLIDE_SUFFIXES,
-    atomic_write_json,
-    check_writable_folder,
+from pipeline.batch.folder import (
+    LOCK_FILE,
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_SKIPPED,
+    Manifest,
+    ManifestEntry,
+    partial_folder,
+    read_or_start_manifest,
+    report_path,
     slide_folder,
-    unique_slide_ids,
+    write_manifest,
 )
+from pipeline.errors import MicrometError, OutputError, SlideOpenError
+from pipeline.outputs import SLIDE_SUFFIXES, check_writable_folder, unique_slide_ids
 from pipeline.review.reviews import keep_superseded_review
 from pipeline.slides.slide import is_dicom_folder
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-REPORT = "report.json"
-STATUS_DONE = "done"
-STATUS_FAILED = "failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,27 +148,14 @@ def settings_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    """The batch manifest, or an empty one; raises OutputError if it is unreadable."""
-    path = out_dir / MANIFEST
-    if not path.exists():
-        return {"micromet_version": __version__, "slides": {}}
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OutputError(f"{path}: manifest is unreadable ({exc}); move it away or use a new --out") from exc
-    manifest.setdefault("slides", {})
-    return manifest
-
-
-def is_done(manifest: dict[str, Any], out_dir: Path, slide_id: str, path: Path, key: str) -> bool:
+def is_done(manifest: Manifest, out_dir: Path, slide_id: str, path: Path, key: str) -> bool:
     """True if the slide finished earlier with the same settings and its report exists."""
-    entry = manifest["slides"].get(slide_id)
-    if not entry or entry.get("status") != STATUS_DONE or entry.get("settings_key") != key:
+    entry = manifest.slides.get(slide_id)
+    if entry is None or not entry.done or entry.settings_key != key:
         return False
-    if entry.get("path") != str(path):
+    if entry.path != str(path):
         return False
-    return (slide_folder(out_dir, slide_id, entry) / REPORT).is_file()
+    return report_path(out_dir, slide_id, entry).is_file()
 
 
 def _replace_folder(staging: Path, final: Path) -> None:
@@ -249,9 +238,6 @@ def watch_interrupts() -> Iterator[InterruptWatch]:
         sys.unraisablehook = previous_hook
 
 
-LOCK_FILE = ".micromet.lock"
-
-
 @contextlib.contextmanager
 def lock_batch_folder(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the batch folder while a run writes into it.
@@ -295,7 +281,7 @@ def run_slide_safely(
     analyze: SlideFunction, path: Path, slide_id: str, out_dir: Path
 ) -> tuple[dict[str, Any] | None, str | None]:
     """Run ``analyze`` into a staging folder; returns (report, None) or (None, error)."""
-    staging = out_dir / f".{slide_id}.partial"
+    staging = partial_folder(out_dir, slide_id)
     try:
         remove_path(staging)
         staging.mkdir(parents=True)
@@ -314,7 +300,7 @@ def run_slide_safely(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _replace_folder(staging, out_dir / slide_id)
+    _replace_folder(staging, slide_folder(out_dir, slide_id))
     return report, None
 
 
@@ -346,9 +332,9 @@ def _run_locked(
     overwrite: bool,
     on_slide_done: Callable[[SlideOutcome], None] | None,
 ) -> list[SlideOutcome]:
-    manifest = read_manifest(out_dir)
+    manifest = read_or_start_manifest(out_dir)
     key = settings_key(settings)
-    manifest.update({"micromet_version": __version__, "settings": settings, "settings_key": key})
+    start_run(manifest, settings, key)
     outcomes: list[SlideOutcome] = []
     with watch_interrupts() as interrupts:
         for path, slide_id in unique_slide_ids(slides).items():
@@ -368,14 +354,22 @@ def _run_locked(
     return outcomes
 
 
-def skipped_outcome(manifest: dict[str, Any], slide_id: str, path: Path) -> SlideOutcome:
+def start_run(manifest: Manifest, settings: dict[str, Any], key: str) -> None:
+    """Record this run's version, settings and their key in the manifest (written with the
+    first slide's entry)."""
+    manifest.micromet_version = __version__
+    manifest.settings = settings
+    manifest.settings_key = key
+
+
+def skipped_outcome(manifest: Manifest, slide_id: str, path: Path) -> SlideOutcome:
     """The outcome of a slide finished earlier, from its manifest entry."""
-    entry = manifest["slides"][slide_id]
-    return SlideOutcome(slide_id, str(path), "skipped", None, entry.get("category"), entry.get("score"))
+    entry = manifest.slides[slide_id]
+    return SlideOutcome(slide_id, str(path), STATUS_SKIPPED, None, entry.category, entry.score)
 
 
 def record_outcome(
-    manifest: dict[str, Any],
+    manifest: Manifest,
     out_dir: Path,
     path: Path,
     slide_id: str,
@@ -387,25 +381,26 @@ def record_outcome(
 ) -> SlideOutcome:
     """Write one slide's manifest entry (done with its report, or failed with its error) and
     return its outcome. ``extra`` adds fields to the entry (e.g. Ray attempts and node)."""
-    entry: dict[str, Any] = {
-        "path": str(path),
-        "output_dir": slide_id,
-        "settings_key": key,
-        "seconds": seconds,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **(extra or {}),
-    }
-    if report is None:
-        entry.update(status=STATUS_FAILED, error=error)
+    done = report is not None
+    category = report.get("category") if report is not None else None
+    score = report.get("score") if report is not None else None
+    entry = ManifestEntry(
+        path=str(path),
+        status=STATUS_DONE if done else STATUS_FAILED,
+        output_dir=slide_id,
+        error=None if done else error,
+        settings_key=key,
+        category=category,
+        score=score,
+        seconds=seconds,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        extra=dict(extra or {}),
+    )
+    if done:
+        outcome = SlideOutcome(slide_id, str(path), STATUS_DONE, None, category, score, seconds)
+    else:
         log.info("%s failed: %s", slide_id, error)
         outcome = SlideOutcome(slide_id, str(path), STATUS_FAILED, error, seconds=seconds)
-    else:
-        entry.update(
-            status=STATUS_DONE, error=None, category=report.get("category"), score=report.get("score")
-        )
-        outcome = SlideOutcome(
-            slide_id, str(path), STATUS_DONE, None, report.get("category"), report.get("score"), seconds
-        )
-    manifest["slides"][slide_id] = entry
-    atomic_write_json(out_dir / MANIFEST, manifest)
+    manifest.slides[slide_id] = entry
+    write_manifest(out_dir, manifest)
     return outcome

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pipeline import __version__
 from pipeline.errors import MicrometError
 
+__all__ = ["COMMAND_MODULES", "build_parser", "main", "write_crash_log"]
+
 # Subcommand modules, in the order `micromet --help` lists them.
 COMMAND_MODULES = (
     "synth",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.models.device import PRECISIONS
 
 BENCH_SCRIPT = Path("scripts") / "bench.py"
 
@@ -60,7 +61,7 @@ BENCH_OPTIONS = (
     ),
     BenchOption(
         "--precision", "scoring precision for micromet and the compute limit (auto)", str, "auto",
-        ("auto", "fp32", "bf16", "fp16"),
+        PRECISIONS,
     ),
     BenchOption("--both-models", "measure the default model and an untrained resnet18 (224 px, 0.5 µm/px)"),
     BenchOption("--batch-size", "tiles per model batch, for every variant (64)", int, 64),

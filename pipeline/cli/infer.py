@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch.folder import MANIFEST_JSON, STATUS_FAILED, SUMMARY_CSV
 from pipeline.cli.values import mpp_float, plain_float
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, MicrometError
+from pipeline.models.device import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,7 +98,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--region-tiles", type=int, default=None, help="model tiles per side of one slide read"
     )
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None)
     parser.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     parser.add_argument(
         "--cascade",
@@ -215,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
                 slides, args.out, context, args.overwrite, progress.tile_callback, progress.slide_done
             )
     print_summary(outcomes, args.out)
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    return 1 if any(o.status == STATUS_FAILED for o in outcomes) else 0
 
 
 def _keep_patient_mapping(mapping_csv: Path, out_dir: Path) -> None:
@@ -227,44 +229,52 @@ def _keep_patient_mapping(mapping_csv: Path, out_dir: Path) -> None:
     write_patient_mapping(out_dir, mapping)
 
 
-def _read_report(out_dir: Path, slide_id: str) -> dict[str, Any]:
-    import json
+def _finished_reports(out_dir: Path, outcomes: Any) -> dict[str, dict[str, Any]]:
+    """Slide id -> report.json of every slide that did not fail, found through the manifest
+    (``pipeline.batch.folder``); a report that cannot be read is left out."""
+    from pipeline.batch.folder import read_manifest, read_report_or_none, report_path
 
     try:
-        report = json.loads((out_dir / slide_id / "report.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return report if isinstance(report, dict) else {}
+        entries = read_manifest(out_dir).slides
+    except MicrometError:
+        entries = {}
+    reports: dict[str, dict[str, Any]] = {}
+    for o in outcomes:
+        if o.status != STATUS_FAILED:
+            report = read_report_or_none(report_path(out_dir, o.slide_id, entries.get(o.slide_id)))
+            if report is not None:
+                reports[o.slide_id] = report
+    return reports
 
 
-def _slide_qc(out_dir: Path, slide_id: str) -> dict[str, str] | None:
+def _slide_qc(report: dict[str, Any] | None) -> dict[str, str] | None:
     """A finished slide's QC verdict line and warning from its report.json, or None."""
     from pipeline.slides.qc import qc_line
 
-    qc = _read_report(out_dir, slide_id).get("qc")
+    qc = (report or {}).get("qc")
     if not isinstance(qc, dict):
         return None
     return {"line": qc_line(qc), "warning": str(qc.get("warning") or "")}
 
 
-def _model_warnings(out_dir: Path, outcomes: Any) -> list[str]:
+def _model_warnings(reports: dict[str, dict[str, Any]]) -> list[str]:
     """The distinct model warnings (near-chance or absent validation AUC) of finished slides."""
     warnings: dict[str, None] = {}
-    for o in outcomes:
-        if o.status != "failed":
-            model = _read_report(out_dir, o.slide_id).get("model")
-            if isinstance(model, dict) and model.get("warning"):
-                warnings.setdefault(f"{model.get('path', 'model')}: {model['warning']}", None)
+    for report in reports.values():
+        model = report.get("model")
+        if isinstance(model, dict) and model.get("warning"):
+            warnings.setdefault(f"{model.get('path', 'model')}: {model['warning']}", None)
     return list(warnings)
 
 
 def print_summary(outcomes: Any, out_dir: Path) -> None:
     """A readable table of every slide's outcome."""
+    reports = _finished_reports(out_dir, outcomes)
     rows = [("slide", "status", "category", "score", "seconds")]
     qc_lines: list[str] = []
     for o in outcomes:
         score = "" if o.score is None else f"{o.score:.3f}"
-        qc = _slide_qc(out_dir, o.slide_id) if o.status != "failed" else None
+        qc = _slide_qc(reports.get(o.slide_id))
         category = o.category or ""
         if qc is not None:
             qc_lines.append(f"{o.slide_id}: {qc['line']}")
@@ -278,7 +288,7 @@ def print_summary(outcomes: Any, out_dir: Path) -> None:
     for o in outcomes:
         if o.error:
             print(f"failed: {o.slide_id}: {o.error}", file=sys.stderr)
-    for warning in _model_warnings(out_dir, outcomes):
-        print(f"micromet infer: warning: {warning} (recorded in every report.json and summary.csv)",
+    for warning in _model_warnings(reports):
+        print(f"micromet infer: warning: {warning} (recorded in every report.json and {SUMMARY_CSV})",
               file=sys.stderr)
-    print(f"results: {out_dir}/summary.csv, manifest: {out_dir}/manifest.json")
+    print(f"results: {out_dir}/{SUMMARY_CSV}, manifest: {out_dir}/{MANIFEST_JSON}")

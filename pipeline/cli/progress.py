@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from pipeline.batch.folder import STATUS_FAILED
+
 # Plain-line mode reports a slide's tiles at these fractions.
 LINE_STEPS = (0.25, 0.5, 0.75)
 
@@ -118,7 +120,7 @@ class BatchProgress:
     def slide_done(self, outcome: Any) -> None:
         """Count a finished slide (``pipeline.batch.local.SlideOutcome``) and show it."""
         self._close_tiles()
-        if outcome.status == "failed":
+        if outcome.status == STATUS_FAILED:
             self.failed += 1
         else:  # done, or skipped: finished in an earlier run
             self.done += 1

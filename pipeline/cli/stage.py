@@ -16,16 +16,15 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
+from pipeline.batch.folder import read_manifest, read_report, report_category, report_path, report_warning
 from pipeline.config import StagingConfig, build_config, load_config_file
 from pipeline.errors import StagingError
-from pipeline.outputs import atomic_write_text, csv_safe_row, read_json_object, slide_folder
+from pipeline.outputs import atomic_write_text, csv_safe_row
 from pipeline.review.cartoon import NOT_MEANINGFUL, batch_cartoon_slides, cartoon_notice
 from pipeline.review.review_files import read_slide_review
 from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches
 from pipeline.staging import (
-    CATEGORY_ORDER,
     PATIENT_CSV_COLUMNS,
     UNSTAGEABLE,
     Category,
@@ -188,21 +187,6 @@ class BatchNodeCategories:
     reviewed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    return read_json_object(path, what, StagingError, "; re-run the batch")
-
-
-def _read_report_category(report: Path) -> Category:
-    value = _read_json_object(report, "slide report").get("category")
-    try:
-        return Category(str(value).lower())
-    except ValueError:
-        allowed = ", ".join(category.value for category in CATEGORY_ORDER)
-        raise StagingError(
-            f"{report}: top-level 'category' is {value!r}; expected one of {allowed}. Re-run the slide"
-        ) from None
-
-
 def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
     """Node categories of a batch folder: BATCH_DIR/manifest.json, then each done slide's
     ``<output_dir>/report.json`` top-level "category" (docs/architecture.md), replaced by the
@@ -213,39 +197,30 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
     Raises StagingError for a missing folder or manifest, unreadable JSON, or a report
     without a valid category.
     """
-    manifest_path = batch_dir / "manifest.json"
-    if not batch_dir.is_dir() or not manifest_path.is_file():
-        raise StagingError(
-            f"{manifest_path}: not found; pass a batch output folder (with manifest.json) "
-            f"to --batch, or a CSV 'slide,category' to --categories"
-        )
-    slides = _read_json_object(manifest_path, "batch manifest").get("slides")
-    if not isinstance(slides, dict):
-        raise StagingError(
-            f"{manifest_path}: expected a 'slides' object (slide id -> entry); re-run the batch"
-        )
+    manifest = read_manifest(
+        batch_dir, StagingError,
+        "pass a batch output folder (with manifest.json) to --batch, "
+        "or a CSV 'slide,category' to --categories",
+    )
     categories: dict[str, Category] = {}
     unavailable: dict[str, str] = {}
     qc_warnings: dict[str, str] = {}
     reviewed: dict[str, str] = {}
-    for slide_id, entry in slides.items():
-        entry = entry if isinstance(entry, dict) else {}
-        status = entry.get("status")
-        slide = slide_key(str(slide_id))
-        report = slide_folder(batch_dir, str(slide_id), entry) / "report.json"
-        if status != "done":
-            error = entry.get("error")
-            unavailable[slide] = f"status {status!r}" + (f": {error}" if error else "")
+    for slide_id, entry in manifest.slides.items():
+        slide = slide_key(slide_id)
+        report = report_path(batch_dir, slide_id, entry)
+        if not entry.done:
+            unavailable[slide] = entry.unavailable_reason()
         elif not report.is_file():
             unavailable[slide] = f"{report} is missing (incomplete output folder)"
         else:
-            categories[slide] = _read_report_category(report)
-            warning = _read_qc_warning(report)
+            report_data = read_report(report, StagingError)
+            categories[slide] = report_category(report_data, report, StagingError)
+            warning = report_warning(report_data, "qc")
             if warning:
                 qc_warnings[slide] = warning
             review = read_slide_review(report.parent)
             if review is not None:
-                report_data = _read_json_object(report, "slide report")
                 check_review_matches(review, report_data, report.parent / REVIEW_GEOJSON)
             if review is not None and review.complete:
                 reviewed[slide] = (
@@ -254,12 +229,6 @@ def read_batch_node_categories(batch_dir: Path) -> BatchNodeCategories:
                 )
                 categories[slide] = Category(review.reviewed_category)
     return BatchNodeCategories(categories, unavailable, qc_warnings, reviewed)
-
-
-def _read_qc_warning(report: Path) -> str:
-    qc = _read_json_object(report, "slide report").get("qc")
-    warning = qc.get("warning") if isinstance(qc, dict) else None
-    return warning if isinstance(warning, str) else ""
 
 
 def write_patient_csv(path: Path, rows: Sequence[PatientRow]) -> None:

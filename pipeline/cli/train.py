@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.values import mpp_float, plain_float, seed_int
+from pipeline.models.device import PRECISIONS
 
 # Flag destination -> (TOML section, key).
 FLAG_KEYS: dict[str, tuple[str, str]] = {
@@ -137,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--workers", dest="num_workers", type=int, default=None, metavar="N",
                       help="DataLoader reader processes (0: read in the main process)")
     loop.add_argument("--device", default=None, help="auto, cpu, cuda[:N] or mps")
-    loop.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    loop.add_argument("--precision", choices=PRECISIONS, default=None)
     loop.add_argument("--seed", type=seed_int, default=None)
     loop.add_argument("--deterministic", action="store_true", default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")

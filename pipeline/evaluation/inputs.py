@@ -1,8 +1,8 @@
 """Evaluation: reads batch outputs and ground-truth files, produces the metric inputs.
 
-Batch side (docs/architecture.md): ``manifest.json``, and per finished slide
-``<output_dir>/report.json`` (category, score, slide size and mpp, deposits) and
-``detections.csv`` (confidence, X, Y in level-0 px).
+Batch side (docs/batch_folder.md, read through ``pipeline.batch.folder``): ``manifest.json``,
+and per finished slide ``<output_dir>/report.json`` (category, score, slide size and mpp,
+deposits) and ``detections.csv`` (confidence, X, Y in level-0 px).
 Ground-truth side: a folder of per-slide files named after the slide id
 (``<id>.truth.json`` from the synthetic generator, or ``<id>.xml`` / ``.geojson`` / ``.json``
 outlines), a CAMELYON16 reference CSV (which slides are tumor or normal), and a
@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch.folder import REPORT_JSON, read_manifest, read_report, report_deposits, report_path
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.froc import Detection, SlideTruth
 from pipeline.evaluation.sizes import PredictedDeposit, TrueDeposit
-from pipeline.outputs import read_json_object, slide_folder
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,6 @@ class SlideReference:
     source: str
 
 
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    return read_json_object(path, what, EvaluationError, "")
-
-
 def _float(value: Any, path: Path, field: str) -> float:
     try:
         number = float(value)
@@ -98,18 +94,6 @@ def _slide_facts(report: Mapping[str, Any], path: Path) -> tuple[float, tuple[in
         raise EvaluationError(f"{path}: no slide dimensions [width, height]; re-run the slide")
     width, height = (int(_float(v, path, "dimensions")) for v in dims)
     return _float(mpp, path, "mpp"), (width, height)
-
-
-def _predicted_deposit(raw: Any, path: Path, index: int) -> PredictedDeposit:
-    if not isinstance(raw, dict):
-        raise EvaluationError(f"{path}: deposits[{index}] is not an object")
-    return PredictedDeposit(
-        centroid_x_px=_float(raw.get("centroid_x_px"), path, f"deposits[{index}].centroid_x_px"),
-        centroid_y_px=_float(raw.get("centroid_y_px"), path, f"deposits[{index}].centroid_y_px"),
-        max_diameter_mm=_float(raw.get("max_diameter_mm"), path,
-                               f"deposits[{index}].max_diameter_mm"),
-        category=str(raw.get("category")),
-    )
 
 
 def _column(header: list[str], names: tuple[str, ...], path: Path) -> int:
@@ -163,12 +147,10 @@ def read_slide_prediction(slide_id: str, folder: Path) -> SlidePrediction:
 
     Raises EvaluationError for a missing or malformed report or detections file.
     """
-    report_path = folder / "report.json"
-    report = _read_json_object(report_path, "slide report")
-    mpp, size = _slide_facts(report, report_path)
-    raw_deposits = report.get("deposits", [])
-    if not isinstance(raw_deposits, list):
-        raise EvaluationError(f"{report_path}: 'deposits' is not a list; re-run the slide")
+    path = folder / REPORT_JSON
+    report = read_report(path, EvaluationError, "")
+    mpp, size = _slide_facts(report, path)
+    deposits = report_deposits(report, path, "deposits", EvaluationError)
     detections_path = folder / "detections.csv"
     detections = None
     if detections_path.is_file():
@@ -176,10 +158,13 @@ def read_slide_prediction(slide_id: str, folder: Path) -> SlidePrediction:
     return SlidePrediction(
         slide_id=slide_id,
         category=str(report.get("category")),
-        score=_float(report.get("score"), report_path, "score"),
+        score=_float(report.get("score"), path, "score"),
         mpp=mpp,
         size_wh_px=size,
-        deposits=tuple(_predicted_deposit(d, report_path, i) for i, d in enumerate(raw_deposits)),
+        deposits=tuple(
+            PredictedDeposit(d.centroid_x_px, d.centroid_y_px, d.max_diameter_mm, str(d.category))
+            for d in deposits
+        ),
         detections=detections,
     )
 
@@ -189,27 +174,19 @@ def read_batch(batch_dir: Path) -> BatchPredictions:
 
     Raises EvaluationError for a missing folder or manifest, or a malformed report.
     """
-    manifest_path = batch_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise EvaluationError(
-            f"{manifest_path}: not found; pass the output folder of 'micromet infer' (it holds "
-            "manifest.json)"
-        )
-    slides = _read_json_object(manifest_path, "batch manifest").get("slides")
-    if not isinstance(slides, dict):
-        raise EvaluationError(f"{manifest_path}: expected a 'slides' object (slide id -> entry)")
+    manifest = read_manifest(
+        batch_dir, EvaluationError, "pass the output folder of 'micromet infer' (it holds manifest.json)"
+    )
     done: dict[str, SlidePrediction] = {}
     unavailable: dict[str, str] = {}
-    for slide_id, entry in sorted(slides.items()):
-        entry = entry if isinstance(entry, dict) else {}
-        folder = slide_folder(batch_dir, slide_id, entry)
-        if entry.get("status") != "done":
-            error = entry.get("error")
-            unavailable[slide_id] = f"status {entry.get('status')!r}" + (f": {error}" if error else "")
-        elif not (folder / "report.json").is_file():
-            unavailable[slide_id] = f"{folder / 'report.json'} is missing"
+    for slide_id, entry in sorted(manifest.slides.items()):
+        report = report_path(batch_dir, slide_id, entry)
+        if not entry.done:
+            unavailable[slide_id] = entry.unavailable_reason()
+        elif not report.is_file():
+            unavailable[slide_id] = f"{report} is missing"
         else:
-            done[slide_id] = read_slide_prediction(slide_id, folder)
+            done[slide_id] = read_slide_prediction(slide_id, report.parent)
     return BatchPredictions(done, unavailable)
 
 

@@ -15,14 +15,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch.folder import read_manifest, slide_folder
 from pipeline.errors import EvaluationError
-from pipeline.outputs import (
-    atomic_write_json,
-    atomic_write_text,
-    csv_safe_dict,
-    read_json_object,
-    slide_folder,
-)
+from pipeline.outputs import atomic_write_json, atomic_write_text, csv_safe_dict
 from pipeline.review.review_files import read_slide_review
 from pipeline.review.reviews import SlideReview, review_counts
 
@@ -110,14 +105,12 @@ def score_reviews(batch_dir: Path) -> ReviewScore:
     Raises EvaluationError when the batch has no review at all, ReviewError naming an
     unreadable review file, OutputError for a bad manifest.
     """
-    manifest = read_json_object(Path(batch_dir) / "manifest.json", "batch manifest")
-    slides = manifest.get("slides")
+    manifest = read_manifest(Path(batch_dir))
     scores = []
-    for slide_id, entry in slides.items() if isinstance(slides, dict) else ():
-        entry = entry if isinstance(entry, dict) else {}
-        if entry.get("status") != "done":
+    for slide_id, entry in manifest.slides.items():
+        if not entry.done:
             continue
-        review = read_slide_review(slide_folder(Path(batch_dir), str(slide_id), entry))
+        review = read_slide_review(slide_folder(Path(batch_dir), slide_id, entry))
         if review is not None:
             scores.append(_slide_score(review))
     if not scores:

@@ -1,20 +1,27 @@
 """Models stage: picks the torch device and autocast precision for scoring and training.
 
 Reads the requested device/precision strings (from ``InferenceConfig``); produces a
-``torch.device`` and the autocast dtype (or None for full fp32).
+``torch.device`` and the autocast dtype (or None for full fp32). The precision names are
+defined here only; importing this module does not import torch (its functions do), so the
+settings and the command line read them without it.
 """
 
 from __future__ import annotations
 
 import logging
-
-import torch
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pipeline.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# "auto": what suits the device (``autocast_dtype``, ``scoring_autocast_dtype``); "fp32": no
+# autocast; "bf16", "fp16": autocast to that dtype.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 # Scoring under bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX) was 1.6-2.3x
 # faster than fp32 and moved real-tile probabilities by at most 0.012 (1,371 real tiles,
 # docs/benchmarks.md, scripts/bench_runtimes.py): only a tile that close to a threshold can
@@ -27,11 +34,15 @@ class DeviceUnavailableError(ConfigError):
 
 
 def _mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
 
 def _cuda_device(requested: str) -> torch.device:
+    import torch
+
     if not torch.cuda.is_available():
         raise DeviceUnavailableError(
             f"device={requested!r} was requested but CUDA is not available "
@@ -54,6 +65,8 @@ def choose_device(requested: str) -> torch.device:
     "auto" picks CUDA, then Apple MPS, then CPU. Raises DeviceUnavailableError (a ConfigError)
     when an explicit accelerator is missing, ConfigError for an unknown device string.
     """
+    import torch
+
     name = requested.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -79,6 +92,8 @@ def choose_device(requested: str) -> torch.device:
 
 
 def _cuda_bf16_supported() -> bool:
+    import torch
+
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
@@ -89,6 +104,8 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     "fp32": None. "bf16"/"fp16": that dtype, where the device supports it.
     Raises ConfigError for an unknown precision or one the device cannot run.
     """
+    import torch
+
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r} is not allowed; use {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -112,6 +129,8 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 def native_cpu_bf16() -> bool:
     """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles)."""
+    import torch
+
     cpu = torch.cpu
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
@@ -123,6 +142,8 @@ def scoring_autocast_dtype(device: torch.device, precision: str) -> torch.dtype 
     Like ``autocast_dtype``, except that "auto" on a CPU with native bf16 gives bf16: its
     probabilities stay within ``SCORING_BF16_TOLERANCE`` of fp32 (measured, see above).
     """
+    import torch
+
     if precision == "auto" and device.type == "cpu":
         return torch.bfloat16 if native_cpu_bf16() else None
     return autocast_dtype(device, precision)
@@ -130,4 +151,6 @@ def scoring_autocast_dtype(device: torch.device, precision: str) -> torch.dtype 
 
 def precision_name(dtype: torch.dtype | None) -> str:
     """"fp32", "bf16" or "fp16": the name of an autocast dtype (None: plain fp32)."""
+    import torch
+
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype else "fp32"

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.batch.folder import SUMMARY_CSV, Manifest, ManifestEntry, read_report_or_none, report_path
 from pipeline.errors import ReviewError
-from pipeline.outputs import atomic_write_text, csv_safe_dict, slide_folder
+from pipeline.outputs import atomic_write_text, csv_safe_dict
 from pipeline.review.review_files import read_slide_review
 from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches, report_candidates
 from pipeline.staging import DEFAULT_CELL_RULE
@@ -23,7 +23,6 @@ RESEARCH_USE_NOTICE = (
     "Research use only. Not a medical device and not validated for diagnosis: "
     "every result needs review by a pathologist."
 )
-SUMMARY_CSV = "summary.csv"
 SUMMARY_COLUMNS = (
     "slide_id",
     "status",
@@ -123,15 +122,15 @@ def review_reasons(deposits: Sequence[dict[str, Any]]) -> list[str]:
     return [f"deposit {d.get('id', '?')}: {d['review']}" for d in deposits if d.get("review")]
 
 
-def summary_row(slide_id: str, entry: dict[str, Any], report: dict[str, Any] | None) -> dict[str, Any]:
+def summary_row(slide_id: str, entry: ManifestEntry, report: dict[str, Any] | None) -> dict[str, Any]:
     """One ``summary.csv`` row from a manifest entry and (for finished slides) its report."""
     row: dict[str, Any] = {column: "" for column in SUMMARY_COLUMNS}
     row.update(
         slide_id=slide_id,
-        status=entry.get("status", ""),
-        path=entry.get("path", ""),
-        error=entry.get("error") or "",
-        seconds=entry.get("seconds", ""),
+        status=entry.status or "",
+        path=entry.path or "",
+        error=entry.error or "",
+        seconds="" if entry.seconds is None else entry.seconds,
     )
     if report is not None:
         categories = [d["category"] for d in report.get("deposits", [])]
@@ -181,19 +180,17 @@ def with_review(row: dict[str, Any], folder: Path, report: dict[str, Any]) -> di
     }
 
 
-def write_summary_csv(out_dir: Path, manifest: dict[str, Any]) -> Path:
+def write_summary_csv(out_dir: Path, manifest: Manifest) -> Path:
     """Rebuild ``summary.csv`` from the manifest and the finished slides' reports."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
     writer.writeheader()
-    for slide_id, entry in sorted(manifest.get("slides", {}).items()):
-        report = None
-        report_path = slide_folder(out_dir, slide_id, entry) / "report.json"
-        if entry.get("status") == "done" and report_path.is_file():
-            report = json.loads(report_path.read_text())
+    for slide_id, entry in sorted(manifest.slides.items()):
+        path = report_path(out_dir, slide_id, entry)
+        report = read_report_or_none(path) if entry.done else None
         row = summary_row(slide_id, entry, report)
         if report is not None:
-            row = with_review(row, slide_folder(out_dir, slide_id, entry), report)
+            row = with_review(row, path.parent, report)
         writer.writerow(csv_safe_dict(row))
     path = out_dir / SUMMARY_CSV
     atomic_write_text(path, buffer.getvalue())

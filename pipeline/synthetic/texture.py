@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.config import CAMELYON_LEVEL0_MPP, SHARED_DATA_DIR
 from pipeline.errors import ConfigError
 from pipeline.slides.annotations import polygon_mask
 from pipeline.synthetic.render import _coarse_stroma, _edge_stain
@@ -38,7 +39,7 @@ from pipeline.synthetic.scene import (
 )
 
 # The reference data folder beside the repository (``../shared/data``).
-DEFAULT_TEXTURE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DEFAULT_TEXTURE_DIR = SHARED_DATA_DIR
 # The demo texture pack inside the repository (a few MB of the same files, data/README.md),
 # used when the reference data folder is not there (a fresh clone).
 BUNDLED_TEXTURE_DIR = Path(__file__).resolve().parents[2] / "data" / "textures"
@@ -47,7 +48,6 @@ BUNDLED_TEXTURE_DIR = Path(__file__).resolve().parents[2] / "data" / "textures"
 def default_texture_dir() -> Path:
     """The reference data folder when it exists, else the repository's demo texture pack."""
     return DEFAULT_TEXTURE_DIR if DEFAULT_TEXTURE_DIR.is_dir() else BUNDLED_TEXTURE_DIR
-SOURCE_MPP = 0.243  # level 0 of the CAMELYON16/17 material
 # Background tiles: path under the texture folder, columns used (fractions of the width), and
 # the CAMELYON17 label of the node the tile comes from. The default model trained on the left
 # half of centre_3's tile, so only its right half is used. Only the negative node's tile is
@@ -66,7 +66,7 @@ BUNDLED_BACKGROUND_TILES = {
 }
 # Which background tiles a slide may take: "any" of them, or the "negative-node" tile only.
 TEXTURE_BACKGROUNDS = ("any", "negative-node")
-TUMOR_PATCHES = "camelyon16_patches/tumor"  # 256 px RGBA PNGs at SOURCE_MPP
+TUMOR_PATCHES = "camelyon16_patches/tumor"  # 256 px RGBA PNGs at CAMELYON_LEVEL0_MPP
 BUNDLED_TUMOR_PATCHES = "camelyon16_crops/tumor"  # the pack's 252 px crops of some of them
 MIN_TUMOR_PATCHES = 4
 BACKGROUND_CELL_UM = 180.0  # core side of a background mosaic cell (a tile is ~500 µm)
@@ -166,7 +166,7 @@ def load_textures(folder: Path, mpp: float, background: str = "any") -> TextureL
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the texture tile ({exc})") from exc
         columns = slice(round(start * rgb.shape[1]), round(stop * rgb.shape[1]))
-        tiles.append(_resample(np.ascontiguousarray(rgb[:, columns]), SOURCE_MPP, mpp))
+        tiles.append(_resample(np.ascontiguousarray(rgb[:, columns]), CAMELYON_LEVEL0_MPP, mpp))
         names.append(relative if (start, stop) == (0.0, 1.0) else f"{relative} (columns {start:g}-{stop:g})")
     tumor_dir, tumor_paths = _tumor_patch_paths(folder)
     if len(tumor_paths) < MIN_TUMOR_PATCHES:
@@ -174,7 +174,7 @@ def load_textures(folder: Path, mpp: float, background: str = "any") -> TextureL
     tumor = []
     for path in tumor_paths:
         try:
-            tumor.append(_resample(_read_rgb(path), SOURCE_MPP, mpp))
+            tumor.append(_resample(_read_rgb(path), CAMELYON_LEVEL0_MPP, mpp))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the tumor patch ({exc})") from exc
     return TextureLibrary(

@@ -100,18 +100,15 @@ def predict(
 
 
 def roc_auc(probabilities: NDArray[np.float32], labels: NDArray[np.int64]) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied scores counted half); NaN with one
-    class. Plain numpy: importing scikit-learn costs seconds."""
-    labels = np.asarray(labels).reshape(-1)
+    """Area under the ROC curve of patch probabilities (``pipeline.evaluation.slide_auc.rank_auc``,
+    ties counted half); NaN with one class, as a validation split may have."""
+    from pipeline.evaluation.slide_auc import rank_auc
+
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
     n_pos = int((labels == 1).sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_pos == len(labels):
         return math.nan
-    _, inverse, counts = np.unique(probabilities, return_inverse=True, return_counts=True)
-    first_rank = np.cumsum(counts) - counts + 1
-    ranks = (first_rank + (counts - 1) / 2.0)[inverse.reshape(-1)]
-    rank_sum = float(ranks[labels == 1].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return float(rank_auc(labels, np.asarray(probabilities).reshape(-1))[0])
 
 
 def binary_metrics(

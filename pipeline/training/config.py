@@ -21,6 +21,7 @@ from pipeline.config import (
 )
 from pipeline.errors import ConfigError
 from pipeline.models.architectures import check_architecture
+from pipeline.models.device import PRECISIONS, Precision
 from pipeline.slides.stain import check_stain_normalization
 from pipeline.training.augment import AugmentConfig
 from pipeline.training.sampling import SampleConfig
@@ -56,7 +57,7 @@ class TrainConfig:
     warmup_fraction: float = 0.02
     num_workers: int = 2
     device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     seed: int = 0
     deterministic: bool = False
     max_steps: int | None = None
@@ -86,7 +87,7 @@ class TrainConfig:
         for name, allowed in (
             ("optimizer", ("adamw", "sgd")),
             ("scheduler", ("cosine", "onecycle")),
-            ("precision", ("auto", "fp32", "bf16", "fp16")),
+            ("precision", PRECISIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")

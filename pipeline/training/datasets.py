@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
+from pipeline.config import PCAM_MPP
 from pipeline.errors import ConfigError, MicrometError
 from pipeline.slides.slide import Slide, open_slide, resize_rgb, rgba_to_rgb
 from pipeline.slides.stain import normalize_stain
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 CLASS_FOLDERS = {"normal": 0, "tumor": 1}
-# PatchCamelyon: 96 px patches from CAMELYON16 level 2 (0.243 µm/px x 4).
-PCAM_MPP = 0.972
 PCAM_SPLITS = ("train", "valid", "test")
 
 TileItem = tuple[torch.Tensor, int]

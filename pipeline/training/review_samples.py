@@ -21,8 +21,15 @@ from typing import Any
 import numpy as np
 import shapely
 
+from pipeline.batch.folder import (
+    REPORT_JSON,
+    ManifestEntry,
+    manifest_path,
+    read_manifest,
+    read_report,
+    slide_folder,
+)
 from pipeline.errors import ConfigError
-from pipeline.outputs import read_json_object, slide_folder
 from pipeline.review.review_files import read_slide_review
 from pipeline.review.reviews import (
     ADDED,
@@ -57,10 +64,10 @@ class ReviewedSlide:
         )
 
 
-def _slide_path(batch_dir: Path, slide_id: str, entry: dict[str, Any]) -> Path:
-    raw = entry.get("path")
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"{batch_dir}/manifest.json: slide {slide_id!r} records no slide file")
+def _slide_path(batch_dir: Path, slide_id: str, entry: ManifestEntry) -> Path:
+    raw = entry.path
+    if not raw:
+        raise ConfigError(f"{manifest_path(batch_dir)}: slide {slide_id!r} records no slide file")
     path = Path(raw) if Path(raw).is_absolute() else batch_dir / raw
     if not path.is_file():
         raise ConfigError(
@@ -79,24 +86,17 @@ def find_reviewed_slides(batch_dirs: Sequence[Path]) -> list[ReviewedSlide]:
     """
     found: list[ReviewedSlide] = []
     for batch_dir in (Path(b) for b in batch_dirs):
-        manifest = read_json_object(
-            batch_dir / "manifest.json",
-            "batch manifest",
-            ConfigError,
-            "; pass a batch output folder to --reviews",
-        )
-        slides = manifest.get("slides")
+        manifest = read_manifest(batch_dir, ConfigError, "pass a batch output folder to --reviews")
         before = len(found)
-        for slide_id, entry in slides.items() if isinstance(slides, dict) else ():
-            entry = entry if isinstance(entry, dict) else {}
-            folder = slide_folder(batch_dir, str(slide_id), entry)
-            review = read_slide_review(folder) if entry.get("status") == "done" else None
+        for slide_id, entry in manifest.slides.items():
+            folder = slide_folder(batch_dir, slide_id, entry)
+            review = read_slide_review(folder) if entry.done else None
             if review is None or not review.complete:
                 continue
-            report = read_json_object(folder / "report.json", "slide report", ConfigError)
+            report = read_report(folder / REPORT_JSON, ConfigError, "")
             check_review_matches(review, report, folder / REVIEW_GEOJSON)
             digest = hashlib.sha256((folder / REVIEW_GEOJSON).read_bytes()).hexdigest()
-            path = _slide_path(batch_dir, str(slide_id), entry)
+            path = _slide_path(batch_dir, slide_id, entry)
             found.append(ReviewedSlide(batch_dir, path, review, digest))
         if len(found) == before:
             raise ConfigError(

@@ -10,22 +10,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch.folder import (
+    REPORT_JSON,
+    STATUS_DONE,
+    ManifestEntry,
+    manifest_path,
+    read_manifest,
+    read_report,
+)
 from pipeline.detection.heatmap import HEATMAP_ARRAY, HEATMAP_META, Heatmap, load_heatmap
 from pipeline.errors import HeatmapError, OutputError, ReviewError
-from pipeline.outputs import read_json_object
 from pipeline.review.report import deposit_size_text, review_reasons
 from pipeline.review.review_files import read_review
 from pipeline.review.reviews import REVIEW_GEOJSON, SlideReview, check_review_matches, report_candidates
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-REPORT = "report.json"
-STATUS_DONE = "done"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,26 +89,20 @@ def resolve_inside(root: Path, candidate: Path) -> Path | None:
     return resolved if resolved.is_relative_to(root) else None
 
 
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    return read_json_object(path, what, OutputError, "; re-run the batch")
-
-
-def _record_from_entry(root: Path, slide_id: str, entry: Mapping[str, Any]) -> SlideRecord:
-    raw_path = entry.get("path")
+def _record_from_entry(root: Path, slide_id: str, entry: ManifestEntry) -> SlideRecord:
     slide_path = None
-    if isinstance(raw_path, str) and raw_path:
-        slide_path = Path(raw_path) if Path(raw_path).is_absolute() else root / raw_path
-    raw_output = entry.get("output_dir") or slide_id
-    output_dir = resolve_inside(root, Path(str(raw_output)))
+    if entry.path:
+        slide_path = Path(entry.path) if Path(entry.path).is_absolute() else root / entry.path
+    raw_output = entry.output_dir or slide_id
+    output_dir = resolve_inside(root, Path(raw_output))
     problem = None
     if output_dir is None:
-        problem = f"output folder {str(raw_output)!r} is outside the batch folder; not shown"
+        problem = f"output folder {raw_output!r} is outside the batch folder; not shown"
         log.warning("%s: %s", slide_id, problem)
-    error = entry.get("error")
     return SlideRecord(
         slide_id=slide_id,
-        status=str(entry.get("status", "unknown")),
-        error=None if error is None else str(error),
+        status=entry.status if entry.status is not None else "unknown",
+        error=entry.error,
         slide_path=slide_path,
         output_dir=output_dir,
         problem=problem,
@@ -119,12 +115,8 @@ class BatchIndex:
 
     def __init__(self, batch_dir: Path) -> None:
         self.root = Path(batch_dir).resolve()
-        self.manifest_path = self.root / MANIFEST
-        if not self.root.is_dir() or not self.manifest_path.is_file():
-            raise OutputError(
-                f"{self.manifest_path}: not found; pass a batch output folder "
-                "(the --out of `micromet infer`, with manifest.json)"
-            )
+        self.manifest_path = manifest_path(self.root)
+        read_manifest(self.root)  # raises OutputError for a folder without a readable manifest
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._records: dict[str, SlideRecord] = {}
@@ -147,17 +139,9 @@ class BatchIndex:
             return dict(self._records)
 
     def _read_manifest(self) -> dict[str, SlideRecord]:
-        slides = _read_json_object(self.manifest_path, "batch manifest").get("slides")
-        if not isinstance(slides, dict):
-            raise OutputError(
-                f"{self.manifest_path}: expected a 'slides' object (slide id -> entry); re-run the batch"
-            )
-        return {
-            str(slide_id): _record_from_entry(
-                self.root, str(slide_id), entry if isinstance(entry, dict) else {}
-            )
-            for slide_id, entry in slides.items()
-        }
+        slides = read_manifest(self.root).slides
+        return {slide_id: _record_from_entry(self.root, slide_id, entry)
+                for slide_id, entry in slides.items()}
 
     def record(self, slide_id: str) -> SlideRecord | None:
         """The record of ``slide_id``, or None when the manifest does not list it."""
@@ -175,7 +159,7 @@ class BatchIndex:
 
         Raises OutputError when the file exists but is not a JSON object.
         """
-        path = self.output_file(record, REPORT)
+        path = self.output_file(record, REPORT_JSON)
         if path is None:
             return None
         stat = path.stat()
@@ -184,7 +168,7 @@ class BatchIndex:
             cached = self._reports.get(path)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-        report = _read_json_object(path, "slide report")
+        report = read_report(path)
         with self._lock:
             self._reports[path] = (stamp, report)
         return report

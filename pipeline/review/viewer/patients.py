@@ -16,10 +16,11 @@ import io
 import logging
 from pathlib import Path
 
+from pipeline.batch.folder import STATUS_DONE
 from pipeline.config import StagingConfig
 from pipeline.errors import StagingError
 from pipeline.outputs import atomic_write_text
-from pipeline.review.viewer.batch_index import STATUS_DONE, BatchIndex, SlideSummary
+from pipeline.review.viewer.batch_index import BatchIndex, SlideSummary
 from pipeline.staging import (
     Category,
     natural_key,

@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch.folder import STATUS_DONE, read_manifest
 from pipeline.errors import OutputError, ReviewError
-from pipeline.outputs import read_json_object
 from pipeline.review.report import write_summary_csv
 from pipeline.review.review_files import read_review, write_review
 from pipeline.review.review_import import import_review
@@ -27,7 +27,7 @@ from pipeline.review.reviews import (
     new_review,
     review_counts,
 )
-from pipeline.review.viewer.batch_index import STATUS_DONE, BatchIndex, SlideRecord
+from pipeline.review.viewer.batch_index import BatchIndex, SlideRecord
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def import_review_file(
 def _refresh_summary(index: BatchIndex) -> None:
     """Rewrite summary.csv so its categories follow the completed reviews."""
     try:
-        write_summary_csv(index.root, read_json_object(index.manifest_path, "batch manifest"))
+        write_summary_csv(index.root, read_manifest(index.root))
     except (OutputError, ReviewError) as exc:
         log.warning("summary.csv not refreshed: %s", exc)
 

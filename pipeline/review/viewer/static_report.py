@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 
 from pipeline import __version__
+from pipeline.batch.folder import STATUS_DONE
 from pipeline.config import StagingConfig
 from pipeline.errors import MicrometError, OutputError
 from pipeline.outputs import atomic_write_text
@@ -27,7 +28,6 @@ from pipeline.review.cartoon import cartoon_context
 from pipeline.review.colors import DEFAULT_HEATMAP_OPACITY
 from pipeline.review.reviews import report_candidates
 from pipeline.review.viewer.batch_index import (
-    STATUS_DONE,
     BatchIndex,
     SlideSummary,
     load_heatmap_or_none,
