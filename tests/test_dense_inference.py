@@ -328,7 +328,25 @@ def test_a_card_whose_stride_or_stain_normalisation_breaks_exactness_turns_dense
     assert dense_forward(small_model, card_for()) is not None
     assert dense_forward(small_model, dataclasses.replace(card_for(), stride_px=None)) is None
     assert dense_forward(small_model, dataclasses.replace(card_for(), stride_px=48)) is None  # not its stride
+    assert dense_forward(small_model, dataclasses.replace(card_for(), stride_px=16)) is None
     assert dense_forward(small_model, dataclasses.replace(card_for(), stain_normalization="macenko")) is None
+
+
+class TileOnlyDense96(Dense96):
+    """A Dense96 whose dense_logits fails on anything larger than a tile (a misdeclared model)."""
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > TILE_PX:
+            raise RuntimeError("Calculated padded input size per channel: (1 x 1). Kernel size: (3 x 3).")
+        return super().dense_logits(x)
+
+
+def test_a_model_whose_dense_logits_fails_on_regions_is_scored_tile_by_tile(synthetic_slide: Path) -> None:
+    model = TileOnlyDense96(channels=(8, 8, 16, 16, 16)).eval()
+    assert dense_forward(model, card_for()) is None
+    grid = plan_grid(synthetic_slide)
+    probabilities, stats = scores(synthetic_slide, grid, model, FP32)
+    assert stats.mode == "tiles" and np.isfinite(probabilities).all()
 
 
 # --- Read failures: as tile by tile ------------------------------------------------------------

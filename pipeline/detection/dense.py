@@ -73,23 +73,32 @@ def dense_forward(model: nn.Module, card: ModelCard) -> DenseForward | None:
         return None
     dense = DenseForward(model)
     tile_px, stride_px = card.tile_size_px, card.stride_px
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        one = dense(torch.zeros((1, 3, tile_px, tile_px), device=device)).shape[-2:]
-        grown = tile_px + 2 * stride_px
-        three = dense(torch.zeros((1, 3, grown, grown), device=device)).shape[-2:]
-    if tuple(one) != (1, 1) or tuple(three) != (3, 3):
+    grown = tile_px + 2 * stride_px
+    one, three = (_output_cells(dense, side_px) for side_px in (tile_px, grown))
+    if one != (1, 1) or three != (3, 3):
         log.info(
             "dense scoring off: dense_logits gives %s cells for a %d px tile and %s for %d px, "
-            "not 1 x 1 and 3 x 3 (its stride is not the card's %d px)",
-            tuple(one),
+            "not (1, 1) and (3, 3) (its stride is not the card's %d px)",
+            one,
             tile_px,
-            tuple(three),
+            three,
             grown,
             stride_px,
         )
         return None
     return dense
+
+
+def _output_cells(dense: DenseForward, side_px: int) -> tuple[int, ...] | None:
+    """(rows, cols) ``dense`` gives for a square of ``side_px`` zeros; None if it cannot run."""
+    parameter = next(dense.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    try:
+        with torch.inference_mode():
+            return tuple(dense(torch.zeros((1, 3, side_px, side_px), device=device)).shape[-2:])
+    except RuntimeError as exc:  # e.g. an input smaller than its kernels
+        log.info("dense scoring off: dense_logits fails on %d px: %s", side_px, exc)
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
