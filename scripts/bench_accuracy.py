@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.batch.folder import read_manifest, read_report, report_path
 from pipeline.config import CAMELYON_LEVEL0_MPP, SHARED_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     seconds = time.perf_counter() - started
     main(["evaluate", "--batch", str(batch), "--truth-dir", str(slide_dir), "--out", str(evaluation)])
     result = json.loads((evaluation / "evaluation.json").read_text())
-    manifest = json.loads((batch / "manifest.json").read_text())
+    manifest = read_manifest(batch)
     return {
         "evaluation": result,
         "seconds": seconds,
@@ -136,11 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "infer_exit": infer_code,
         "plan": plan_slides(args.seed),
         "model": next(
-            iter(
-                json.loads((batch / s / "report.json").read_text())["model"]
-                for s, e in manifest["slides"].items()
-                if e["status"] == "done"
-            )
+            iter(read_report(report_path(batch, s, e))["model"] for s, e in manifest.slides.items() if e.done)
         ),
     }
 

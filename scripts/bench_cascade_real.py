@@ -14,7 +14,6 @@ Usage: python scripts/bench_cascade_real.py [--per-size 8] [--seed 0]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.batch.folder import read_report, report_path  # noqa: E402
 from pipeline.cli import main as micromet  # noqa: E402
 from pipeline.config import CAMELYON_LEVEL0_MPP, SHARED_DATA_DIR  # noqa: E402
 from tests.conftest import write_pyramid_tiff  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = Path(tmp) / mode
             if micromet(["infer", str(slides), "--out", str(out), "--quiet", *extra]) != 0:
                 return 1
-            reports[mode] = {n: json.loads((out / n / "report.json").read_text()) for n in squares}
+            reports[mode] = {n: read_report(report_path(out, n)) for n in squares}
         rows = [
             "| pasted real tumor | slides | found, full scoring | found, cascade | lost by the cascade | "
             "tiles cascade scored |",

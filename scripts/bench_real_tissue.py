@@ -11,7 +11,6 @@ Usage: python scripts/bench_real_tissue.py [--model models/default.pt] [--stride
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.batch.folder import read_report, report_path  # noqa: E402
 from pipeline.cli import main as micromet  # noqa: E402
 from pipeline.config import SHARED_DATA_DIR  # noqa: E402
 from tests.real_slides import write_c17_slide, write_tumor_square_slide  # noqa: E402
@@ -44,7 +44,7 @@ def table(out: Path, truth_mm: float) -> str:
     rows = ["| slide | what it is | category | deposits: largest dimension mm (centre x, y px) |"]
     rows.append("| --- | --- | --- | --- |")
     for name, text in TRUTH.items():
-        report = json.loads((out / name / "report.json").read_text(encoding="utf-8"))
+        report = read_report(report_path(out, name))
         found = ", ".join(
             f"{d['max_diameter_mm']:.3f} ({d['centroid_x_px']:.0f}, {d['centroid_y_px']:.0f})"
             for d in report["deposits"]

@@ -15,6 +15,9 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch.folder import read_manifest
+from pipeline.errors import MicrometError
+
 CARTOON_TEXTURE = "cartoon"
 NOT_MEANINGFUL = "not meaningful"
 CARTOON_MARK = "not meaningful: cartoon slide"
@@ -46,17 +49,13 @@ def batch_cartoon_slides(batch_dir: Path) -> list[str]:
     sorted. Slide paths are taken as the manifest records them (relative ones from the batch
     folder). An unreadable manifest gives none: the readers of the results report it."""
     try:
-        manifest = json.loads((batch_dir / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    slides = manifest.get("slides") if isinstance(manifest, dict) else None
-    if not isinstance(slides, dict):
+        slides = read_manifest(batch_dir).slides
+    except MicrometError:
         return []
     found = []
     for slide_id, entry in slides.items():
-        path = entry.get("path") if isinstance(entry, dict) else None
-        if isinstance(path, str) and path and is_cartoon_slide(_from_batch(batch_dir, Path(path))):
-            found.append(str(slide_id))
+        if entry.path and is_cartoon_slide(_from_batch(batch_dir, Path(entry.path))):
+            found.append(slide_id)
     return sorted(found)
 
 
