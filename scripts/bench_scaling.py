@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.batch.folder import REPORT_JSON, read_report
+
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 if str(SCRIPTS) not in sys.path:
@@ -323,7 +325,7 @@ def run_infer(slide: Path, out_dir: Path, model: Path | None, timeout_s: float) 
         seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keeps Popen quiet
     folder = out_dir / slide.stem
-    if process.returncode != 0 or not (folder / "report.json").exists():
+    if process.returncode != 0 or not (folder / REPORT_JSON).exists():
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise RuntimeError(f"{slide}: micromet infer exited {process.returncode}; log {log_path}:\n"
                            + "\n".join(tail))
@@ -336,7 +338,7 @@ def run_infer(slide: Path, out_dir: Path, model: Path | None, timeout_s: float) 
 
 def report_facts(folder: Path) -> dict[str, Any]:
     """What the tables need from one slide's output folder."""
-    report = json.loads((folder / "report.json").read_text())
+    report = read_report(folder / REPORT_JSON)
     heatmap = np.load(folder / "heatmap.npy", mmap_mode="r")
     return {
         "dimensions": report["slide"]["dimensions"], "tissue_area_mm2": report["slide"]["tissue_area_mm2"],

@@ -13,7 +13,6 @@ Default slides: the real SVS files in ../shared/data/slides (if present).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
+from pipeline.batch.folder import STATUS_FAILED, Manifest, ManifestEntry, write_manifest
 from pipeline.config import SHARED_DATA_DIR
 from pipeline.review.viewer.app import create_app
 
@@ -71,9 +71,8 @@ def tile_urls(base: str, slide_id: str, dzi_xml: bytes, levels: int) -> list[str
 def bench_slide(path: Path, levels: int, max_tiles: int, rng: random.Random) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         batch = Path(folder)
-        manifest = {"slides": {"s": {"path": str(path.resolve()), "status": "failed",
-                                     "error": "benchmark", "output_dir": "s"}}}
-        (batch / "manifest.json").write_text(json.dumps(manifest))
+        entry = ManifestEntry(str(path.resolve()), STATUS_FAILED, output_dir="s", error="benchmark")
+        write_manifest(batch, Manifest(micromet_version="bench", slides={"s": entry}))
         server = make_server("127.0.0.1", 0, create_app(batch), threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
