@@ -150,7 +150,7 @@ def make_scorer(model_path: Path):  # type: ignore[no-untyped-def]
     std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def score_region(region: NDArray[np.uint8]) -> NDArray[np.float32]:
-        x = torch.from_numpy(region).permute(2, 0, 1)[None].float().div(255.0).sub(mean).div(std)
+        x = torch.from_numpy(np.array(region)).permute(2, 0, 1)[None].float().div(255.0).sub(mean).div(std)
         with torch.inference_mode():
             logits = dense(x.contiguous(memory_format=torch.channels_last))
         return torch.softmax(logits.float(), dim=1)[0, 1].numpy()

@@ -169,6 +169,7 @@ def itc_015_rows(tally: Tally) -> str:
 def summary(tally: Tally) -> dict[str, float]:
     itc = [t for t in tally.per_truth if ITC_BAND_MM[0] <= float(t["true_mm"]) <= ITC_BAND_MM[1]]  # type: ignore[arg-type]
     micro = [t for t in tally.per_truth if 0.2 < float(t["true_mm"]) <= 2.0]  # type: ignore[arg-type]
+    near_015 = [t for t in tally.per_truth if 0.14 <= float(t["true_mm"]) <= 0.16]  # type: ignore[arg-type]
     return {
         "negative_mm2": tally.negative_mm2,
         "false_deposits": tally.false_deposits,
@@ -180,6 +181,8 @@ def summary(tally: Tally) -> dict[str, float]:
         "itc_n": len(itc),
         "micro_sensitivity": sum(bool(t["found"]) for t in micro) / max(len(micro), 1),
         "micro_n": len(micro),
+        "itc_015_n": len(near_015),
+        "itc_015_as_itc": sum(t["category"] == "itc" for t in near_015),
     }
 
 
