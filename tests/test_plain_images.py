@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipeline.batch.local import collect_slides
 from pipeline.cli import main
+from pipeline.config import CAMELYON_LEVEL0_MPP
 from pipeline.errors import MissingMppError, MppMismatchError, SlideOpenError
 from pipeline.slides import computed_levels, plain_images
 from pipeline.slides.computed_levels import ComputedLevels, computed_level_factors
@@ -222,10 +223,10 @@ def test_a_mixed_folder_lists_what_it_skipped_and_why(
 @pytest.mark.shared_data
 def test_info_reads_a_real_camelyon17_jpeg_tile_with_mpp(capsys: pytest.CaptureFixture[str]) -> None:
     tile = require_shared_data("camelyon17_tiles/centre_1_patient_024_node_2.jpeg")
-    assert main(["info", "--json", "--qc", "--mpp", "0.243", str(tile)]) == 0
+    assert main(["info", "--json", "--qc", "--mpp", str(CAMELYON_LEVEL0_MPP), str(tile)]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["vendor"] == "plain-jpeg" and facts["dimensions"] == [2048, 2048]
-    assert facts["mpp"] == 0.243 and facts["metadata_mpp"] is None
+    assert facts["mpp"] == CAMELYON_LEVEL0_MPP and facts["metadata_mpp"] is None
     assert facts["qc"]["passed"] and facts["tissue_fraction"] > 0.5
     assert main(["info", str(tile)]) == 1
     assert "--mpp" in capsys.readouterr().err
@@ -239,7 +240,8 @@ def test_a_real_camelyon17_jpeg_runs_through_infer_and_the_viewer(tmp_path: Path
 
     tile = require_shared_data("camelyon17_tiles/centre_1_patient_024_node_2.jpeg")
     out = tmp_path / "batch"
-    argv = ["infer", str(tile), "--mpp", "0.243", "--out", str(out), "--device", "cpu", "--workers", "0"]
+    mpp = str(CAMELYON_LEVEL0_MPP)
+    argv = ["infer", str(tile), "--mpp", mpp, "--out", str(out), "--device", "cpu", "--workers", "0"]
     assert main([*argv, "--no-cells", "--quiet"]) == 0
     slide_id = "centre_1_patient_024_node_2"
     report = json.loads((out / slide_id / "report.json").read_text())
