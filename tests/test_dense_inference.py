@@ -212,11 +212,13 @@ def test_dense_and_tile_by_tile_give_the_same_heatmap_deposits_and_category(
 # --- Scoring: which grids are scored densely, and how ------------------------------------------
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
 def test_dense_scores_equal_tile_scores_and_stats_say_dense(
-    synthetic_slide: Path, small_model: Dense96
+    num_workers: int, synthetic_slide: Path, small_model: Dense96
 ) -> None:
     grid = plan_grid(synthetic_slide)
-    dense, dense_stats = scores(synthetic_slide, grid, small_model, FP32)
+    config = dataclasses.replace(FP32, num_workers=num_workers)  # regions read here or by readers
+    dense, dense_stats = scores(synthetic_slide, grid, small_model, config)
     tiles, tile_stats = scores(synthetic_slide, grid, small_model, TILES)
     assert (dense_stats.mode, tile_stats.mode) == ("dense", "tiles")
     assert dense_stats.n_tiles == tile_stats.n_tiles == len(grid)
