@@ -1,4 +1,4 @@
-"""Output helpers shared by every stage that writes files: atomic writes and slide ids.
+"""Output helpers shared by every stage that writes files: atomic writes, CSV cells, JSON reading.
 
 A file is written to a temporary name in the same folder and renamed, so an interrupted
 run never leaves a half-written file under its final name.
@@ -34,7 +34,6 @@ SLIDE_SUFFIXES = (
     ".jpeg",
     ".png",
 )
-_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 # A cell starting with one of these is run as a formula by Excel, LibreOffice and Google
 # Sheets (OWASP "CSV injection"); tab and carriage return hide such a start.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -133,45 +132,6 @@ def check_writable_folder(folder: Path) -> None:
         raise OutputError(
             f"{folder}: output folder is not writable ({exc.strerror}); choose another --out"
         ) from exc
-
-
-def slide_id_for(path: Path) -> str:
-    """A file-system-safe id from a slide's file name (stem, unsafe characters replaced)."""
-    stem = path.name
-    for suffix in SLIDE_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    cleaned = _UNSAFE_ID.sub("_", stem).strip("._")
-    return cleaned or "slide"
-
-
-# A slide id names a folder beside the batch's own files: an id ending like one of them
-# (``manifest.json.tif`` -> "manifest.json") has its dots replaced, so no slide folder ever
-# takes the place of a batch file.
-_BATCH_FILE_SUFFIXES = (".json", ".csv", ".html", ".htm", ".txt", ".log", ".lock", ".tmp", ".png", ".toml")
-
-
-def _clear_of_batch_files(slide_id: str) -> str:
-    if slide_id.lower().endswith(_BATCH_FILE_SUFFIXES):
-        return slide_id.replace(".", "_")
-    return slide_id
-
-
-def unique_slide_ids(paths: Iterable[Path]) -> dict[Path, str]:
-    """Ids for slides, made unique with ``-2``, ``-3`` suffixes when stems clash; an id that
-    could be a batch file's name (``manifest.json``) becomes ``manifest_json``."""
-    ids: dict[Path, str] = {}
-    used: set[str] = set()
-    for path in paths:
-        base = _clear_of_batch_files(slide_id_for(path))
-        candidate, counter = base, 2
-        while candidate in used:
-            candidate = f"{base}-{counter}"
-            counter += 1
-        used.add(candidate)
-        ids[path] = candidate
-    return ids
 
 
 def read_json_object(

@@ -178,7 +178,7 @@ def test_globs_and_duplicate_stems_get_unique_ids(slide_dir: Path, tmp_path: Pat
     shutil.copy(slide_dir / "node_0.tif", other / "node_0.tif")
     slides = collect_slides([str(slide_dir / "*.tif"), str(other)])
     assert len(slides) == 4
-    from pipeline.outputs import unique_slide_ids
+    from pipeline.batch.folder import unique_slide_ids
 
     ids = unique_slide_ids(slides)
     assert sorted(ids.values()) == ["node_0", "node_0-2", "node_1", "node_2"]

@@ -141,7 +141,7 @@ def test_every_level_doubled_in_the_header_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["manifest.json.tif", "summary.csv.tif", "patients.csv.tif"])
 def test_a_slide_named_like_a_batch_file_never_replaces_it(tmp_path: Path, name: str) -> None:
-    from pipeline.outputs import unique_slide_ids
+    from pipeline.batch.folder import unique_slide_ids
 
     slide = _slide(tmp_path / name)
     ids = unique_slide_ids([slide, tmp_path / "manifest_json.tif"])

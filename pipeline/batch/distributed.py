@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.batch.distributed_pool import ActorPool, dispatch
 from pipeline.batch.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
-from pipeline.batch.folder import Manifest, read_or_start_manifest
+from pipeline.batch.folder import Manifest, read_or_start_manifest, unique_slide_ids
 from pipeline.batch.local import (
     SlideOutcome,
     is_done,
@@ -36,7 +36,7 @@ from pipeline.batch.local import (
     start_run,
 )
 from pipeline.errors import ConfigError
-from pipeline.outputs import check_writable_folder, unique_slide_ids
+from pipeline.outputs import check_writable_folder
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Reads and writes ``manifest.json`` (the run's settings and one entry per slide), reads each
 finished slide's ``<output_dir>/report.json`` (deposits and candidates through
 ``deposit_from_dict``), and names every other file and folder of the batch: ``summary.csv``,
-the lock, a slide's result folder and its working folder. The schema, with types and units,
+the lock, a slide's id (from its file name), result folder and working folder. The schema, with types and units,
 is docs/batch_folder.md; every reader of a batch folder (the batch itself, ``stage``,
 ``evaluate``, the viewer, ``infer``'s summary) goes through here.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
 from pipeline.errors import MicrometError, OutputError
-from pipeline.outputs import atomic_write_json, read_json_object
+from pipeline.outputs import SLIDE_SUFFIXES, atomic_write_json, read_json_object
 
 if TYPE_CHECKING:
     from pipeline.deposits.measure import Deposit
@@ -130,6 +131,50 @@ class Manifest:
             document["settings_key"] = self.settings_key
         document["slides"] = {slide_id: entry.to_dict() for slide_id, entry in self.slides.items()}
         return document
+
+
+# --- slide ids and folders ----------------------------------------------------------------
+
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slide_id_for(path: Path) -> str:
+    """A file-system-safe id from a slide's file name (stem, unsafe characters replaced)."""
+    stem = path.name
+    for suffix in SLIDE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    cleaned = _UNSAFE_ID.sub("_", stem).strip("._")
+    return cleaned or "slide"
+
+
+# A slide id names a folder beside the batch's own files: an id ending like one of them
+# (``manifest.json.tif`` -> "manifest.json") has its dots replaced, so no slide folder ever
+# takes the place of a batch file.
+_BATCH_FILE_SUFFIXES = (".json", ".csv", ".html", ".htm", ".txt", ".log", ".lock", ".tmp", ".png", ".toml")
+
+
+def _clear_of_batch_files(slide_id: str) -> str:
+    if slide_id.lower().endswith(_BATCH_FILE_SUFFIXES):
+        return slide_id.replace(".", "_")
+    return slide_id
+
+
+def unique_slide_ids(paths: Iterable[Path]) -> dict[Path, str]:
+    """Ids for slides, made unique with ``-2``, ``-3`` suffixes when stems clash; an id that
+    could be a batch file's name (``manifest.json``) becomes ``manifest_json``."""
+    ids: dict[Path, str] = {}
+    used: set[str] = set()
+    for path in paths:
+        base = _clear_of_batch_files(slide_id_for(path))
+        candidate, counter = base, 2
+        while candidate in used:
+            candidate = f"{base}-{counter}"
+            counter += 1
+        used.add(candidate)
+        ids[path] = candidate
+    return ids
 
 
 def slide_folder(batch_dir: Path, slide_id: str, entry: ManifestEntry | None = None) -> Path:

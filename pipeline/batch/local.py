@@ -39,10 +39,11 @@ from pipeline.batch.folder import (
     read_or_start_manifest,
     report_path,
     slide_folder,
+    unique_slide_ids,
     write_manifest,
 )
 from pipeline.errors import MicrometError, OutputError, SlideOpenError
-from pipeline.outputs import SLIDE_SUFFIXES, check_writable_folder, unique_slide_ids
+from pipeline.outputs import SLIDE_SUFFIXES, check_writable_folder
 from pipeline.review.reviews import keep_superseded_review
 from pipeline.slides.slide import is_dicom_folder
 

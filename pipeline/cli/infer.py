@@ -180,7 +180,7 @@ def build_context_from_args(args: argparse.Namespace) -> Any:
 def resolve_mpp_csv(args: argparse.Namespace, slides: list[Path]) -> None:
     """Read ``--mpp-csv`` into ``args.mpp_by_slide`` (slide id -> µm/px), checked against the
     batch's slides before any slide runs."""
-    from pipeline.outputs import unique_slide_ids
+    from pipeline.batch.folder import unique_slide_ids
     from pipeline.slides.slide import mpp_by_slide_id, read_mpp_csv
 
     args.mpp_by_slide = None
