@@ -3,9 +3,9 @@
 Reads and writes ``manifest.json`` (the run's settings and one entry per slide), reads each
 finished slide's ``<output_dir>/report.json`` (deposits and candidates through
 ``deposit_from_dict``), and names every other file and folder of the batch: ``summary.csv``,
-the lock, a slide's id (from its file name), result folder and working folder. The schema, with types and units,
-is docs/batch_folder.md; every reader of a batch folder (the batch itself, ``stage``,
-``evaluate``, the viewer, ``infer``'s summary) goes through here.
+the lock, a slide's id (from its file name), result folder and working folder. The schema,
+with types and units, is docs/batch_folder.md; every reader of a batch folder (the batch
+itself, ``stage``, ``evaluate``, the viewer, ``infer``'s summary) goes through here.
 """
 
 from __future__ import annotations
