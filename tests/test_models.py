@@ -28,6 +28,7 @@ from pipeline.models.device import DeviceUnavailableError, autocast_dtype, choos
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_ARCHITECTURES = {
+    "dense96",
     "micronet",
     "pcamnet",
     "resnet18",
