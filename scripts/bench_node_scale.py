@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR  # noqa: E402
 from pipeline.evaluation.node_scale import (  # noqa: E402
     SHAPES,
     Surface,
@@ -48,10 +49,10 @@ from pipeline.evaluation.node_scale import (  # noqa: E402
 )
 from pipeline.training.datasets import fit_to_tile, load_rgb  # noqa: E402
 
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = SHARED_DATA_DIR
 PLACES_CSV = REPO / "data" / "pcam_places.csv"
-MODEL_MPP = 0.972
-C16_MPP = C17_MPP = 0.243
+MODEL_MPP = PCAM_MPP
+C16_MPP = C17_MPP = CAMELYON_LEVEL0_MPP
 # (true largest dimension mm, placements): ITC-size 0.05-0.2 mm is the hard, common case
 SIZES_MM = (
     (0.03, 8), (0.05, 12), (0.08, 12), (0.10, 16), (0.15, 16), (0.19, 12),

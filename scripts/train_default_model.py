@@ -38,6 +38,7 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR
 from pipeline.evaluation.node_scale import wilson_95
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_checkpoint, save_checkpoint
 from pipeline.training.augment import AugmentConfig
@@ -47,13 +48,13 @@ from pipeline.training.datasets import fit_to_tile, load_rgb
 from pipeline.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = SHARED_DATA_DIR
 ARCHITECTURE = "dense96"
 TILE_SIZE_PX = 96
-MODEL_MPP = 0.972  # PatchCamelyon: CAMELYON16 level 2
+MODEL_MPP = PCAM_MPP  # PatchCamelyon: CAMELYON16 level 2
 LABEL_SIZE_PX = 32  # PCam's label describes the central 32 x 32 px: the heatmap stride
-C16_MPP = 0.243  # CAMELYON16 level 0
-C17_MPP = 0.243  # judged by nucleus size (data README)
+C16_MPP = CAMELYON_LEVEL0_MPP  # CAMELYON16 level 0
+C17_MPP = CAMELYON_LEVEL0_MPP  # judged by nucleus size (data README)
 SPLIT_FRACTIONS = {"test": 0.15, "val": 0.10}  # the rest trains
 C17_TRAIN_TILE = "centre_3_patient_066_node_1"  # negative node; left half trains
 C17_TILES = {
