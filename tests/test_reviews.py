@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.batch.local import run_slide_safely
-from pipeline.deposits.measure import max_feret_diameter
+from pipeline.deposits.measure import Deposit, max_feret_diameter
 from pipeline.errors import AnnotationError, ReviewConflictError, ReviewError
 from pipeline.review.review_files import read_review, read_slide_review, write_review
 from pipeline.review.review_import import import_review
@@ -26,6 +26,7 @@ from pipeline.review.reviews import (
     measure_outline,
     new_review,
 )
+from pipeline.staging import Category
 
 MPP = 0.5  # µm/px: 1,000 px = 0.5 mm
 MICRO_SQUARE = [[1000.0, 1000.0], [2000.0, 1000.0], [2000.0, 2000.0], [1000.0, 2000.0]]  # 0.707 mm
@@ -34,14 +35,15 @@ T = "2026-01-02T03:04:05+00:00"
 
 
 def _deposit(deposit_id: int, category: str, outline: list[list[float]]) -> dict[str, Any]:
-    side_mm = (outline[1][0] - outline[0][0]) * MPP / 1000
-    return {
-        "id": deposit_id,
-        "category": category,
-        "max_diameter_mm": side_mm * math.sqrt(2),
-        "area_mm2": side_mm**2,
-        "outline_xy": outline,
-    }
+    """A full report.json entry (``Deposit.to_dict``) of a square outline (level-0 px at MPP)."""
+    xy = np.asarray(outline, dtype=np.float64)
+    side_mm = float(xy[1, 0] - xy[0, 0]) * MPP / 1000
+    (x0, y0), (x1, y1) = xy.min(axis=0).tolist(), xy.max(axis=0).tolist()
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    bbox = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+    deposit = Deposit(deposit_id, Category(category), side_mm * math.sqrt(2), 0.01, side_mm**2, cx, cy,
+                      cx * MPP / 1000, cy * MPP / 1000, bbox, 0.95, 0.9, None, False, xy)
+    return deposit.to_dict()
 
 
 def _report() -> dict[str, Any]:
@@ -133,6 +135,15 @@ def test_report_without_mpp_cannot_be_reviewed() -> None:
     report = _report()
     del report["slide"]["mpp"]
     with pytest.raises(ReviewError, match=r"no valid µm/px.*--mpp"):
+        new_review("n1", report)
+
+
+@pytest.mark.parametrize("field", ["deposits", "candidates"])
+def test_a_partial_deposit_in_the_report_names_the_file_and_entry(field: str) -> None:
+    report = _report()
+    partial = {k: v for k, v in _deposit(1, "micro", MICRO_SQUARE).items() if k != "centroid_x_px"}
+    report[field] = [partial]
+    with pytest.raises(ReviewError, match=rf"n1/report.json: {field}\[0\]: .*centroid_x_px.*re-run"):
         new_review("n1", report)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.deposits.measure import Deposit
 from pipeline.errors import ReviewError
 from pipeline.review.review_files import read_review, write_review
 from pipeline.review.review_import import import_review
@@ -26,6 +27,7 @@ from pipeline.review.reviews import (
     review_counts,
 )
 from pipeline.slides.annotations import Annotation, read_asap_xml, write_geojson
+from pipeline.staging import Category
 
 MPP = 0.5
 MICRO_SQUARE = [[1000.0, 1000.0], [2000.0, 1000.0], [2000.0, 2000.0], [1000.0, 2000.0]]
@@ -37,15 +39,16 @@ T = "2026-01-02T03:04:05+00:00"
 
 
 def _entry(entry_id: int, category: str, outline: list[list[float]]) -> dict[str, Any]:
-    side_mm = (outline[1][0] - outline[0][0]) * MPP / 1000
-    return {
-        "id": entry_id,
-        "category": category,
-        "max_diameter_mm": side_mm * math.sqrt(2),
-        "area_mm2": side_mm**2,
-        "outline_xy": outline,
-        "confirm_probability": 0.3,
-    }
+    """A full report.json entry (``Deposit.to_dict``) of a square outline (level-0 px at MPP)."""
+    xy = np.asarray(outline, dtype=np.float64)
+    side_mm = float(xy[1, 0] - xy[0, 0]) * MPP / 1000
+    (x0, y0), (x1, y1) = xy.min(axis=0).tolist(), xy.max(axis=0).tolist()
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    bbox = (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+    deposit = Deposit(entry_id, Category(category), side_mm * math.sqrt(2), 0.01, side_mm**2, cx, cy,
+                      cx * MPP / 1000, cy * MPP / 1000, bbox, 0.95, 0.9, None, False, xy,
+                      confirm_probability=0.3)
+    return deposit.to_dict()
 
 
 def _report(with_deposit: bool = False, with_candidates: bool = True) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.batch.folder import REPORT_JSON, report_deposits
 from pipeline.deposits.measure import max_feret_diameter
 from pipeline.errors import ReviewConflictError, ReviewError
 from pipeline.review.exports import CANDIDATE_GROUP, CANDIDATE_RGB
@@ -229,21 +230,16 @@ def report_candidates(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return [c for c in candidates if isinstance(c, dict)]
 
 
-def _automated_deposit(slide_id: str, raw: Any, kind: str = "deposit") -> ReviewedDeposit:
-    try:
-        outline = np.asarray(raw["outline_xy"], dtype=np.float64).reshape(-1, 2)
-        return ReviewedDeposit(
-            key=f"{kind} {int(raw['id'])}",
-            decision=PENDING,
-            outline_xy=outline,
-            category=str(Category(raw["category"])),
-            max_diameter_mm=float(raw["max_diameter_mm"]),
-            area_mm2=float(raw["area_mm2"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ReviewError(
-            f"{slide_id}: report.json has a malformed {kind} ({exc!r}); re-run the slide"
-        ) from None
+def _automated_deposits(slide_id: str, report: Mapping[str, Any], field: str) -> tuple[ReviewedDeposit, ...]:
+    """The report's ``deposits`` (or ``candidates``) as pending reviewed deposits, read with
+    the batch folder's report reader (ReviewError naming the slide's report.json)."""
+    kind = "candidate" if field == "candidates" else "deposit"
+    path = Path(slide_id) / REPORT_JSON
+    return tuple(
+        ReviewedDeposit(f"{kind} {d.id}", PENDING, d.outline_xy, str(d.category),
+                        d.max_diameter_mm, d.area_mm2)
+        for d in report_deposits(report, path, field, ReviewError)
+    )
 
 
 def new_review(slide_id: str, report: Mapping[str, Any]) -> SlideReview:
@@ -252,7 +248,6 @@ def new_review(slide_id: str, report: Mapping[str, Any]) -> SlideReview:
 
     Raises ReviewError when report.json has no valid µm/px or a malformed deposit.
     """
-    deposits = report.get("deposits") or []
     return SlideReview(
         slide_id=slide_id,
         revision=0,
@@ -264,10 +259,8 @@ def new_review(slide_id: str, report: Mapping[str, Any]) -> SlideReview:
         slide_dimensions=_dimensions(report),
         cell_rule=str(report.get("cell_rule") or DEFAULT_CELL_RULE),  # build_report records it
         automated_category=str(Category(str(report.get("category", "negative")).lower())),
-        deposits=(
-            *(_automated_deposit(slide_id, raw) for raw in deposits),
-            *(_automated_deposit(slide_id, raw, "candidate") for raw in report_candidates(report)),
-        ),
+        deposits=(*_automated_deposits(slide_id, report, "deposits"),
+                  *_automated_deposits(slide_id, report, "candidates")),
         report_deposits=report_fingerprint(report),
     )
 
