@@ -16,24 +16,6 @@ from typing import Any
 
 from pipeline.errors import MicrometError, OutputError
 
-# File suffixes OpenSlide reads, then plain images (read with --mpp); used when a folder is
-# given instead of files.
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".mrxs",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".bif",
-    ".svslide",
-    ".dcm",
-    ".jpg",
-    ".jpeg",
-    ".png",
-)
 # A cell starting with one of these is run as a formula by Excel, LibreOffice and Google
 # Sheets (OWASP "CSV injection"); tab and carriage return hide such a start.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

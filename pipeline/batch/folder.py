@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
 from pipeline.errors import MicrometError, OutputError
-from pipeline.outputs import SLIDE_SUFFIXES, atomic_write_json, read_json_object
+from pipeline.outputs import atomic_write_json, read_json_object
+from pipeline.slides.formats import SLIDE_SUFFIXES
 
 if TYPE_CHECKING:
     from pipeline.deposits.measure import Deposit

@@ -43,8 +43,9 @@ from pipeline.batch.folder import (
     write_manifest,
 )
 from pipeline.errors import MicrometError, OutputError, SlideOpenError
-from pipeline.outputs import SLIDE_SUFFIXES, check_writable_folder
+from pipeline.outputs import check_writable_folder
 from pipeline.review.reviews import keep_superseded_review
+from pipeline.slides.formats import SLIDE_SUFFIXES
 from pipeline.slides.slide import is_dicom_folder
 
 log = logging.getLogger(__name__)

@@ -37,8 +37,6 @@ VENDOR_JPEG = "plain-jpeg"
 VENDOR_PNG = "plain-png"
 VENDOR_TIFF = "plain-tiff"
 PLAIN_IMAGE_VENDORS = (VENDOR_JPEG, VENDOR_PNG, VENDOR_TIFF)
-# File suffixes of plain images, for folders given instead of files.
-PLAIN_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _MAGIC = {b"\xff\xd8\xff": VENDOR_JPEG, b"\x89PNG\r\n\x1a\n": VENDOR_PNG}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PIL_MODES = ("RGB", "RGBA", "L", "LA", "P", "1", "CMYK", "YCbCr")

@@ -22,6 +22,7 @@ from PIL import Image
 
 from pipeline.errors import MissingMppError, SlideOpenError
 from pipeline.slides.computed_levels import ComputedLevels, computed_level_factors
+from pipeline.slides.formats import DICOM_SUFFIX
 from pipeline.slides.metadata import (
     MAX_MPP_ANISOTROPY,
     MPP_OVERRIDE_TOLERANCE,
@@ -71,7 +72,6 @@ log = logging.getLogger(__name__)
 
 # A target resolution within this relative tolerance of a level's mpp reads that level as is.
 MPP_MATCH_TOLERANCE = 0.02
-DICOM_SUFFIX = ".dcm"
 # A reduced level that fails to decode is re-read from level 0 up to this many level-0 pixels.
 FALLBACK_MAX_LEVEL0_PX = 64_000_000
 

@@ -35,7 +35,6 @@ from pipeline.staging.rules import (
 from pipeline.staging.tables import (
     NO_RESULT,
     PATIENT_CSV_COLUMNS,
-    SLIDE_SUFFIXES,
     UNSTAGEABLE,
     PatientRow,
     assign_patients,
@@ -60,7 +59,6 @@ __all__ = [
     "PATIENT_CSV_COLUMNS",
     "PN1_MAX_POSITIVE_NODES",
     "PN2_MAX_POSITIVE_NODES",
-    "SLIDE_SUFFIXES",
     "UNSTAGEABLE",
     "Category",
     "CellRule",

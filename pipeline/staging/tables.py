@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.config import StagingConfig
 from pipeline.errors import StagingError
+from pipeline.slides.formats import SLIDE_SUFFIXES
 from pipeline.staging.rules import CATEGORY_ORDER, Category, PNStage, stage_patient
 
 # Written in the stage column for a patient with a node that has no result.
@@ -38,10 +39,6 @@ PATIENT_CSV_COLUMNS = (
     "category_warning",
 )
 
-# File suffixes of whole-slide images; removed so "x.tif" and batch slide id "x" match.
-SLIDE_SUFFIXES = (
-    ".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".jpg", ".jpeg", ".png",
-)
 # "patient_024_node_2", also inside a longer name ("centre_1_patient_024_node_2_HE"): the
 # patient part must start the name or follow a separator, the node part end it or precede one.
 _CAMELYON17_NODE = re.compile(r"(?:^|(?<=[_\W]))(patient_\d+)_node_\d+(?=$|[_\W])", re.IGNORECASE)

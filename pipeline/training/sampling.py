@@ -31,12 +31,12 @@ from pipeline.config import TissueConfig
 from pipeline.errors import ConfigError
 from pipeline.outputs import atomic_write_text, csv_safe_row, csv_unquote
 from pipeline.slides.annotations import Annotation, read_annotations, warn_outlines_outside
+from pipeline.slides.formats import OPENSLIDE_SUFFIXES
 from pipeline.slides.slide import open_slide
 from pipeline.slides.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
 # Looked for, in this order, beside a slide or in an annotation folder: <stem><suffix>.
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 INDEX_COLUMNS = ("slide", "x_px", "y_px", "label", "split", "kind")
@@ -110,7 +110,7 @@ def _slide_files(paths: Sequence[Path]) -> list[Path]:
             found.extend(
                 p
                 for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
+                if p.is_file() and p.suffix.lower() in OPENSLIDE_SUFFIXES and not p.name.startswith(".")
             )
         else:
             raise ConfigError(f"{path}: slide file or folder not found; check the path")
@@ -153,7 +153,8 @@ def find_slides(slide_paths: Sequence[Path], annotation_dirs: Sequence[Path] = (
         sources.append(SlideSource(slide.resolve(), annotation))
     if not sources:
         raise ConfigError(
-            f"no slide files ({', '.join(SLIDE_SUFFIXES)}) found in {', '.join(str(p) for p in slide_paths)}"
+            f"no slide files ({', '.join(OPENSLIDE_SUFFIXES)}) found in "
+            f"{', '.join(str(p) for p in slide_paths)}"
         )
     n_annotated = sum(s.annotation_path is not None for s in sources)
     log.info("found %d slides, %d with annotations", len(sources), n_annotated)
