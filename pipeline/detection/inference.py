@@ -83,7 +83,7 @@ class InferenceStats:
     read_level: int
     cpu_threads: int
     cpu_plan: CpuPlan
-    precision: str = "fp32"
+    precision: str = precision_name(None)  # plain fp32
     mode: str = "tiles"
 
 
@@ -478,8 +478,7 @@ def naive_score_tiles(
     """Reference scorer: one ``read_region_at_mpp`` per tile, batches of one, main process.
 
     Same tile pixels (corners snapped as in ``pipeline/slides/readers.py``), normalisation and
-    output as ``score_tiles``; slow, for tests and benchmarks. Scores on one CPU thread (the
-    fastest for batches of one). Returns (N,) float32.
+    (N,) float32 output as ``score_tiles``, in plain fp32; slow, for tests and benchmarks; one CPU thread.
     """
     check_grid_matches_card(grid, card, slide_mpp)
     torch_device = choose_device(device)
@@ -491,7 +490,8 @@ def naive_score_tiles(
         torch.inference_mode(),
     ):
         geometry = read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
-        scorer = _Scorer(_prepare_model(model, torch_device, False, fuse=False), card, torch_device, "fp32")
+        scorer = _Scorer(_prepare_model(model, torch_device, False, fuse=False), card, torch_device,
+                         precision_name(None))
         for index, xy_px in enumerate(grid.xy_px):
             tile = read_one_tile(slide, xy_px, geometry)
             out[index] = float(scorer(torch.from_numpy(tile[None].copy()))[0])
