@@ -271,9 +271,12 @@ def _score_with_facts(
 
 def _inference_facts(context: AnalysisContext, runs: Sequence[InferenceStats]) -> dict[str, Any]:
     seconds = sum(stats.seconds for stats in runs)
+    tiles_by_mode = {mode: sum(s.n_tiles for s in runs if s.mode == mode) for mode in ("tiles", "dense")}
     return {
         "device": runs[0].device,
         "precision": runs[0].precision,
+        "mode": max(tiles_by_mode, key=lambda mode: tiles_by_mode[mode]),  # "dense" or "tiles"
+        "tiles_by_mode": tiles_by_mode,
         "compiled": context.inference.compile,
         "tiles_per_s": round(sum(stats.n_tiles for stats in runs) / seconds, 1) if seconds > 0 else 0.0,
         "cpu_plan": runs[0].cpu_plan.to_dict(),

@@ -7,13 +7,29 @@ each T px tile of it at stride s gives. Scoring a grid tile by tile reads and co
 (T / s)² times (9 times for 96 px tiles at a 32 px stride); a region of n x n cells costs
 ((n + T / s - 1) / n)² pixels per cell instead (1.27 for 16 x 16 cells).
 
-``pipeline/detection/inference.py``'s ``score_prepared`` scores this way (``plan_dense``) when it
-gives the same numbers and costs less: the model has ``dense_logits`` (``dense_forward``), the
-tiles are read at a level that needs no resizing and no stain normalisation, their corners lie on
-one lattice of s read-level px (a grid planned at the card's stride), and the regions hold fewer
-pixels than the tiles (a sparse grid, such as the cascade's screen, is scored tile by tile).
-Regions are the boxes around the grid cells of blocks of ``DENSE_BLOCK_CELLS`` x
-``DENSE_BLOCK_CELLS`` cells; cells of a box outside the grid are computed and dropped.
+``pipeline/detection/inference.py``'s ``score_prepared`` scores this way (``plan_dense``) when
+the model has ``dense_logits`` (``dense_forward``), the card no stain normalisation, the tiles lie
+on one lattice of the card's stride (a grid planned at it) and the regions hold fewer pixels than
+the tiles (a sparse grid, such as the cascade's screen, is scored tile by tile). Regions are the
+boxes around the grid cells of blocks of ``DENSE_BLOCK_CELLS`` x ``DENSE_BLOCK_CELLS`` cells;
+cells of a box outside the grid are computed and dropped.
+
+Tiles read unresized (the read level's µm/px is the card's): the region is read as it is, and
+its scores equal the tile-by-tile scores to float rounding.
+
+Tiles that need resizing (e.g. 0.25 or 0.5 µm/px slides read for 0.972 µm/px): a box of n x m
+cells is read once at the read level from its top-left cell's lattice corner, rounded to a
+read-level px, ``round(side x k)`` read-level px a side (k read-level px per model px), and the
+WHOLE region is resized once (``resize_rgb``, as tiles are) to T + s (n - 1) model px a side, so
+its tile corners land on the s px lattice. Cell j of the box then sees the slide from
+origin + j s (read px / model px) read-level px: against its true corner (j + j0) x stride, the
+shift is at most 0.5 (the rounded origin) + 0.5 s (n - 1) / (T + s (n - 1)) (the rounded read
+size spread over the box), 0.5 + 0.42 = 0.92 read-level px for 16 cells of 32 px and 96 px tiles:
+under one read-level px (0.47 model px at 1.94 read px per model px). Tile by tile, each tile is
+snapped on its own (under 0.5 + 0.5 / downsample read-level px) and resized on its own, so the
+two differ slightly: the dense scores equal tile-wise scores of 96 px crops of the resized
+region, not of the per-tile resized tiles (``docs/benchmarks.md``, "Dense inference", measures
+the difference on real tissue).
 """
 
 from __future__ import annotations
@@ -28,7 +44,15 @@ from numpy.typing import NDArray
 from torch import nn
 
 from pipeline.models import ModelCard
-from pipeline.slides.readers import ReadGeometry, RegionPlan, RegionTiles, plan_regions, tile_level_xy
+from pipeline.slides.readers import (
+    ReadGeometry,
+    RegionPlan,
+    RegionTiles,
+    ResizedRegions,
+    plan_regions,
+    round_half_up,
+    tile_level_xy,
+)
 from pipeline.slides.tiling import TileGrid
 
 log = logging.getLogger(__name__)
@@ -135,21 +159,62 @@ def plan_dense(
     """The dense regions for ``grid``, or None where tile-by-tile scoring is needed or cheaper.
 
     scorer: the prepared ``DenseForward`` (None: the model has no dense form). Dense scoring
-    needs tiles read unresized at the read level (``geometry.level_tile_px`` equal to the card's
-    tile size) with corners on one lattice of the card's stride, and pays off when the regions'
-    pixels, at ``REGION_PIXEL_COST`` each, cost less than the tiles' (T² each).
+    needs tile corners on one lattice of the card's stride: at the read level when tiles are read
+    unresized (``geometry.level_tile_px`` equal to the card's tile size), else the grid's own
+    level-0 lattice (``resized_regions``). It pays off when the regions' pixels, at
+    ``REGION_PIXEL_COST`` each, cost less than the tiles' (T² each).
     """
     stride_px = card.stride_px
-    if scorer is None or stride_px is None or geometry.level_tile_px != card.tile_size_px or len(grid) == 0:
+    if scorer is None or stride_px is None or len(grid) == 0:
         return None
-    if not _on_lattice(grid, tile_level_xy(grid.xy_px, geometry), stride_px):
+    resize = geometry.level_tile_px != card.tile_size_px
+    if resize and not _on_grid_lattice(grid, card, stride_px):
+        log.info("dense scoring off: the tiles are not on one lattice of the card's %d px stride", stride_px)
+        return None
+    if not resize and not _on_lattice(grid, tile_level_xy(grid.xy_px, geometry), stride_px):
         log.info("dense scoring off: the tiles are not on one %d px lattice at the read level", stride_px)
         return None
     regions = dataclasses.replace(plan_regions(grid.heatmap_rc, DENSE_BLOCK_CELLS), whole_regions=True)
     dense_px = region_pixels(grid.heatmap_rc, regions, card.tile_size_px, stride_px)
     if dense_px * REGION_PIXEL_COST >= len(grid) * card.tile_size_px**2:
         return None  # a sparse grid: its regions would hold more pixels than its tiles
+    if resize:
+        resized = resized_regions(grid, regions, geometry, card.tile_size_px, stride_px)
+        regions = dataclasses.replace(regions, resized=resized)
     return DensePlan(regions, scorer)
+
+
+def _on_grid_lattice(grid: TileGrid, card: ModelCard, stride_px: int) -> bool:
+    """True when the grid steps ``stride_px`` model px and every level-0 corner is its (col, row)
+    times that step, rounded (as ``plan_tiles`` places them)."""
+    step_model_px = grid.stride_l0_px * grid.slide_mpp / card.mpp
+    if abs(step_model_px - stride_px) > 1e-6 * stride_px:
+        return False
+    expected = np.round(grid.heatmap_rc[:, ::-1] * grid.stride_l0_px)
+    return bool(np.array_equal(grid.xy_px, expected.astype(np.int64)))
+
+
+def resized_regions(
+    grid: TileGrid, regions: RegionPlan, geometry: ReadGeometry, tile_px: int, stride_px: int
+) -> ResizedRegions:
+    """Per block of ``regions``: its box's read-level origin and size, and its model size.
+
+    The origin is the lattice corner of the box's top-left cell in read-level px, rounded; the
+    read size is the model size (T + s (cells - 1) a side) times the read-level px per model px,
+    rounded (see the module docstring for the shift this implies).
+    """
+    cell_level_px = grid.stride_l0_px / geometry.downsample  # read-level px per grid cell
+    level_per_model_px = cell_level_px / stride_px
+    origins, model_sizes = [], []
+    for index in range(regions.n_regions):
+        rc = grid.heatmap_rc[regions.block(index)]
+        first, last = rc.min(axis=0), rc.max(axis=0)
+        origins.append(first[::-1] * cell_level_px)
+        model_sizes.append(tile_px + stride_px * (last - first)[::-1])
+    model_px = np.asarray(model_sizes, dtype=np.int64).reshape(-1, 2)
+    read_px = np.maximum(1, round_half_up(model_px.astype(np.float64) * level_per_model_px))
+    origin_level_px = round_half_up(np.asarray(origins, dtype=np.float64).reshape(-1, 2))
+    return ResizedRegions(origin_level_px=origin_level_px, read_px=read_px, model_px=model_px)
 
 
 class DenseBatcher:

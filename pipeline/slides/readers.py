@@ -159,17 +159,47 @@ def read_block_tiles(
 
 
 @dataclasses.dataclass(frozen=True)
+class ResizedRegions:
+    """Where whole regions whose tiles need resizing are read, and the model size they get.
+
+    Per block b: ``origin_level_px[b]`` (x, y) and ``read_px[b]`` (width, height) in read-level
+    px, resized at once (``resize_rgb``) to ``model_px[b]`` (width, height) model px.
+    """
+
+    origin_level_px: NDArray[np.int64]
+    read_px: NDArray[np.int64]
+    model_px: NDArray[np.int64]
+
+
+def read_resized_region(
+    slide: Slide, block: int, regions: ResizedRegions, geometry: ReadGeometry
+) -> NDArray[np.uint8]:
+    """Block ``block``'s region (H, W, 3) uint8 in model px: one read, one ``resize_rgb``.
+
+    Raises SlideOpenError naming the file if the region cannot be decoded.
+    """
+    x_px, y_px = level_to_l0_px(regions.origin_level_px[block].reshape(1, 2), geometry)[0]
+    read_w, read_h = regions.read_px[block].tolist()
+    model_w, model_h = regions.model_px[block].tolist()
+    region = slide.read_region_rgb(int(x_px), int(y_px), geometry.level, read_w, read_h)
+    return region if (read_w, read_h) == (model_w, model_h) else resize_rgb(region, model_w, model_h)
+
+
+@dataclasses.dataclass(frozen=True)
 class RegionPlan:
     """Tiles grouped into blocks of neighbouring grid cells, one slide read per block.
 
     order: (N,) int64 tile indices (grid order) sorted block by block, blocks row-major.
     starts: (B + 1,) int64; block b holds ``order[starts[b]:starts[b + 1]]``.
     whole_regions: read each block as its whole region, not cut into tiles (dense scoring).
+    resized: with ``whole_regions``, each region read and resized as it says (tiles that need
+    resizing); None: read unresized at the read level (``read_block_region``).
     """
 
     order: NDArray[np.int64]
     starts: NDArray[np.int64]
     whole_regions: bool = False
+    resized: ResizedRegions | None = None
 
     @property
     def n_regions(self) -> int:
@@ -264,7 +294,8 @@ class RegionDataset(IterableDataset[RegionTiles | RegionReadFailure]):
     process can raise it as SlideOpenError without a worker traceback. Consecutive blocks are
     sent together until an item holds at least ``min_item_tiles`` tiles: fewer, larger
     messages cost the receiving process less. With ``plan.whole_regions`` each block is one
-    item whose ``tiles`` is its region (1, H, W, 3) (``read_block_region``), for dense scoring.
+    item whose ``tiles`` is its region (1, H, W, 3) (``read_block_region``, or
+    ``read_resized_region`` with ``plan.resized``), for dense scoring.
     """
 
     def __init__(
@@ -304,7 +335,7 @@ class RegionDataset(IterableDataset[RegionTiles | RegionReadFailure]):
             _exit_if_orphaned(self.parent_pid)
             indices = self.plan.block(block_index)
             try:
-                tiles = self._read_block(slide, indices)
+                tiles = self._read_block(slide, block_index, indices)
             except MicrometError as exc:
                 yield RegionReadFailure(str(exc))
                 return
@@ -316,7 +347,9 @@ class RegionDataset(IterableDataset[RegionTiles | RegionReadFailure]):
         if held:
             yield _joined(held)
 
-    def _read_block(self, slide: Slide, indices: NDArray[np.int64]) -> NDArray[np.uint8]:
+    def _read_block(self, slide: Slide, block_index: int, indices: NDArray[np.int64]) -> NDArray[np.uint8]:
+        if self.plan.whole_regions and self.plan.resized is not None:
+            return read_resized_region(slide, block_index, self.plan.resized, self.geometry)[None]
         if self.plan.whole_regions:
             return read_block_region(slide, self.level_xy[indices], self.geometry)[None]
         return read_block_tiles(slide, self.level_xy[indices], self.geometry)

@@ -1,0 +1,111 @@
+"""Dense inference of resized tiles against per-tile resizing, on real tissue (docs/benchmarks.md,
+"Dense inference").
+
+Builds pyramidal TIFFs of real tissue from ../shared/data at each slide µm/px asked for (the
+CAMELYON17 tiles of centres 1, 3 and 4, and the centre-3 tile with a square of real CAMELYON16
+tumor pasted in; their pixels declared at that µm/px), so the model's 0.972 µm/px matches no
+pyramid level and every tile is resized. Analyses each slide twice with the model, dense
+(each 16 x 16 cell region read and resized once) and tile by tile (each tile resized on its
+own), refinement and cell counts off, and prints one Markdown table: the max and mean
+difference of the heatmaps, the cells on opposite sides of the threshold, and the deposits
+and categories of both.
+
+Usage: python scripts/bench_dense_resized.py [--model runs/dense16.pt] [--slide-mpp 0.25 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import SHARED_DATA_DIR  # noqa: E402
+from pipeline.synthetic.pyramid_tiff import write_pyramid_tiff  # noqa: E402
+from pipeline.synthetic.real_slides import c17_rgb, tumor_square_rgb  # noqa: E402
+
+
+def slides(folder: Path, slide_mpp: float) -> list[Path]:
+    """The four real-tissue slides written at ``slide_mpp`` µm/px into ``folder``."""
+    images = {f"c17_{centre}": c17_rgb(centre) for centre in ("centre_1", "centre_3", "centre_4")}
+    images["tumor_square"] = tumor_square_rgb()[0]
+    return [
+        write_pyramid_tiff(folder / f"{name}_{slide_mpp:g}.tif", image, slide_mpp, n_levels=3, tile_px=256)
+        for name, image in images.items()
+    ]
+
+
+def analyze(model: Path, slide: Path, folder: Path, dense: bool) -> tuple[dict[str, Any], np.ndarray]:
+    """The slide's report and heatmap, scored densely or tile by tile."""
+    from pipeline.batch.analyze import analyze_slide, build_context
+
+    overrides: dict[str, dict[str, Any]] = {
+        "inference": {
+            "device": "cpu",
+            "precision": "fp32",
+            "num_workers": 0,
+            "dense": dense,
+            "cascade": False,
+        },
+        "deposits": {"refine": False, "count_cells": False},
+        "qc": {"accept_qc_failures": True},
+    }
+    folder.mkdir(parents=True)
+    report = analyze_slide(build_context(model, None, overrides, None), slide, slide.stem, folder)
+    return report, np.load(folder / "heatmap.npy")
+
+
+def compare(model: Path, slide: Path, folder: Path) -> str:
+    """One table row: dense against tile-by-tile scoring of ``slide``."""
+    dense, dense_map = analyze(model, slide, folder / "dense", dense=True)
+    tiles, tiles_map = analyze(model, slide, folder / "tiles", dense=False)
+    scored = np.isfinite(tiles_map)
+    difference = np.abs(dense_map[scored] - tiles_map[scored])
+    threshold = float(dense["model"]["threshold"])
+    flipped = int(np.count_nonzero((dense_map[scored] >= threshold) != (tiles_map[scored] >= threshold)))
+    modes = f"{dense['inference']['mode']} / {tiles['inference']['mode']}"
+
+    def deposits(report: dict[str, Any]) -> str:
+        return ", ".join(d["category"] for d in report["deposits"]) or "none"
+
+    return (
+        f"| {slide.stem} | {modes} | {int(scored.sum())} | {difference.max():.4f} | {difference.mean():.5f} "
+        f"| {flipped} | {deposits(dense)} / {deposits(tiles)} | {dense['category']} / {tiles['category']} |"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=REPO / "runs" / "dense16.pt")
+    parser.add_argument("--slide-mpp", type=float, nargs="+", default=[0.25, 0.5])
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        print(f"{args.model}: no such model; pass a dense96 checkpoint with --model", file=sys.stderr)
+        return 2
+    if not SHARED_DATA_DIR.is_dir():
+        print(f"{SHARED_DATA_DIR}: the real data is missing (see its README)", file=sys.stderr)
+        return 2
+    print(f"model {args.model}")
+    print(
+        "| slide | mode (dense / tiles) | cells | max abs diff | mean abs diff | cells across threshold "
+        "| deposits (dense / tiles) | category (dense / tiles) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for slide_mpp in args.slide_mpp:
+            for slide in slides(Path(tmp), slide_mpp):
+                print(compare(args.model, slide, Path(tmp) / slide.stem), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
