@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 from pipeline.batch.folder import read_report, report_path  # noqa: E402
 from pipeline.cli import main as micromet  # noqa: E402
 from pipeline.config import CAMELYON_LEVEL0_MPP, SHARED_DATA_DIR  # noqa: E402
-from tests.conftest import write_pyramid_tiff  # noqa: E402
-from tests.real_slides import (  # noqa: E402
+from pipeline.synthetic.pyramid_tiff import write_pyramid_tiff  # noqa: E402
+from pipeline.synthetic.real_slides import (  # noqa: E402
     C16_PATCH_PX,
     NEGATIVE_C17_TILE,
     c16_tumor_patches,

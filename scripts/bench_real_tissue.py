@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.batch.folder import read_report, report_path  # noqa: E402
 from pipeline.cli import main as micromet  # noqa: E402
 from pipeline.config import SHARED_DATA_DIR  # noqa: E402
-from tests.real_slides import write_c17_slide, write_tumor_square_slide  # noqa: E402
+from pipeline.synthetic.real_slides import write_c17_slide, write_tumor_square_slide  # noqa: E402
 
 TRUTH = {
     "c17_centre_1": "node labelled ITC; tile looks tumor-free",

@@ -96,16 +96,11 @@ def slide_values(path: Path, mpp: float | None = None) -> str:
 
 def synthetic_slides(folder: Path) -> dict[str, Path]:
     """A synthetic node as the demo draws it (0.5 µm/px) and at 1.0 µm/px, a blurred and a
-    recoloured copy, and the conftest-style pink blob."""
+    recoloured copy, and the test suite's pink blob (``pipeline.synthetic.pyramid_tiff``)."""
     from scipy import ndimage
 
     from pipeline.synthetic.generate import SynthConfig, generate_slide
-
-    sys_path = Path(__file__).resolve().parents[1] / "tests"
-    import sys
-
-    sys.path.insert(0, str(sys_path))
-    from conftest import draw_tissue_rgb, write_pyramid_tiff
+    from pipeline.synthetic.pyramid_tiff import draw_tissue_rgb, write_pyramid_tiff
 
     slides = {}
     for mpp, width, height, seed in (
@@ -162,7 +157,7 @@ def main() -> None:
         for name, path in synthetic_slides(Path(tmp)).items():
             print(f"  {name}: {slide_values(path)}")
         for name in c17:
-            from conftest import write_pyramid_tiff
+            from pipeline.synthetic.pyramid_tiff import write_pyramid_tiff
 
             image = _load(SHARED_DATA_DIR / "camelyon17_tiles" / f"{name}.jpeg")
             path = write_pyramid_tiff(Path(tmp) / f"{name}.tif", image, CAMELYON_LEVEL0_MPP)

@@ -7,12 +7,11 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
-from numpy.typing import NDArray
 
 from pipeline.config import SHARED_DATA_DIR
+from pipeline.synthetic.pyramid_tiff import draw_tissue_rgb as draw_tissue_rgb  # tests import both from here
+from pipeline.synthetic.pyramid_tiff import write_pyramid_tiff as write_pyramid_tiff
 from tests.slow_tests import is_listed_slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,55 +43,6 @@ def default_sigint_handler() -> Iterator[None]:
 def shared_data() -> Path:
     """The ../shared/data folder (skips outside CI, fails under CI=true if missing)."""
     return require_shared_data()
-
-
-def draw_tissue_rgb(width_px: int, height_px: int, seed: int = 0) -> NDArray[np.uint8]:
-    """A white image with a pink elliptical tissue blob dotted with purple nuclei."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height_px, width_px, 3), 242, dtype=np.uint8)
-    yy, xx = np.mgrid[0:height_px, 0:width_px]
-    cx, cy = width_px * 0.5, height_px * 0.5
-    inside = ((xx - cx) / (width_px * 0.35)) ** 2 + ((yy - cy) / (height_px * 0.35)) ** 2 <= 1
-    image[inside] = (222, 160, 200)
-    n_nuclei = inside.sum() // 400
-    ys, xs = np.nonzero(inside)
-    picks = rng.choice(len(xs), size=int(n_nuclei), replace=False)
-    for x, y in zip(xs[picks], ys[picks], strict=True):
-        image[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = (90, 40, 140)
-    return image
-
-
-def write_pyramid_tiff(
-    path: Path,
-    image: NDArray[np.uint8],
-    mpp: float | None,
-    n_levels: int = 3,
-    tile_px: int = 128,
-) -> Path:
-    """Write a tiled, JPEG-compressed pyramidal TIFF (levels as pages) with optional mpp tags."""
-    resolution = None
-    extra: dict[str, object] = {}
-    if mpp is not None:
-        resolution = (1e4 / mpp, 1e4 / mpp)
-        extra["resolutionunit"] = "CENTIMETER"
-    with tifffile.TiffWriter(path) as tif:
-        level = image
-        for index in range(n_levels):
-            level_resolution = None
-            if resolution is not None:
-                factor = image.shape[1] / level.shape[1]
-                level_resolution = (resolution[0] / factor, resolution[1] / factor)
-            tif.write(
-                level,
-                tile=(tile_px, tile_px),
-                compression="jpeg",
-                photometric="rgb",
-                resolution=level_resolution,
-                subfiletype=0 if index == 0 else 1,
-                **extra,
-            )
-            level = level[::2, ::2]
-    return path
 
 
 @pytest.fixture
