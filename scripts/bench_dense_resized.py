@@ -7,8 +7,9 @@ tumor pasted in; their pixels declared at that µm/px), so the model's 0.972 µm
 pyramid level and every tile is resized. Analyses each slide twice with the model, dense
 (each 16 x 16 cell region read and resized once) and tile by tile (each tile resized on its
 own), refinement and cell counts off, and prints one Markdown table: the max and mean
-difference of the heatmaps, the cells on opposite sides of the threshold, and the deposits
-and categories of both.
+difference of the heatmaps, the same for tile-by-tile scoring of the grid moved by one
+read-level px (how much the model moves with such a shift), the cells on opposite sides of
+the threshold, and the deposits and categories of both.
 
 Usage: python scripts/bench_dense_resized.py [--model runs/dense16.pt] [--slide-mpp 0.25 0.5]
 """
@@ -16,6 +17,7 @@ Usage: python scripts/bench_dense_resized.py [--model runs/dense16.pt] [--slide-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,6 +65,28 @@ def analyze(model: Path, slide: Path, folder: Path, dense: bool) -> tuple[dict[s
     return report, np.load(folder / "heatmap.npy")
 
 
+def shift_sensitivity(model_path: Path, slide: Path) -> NDArray[np.float32]:
+    """|difference| of the tile-by-tile scores of ``slide``'s grid and of the same grid moved by
+    one read-level px along x: how much the model itself moves with a sub-pixel-sized shift."""
+    from pipeline.config import InferenceConfig, TilingConfig, TissueConfig
+    from pipeline.detection.inference import score_tiles
+    from pipeline.models import load_checkpoint
+    from pipeline.slides.readers import read_geometry
+    from pipeline.slides.slide import open_slide
+    from pipeline.slides.tiling import plan_tiles
+    from pipeline.slides.tissue import detect_tissue
+
+    model, card = load_checkpoint(model_path)
+    tiling = TilingConfig(tile_size_px=card.tile_size_px, mpp=card.mpp, stride_px=card.stride_px)
+    with open_slide(slide) as opened:
+        grid = plan_tiles(opened.dimensions, opened.mpp, detect_tissue(opened, TissueConfig()), tiling)
+        downsample = read_geometry(opened, card.tile_size_px, card.mpp).downsample
+    shifted = dataclasses.replace(grid, xy_px=grid.xy_px + np.array([[round(downsample), 0]]))
+    config = InferenceConfig(device="cpu", precision="fp32", num_workers=0, cascade=False, dense=False)
+    scores = [score_tiles(slide, grid.slide_mpp, g, model, card, config) for g in (grid, shifted)]
+    return np.asarray(np.abs(scores[0] - scores[1]), dtype=np.float32)
+
+
 def compare(model: Path, slide: Path, folder: Path) -> str:
     """One table row: dense against tile-by-tile scoring of ``slide``."""
     dense, dense_map = analyze(model, slide, folder / "dense", dense=True)
@@ -75,8 +100,10 @@ def compare(model: Path, slide: Path, folder: Path) -> str:
     def deposits(report: dict[str, Any]) -> str:
         return ", ".join(d["category"] for d in report["deposits"]) or "none"
 
+    shift = shift_sensitivity(model, slide)
     return (
-        f"| {slide.stem} | {modes} | {int(scored.sum())} | {difference.max():.4f} | {difference.mean():.5f} "
+        f"| {slide.stem} | {modes} | {int(scored.sum())} | {difference.max():.4f} | {difference.mean():.4f} "
+        f"| {shift.max():.4f} | {shift.mean():.4f} "
         f"| {flipped} | {deposits(dense)} / {deposits(tiles)} | {dense['category']} / {tiles['category']} |"
     )
 
@@ -96,10 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"model {args.model}")
     print(
-        "| slide | mode (dense / tiles) | cells | max abs diff | mean abs diff | cells across threshold "
+        "| slide | mode (dense / tiles) | cells | max abs diff | mean abs diff "
+        "| tiles moved 1 read px: max | mean | cells across threshold "
         "| deposits (dense / tiles) | category (dense / tiles) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for slide_mpp in args.slide_mpp:
             for slide in slides(Path(tmp), slide_mpp):
