@@ -98,12 +98,21 @@ def _proc_value(path: str, key: str) -> str | None:
     return None
 
 
+def cpu_kind() -> str:
+    """The CPU model and the vector extensions that decide CPU scoring speed (bf16 or not)."""
+    model = _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown CPU"
+    flags = set((_proc_value("/proc/cpuinfo", "flags") or "").split())
+    shown = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if name in flags]
+    native_bf16 = "native bf16" if {"avx512_bf16", "amx_tile"} & flags else "no native bf16"
+    return f"{model} ({', '.join(shown) or 'no AVX2'}; {native_bf16})"
+
+
 def machine_facts() -> dict[str, Any]:
-    """CPU model, cores, RAM, OS, Python and the current load average."""
+    """CPU model and kind, cores, RAM, OS, Python and the current load average."""
     memory_kib = _proc_value("/proc/meminfo", "MemTotal")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "cpu": _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "unknown CPU",
+        "cpu": cpu_kind(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "ram_gib": round(int(memory_kib.split()[0]) / 2**20, 1) if memory_kib else None,
@@ -332,12 +341,18 @@ def model_runs(args: argparse.Namespace) -> list[argparse.Namespace]:
 
 
 def section_heading(args: argparse.Namespace) -> str:
-    """The docs/benchmarks.md heading of one model's speed section."""
-    if not args.both_models:
-        return SECTION_HEADING
+    """The docs/benchmarks.md heading of one model's speed section.
+
+    CPUs with and without native bf16 score at very different speeds (bf16 autocast is
+    chosen only where the CPU computes it natively), so each kind gets its own section.
+    """
+    flags = set((_proc_value("/proc/cpuinfo", "flags") or "").split())
+    cpu = "" if {"avx512_bf16", "amx_tile"} & flags else ", CPU without native bf16"
+    if args.architecture is None and args.model is None:
+        return f"{SECTION_HEADING}: the default model{cpu}"
     if args.architecture is None:
-        return f"{SECTION_HEADING}: the default model"
-    return f"{SECTION_HEADING}: {args.architecture} {args.tile_size_px} px at {args.model_mpp:g} µm/px"
+        return f"{SECTION_HEADING}: {Path(args.model).name}{cpu}"
+    return f"{SECTION_HEADING}: {args.architecture} {args.tile_size_px} px at {args.model_mpp:g} µm/px{cpu}"
 
 
 def prepare_tiatoolbox(args: argparse.Namespace) -> TiaEnv | None:
