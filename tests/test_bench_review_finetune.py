@@ -1,0 +1,152 @@
+"""The review fine-tuning benchmark's own logic (scripts/bench_review_finetune.py): the place
+split keeps places apart, the reviews it writes reject every deposit and candidate and load back
+as complete training reviews, and the fine-tuned weights get the default card's decision rules.
+Small inputs only: no inference, no training."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.models import ModelCard, build_model, load_checkpoint, read_card, save_checkpoint
+from pipeline.review.review_files import read_slide_review
+from pipeline.review.reviews import REJECTED
+from pipeline.training.review_samples import find_reviewed_slides, review_tile_samples
+from tests.viewer_batch import GOOD_ID, XSS_FOLDER, build_viewer_batch, synthetic_slide
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+bench: Any = importlib.import_module("bench_review_finetune")
+
+
+def _patches() -> list[Any]:
+    """40 places: 10 with a hard normal (one holds two patches), 30 without (two hold two)."""
+    patch = bench.NormalPatch
+    patches = [patch(f"hard/{i}.webp", f"h{i}", True) for i in range(10)]
+    patches.append(patch("kaggle/h0_twin.webp", "h0", False))  # a PCam normal in a hard place
+    patches += [patch(f"kaggle/{i}.webp", f"p{i}", False) for i in range(30)]
+    patches += [patch("kaggle/p3_twin.webp", "p3", False), patch("kaggle/p7_twin.webp", "p7", False)]
+    return patches
+
+
+def test_the_halves_keep_places_apart_and_share_the_hard_normals() -> None:
+    patches = _patches()
+    halves = bench.split_places(patches, seed=4)
+    reviewed, heldout = halves["reviewed"], halves["heldout"]
+    assert {p.place for p in reviewed}.isdisjoint({p.place for p in heldout})
+    assert sorted(reviewed + heldout, key=lambda p: p.file) == sorted(patches, key=lambda p: p.file)
+    assert sum(p.hard for p in reviewed) == sum(p.hard for p in heldout) == 5
+    assert len({p.place for p in reviewed}) == len({p.place for p in heldout}) == 20
+    twins = {p.file for p in reviewed} & {"kaggle/h0_twin.webp", "hard/0.webp"}
+    assert twins in (set(), {"kaggle/h0_twin.webp", "hard/0.webp"})  # a place stays whole
+    assert bench.split_places(patches, seed=4) == halves
+    assert bench.split_places(patches, seed=5) != halves
+
+
+def test_dev_normals_read_only_the_dev_parts_tumor_free_patches(tmp_path: Path) -> None:
+    csv_path = tmp_path / "places.csv"
+    csv_path.write_text(
+        "source,file,label,place,part\n"
+        "pcam_kaggle,normal/a.webp,0,1,dev\n"
+        "pcam_kaggle,tumor/b.webp,1,1,dev\n"
+        "pcam_hard_normals,normal/c.webp,0,2,dev\n"
+        "pcam_kaggle,normal/d.webp,0,3,train\n"
+        "pcam_kaggle,normal/e.webp,0,4,test\n",
+        encoding="utf-8",
+    )
+    normals = bench.dev_normals(csv_path)
+    assert [(p.file, p.place, p.hard) for p in normals] == [
+        ("pcam_kaggle/normal/a.webp", "1", False),
+        ("pcam_hard_normals/normal/c.webp", "2", True),
+    ]
+
+
+def test_a_slide_is_a_mosaic_on_glass() -> None:
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 200, size=(6, 96, 96, 3), dtype=np.uint8)
+    image = bench.slide_image(patches, side_mm=0.3, seed=1)
+    side_px, margin_px = round(300 / bench.MODEL_MPP), round(bench.GLASS_MARGIN_MM * 1000 / bench.MODEL_MPP)
+    assert image.shape == (side_px + 2 * margin_px,) * 2 + (3,)
+    assert (image[:margin_px] == bench.GLASS_RGB).all() and (image[:, -margin_px:] == bench.GLASS_RGB).all()
+    assert image[margin_px:-margin_px, margin_px:-margin_px].max() < 200  # tissue only inside
+
+
+@pytest.fixture
+def batch(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A batch folder whose micro slide also has a candidate for review."""
+    root = build_viewer_batch(tmp_path / "batch", synthetic_slide(tmp_path_factory)).root
+    path = root / GOOD_ID / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["candidates"] = [dict(report["deposits"][1], id=1)]
+    path.write_text(json.dumps(report), encoding="utf-8")
+    return root
+
+
+def test_the_reviews_reject_everything_and_train_as_complete_reviews(batch: Path) -> None:
+    rejected = bench.review_batch(batch)
+    assert rejected == {GOOD_ID: 3, "<script>alert(1)</script>": 0}  # 2 deposits + 1 candidate
+    review = read_slide_review(batch / GOOD_ID)
+    assert review is not None and review.complete
+    assert [d.key for d in review.deposits] == ["deposit 1", "deposit 2", "candidate 1"]
+    assert all(d.decision == REJECTED for d in review.deposits)
+    assert review.reviewed_category == "negative"
+    empty = read_slide_review(batch / XSS_FOLDER)
+    assert empty is not None and empty.complete and empty.deposits == ()
+    slides = find_reviewed_slides([batch])
+    assert sorted(s.review.slide_id for s in slides) == sorted(rejected)
+    samples = review_tile_samples(slides, 4, seed=0)
+    assert samples and all(s.kind == "hard_negative" and s.label == 0 for s in samples)
+
+
+def test_a_folder_without_finished_slides_is_refused(tmp_path: Path, batch: Path) -> None:
+    with pytest.raises(ConfigError, match="manifest"):
+        bench.review_batch(tmp_path / "nothing")
+    root = tmp_path / "failed"
+    shutil.copytree(batch, root)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    for entry in manifest["slides"].values():
+        entry["status"] = "failed"
+    (root / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ConfigError, match="no finished slide"):
+        bench.review_batch(root)
+
+
+def test_the_fine_tuned_weights_get_the_default_cards_rules(tmp_path: Path) -> None:
+    base = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="t")
+    rules = dataclasses.replace(
+        base,
+        threshold=0.62,
+        stride_px=16,
+        seed_threshold=0.9,
+        confirm_threshold=0.85,
+        size_calibration={"level": 0.8, "offset_mm": 0.0, "error_mm": [[9.0, 0.1]]},
+    )
+    torch.manual_seed(0)
+    default = save_checkpoint(tmp_path / "default.pt", build_model("micronet"), rules)
+    torch.manual_seed(1)
+    trained_model = build_model("micronet")
+    trained = save_checkpoint(tmp_path / "last.pt", trained_model, dataclasses.replace(base, threshold=0.41))
+    out = bench.with_default_rules(trained, tmp_path / "finetuned.pt", default)
+    model, card = load_checkpoint(out)
+    for name in bench.RULE_FIELDS:
+        assert getattr(card, name) == getattr(read_card(default), name), name
+    assert card.training_data == "t" and "copied from" in card.notes
+    for name, tensor in trained_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_removed_fraction() -> None:
+    assert bench.removed_fraction(20, 2) == pytest.approx(0.9)
+    assert bench.removed_fraction(5, 0) == 1.0
+    assert np.isnan(bench.removed_fraction(0, 0))
