@@ -305,3 +305,31 @@ def check_thresholds(
             "the cascade's screen threshold %g is above the deposit threshold %g: screening at %g, so "
             "the screen alone rules out no deposit", screen, threshold, threshold,
         )
+
+
+# Settings a command line may override, per config section; option names equal field names.
+# Tile size and resolution are absent on purpose: they come from the model card.
+OVERRIDABLE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "inference": (
+        "device",
+        "batch_size",
+        "num_workers",
+        "region_tiles",
+        "precision",
+        "compile",
+        "cascade",
+        "cascade_screen_threshold",
+    ),
+    "tiling": ("stride_px", "min_tissue_fraction"),
+    "deposits": ("threshold", "seed_threshold", "refine", "count_cells", "cell_rule"),
+    "qc": ("accept_qc_failures",),
+}
+
+
+def stage_overrides(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-section overrides for ``build_context`` from flat option values (e.g. ``vars(args)``);
+    a missing option counts as not given (None)."""
+    return {
+        section: {name: options.get(name) for name in names}
+        for section, names in OVERRIDABLE_SETTINGS.items()
+    }

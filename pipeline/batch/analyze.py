@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from pipeline import __version__
 from pipeline.batch.folder import REPORT_JSON, manifest_path, read_or_start_manifest
 from pipeline.batch.local import SlideOutcome, run_batch
+from pipeline.batch.scoring import dihedral_scorer, score_with_facts, score_with_stats
 from pipeline.config import (
     DepositConfig,
     InferenceConfig,
@@ -40,7 +41,7 @@ from pipeline.slides.integrity import check_integrity
 from pipeline.slides.metadata import plausible_objective_power
 from pipeline.slides.qc import ACCEPT_FLAG, QCConfig, QCResult, check_slide
 from pipeline.slides.slide import Slide, open_slide, open_slide_for_user
-from pipeline.slides.tiling import TileGrid, plan_tiles, points_grid, subset_grid
+from pipeline.slides.tiling import TileGrid, plan_tiles, points_grid
 from pipeline.slides.tissue import TissueMask, detect_tissue
 from pipeline.staging import slide_category
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
     from pipeline.deposits.decide import DepositDecision, DepositRules
     from pipeline.deposits.measure import Deposit
-    from pipeline.detection.inference import InferenceStats, PreparedModel
+    from pipeline.detection.inference import PreparedModel
     from pipeline.models import ModelCard
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class AnalysisContext:
     force_mpp: bool = False
     mpp_by_slide: Mapping[str, float] = dataclasses.field(default_factory=dict)
     whole_slide: bool = False
+    partner: tuple[nn.Module, ModelCard, str] | None = None  # pipeline.models.partner
 
     @functools.cached_property
     def prepared(self) -> PreparedModel:
@@ -91,6 +93,15 @@ class AnalysisContext:
         from pipeline.detection.inference import prepare_model
 
         return prepare_model(self.model, self.card, self.inference)
+
+    @functools.cached_property
+    def partner_prepared(self) -> PreparedModel | None:
+        """The card's partner model prepared like the model, or None without one."""
+        from pipeline.detection.inference import prepare_model
+
+        if self.partner is None:
+            return None
+        return prepare_model(self.partner[0], self.partner[1], self.inference)
 
     def user_mpp(self, slide_id: str) -> tuple[float | None, str]:
         """The µm/px the user gave for a slide (``--mpp-csv`` first, then ``--mpp``), or None,
@@ -161,35 +172,11 @@ class AnalysisContext:
             "seed_threshold": self.seed_threshold,
             "threshold_source": self.threshold_source,
             "warning": card_quality_warning(self.card),  # near-chance or absent validation AUC
+            "partner": None if self.partner is None else {
+                "file": self.card.partner["file"], "sha256": self.partner[2],
+                "architecture": self.partner[1].architecture,
+            },
         }
-
-
-# Settings a command line may override, per config section; option names equal field names.
-# Tile size and resolution are absent on purpose: they come from the model card.
-OVERRIDABLE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "inference": (
-        "device",
-        "batch_size",
-        "num_workers",
-        "region_tiles",
-        "precision",
-        "compile",
-        "cascade",
-        "cascade_screen_threshold",
-    ),
-    "tiling": ("stride_px", "min_tissue_fraction"),
-    "deposits": ("threshold", "seed_threshold", "refine", "count_cells", "cell_rule"),
-    "qc": ("accept_qc_failures",),
-}
-
-
-def stage_overrides(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-section overrides for ``build_context`` from flat option values (e.g. ``vars(args)``);
-    a missing option counts as not given (None)."""
-    return {
-        section: {name: options.get(name) for name in names}
-        for section, names in OVERRIDABLE_SETTINGS.items()
-    }
 
 
 def build_context(
@@ -221,8 +208,10 @@ def build_context(
     inference = build_config(InferenceConfig, sections.get("inference"), overrides.get("inference"), source)
     path = resolve_model_path(model_path)
     from pipeline.models import choose_device
+    from pipeline.models.partner import load_partner
 
     model, card = load_checkpoint(path, device=str(choose_device(inference.device)))
+    partner = load_partner(path, card, device=str(choose_device(inference.device)))
     tiling_section = dict(sections.get("tiling", {}))
     for fixed in ("tile_size_px", "mpp"):
         if fixed in tiling_section:
@@ -245,83 +234,10 @@ def build_context(
         force_mpp=force_mpp,
         mpp_by_slide=dict(mpp_by_slide or {}),
         whole_slide=whole_slide,
+        partner=partner,
     )
     check_thresholds(context.deposits, context.inference, context.threshold, source)
     return context
-
-
-def _score_with_stats(
-    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
-) -> tuple[NDArray[np.float32], InferenceStats]:
-    """Every tile of ``grid`` scored densely with the context's prepared model, and how it went."""
-    from pipeline.detection.inference import score_prepared
-
-    return score_prepared(slide.path, slide.mpp, grid, context.prepared, context.inference, progress)
-
-
-def _score_with_facts(
-    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
-) -> tuple[NDArray[np.float32], dict[str, Any]]:
-    """Tile probabilities and the inference section of report.json (device, CPU plan, speed)."""
-    if context.inference.cascade:
-        return _cascade_with_facts(context, slide, grid, progress)
-    probabilities, stats = _score_with_stats(context, slide, grid, progress)
-    return probabilities, _inference_facts(context, [stats])
-
-
-def _inference_facts(context: AnalysisContext, runs: Sequence[InferenceStats]) -> dict[str, Any]:
-    seconds = sum(stats.seconds for stats in runs)
-    tiles_by_mode = {mode: sum(s.n_tiles for s in runs if s.mode == mode) for mode in ("tiles", "dense")}
-    return {
-        "device": runs[0].device,
-        "precision": runs[0].precision,
-        "mode": max(tiles_by_mode, key=lambda mode: tiles_by_mode[mode]),  # "dense" or "tiles"
-        "tiles_by_mode": tiles_by_mode,
-        "compiled": context.inference.compile,
-        "tiles_per_s": round(sum(stats.n_tiles for stats in runs) / seconds, 1) if seconds > 0 else 0.0,
-        "cpu_plan": runs[0].cpu_plan.to_dict(),
-    }
-
-
-def _cascade_with_facts(
-    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
-) -> tuple[NDArray[np.float32], dict[str, Any]]:
-    """The cascade (``pipeline.detection.cascade``): the screen, then dense scoring near suspicious tiles."""
-    from pipeline.detection.cascade import cascade_scores
-
-    runs: list[InferenceStats] = []
-
-    def score(indices: NDArray[np.int64]) -> NDArray[np.float32]:
-        scores, stats = _score_with_stats(context, slide, subset_grid(grid, indices), progress)
-        runs.append(stats)
-        return scores
-
-    # Cells the screen rules out keep the screen's probability, so the screen threshold never
-    # exceeds the deposit threshold (a user's --threshold below it lowers it too).
-    screen_threshold = min(context.inference.cascade_screen_threshold, context.threshold)
-    probabilities, cascade = cascade_scores(grid, score, screen_threshold)
-    if progress is not None:
-        progress(len(grid) - cascade.screen_tiles - cascade.full_tiles)  # the cells left unscored
-    return probabilities, {**_inference_facts(context, runs), "cascade": cascade.to_dict()}
-
-
-def _dihedral_scorer(
-    context: AnalysisContext, slide: Slide
-) -> Callable[[NDArray[np.int64]], NDArray[np.float32]]:
-    """Tiles at level-0 corners, read as the grid reads them, scored in their 8 dihedral poses."""
-    from pipeline.detection.inference import score_dihedral
-    from pipeline.slides.readers import read_geometry, read_one_tile
-
-    card = context.card
-    geometry = read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
-
-    def score(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
-        if len(xy_px) == 0:
-            return np.zeros(0, np.float32)
-        tiles = np.stack([read_one_tile(slide, xy, geometry) for xy in xy_px])
-        return score_dihedral(context.prepared, tiles)
-
-    return score
 
 
 def _find_and_refine(
@@ -333,7 +249,7 @@ def _find_and_refine(
     from pipeline.deposits.measure import keep_seeded
 
     rules = context.rules
-    decision = decide_deposits(heatmap, rules, _dihedral_scorer(context, slide))
+    decision = decide_deposits(heatmap, rules, dihedral_scorer(context, slide))
     if not (context.deposits.refine and decision.deposits) or rules.size is not None:
         return decision
     from pipeline.deposits.refine import refine_deposits
@@ -341,7 +257,7 @@ def _find_and_refine(
     def score_points(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
         if len(xy_px) == 0:
             return np.zeros(0, np.float32)
-        return _score_with_stats(context, slide, points_grid(grid, xy_px), None)[0]
+        return score_with_stats(context, slide, points_grid(grid, xy_px), None)[0]
 
     refined = refine_deposits(heatmap, decision.deposits, context.threshold, score_points, context.deposits)
     return DepositDecision(keep_seeded(refined, context.seed_threshold), decision.candidates)
@@ -460,7 +376,7 @@ def analyze_slide(
         timing["tissue_tiling"] = time.perf_counter() - started
         if progress is not None:
             progress.start(len(grid))
-        probabilities, inference_facts = _score_with_facts(context, slide, grid, progress)
+        probabilities, inference_facts = score_with_facts(context, slide, grid, progress)
         timing["inference"] = time.perf_counter() - started - timing["tissue_tiling"]
         heatmap = heatmap_from_scores(grid, probabilities)
         save_heatmap(heatmap, folder)

@@ -280,7 +280,7 @@ def _run_on_cluster(
 
 def spec_from_args(args: argparse.Namespace) -> ContextSpec:
     """The ``ContextSpec`` for ``micromet infer`` options (same flags as a local run)."""
-    from pipeline.batch.analyze import stage_overrides
+    from pipeline.config import stage_overrides
 
     options = vars(args)
     return ContextSpec(

@@ -164,7 +164,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def build_context_from_args(args: argparse.Namespace) -> Any:
     """Resolve defaults, config file and flags into an ``AnalysisContext``."""
-    from pipeline.batch.analyze import build_context, stage_overrides
+    from pipeline.batch.analyze import build_context
+    from pipeline.config import stage_overrides
 
     return build_context(
         args.model,

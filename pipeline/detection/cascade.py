@@ -186,11 +186,14 @@ def _near_suspicious(
 
 
 def cascade_scores(
-    grid: TileGrid, score: ScoreIndices, screen_threshold: float
+    grid: TileGrid, score: ScoreIndices, screen_threshold: float, full_score: ScoreIndices | None = None
 ) -> tuple[NDArray[np.float32], CascadeFacts]:
     """Probabilities of every tile in ``grid`` (grid order) and how the cascade went.
 
     score: scores the tiles at the given grid indices, returns their probabilities in order.
+    full_score: scores the tiles near suspicious ones, screen tiles there included (a model
+    with a partner: the screen is the model alone, the heatmap near suspicious tiles the
+    average); None: ``score``, and screen tiles keep their screen probability.
     """
     k = block_cells(grid)
     screen, block_of = screen_indices(grid.heatmap_rc, k, grid.tile_size_l0_px / grid.stride_l0_px)
@@ -200,10 +203,11 @@ def cascade_scores(
     out = block_p[block_of].astype(np.float32)
     suspicious = grid.heatmap_rc[screen[screen_p >= screen_threshold]] // k
     full = _near_suspicious(grid.heatmap_rc, k, suspicious)
-    full[screen] = False  # already scored at full density
+    if full_score is None:
+        full[screen] = False  # already scored at full density
     out[screen] = screen_p
     full_indices = np.flatnonzero(full).astype(np.int64)
     if len(full_indices):
-        out[full_indices] = score(full_indices)
+        out[full_indices] = (full_score or score)(full_indices)
     facts = CascadeFacts(k, len(screen), len(full_indices), len(grid), screen_threshold)
     return out, facts

@@ -71,6 +71,7 @@ class InferenceStats:
     read_level: pyramid level read. cpu_threads: torch threads used on the CPU.
     cpu_plan: reader processes and threads chosen for the run, and why.
     precision: the autocast the model ran under ("fp32", "bf16" or "fp16"). mode: "tiles" or "dense".
+    partner: the run of a card's partner model (``pipeline.models.partner``).
     """
 
     n_tiles: int
@@ -85,6 +86,7 @@ class InferenceStats:
     cpu_plan: CpuPlan
     precision: str = precision_name(None)  # plain fp32
     mode: str = "tiles"
+    partner: bool = False
 
 
 class _Scorer:

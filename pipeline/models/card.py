@@ -84,6 +84,10 @@ class ModelCard:
         ``level`` less ``offset_mm``, with the measured 95 % errors ``error_mm`` ([[upper mm,
         error mm], ...]) as their ± (``pipeline.deposits.measure.SizeCalibration``); an optional
         "knots_mm" ([[contour mm, true mm], ...]) corrects by size instead of one offset.
+    partner: {} or {"file", "sha256"}: a second checkpoint beside this one (same tile size, µm/px
+        and stride) whose tumor probabilities are averaged with this model's for the heatmap
+        (``pipeline.models.partner``); the seed, confirm and size rules were measured on that
+        average. The confirmation in 8 poses uses this model alone.
     Raises CheckpointError naming the field when a value is invalid.
     """
 
@@ -105,6 +109,7 @@ class ModelCard:
     seed_threshold: float | None = None
     confirm_threshold: float | None = None
     size_calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
+    partner: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_card_geometry(self)
@@ -122,6 +127,7 @@ OPTIONAL_CARD_FIELDS = (
     "seed_threshold",
     "confirm_threshold",
     "size_calibration",
+    "partner",
 )
 
 
@@ -165,6 +171,7 @@ def _check_card_extras(card: ModelCard) -> None:
         raise _card_error("confirm_threshold", confirm, "None or a probability from 0 to 1")
     if card.size_calibration:
         size_calibration_from_card(card)
+    _check_partner(card.partner)
     reference = card.qc_reference
     from pipeline.slides.qc import STAIN_NAMES
 
@@ -180,6 +187,19 @@ def _check_card_extras(card: ModelCard) -> None:
             or bounds[0] > bounds[1]
         ):
             raise _card_error("qc_reference", {key: bounds}, expected)
+
+
+def _check_partner(partner: object) -> None:
+    expected = '{} or {"file": a file name beside the checkpoint, "sha256": its 64 hex digits}'
+    if partner == {}:
+        return
+    if not isinstance(partner, dict) or set(partner) != {"file", "sha256"}:
+        raise _card_error("partner", partner, expected)
+    name, digest = partner["file"], partner["sha256"]
+    plain_name = isinstance(name, str) and name not in ("", ".", "..") and not set(name) & set("/\\\0")
+    hex_digest = isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+    if not (plain_name and hex_digest):
+        raise _card_error("partner", partner, expected)
 
 
 def size_calibration_from_card(card: ModelCard) -> SizeCalibration | None:
@@ -291,6 +311,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         "seed_threshold": None if card.seed_threshold is None else float(card.seed_threshold),
         "confirm_threshold": None if card.confirm_threshold is None else float(card.confirm_threshold),
         "size_calibration": _size_calibration_dict(card.size_calibration),
+        "partner": {str(k): str(v) for k, v in card.partner.items()},
     }
 
 
