@@ -2,6 +2,7 @@
 
     python scripts/bench_node_scale.py score --part dev  [--model models/default.pt] [--work runs/node_scale]
     python scripts/bench_node_scale.py report --part test [--write-docs]
+    python scripts/bench_node_scale.py combine --work runs/a --with runs/b --out runs/ab --model PAIRED.pt
 
 ``score`` builds the surfaces of one part of the place split (data/pcam_places.csv; dev for
 every choice, test reported once) from real material only and scores every tile of each with the
@@ -9,6 +10,9 @@ model (the pipeline's prepared model and precision), caching image, heatmap and 
 --work. ``report`` turns the cached heatmaps into deposits with the pipeline's own deposit code
 (``pipeline.deposits.decide``: outline, seed, confirmation, size calibration) and prints the
 figures (Markdown), optionally into docs/benchmarks.md and the card's metrics (--write-card).
+A model whose card names a partner (``pipeline.models.partner``) is scored as ``infer`` scores
+it: the average of both models' heatmaps. ``combine`` makes the same average from two parts
+already scored with each model alone (same surfaces, checked pixel for pixel), for --model.
 
 Material (all real, none trained on: the train part of the split never appears):
 - negative surfaces: feathered mosaics of the part's PCam normal patches (each patch used once
@@ -191,10 +195,23 @@ def load_surfaces(folder: Path) -> list[tuple[Surface, NDArray[np.float32]]]:
     return out
 
 
+def _partner_scorers(model_path: Path):  # type: ignore[no-untyped-def]
+    """(tile scorer, region scorer or None) of the card's partner model, or None without one."""
+    from pipeline.models import read_card
+    from pipeline.models.partner import load_partner, partner_path
+
+    card = read_card(model_path)
+    if load_partner(model_path, card) is None:  # checks file, SHA-256 and geometry
+        return None
+    score, score_region, _ = make_scorer(partner_path(model_path, card))  # type: ignore[arg-type]
+    return score, score_region
+
+
 def score_part(args: argparse.Namespace) -> int:
     folder = args.work / args.part
     folder.mkdir(parents=True, exist_ok=True)
     score, score_region, card = make_scorer(args.model)
+    partner = _partner_scorers(args.model)
     model_stride = card.stride_px or 32
     stride = args.stride_px or model_stride
     surfaces = build_surfaces(args.part, args.data, args.seed)
@@ -206,8 +223,15 @@ def score_part(args: argparse.Namespace) -> int:
             surface.image, surface.mpp, card.tile_size_px, stride, score,
             region_score=score_region, model_stride_px=model_stride,
         )  # fmt: skip
-        n_tiles += heatmap.probabilities.size
-        save_surface(folder, surface, heatmap.probabilities)
+        values = heatmap.probabilities
+        if partner is not None:
+            other = heatmap_of_surface(
+                surface.image, surface.mpp, card.tile_size_px, stride, partner[0],
+                region_score=partner[1], model_stride_px=model_stride,
+            )  # fmt: skip
+            values = (values + other.probabilities) / np.float32(2.0)
+        n_tiles += values.size
+        save_surface(folder, surface, values)
     settings = {"model": str(args.model), "stride_px": stride, "dense": score_region is not None}
     (folder / "model.json").write_text(json.dumps(settings), encoding="utf-8")
     how, seconds = ("dense" if score_region else "tile by tile"), time.perf_counter() - started
@@ -215,9 +239,43 @@ def score_part(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(folder: Path) -> dict[str, object]:
+    return dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
+
+
+def combine_parts(args: argparse.Namespace) -> int:
+    """The average of two scored copies of the same surfaces, as the model --model names."""
+    if args.other is None or args.out is None:
+        raise SystemExit("combine needs --with (a second --work) and --out")
+    for part in ("dev", "test"):
+        mine, theirs = args.work / part, args.other / part
+        if not (mine / "model.json").is_file() or not (theirs / "model.json").is_file():
+            continue
+        strides = {
+            json.loads((f / "model.json").read_text(encoding="utf-8"))["stride_px"] for f in (mine, theirs)
+        }
+        other = {s.name: (s, v) for s, v in load_surfaces(theirs)}
+        out = args.out / part
+        out.mkdir(parents=True, exist_ok=True)
+        for surface, values in load_surfaces(mine):
+            twin, twin_values = other[surface.name]
+            if (
+                len(strides) != 1
+                or not np.array_equal(surface.image, twin.image)
+                or twin_values.shape != values.shape
+            ):
+                raise SystemExit(f"{part}/{surface.name}: the two runs did not score the same surface")
+            save_surface(out, surface, (values + twin_values) / np.float32(2.0))
+        settings = {"model": str(args.model), "stride_px": strides.pop(), "dense": False,
+                    "combined": [str(mine), str(theirs)]}  # fmt: skip
+        (out / "model.json").write_text(json.dumps(settings), encoding="utf-8")
+        print(f"{part}: {len(other)} surfaces averaged -> {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("score", "calibrate", "report"))
+    parser.add_argument("command", choices=("score", "calibrate", "report", "combine"))
     parser.add_argument("--part", choices=("dev", "test"), default="dev")
     parser.add_argument("--model", type=Path, default=REPO / "models" / "default.pt")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
@@ -235,9 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rules", type=Path, default=None, help="report: a calibration.json instead of the card"
     )
+    parser.add_argument("--with", dest="other", type=Path, default=None, help="combine: the second --work")
+    parser.add_argument("--out", type=Path, default=None, help="combine: the --work of the average")
     args = parser.parse_args(argv)
     if args.command == "score":
         return score_part(args)
+    if args.command == "combine":
+        return combine_parts(args)
     from node_scale_report import calibrate, report  # the figures, beside this script
 
     return calibrate(args) if args.command == "calibrate" else report(args)

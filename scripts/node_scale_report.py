@@ -258,7 +258,7 @@ APART_SURFACES = {
     "c17_centre_4_macro_node": "node labelled macro; the tile may or may not hold the tumor",
 }
 SIZE_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-SEED_CANDIDATES = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+SEED_CANDIDATES = (0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 CONFIRM_CANDIDATES = (None, 0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.97)
 CALIBRATION_BAND_MM = (0.1, 2.5)
 # the dev part must meet this, half the target, so the test part has room to differ

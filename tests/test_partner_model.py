@@ -150,3 +150,30 @@ def test_the_partner_round_trips_through_the_checkpoint(models: dict[str, Path])
     card = read_card(models["paired"])
     assert card.partner == {"file": "partner.pt", "sha256": file_sha256(models["partner"])}
     assert read_card(models["alone"]).partner == {}
+
+
+def test_classify_averages_the_model_and_its_partner(models: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pipeline.models import load_checkpoint
+    from pipeline.training.classify import classify_patches
+
+    rng = np.random.default_rng(0)
+    files = []
+    for index in range(4):
+        files.append(tmp_path / f"patch_{index}.png")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(files[-1])
+    import torch
+
+    device = torch.device("cpu")
+
+    def probabilities(name: str, with_partner: bool) -> NDArray[np.float64]:
+        model, card = load_checkpoint(models[name])
+        partner = load_partner(models[name], card) if with_partner else None
+        scores = classify_patches(
+            files, 1.0, model, card, device, partner=None if partner is None else partner[:2]
+        )
+        return np.array([s.tumor_probability for s in scores], dtype=np.float64)
+
+    expected = (probabilities("alone", False) + probabilities("partner", False)) / 2
+    np.testing.assert_allclose(probabilities("paired", True), expected, atol=1e-6)

@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     model, card = load_checkpoint(model_path, device)
     from pipeline.models.card import card_quality_warning
+    from pipeline.models.partner import load_partner
+
+    partner = load_partner(model_path, card, device)
 
     if card_quality_warning(card):
         print(f"micromet classify: warning: {model_path}: {card_quality_warning(card)}", file=sys.stderr)
@@ -64,14 +67,16 @@ def run(args: argparse.Namespace) -> int:
             bar.update(n_files)
 
         scores = classify_patches(
-            files, args.mpp, model, card, device, args.batch_size, args.skip_bad, advance
-        )
+            files, args.mpp, model, card, device, args.batch_size, args.skip_bad, advance,
+            partner=None if partner is None else partner[:2],
+        )  # fmt: skip
     write_scores_csv(args.out, scores)
     failed = sum(s.tumor_probability is None for s in scores)
     positive = sum(s.tumor_probability is not None and s.tumor_probability >= card.threshold for s in scores)
     print(
         f"scored {len(scores) - failed} of {len(scores)} patches with {model_path} "
-        f"({card.tile_size_px} px at {card.mpp} µm/px); {positive} at or above the card's "
+        + ("" if partner is None else f"averaged with its partner {card.partner['file']} ")
+        + f"({card.tile_size_px} px at {card.mpp} µm/px); {positive} at or above the card's "
         f"threshold {card.threshold:.2f}; wrote {args.out}"
         + (f"; {failed} unreadable (see the error column)" if failed else "")
     )

@@ -191,8 +191,12 @@ def classify_patches(
     batch_size: int = 64,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
+    partner: tuple[nn.Module, ModelCard] | None = None,
 ) -> list[PatchScore]:
     """Score image files at ``patch_mpp`` µm/px; one PatchScore per file, in order.
+
+    partner: the card's partner model and its card (``pipeline.models.partner``):
+    probabilities are the average of both models', as in ``infer``.
 
     An unreadable file raises PatchImageError naming it, or with ``skip_bad`` becomes a row
     with an empty probability and the error text. progress: called with files done.
@@ -204,6 +208,8 @@ def classify_patches(
             f"({MIN_PLAUSIBLE_MPP} to {MAX_PLAUSIBLE_MPP})"
         )
     model.to(device).eval()
+    if partner is not None:
+        partner[0].to(device).eval()
     scores: list[PatchScore] = []
     pending: list[tuple[Path, NDArray[np.uint8]]] = []
 
@@ -211,6 +217,9 @@ def classify_patches(
         if pending:
             tiles = torch.from_numpy(np.stack([tile for _, tile in pending]))
             probabilities = score_batch(model, tiles, device, (card.mean, card.std))
+            if partner is not None:
+                other = score_batch(partner[0], tiles, device, (partner[1].mean, partner[1].std))
+                probabilities = (probabilities + other) / np.float32(2.0)
             check_finite_probabilities(probabilities, f"{pending[0][0]} and its batch", unit="patches")
             for (path, _), p in zip(pending, probabilities, strict=True):
                 scores.append(PatchScore(str(path), float(p)))
