@@ -45,6 +45,7 @@ from pipeline.training.augment import AugmentConfig
 from pipeline.training.classify import choose_threshold, roc_auc, score_batch
 from pipeline.training.config import DataConfig, TrainConfig, TrainSettings
 from pipeline.training.datasets import fit_to_tile, load_rgb
+from pipeline.training.pcam_split import load_pcam, split_pcam
 from pipeline.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,6 @@ C17_TILES = {
     "centre_3": ("centre_3_patient_066_node_1", "negative node; right half (left half trained on)"),
     "centre_4": ("centre_4_patient_097_node_3", "macro node; the tile may show tumor"),
 }
-PLACES_CSV = REPO / "data" / "pcam_places.csv"
 C17_EVAL_STRIDE_PX = 32
 C17_TRAIN_STRIDE_PX = 16
 AUGMENT = AugmentConfig(
@@ -118,27 +118,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # --- data --------------------------------------------------------------------------------
 
 
-def split_pcam(data: Path, seed: int) -> dict[str, list[tuple[str, int]]]:
-    """(file relative to ``data``, label) per part, from the place split in data/pcam_places.csv.
-
-    Whole places (patches sharing pixels; scripts/split_pcam_by_place.py) sit in one part:
-    train (PCam and hard normals), val = the dev part's PCam patches (thresholds), hard_dev = the
-    dev part's hard normals (reported apart: a biased sample), test = the test part (reported once).
-    ``seed`` is kept for the command line; the split itself is fixed by the file.
-    """
-    del seed
-    splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "hard_dev": [], "test": []}
-    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            item = (f"{row['source']}/{row['file']}", int(row["label"]))
-            if not (data / item[0]).is_file():
-                raise SystemExit(f"{data / item[0]}: listed in {PLACES_CSV} but missing; check --data")
-            hard = row["source"] == "pcam_hard_normals"
-            part = {"train": "train", "dev": "hard_dev" if hard else "val", "test": "test"}[row["part"]]
-            splits[part].append(item)
-    return splits
-
-
 def c17_image(data: Path, stem: str) -> NDArray[np.uint8]:
     """A CAMELYON17 tile brought to the model's µm/px."""
     rgb = load_rgb(data / "camelyon17_tiles" / f"{stem}.jpeg")
@@ -174,7 +153,7 @@ def _link(source: Path, target: Path) -> None:
 
 def prepare_folders(data: Path, work: Path, seed: int) -> dict[str, list[tuple[str, int]]]:
     """work/train and work/val patch folders (tumor/, normal/) for ``micromet train``."""
-    splits = split_pcam(data, seed)
+    splits = split_pcam(data)  # fixed by data/pcam_places.csv; seed is recorded, not used
     for split in ("train", "val"):
         for name, label in splits[split]:
             _link(data / name, work / split / ("tumor" if label else "normal") / Path(name).name)
@@ -242,11 +221,6 @@ def auc_interval(p: NDArray[np.float32], y: NDArray[np.int64], seed: int) -> tup
         )
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
-
-
-def load_pcam(data: Path, items: Sequence[tuple[str, int]]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
-    tiles = np.stack([load_rgb(data / name) for name, _ in items])
-    return tiles, np.array([label for _, label in items], dtype=np.int64)
 
 
 def score_pcam(

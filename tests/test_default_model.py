@@ -5,12 +5,9 @@ finds no deposit in tumor-free lymph node and measures a real tumor deposit to w
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -23,6 +20,7 @@ from pipeline.models import ModelCard, default_model_path, file_sha256, load_che
 from pipeline.models.device import SCORING_BF16_TOLERANCE
 from pipeline.training.classify import roc_auc, score_batch
 from pipeline.training.datasets import fit_to_tile, load_rgb
+from pipeline.training.pcam_split import split_pcam
 from tests.conftest import REPO_ROOT, require_shared_data
 from tests.real_slides import write_tumor_square_slide, write_untrained_negative_slide
 
@@ -36,19 +34,6 @@ def default_model() -> tuple[torch.nn.Module, ModelCard]:
     path = default_model_path()
     assert path == REPO_ROOT / "models" / "default.pt"
     return load_checkpoint(path)
-
-
-@pytest.fixture(scope="module")
-def training_script() -> ModuleType:
-    """scripts/train_default_model.py as a module (its split is the one the model was made with)."""
-    path = REPO_ROOT / "scripts" / "train_default_model.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("train_default_model", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-    spec.loader.exec_module(module)
-    return module
 
 
 def _scores(model: torch.nn.Module, card: ModelCard, tiles: np.ndarray) -> np.ndarray:
@@ -102,11 +87,11 @@ def test_model_card_markdown_matches_the_checkpoint(default_model: tuple[torch.n
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_auc_on_the_held_out_pcam_split_is_at_least_the_floor(
-    default_model: tuple[torch.nn.Module, ModelCard], training_script: ModuleType
+    default_model: tuple[torch.nn.Module, ModelCard],
 ) -> None:
     data = require_shared_data("pcam_kaggle").parent
     model, card = default_model
-    splits = training_script.split_pcam(data, 0)  # the split by place of data/pcam_places.csv
+    splits = split_pcam(data)  # the split by place of data/pcam_places.csv
     others = {name for part in ("train", "val", "hard_dev") for name, _ in splits[part]}
     assert not {name for name, _ in splits["test"]} & others
     tiles = np.stack([load_rgb(data / name) for name, _ in splits["test"]])
