@@ -35,15 +35,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from pipeline.benchmarks.harness import replace_section
 from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR, InferenceConfig
 from pipeline.detection.inference import _torch_threads, prepare_model
 from pipeline.models import ModelCard, build_model, load_checkpoint
 from pipeline.training.classify import roc_auc
 from pipeline.training.datasets import fit_to_tile, load_rgb
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_report import replace_section
-from train_default_model import load_pcam, split_pcam
+from pipeline.training.pcam_split import load_pcam, split_pcam
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_HEADING = "## Compute runtimes on the CPU (issue 14, item 2)"
@@ -59,7 +57,7 @@ def real_tiles(card: ModelCard) -> tuple[NDArray[np.uint8], NDArray[np.int64], s
     labels = [label for _, label in c16]
     what = f"{len(c16)} CAMELYON16 patches"
     if card.tile_size_px == 96 and abs(card.mpp - PCAM_MPP) < 1e-3:
-        pcam, pcam_labels = load_pcam(SHARED_DATA_DIR, split_pcam(SHARED_DATA_DIR, 0)["test"])
+        pcam, pcam_labels = load_pcam(SHARED_DATA_DIR, split_pcam(SHARED_DATA_DIR)["test"])
         tiles, labels = [*pcam, *tiles], [*pcam_labels.tolist(), *labels]
         what = f"{len(pcam)} PCam test patches + {what}"
     return np.stack(tiles), np.asarray(labels, dtype=np.int64), what

@@ -4,7 +4,6 @@ TIAToolbox itself is never installed here."""
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.benchmarks import harness, speed, tia, variants
+from pipeline.benchmarks import speed_report as report
 from pipeline.cli import build_parser
 from pipeline.cli.bench import bench_argv, find_bench_script
 from pipeline.config import TilingConfig, TissueConfig
@@ -21,13 +22,7 @@ from pipeline.slides.slide import open_slide
 from pipeline.slides.tiling import plan_tiles
 from pipeline.slides.tissue import detect_tissue
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-bench: Any = importlib.import_module("bench")
-report: Any = importlib.import_module("bench_report")
-variants: Any = importlib.import_module("bench_variants")
-tia: Any = importlib.import_module("bench_tiatoolbox")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def result(variant: str, n_tiles: int, seconds: float, rss: float = 100.0, error: str | None = None) -> Any:
@@ -35,7 +30,7 @@ def result(variant: str, n_tiles: int, seconds: float, rss: float = 100.0, error
 
 
 def test_defaults_match_the_brief() -> None:
-    args = bench.parse_args([])
+    args = speed.parse_args([])
     assert (args.width, args.height, args.mpp) == (20000, 20000, 0.25)
     assert (args.repeats, args.workers, args.batch_size) == (3, None, 64)  # None: automatic CPU plan
     assert args.precision == "auto" and not args.both_models
@@ -44,33 +39,33 @@ def test_defaults_match_the_brief() -> None:
 
 
 def test_both_models_measures_the_default_model_and_resnet18_under_their_own_headings() -> None:
-    runs = bench.model_runs(bench.parse_args(["--both-models", "--repeats", "1"]))
+    runs = speed.model_runs(speed.parse_args(["--both-models", "--repeats", "1"]))
     assert [(r.model, r.architecture) for r in runs] == [(None, None), (None, "resnet18")]
     assert (runs[1].tile_size_px, runs[1].model_mpp, runs[1].repeats) == (224, 0.5, 1)
-    headings = [bench.section_heading(r) for r in runs]
+    headings = [speed.section_heading(r) for r in runs]
     assert "the default model" in headings[0] and "resnet18 224 px at 0.5" in headings[1]
-    native_bf16 = bench.cpu_kind().endswith("; native bf16)")
+    native_bf16 = harness.cpu_kind().endswith("; native bf16)")
     assert all(("CPU without native bf16" in h) != native_bf16 for h in headings)
     assert len(set(headings)) == 2 and all(h.startswith("## Speed") for h in headings)
-    assert bench.model_runs(bench.parse_args([]))[0].architecture is None
+    assert speed.model_runs(speed.parse_args([]))[0].architecture is None
 
 
 def test_both_models_with_a_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
-        bench.parse_args(["--both-models", "--architecture", "resnet50"])
+        speed.parse_args(["--both-models", "--architecture", "resnet50"])
     assert caught.value.code == 2 and "--both-models" in capsys.readouterr().err
 
 
 def test_model_and_architecture_together_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(["--model", "m.pt", "--architecture", "resnet18"])
+        speed.parse_args(["--model", "m.pt", "--architecture", "resnet18"])
     assert exit_info.value.code == 2
     assert "exclude each other" in capsys.readouterr().err
 
 
 def test_zero_repeats_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        bench.parse_args(["--repeats", "0"])
+        speed.parse_args(["--repeats", "0"])
     assert "--repeats 0 is out of range" in capsys.readouterr().err
 
 
@@ -78,14 +73,14 @@ def test_micromet_bench_forwards_the_options_it_parsed() -> None:
     args = build_parser().parse_args(
         ["bench", "--width", "6000", "--architecture", "resnet18", "--skip-tiatoolbox", "--workers", "0"]
     )
-    forwarded = bench.parse_args(bench_argv(args))
+    forwarded = speed.parse_args(bench_argv(args))
     assert (forwarded.width, forwarded.architecture, forwarded.workers) == (6000, "resnet18", 0)
     assert forwarded.skip_tiatoolbox and not forwarded.write_docs
     assert forwarded.height == 20000  # defaults travel too
 
 
 def test_bench_command_explains_where_the_harness_is(tmp_path: Path) -> None:
-    assert find_bench_script() == SCRIPTS / "bench.py"
+    assert find_bench_script() == REPO_ROOT / "scripts" / "bench.py"
     with pytest.raises(ConfigError, match="source repository"):
         find_bench_script(tmp_path)
 
@@ -131,16 +126,16 @@ def test_replace_section_rewrites_only_its_own_section() -> None:
     heading = report.SECTION_HEADING
     text = (f"# Benchmarks\n\nintro\n\n## Viewer\n\nviewer text\n\n{heading}\n\nold numbers\n\n"
             "## Later\n\nkeep\n")
-    updated = report.replace_section(text, heading, f"{heading}\n\nnew numbers\n")
+    updated = harness.replace_section(text, heading, f"{heading}\n\nnew numbers\n")
     assert "old numbers" not in updated and "new numbers" in updated
     assert updated.index("## Viewer") < updated.index(heading) < updated.index("## Later")
     assert "viewer text" in updated and updated.endswith("## Later\n\nkeep\n")
-    assert report.replace_section(updated, heading, f"{heading}\n\nnew numbers\n") == updated
+    assert harness.replace_section(updated, heading, f"{heading}\n\nnew numbers\n") == updated
 
 
 def test_replace_section_appends_when_absent() -> None:
     heading = report.SECTION_HEADING
-    updated = report.replace_section("# Benchmarks\n\n## Viewer\n\nx\n", heading, f"{heading}\n\nbody\n")
+    updated = harness.replace_section("# Benchmarks\n\n## Viewer\n\nx\n", heading, f"{heading}\n\nbody\n")
     assert updated == f"# Benchmarks\n\n## Viewer\n\nx\n\n{heading}\n\nbody\n"
 
 
@@ -189,16 +184,16 @@ def test_pip_failure_tail_keeps_the_error_not_the_index_chatter() -> None:
 
 def test_a_failing_child_run_reports_its_output(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "import sys; print('ImportError: no tiatoolbox'); sys.exit(3)"]
-    run = bench.run_child(command, "tiatoolbox", tmp_path / "r.json", tmp_path / "r.log", timeout_s=60)
+    run = speed.run_child(command, "tiatoolbox", tmp_path / "r.json", tmp_path / "r.log", timeout_s=60)
     assert run.error is not None and "exit 3" in run.error and "ImportError: no tiatoolbox" in run.error
 
 
 def test_a_child_run_returns_its_result_and_memory(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import bench_variants as v; "
+    code = ("import sys; from pipeline.benchmarks import variants as v; "
             "x = bytearray(50 * 2**20); import time; time.sleep(0.5); "
-            "v.RunResult('read_limit', 10, 0.5, 60.0).save(__import__('pathlib').Path(sys.argv[2]))")
-    run = bench.run_child([sys.executable, "-c", code, str(SCRIPTS), str(out)], "read_limit", out,
+            "v.RunResult('read_limit', 10, 0.5, 60.0).save(__import__('pathlib').Path(sys.argv[1]))")
+    run = speed.run_child([sys.executable, "-c", code, str(out)], "read_limit", out,
                           tmp_path / "r.log", timeout_s=60)
     assert run.error is None and run.n_tiles == 10 and run.tiles_per_s == 20.0
     if Path("/proc/self/status").exists():
@@ -208,7 +203,7 @@ def test_a_child_run_returns_its_result_and_memory(tmp_path: Path) -> None:
 def test_section_says_why_tiatoolbox_was_not_measured(tmp_path: Path) -> None:
     spec = variants.BenchSpec("s.svs", 0.25, "m.pt", 64, 1.0, "cpu", 2, 64, 4, "g.npz", str(tmp_path))
     context = report.RunContext("python scripts/bench.py", "1 x 1 px", "model", 1,
-                                bench.machine_facts(), 1.0)
+                                harness.machine_facts(), 1.0)
     env = tia.TiaEnv(None, error="pip install of tiatoolbox's requirements failed (exit 1): no torch")
     section = report.render_section(context, spec, 10, {"read_limit": [result("read_limit", 10, 1.0)]}, env)
     assert section.startswith(report.SECTION_HEADING)
@@ -229,3 +224,30 @@ def test_read_limit_reads_every_planned_tile(tiny_slide: Path, tmp_path: Path) -
         n_tiles, facts = variants.read_limit(spec)
         assert n_tiles == len(grid) > 10
         assert facts["workers"] == workers and facts["n_regions"] < len(grid)
+
+
+@pytest.mark.slow
+def test_a_measured_variant_runs_the_package_in_a_fresh_process(tiny_slide: Path, tmp_path: Path) -> None:
+    with open_slide(tiny_slide) as slide:
+        tissue = detect_tissue(slide, TissueConfig())
+        grid = plan_tiles(slide.dimensions, slide.mpp, tissue, TilingConfig(tile_size_px=32, mpp=1.0))
+    variants.save_grid(grid, tmp_path / "grid.npz")
+    spec = variants.BenchSpec(str(tiny_slide), grid.slide_mpp, "unused.pt", 32, 1.0, "cpu", 0, 8, 2,
+                              str(tmp_path / "grid.npz"), str(tmp_path))
+    spec.save(tmp_path / "spec.json")
+    command = speed.variant_command("read_limit", tmp_path / "spec.json", tmp_path / "r.json", 0, None)
+    assert command[1:3] == ["-m", "pipeline.benchmarks.speed"]  # no script of a source checkout
+    run = speed.run_child(command, "read_limit", tmp_path / "r.json", tmp_path / "r.log", timeout_s=120)
+    assert run.error is None and run.n_tiles == len(grid) > 10 and run.extra["workers"] == 0
+
+
+def test_the_tiatoolbox_runner_started_by_path_imports_the_package(tmp_path: Path) -> None:
+    # TIAToolbox's venv runs the runner by its path; it must still find pipeline.benchmarks and
+    # then fail on the missing TIAToolbox (never installed here), reporting it.
+    spec = variants.BenchSpec("s.svs", 0.25, "m.pt", 64, 1.0, "cpu", 0, 64, 4, "g.npz", str(tmp_path))
+    spec.save(tmp_path / "spec.json")
+    env = tia.TiaEnv(Path(sys.executable), "tiatoolbox (none)")
+    command = speed.variant_command("tiatoolbox", tmp_path / "spec.json", tmp_path / "r.json", 0, env)
+    assert Path(command[1]) == speed.TIA_RUNNER and speed.TIA_RUNNER.is_file()
+    run = speed.run_child(command, "tiatoolbox", tmp_path / "r.json", tmp_path / "r.log", timeout_s=120)
+    assert run.error is not None and "No module named 'tiatoolbox'" in run.error

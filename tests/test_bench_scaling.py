@@ -3,8 +3,6 @@ option, docs section) and its mostly-glass slide writer on a small slide read ba
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,52 +11,51 @@ import openslide
 import pytest
 from conftest import draw_tissue_rgb, write_pyramid_tiff
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-scaling: Any = importlib.import_module("bench_scaling")
+from pipeline.benchmarks import scaling
+from pipeline.benchmarks import scaling_report as report
+from pipeline.benchmarks import scaling_slides as slides
 
 
 def test_fit_linear_recovers_overhead_and_slope() -> None:
     areas = [1.0, 5.0, 20.0, 40.0]
-    a, b, r2 = scaling.fit_linear(areas, [7.0 + 0.25 * x for x in areas])
+    a, b, r2 = report.fit_linear(areas, [7.0 + 0.25 * x for x in areas])
     assert (a, b, r2) == pytest.approx((7.0, 0.25, 1.0))
-    _, _, noisy_r2 = scaling.fit_linear(areas, [7.0, 9.5, 11.0, 18.0])
+    _, _, noisy_r2 = report.fit_linear(areas, [7.0, 9.5, 11.0, 18.0])
     assert 0.9 < noisy_r2 < 1.0
 
 
 def test_fit_linear_needs_two_distinct_areas() -> None:
     with pytest.raises(ValueError, match="two or more distinct"):
-        scaling.fit_linear([3.0, 3.0], [1.0, 2.0])
+        report.fit_linear([3.0, 3.0], [1.0, 2.0])
 
 
 def test_camelyon_size_pyramid_halves_down_to_1024_px() -> None:
-    spec = scaling.BackgroundSlideSpec(100_000, 200_000, 0.25, scaling.CAMELYON_PASTES)
+    spec = slides.BackgroundSlideSpec(100_000, 200_000, 0.25, slides.CAMELYON_PASTES)
     dims = spec.level_dimensions()
     assert len(dims) == 9
     assert dims[1] == (50_000, 100_000) and dims[-1] == (391, 782)
 
 
 def test_camelyon_pastes_fit_and_are_aligned_for_copying() -> None:
-    for paste in scaling.CAMELYON_PASTES:
+    for paste in slides.CAMELYON_PASTES:
         assert paste.x_px % 256 == 0 and paste.y_px % 256 == 0
-        assert paste.x_px + scaling.SOURCE_SIDE_PX <= scaling.CAMELYON_WIDTH_PX
-        assert paste.y_px + scaling.SOURCE_SIDE_PX <= scaling.CAMELYON_HEIGHT_PX
+        assert paste.x_px + slides.SOURCE_SIDE_PX <= slides.CAMELYON_WIDTH_PX
+        assert paste.y_px + slides.SOURCE_SIDE_PX <= slides.CAMELYON_HEIGHT_PX
 
 
 def test_spec_rejects_tiles_jpeg_cannot_subsample() -> None:
     with pytest.raises(ValueError, match="multiple of 16"):
-        scaling.BackgroundSlideSpec(1000, 1000, 0.25, (), tile_px=100)
+        slides.BackgroundSlideSpec(1000, 1000, 0.25, (), tile_px=100)
 
 
 def test_paste_tiles_lists_every_tile_a_paste_overlaps() -> None:
-    paste = scaling.Paste("node", 300, 10)
-    spec = scaling.BackgroundSlideSpec(2048, 1024, 0.25, (paste, scaling.Paste("node", 1900, 900)))
-    level0 = scaling.paste_tiles(spec, 0, {"node": (512, 256)})
+    paste = slides.Paste("node", 300, 10)
+    spec = slides.BackgroundSlideSpec(2048, 1024, 0.25, (paste, slides.Paste("node", 1900, 900)))
+    level0 = slides.paste_tiles(spec, 0, {"node": (512, 256)})
     # x 300..811 -> columns 1-3, y 10..265 -> rows 0-1; the second paste is clipped at the edge.
     assert {k for k, v in level0.items() if v == [0]} == {(r, c) for r in (0, 1) for c in (1, 2, 3)}
     assert {k for k, v in level0.items() if v == [1]} == {(3, 7)}
-    level1 = scaling.paste_tiles(spec, 1, {"node": (512, 256)})
+    level1 = slides.paste_tiles(spec, 1, {"node": (512, 256)})
     assert level1 == {(0, 0): [0], (0, 1): [0], (1, 3): [1]}
 
 
@@ -96,8 +93,8 @@ def test_markdown_reports_the_fit_the_target_and_the_machine() -> None:
                            "python": "3.11.7", "load_average": 2.0},
                "rows": rows, "camelyon": big, "repeats": 3, "load_end": 3.5, "date": "2026-11-21",
                "model": "models/default.pt", "command": ".venv/bin/python scripts/bench_scaling.py"}
-    text = scaling.render_markdown(figures)
-    assert text.startswith(scaling.SECTION + "\n")
+    text = report.render_markdown(figures)
+    assert text.startswith(report.SECTION + "\n")
     assert "10.00 s + 0.500 s/mm² x tissue area** (r² = 1.000)" in text
     assert "predicts 25 s (wall) for its 30.0 mm²" in text and "measured 26 s (+1 s)" in text
     assert "under 3 GB): met" in text and "load average 2.0 at the start and 3.5 at the end" in text
@@ -105,16 +102,16 @@ def test_markdown_reports_the_fit_the_target_and_the_machine() -> None:
     assert "sources took 25 s, writing the pyramid 75 s" in text
     assert text.count("| node_") == 3 and "| camelyon_size.tif | 100,000 x 100,000 |" in text
     big["peak_rss_largest_mb"] = 3100.0
-    assert "**not met**" in scaling.render_markdown(figures)
+    assert "**not met**" in report.render_markdown(figures)
 
 
 def test_background_slide_reads_back_with_glass_and_pasted_tissue(tmp_path: Path) -> None:
     source = write_pyramid_tiff(tmp_path / "node.tif", draw_tissue_rgb(1280, 768, seed=1), mpp=0.25,
                                 n_levels=3, tile_px=128)
-    aligned, shifted = scaling.Paste("node", 256, 128), scaling.Paste("node", 1700, 1333)
-    spec = scaling.BackgroundSlideSpec(3100, 2300, 0.25, (aligned, shifted), tile_px=128)
+    aligned, shifted = slides.Paste("node", 256, 128), slides.Paste("node", 1700, 1333)
+    spec = slides.BackgroundSlideSpec(3100, 2300, 0.25, (aligned, shifted), tile_px=128)
     path = tmp_path / "big.tif"
-    scaling.write_background_slide(spec, {"node": source}, path)
+    slides.write_background_slide(spec, {"node": source}, path)
     with openslide.OpenSlide(str(path)) as big, openslide.OpenSlide(str(source)) as src:
         assert big.dimensions == (3100, 2300) and big.level_count == len(spec.level_dimensions())
         assert float(big.properties["openslide.mpp-x"]) == pytest.approx(0.25)

@@ -1,8 +1,9 @@
 """Speed benchmark, child side: one measured variant per fresh process, result as JSON.
 
-``scripts/bench.py`` starts ``bench.py --run-variant NAME`` once per variant and repeat, so each
-process's peak memory is its own. The variants score the same tiles (the grid the parent planned
-and saved with ``save_grid``) with the same model, batch size, workers and device:
+``speed`` starts ``python -m pipeline.benchmarks.speed --run-variant NAME`` once per variant
+and repeat, so each process's peak memory is its own. The variants score the same tiles (the
+grid the parent planned and saved with ``save_grid``) with the same model, batch size, workers
+and device:
 
 * ``read_limit``: the tiles read exactly as micromet's readers read them (``read_block_tiles`` on
   the same region plan), by the same number of worker processes, each opening its own slide
@@ -36,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
+    from pipeline.models.device import Precision
     from pipeline.slides.readers import ReadGeometry
     from pipeline.slides.tiling import TileGrid
 
@@ -71,7 +73,7 @@ class BenchSpec:
     grid: str
     out_dir: str
     stride_px: int | None = None  # heatmap stride at the model resolution (None: tile size)
-    precision: str = "auto"
+    precision: Precision = "auto"
 
     @property
     def reader_count(self) -> int:

@@ -1,6 +1,6 @@
 """Speed benchmark, TIAToolbox side: its own virtual environment, and its run on our tiles.
 
-TIAToolbox is never a micromet dependency. ``ensure_tiatoolbox`` (called by ``bench.py`` in
+TIAToolbox is never a micromet dependency. ``ensure_tiatoolbox`` (called by ``speed`` in
 micromet's environment) makes ``<work-dir>/tiatoolbox-venv``: TIAToolbox and its requirements
 from PyPI, but torch and torchvision (and their CUDA/triton wheels) linked from micromet's
 environment, so there is no second torch download. TIAToolbox pins torch below the version
@@ -10,7 +10,7 @@ requirements separately; ``opencv-python`` becomes ``opencv-python-headless`` (n
 Run as a script with that environment's Python, this file scores the planned tiles with
 ``PatchPredictor`` (WSI mode, ``patch_mode=False``): our checkpoint's weights in our
 architecture wrapped as a TIAToolbox ``ModelABC``, the same tile size, resolution, batch size,
-workers and device, and a mask with exactly our planned tiles (``bench_variants.tile_mask``),
+workers and device, and a mask with exactly our planned tiles (``variants.tile_mask``),
 so both score the same tiles. Its result goes to ``--result`` as JSON.
 """
 
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO_ROOT / "requirements" / "constraints.txt"
 # Distributions linked from micromet's environment instead of installed again.
 LINKED_DISTRIBUTIONS = ("torch", "torchvision", "triton")
@@ -239,7 +239,8 @@ def _tia_scores_on_grid(zarr_path: Path, heatmap_rc: Any, stride_px: int) -> tup
 def run_tiatoolbox(spec: Any, out_dir: Path) -> tuple[int, dict[str, Any]]:
     """Score the planned tiles with TIAToolbox's PatchPredictor; returns (tiles, facts)."""
     import numpy as np
-    from bench_variants import load_grid_arrays, tile_mask
+
+    from pipeline.benchmarks.variants import load_grid_arrays, tile_mask
 
     tiatoolbox = importlib.import_module("tiatoolbox")
     ioconfig_class = importlib.import_module("tiatoolbox.models.engine.io_config").IOPatchPredictorConfig
@@ -284,9 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", type=Path, required=True)
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
-    # Appended, not prepended: the checkout's folders must not shadow installed packages.
+    # Run by path, this file's folder comes first on sys.path, where its siblings would shadow
+    # installed modules: drop it. The checkout is appended, not prepended, for the same reason.
+    if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+        del sys.path[0]
     sys.path.append(str(REPO_ROOT))
-    from bench_variants import BenchSpec, measured
+    from pipeline.benchmarks.variants import BenchSpec, measured
 
     spec = BenchSpec.load(args.spec)
     result = measured("tiatoolbox", lambda: run_tiatoolbox(spec, Path(spec.out_dir)))

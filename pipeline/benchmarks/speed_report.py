@@ -1,8 +1,8 @@
 """Speed benchmark, report side: medians, ratios and the Markdown section of docs/benchmarks.md.
 
-Pure functions of the runs' results (``bench_variants.RunResult``), so they are tested without
-running anything: ``summarize`` (medians over successful runs), ``speed_ratio``, the tables,
-``render_section`` and ``replace_section`` (which rewrites only this harness's section).
+Pure functions of the runs' results (``variants.RunResult``), so they are tested without
+running anything: ``summarize`` (medians over successful runs), ``speed_ratio``, the tables and
+``render_section`` (``harness.replace_section`` puts it into docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench_tiatoolbox import TiaEnv
-from bench_variants import BenchSpec, RunResult
+from pipeline.benchmarks.tia import TiaEnv
+from pipeline.benchmarks.variants import BenchSpec, RunResult
 
 SECTION_HEADING = "## Speed: micromet vs read limit, compute limit and TIAToolbox"
 LABELS = {
@@ -117,19 +117,6 @@ def render_ratios(summaries: Sequence[Summary]) -> str:
             cells = [_number(speed_ratio(by_name[row], by_name[c]), 2) for c in columns]
             lines.append(f"| {LABELS[row][0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def replace_section(text: str, heading: str, section: str) -> str:
-    """``text`` with the ``## `` section starting at ``heading`` replaced by ``section``
-    (appended when absent); other sections are kept as they are."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
-    body = section.strip("\n") + "\n"
-    if start is None:
-        return (text.rstrip("\n") + "\n\n" if text.strip() else "") + body
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    rest = "".join(lines[end:])
-    return "".join(lines[:start]) + body + ("\n" + rest if rest else "")
 
 
 def score_agreement(run_dir: Path) -> str | None:
@@ -232,7 +219,7 @@ class RunContext:
     """What the section says besides the results: how it was run and on what.
 
     slide: e.g. "20000 x 20000 px at 0.25 µm/px (svs)". model: e.g. "checkpoint `default.pt`".
-    machine: ``bench.machine_facts()`` at the start; load_end: load average at the end.
+    machine: ``harness.machine_facts()`` at the start; load_end: load average at the end.
     """
 
     command: str
