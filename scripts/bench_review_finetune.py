@@ -22,7 +22,8 @@ Steps (each resumable: a step whose output is in --work is skipped):
    and candidates per mm²), and ``scripts/bench_node_scale.py score/report --part dev`` for the
    micro and ITC-size sensitivity of both (the default model's dev heatmaps are reused from
    --default-node-work when they were scored with the same weights).
-``summary.json`` and a Markdown summary are written to --work.
+``summary.json`` and a Markdown summary are written to --work. ``--swap`` runs the second fold
+(the half called "heldout" is reviewed and the half called "reviewed" held out), in its own --work.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -45,6 +47,7 @@ from numpy.typing import NDArray
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # bench_node_scale's scorer
 
 from pipeline.batch.folder import REPORT_JSON, read_manifest, read_report, slide_folder  # noqa: E402
 from pipeline.config import PCAM_MPP, SHARED_DATA_DIR  # noqa: E402
@@ -362,14 +365,57 @@ def node_scale(work: Path, model: Path, name: str, reuse: Path | None) -> dict[s
     return figures
 
 
+def patch_figures(
+    model: Path, patches: Sequence[NormalPatch], data: Path, seed_threshold: float
+) -> dict[str, Any]:
+    """Share of ``patches`` (a half's normals) and of the dev tumor patches scored at or above
+    ``seed_threshold`` and at or above the card's threshold (the pipeline's prepared model)."""
+    make_scorer = importlib.import_module("bench_node_scale").make_scorer  # the node-scale scorer
+    from pipeline.training.datasets import load_rgb
+
+    score, _, card = make_scorer(model)
+    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
+        tumor = [
+            f"{r['source']}/{r['file']}"
+            for r in csv.DictReader(handle)
+            if r["part"] == "dev" and r["label"] == "1"
+        ]
+    out: dict[str, Any] = {}
+    for name, files in (
+        ("hard_normals", [p.file for p in patches if p.hard]),
+        ("pcam_normals", [p.file for p in patches if not p.hard]),
+        ("dev_tumor", tumor),
+    ):
+        probabilities = np.concatenate(
+            [
+                score(np.stack([load_rgb(data / f) for f in files[i : i + 256]]))
+                for i in range(0, len(files), 256)
+            ]
+        )
+        out[name] = {
+            "n": len(files),
+            "at_seed": float((probabilities >= seed_threshold).mean()),
+            "at_threshold": float((probabilities >= card.threshold).mean()),
+        }
+    return out
+
+
 def removed_fraction(before: int, after: int) -> float:
     """Share of the default model's false deposits the fine-tuned model no longer makes."""
     return math.nan if before == 0 else 1.0 - after / before
 
 
+def roles(swap: bool) -> tuple[str, str]:
+    """(the half whose reviews train, the half held out): swapped with --swap (a second fold)."""
+    return ("heldout", "reviewed") if swap else ("reviewed", "heldout")
+
+
 def measure(args: argparse.Namespace, work: Path, facts: dict[str, Any], finetuned: Path) -> dict[str, Any]:
+    from pipeline.models import read_card
+
     models = {"default": DEFAULT_MODEL, "finetuned": finetuned}
-    result: dict[str, Any] = {"halves": facts["halves"]}
+    reviewed, held_out = roles(args.swap)
+    result: dict[str, Any] = {"reviewed_half": reviewed, "held_out_half": held_out, "halves": facts["halves"]}
     for name, model in models.items():
         for half in HALVES:
             slides = facts["halves"][half]["slides"]
@@ -379,27 +425,33 @@ def measure(args: argparse.Namespace, work: Path, facts: dict[str, Any], finetun
             work, model, name, args.default_node_work if name == "default" else None
         )
     for half in HALVES:
-        before, after = (
-            result[f"default_{half}"]["false_deposits"],
-            result[f"finetuned_{half}"]["false_deposits"],
+        d, f = result[f"default_{half}"], result[f"finetuned_{half}"]
+        result[f"removed_{half}"] = removed_fraction(d["false_deposits"], f["false_deposits"])
+        result[f"removed_with_candidates_{half}"] = removed_fraction(
+            d["false_deposits"] + d["candidates"], f["false_deposits"] + f["candidates"]
         )
-        result[f"removed_{half}"] = removed_fraction(before, after)
+    held_out_patches = split_places(dev_normals(PLACES_CSV), args.seed)[held_out]
+    seed = float(read_card(DEFAULT_MODEL).seed_threshold or 1.0)
+    for name, model in models.items():
+        result[f"{name}_patches_{held_out}"] = patch_figures(model, held_out_patches, args.data, seed)
     micro = result["finetuned_node_scale_dev"]["micro_sensitivity"]
-    result["done_when_met"] = bool(result["removed_heldout"] >= 0.9 and micro >= 0.95)
+    result["done_when_met"] = bool(result[f"removed_{held_out}"] >= 0.9 and micro >= 0.95)
     return result
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
     rows = ["| figure | default model | fine-tuned |", "| --- | --- | --- |"]
+    role = {result["reviewed_half"]: "reviewed", result["held_out_half"]: "held out"}
     for half in HALVES:
         d, f = result[f"default_{half}"], result[f"finetuned_{half}"]
         rows.append(
-            f"| {half} half ({d['tissue_mm2']:.1f} mm²): false deposits | {d['false_deposits']}: "
+            f"| half {half!r} ({role[half]}, {d['tissue_mm2']:.1f} mm²): false deposits | "
+            f"{d['false_deposits']}: "
             f"{d['per_mm2']:.2f} per mm² (upper {d['per_mm2_upper95']:.2f}) | {f['false_deposits']}: "
             f"{f['per_mm2']:.2f} per mm² (upper {f['per_mm2_upper95']:.2f}) |"
         )
-        rows.append(f"| {half} half: candidates for review | {d['candidates']} | {f['candidates']} |")
+        rows.append(f"| half {half!r}: candidates for review | {d['candidates']} | {f['candidates']} |")
         for slide in d["slides"]:
             rows.append(
                 f"| {slide}: deposits / candidates | {d['slides'][slide]['deposits']} / "
@@ -413,9 +465,22 @@ def markdown(result: dict[str, Any]) -> str:
     rows.append(
         f"| node-scale dev false deposits per mm² | {d['false_per_mm2']:.3f} | {f['false_per_mm2']:.3f} |"
     )
+    held_out, reviewed = result["held_out_half"], result["reviewed_half"]
+    d, f = result[f"default_patches_{held_out}"], result[f"finetuned_patches_{held_out}"]
+    for kind, label in (("hard_normals", "hard normals"), ("pcam_normals", "PCam normals")):
+        rows.append(
+            f"| half {held_out!r}'s {label} (n {d[kind]['n']}) at or above seed / threshold "
+            f"| {d[kind]['at_seed']:.3f} / {d[kind]['at_threshold']:.3f} "
+            f"| {f[kind]['at_seed']:.3f} / {f[kind]['at_threshold']:.3f} |"
+        )
     rows.append(
-        f"\nheld-out false deposits removed: {result['removed_heldout']:.0%}; "
-        f"reviewed: {result['removed_reviewed']:.0%}; done-when met: {result['done_when_met']}"
+        f"| dev tumor patches (n {d['dev_tumor']['n']}) at or above the threshold "
+        f"| {d['dev_tumor']['at_threshold']:.3f} | {f['dev_tumor']['at_threshold']:.3f} |"
+    )
+    rows.append(
+        f"\nheld-out false deposits removed: {result[f'removed_{held_out}']:.0%} "
+        f"(with candidates {result[f'removed_with_candidates_{held_out}']:.0%}); "
+        f"reviewed: {result[f'removed_{reviewed}']:.0%}; done-when met: {result['done_when_met']}"
     )
     return "\n".join(rows)
 
@@ -424,7 +489,7 @@ def run(args: argparse.Namespace) -> int:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     facts = build_slides(work, args.data, args.seed)
-    reviewed_batch = infer(work, DEFAULT_MODEL, "reviewed", "default")
+    reviewed_batch = infer(work, DEFAULT_MODEL, roles(args.swap)[0], "default")
     if not (work / "reviews.json").is_file():
         rejected = review_batch(reviewed_batch)
         (work / "reviews.json").write_text(json.dumps(rejected, indent=1), encoding="utf-8")
@@ -443,6 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "review_finetune")
     parser.add_argument("--data", type=Path, default=SHARED_DATA_DIR)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--swap", action="store_true", help="the second fold: review the 'heldout' half, hold out 'reviewed'"
+    )
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak learning rate")
     parser.add_argument("--tiles-per-deposit", type=int, default=32, help="--review-tiles-per-deposit")
