@@ -192,6 +192,44 @@ def _node_text(m: dict[str, float]) -> str:
     return "\n".join(rows).replace("+nan", "n/a").replace("nan", "n/a")
 
 
+PARTNER_REPRODUCE = (
+    "`python scripts/train_default_model.py --architecture dense96 --epochs 16 --work "
+    "runs/default_model_dense --out runs/dense16.pt` (the partner), `python "
+    "scripts/train_default_model.py --architecture pcamnet --epochs 16 --work runs/default_model_p16 "
+    "--partner runs/dense16.pt`"
+)
+
+
+def _what_text(card: ModelCard, minutes: float) -> str:
+    if not card.partner:
+        return f"a small CNN trained in about {minutes:.0f} minutes on a 2-core CPU"
+    return (
+        "the average of two small CNNs (this model and its partner, below), this one trained in about "
+        f"{minutes:.0f} minutes on a 2-core CPU"
+    )
+
+
+def _partner_row(card: ModelCard, out: Path) -> str:
+    if not card.partner:
+        return ""
+    from pipeline.models import read_card
+
+    architecture = read_card(out.parent / card.partner["file"]).architecture
+    return (
+        f"| partner | `{card.partner['file']}` (`{architecture}`: "
+        f"{ARCHITECTURE_TEXT.get(architecture, 'see pipeline/models/architectures.py')}), "
+        "beside this file, checked by SHA-256 on loading: every tile's tumor probability is the average "
+        "of the two models' (`pipeline.models.partner`); the thresholds, confirmation and size "
+        "calibration below were measured on that average; the confirmation in 8 poses rescores with "
+        "this model alone. The pair found more ITC-size deposits at the same false-deposit rate than "
+        "either alone on the dev part (docs/benchmarks.md, Node scale) |\n"
+    )
+
+
+def _reproduce_text(card: ModelCard) -> str:
+    return PARTNER_REPRODUCE if card.partner else "`python scripts/train_default_model.py`"
+
+
 def write_model_card_md(
     path: Path, card: ModelCard, c16_slides: list[str], args: argparse.Namespace, minutes: float
 ) -> None:
@@ -202,8 +240,8 @@ def write_model_card_md(
     qc_rows = "\n".join(f"| `{k}` | {lo:.4g} | {hi:.4g} |" for k, (lo, hi) in card.qc_reference.items())
     text = f"""# micromet default model (`models/default.pt`)
 
-**This is not a clinical model, and it has never been validated on a whole slide.** It is a
-small CNN trained in about {minutes:.0f} minutes on a 2-core CPU on real PatchCamelyon patches. Every
+**This is not a clinical model, and it has never been validated on a whole slide.** It is
+{_what_text(card, minutes)} on real PatchCamelyon patches. Every
 figure below is measured on real patches or tile crops held out from training, with its n and
 a 95 % interval; no synthetic figure appears here. Use it for research and to try micromet,
 never for diagnosis.
@@ -211,7 +249,7 @@ never for diagnosis.
 | | |
 | --- | --- |
 | architecture | `{card.architecture}` ({ARCHITECTURE_TEXT.get(card.architecture, "see pipeline/models/architectures.py")}) |
-| input | {card.tile_size_px} x {card.tile_size_px} px RGB at **{card.mpp} µm/px** ({card.tile_size_px * card.mpp:.0f} µm field of view) |
+{_partner_row(card, Path(args.out))}| input | {card.tile_size_px} x {card.tile_size_px} px RGB at **{card.mpp} µm/px** ({card.tile_size_px * card.mpp:.0f} µm field of view) |
 | heatmap | stride **{card.stride_px} px** ({(card.stride_px or 0) * card.mpp:.0f} µm): each heatmap cell is the central {card.stride_px} x {card.stride_px} px of its tile, the region PatchCamelyon's label describes |
 | normalisation | tiles / 255, then ImageNet mean {card.mean} / std {card.std}; no stain normalisation (HED stain augmentation in training instead) |
 | output | softmax over ("normal", "tumor"); tumor probability = class 1 |
@@ -221,7 +259,7 @@ never for diagnosis.
 | sizes | {_size_text(card)} |
 | trained | {card.created}, `micromet train`, {args.epochs} epochs of batch {args.batch_size}, AdamW, one-cycle lr {args.lr}, seed {args.seed} |
 | software | {software} |
-| reproduce | `python scripts/train_default_model.py`, then `python scripts/bench_node_scale.py score --part dev`, `... calibrate --write-card`, `... score --part test`, `... report --part test --write-card`, then `python scripts/train_default_model.py --card-only` (needs ../shared/data; training resumes if stopped) |
+| reproduce | {_reproduce_text(card)}, then `python scripts/bench_node_scale.py score --part dev`, `... calibrate --write-card`, `... score --part test`, `... report --part test --write-card`, then `python scripts/train_default_model.py --card-only` (needs ../shared/data; training resumes if stopped) |
 
 ## Training data
 
@@ -269,8 +307,8 @@ At the operating threshold:
 Grid crops (96 px, stride 32 px at 0.972 µm/px) of one 0.5 mm tile per centre. The share scored
 at or above the threshold is the share of heatmap cells that would outline false deposits. The
 "seed" column uses the training-time seed (the lowest threshold with at most 1 % false positives on
-the dev normals), not the card's node-scale seed above, which is higher; a cell above it still
-needs the confirmation in 8 poses to make a deposit.
+the dev normals), not the card's node-scale seed above; a cell above the seed still needs the
+confirmation in 8 poses to make a deposit.
 
 | tile | share above threshold (95 % CI) | k / n | share above seed threshold | k / n | highest probability |
 | --- | --- | --- | --- | --- | --- |

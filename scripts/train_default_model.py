@@ -29,8 +29,9 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from PIL import Image
 from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR
 from pipeline.evaluation.node_scale import wilson_95
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_checkpoint, save_checkpoint
+from pipeline.models.partner import load_partner, with_partner
 from pipeline.training.augment import AugmentConfig
 from pipeline.training.classify import choose_threshold, roc_auc, score_batch
 from pipeline.training.config import DataConfig, TrainConfig, TrainSettings
@@ -107,6 +109,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--hed-scale", type=float, default=AUGMENT.hed_scale, help="HED stain jitter (shift is a quarter)"
     )
     parser.add_argument("--evaluate-only", action="store_true", help="score work/run/last.pt again")
+    parser.add_argument(
+        "--partner",
+        type=Path,
+        default=None,
+        help="a checkpoint trained by this script on the same split (another --architecture): the "
+        "default model becomes the average of both (copied beside --out as <stem>_partner.pt and "
+        "named in the card), and every figure is the average's",
+    )
     parser.add_argument(
         "--card-only",
         action="store_true",
@@ -223,12 +233,22 @@ def auc_interval(p: NDArray[np.float32], y: NDArray[np.int64], seed: int) -> tup
     return float(low), float(high)
 
 
+ScoreFn = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+
+
+def model_scorer(model: torch.nn.Module, partner: torch.nn.Module | None = None) -> ScoreFn:
+    """Tumor probabilities of tiles: the model's, or the average of the model's and its partner's."""
+    if partner is None:
+        return lambda tiles: score(model, tiles)
+    return lambda tiles: (score(model, tiles) + score(partner, tiles)) / np.float32(2.0)
+
+
 def score_pcam(
-    model: torch.nn.Module, data: Path, items: Sequence[tuple[str, int]]
+    scorer: ScoreFn, data: Path, items: Sequence[tuple[str, int]]
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Tumor probabilities and labels of PCam patches."""
     tiles, labels = load_pcam(data, items)
-    return score(model, tiles), labels
+    return scorer(tiles), labels
 
 
 def load_c16(data: Path) -> tuple[NDArray[np.uint8], NDArray[np.int64], list[str]]:
@@ -280,25 +300,26 @@ def _auc(
 
 
 def evaluate_model(
-    model: torch.nn.Module, data: Path, splits: dict[str, list[tuple[str, int]]], seed: int
+    scorer: ScoreFn, data: Path, splits: dict[str, list[tuple[str, int]]], seed: int
 ) -> Evaluation:
-    """Every card metric on real held-out material, with n and a 95 % interval."""
+    """Every card metric of ``scorer``'s probabilities on real held-out material, with n and a 95 %
+    interval."""
     metrics: dict[str, float] = {}
-    p_val, y_val = score_pcam(model, data, splits["val"])
+    p_val, y_val = score_pcam(scorer, data, splits["val"])
     threshold = choose_operating_threshold(p_val, y_val)
     seed_threshold = max(threshold, lowest_threshold_with_fpr(p_val, y_val, MAX_SEED_VALIDATION_FPR))
     _auc(metrics, "pcam_val", p_val, y_val, seed)
-    p_test, y_test = score_pcam(model, data, splits["test"])
+    p_test, y_test = score_pcam(scorer, data, splits["test"])
     _auc(metrics, "pcam_test", p_test, y_test, seed)
     _proportion(metrics, "pcam_test_sensitivity", p_test[y_test == 1] >= threshold)
     _proportion(metrics, "pcam_test_specificity", p_test[y_test == 0] < threshold)
     hard = [item for item in splits["hard_dev"]]
     if hard:
-        p_hard = score_pcam(model, data, hard)[0]
+        p_hard = score_pcam(scorer, data, hard)[0]
         _proportion(metrics, "hard_dev_fraction_above_threshold", p_hard >= threshold)
         _proportion(metrics, "hard_dev_fraction_above_seed_threshold", p_hard >= seed_threshold)
     c16_tiles, c16_y, c16_slides = load_c16(data)
-    p_c16 = score(model, c16_tiles)
+    p_c16 = scorer(c16_tiles)
     _auc(metrics, "c16_patches", p_c16, c16_y, seed)
     _proportion(metrics, "c16_patches_sensitivity", p_c16[c16_y == 1] >= threshold)
     _proportion(metrics, "c16_patches_specificity", p_c16[c16_y == 0] < threshold)
@@ -311,7 +332,7 @@ def evaluate_model(
                 _proportion(metrics, f"c16_{slide}_{name}", hits)
     for centre, (stem, _) in C17_TILES.items():
         crops = grid_crops(c17_part(c17_image(data, stem), centre, False), C17_EVAL_STRIDE_PX)
-        p = score(model, crops)
+        p = scorer(crops)
         _proportion(metrics, f"c17_{centre}_fraction_above_threshold", p >= threshold)
         _proportion(metrics, f"c17_{centre}_fraction_above_seed_threshold", p >= seed_threshold)
         metrics[f"c17_{centre}_max_probability"] = float(p.max())
@@ -319,6 +340,18 @@ def evaluate_model(
 
 
 # --- the card ----------------------------------------------------------------------------
+
+
+def partner_text(args: argparse.Namespace) -> str:
+    """The training-data sentence on the partner model (empty without one)."""
+    if args.partner is None:
+        return ""
+    partner = load_checkpoint(args.partner)[1]
+    return (
+        f" Averaged with a partner model ({partner.architecture}, {args.out.stem}_partner.pt) trained by "
+        "the same script on the same data, split, augmentation and seed; every figure here is the "
+        "average's."
+    )
 
 
 def training_data_text(
@@ -408,15 +441,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_main(train_settings(args, work), resume=last if last.exists() else None)
     train_minutes = training_minutes(work / "run" / "metrics.csv")
     model, _ = load_checkpoint(last)
-    evaluation = evaluate_model(model, args.data, splits, args.seed)
+    partner = load_checkpoint(args.partner)[0] if args.partner else None
+    evaluation = evaluate_model(model_scorer(model, partner), args.data, splits, args.seed)
     card = make_card(
         evaluation,
-        training_data_text(splits, n_c17, args.seed, args.hed_scale),
+        training_data_text(splits, n_c17, args.seed, args.hed_scale) + partner_text(args),
         compute_qc_reference(args.data, splits),
         args.architecture,
     )
+    if args.partner is not None:
+        beside = args.out.with_name(f"{args.out.stem}_partner.pt")
+        if args.partner.resolve() != beside.resolve():
+            shutil.copyfile(args.partner, beside)
+        card = with_partner(card, beside)
     save_checkpoint(args.out, model, card, {"script": "scripts/train_default_model.py", "seed": args.seed})
-    load_checkpoint(args.out)  # refuse to finish with a file that does not load
+    load_partner(args.out, load_checkpoint(args.out)[1])  # refuse to finish with files that do not load
     from model_card_text import write_model_card_md  # the card's Markdown, beside this script
 
     write_model_card_md(args.card, card, evaluation.c16_slides, args, train_minutes)

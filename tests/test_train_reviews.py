@@ -139,3 +139,18 @@ def test_initial_weights_are_copied_and_a_mismatched_card_is_refused(tmp_path: P
         assert torch.equal(model.state_dict()[name], tensor), name
     with pytest.raises(ConfigError, match=r"tile_size_px 32 \(run: 64\).*--tile-size-px"):
         _load_initial_weights(model, TrainConfig(tile_size_px=64, mpp=2.0, init_model=str(path)))
+
+
+def test_fine_tuning_a_partnered_model_says_the_partner_is_left_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.models.partner import with_partner
+
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="t")
+    partner = save_checkpoint(tmp_path / "partner.pt", build_model("micronet"), card)
+    path = save_checkpoint(tmp_path / "start.pt", build_model("micronet"), with_partner(card, partner))
+    with caplog.at_level("WARNING"):
+        _load_initial_weights(
+            build_model("micronet"), TrainConfig(tile_size_px=32, mpp=2.0, init_model=str(path))
+        )
+    assert "partner model partner.pt" in caplog.text and "has no partner" in caplog.text

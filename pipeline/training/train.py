@@ -23,6 +23,7 @@ checkpoints, resume), ``mining`` (hard-negative rounds), ``metrics``
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 import shutil
@@ -70,6 +71,8 @@ from pipeline.training.sampling import (
     read_sample_index,
     write_sample_index,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -211,6 +214,13 @@ def _load_initial_weights(model: nn.Module, t: TrainConfig) -> None:
             "--arch, --tile-size-px and --model-mpp as its card says"
         )
     model.load_state_dict(start.state_dict())
+    if card.partner:
+        log.warning(
+            "%s averages its scores with the partner model %s; fine-tuning starts from %s alone, and "
+            "the new checkpoint has no partner: its thresholds, confirmation and size calibration are "
+            "those of the new model only (measure them again, docs/benchmarks.md \"Node scale\")",
+            t.init_model, card.partner["file"], t.init_model,
+        )  # fmt: skip
 
 
 def _finish_epoch(
