@@ -251,3 +251,12 @@ def test_the_tiatoolbox_runner_started_by_path_imports_the_package(tmp_path: Pat
     assert Path(command[1]) == speed.TIA_RUNNER and speed.TIA_RUNNER.is_file()
     run = speed.run_child(command, "tiatoolbox", tmp_path / "r.json", tmp_path / "r.log", timeout_s=120)
     assert run.error is not None and "No module named 'tiatoolbox'" in run.error
+
+
+def test_write_docs_section_starts_a_missing_file_and_keeps_other_sections(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    harness.write_docs_section(docs, "## A", "## A\n\none\n")
+    assert docs.read_text(encoding="utf-8") == "# Benchmarks\n\n## A\n\none\n"
+    harness.write_docs_section(docs, "## B", "## B\n\nkept\n")
+    harness.write_docs_section(docs, "## A", "## A\n\ntwo\n")
+    assert docs.read_text(encoding="utf-8") == "# Benchmarks\n\n## A\n\ntwo\n\n## B\n\nkept\n"

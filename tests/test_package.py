@@ -41,8 +41,10 @@ def test_no_command_prints_help_and_exits_2() -> None:
 
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+SCRIPTS = PACKAGE.parent / "scripts"
+TESTS = PACKAGE.parent / "tests"
 STAGE_PACKAGES = ("slides", "detection", "deposits", "staging", "review", "batch", "training", "synthetic",
-                  "evaluation", "models", "cli")  # fmt: skip
+                  "evaluation", "models", "cli", "benchmarks")  # fmt: skip
 MAX_MODULE_LINES = 520  # the style guide's "about 500"
 
 
@@ -67,7 +69,7 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
 def test_the_tree_shows_the_stages_each_package_saying_what_it_reads_and_produces() -> None:
     entries = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
     assert {name for name in entries if not name.endswith(".py")} == set(STAGE_PACKAGES)
-    assert len(entries) <= 16, sorted(entries)
+    assert len(entries) <= 17, sorted(entries)
     for name in STAGE_PACKAGES:
         doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text(encoding="utf-8")))
         assert doc and len(doc) > 80, (
@@ -76,9 +78,47 @@ def test_the_tree_shows_the_stages_each_package_saying_what_it_reads_and_produce
 
 
 def test_no_module_is_over_about_500_lines() -> None:
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+    paths = [*PACKAGE.rglob("*.py"), *SCRIPTS.glob("*.py")]
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in paths
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}  # fmt: skip
-    assert not long
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them): {long}"
+
+
+def test_only_the_command_imports_the_cli() -> None:
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    cli = {name for name in paths if name == "pipeline.cli" or name.startswith("pipeline.cli.")}
+    others = {name: path for name, path in paths.items() if name not in cli and name != "pipeline.__main__"}
+    found = {name: sorted(targets) for name, path in others.items() if (targets := _imports(path, cli))}
+    assert not found, f"only pipeline/cli/ and pipeline/__main__.py may import pipeline.cli: {found}"
+
+
+def _script_loads(path: Path, script_names: set[str]) -> list[str]:
+    """How the test module ``path`` loads a script: imports of a scripts/ module's name, and any
+    sys.path change or load of a module by its file path (which is how a script gets loaded)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        found += [f"import {n}" for n in names if n.split(".")[0] in script_names]
+        if isinstance(node, ast.Call):
+            call = ast.unparse(node.func)
+            if call.endswith(("spec_from_file_location", "run_path", "SourceFileLoader", "sys.path.insert",
+                              "sys.path.append", "sys.path.extend")):
+                found.append(f"{call}(...) on line {node.lineno}")
+            module = node.args[0] if node.args and call.endswith("import_module") else None
+            if isinstance(module, ast.Constant) and str(module.value).split(".")[0] in script_names:
+                found.append(f"import_module({module.value!r})")
+    return found
+
+
+def test_no_test_imports_a_script() -> None:
+    # The benchmarks' and scripts' logic that tests need lives in pipeline/ (pipeline.benchmarks,
+    # pipeline.training.pcam_split, ...); scripts/ holds only command lines.
+    script_names = {p.stem for p in SCRIPTS.glob("*.py")} | {"scripts"}
+    found = {str(p.relative_to(TESTS)): loads for p in sorted(TESTS.rglob("*.py"))
+             if (loads := _script_loads(p, script_names))}  # fmt: skip
+    assert not found, f"tests load scripts (move what they need into pipeline/): {found}"
 
 
 def test_no_import_cycle_between_modules() -> None:
