@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,16 +16,39 @@ from pipeline.slides.slide import Slide
 from pipeline.slides.tiling import TileGrid, subset_grid
 
 if TYPE_CHECKING:
-    from pipeline.batch.analyze import AnalysisContext
-    from pipeline.detection.inference import InferenceStats
+    from torch import nn
+
+    from pipeline.config import InferenceConfig
+    from pipeline.detection.inference import InferenceStats, PreparedModel
+    from pipeline.models import ModelCard
 
 ProgressCallback = Callable[[int], None]
 
-__all__ = ["dihedral_scorer", "score_with_facts", "score_with_stats"]
+__all__ = ["AnalysisContext", "dihedral_scorer", "score_with_facts", "score_with_stats"]
+
+
+class AnalysisContext(Protocol):
+    """What scoring reads of ``pipeline.batch.analyze.AnalysisContext``."""
+
+    @property
+    def card(self) -> ModelCard: ...
+    @property
+    def inference(self) -> InferenceConfig: ...
+    @property
+    def partner(self) -> tuple[nn.Module, ModelCard, str] | None: ...
+    @property
+    def prepared(self) -> PreparedModel: ...
+    @property
+    def partner_prepared(self) -> PreparedModel | None: ...
+    @property
+    def threshold(self) -> float: ...
 
 
 def score_with_stats(
-    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None,
+    context: AnalysisContext,
+    slide: Slide,
+    grid: TileGrid,
+    progress: ProgressCallback | None,
     with_partner: bool = True,
 ) -> tuple[NDArray[np.float32], list[InferenceStats]]:
     """Every tile of ``grid`` scored with the context's prepared model, averaged with its

@@ -1,12 +1,11 @@
 """Inference: reads a slide's tile grid and a model, produces one tumor probability per tile.
 
-DataLoader workers read blocks of neighbouring tiles with one slide read each
-(``pipeline/slides/readers.py``) and send them as uint8 numpy arrays, about a batch per message; the
-main process copies them into one reusable batch buffer (pinned for CUDA), moves it to the
-device, normalises it there with the card's mean/std and scores it under ``inference_mode``
-with the model's BatchNorms folded into its convolutions. Memory stays bounded: only the
-items in flight are held, never all tiles. ``naive_score_tiles`` (one read per tile, batch of
-one, unfolded model) is the reference it must match.
+DataLoader workers read blocks of neighbouring tiles with one slide read each (``pipeline/slides/
+readers.py``), sent as uint8 arrays about a batch per message; the main process copies them into
+one reusable batch buffer (pinned for CUDA), moves it to the device, normalises it there with the
+card's mean/std and scores it under ``inference_mode`` with the model's BatchNorms folded into its
+convolutions. Memory stays bounded: only the items in flight are held, never all tiles.
+``naive_score_tiles`` (one read per tile, batch of one, unfolded model) is the reference it must match.
 """
 
 from __future__ import annotations
@@ -71,8 +70,7 @@ class InferenceStats:
     read_level: pyramid level read. cpu_threads: torch threads used on the CPU.
     cpu_plan: reader processes and threads chosen for the run, and why.
     precision: the autocast the model ran under ("fp32", "bf16" or "fp16"). mode: "tiles" or "dense".
-    partner: the run of a card's partner model (``pipeline.models.partner``).
-    """
+    partner: the run of a card's partner model (``pipeline.models.partner``)."""
 
     n_tiles: int
     n_regions: int
