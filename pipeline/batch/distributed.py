@@ -211,6 +211,8 @@ def run_ray_batch(
     from pipeline.review.report import write_summary_csv
 
     ray = import_ray()
+    if not ray.is_initialized():
+        check_reachable(options.address)  # before the batch folder is made or touched
     out_dir = out_dir.expanduser().resolve()
     check_writable_folder(out_dir)
     with lock_batch_folder(out_dir):

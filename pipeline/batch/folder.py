@@ -225,7 +225,12 @@ def read_manifest(
     a JSON object, or without a 'slides' object.
     """
     path = manifest_path(batch_dir)
-    if not batch_dir.is_dir() or not path.is_file():
+    try:
+        found = batch_dir.is_dir() and path.is_file()
+    except OSError as exc:  # a folder that cannot be listed or entered
+        raise error(f"{batch_dir}: cannot read the batch folder ({exc.strerror or exc}); "
+                    "check its permissions") from exc
+    if not found:
         hint = what_to_pass or _PASS_A_BATCH
         raise error(f"{path}: not found; {hint}")
     document = read_json_object(path, "batch manifest", error, "; re-run the batch")

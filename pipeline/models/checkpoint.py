@@ -15,6 +15,7 @@ checkpoint can never run code on load. Produces an ``nn.Module`` in eval mode an
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -188,12 +189,16 @@ def _check_finite_weights(state_dict: Mapping[str, torch.Tensor], path: Path) ->
 
 
 def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
+    # Serialised in memory first: torch.save writing straight to a full disk raises an opaque
+    # RuntimeError ("unexpected pos"); a plain write raises OSError (ENOSPC), named to the user.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle_fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp_path = Path(tmp_name)
     try:
         with os.fdopen(handle_fd, "wb") as handle:
-            torch.save(payload, handle)
+            handle.write(buffer.getvalue())
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; a model file is meant to be shared

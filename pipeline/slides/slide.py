@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -115,10 +116,23 @@ def _import_openslide() -> Any:
     return openslide
 
 
+def check_readable_folder(folder: Path) -> None:
+    """Raise SlideOpenError naming ``folder`` when it cannot be listed (permissions, I/O), so
+    an unreadable folder is not mistaken for an empty one."""
+    try:
+        with os.scandir(folder) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise SlideOpenError(
+            f"{folder}: cannot read this folder ({exc.strerror or exc}); check its permissions"
+        ) from exc
+
+
 def is_dicom_folder(path: Path) -> bool:
     """True for a folder holding a DICOM WSI series (its files end in .dcm)."""
     if not path.is_dir():
         return False
+    check_readable_folder(path)
     files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
     return bool(files) and any(p.suffix.lower() == DICOM_SUFFIX for p in files)
 
@@ -143,6 +157,19 @@ def open_handle(path: Path) -> AbstractSlide:
     return ComputedLevels(handle, factors) if factors else handle
 
 
+def _check_readable(path: Path) -> None:
+    """Raise SlideOpenError when the file cannot be read (permissions, I/O), so an unreadable
+    slide is not mistaken for an unsupported format."""
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise SlideOpenError(
+            f"{path}: cannot read the file ({exc.strerror or exc}); check its permissions "
+            "and that the disk or share holding it is reachable"
+        ) from exc
+
+
 def _open_base_handle(path: Path) -> AbstractSlide:
     if not path.exists():
         raise SlideOpenError(f"{path}: file not found; check the path")
@@ -152,6 +179,8 @@ def _open_base_handle(path: Path) -> AbstractSlide:
         )
     if path.is_file() and path.stat().st_size == 0:
         raise SlideOpenError(f"{path}: file is empty; the copy or scan may have failed")
+    if path.is_file():
+        _check_readable(path)
     kind = plain_image_kind(path) if path.is_file() else None
     if kind is not None:
         return WholeImageSlide(path, kind)

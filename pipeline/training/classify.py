@@ -29,6 +29,7 @@ from pipeline.detection.inference import check_finite_probabilities
 from pipeline.errors import ConfigError, OutputError
 from pipeline.models import ModelCard
 from pipeline.outputs import csv_safe_row
+from pipeline.slides.slide import check_readable_folder
 from pipeline.slides.stain import normalize_stain
 from pipeline.training.datasets import IMAGE_SUFFIXES, PatchImageError, fit_to_tile, load_rgb
 
@@ -164,6 +165,7 @@ def list_patch_files(paths: Sequence[Path]) -> list[Path]:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
+            check_readable_folder(path)  # an unreadable folder is not "no patch images"
             files.extend(
                 p
                 for p in sorted(path.rglob("*"))

@@ -26,7 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from pipeline.config import PCAM_MPP
 from pipeline.errors import ConfigError, MicrometError
-from pipeline.slides.slide import Slide, open_slide, resize_rgb, rgba_to_rgb
+from pipeline.slides.slide import Slide, check_readable_folder, open_slide, resize_rgb, rgba_to_rgb
 from pipeline.slides.stain import normalize_stain
 from pipeline.training.config import DataConfig, TrainSettings
 from pipeline.training.sampling import PatchSample, SlideSource, balance_classes, find_slides
@@ -124,9 +124,11 @@ def list_patch_folder(root: Path) -> list[tuple[Path, int]]:
     Raises ConfigError when ``root`` has neither folder.
     """
     items: list[tuple[Path, int]] = []
+    check_readable_folder(root)
     for name, label in CLASS_FOLDERS.items():
         folder = root / name
         if folder.is_dir():
+            check_readable_folder(folder)  # unread, a class would silently go missing
             items.extend(
                 (p, label)
                 for p in sorted(folder.rglob("*"))

@@ -32,7 +32,7 @@ from pipeline.errors import ConfigError
 from pipeline.outputs import atomic_write_text, csv_safe_row, csv_unquote
 from pipeline.slides.annotations import Annotation, read_annotations, warn_outlines_outside
 from pipeline.slides.formats import OPENSLIDE_SUFFIXES
-from pipeline.slides.slide import open_slide
+from pipeline.slides.slide import check_readable_folder, open_slide
 from pipeline.slides.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def _slide_files(paths: Sequence[Path]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
+            check_readable_folder(path)  # an unreadable folder is not "no slide files"
             found.extend(
                 p
                 for p in sorted(path.rglob("*"))
@@ -122,6 +123,7 @@ def _annotation_lookup(folders: Sequence[Path]) -> dict[str, Path]:
     for folder in folders:
         if not folder.is_dir():
             raise ConfigError(f"{folder}: annotation folder not found; check the path")
+        check_readable_folder(folder)  # unread, its tumor slides would pass as normal ones
         for suffix in reversed(ANNOTATION_SUFFIXES):  # earlier suffixes win
             for path in sorted(folder.rglob(f"*{suffix}")):
                 stem = path.name[: -len(suffix)].lower()
