@@ -222,7 +222,7 @@ def _partner_row(card: ModelCard, out: Path) -> str:
         "of the two models' (`pipeline.models.partner`); the thresholds, confirmation and size "
         "calibration below were measured on that average; the confirmation in 8 poses rescores with "
         "this model alone. The pair found more ITC-size deposits at the same false-deposit rate than "
-        "either alone on the dev part (docs/benchmarks.md, Node scale) |\n"
+        "pcamnet alone on the dev part (docs/benchmarks.md, Node scale) |\n"
     )
 
 

@@ -37,6 +37,15 @@ def default_model() -> tuple[torch.nn.Module, ModelCard]:
 
 
 def _scores(model: torch.nn.Module, card: ModelCard, tiles: np.ndarray) -> np.ndarray:
+    """The default model's probabilities: the average with its card's partner, as infer scores."""
+    from pipeline.models.partner import load_partner
+
+    partner = load_partner(default_model_path(), card)
+    own = _model_scores(model, card, tiles)
+    return own if partner is None else (own + _model_scores(partner[0], partner[1], tiles)) / 2
+
+
+def _model_scores(model: torch.nn.Module, card: ModelCard, tiles: np.ndarray) -> np.ndarray:
     batches = [
         score_batch(
             model,
@@ -56,6 +65,18 @@ def test_default_model_is_small_and_loads_in_eval_mode(
     assert not model.training
     assert default_model_path().stat().st_size < MAX_MODEL_BYTES
     assert len(file_sha256(default_model_path())) == 64
+
+
+def test_the_default_partner_ships_beside_it_and_scores_the_same_tiles(
+    default_model: tuple[torch.nn.Module, ModelCard],
+) -> None:
+    from pipeline.models.partner import load_partner
+
+    _, card = default_model
+    partner = load_partner(default_model_path(), card)
+    assert partner is not None and partner[1].architecture == "dense96"
+    assert (partner[1].tile_size_px, partner[1].mpp, partner[1].stride_px) == (96, PCAM_MPP, 32)
+    assert (default_model_path().parent / card.partner["file"]).stat().st_size < MAX_MODEL_BYTES
 
 
 def test_card_describes_a_real_data_model_at_pcam_resolution(
