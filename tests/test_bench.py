@@ -86,8 +86,12 @@ def test_bench_command_explains_where_the_harness_is(tmp_path: Path) -> None:
 
 
 def test_summary_takes_medians_of_successful_runs_only() -> None:
-    runs = [result("micromet", 100, 2.0, 300), result("micromet", 100, 4.0, 100),
-            result("micromet", 100, 1.0, 200), result("micromet", 0, 0.0, error="boom")]
+    runs = [
+        result("micromet", 100, 2.0, 300),
+        result("micromet", 100, 4.0, 100),
+        result("micromet", 100, 1.0, 200),
+        result("micromet", 0, 0.0, error="boom"),
+    ]
     summary = report.summarize("micromet", runs)
     assert (summary.runs, summary.failed, summary.n_tiles) == (3, 1, 100)
     assert summary.seconds == 2.0
@@ -112,9 +116,11 @@ def test_speed_ratio_is_tiles_per_second_over_tiles_per_second() -> None:
 
 
 def test_tables_show_numbers_and_failures() -> None:
-    summaries = [report.summarize("read_limit", [result("read_limit", 1234, 2.0)]),
-                 report.summarize("micromet", [result("micromet", 1234, 4.0)]),
-                 report.summarize("tiatoolbox", [result("tiatoolbox", 0, 0.0, error="no")])]
+    summaries = [
+        report.summarize("read_limit", [result("read_limit", 1234, 2.0)]),
+        report.summarize("micromet", [result("micromet", 1234, 4.0)]),
+        report.summarize("tiatoolbox", [result("tiatoolbox", 0, 0.0, error="no")]),
+    ]
     table = report.render_table(summaries)
     assert "| read limit |" in table and "| 1,234 | 2.00 | 617.0 | 100 / 200 | 1 of 1 |" in table
     assert "| TIAToolbox |" in table and "failed" in table and "0 of 1" in table
@@ -124,8 +130,9 @@ def test_tables_show_numbers_and_failures() -> None:
 
 def test_replace_section_rewrites_only_its_own_section() -> None:
     heading = report.SECTION_HEADING
-    text = (f"# Benchmarks\n\nintro\n\n## Viewer\n\nviewer text\n\n{heading}\n\nold numbers\n\n"
-            "## Later\n\nkeep\n")
+    text = (
+        f"# Benchmarks\n\nintro\n\n## Viewer\n\nviewer text\n\n{heading}\n\nold numbers\n\n## Later\n\nkeep\n"
+    )
     updated = harness.replace_section(text, heading, f"{heading}\n\nnew numbers\n")
     assert "old numbers" not in updated and "new numbers" in updated
     assert updated.index("## Viewer") < updated.index(heading) < updated.index("## Later")
@@ -171,10 +178,19 @@ def test_tile_mask_makes_tiatoolbox_keep_exactly_the_planned_tiles(
 
 
 def test_tia_requirements_drop_torch_and_use_headless_opencv() -> None:
-    requires = ["torch<2.13.0,>=2.5.0", "torchvision<0.28", "opencv-python<5.0.0,>=4.6.0", "numpy<2.4",
-                "pytest; extra == 'dev'", "Click<8.4.2,>=8.2.0"]
-    assert tia.tia_requirements(requires) == ["opencv-python-headless<5.0.0,>=4.6.0", "numpy<2.4",
-                                              "Click<8.4.2,>=8.2.0"]
+    requires = [
+        "torch<2.13.0,>=2.5.0",
+        "torchvision<0.28",
+        "opencv-python<5.0.0,>=4.6.0",
+        "numpy<2.4",
+        "pytest; extra == 'dev'",
+        "Click<8.4.2,>=8.2.0",
+    ]
+    assert tia.tia_requirements(requires) == [
+        "opencv-python-headless<5.0.0,>=4.6.0",
+        "numpy<2.4",
+        "Click<8.4.2,>=8.2.0",
+    ]
 
 
 def test_pip_failure_tail_keeps_the_error_not_the_index_chatter() -> None:
@@ -190,11 +206,14 @@ def test_a_failing_child_run_reports_its_output(tmp_path: Path) -> None:
 
 def test_a_child_run_returns_its_result_and_memory(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    code = ("import sys; from pipeline.benchmarks import variants as v; "
-            "x = bytearray(50 * 2**20); import time; time.sleep(0.5); "
-            "v.RunResult('read_limit', 10, 0.5, 60.0).save(__import__('pathlib').Path(sys.argv[1]))")
-    run = speed.run_child([sys.executable, "-c", code, str(out)], "read_limit", out,
-                          tmp_path / "r.log", timeout_s=60)
+    code = (
+        "import sys; from pipeline.benchmarks import variants as v; "
+        "x = bytearray(50 * 2**20); import time; time.sleep(0.5); "
+        "v.RunResult('read_limit', 10, 0.5, 60.0).save(__import__('pathlib').Path(sys.argv[1]))"
+    )
+    run = speed.run_child(
+        [sys.executable, "-c", code, str(out)], "read_limit", out, tmp_path / "r.log", timeout_s=60
+    )
     assert run.error is None and run.n_tiles == 10 and run.tiles_per_s == 20.0
     if Path("/proc/self/status").exists():
         assert run.peak_rss_tree_mb is not None and run.peak_rss_tree_mb > 50
@@ -202,13 +221,33 @@ def test_a_child_run_returns_its_result_and_memory(tmp_path: Path) -> None:
 
 def test_section_says_why_tiatoolbox_was_not_measured(tmp_path: Path) -> None:
     spec = variants.BenchSpec("s.svs", 0.25, "m.pt", 64, 1.0, "cpu", 2, 64, 4, "g.npz", str(tmp_path))
-    context = report.RunContext("python scripts/bench.py", "1 x 1 px", "model", 1,
-                                harness.machine_facts(), 1.0)
+    context = report.RunContext(
+        "python scripts/bench.py", "1 x 1 px", "model", 1, harness.machine_facts(), 1.0
+    )
     env = tia.TiaEnv(None, error="pip install of tiatoolbox's requirements failed (exit 1): no torch")
     section = report.render_section(context, spec, 10, {"read_limit": [result("read_limit", 10, 1.0)]}, env)
     assert section.startswith(report.SECTION_HEADING)
     assert "**not measured**" in section and "failed (exit 1): no torch" in section
     assert "Reproduce: `python scripts/bench.py`" in section
+
+
+def test_section_says_when_end_to_end_scores_a_partner_too(tmp_path: Path) -> None:
+    from pipeline.models import ModelCard, build_model, save_checkpoint
+    from pipeline.models.partner import with_partner
+
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=1.0)
+    partner = save_checkpoint(tmp_path / "p.pt", build_model("micronet"), card)
+    for model, expected in (("p.pt", False), ("m.pt", True)):
+        if expected:
+            save_checkpoint(tmp_path / model, build_model("micronet"), with_partner(card, partner))
+        spec = variants.BenchSpec(
+            "s.svs", 0.25, str(tmp_path / model), 32, 1.0, "cpu", 2, 64, 4, "g.npz", str(tmp_path)
+        )
+        context = report.RunContext("bench", "1 x 1 px", "model", 1, harness.machine_facts(), 1.0)
+        section = report.render_section(
+            context, spec, 10, {"read_limit": [result("read_limit", 10, 1.0)]}, None
+        )
+        assert ("names a partner (p.pt)" in section) == expected
 
 
 def test_read_limit_reads_every_planned_tile(tiny_slide: Path, tmp_path: Path) -> None:
@@ -219,8 +258,19 @@ def test_read_limit_reads_every_planned_tile(tiny_slide: Path, tmp_path: Path) -
     reloaded = variants.load_grid(tmp_path / "grid.npz")
     assert np.array_equal(reloaded.xy_px, grid.xy_px) and reloaded.grid_shape == grid.grid_shape
     for workers in (0, 2):
-        spec = variants.BenchSpec(str(tiny_slide), grid.slide_mpp, "unused.pt", 32, 1.0, "cpu", workers, 8, 2,
-                                  str(tmp_path / "grid.npz"), str(tmp_path))
+        spec = variants.BenchSpec(
+            str(tiny_slide),
+            grid.slide_mpp,
+            "unused.pt",
+            32,
+            1.0,
+            "cpu",
+            workers,
+            8,
+            2,
+            str(tmp_path / "grid.npz"),
+            str(tmp_path),
+        )
         n_tiles, facts = variants.read_limit(spec)
         assert n_tiles == len(grid) > 10
         assert facts["workers"] == workers and facts["n_regions"] < len(grid)
@@ -232,8 +282,19 @@ def test_a_measured_variant_runs_the_package_in_a_fresh_process(tiny_slide: Path
         tissue = detect_tissue(slide, TissueConfig())
         grid = plan_tiles(slide.dimensions, slide.mpp, tissue, TilingConfig(tile_size_px=32, mpp=1.0))
     variants.save_grid(grid, tmp_path / "grid.npz")
-    spec = variants.BenchSpec(str(tiny_slide), grid.slide_mpp, "unused.pt", 32, 1.0, "cpu", 0, 8, 2,
-                              str(tmp_path / "grid.npz"), str(tmp_path))
+    spec = variants.BenchSpec(
+        str(tiny_slide),
+        grid.slide_mpp,
+        "unused.pt",
+        32,
+        1.0,
+        "cpu",
+        0,
+        8,
+        2,
+        str(tmp_path / "grid.npz"),
+        str(tmp_path),
+    )
     spec.save(tmp_path / "spec.json")
     command = speed.variant_command("read_limit", tmp_path / "spec.json", tmp_path / "r.json", 0, None)
     assert command[1:3] == ["-m", "pipeline.benchmarks.speed"]  # no script of a source checkout

@@ -247,6 +247,21 @@ def _readers_text(spec: BenchSpec) -> str:
     return f"{spec.workers} reader workers"
 
 
+def _partner_notes(spec: BenchSpec) -> list[str]:
+    """A note when the model's card names a partner (``pipeline.models.partner``)."""
+    from pipeline.models import read_card
+
+    partner = read_card(spec.model).partner if spec.model and Path(spec.model).is_file() else {}
+    if not partner:
+        return []
+    return [
+        f"the model's card names a partner ({partner['file']}): micromet end to end scores every tile with "
+        "both models and averages them, as `micromet infer` does; the read limit, the compute limit, the "
+        "engine and TIAToolbox run the model alone, so the end-to-end ratios understate micromet's speed "
+        "per model"
+    ]
+
+
 def render_section(context: RunContext, spec: BenchSpec, n_tiles: int, results: dict[str, list[RunResult]],
                    tia: TiaEnv | None, heading: str = SECTION_HEADING) -> str:
     """The whole ``## Speed ...`` section of docs/benchmarks.md, under ``heading``."""
@@ -254,7 +269,8 @@ def render_section(context: RunContext, spec: BenchSpec, n_tiles: int, results: 
     compute = results.get("compute_limit", [])
     device = _first_extra(compute, "device_name") or _first_extra(compute, "device") or spec.device
     agreement = score_agreement(Path(spec.out_dir))
-    notes = [*_compute_notes(results), *_micromet_notes(results), *_tiatoolbox_notes(results, tia, agreement)]
+    notes = [*_partner_notes(spec), *_compute_notes(results), *_micromet_notes(results),
+             *_tiatoolbox_notes(results, tia, agreement)]  # fmt: skip
     lines = [
         heading, "",
         f"What: one synthetic slide of {context.slide}, {n_tiles:,} tissue tiles of "
