@@ -1,4 +1,4 @@
-"""The review fine-tuning benchmark's own logic (scripts/bench_review_finetune.py): the place
+"""The review fine-tuning benchmark's own logic (pipeline.benchmarks.review_finetune): the place
 split keeps places apart, the reviews it writes reject every deposit and candidate and load back
 as complete training reviews, and the fine-tuned weights get the default card's decision rules.
 Small inputs only: no inference, no training."""
@@ -6,17 +6,17 @@ Small inputs only: no inference, no training."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import shutil
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from pipeline.benchmarks import review_finetune as bench
+from pipeline.benchmarks import review_finetune_slides as slides
+from pipeline.benchmarks.review_finetune_report import removed_fraction
 from pipeline.errors import ConfigError
 from pipeline.models import ModelCard, build_model, load_checkpoint, read_card, save_checkpoint
 from pipeline.review.review_files import read_slide_review
@@ -24,15 +24,10 @@ from pipeline.review.reviews import REJECTED
 from pipeline.training.review_samples import find_reviewed_slides, review_tile_samples
 from tests.viewer_batch import GOOD_ID, XSS_FOLDER, build_viewer_batch, synthetic_slide
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-bench: Any = importlib.import_module("bench_review_finetune")
 
-
-def _patches() -> list[Any]:
+def _patches() -> list[slides.NormalPatch]:
     """40 places: 10 with a hard normal (one holds two patches), 30 without (two hold two)."""
-    patch = bench.NormalPatch
+    patch = slides.NormalPatch
     patches = [patch(f"hard/{i}.webp", f"h{i}", True) for i in range(10)]
     patches.append(patch("kaggle/h0_twin.webp", "h0", False))  # a PCam normal in a hard place
     patches += [patch(f"kaggle/{i}.webp", f"p{i}", False) for i in range(30)]
@@ -42,7 +37,7 @@ def _patches() -> list[Any]:
 
 def test_the_halves_keep_places_apart_and_share_the_hard_normals() -> None:
     patches = _patches()
-    halves = bench.split_places(patches, seed=4)
+    halves = slides.split_places(patches, seed=4)
     reviewed, heldout = halves["reviewed"], halves["heldout"]
     assert {p.place for p in reviewed}.isdisjoint({p.place for p in heldout})
     assert sorted(reviewed + heldout, key=lambda p: p.file) == sorted(patches, key=lambda p: p.file)
@@ -50,8 +45,8 @@ def test_the_halves_keep_places_apart_and_share_the_hard_normals() -> None:
     assert len({p.place for p in reviewed}) == len({p.place for p in heldout}) == 20
     twins = {p.file for p in reviewed} & {"kaggle/h0_twin.webp", "hard/0.webp"}
     assert twins in (set(), {"kaggle/h0_twin.webp", "hard/0.webp"})  # a place stays whole
-    assert bench.split_places(patches, seed=4) == halves
-    assert bench.split_places(patches, seed=5) != halves
+    assert slides.split_places(patches, seed=4) == halves
+    assert slides.split_places(patches, seed=5) != halves
 
 
 def test_dev_normals_read_only_the_dev_parts_tumor_free_patches(tmp_path: Path) -> None:
@@ -65,7 +60,7 @@ def test_dev_normals_read_only_the_dev_parts_tumor_free_patches(tmp_path: Path) 
         "pcam_kaggle,normal/e.webp,0,4,test\n",
         encoding="utf-8",
     )
-    normals = bench.dev_normals(csv_path)
+    normals = slides.dev_normals(csv_path)
     assert [(p.file, p.place, p.hard) for p in normals] == [
         ("pcam_kaggle/normal/a.webp", "1", False),
         ("pcam_hard_normals/normal/c.webp", "2", True),
@@ -75,10 +70,11 @@ def test_dev_normals_read_only_the_dev_parts_tumor_free_patches(tmp_path: Path) 
 def test_a_slide_is_a_mosaic_on_glass() -> None:
     rng = np.random.default_rng(0)
     patches = rng.integers(0, 200, size=(6, 96, 96, 3), dtype=np.uint8)
-    image = bench.slide_image(patches, side_mm=0.3, seed=1)
-    side_px, margin_px = round(300 / bench.MODEL_MPP), round(bench.GLASS_MARGIN_MM * 1000 / bench.MODEL_MPP)
+    image = slides.slide_image(patches, side_mm=0.3, seed=1)
+    mpp = slides.MODEL_MPP
+    side_px, margin_px = round(300 / mpp), round(slides.GLASS_MARGIN_MM * 1000 / mpp)
     assert image.shape == (side_px + 2 * margin_px,) * 2 + (3,)
-    assert (image[:margin_px] == bench.GLASS_RGB).all() and (image[:, -margin_px:] == bench.GLASS_RGB).all()
+    assert (image[:margin_px] == slides.GLASS_RGB).all() and (image[:, -margin_px:] == slides.GLASS_RGB).all()
     assert image[margin_px:-margin_px, margin_px:-margin_px].max() < 200  # tissue only inside
 
 
@@ -147,6 +143,6 @@ def test_the_fine_tuned_weights_get_the_default_cards_rules(tmp_path: Path) -> N
 
 
 def test_removed_fraction() -> None:
-    assert bench.removed_fraction(20, 2) == pytest.approx(0.9)
-    assert bench.removed_fraction(5, 0) == 1.0
-    assert np.isnan(bench.removed_fraction(0, 0))
+    assert removed_fraction(20, 2) == pytest.approx(0.9)
+    assert removed_fraction(5, 0) == 1.0
+    assert np.isnan(removed_fraction(0, 0))

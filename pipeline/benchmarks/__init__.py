@@ -11,6 +11,9 @@ them, and produce the Markdown sections of docs/benchmarks.md.
 - ``scaling`` (``scripts/bench_scaling.py``): ``micromet infer`` time against tissue area and
   peak memory on a CAMELYON-size slide; ``scaling_slides`` writes its slides, ``scaling_report``
   its section and plot.
+- ``review_finetune`` (``scripts/bench_review_finetune.py``): learning from reviews on real
+  tumor-free tissue (does fine-tuning on rejected false deposits of one half remove them on the
+  other?); ``review_finetune_slides`` writes its slides, ``review_finetune_report`` its summary.
 
 The scripts in ``scripts/`` are their command lines. Importing this package loads the standard
 library only (the TIAToolbox runner imports ``variants`` from another virtual environment).
