@@ -244,6 +244,18 @@ def test_train_on_a_disk_that_fills_at_the_checkpoint_is_one_line(
     assert not list(out.glob(".*.tmp")) and not list(out.glob("*.pt"))
 
 
+def test_train_out_that_cannot_be_made_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    """An unwritable --out (here below a file, which stops root too)."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep")
+    patches = _patch_folder(tmp_path / "patches")
+    code, err = _run(["train", "--patches", patches, "--patch-mpp", "1.0", "--out", blocker / "run",
+                      "--epochs", "1", "--device", "cpu", "--workers", "0", "--no-progress",
+                      "--tile-size-px", "32"])
+    _one_error(code, err, "notes.txt/run", "cannot write here")
+    assert blocker.read_text() == "keep"
+
+
 # --- Ray -------------------------------------------------------------------------------------------
 
 
