@@ -366,3 +366,27 @@ def test_infer_on_a_16k_single_level_tiff_keeps_memory_far_below_its_level0(tmp_
     assert sum(report["inference"]["tiles_by_mode"].values()) > 3000
     rss_mb = int(result.stdout.split("RSS_KB")[1]) / 1024
     assert rss_mb < 2400, f"infer used {rss_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("kind", ["file", "link_to_folder"])
+def test_overwrite_with_a_file_or_link_as_the_result_folder_keeps_its_target_and_no_trash(
+    tmp_path: Path, kind: str
+) -> None:
+    """A file or a link (to someone's folder) where a slide's result folder goes: the link is
+    replaced, what it points to is kept, and no ``.<id>.old-*`` entry is left behind."""
+    out = tmp_path / "batch"
+    out.mkdir()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "a.txt").write_text("not micromet's")
+    if kind == "file":
+        (out / "s1").write_text("x")
+    else:
+        (out / "s1").symlink_to(precious)
+    model = write_untrained_checkpoint(tmp_path / "model.pt", mpp=SLIDE_MPP)
+    code, _ = _run(["infer", _slide(tmp_path / "s1.tif"), "--out", out, "--model", model, "--device", "cpu",
+                    "--workers", "0", "--no-refine", "--no-cells", "--accept-qc-failures", "--overwrite"])
+    assert code == 0 and (out / "s1" / "report.json").is_file() and not (out / "s1").is_symlink()
+    assert [p.name for p in precious.iterdir()] == ["a.txt"]
+    assert (precious / "a.txt").read_text() == "not micromet's"
+    assert not list(out.glob(".s1.*"))

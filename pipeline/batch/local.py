@@ -168,7 +168,10 @@ def _replace_folder(staging: Path, final: Path) -> None:
         trash = final.with_name(f".{final.name}.old-{time.time_ns()}")
         final.rename(trash)
         staging.rename(final)
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:  # a file or link in the result's place: the link goes, never what it points to
+            trash.unlink(missing_ok=True)
     else:
         staging.rename(final)
 
