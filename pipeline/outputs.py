@@ -127,6 +127,8 @@ def read_json_object(
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"{path}: cannot read the {what} ({exc}){hint}") from exc
+    except RecursionError as exc:
+        raise error(f"{path}: cannot read the {what} (nested too deeply){hint}") from exc
     if not isinstance(data, dict):
         raise error(f"{path}: the {what} is not a JSON object{hint}")
     return data

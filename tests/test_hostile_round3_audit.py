@@ -390,3 +390,47 @@ def test_overwrite_with_a_file_or_link_as_the_result_folder_keeps_its_target_and
     assert [p.name for p in precious.iterdir()] == ["a.txt"]
     assert (precious / "a.txt").read_text() == "not micromet's"
     assert not list(out.glob(".s1.*"))
+
+
+# --- damaged batch folders read by report, evaluate and the viewer -------------------------------------
+
+
+def _batch_folder(root: Path, report: dict[str, Any]) -> Path:
+    """A one-slide batch folder ("s1", done) holding ``report`` as its report.json."""
+    import json
+
+    (root / "s1").mkdir(parents=True)
+    manifest = {"slides": {"s1": {"status": "done", "output_dir": "s1", "path": str(root / "gone.tif")}}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "s1" / "report.json").write_text(json.dumps(report))
+    return root
+
+
+def test_a_batch_manifest_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    batch = _batch_folder(tmp_path / "batch", {"slide_id": "s1", "category": "negative", "deposits": []})
+    (batch / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    reference = tmp_path / "reference.csv"
+    reference.write_text("slide,class\ns1,Tumor\n")
+    evaluate = ["evaluate", "--batch", batch, "--reference", reference, "--out", tmp_path / "evaluation"]
+    for command in (["report", batch, "--out", tmp_path / "report.html"], evaluate):
+        _one_error(*_run(command), "manifest.json", "nested too deeply")
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "evaluation").exists()
+
+
+@pytest.mark.parametrize("field", ["deposits", "candidates"])
+def test_a_report_whose_deposits_are_not_a_list_is_named_in_the_report_and_viewer(
+    tmp_path: Path, field: str
+) -> None:
+    """``report`` drew such a slide's outlines and ended in an internal error."""
+    from pipeline.review.viewer.app import create_app
+
+    report = {"slide_id": "s1", "category": "micro", "score": 0.9, "deposits": [],
+              "slide": {"mpp": SLIDE_MPP, "dimensions": [600, 400]}, field: "x"}
+    batch = _batch_folder(tmp_path / "batch", report)
+    html = tmp_path / "report.html"
+    code, err = _run(["report", batch, "--out", html])
+    assert code == 0 and "Traceback" not in err and "internal error" not in err, err
+    assert f"&#39;{field}&#39; is not a list; re-run the slide" in html.read_text()
+    listing = create_app(batch).test_client().get("/api/slides", headers={"Host": "127.0.0.1"}).get_json()
+    (slide,) = listing["slides"]
+    assert f"'{field}' is not a list" in str(slide)

@@ -20,6 +20,7 @@ from pipeline.batch.folder import (
     manifest_path,
     read_manifest,
     read_report,
+    report_deposits,
 )
 from pipeline.detection.heatmap import HEATMAP_ARRAY, HEATMAP_META, Heatmap, load_heatmap
 from pipeline.errors import HeatmapError, OutputError, ReviewError
@@ -195,6 +196,9 @@ class BatchIndex:
         if problem is None and record.status == STATUS_DONE:
             try:
                 report = self.report(record)
+                if report is not None:  # damaged deposits are named here, not met mid-drawing
+                    for field in ("deposits", "candidates"):
+                        report_deposits(report, Path(record.slide_id) / REPORT_JSON, field)
             except OutputError as exc:
                 problem = str(exc)
             if report is None and problem is None:
