@@ -279,6 +279,37 @@ def test_classify_refuses_every_bad_checkpoint_and_writes_no_csv(corpus: Corpus,
     _report(problems)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_infer_and_train_refuse_every_bad_checkpoint_and_write_nothing(
+    corpus: Corpus, tmp_path: Path
+) -> None:
+    """The same checkpoints as ``infer --model``, ``train --init-model`` and ``train --resume``
+    (which would write beside the checkpoint)."""
+    patches = tmp_path / "patches"
+    for name in ("tumor", "normal"):
+        (patches / name).mkdir(parents=True)
+        for index in range(2):
+            shutil.copyfile(corpus.patch, patches / name / f"{index}.png")
+    checkpoints = corpus.of("checkpoint")
+    beside = {path.name for path in checkpoints[0].path.parent.iterdir()}
+    common = ["--device", "cpu", "--workers", "0", "--no-progress"]
+    problems: list[str] = []
+    for index, bad in enumerate(checkpoints):
+        batch, fine_tuned = tmp_path / f"batch_{index}", tmp_path / f"run_{index}"
+        runs: tuple[tuple[list[object], list[Path]], ...] = (
+            (["infer", corpus.valid.slide, "--out", batch, "--model", bad.path, *common[:4]], [batch]),
+            (["train", "--patches", patches, "--patch-mpp", "0.5", "--out", fine_tuned, "--init-model",
+              bad.path, "--arch", "micronet", "--tile-size-px", "32", "--model-mpp", "2.0", "--epochs", "1",
+              *common], [fine_tuned]),
+            (["train", "--resume", bad.path, *common], []),
+        )
+        for args, outputs in runs:
+            _check_one_error(run_cli([str(arg) for arg in args]), bad, [str(bad.path)], problems, outputs)
+    new_files = {path.name for path in checkpoints[0].path.parent.iterdir()} - beside
+    problems.extend(f"train --resume left {name} beside the checkpoints" for name in sorted(new_files))
+    _report(problems)
+
+
 # --- CSVs ----------------------------------------------------------------------------------
 
 
