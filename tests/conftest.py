@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 from collections.abc import Iterator
@@ -49,6 +51,19 @@ def shared_data() -> Path:
 def tiny_slide(tmp_path: Path) -> Iterator[Path]:
     """A 1500 x 1100 px pyramidal TIFF at 0.5 µm/px with one tissue blob."""
     yield write_pyramid_tiff(tmp_path / "tiny.tif", draw_tissue_rgb(1500, 1100), mpp=0.5)
+
+
+def run_cli(args: list[object]) -> tuple[int, str]:
+    """``micromet ARGS`` in this process: exit code (argparse's SystemExit included) and stderr."""
+    from pipeline.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, err.getvalue()
 
 
 def write_untrained_checkpoint(path: Path, mpp: float = 2.0, threshold: float = 0.5) -> Path:

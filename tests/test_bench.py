@@ -250,6 +250,12 @@ def test_section_says_when_end_to_end_scores_a_partner_too(tmp_path: Path) -> No
         assert ("names a partner (p.pt)" in section) == expected
 
 
+def _tiny_spec(slide: Path, slide_mpp: float, workers: int, folder: Path) -> variants.BenchSpec:
+    """A spec for the tiny slide's 32 px grid at 1 µm/px saved as folder/grid.npz."""
+    grid, out = str(folder / "grid.npz"), str(folder)
+    return variants.BenchSpec(str(slide), slide_mpp, "unused.pt", 32, 1.0, "cpu", workers, 8, 2, grid, out)
+
+
 def test_read_limit_reads_every_planned_tile(tiny_slide: Path, tmp_path: Path) -> None:
     with open_slide(tiny_slide) as slide:
         tissue = detect_tissue(slide, TissueConfig())
@@ -258,19 +264,7 @@ def test_read_limit_reads_every_planned_tile(tiny_slide: Path, tmp_path: Path) -
     reloaded = variants.load_grid(tmp_path / "grid.npz")
     assert np.array_equal(reloaded.xy_px, grid.xy_px) and reloaded.grid_shape == grid.grid_shape
     for workers in (0, 2):
-        spec = variants.BenchSpec(
-            str(tiny_slide),
-            grid.slide_mpp,
-            "unused.pt",
-            32,
-            1.0,
-            "cpu",
-            workers,
-            8,
-            2,
-            str(tmp_path / "grid.npz"),
-            str(tmp_path),
-        )
+        spec = _tiny_spec(tiny_slide, grid.slide_mpp, workers, tmp_path)
         n_tiles, facts = variants.read_limit(spec)
         assert n_tiles == len(grid) > 10
         assert facts["workers"] == workers and facts["n_regions"] < len(grid)
@@ -282,19 +276,7 @@ def test_a_measured_variant_runs_the_package_in_a_fresh_process(tiny_slide: Path
         tissue = detect_tissue(slide, TissueConfig())
         grid = plan_tiles(slide.dimensions, slide.mpp, tissue, TilingConfig(tile_size_px=32, mpp=1.0))
     variants.save_grid(grid, tmp_path / "grid.npz")
-    spec = variants.BenchSpec(
-        str(tiny_slide),
-        grid.slide_mpp,
-        "unused.pt",
-        32,
-        1.0,
-        "cpu",
-        0,
-        8,
-        2,
-        str(tmp_path / "grid.npz"),
-        str(tmp_path),
-    )
+    spec = _tiny_spec(tiny_slide, grid.slide_mpp, 0, tmp_path)
     spec.save(tmp_path / "spec.json")
     command = speed.variant_command("read_limit", tmp_path / "spec.json", tmp_path / "r.json", 0, None)
     assert command[1:3] == ["-m", "pipeline.benchmarks.speed"]  # no script of a source checkout

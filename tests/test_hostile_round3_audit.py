@@ -18,23 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import draw_tissue_rgb, write_pyramid_tiff, write_untrained_checkpoint
+from conftest import draw_tissue_rgb, run_cli, write_pyramid_tiff, write_untrained_checkpoint
 from PIL import Image
-
-from pipeline.cli import main
 
 SLIDE_MPP = 0.5
 
 
 def _run(args: list[object]) -> tuple[int, str]:
-    """main(args): exit code (argparse's SystemExit included) and stderr."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, err.getvalue()
+    return run_cli(args)
 
 
 def _one_error(code: int, err: str, *names: str) -> str:

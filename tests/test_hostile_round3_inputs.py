@@ -3,9 +3,7 @@ numeric flags and output paths that used to pass silently or end in a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import os
 import struct
 import zlib
@@ -14,22 +12,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import draw_tissue_rgb, write_pyramid_tiff, write_untrained_checkpoint
+from conftest import draw_tissue_rgb, run_cli, write_pyramid_tiff, write_untrained_checkpoint
 from PIL import Image
 
-from pipeline.cli import main
 from pipeline.errors import ConfigError, EvaluationError, MissingMppError, OutputError
 
 
 def _run(args: list[object]) -> tuple[int, str]:
-    """main(args): exit code (argparse's SystemExit included) and stderr."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, err.getvalue()
+    return run_cli(args)
 
 
 def _one_error(code: int, err: str, expected_code: int, *names: str) -> None:
