@@ -285,3 +285,17 @@ def test_report_command_takes_a_patient_csv_and_a_scheme(batch: ViewerBatch, tmp
     assert "P1" in text and "pN1mi" in text and "ajcc scheme" in text
     mapping.write_text("slide,patient\nnot_a_slide_of_this_batch\n")
     assert main([*args, "--patients", str(mapping)]) == 1
+
+
+def test_the_slide_facts_name_a_partner_model(batch: ViewerBatch, tmp_path: Path) -> None:
+    root = tmp_path / "batch"
+    shutil.copytree(batch.root, root)
+    report_path = root / GOOD_ID / "report.json"
+    report = json.loads(report_path.read_text())
+    config = StaticReportConfig(thumbnail_max_px=64)
+    assert "averaged with its partner" not in build_static_report(root, config)
+    report["model"]["architecture"] = "pcamnet"
+    report["model"]["partner"] = {"file": "default_partner.pt", "sha256": "0" * 64, "architecture": "dense96"}
+    report_path.write_text(json.dumps(report))
+    html = build_static_report(root, config)
+    assert "pcamnet averaged with its partner dense96 (default_partner.pt)" in html
