@@ -133,34 +133,10 @@ def apart_surfaces(data: Path) -> list[Surface]:
 
 
 def make_scorer(model_path: Path):  # type: ignore[no-untyped-def]
-    """(tile scorer, region scorer or None, card) of a checkpoint: the pipeline's prepared model
-    for tiles; the model's exact dense inference (fp32) for regions when it has one."""
-    import torch
+    """(tile scorer, region scorer or None, card) of a checkpoint (``pipeline.benchmarks.scorers``)."""
+    from pipeline.benchmarks.scorers import checkpoint_scorers
 
-    from pipeline.config import InferenceConfig
-    from pipeline.detection.inference import prepare_model
-    from pipeline.models import load_checkpoint
-
-    model, card = load_checkpoint(model_path)
-    prepared = prepare_model(model, card, InferenceConfig())
-
-    def score(tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
-        with torch.inference_mode():
-            return prepared.scorer(torch.from_numpy(np.ascontiguousarray(tiles))).numpy()
-
-    dense = getattr(model.eval(), "dense_logits", None)
-    if dense is None:
-        return score, None, card
-    mean = torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1)
-
-    def score_region(region: NDArray[np.uint8]) -> NDArray[np.float32]:
-        x = torch.from_numpy(np.array(region)).permute(2, 0, 1)[None].float().div(255.0).sub(mean).div(std)
-        with torch.inference_mode():
-            logits = dense(x.contiguous(memory_format=torch.channels_last))
-        return torch.softmax(logits.float(), dim=1)[0, 1].numpy()
-
-    return score, score_region, card
+    return checkpoint_scorers(model_path)
 
 
 def grid_stride_px(folder: Path, card) -> int:  # type: ignore[no-untyped-def]

@@ -14,6 +14,8 @@ them, and produce the Markdown sections of docs/benchmarks.md.
 - ``review_finetune`` (``scripts/bench_review_finetune.py``): learning from reviews on real
   tumor-free tissue (does fine-tuning on rejected false deposits of one half remove them on the
   other?); ``review_finetune_slides`` writes its slides, ``review_finetune_report`` its summary.
+- ``scorers``: a checkpoint's tile and region scorers for benchmarks that score arrays (the
+  node-scale surfaces of ``scripts/bench_node_scale.py``, patch sets), as ``micromet infer`` does.
 
 The scripts in ``scripts/`` are their command lines. Importing this package loads the standard
 library only (the TIAToolbox runner imports ``variants`` from another virtual environment).

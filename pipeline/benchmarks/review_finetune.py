@@ -283,22 +283,11 @@ def node_scale(work: Path, model: Path, name: str, reuse: Path | None) -> dict[s
 
 
 def tile_scorer(model_path: Path) -> tuple[TileScorer, float]:
-    """(tile scorer, the card's threshold) of a checkpoint: the pipeline's prepared model with
-    default inference settings, as bench_node_scale.py scores tiles. The scorer takes
-    (n, h, w, 3) uint8 tiles and returns (n,) float32 tumor probabilities."""
-    import torch
+    """(tile scorer, the card's threshold) of a checkpoint, as bench_node_scale.py scores tiles
+    (``pipeline.benchmarks.scorers``)."""
+    from pipeline.benchmarks.scorers import checkpoint_scorers
 
-    from pipeline.config import InferenceConfig
-    from pipeline.detection.inference import prepare_model
-    from pipeline.models import load_checkpoint
-
-    model, card = load_checkpoint(model_path)
-    prepared = prepare_model(model, card, InferenceConfig())
-
-    def score(tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
-        with torch.inference_mode():
-            return np.asarray(prepared.scorer(torch.from_numpy(np.ascontiguousarray(tiles))).numpy())
-
+    score, _, card = checkpoint_scorers(model_path)
     return score, card.threshold
 
 
