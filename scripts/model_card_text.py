@@ -226,6 +226,17 @@ def _partner_row(card: ModelCard, out: Path) -> str:
     )
 
 
+def _partner_limit(card: ModelCard) -> str:
+    if not card.partner:
+        return ""
+    return (
+        "- The pair was chosen on PatchCamelyon pixels at the model's µm/px. On 84 real CAMELYON16 "
+        "deposits of 0.06-0.19 mm pasted into a CAMELYON17 negative node and read through the slide "
+        "reader from level 0, the pair found 69 and pcamnet alone 74 (docs/benchmarks.md, Cascade): "
+        "which is better on whole slides of another centre is not known.\n"
+    )
+
+
 def _reproduce_text(card: ModelCard) -> str:
     return PARTNER_REPRODUCE if card.partner else "`python scripts/train_default_model.py`"
 
@@ -328,7 +339,7 @@ confirmation in 8 poses to make a deposit.
 - Trained on CAMELYON16 (two Dutch centres) patches; other scanners, stains and tissues (not
   lymph node) are outside what it knows. micromet's slide QC flags such slides.
 {_limits_text(m)}
-
+{_partner_limit(card)}
 ## All metrics stored in the card
 
 | metric | value |
