@@ -84,8 +84,9 @@ def test_a_review_in_progress_does_not_train(tmp_path: Path, batch: ViewerBatch)
 def test_train_fine_tunes_from_reviews_and_its_card_names_them(reviewed: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     card = ModelCard(
-        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="a test model"
-    )
+        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="a test model",
+        stride_px=16,
+    )  # fmt: skip
     start = save_checkpoint(tmp_path / "start.pt", build_model("micronet"), card)
     out = tmp_path / "run"
     code = main(
@@ -119,7 +120,10 @@ def test_train_fine_tunes_from_reviews_and_its_card_names_them(reviewed: Path, t
         ]
     )
     assert code == 0
-    training_data = read_card(out / "last.pt").training_data
+    new_card = read_card(out / "last.pt")
+    training_data = new_card.training_data
+    assert new_card.stride_px == 16  # the init model's heatmap stride is kept
+    assert "no validation tiles" in new_card.notes  # reviews all train: its 0.5 was not chosen on data
     assert training_data.startswith(f"fine-tuned from {start}")
     assert f"{GOOD_ID} revision 4 by Dr Ana (sha256 " in training_data
     assert "16 tumor tiles" in training_data and "8 hard negatives" in training_data

@@ -90,8 +90,23 @@ def describe_training_data(settings: TrainSettings, samples: Sequence[PatchSampl
 def make_card(
     settings: TrainSettings, metrics: Mapping[str, float], threshold: float, training_data: str
 ) -> ModelCard:
-    """The ModelCard of a checkpoint of this run (NaN metrics are left out)."""
+    """The ModelCard of a checkpoint of this run (NaN metrics are left out). A fine-tuned run
+    keeps its --init-model's heatmap stride (the part of the tile its labels describe); its
+    seed, confirmation and size calibration are not carried over (they were measured on the
+    other weights; train warns)."""
     t = settings.train
+    finite = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+    how = (
+        "threshold maximises Youden's J on validation tiles"
+        if "val_auc" in finite
+        else "no validation tiles: threshold 0.5 was not chosen on data; measure the operating point "
+        "before use"
+    )
+    stride = None
+    if t.init_model is not None:
+        from pipeline.models import read_card
+
+        stride = read_card(t.init_model).stride_px
     return ModelCard(
         architecture=t.architecture,
         tile_size_px=t.tile_size_px,
@@ -101,8 +116,9 @@ def make_card(
         threshold=threshold,
         stain_normalization=t.stain_normalization,
         training_data=training_data,
-        metrics={k: float(v) for k, v in metrics.items() if math.isfinite(v)},
-        notes="trained with `micromet train`; threshold maximises Youden's J on validation tiles",
+        metrics=finite,
+        notes=f"trained with `micromet train`; {how}",
+        stride_px=stride,
     )
 
 

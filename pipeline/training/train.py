@@ -214,6 +214,13 @@ def _load_initial_weights(model: nn.Module, t: TrainConfig) -> None:
             "--arch, --tile-size-px and --model-mpp as its card says"
         )
     model.load_state_dict(start.state_dict())
+    if card.seed_threshold is not None or card.confirm_threshold is not None or card.size_calibration:
+        log.warning(
+            "%s's seed, confirm and size calibration are not carried to the fine-tuned checkpoint "
+            "(they were measured on its weights): measure them for the new model "
+            "(scripts/bench_node_scale.py calibrate --write-card) before reading its categories",
+            t.init_model,
+        )
     if card.partner:
         log.warning(
             "%s averages its scores with the partner model %s; fine-tuning starts from %s alone, and "
