@@ -196,7 +196,9 @@ PARTNER_REPRODUCE = (
     "`python scripts/train_default_model.py --architecture dense96 --epochs 16 --work "
     "runs/default_model_dense --out runs/dense16.pt` (the partner), `python "
     "scripts/train_default_model.py --architecture pcamnet --epochs 16 --work runs/default_model_p16 "
-    "--partner runs/dense16.pt`"
+    "--partner runs/dense16.pt` (or, for each model, `python scripts/train_default_model.py "
+    "--prepare-only --architecture pcamnet --epochs 16 --work runs/default_model` and `micromet train "
+    "--config models/default_train.toml`; `models/default_partner_train.toml` for the partner)"
 )
 
 

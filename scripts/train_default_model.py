@@ -39,22 +39,26 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
-from pipeline.config import CAMELYON_LEVEL0_MPP, PCAM_MPP, SHARED_DATA_DIR
+from pipeline.config import CAMELYON_LEVEL0_MPP, SHARED_DATA_DIR
 from pipeline.evaluation.node_scale import wilson_95
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD, ModelCard, load_checkpoint, save_checkpoint
 from pipeline.models.partner import load_partner, with_partner
-from pipeline.training.augment import AugmentConfig
 from pipeline.training.classify import choose_threshold, roc_auc, score_batch
-from pipeline.training.config import DataConfig, TrainConfig, TrainSettings
+from pipeline.training.config import TrainSettings, settings_to_toml
 from pipeline.training.datasets import fit_to_tile, load_rgb
+from pipeline.training.default_model import (
+    AUGMENT,
+    MODEL_MPP,
+    TILE_SIZE_PX,
+    TrainRecipe,
+    default_model_settings,
+)
 from pipeline.training.pcam_split import load_pcam, split_pcam
 from pipeline.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = SHARED_DATA_DIR
 ARCHITECTURE = "dense96"
-TILE_SIZE_PX = 96
-MODEL_MPP = PCAM_MPP  # PatchCamelyon: CAMELYON16 level 2
 LABEL_SIZE_PX = 32  # PCam's label describes the central 32 x 32 px: the heatmap stride
 C16_MPP = CAMELYON_LEVEL0_MPP  # CAMELYON16 level 0
 C17_MPP = CAMELYON_LEVEL0_MPP  # judged by nucleus size (data README)
@@ -67,16 +71,6 @@ C17_TILES = {
 }
 C17_EVAL_STRIDE_PX = 32
 C17_TRAIN_STRIDE_PX = 16
-AUGMENT = AugmentConfig(
-    hed_scale=0.1,
-    hed_shift=0.025,
-    brightness=0.1,
-    contrast=0.2,
-    blur_probability=0.2,
-    blur_max_sigma_px=1.0,
-    resample_probability=0.3,
-    resample_min_scale=0.5,
-)
 # Threshold: the lowest candidate whose false-positive rate on the PCam validation normals
 # is at most this (tumor-free tissue must not become deposits), but not below Youden's J.
 MAX_VALIDATION_FPR = 0.02
@@ -109,6 +103,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--hed-scale", type=float, default=AUGMENT.hed_scale, help="HED stain jitter (shift is a quarter)"
     )
     parser.add_argument("--evaluate-only", action="store_true", help="score work/run/last.pt again")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="link the split patch folders into --work and write --work/train.toml, then stop "
+        "(`micromet train --config` runs the rest; models/default_train.toml is that file)",
+    )
     parser.add_argument(
         "--partner",
         type=Path,
@@ -178,26 +178,11 @@ def prepare_folders(data: Path, work: Path, seed: int) -> dict[str, list[tuple[s
 
 
 def train_settings(args: argparse.Namespace, work: Path) -> TrainSettings:
-    """The ``micromet train`` settings of the default model."""
-    return TrainSettings(
-        train=TrainConfig(
-            out_dir=str(work / "run"),
-            architecture=args.architecture,
-            tile_size_px=TILE_SIZE_PX,
-            mpp=MODEL_MPP,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            scheduler="onecycle",
-            num_workers=1,
-            device=args.device,
-            seed=args.seed,
-        ),
-        data=DataConfig(
-            patches=(str(work / "train"),), val_patches=(str(work / "val"),), patch_mpp=MODEL_MPP
-        ),
-        augment=dataclasses.replace(AUGMENT, hed_scale=args.hed_scale, hed_shift=args.hed_scale / 4),
+    """The ``micromet train`` settings of the default model (``pipeline.training.default_model``)."""
+    recipe = TrainRecipe(
+        args.architecture, args.epochs, work, args.batch_size, args.lr, args.seed, args.device, args.hed_scale
     )
+    return default_model_settings(recipe)
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -435,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     work: Path = args.work
     splits = prepare_folders(args.data, work, args.seed)
+    if args.prepare_only:
+        (work / "train.toml").write_text(settings_to_toml(train_settings(args, work)), encoding="utf-8")
+        print(f"prepared {work}; train with: micromet train --config {work / 'train.toml'}")
+        return 0
     n_c17 = len(list((work / "train" / "normal").glob("c17_*.png")))
     last = work / "run" / "last.pt"
     if not args.evaluate_only:
