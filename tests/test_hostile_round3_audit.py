@@ -425,3 +425,28 @@ def test_a_report_whose_deposits_are_not_a_list_is_named_in_the_report_and_viewe
     listing = create_app(batch).test_client().get("/api/slides", headers={"Host": "127.0.0.1"}).get_json()
     (slide,) = listing["slides"]
     assert f"'{field}' is not a list" in str(slide)
+
+
+@pytest.mark.parametrize("pattern", ["{root}/**/*.tif", "{root}/*/*.tif"])
+def test_a_glob_reaching_an_unreadable_folder_refuses_rather_than_leaving_its_slides_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pattern: str
+) -> None:
+    from pipeline.batch.local import collect_slides
+    from pipeline.errors import SlideOpenError
+
+    root = tmp_path / "slides"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        (root / name / f"{name}.tif").write_bytes(b"not read here")
+    (root / ".hidden").mkdir()
+    item = pattern.format(root=root)
+    assert [p.name for p in collect_slides([item])] == ["a.tif", "b.tif"]
+    with _unreadable(monkeypatch, root / ".hidden"):  # glob never lists hidden folders: not an error
+        assert len(collect_slides([item])) == 2
+    with _unreadable(monkeypatch, root / "b"), pytest.raises(SlideOpenError) as caught:
+        collect_slides([item])
+    message = str(caught.value)
+    assert message.startswith(f"{root / 'b'}: cannot read this folder (Permission denied)")
+    assert "fix its permissions or narrow the pattern" in message and "\n" not in message
+    with pytest.raises(SlideOpenError, match="no slide files found"):  # a missing root is not unreadable
+        collect_slides([str(tmp_path / "nowhere" / "**" / "*.tif")])

@@ -18,6 +18,7 @@ import glob
 import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -116,10 +117,34 @@ def _expand_input(item: str) -> list[Path]:
     elif path.exists():
         paths.append(path)
     elif any(ch in item for ch in "*?["):
+        _refuse_unreadable_folders(item)
         paths.extend(Path(p) for p in sorted(glob.glob(item, recursive=True)))
     else:
         raise SlideOpenError(f"{item}: no such file, folder or matching glob; check the path")
     return paths
+
+
+def _refuse_unreadable_folders(pattern: str) -> None:
+    """A glob skips folders it cannot list without a word, so a batch would silently miss their
+    slides: raise SlideOpenError naming the first such folder the pattern reaches."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if any(ch in part for ch in "*?[")), len(parts))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    rest = parts[fixed:]
+    depth = None if "**" in rest else max(len(rest) - 1, 0)  # folder levels the pattern lists
+    refused: list[OSError] = []
+    for folder, subfolders, _ in os.walk(root, onerror=refused.append):
+        level = len(Path(folder).relative_to(root).parts)
+        subfolders[:] = [] if depth is not None and level >= depth else [
+            name for name in subfolders if not name.startswith(".")
+        ]  # fmt: skip
+    refused = [e for e in refused if not isinstance(e, (FileNotFoundError, NotADirectoryError))]
+    if refused:
+        error = refused[0]
+        raise SlideOpenError(
+            f"{error.filename}: cannot read this folder ({error.strerror}), which {pattern!r} reaches, so "
+            "its slides would be left out; fix its permissions or narrow the pattern"
+        )
 
 
 def _slide_files_in(folder: Path) -> list[Path]:
