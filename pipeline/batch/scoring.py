@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int], None]
 
-__all__ = ["AnalysisContext", "dihedral_scorer", "score_with_facts", "score_with_stats"]
+__all__ = ["ScoringContext", "dihedral_scorer", "score_with_facts", "score_with_stats"]
 
 
-class AnalysisContext(Protocol):
+class ScoringContext(Protocol):
     """What scoring reads of ``pipeline.batch.analyze.AnalysisContext``."""
 
     @property
@@ -45,7 +45,7 @@ class AnalysisContext(Protocol):
 
 
 def score_with_stats(
-    context: AnalysisContext,
+    context: ScoringContext,
     slide: Slide,
     grid: TileGrid,
     progress: ProgressCallback | None,
@@ -65,7 +65,7 @@ def score_with_stats(
 
 
 def score_with_facts(
-    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
+    context: ScoringContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
 ) -> tuple[NDArray[np.float32], dict[str, Any]]:
     """Tile probabilities and the inference section of report.json (device, CPU plan, speed)."""
     if context.inference.cascade:
@@ -74,7 +74,7 @@ def score_with_facts(
     return probabilities, _inference_facts(context, runs)
 
 
-def _inference_facts(context: AnalysisContext, runs: Sequence[InferenceStats]) -> dict[str, Any]:
+def _inference_facts(context: ScoringContext, runs: Sequence[InferenceStats]) -> dict[str, Any]:
     """runs: the model's and (``partner=True``) its partner's; tiles/s counts the model's tiles
     over the seconds of both."""
     seconds = sum(stats.seconds for stats in runs)
@@ -99,7 +99,7 @@ def _inference_facts(context: AnalysisContext, runs: Sequence[InferenceStats]) -
 
 
 def _cascade_with_facts(
-    context: AnalysisContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
+    context: ScoringContext, slide: Slide, grid: TileGrid, progress: ProgressCallback | None
 ) -> tuple[NDArray[np.float32], dict[str, Any]]:
     """The cascade (``pipeline.detection.cascade``): the screen, then dense scoring near
     suspicious tiles (with the partner model, where the card names one)."""
@@ -132,7 +132,7 @@ def _cascade_with_facts(
 
 
 def dihedral_scorer(
-    context: AnalysisContext, slide: Slide
+    context: ScoringContext, slide: Slide
 ) -> Callable[[NDArray[np.int64]], NDArray[np.float32]]:
     """Tiles at level-0 corners, read as the grid reads them, scored in their 8 dihedral poses."""
     from pipeline.detection.inference import score_dihedral
