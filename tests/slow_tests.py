@@ -13,7 +13,7 @@ from __future__ import annotations
 
 # test file -> its test functions (every parametrisation of each).
 SLOW_TESTS: dict[str, tuple[str, ...]] = {
-    "tests/test_dense_inference.py": (
+    "tests/detection/test_dense_inference.py": (
         "test_dense_and_tile_by_tile_give_the_same_heatmap_deposits_and_category",
         "test_a_sparse_grid_and_a_grid_off_the_lattice_are_scored_tile_by_tile",
         "test_a_model_without_dense_logits_or_with_dense_off_is_scored_tile_by_tile",
@@ -21,27 +21,27 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_dense_scores_equal_tile_scores_and_stats_say_dense",
         "test_a_grid_ending_in_partial_blocks_with_holes_is_scored_exactly",
     ),
-    "tests/test_formats.py": ("test_a_dicom_wsi_made_with_wsidicomizer_round_trips",),
-    "tests/test_train.py": ("test_hard_negative_mining_adds_normal_tiles_outside_tumor",),
-    "tests/test_checkpoint.py": (
+    "tests/slides/test_formats.py": ("test_a_dicom_wsi_made_with_wsidicomizer_round_trips",),
+    "tests/training/test_train.py": ("test_hard_negative_mining_adds_normal_tiles_outside_tumor",),
+    "tests/models/test_checkpoint.py": (
         "test_training_state_round_trip_resumes_the_optimizer",
         "test_round_trip_of_a_torchvision_backbone",
     ),
-    "tests/test_synthetic_texture.py": ("test_deposit_edge_blends_over_a_few_micrometres",),
-    "tests/test_hostile_round3.py": (
+    "tests/synthetic/test_synthetic_texture.py": ("test_deposit_edge_blends_over_a_few_micrometres",),
+    "tests/cli/test_hostile_round3.py": (
         "test_a_slide_blank_at_the_scoring_level_warns_in_every_output",
         "test_a_second_run_on_a_locked_batch_folder_refuses_and_changes_nothing",
         "test_a_slide_named_like_a_batch_file_never_replaces_it",
         "test_overwrite_with_a_file_or_link_as_the_partial_folder",
     ),
-    "tests/test_distributed.py": ("test_without_ray_flag_nothing_of_ray_is_imported",),
+    "tests/batch/test_distributed.py": ("test_without_ray_flag_nothing_of_ray_is_imported",),
     # a second run of the quick subset took 2 min 2 s; these five were its slowest calls (16 s)
-    "tests/test_infer_command.py": ("test_infer_keeps_the_patient_mapping_beside_the_batch",),
-    "tests/test_plain_images.py": ("test_thumbnails_of_a_large_single_level_image_read_bounded_regions",),
-    "tests/test_dense_resized.py": (
+    "tests/cli/test_infer_command.py": ("test_infer_keeps_the_patient_mapping_beside_the_batch",),
+    "tests/slides/test_plain_images.py": ("test_thumbnails_of_a_large_single_level_image_read_bounded_regions",),
+    "tests/detection/test_dense_resized.py": (
         "test_real_tumor_deposit_is_found_alike_by_resized_dense_and_per_tile_scoring",
     ),
-    "tests/test_bad_input_corpus.py": (
+    "tests/cli/test_bad_input_corpus.py": (
         "test_evaluate_refuses_every_bad_annotation_file",
         "test_infer_over_every_bad_slide_fails_each_with_one_line_and_no_partial_folder",
     ),

@@ -111,7 +111,7 @@ def missing_markers() -> list[str]:
     """``file::test: marker`` for every test lacking a marker it needs."""
     helpers = [_parse(TESTS / f"{name}.py") for name in HELPER_MODULES if (TESTS / f"{name}.py").exists()]
     problems: list[str] = []
-    for path in sorted(TESTS.glob("test_*.py")):
+    for path in sorted(TESTS.rglob("test_*.py")):
         module = _parse(path)
         for name, node in module.functions.items():
             short = name.split(".")[-1]

@@ -139,3 +139,17 @@ def test_no_import_cycle_between_modules() -> None:
     for name in sorted(graph):
         if name not in state:
             visit(name, [])
+
+
+def test_tests_mirror_the_package() -> None:
+    # tests/<stage>/ for each stage subpackage it tests (CLI tests in tests/cli/); at the top only
+    # the tests of the package as a whole and of its top-level modules.
+    stages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and p.name != "fixtures" and not p.name.startswith((".", "_"))}
+    assert folders <= stages, f"tests/ folders with no pipeline/ subpackage: {sorted(folders - stages)}"
+    top_modules = {p.stem for p in PACKAGE.glob("*.py")}
+    top_tests = {p.stem.removeprefix("test_") for p in TESTS.glob("test_*.py")}
+    assert top_tests <= top_modules | {"package", "markers"}, (
+        f"tests at the top of tests/ that belong in a stage folder: {sorted(top_tests - top_modules)}"
+    )
+    assert len(list(TESTS.rglob("test_*.py"))) > 3 * len(top_tests)

@@ -26,7 +26,7 @@ from pipeline.models.architectures import (
 )
 from pipeline.models.device import DeviceUnavailableError, autocast_dtype, choose_device
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_ARCHITECTURES = {
     "dense96",
     "micronet",

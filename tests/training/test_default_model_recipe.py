@@ -12,7 +12,7 @@ from pipeline.models import read_card
 from pipeline.training.config import settings_from_dict, settings_to_toml
 from pipeline.training.default_model import DEFAULT_RECIPES, default_model_settings
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.mark.parametrize("name", sorted(DEFAULT_RECIPES))

@@ -345,7 +345,7 @@ def test_infer_on_a_16k_single_level_tiff_keeps_memory_far_below_its_level0(tmp_
         "import resource, sys; from pipeline.cli import main; code = main(sys.argv[1:]); "
         "print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
     )
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-c", code, "infer", str(path), "--out", str(out), "--model", str(model), "--device",
          "cpu", "--workers", "0", "--accept-qc-failures", "--no-refine", "--no-cells", "--quiet"],

@@ -16,7 +16,7 @@ from pipeline.slides.slide import open_slide
 from pipeline.synthetic import real_slides
 from pipeline.synthetic.pyramid_tiff import draw_tissue_rgb, write_pyramid_tiff
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def test_a_pyramid_tiff_opens_with_its_mpp_and_halving_levels(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from pipeline.batch.local import SlideOutcome
 from pipeline.cli.progress import BatchProgress, ProgressMode, choose_mode
 from pipeline.models import ModelCard, build_model, save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _terminal() -> tuple[int, int]:

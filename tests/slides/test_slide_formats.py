@@ -12,7 +12,7 @@ from pipeline.batch.folder import slide_id_for
 from pipeline.slides.formats import OPENSLIDE_SUFFIXES, SLIDE_SUFFIXES
 from pipeline.staging import slide_key
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+PACKAGE = Path(__file__).resolve().parents[2] / "pipeline"
 
 
 @pytest.mark.parametrize("suffix", SLIDE_SUFFIXES)

@@ -26,7 +26,7 @@ from pipeline.slides.computed_levels import ComputedLevels, computed_level_facto
 from pipeline.slides.plain_images import TiffRegionSlide
 from pipeline.slides.slide import open_handle, open_slide, open_slide_for_user
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _image(width_px: int = 301, height_px: int = 203, seed: int = 0) -> np.ndarray:

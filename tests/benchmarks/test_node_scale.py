@@ -26,7 +26,7 @@ from pipeline.training.augment import AugmentConfig, resample
 from pipeline.training.places import PlaceConfig, find_places, split_places
 from tests.conftest import require_shared_data
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PLACES_CSV = REPO / "data" / "pcam_places.csv"
 
 

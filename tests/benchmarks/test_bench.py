@@ -22,7 +22,7 @@ from pipeline.slides.slide import open_slide
 from pipeline.slides.tiling import plan_tiles
 from pipeline.slides.tissue import detect_tissue
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def result(variant: str, n_tiles: int, seconds: float, rss: float = 100.0, error: str | None = None) -> Any:

@@ -37,7 +37,7 @@ from pipeline.models.checkpoint import (
     weights_sha256,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Filled by _Evil.__reduce__ if unpickling ever ran code from a checkpoint.
 CODE_RAN: list[str] = []
 
