@@ -37,7 +37,9 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
     "tests/batch/test_distributed.py": ("test_without_ray_flag_nothing_of_ray_is_imported",),
     # a second run of the quick subset took 2 min 2 s; these five were its slowest calls (16 s)
     "tests/cli/test_infer_command.py": ("test_infer_keeps_the_patient_mapping_beside_the_batch",),
-    "tests/slides/test_plain_images.py": ("test_thumbnails_of_a_large_single_level_image_read_bounded_regions",),
+    "tests/slides/test_plain_images.py": (
+        "test_thumbnails_of_a_large_single_level_image_read_bounded_regions",
+    ),
     "tests/detection/test_dense_resized.py": (
         "test_real_tumor_deposit_is_found_alike_by_resized_dense_and_per_tile_scoring",
     ),

@@ -145,7 +145,8 @@ def test_tests_mirror_the_package() -> None:
     # tests/<stage>/ for each stage subpackage it tests (CLI tests in tests/cli/); at the top only
     # the tests of the package as a whole and of its top-level modules.
     stages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
-    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and p.name != "fixtures" and not p.name.startswith((".", "_"))}
+    folders = {p.name for p in TESTS.iterdir()
+               if p.is_dir() and p.name != "fixtures" and not p.name.startswith((".", "_"))}  # fmt: skip
     assert folders <= stages, f"tests/ folders with no pipeline/ subpackage: {sorted(folders - stages)}"
     top_modules = {p.stem for p in PACKAGE.glob("*.py")}
     top_tests = {p.stem.removeprefix("test_") for p in TESTS.glob("test_*.py")}

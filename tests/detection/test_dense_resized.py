@@ -23,7 +23,16 @@ from pipeline.models.architectures import Dense96
 from pipeline.slides.readers import RegionDataset, RegionTiles, read_geometry, tile_level_xy
 from pipeline.slides.slide import open_slide
 from pipeline.slides.tiling import TileGrid
-from tests.detection.test_dense_inference import ATOL, FP32, STRIDE_PX, TILE_PX, TILES, analyze, card_for, plan_grid
+from tests.detection.test_dense_inference import (
+    ATOL,
+    FP32,
+    STRIDE_PX,
+    TILE_PX,
+    TILES,
+    analyze,
+    card_for,
+    plan_grid,
+)
 
 # The card's µm/px (the default model's): no level of a 0.25 or 0.5 µm/px pyramid matches it.
 CARD_MPP = 0.972
