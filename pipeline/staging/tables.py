@@ -265,50 +265,71 @@ def _examples(names: Iterable[str], limit: int = 5) -> str:
     return shown + (f" and {len(ordered) - limit} more" if len(ordered) > limit else "")
 
 
+@dataclasses.dataclass(frozen=True)
+class PatientGroups:
+    """Slides grouped by patient (``group_by_patient``).
+
+    groups: patient -> slide ids, both in natural order; a slide the mapping names counts
+        there even when it is not among the slides (it is then listed in ``not_among_slides``).
+    unassigned: slides with no patient by either rule, in natural order.
+    not_among_slides: slides the mapping names that are not among the slides.
+    """
+
+    groups: dict[str, list[str]]
+    unassigned: list[str]
+    not_among_slides: list[str]
+
+
+def group_by_patient(slides: Iterable[str], mapping: Mapping[str, str] | None = None) -> PatientGroups:
+    """Group slide ids by patient: from ``mapping`` (slide id -> patient) first, else the
+    CAMELYON17 naming (``patient_NNN_node_N``). The one grouping ``stage`` and the viewer use."""
+    slide_set = set(slides)
+    mapping = mapping or {}
+    groups: dict[str, list[str]] = {}
+    unassigned: list[str] = []
+    for slide in slide_set | set(mapping):
+        patient = mapping.get(slide) or patient_from_camelyon17_name(slide)
+        if patient is None:
+            unassigned.append(slide)
+        else:
+            groups.setdefault(patient, []).append(slide)
+    return PatientGroups(
+        {patient: sorted(groups[patient], key=natural_key) for patient in sorted(groups, key=natural_key)},
+        sorted(unassigned, key=natural_key),
+        sorted(set(mapping) - slide_set, key=natural_key),
+    )
+
+
 def assign_patients(
     slides: Iterable[str],
     mapping: Mapping[str, str] | None = None,
     mapping_path: Path | None = None,
 ) -> dict[str, list[str]]:
-    """Group slide ids by patient: from ``mapping`` first, else the CAMELYON17 naming.
+    """Group slide ids by patient (``group_by_patient``), refusing what cannot be staged.
 
     Returns patient -> slide ids, both in natural order.
     Raises StagingError when the mapping names a slide that is not among ``slides``
     (naming mapping_path and its line), or when a slide has no patient by either rule.
     """
     slide_set = set(slides)
-    mapping = mapping or {}
-    extra = sorted(set(mapping) - slide_set, key=natural_key)
-    if extra:
-        where = (
-            f"{mapping_path}: line {_mapping_line(mapping_path, extra[0])}: "
-            if mapping_path
-            else ""
-        )
+    found = group_by_patient(slide_set, mapping)
+    if found.not_among_slides:
+        extra = found.not_among_slides
+        where = f"{mapping_path}: line {_mapping_line(mapping_path, extra[0])}: " if mapping_path else ""
         raise StagingError(
             f"{where}slide {extra[0]!r} is not among the {len(slide_set)} slides with results "
             f"({_examples(slide_set)}); unknown in the mapping: {_examples(extra)}. "
             f"Fix the slide names or remove those lines"
         )
-    groups: dict[str, list[str]] = {}
-    unmatched: list[str] = []
-    for slide in slide_set:
-        patient = mapping.get(slide) or patient_from_camelyon17_name(slide)
-        if patient is None:
-            unmatched.append(slide)
-        else:
-            groups.setdefault(patient, []).append(slide)
-    if unmatched:
+    if found.unassigned:
+        unmatched = found.unassigned
         raise StagingError(
             f"no patient for {len(unmatched)} slide(s): {_examples(unmatched)}; their names hold "
             f"no CAMELYON17 'patient_NNN_node_N' part"
             + (" and the patient mapping does not list them" if mapping else "")
             + "; pass --patients with a CSV 'slide,patient' that lists every slide"
         )
-    return {
-        patient: sorted(groups[patient], key=natural_key)
-        for patient in sorted(groups, key=natural_key)
-    }
+    return found.groups
 
 
 # --- Patients. ------------------------------------------------------------------------------

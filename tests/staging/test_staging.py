@@ -477,3 +477,22 @@ def test_stage_patients_rows_and_unstageable_patient() -> None:
     assert rows[1].stage == UNSTAGEABLE
     assert rows[1].node_categories == f"x:{NO_RESULT}"
     assert rows[1].problems == ("x: status 'failed': truncated TIFF",)
+
+
+def test_group_by_patient_is_the_grouping_stage_and_the_viewer_share() -> None:
+    from pipeline.staging import assign_patients, group_by_patient
+
+    slides = ["patient_010_node_2", "patient_010_node_10", "patient_002_node_0", "scan_7", "scan_8"]
+    found = group_by_patient(slides, {"scan_7": "p_x", "gone": "p_x"})
+    # natural order of patients and of their nodes; mapping first, then the CAMELYON17 name
+    assert list(found.groups) == ["p_x", "patient_002", "patient_010"]
+    assert found.groups["patient_010"] == ["patient_010_node_2", "patient_010_node_10"]
+    assert found.groups["p_x"] == ["gone", "scan_7"]
+    assert found.unassigned == ["scan_8"]
+    assert found.not_among_slides == ["gone"]
+    # stage refuses what the viewer shows as unassigned or missing
+    with pytest.raises(StagingError, match="not among"):
+        assign_patients(slides, {"scan_7": "p_x", "scan_8": "p_y", "gone": "p_x"})
+    with pytest.raises(StagingError, match="no patient for 1 slide"):
+        assign_patients(slides, {"scan_7": "p_x"})
+    assert assign_patients(slides, {"scan_7": "p_x", "scan_8": "p_x"})["p_x"] == ["scan_7", "scan_8"]

@@ -23,9 +23,9 @@ from pipeline.outputs import atomic_write_text
 from pipeline.review.viewer.batch_index import BatchIndex, SlideSummary
 from pipeline.staging import (
     Category,
+    group_by_patient,
     natural_key,
     node_label,
-    patient_from_camelyon17_name,
     read_patient_mapping_csv,
     stage_patients,
 )
@@ -106,23 +106,11 @@ def patient_view(
     slides missing from the batch make their patient unstageable.
     """
     by_id = {summary.record.slide_id: summary for summary in summaries}
-    groups: dict[str, list[str]] = {}
-    unassigned: list[SlideSummary] = []
-    for slide, patient in mapping.items():
-        groups.setdefault(patient, []).append(slide)
-    for slide_id, summary in by_id.items():
-        if slide_id in mapping:
-            continue
-        named = patient_from_camelyon17_name(slide_id)
-        if named is None:
-            unassigned.append(summary)
-        else:
-            groups.setdefault(named, []).append(slide_id)
-    if not groups:
+    found = group_by_patient(by_id, mapping)
+    if not found.groups:
         return None
-    ordered = {
-        patient: sorted(groups[patient], key=natural_key) for patient in sorted(groups, key=natural_key)
-    }
+    ordered = found.groups
+    unassigned = [by_id[slide] for slide in found.unassigned]
     categories, unavailable = _node_results(by_id, [s for slides in ordered.values() for s in slides])
     rows = stage_patients(ordered, categories, config, unavailable)
     patients = tuple(
