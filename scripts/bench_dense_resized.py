@@ -47,7 +47,8 @@ def slides(folder: Path, slide_mpp: float) -> list[Path]:
 
 def analyze(model: Path, slide: Path, folder: Path, dense: bool) -> tuple[dict[str, Any], np.ndarray]:
     """The slide's report and heatmap, scored densely or tile by tile."""
-    from pipeline.batch.analyze import analyze_slide, build_context
+    from pipeline.batch.analyze import analyze_slide
+    from pipeline.batch.settings import AnalysisSettings
 
     overrides: dict[str, dict[str, Any]] = {
         "inference": {
@@ -61,7 +62,8 @@ def analyze(model: Path, slide: Path, folder: Path, dense: bool) -> tuple[dict[s
         "qc": {"accept_qc_failures": True},
     }
     folder.mkdir(parents=True)
-    report = analyze_slide(build_context(model, None, overrides, None), slide, slide.stem, folder)
+    context = AnalysisSettings(model_path=model, overrides=overrides).build()
+    report = analyze_slide(context, slide, slide.stem, folder)
     return report, np.load(folder / "heatmap.npy")
 
 

@@ -154,3 +154,18 @@ def test_tests_mirror_the_package() -> None:
         f"tests at the top of tests/ that belong in a stage folder: {sorted(top_tests - top_modules)}"
     )
     assert len(list(TESTS.rglob("test_*.py"))) > 3 * len(top_tests)
+
+
+def test_no_batch_module_takes_command_line_arguments() -> None:
+    # pipeline/batch/ receives one AnalysisSettings (and RayOptions); the command builds them.
+    found = {}
+    for path in sorted((PACKAGE / "batch").rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        if "argparse" in names:
+            found[str(path.relative_to(PACKAGE.parent))] = "argparse"
+    assert not found, f"pipeline/batch/ modules importing argparse (take AnalysisSettings instead): {found}"

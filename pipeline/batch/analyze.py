@@ -1,15 +1,15 @@
 """One slide end to end: reads a slide file, produces its heatmap, deposits, category,
 exports, overlay and ``report.json`` in one folder. ``run_local_batch`` runs it over many
-slides through ``pipeline.batch.local`` (manifest, resume, failure isolation).
+slides through ``pipeline.batch.local`` (manifest, resume, failure isolation). The
+``AnalysisContext`` both read is built in ``pipeline.batch.settings``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,37 +21,23 @@ from pipeline import __version__
 from pipeline.batch.folder import REPORT_JSON, manifest_path, read_or_start_manifest
 from pipeline.batch.local import SlideOutcome, run_batch
 from pipeline.batch.scoring import dihedral_scorer, score_with_facts, score_with_stats
-from pipeline.config import (
-    DepositConfig,
-    InferenceConfig,
-    TilingConfig,
-    TissueConfig,
-    build_config,
-    check_sections,
-    check_thresholds,
-    config_to_dict,
-    load_config_file,
-)
+from pipeline.batch.settings import AnalysisContext
 from pipeline.detection.heatmap import Heatmap, heatmap_from_scores, save_heatmap
-from pipeline.errors import ConfigError, NoTissueError, SlideQCError
+from pipeline.errors import NoTissueError, SlideQCError
 from pipeline.outputs import atomic_write_json
 from pipeline.review.colors import category_color
 from pipeline.review.report import build_report, write_summary_csv
 from pipeline.slides.integrity import check_integrity
 from pipeline.slides.metadata import plausible_objective_power
-from pipeline.slides.qc import ACCEPT_FLAG, QCConfig, QCResult, check_slide
+from pipeline.slides.qc import ACCEPT_FLAG, QCResult, check_slide
 from pipeline.slides.slide import Slide, open_slide, open_slide_for_user
 from pipeline.slides.tiling import TileGrid, plan_tiles, points_grid
 from pipeline.slides.tissue import TissueMask, detect_tissue
 from pipeline.staging import slide_category
 
 if TYPE_CHECKING:
-    from torch import nn
-
-    from pipeline.deposits.decide import DepositDecision, DepositRules
+    from pipeline.deposits.decide import DepositDecision
     from pipeline.deposits.measure import Deposit
-    from pipeline.detection.inference import PreparedModel
-    from pipeline.models import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -66,178 +52,6 @@ class TileProgress(Protocol):
 
     def __call__(self, n_scored: int) -> None:
         """``n_scored`` more tiles were scored."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AnalysisContext:
-    """Everything a slide analysis needs besides the slide: model, card and stage configs."""
-
-    model: nn.Module
-    card: ModelCard
-    model_path: Path
-    model_sha256: str
-    tissue: TissueConfig
-    tiling: TilingConfig
-    inference: InferenceConfig
-    deposits: DepositConfig
-    mpp_override: float | None = None
-    qc: QCConfig = dataclasses.field(default_factory=QCConfig)
-    force_mpp: bool = False
-    mpp_by_slide: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    whole_slide: bool = False
-    partner: tuple[nn.Module, ModelCard, str] | None = None  # pipeline.models.partner
-
-    @functools.cached_property
-    def prepared(self) -> PreparedModel:
-        """The model prepared once (folded, compiled if asked) for every slide of this context."""
-        from pipeline.detection.inference import prepare_model
-
-        return prepare_model(self.model, self.card, self.inference)
-
-    @functools.cached_property
-    def partner_prepared(self) -> PreparedModel | None:
-        """The card's partner model prepared like the model, or None without one."""
-        from pipeline.detection.inference import prepare_model
-
-        if self.partner is None:
-            return None
-        return prepare_model(self.partner[0], self.partner[1], self.inference)
-
-    def user_mpp(self, slide_id: str) -> tuple[float | None, str]:
-        """The µm/px the user gave for a slide (``--mpp-csv`` first, then ``--mpp``), or None,
-        and the flag it came from."""
-        if slide_id in self.mpp_by_slide:
-            return self.mpp_by_slide[slide_id], "--mpp-csv"
-        return self.mpp_override, "--mpp"
-
-    @property
-    def threshold(self) -> float:
-        """The deposit threshold: the user's, else the model card's operating point."""
-        return self.deposits.threshold if self.deposits.threshold is not None else self.card.threshold
-
-    @property
-    def threshold_source(self) -> str:
-        """Where the deposit thresholds came from: "model card", or "user" when either was given."""
-        given = self.deposits.threshold is not None or self.deposits.seed_threshold is not None
-        return "user" if given else "model card"
-
-    @property
-    def seed_threshold(self) -> float | None:
-        """The seed a deposit must reach: the user's, else the card's (never below threshold)."""
-        seed = self.deposits.seed_threshold
-        seed = seed if seed is not None else self.card.seed_threshold
-        return None if seed is None else max(seed, self.threshold)
-
-    @functools.cached_property
-    def rules(self) -> DepositRules:
-        """The deposit rules: the card's, with the user's thresholds where given."""
-        from pipeline.deposits.decide import rules_from_card
-
-        return rules_from_card(self.card, self.threshold, self.seed_threshold)
-
-    def settings(self) -> dict[str, Any]:
-        """Everything that changes a result, for report.json, run.json and the resume key."""
-        return {
-            "model_sha256": self.model_sha256,
-            "threshold": self.threshold,
-            "seed_threshold": self.seed_threshold,
-            "confirm_threshold": self.card.confirm_threshold,
-            "size_calibrated": bool(self.card.size_calibration),
-            "mpp_override": self.mpp_override,
-            "mpp_by_slide": dict(sorted(self.mpp_by_slide.items())),
-            "force_mpp": self.force_mpp,
-            "whole_slide": self.whole_slide,
-            "qc": config_to_dict(self.qc),
-            "tissue": config_to_dict(self.tissue),
-            "tiling": config_to_dict(self.tiling),
-            "inference": {
-                k: v
-                for k, v in config_to_dict(self.inference).items()
-                if k in ("precision", "cascade", "cascade_screen_threshold")
-            },
-            "deposits": config_to_dict(self.deposits),
-        }
-
-    def model_facts(self) -> dict[str, Any]:
-        """The model section of report.json."""
-        from pipeline.models.card import card_quality_warning
-
-        return {
-            "path": str(self.model_path),
-            "sha256": self.model_sha256,
-            "architecture": self.card.architecture,
-            "tile_size_px": self.card.tile_size_px,
-            "mpp": self.card.mpp,
-            "threshold": self.threshold,
-            "seed_threshold": self.seed_threshold,
-            "threshold_source": self.threshold_source,
-            "warning": card_quality_warning(self.card),  # near-chance or absent validation AUC
-            "partner": None if self.partner is None else {
-                "file": self.card.partner["file"], "sha256": self.partner[2],
-                "architecture": self.partner[1].architecture,
-            },
-        }
-
-
-def build_context(
-    model_path: Path | None,
-    config_path: Path | None,
-    overrides: Mapping[str, Mapping[str, Any]],
-    mpp_override: float | None,
-    force_mpp: bool = False,
-    mpp_by_slide: Mapping[str, float] | None = None,
-    whole_slide: bool = False,
-) -> AnalysisContext:
-    """Load the model and resolve every stage config: defaults, config file, then flags.
-
-    Tile size and resolution always come from the model card, never from flags.
-    mpp_override / mpp_by_slide (slide id -> µm/px): the user's resolution for every slide /
-    per slide, refused where it contradicts a slide's own unless ``force_mpp``.
-    whole_slide: score every tile, not only tissue (for slides tissue detection cannot read).
-    """
-    from pipeline.models import file_sha256, load_checkpoint, resolve_model_path
-
-    sections: dict[str, Any] = load_config_file(config_path) if config_path else {}
-    unknown = set(sections) - {"tissue", "tiling", "inference", "deposits", "qc"}
-    if unknown:
-        raise ConfigError(
-            f"{config_path}: unknown sections {sorted(unknown)}; use tissue, tiling, inference, deposits, qc"
-        )
-    source = str(config_path or "command line")
-    check_sections(sections, source)
-    inference = build_config(InferenceConfig, sections.get("inference"), overrides.get("inference"), source)
-    path = resolve_model_path(model_path)
-    from pipeline.models import choose_device
-    from pipeline.models.partner import load_partner
-
-    model, card = load_checkpoint(path, device=str(choose_device(inference.device)))
-    partner = load_partner(path, card, device=str(choose_device(inference.device)))
-    tiling_section = dict(sections.get("tiling", {}))
-    for fixed in ("tile_size_px", "mpp"):
-        if fixed in tiling_section:
-            raise ConfigError(f"{source}: tiling.{fixed} comes from the model card; remove it")
-    tiling_overrides = {**overrides.get("tiling", {}), "tile_size_px": card.tile_size_px, "mpp": card.mpp}
-    if tiling_overrides.get("stride_px") is None and "stride_px" not in tiling_section:
-        # The card's stride: the heatmap cell is the part of the tile the model was taught on.
-        tiling_overrides["stride_px"] = card.stride_px
-    context = AnalysisContext(
-        model=model,
-        card=card,
-        model_path=path,
-        model_sha256=file_sha256(path),
-        tissue=build_config(TissueConfig, sections.get("tissue"), overrides.get("tissue"), source),
-        tiling=build_config(TilingConfig, tiling_section, tiling_overrides, source),
-        inference=inference,
-        deposits=build_config(DepositConfig, sections.get("deposits"), overrides.get("deposits"), source),
-        mpp_override=mpp_override,
-        qc=build_config(QCConfig, sections.get("qc"), overrides.get("qc"), source),
-        force_mpp=force_mpp,
-        mpp_by_slide=dict(mpp_by_slide or {}),
-        whole_slide=whole_slide,
-        partner=partner,
-    )
-    check_thresholds(context.deposits, context.inference, context.threshold, source)
-    return context
 
 
 def _find_and_refine(

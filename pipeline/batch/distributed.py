@@ -2,10 +2,11 @@
 ``manifest.json`` and ``summary.csv`` as ``pipeline.batch.local``, one slide per worker at a time.
 
 Each worker slot is a Ray actor (``distributed_worker.SlideWorker``) that loads the model
-once, in its constructor, from plain picklable settings (``ContextSpec``); the model is never
-pickled from the driver. A worker builds a slide's files in ``OUT/.<slide_id>.partial`` and
-renames the folder into place (``pipeline.batch.local.run_slide_safely``); only the driver writes
-the manifest. A slide whose worker is lost (process crash, node death) is retried a bounded
+once, in its constructor, from the run's plain picklable ``AnalysisSettings``
+(``pipeline.batch.settings``, the same object a local run builds its context from); the model
+is never pickled from the driver. A worker builds a slide's files in ``OUT/.<slide_id>.partial``
+and renames the folder into place (``pipeline.batch.local.run_slide_safely``); only the driver
+writes the manifest. A slide whose worker is lost (process crash, node death) is retried a bounded
 number of times on a fresh actor (``distributed_pool``); a slide that fails by itself (a
 ``MicrometError``, returned as data) is recorded and not retried. Ray is imported only inside
 functions: without ``--ray`` nothing of it loads.
@@ -13,7 +14,6 @@ functions: without ``--ray`` nothing of it loads.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from pipeline.batch.distributed_pool import ActorPool, dispatch
-from pipeline.batch.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
+from pipeline.batch.distributed_worker import SlideWorker, WorkItem, WorkResult
 from pipeline.batch.folder import Manifest, read_or_start_manifest, unique_slide_ids
 from pipeline.batch.local import (
     SlideOutcome,
@@ -35,6 +35,7 @@ from pipeline.batch.local import (
     skipped_outcome,
     start_run,
 )
+from pipeline.batch.settings import AnalysisSettings
 from pipeline.errors import ConfigError
 from pipeline.outputs import check_writable_folder
 
@@ -190,10 +191,10 @@ def plan_work(
     return skipped, items, order
 
 
-def run_ray_batch(
+def run_batch_on_ray(
     slides: Sequence[Path],
     out_dir: Path,
-    spec: ContextSpec,
+    settings: AnalysisSettings,
     options: RayOptions,
     overwrite: bool = False,
     on_slide_done: Callable[[SlideOutcome], None] | None = None,
@@ -216,19 +217,19 @@ def run_ray_batch(
     out_dir = out_dir.expanduser().resolve()
     check_writable_folder(out_dir)
     with lock_batch_folder(out_dir):
-        spec = spec.absolute()
+        settings = settings.absolute()
         # Resolve the settings on the driver (CPU, never pickled): validates model and config
         # before the cluster is touched, and gives the resume key.
-        settings = spec.build(device="cpu").settings()
-        key = settings_key(settings)
+        resolved = settings.build(device="cpu").settings()
+        key = settings_key(resolved)
         manifest = read_or_start_manifest(out_dir)
-        start_run(manifest, settings, key)
+        start_run(manifest, resolved, key)
         skipped, items, order = plan_work(slides, out_dir, manifest, key, overwrite)
         outcomes = dict(skipped)
         for outcome in skipped.values():
             if on_slide_done is not None:
                 on_slide_done(outcome)
-        finished = _run_on_cluster(ray, items, out_dir, spec, options, key, manifest, worker_class)
+        finished = _run_on_cluster(ray, items, out_dir, settings, options, key, manifest, worker_class)
         try:
             with contextlib.closing(finished):  # stops the actors at once if anything below raises
                 for outcome in finished:
@@ -244,7 +245,7 @@ def _run_on_cluster(
     ray: Any,
     items: Sequence[WorkItem],
     out_dir: Path,
-    spec: ContextSpec,
+    settings: AnalysisSettings,
     options: RayOptions,
     key: str,
     manifest: Manifest,
@@ -255,8 +256,7 @@ def _run_on_cluster(
     connected_here = connect(ray, options.address)
     pool: ActorPool | None = None
     try:
-        device = str(spec.overrides.get("inference", {}).get("device") or "auto")
-        cpus, gpus = slot_resources(ray, options, cpu_only=device == "cpu")
+        cpus, gpus = slot_resources(ray, options, cpu_only=settings.device == "cpu")
         capacity = cluster_capacity(ray, cpus, gpus)
         if capacity < 1:
             raise ConfigError(
@@ -268,7 +268,7 @@ def _run_on_cluster(
         log.info("running %d slides on %d Ray workers (%g CPU, %g GPU each)", len(items), size, cpus, gpus)
 
         def make_actor() -> Any:
-            return actor_class.remote(spec, str(out_dir), key)
+            return actor_class.remote(settings, str(out_dir), key)
 
         pool = ActorPool(ray, make_actor, size, lambda: cluster_capacity(ray, cpus, gpus))
         for item, result, attempts in dispatch(pool, items, options.max_attempts, out_dir):
@@ -278,37 +278,3 @@ def _run_on_cluster(
             pool.shutdown()
         if connected_here:
             ray.shutdown()
-
-
-def spec_from_args(args: argparse.Namespace) -> ContextSpec:
-    """The ``ContextSpec`` for ``micromet infer`` options (same flags as a local run)."""
-    from pipeline.config import stage_overrides
-
-    options = vars(args)
-    return ContextSpec(
-        options.get("model"),
-        options.get("config"),
-        stage_overrides(options),
-        options.get("mpp"),
-        bool(options.get("force_mpp")),
-        options.get("mpp_by_slide"),
-        bool(options.get("whole_slide")),
-    )
-
-
-def run_batch_on_ray(
-    slides: Sequence[Path],
-    args: argparse.Namespace,
-    on_slide_done: Callable[[SlideOutcome], None] | None = None,
-) -> list[SlideOutcome]:
-    """``micromet infer ... --ray ADDRESS``: ``run_ray_batch`` with the command's options."""
-    try:
-        options = RayOptions(
-            address=str(args.ray),
-            gpus_per_slide=getattr(args, "gpus_per_slide", None),
-            cpus_per_slide=getattr(args, "cpus_per_slide", None),
-        )
-    except ValueError as exc:
-        raise ConfigError(f"--ray options: {exc}") from exc
-    overwrite = bool(getattr(args, "overwrite", False))
-    return run_ray_batch(slides, Path(args.out), spec_from_args(args), options, overwrite, on_slide_done)

@@ -1,12 +1,12 @@
 """Batch runs on a Ray cluster, the worker side: what one worker slot reads and produces.
 
-Reads a ``ContextSpec`` (plain picklable settings: model and config paths, flag overrides)
-and builds the ``AnalysisContext`` from it in the worker, so the model is never pickled from
-the driver; then reads one slide per ``WorkItem`` and produces a ``WorkResult`` (the slide's
-report or an error message, never an exception) after writing its files into
-``OUT/.<slide_id>.partial`` and renaming the folder into place
-(``pipeline.batch.local.run_slide_safely``). ``pipeline.batch.distributed`` runs these workers as Ray
-actors; nothing here imports Ray.
+Reads an ``AnalysisSettings`` (``pipeline.batch.settings``: plain picklable settings, model
+and config paths, flag overrides, µm/px) and builds the ``AnalysisContext`` from it in the
+worker, so the model is never pickled from the driver; then reads one slide per ``WorkItem``
+and produces a ``WorkResult`` (the slide's report or an error message, never an exception)
+after writing its files into ``OUT/.<slide_id>.partial`` and renaming the folder into place
+(``pipeline.batch.local.run_slide_safely``). ``pipeline.batch.distributed`` runs these workers
+as Ray actors; nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -14,61 +14,13 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline import __version__
 from pipeline.batch.local import run_slide_safely, settings_key
+from pipeline.batch.settings import AnalysisContext, AnalysisSettings
 from pipeline.errors import MicrometError
-
-if TYPE_CHECKING:
-    from pipeline.batch.analyze import AnalysisContext
-
-
-@dataclasses.dataclass(frozen=True)
-class ContextSpec:
-    """Picklable recipe for an ``AnalysisContext``: what ``build_context`` takes, no model.
-
-    model_path, config_path: files every node sees at the same path (None: the defaults).
-    overrides: flag values per config section ("inference", "tiling", "deposits"); None
-        values mean "not given". mpp_override: µm/px forced on every slide, or None.
-        force_mpp, mpp_by_slide, whole_slide: as in ``build_context``.
-    """
-
-    model_path: Path | None
-    config_path: Path | None
-    overrides: Mapping[str, Mapping[str, Any]]
-    mpp_override: float | None = None
-    force_mpp: bool = False
-    mpp_by_slide: Mapping[str, float] | None = None
-    whole_slide: bool = False
-
-    def absolute(self) -> ContextSpec:
-        """The same spec with absolute paths, so workers with another cwd find the files."""
-        from pipeline.models import resolve_model_path
-
-        config = self.config_path.expanduser().resolve() if self.config_path else None
-        return dataclasses.replace(
-            self, model_path=resolve_model_path(self.model_path).resolve(), config_path=config
-        )
-
-    def build(self, device: str | None = None) -> AnalysisContext:
-        """Load the model and resolve the configs; ``device`` replaces the inference device."""
-        from pipeline.batch.analyze import build_context
-
-        overrides = {section: dict(values) for section, values in self.overrides.items()}
-        if device is not None:
-            overrides["inference"] = {**overrides.get("inference", {}), "device": device}
-        return build_context(
-            self.model_path,
-            self.config_path,
-            overrides,
-            self.mpp_override,
-            self.force_mpp,
-            self.mpp_by_slide,
-            self.whole_slide,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,13 +54,13 @@ class SlideWorker:
     micromet version at the same path) refuses to work rather than write mismatched results.
     """
 
-    def __init__(self, spec: ContextSpec, out_dir: str, expected_key: str) -> None:
+    def __init__(self, settings: AnalysisSettings, out_dir: str, expected_key: str) -> None:
         self.out_dir = Path(out_dir)
         self.node = socket.gethostname()
         self.context: AnalysisContext | None = None
         self.setup_error: str | None = None
         try:
-            self.context = spec.build()
+            self.context = settings.build()
         except MicrometError as exc:
             self.setup_error = f"worker on node {self.node} cannot load the model or settings: {exc}"
             return

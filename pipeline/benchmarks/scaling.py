@@ -121,7 +121,7 @@ def stage_memory(slide: Path, model: Path | None) -> dict[str, Any]:
     """Peak RSS (MB, this process) after each step before scoring; run in a fresh process."""
     import resource
 
-    from pipeline.batch.analyze import build_context
+    from pipeline.batch.settings import AnalysisSettings
     from pipeline.slides.slide import open_slide
     from pipeline.slides.tiling import plan_tiles
     from pipeline.slides.tissue import detect_tissue
@@ -129,7 +129,7 @@ def stage_memory(slide: Path, model: Path | None) -> dict[str, Any]:
     def peak_mb() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 
-    context = build_context(model, None, {}, None)
+    context = AnalysisSettings(model_path=model).build()
     steps: dict[str, Any] = {"model loaded": peak_mb()}
     with open_slide(slide) as handle:
         mask_mpp = max(context.tissue.mask_mpp, handle.mpp)

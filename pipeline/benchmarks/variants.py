@@ -350,7 +350,8 @@ def micromet_end_to_end(spec: BenchSpec, folder: Path) -> tuple[int, dict[str, A
     The first (cold) run pays one-off lazy imports (matplotlib, scikit-image, shapely); the
     second (warm) is what every further slide of a batch costs and is the measured time.
     """
-    from pipeline.batch.analyze import analyze_slide, build_context
+    from pipeline.batch.analyze import analyze_slide
+    from pipeline.batch.settings import AnalysisSettings
 
     overrides: dict[str, dict[str, Any]] = {
         "inference": {"device": spec.device, "batch_size": spec.batch_size, "num_workers": spec.workers,
@@ -358,7 +359,7 @@ def micromet_end_to_end(spec: BenchSpec, folder: Path) -> tuple[int, dict[str, A
                       "cascade": False},  # every planned tile, as the other variants score
         "tiling": {"stride_px": spec.stride_px},
     }
-    context = build_context(Path(spec.model), None, overrides, None)
+    context = AnalysisSettings(model_path=Path(spec.model), overrides=overrides).build()
     seconds: list[float] = []
     for run in ("cold", "warm"):
         (folder / run).mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.batch.folder import MANIFEST_JSON, STATUS_FAILED, SUMMARY_CSV
 from pipeline.cli.values import mpp_float, plain_float
 from pipeline.errors import ConfigError, MicrometError
 from pipeline.models.device import PRECISIONS
+
+if TYPE_CHECKING:
+    from pipeline.batch.distributed import RayOptions
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -162,57 +165,60 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_context_from_args(args: argparse.Namespace) -> Any:
-    """Resolve defaults, config file and flags into an ``AnalysisContext``."""
-    from pipeline.batch.analyze import build_context
-    from pipeline.config import stage_overrides
-
-    return build_context(
-        args.model,
-        args.config,
-        stage_overrides(vars(args)),
-        args.mpp,
-        force_mpp=bool(getattr(args, "force_mpp", False)),
-        mpp_by_slide=getattr(args, "mpp_by_slide", None),
-        whole_slide=bool(getattr(args, "whole_slide", False)),
-    )
-
-
-def resolve_mpp_csv(args: argparse.Namespace, slides: list[Path]) -> None:
-    """Read ``--mpp-csv`` into ``args.mpp_by_slide`` (slide id -> µm/px), checked against the
-    batch's slides before any slide runs."""
+def resolve_mpp_csv(mpp_csv: Path | None, slides: list[Path]) -> dict[str, float]:
+    """``--mpp-csv`` read into slide id -> µm/px, checked against the batch's slides before any
+    slide runs (empty without the flag)."""
     from pipeline.batch.folder import unique_slide_ids
     from pipeline.slides.slide import mpp_by_slide_id, read_mpp_csv
 
-    args.mpp_by_slide = None
-    if getattr(args, "mpp_csv", None) is not None:
-        values = read_mpp_csv(args.mpp_csv)
-        args.mpp_by_slide = mpp_by_slide_id(args.mpp_csv, values, unique_slide_ids(slides))
+    if mpp_csv is None:
+        return {}
+    return mpp_by_slide_id(mpp_csv, read_mpp_csv(mpp_csv), unique_slide_ids(slides))
+
+
+def ray_options_from_args(args: argparse.Namespace) -> RayOptions | None:
+    """The ``RayOptions`` of ``--ray`` and its flags, or None without ``--ray``; raises
+    ConfigError for a bad value or a Ray flag without ``--ray``."""
+    if args.ray is None:
+        if args.gpus_per_slide is not None or args.cpus_per_slide is not None:
+            raise ConfigError("--gpus-per-slide and --cpus-per-slide need --ray")
+        return None
+    from pipeline.batch.distributed import RayOptions
+
+    try:
+        return RayOptions(
+            address=str(args.ray), gpus_per_slide=args.gpus_per_slide, cpus_per_slide=args.cpus_per_slide
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--ray options: {exc}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the batch and print a summary table; exit 1 if any slide failed."""
     from pipeline.batch.local import collect_slides
+    from pipeline.batch.settings import AnalysisSettings
 
-    if (args.gpus_per_slide is not None or args.cpus_per_slide is not None) and args.ray is None:
-        raise ConfigError("--gpus-per-slide and --cpus-per-slide need --ray")
+    ray_options = ray_options_from_args(args)
     slides = collect_slides(args.slides)
-    resolve_mpp_csv(args, slides)
+    # Built once from the flags, for the local and the Ray run alike.
+    settings = AnalysisSettings.from_flags(vars(args), resolve_mpp_csv(args.mpp_csv, slides))
     if getattr(args, "patients", None) is not None:
         _keep_patient_mapping(args.patients, args.out)
     from pipeline.cli.progress import BatchProgress, choose_mode
 
     mode = choose_mode(bool(getattr(args, "quiet", False)), sys.stderr)
-    if args.ray is not None:
+    if ray_options is not None:
         from pipeline.batch.distributed import run_batch_on_ray
 
         # Slides run on remote workers: slides done / failed, without per-slide tile bars.
         with BatchProgress(len(slides), mode, sys.stderr) as progress:
-            outcomes = run_batch_on_ray(slides, args, on_slide_done=progress.slide_done)
+            outcomes = run_batch_on_ray(
+                slides, args.out, settings, ray_options, args.overwrite, progress.slide_done
+            )
     else:
         from pipeline.batch.analyze import run_local_batch
 
-        context = build_context_from_args(args)
+        context = settings.build()
         with BatchProgress(len(slides), mode, sys.stderr) as progress:
             outcomes = run_local_batch(
                 slides, args.out, context, args.overwrite, progress.tile_callback, progress.slide_done

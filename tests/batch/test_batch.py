@@ -17,8 +17,9 @@ from conftest import (
     write_untrained_checkpoint,
 )
 
-from pipeline.batch.analyze import AnalysisContext, build_context, run_local_batch
+from pipeline.batch.analyze import run_local_batch
 from pipeline.batch.local import SlideOutcome, collect_slides
+from pipeline.batch.settings import AnalysisContext, AnalysisSettings
 from pipeline.cli import main
 from pipeline.detection.heatmap import load_heatmap
 from pipeline.errors import SlideOpenError
@@ -46,7 +47,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _context(model_path: Path) -> AnalysisContext:
     overrides = {**FAST, "deposits": {"refine": False, "count_cells": False}}
-    return build_context(model_path, None, overrides, None)
+    return AnalysisSettings(model_path=model_path, overrides=overrides).build()
 
 
 def test_every_slide_gets_a_complete_folder_and_a_manifest_entry(
@@ -111,12 +112,8 @@ def test_changed_settings_recompute_a_finished_slide(
     out = tmp_path / "out"
     slides = collect_slides([str(slide_dir / "node_0.tif")])
     run_local_batch(slides, out, _context(model_path))
-    changed = build_context(
-        model_path,
-        None,
-        {**FAST, "deposits": {"threshold": 0.9, "refine": False, "count_cells": False}},
-        None,
-    )
+    deposits = {"threshold": 0.9, "refine": False, "count_cells": False}
+    changed = AnalysisSettings(model_path=model_path, overrides={**FAST, "deposits": deposits}).build()
     assert [o.status for o in run_local_batch(slides, out, changed)] == ["done"]
     assert json.loads((out / "node_0" / "report.json").read_text())["model"]["threshold"] == 0.9
 
@@ -190,7 +187,7 @@ def test_tile_geometry_comes_from_the_model_card(model_path: Path, tmp_path: Pat
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model card"):
-        build_context(model_path, config, FAST, None)
+        AnalysisSettings(model_path, config, FAST).build()
 
 
 def _strict_json(path: Path) -> dict:  # type: ignore[type-arg]

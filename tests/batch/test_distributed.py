@@ -5,7 +5,6 @@ without Ray or a writable output folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,13 +27,13 @@ from pipeline.batch.distributed import (
     cluster_capacity,
     connect,
     run_batch_on_ray,
-    run_ray_batch,
     slot_resources,
 )
 from pipeline.batch.distributed_pool import ActorPool, dispatch, is_lost_worker
-from pipeline.batch.distributed_worker import ContextSpec, SlideWorker, WorkItem, WorkResult
+from pipeline.batch.distributed_worker import SlideWorker, WorkItem, WorkResult
 from pipeline.batch.folder import LOCK_FILE
 from pipeline.batch.local import SlideOutcome
+from pipeline.batch.settings import AnalysisSettings
 from pipeline.cli import main
 from pipeline.errors import ConfigError, MicrometError, OutputError
 from pipeline.models import ModelCard, build_model, save_checkpoint
@@ -104,10 +103,10 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     ]
 
 
-def spec_for(model_path: Path) -> ContextSpec:
+def settings_for(model_path: Path) -> AnalysisSettings:
     # The conftest slides are a pink blob, not lymph node: slide QC would refuse them.
     qc = {"accept_qc_failures": True}
-    return ContextSpec(model_path, None, {"inference": INFERENCE, "deposits": DEPOSITS, "qc": qc})
+    return AnalysisSettings(model_path, None, {"inference": INFERENCE, "deposits": DEPOSITS, "qc": qc})
 
 
 def read_json(path: Path) -> Any:
@@ -127,7 +126,7 @@ def leftovers(out_dir: Path) -> list[str]:
 def local_run(slides: list[Path], model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The two good slides analysed on this machine, without Ray."""
     out_dir = tmp_path_factory.mktemp("local") / "out"
-    run_local_batch(slides, out_dir, spec_for(model_path).build())
+    run_local_batch(slides, out_dir, settings_for(model_path).build())
     return out_dir
 
 
@@ -141,10 +140,10 @@ def faulty_run(
     (control / f"crash-{slides[1].stem}").touch()
     out_dir = control / "out"
     seen: list[SlideOutcome] = []
-    outcomes = run_ray_batch(
+    outcomes = run_batch_on_ray(
         [slides[0], slides[1], Path(corrupt)],
         out_dir,
-        spec_for(model_path),
+        settings_for(model_path),
         RayOptions(address="auto", cpus_per_slide=1),
         on_slide_done=seen.append,
         worker_class=FaultyWorker,
@@ -290,7 +289,7 @@ def test_worker_that_cannot_run_stops_the_run(tmp_path: Path) -> None:
 def test_worker_with_other_settings_refuses_to_write(
     slides: list[Path], model_path: Path, tmp_path: Path
 ) -> None:
-    worker = SlideWorker(spec_for(model_path).absolute(), str(tmp_path), "0" * 16)
+    worker = SlideWorker(settings_for(model_path).absolute(), str(tmp_path), "0" * 16)
     result = worker.analyze(str(slides[0]), slides[0].stem)
     assert result.fatal and result.report is None
     assert result.error is not None and "differs between nodes" in result.error
@@ -299,7 +298,7 @@ def test_worker_with_other_settings_refuses_to_write(
 
 def test_worker_without_the_model_file_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "no_such_model.pt"
-    worker = SlideWorker(ContextSpec(missing, None, {"inference": INFERENCE}), str(tmp_path), "0" * 16)
+    worker = SlideWorker(AnalysisSettings(missing, None, {"inference": INFERENCE}), str(tmp_path), "0" * 16)
     result = worker.analyze(str(tmp_path / "node.tif"), "node")
     assert result.fatal and result.error is not None and "no_such_model.pt" in result.error
 
@@ -344,9 +343,8 @@ def test_missing_ray_names_the_install_command(
     code = main(["infer", str(slide), "--out", str(tmp_path / "out"), "--ray", "auto"])
     assert code == 1
     assert "pip install micromet[ray]" in capsys.readouterr().err
-    args = argparse.Namespace(ray="auto", out=tmp_path / "out", gpus_per_slide=None, cpus_per_slide=None)
     with pytest.raises(ConfigError, match=r"pip install micromet\[ray\]"):
-        run_batch_on_ray([Path(slide)], args)
+        run_batch_on_ray([Path(slide)], tmp_path / "out", AnalysisSettings(), RayOptions())
 
 
 def test_without_ray_flag_nothing_of_ray_is_imported() -> None:
@@ -363,9 +361,9 @@ def test_unwritable_output_folder_is_rejected_before_any_work(tmp_path: Path) ->
     pytest.importorskip("ray")
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    missing_model = ContextSpec(tmp_path / "no_model.pt", None, {})
+    missing_model = AnalysisSettings(model_path=tmp_path / "no_model.pt")
     with pytest.raises(OutputError, match="not writable"):
-        run_ray_batch([tmp_path / "node.tif"], blocker / "out", missing_model, RayOptions())
+        run_batch_on_ray([tmp_path / "node.tif"], blocker / "out", missing_model, RayOptions())
 
 
 def test_unreachable_cluster_says_how_to_start_one() -> None:
@@ -385,7 +383,16 @@ def test_bad_ray_options_name_the_field(options: dict[str, Any]) -> None:
         RayOptions(**options)
 
 
-def test_bad_per_slide_flag_is_a_config_error(tmp_path: Path) -> None:
-    args = argparse.Namespace(ray="auto", out=tmp_path, gpus_per_slide=None, cpus_per_slide=-2.0)
-    with pytest.raises(ConfigError, match="cpus_per_slide"):
-        run_batch_on_ray([tmp_path / "node.tif"], args)
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--ray", "auto", "--cpus-per-slide", "-2"], "--ray options: cpus_per_slide=-2.0 is out of range"),
+     (["--gpus-per-slide", "1"], "--gpus-per-slide and --cpus-per-slide need --ray")],
+)
+def test_bad_ray_flags_are_one_error_before_any_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    slide = shutil.copy(TRUNCATED, tmp_path / "node.tif")
+    code = main(["infer", str(slide), "--out", str(tmp_path / "out"), *flags])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

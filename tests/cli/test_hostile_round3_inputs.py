@@ -268,13 +268,13 @@ def test_a_symbolic_link_loop_among_the_slides_is_one_error(tmp_path: Path) -> N
      ("[deposits]\nseed_threshold = 0.3\n", "seed_threshold 0.3 is below the deposit threshold 0.5")],
 )
 def test_a_bad_infer_config_is_one_error_naming_it(tmp_path: Path, text: str, message: str) -> None:
-    from pipeline.batch.analyze import build_context
+    from pipeline.batch.settings import AnalysisSettings
 
     config = tmp_path / "bad.toml"
     config.write_text(text)
     model = write_untrained_checkpoint(tmp_path / "model.pt")
     with pytest.raises(ConfigError, match=message):
-        build_context(model, config, {}, None)
+        AnalysisSettings(model_path=model, config_path=config).build()
     slide = write_pyramid_tiff(tmp_path / "s.tif", draw_tissue_rgb(300, 200), 0.5, n_levels=1)
     code, err = _run(["infer", slide, "--out", tmp_path / "batch", "--model", model, "--config", config])
     _one_error(code, err, 1, "bad.toml")

@@ -154,7 +154,8 @@ def synthetic_tissue_slide(folder: Path) -> tuple[Path, float]:
 
 
 def analyze(model_path: Path, slide_path: Path, folder: Path, dense: bool) -> dict[str, Any]:
-    from pipeline.batch.analyze import analyze_slide, build_context
+    from pipeline.batch.analyze import analyze_slide
+    from pipeline.batch.settings import AnalysisSettings
 
     inference = {"device": "cpu", "precision": "fp32", "num_workers": 0, "dense": dense, "cascade": False}
     overrides = {
@@ -162,7 +163,7 @@ def analyze(model_path: Path, slide_path: Path, folder: Path, dense: bool) -> di
         "deposits": {"refine": False, "count_cells": False},
         "qc": {"accept_qc_failures": True},
     }
-    context = build_context(model_path, None, overrides, None)
+    context = AnalysisSettings(model_path=model_path, overrides=overrides).build()
     folder.mkdir()
     return analyze_slide(context, slide_path, slide_path.stem, folder)
 

@@ -52,14 +52,15 @@ def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def heatmap_of(model_path: Path, slide: Path, folder: Path, **inference: Any) -> NDArray[np.float32]:
-    from pipeline.batch.analyze import analyze_slide, build_context
+    from pipeline.batch.analyze import analyze_slide
+    from pipeline.batch.settings import AnalysisSettings
 
     overrides = {
         "inference": {"device": "cpu", "precision": "fp32", "num_workers": 0, "cascade": False, **inference},
         "deposits": {"refine": False, "count_cells": False},
         "qc": {"accept_qc_failures": True},
     }
-    context = build_context(model_path, None, overrides, None)
+    context = AnalysisSettings(model_path=model_path, overrides=overrides).build()
     folder.mkdir()
     report = analyze_slide(context, slide, slide.stem, folder)
     assert report["model"]["partner"] == (

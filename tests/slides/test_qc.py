@@ -216,16 +216,17 @@ def test_an_accepted_qc_failure_is_scored_and_its_category_carries_the_warning(
 
 
 def test_qc_settings_come_from_the_config_file(tiny_model: Path, tmp_path: Path) -> None:
-    from pipeline.batch.analyze import build_context
+    from pipeline.batch.settings import AnalysisSettings
     from pipeline.errors import ConfigError
 
     config = tmp_path / "run.toml"
     config.write_text("[qc]\nmin_focus = 10.0\n")
-    context = build_context(tiny_model, config, {"qc": {"accept_qc_failures": True}}, None)
+    accept = {"qc": {"accept_qc_failures": True}}
+    context = AnalysisSettings(tiny_model, config, accept).build()
     assert (context.qc.min_focus, context.qc.accept_qc_failures) == (10.0, True)
     config.write_text("[qc]\nmin_focus = -1.0\n")
     with pytest.raises(ConfigError, match="min_focus"):
-        build_context(tiny_model, config, {}, None)
+        AnalysisSettings(tiny_model, config).build()
 
 
 def test_the_qc_line_shows_each_value_with_its_limit_and_which_failed() -> None:
