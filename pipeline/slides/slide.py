@@ -3,8 +3,9 @@
 Reads any file OpenSlide supports (Aperio .svs incl. JPEG 2000, generic and CAMELYON
 pyramidal .tif, Hamamatsu .ndpi, MIRAX .mrxs, DICOM). Produces RGB uint8 arrays.
 All coordinates are level-0 pixels, (x, y) and (width, height), as in OpenSlide.
-``Slide`` reads; it never segments, tiles or draws. The metadata checks (µm/px, level
-sizes, user µm/px and ``--mpp-csv``) live in ``metadata`` and are importable from here.
+``Slide`` reads; it never segments, tiles or draws. A ``SlideSource`` (``source``) names what
+to open and at which µm/px; ``Slide.source`` reopens a slide identically. The metadata checks
+(µm/px, level sizes, user µm/px and ``--mpp-csv``) live in ``metadata`` and are importable here.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pipeline.slides.plain_images import (
     is_tiff_file,
     plain_image_kind,
 )
+from pipeline.slides.source import MPP_FROM_METADATA, NoPhysicalResolutionError, SlideSource
 
 if TYPE_CHECKING:
     from openslide import AbstractSlide
@@ -54,6 +56,7 @@ __all__ = [
     "MPP_OVERRIDE_TOLERANCE",
     "Slide",
     "SlideInfo",
+    "SlideSource",
     "check_level_sizes",
     "check_mpp",
     "check_user_mpp",
@@ -81,8 +84,10 @@ FALLBACK_MAX_LEVEL0_PX = 64_000_000
 class SlideInfo:
     """What the slide access layer knows about one slide.
 
-    dimensions: level-0 (width, height) in px. mpp: µm/px at level 0 (mean of x and y).
-    mpp_source: "metadata" (the slide's own) or "user" (given with --mpp or --mpp-csv).
+    dimensions: level-0 (width, height) in px. mpp: µm/px at level 0 (mean of x and y); None
+    for a slide opened for its pixels only (``SlideSource.pixels_only``).
+    mpp_source: "metadata" (the slide's own), "user" (given with --mpp or --mpp-csv) or
+    "pixels only".
     metadata_mpp: the slide's own µm/px, None when it records none (or an unusable one).
     objective_power: None when not recorded. computed_levels: how many of the levels micromet
     computes from level 0 (a single-level image or slide) rather than reads from the file.
@@ -94,7 +99,7 @@ class SlideInfo:
     level_count: int
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
-    mpp: float
+    mpp: float | None
     mpp_source: str
     objective_power: float | None
     metadata_mpp: float | None = None
@@ -203,32 +208,29 @@ def _open_base_handle(path: Path) -> AbstractSlide:
 
 
 class Slide:
-    """An open whole-slide image. Use as a context manager; reads return RGB uint8 arrays."""
+    """An open whole-slide image. Use as a context manager; reads return RGB uint8 arrays.
 
-    def __init__(self, path: str | Path, mpp_override: float | None = None) -> None:
-        self.path = resolve_slide_path(Path(path))
+    Opened from a ``SlideSource`` (``source.open()``); ``self.source`` is that source with
+    the resolution it settled (a metadata source gets the slide's own µm/px), so a reader
+    process reopening ``self.source`` reads exactly what this slide reads.
+    """
+
+    def __init__(self, source: SlideSource) -> None:
+        self.path = resolve_slide_path(source.path)
         self._handle: AbstractSlide | None = open_handle(self.path)
         try:
-            self.info = self._read_info(mpp_override)
+            self.info = self._read_info(source)
         except BaseException:
             self.close()
             raise
+        mpp = self.info.mpp if source.has_mpp else None
+        self.source = dataclasses.replace(source, path=self.path, mpp=mpp)
 
-    def _read_info(self, mpp_override: float | None) -> SlideInfo:
+    def _read_info(self, source: SlideSource) -> SlideInfo:
         handle = self._require_handle()
         properties = dict(handle.properties)
         check_level_sizes(self.path, handle.level_dimensions, properties.get("openslide.vendor", ""))
-        metadata_mpp: float | None
-        if mpp_override is not None:
-            check_mpp(self.path, mpp_override)
-            mpp, mpp_source = float(mpp_override), "user"
-            try:
-                metadata_mpp = read_mpp(self.path, properties)
-            except MissingMppError:
-                metadata_mpp = None
-        else:
-            mpp, mpp_source = self._metadata_mpp(properties), "metadata"
-            metadata_mpp = mpp
+        mpp, mpp_source, metadata_mpp = self._resolution(source, properties)
         return SlideInfo(
             path=str(self.path),
             vendor=properties.get("openslide.vendor", "unknown"),
@@ -242,6 +244,27 @@ class Slide:
             metadata_mpp=metadata_mpp,
             computed_levels=int(properties.get("micromet.computed-levels", "0")),
         )
+
+    def _resolution(
+        self, source: SlideSource, properties: dict[str, str]
+    ) -> tuple[float | None, str, float | None]:
+        """(mpp, SlideInfo.mpp_source, metadata_mpp) for ``source``.
+
+        A given µm/px is checked and used as is; so is a metadata source's recorded value when
+        it is reopened (``Slide.source``), which reads the same value again.
+        """
+        if not source.has_mpp:
+            return None, source.mpp_from, None
+        if source.mpp is None:
+            mpp = self._metadata_mpp(properties)
+            return mpp, MPP_FROM_METADATA, mpp
+        check_mpp(self.path, source.mpp)
+        try:
+            metadata_mpp: float | None = read_mpp(self.path, properties)
+        except MissingMppError:
+            metadata_mpp = None
+        mpp_source = MPP_FROM_METADATA if source.mpp_from == MPP_FROM_METADATA else "user"
+        return float(source.mpp), mpp_source, metadata_mpp
 
     def _metadata_mpp(self, properties: dict[str, str]) -> float:
         """The file's own µm/px; for a plain image without one, a MissingMppError saying that
@@ -280,7 +303,13 @@ class Slide:
 
     @property
     def mpp(self) -> float:
-        """Level-0 resolution in µm/px."""
+        """Level-0 resolution in µm/px. Raises NoPhysicalResolutionError on a slide opened for
+        its pixels only, and so does every read at a µm/px."""
+        if self.info.mpp is None:
+            raise NoPhysicalResolutionError(
+                f"{self.path}: opened for its pixels only (SlideSource.pixels_only), so it has no "
+                "µm/px; open it with SlideSource.from_metadata or with_mpp to read at a resolution"
+            )
         return self.info.mpp
 
     @property
@@ -403,9 +432,9 @@ def open_slide(path: str | Path, mpp_override: float | None = None) -> Slide:
     """Open a slide; raises SlideOpenError or MissingMppError naming the file.
 
     ``mpp_override`` is used as given (e.g. a value already checked); user input goes through
-    ``open_slide_for_user``.
+    ``open_slide_for_user``. Code that reopens an open slide uses ``slide.source.open()``.
     """
-    return Slide(path, mpp_override=mpp_override)
+    return SlideSource.for_path(path, mpp_override).open()
 
 
 def open_slide_for_user(
@@ -416,7 +445,7 @@ def open_slide_for_user(
     Raises MppMismatchError (``check_user_mpp``) when it contradicts the slide's own value
     and ``force_mpp`` is False, besides open_slide's errors.
     """
-    slide = Slide(path, mpp_override=user_mpp)
+    slide = SlideSource.for_path(path, user_mpp, flag).open()
     try:
         check_user_mpp(slide.path, slide.info.metadata_mpp, user_mpp, force_mpp, flag)
     except BaseException:

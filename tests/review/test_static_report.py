@@ -26,6 +26,7 @@ from pipeline.review.viewer.static_report import (
     build_static_report,
     write_static_report,
 )
+from pipeline.slides.source import SlideSource
 from tests.viewer_batch import (
     FAILED_ERROR,
     FAILED_ID,
@@ -108,7 +109,7 @@ def test_slide_image_shows_heatmap_and_category_outlines(html: str, batch: Viewe
     assert image.size == (THUMBNAIL_PX, round(slide.height_px * THUMBNAIL_PX / slide.width_px))
     scale = image.width / slide.width_px
     pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
-    plain_image, dimensions = slide_thumbnail(slide.slide_path, None, THUMBNAIL_PX)
+    plain_image, dimensions = slide_thumbnail(SlideSource.from_metadata(slide.slide_path), THUMBNAIL_PX)
     assert dimensions == (slide.width_px, slide.height_px)
     plain = np.asarray(plain_image, dtype=np.int16)
     micro = next(d for d in batch.good_report["deposits"] if d["category"] == "micro")
@@ -125,7 +126,7 @@ def test_slide_image_shows_heatmap_and_category_outlines(html: str, batch: Viewe
 
 def test_slide_picture_blends_the_heatmap_with_overlay_pngs_renderer(batch: ViewerBatch) -> None:
     heatmap = load_heatmap(batch.root / GOOD_ID)
-    base, dimensions = slide_thumbnail(batch.slide.slide_path, None, THUMBNAIL_PX)
+    base, dimensions = slide_thumbnail(SlideSource.from_metadata(batch.slide.slide_path), THUMBNAIL_PX)
     assert base.height / dimensions[1] != base.width / dimensions[0]  # each axis scales on its own
     picture = render_review_image(base, dimensions, None, heatmap, [], 0.45)
     expected = blend_heatmap(np.asarray(base), heatmap, dimensions, 0.45)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from PIL import Image, ImageDraw
 from pipeline.detection.heatmap import Heatmap
 from pipeline.review.colors import CANDIDATE_COLOR, OUTLINE_HALO_COLOR, category_color, hex_to_rgb
 from pipeline.review.overlay import blend_heatmap
-from pipeline.slides.slide import open_slide
+from pipeline.slides.source import SlideSource
 
 # Deposits smaller than this on the thumbnail also get a ring, so an ITC stays visible.
 MIN_VISIBLE_OUTLINE_PX = 8
@@ -34,16 +33,14 @@ SCALEBAR_MAX_FRACTION = 0.25  # of the image width
 BLANK_RGB = (242, 242, 242)
 
 
-def slide_thumbnail(
-    path: Path, mpp: float | None, max_side_px: int
-) -> tuple[Image.Image, tuple[int, int]]:
+def slide_thumbnail(source: SlideSource, max_side_px: int) -> tuple[Image.Image, tuple[int, int]]:
     """The whole slide with its longer side ``max_side_px`` (or smaller for tiny slides),
     and the slide's level-0 (width, height) in px.
 
-    ``mpp`` overrides the file's µm/px (pass the value the batch used). Raises
-    SlideOpenError / MissingMppError naming the file.
+    ``source``: the slide at the µm/px the batch used. Raises SlideOpenError /
+    MissingMppError naming the file.
     """
-    with open_slide(path, mpp_override=mpp) as slide:
+    with source.open() as slide:
         width0, height0 = slide.dimensions
         target_mpp = slide.mpp * max(1.0, max(width0, height0) / max_side_px)
         return Image.fromarray(slide.thumbnail_at_mpp(target_mpp)), (width0, height0)

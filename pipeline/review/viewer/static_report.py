@@ -35,6 +35,7 @@ from pipeline.review.viewer.batch_index import (
 from pipeline.review.viewer.patients import load_patient_view
 from pipeline.review.viewer.render import blank_thumbnail, render_review_image, slide_thumbnail
 from pipeline.review.viewer.templating import TEMPLATES_DIR, format_number, read_static, template_globals
+from pipeline.slides.source import SlideSource
 from pipeline.staging import DEFAULT_CELL_RULE
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ def _slide_image(
     try:
         if record.slide_path is None:
             raise OutputError("the manifest records no slide file")
-        base, dimensions = slide_thumbnail(record.slide_path, mpp, config.thumbnail_max_px)
+        source = SlideSource.for_path(record.slide_path, mpp, "the batch's record")
+        base, dimensions = slide_thumbnail(source, config.thumbnail_max_px)
     except MicrometError as exc:
         dimensions = _slide_dimensions(report) or (heatmap.slide_dimensions if heatmap else None)
         if dimensions is None:

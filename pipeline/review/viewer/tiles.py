@@ -62,15 +62,17 @@ def _open_deepzoom(path: Path, config: TileConfig) -> Any:
 
 def _tile_from_level0(path: Path, generator: Any, level: int, col: int, row: int) -> Any:
     """A Deep Zoom tile OpenSlide could not decode, read through ``Slide`` (which re-reads a
-    reduced level's undecodable tiles from level 0); a PIL image, or None if that fails too."""
+    reduced level's undecodable tiles from level 0); a PIL image, or None if that fails too.
+    The slide is opened for its pixels only: a tile needs no µm/px, and none is made up."""
     from PIL import Image
 
-    from pipeline.slides.slide import Slide, resize_rgb
+    from pipeline.slides.slide import resize_rgb
+    from pipeline.slides.source import SlideSource
 
     (x_px, y_px), slide_level, (width_px, height_px) = generator.get_tile_coordinates(level, (col, row))
     tile_w, tile_h = generator.get_tile_dimensions(level, (col, row))
     try:
-        with Slide(path, mpp_override=1.0) as slide:  # any mpp: only pixels are read
+        with SlideSource.pixels_only(path).open() as slide:
             rgb = slide.read_region_rgb(x_px, y_px, slide_level, width_px, height_px)
     except SlideOpenError:
         return None
