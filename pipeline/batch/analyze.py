@@ -30,7 +30,8 @@ from pipeline.review.report import build_report, write_summary_csv
 from pipeline.slides.integrity import check_integrity
 from pipeline.slides.metadata import plausible_objective_power
 from pipeline.slides.qc import ACCEPT_FLAG, QCResult, check_slide
-from pipeline.slides.slide import Slide, open_slide, open_slide_for_user
+from pipeline.slides.slide import Slide, open_slide_for_user
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tiling import TileGrid, plan_tiles, points_grid
 from pipeline.slides.tissue import TissueMask, detect_tissue
 from pipeline.staging import slide_category
@@ -93,12 +94,13 @@ def _write_exports(folder: Path, deposits: Sequence[Deposit], candidates: Sequen
     write_camelyon16_csv(deposits, folder / "detections.csv")
 
 
-def _overlay_base(path: Path, mpp_override: float | None, heatmap: Heatmap) -> NDArray[np.uint8]:
+def _overlay_base(source: SlideSource, heatmap: Heatmap) -> NDArray[np.uint8]:
     """The slow half of the overlay (thumbnail read + heatmap blend), on a slide handle of its
-    own so it can run in a thread beside cell counting on the main handle."""
+    own (reopened from the main handle's ``slide.source``) so it can run in a thread beside
+    cell counting on the main handle."""
     from pipeline.review.overlay import heatmap_over_thumbnail
 
-    with open_slide(path, mpp_override=mpp_override) as slide:
+    with source.open() as slide:
         return heatmap_over_thumbnail(slide, heatmap)
 
 
@@ -131,7 +133,7 @@ def _deposits_and_overlay(
         decision = _find_and_refine(context, slide, grid, heatmap)
         # Started only now: scoring (refinement included) forks reader processes, and no
         # thread may be inside a slide read when a process forks.
-        overlay_base = pool.submit(_overlay_base, slide.path, slide.mpp, heatmap)
+        overlay_base = pool.submit(_overlay_base, slide.source, heatmap)
         deposits = _count_cells(context, slide, decision.deposits)
         seconds = time.perf_counter() - started
         _write_exports(folder, deposits, decision.candidates)
