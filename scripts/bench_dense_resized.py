@@ -83,9 +83,10 @@ def shift_sensitivity(model_path: Path, slide: Path) -> NDArray[np.float32]:
     with open_slide(slide) as opened:
         grid = plan_tiles(opened.dimensions, opened.mpp, detect_tissue(opened, TissueConfig()), tiling)
         downsample = read_geometry(opened, card.tile_size_px, card.mpp).downsample
+        source = opened.source
     shifted = dataclasses.replace(grid, xy_px=grid.xy_px + np.array([[round(downsample), 0]]))
     config = InferenceConfig(device="cpu", precision="fp32", num_workers=0, cascade=False, dense=False)
-    scores = [score_tiles(slide, grid.slide_mpp, g, model, card, config) for g in (grid, shifted)]
+    scores = [score_tiles(source, g, model, card, config) for g in (grid, shifted)]
     return np.asarray(np.abs(scores[0] - scores[1]), dtype=np.float32)
 
 

@@ -29,6 +29,7 @@ from pipeline.config import InferenceConfig, TilingConfig, TissueConfig
 from pipeline.detection.inference import naive_score_tiles, score_tiles_with_stats
 from pipeline.models import ModelCard, build_model
 from pipeline.slides.slide import open_slide
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tiling import TileGrid, plan_tiles
 from pipeline.slides.tissue import detect_tissue
 from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide
@@ -105,14 +106,15 @@ def main() -> None:
     rows.append(("read loop (read_region_at_mpp per tile, no model)", len(small), seconds, ""))
     naive: list[np.ndarray] = []
     seconds = timed(lambda: naive.append(
-        naive_score_tiles(path, args.slide_mpp, small, model, card)))
+        naive_score_tiles(SlideSource.with_mpp(path, args.slide_mpp), small, model, card)))
     rows.append(("naive_score_tiles (read + forward per tile, 1 thread)", len(small), seconds, ""))
     settings = [("per-tile reads, batched", 1, 0), ("engine, region reads, in process", 4, 0),
                 ("engine, region reads, 2 reader workers", 4, 2)]
     for label, region_tiles, workers in settings:
         config = InferenceConfig(batch_size=args.batch_size, num_workers=workers,
                                  region_tiles=region_tiles, device="cpu")
-        scores, stats = score_tiles_with_stats(path, args.slide_mpp, grid, model, card, config)
+        source = SlideSource.with_mpp(path, args.slide_mpp)
+        scores, stats = score_tiles_with_stats(source, grid, model, card, config)
         note = (f"region_tiles={region_tiles}, num_workers={workers}, {stats.n_regions} reads, "
                 f"{stats.cpu_threads} torch threads, waited {stats.wait_s:.1f} s")
         rows.append((label, stats.n_tiles, stats.seconds, note))

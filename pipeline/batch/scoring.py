@@ -56,11 +56,11 @@ def score_with_stats(
     model's run first, then the partner's)."""
     from pipeline.detection.inference import score_prepared
 
-    scores, stats = score_prepared(slide.path, slide.mpp, grid, context.prepared, context.inference, progress)
+    scores, stats = score_prepared(slide.source, grid, context.prepared, context.inference, progress)
     partner = context.partner_prepared if with_partner else None
     if partner is None:
         return scores, [stats]
-    other, other_stats = score_prepared(slide.path, slide.mpp, grid, partner, context.inference)
+    other, other_stats = score_prepared(slide.source, grid, partner, context.inference)
     return (scores + other) / np.float32(2.0), [stats, dataclasses.replace(other_stats, partner=True)]
 
 

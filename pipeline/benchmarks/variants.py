@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from pipeline.models.device import Precision
     from pipeline.slides.readers import ReadGeometry
+    from pipeline.slides.source import SlideSource
     from pipeline.slides.tiling import TileGrid
 
 MAIN_VARIANTS = ("read_limit", "compute_limit", "micromet_engine", "micromet")
@@ -81,6 +82,13 @@ class BenchSpec:
         if self.workers is not None:
             return self.workers
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    @property
+    def source(self) -> SlideSource:
+        """The slide at the µm/px its metadata gave when the spec was planned."""
+        from pipeline.slides.source import MPP_FROM_METADATA, SlideSource
+
+        return SlideSource.with_mpp(self.slide, self.slide_mpp, MPP_FROM_METADATA)
 
     def save(self, path: Path) -> None:
         """Write the spec as JSON."""
@@ -205,14 +213,13 @@ def tile_mask(
     return mask
 
 
-def _read_span(task: tuple[str, float, ReadGeometry, NDArray[np.int64], list[NDArray[np.int64]]]) -> int:
+def _read_span(task: tuple[SlideSource, ReadGeometry, NDArray[np.int64], list[NDArray[np.int64]]]) -> int:
     """Read blocks of tiles with one slide handle; returns the number of tiles read."""
     from pipeline.slides.readers import read_block_tiles
-    from pipeline.slides.slide import open_slide
 
-    path, slide_mpp, geometry, level_xy, blocks = task
+    source, geometry, level_xy, blocks = task
     count = 0
-    with open_slide(path, mpp_override=slide_mpp) as slide:
+    with source.open() as slide:
         for block in blocks:
             count += len(read_block_tiles(slide, level_xy[block], geometry))
     return count
@@ -229,17 +236,17 @@ def read_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     import multiprocessing
 
     from pipeline.slides.readers import plan_regions, read_geometry, tile_level_xy
-    from pipeline.slides.slide import open_slide
 
     grid = load_grid(Path(spec.grid))
-    with open_slide(spec.slide, mpp_override=spec.slide_mpp) as slide:
+    with spec.source.open() as slide:
         geometry = read_geometry(slide, spec.tile_size_px, spec.model_mpp)
+        source = slide.source
     plan = plan_regions(grid.heatmap_rc, spec.region_tiles)
     level_xy = tile_level_xy(grid.xy_px, geometry)
     blocks = [plan.block(index) for index in range(plan.n_regions)]
     shares = max(1, spec.reader_count)
     tasks = [
-        (spec.slide, spec.slide_mpp, geometry, level_xy,
+        (source, geometry, level_xy,
          blocks[len(blocks) * i // shares : len(blocks) * (i + 1) // shares])
         for i in range(shares)
     ]
@@ -336,7 +343,7 @@ def micromet_engine(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     model, card, device = _loaded_model(spec)
     config = InferenceConfig(batch_size=spec.batch_size, num_workers=spec.workers, device=str(device),
                              region_tiles=spec.region_tiles, precision=spec.precision)
-    scores, stats = score_tiles_with_stats(Path(spec.slide), spec.slide_mpp, grid, model, card, config)
+    scores, stats = score_tiles_with_stats(spec.source, grid, model, card, config)
     np.save(Path(spec.out_dir) / "micromet_engine_scores.npy", scores)
     kept = ("n_regions", "wait_s", "compute_s", "read_level", "cpu_threads", "seconds", "precision",
             "cpu_plan")

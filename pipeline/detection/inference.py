@@ -44,7 +44,7 @@ from pipeline.slides.readers import (
     read_one_tile,
     tile_level_xy,
 )
-from pipeline.slides.slide import open_slide
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tiling import TileGrid
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,12 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _slide_geometry(slide_path: Path, slide_mpp: float, card: ModelCard) -> ReadGeometry:
+def _slide_geometry(source: SlideSource, grid: TileGrid, card: ModelCard) -> tuple[ReadGeometry, SlideSource]:
+    """The card's read geometry on the slide, and the source (µm/px settled) readers reopen."""
     # Opened and closed before any worker starts, so no handle crosses a fork.
-    with open_slide(slide_path, mpp_override=slide_mpp) as slide:
-        return read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
+    with source.open() as slide:
+        check_grid_matches_card(grid, card, slide.mpp)
+        return read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization), slide.source
 
 
 def _make_loader(dataset: RegionDataset, workers: int) -> DataLoader[RegionTiles | RegionReadFailure]:
@@ -222,7 +224,7 @@ def _probe_read_s_per_tile(dataset: RegionDataset) -> float:
     plan = dataset.plan
     n_blocks = min(_PROBE_BLOCKS, plan.n_regions)
     head = dataclasses.replace(plan, starts=plan.starts[: n_blocks + 1])  # same read mode
-    probe = RegionDataset(dataset.slide_path, dataset.slide_mpp, dataset.geometry, dataset.level_xy, head)
+    probe = RegionDataset(dataset.source, dataset.geometry, dataset.level_xy, head)
     iterator = iter(probe)
     opened = time.perf_counter()
     first = next(iterator, None)  # opens the slide and reads the first block: not timed
@@ -370,8 +372,7 @@ def prepare_model(model: nn.Module, card: ModelCard, config: InferenceConfig) ->
 
 
 def score_prepared(
-    slide_path: Path,
-    slide_mpp: float,
+    source: SlideSource,
     grid: TileGrid,
     prepared: PreparedModel,
     config: InferenceConfig,
@@ -379,11 +380,11 @@ def score_prepared(
 ) -> tuple[NDArray[np.float32], InferenceStats]:
     """Like ``score_tiles_with_stats``, with a model prepared once by ``prepare_model``."""
     card, device, scorer = prepared.card, prepared.device, prepared.scorer
-    check_grid_matches_card(grid, card, slide_mpp)
-    geometry = _slide_geometry(slide_path, slide_mpp, card)
+    geometry, source = _slide_geometry(source, grid, card)
+    slide_path = source.path
     dense = plan_dense(grid, geometry, card, prepared.dense if config.dense else None)
     plan = dense.regions if dense else plan_regions(grid.heatmap_rc, config.region_tiles)
-    dataset = RegionDataset(slide_path, slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), plan)
+    dataset = RegionDataset(source, geometry, tile_level_xy(grid.xy_px, geometry), plan)
     out = np.full(len(grid), np.nan, dtype=np.float32)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -430,8 +431,7 @@ def score_prepared(
 
 
 def score_tiles_with_stats(
-    slide_path: Path,
-    slide_mpp: float,
+    source: SlideSource,
     grid: TileGrid,
     model: nn.Module,
     card: ModelCard,
@@ -439,14 +439,14 @@ def score_tiles_with_stats(
     progress: ProgressCallback | None = None,
 ) -> tuple[NDArray[np.float32], InferenceStats]:
     """Like ``score_tiles``, also returning how the run went (``InferenceStats``)."""
-    check_grid_matches_card(grid, card, slide_mpp)
+    if source.mpp is not None:  # refused before the model is prepared
+        check_grid_matches_card(grid, card, source.mpp)
     prepared = prepare_model(model, card, config)
-    return score_prepared(slide_path, slide_mpp, grid, prepared, config, progress)
+    return score_prepared(source, grid, prepared, config, progress)
 
 
 def score_tiles(
-    slide_path: Path,
-    slide_mpp: float,
+    source: SlideSource,
     grid: TileGrid,
     model: nn.Module,
     card: ModelCard,
@@ -455,21 +455,20 @@ def score_tiles(
 ) -> NDArray[np.float32]:
     """Tumor probability (softmax of class 1) of every tile in ``grid``, in grid order.
 
-    slide_path: the slide, opened by every reader process. slide_mpp: its level-0 µm/px
-    (pass the ``--mpp`` override here). grid: tiles planned with the card's tile_size_px and
-    mpp. model: moved to the configured device, set to eval() and channels_last.
-    progress: called with the number of tiles scored since its last call.
+    source: the slide, reopened by every reader process at its level-0 µm/px (an open slide's
+    ``slide.source``, or ``SlideSource.with_mpp`` for an ``--mpp`` override). grid: tiles
+    planned with the card's tile_size_px and mpp. model: moved to the configured device, set
+    to eval() and channels_last. progress: called with the number of tiles scored since its last call.
     Returns (N,) float32 in [0, 1]. Raises SlideOpenError naming the file when a read fails,
     ConfigError when the grid does not fit the card or the device is unavailable,
     CheckpointError when the model's output is NaN or infinite.
     """
-    probabilities, _ = score_tiles_with_stats(slide_path, slide_mpp, grid, model, card, config, progress)
+    probabilities, _ = score_tiles_with_stats(source, grid, model, card, config, progress)
     return probabilities
 
 
 def naive_score_tiles(
-    slide_path: Path,
-    slide_mpp: float,
+    source: SlideSource,
     grid: TileGrid,
     model: nn.Module,
     card: ModelCard,
@@ -480,22 +479,22 @@ def naive_score_tiles(
     Same tile pixels (corners snapped as in ``pipeline/slides/readers.py``), normalisation and
     (N,) float32 output as ``score_tiles``, in plain fp32; slow, for tests and benchmarks; one CPU thread.
     """
-    check_grid_matches_card(grid, card, slide_mpp)
     torch_device = choose_device(device)
     out = np.full(len(grid), np.nan, dtype=np.float32)
     threads = 1 if torch_device.type == "cpu" else torch.get_num_threads()
     with (
-        open_slide(slide_path, mpp_override=slide_mpp) as slide,
+        source.open() as slide,
         _torch_threads(threads),
         torch.inference_mode(),
     ):
+        check_grid_matches_card(grid, card, slide.mpp)
         geometry = read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
         scorer = _Scorer(_prepare_model(model, torch_device, False, fuse=False), card, torch_device,
                          precision_name(None))
         for index, xy_px in enumerate(grid.xy_px):
             tile = read_one_tile(slide, xy_px, geometry)
             out[index] = float(scorer(torch.from_numpy(tile[None].copy()))[0])
-    check_finite_probabilities(out, str(slide_path))
+    check_finite_probabilities(out, str(source.path))
     return out
 
 

@@ -26,7 +26,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from queue import Full, Queue
 from typing import Any, NamedTuple, TypeVar
 
@@ -35,7 +34,8 @@ from numpy.typing import NDArray
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import MicrometError
-from pipeline.slides.slide import Slide, open_slide, resize_rgb
+from pipeline.slides.slide import Slide, resize_rgb
+from pipeline.slides.source import SlideSource
 
 T = TypeVar("T")
 
@@ -289,7 +289,8 @@ class RegionDataset(IterableDataset[RegionTiles | RegionReadFailure]):
     """Blocks of model tiles, read by whichever process iterates it.
 
     Each iterating process (DataLoader worker or the main process) opens its own ``Slide``
-    with ``slide_mpp`` as the resolution, and closes it when done: handles are never shared.
+    from ``source`` (pass an open slide's ``slide.source``, so every process reads at the
+    resolution it settled), and closes it when done: handles are never shared.
     A read error is yielded as ``RegionReadFailure`` (then iteration stops) so the main
     process can raise it as SlideOpenError without a worker traceback. Consecutive blocks are
     sent together until an item holds at least ``min_item_tiles`` tiles: fewer, larger
@@ -300,16 +301,14 @@ class RegionDataset(IterableDataset[RegionTiles | RegionReadFailure]):
 
     def __init__(
         self,
-        slide_path: Path,
-        slide_mpp: float,
+        source: SlideSource,
         geometry: ReadGeometry,
         level_xy: NDArray[np.int64],
         plan: RegionPlan,
         min_item_tiles: int = 1,
     ) -> None:
         super().__init__()
-        self.slide_path = slide_path
-        self.slide_mpp = slide_mpp
+        self.source = source
         self.geometry = geometry
         self.level_xy = level_xy
         self.plan = plan
@@ -321,7 +320,7 @@ class RegionDataset(IterableDataset[RegionTiles | RegionReadFailure]):
         if len(span) == 0:
             return
         try:
-            slide = open_slide(self.slide_path, mpp_override=self.slide_mpp)
+            slide = self.source.open()
         except MicrometError as exc:
             yield RegionReadFailure(str(exc))
             return

@@ -291,6 +291,7 @@ from pipeline.detection import inference
 from pipeline.slides import readers
 from pipeline.cli import main
 from pipeline.config import TilingConfig
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tiling import plan_tiles
 from pipeline.slides.tissue import TissueMask
 
@@ -300,7 +301,8 @@ def score_only(context, path, slide_id, folder, *rest):
     mask = TissueMask(mask=np.ones((70, 90), bool), mask_mpp=5.0, slide_dimensions=(900, 700))
     tiling = TilingConfig(tile_size_px=context.card.tile_size_px, mpp=context.card.mpp)
     grid = plan_tiles((900, 700), 0.5, mask, tiling)
-    scores = inference.score_tiles(path, 0.5, grid, context.model, context.card, context.inference)
+    source = SlideSource.with_mpp(path, 0.5)
+    scores = inference.score_tiles(source, grid, context.model, context.card, context.inference)
     report = {"category": "negative", "score": float(scores.max()), "slide": {}, "deposits": []}
     (folder / "report.json").write_text(json.dumps(report))
     return report

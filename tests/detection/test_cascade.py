@@ -207,7 +207,7 @@ def test_a_real_deposit_beyond_the_last_blocks_screen_tile_is_found_as_full_scor
     with open_slide(slide_path) as slide:
         tiling = TilingConfig(tile_size_px=card.tile_size_px, mpp=card.mpp, stride_px=card.stride_px)
         grid = plan_tiles(slide.dimensions, slide.mpp, detect_tissue(slide, TissueConfig()), tiling)
-        full = score_tiles(slide_path, slide.mpp, grid, model, card, InferenceConfig(cascade=False))
+        full = score_tiles(slide.source, grid, model, card, InferenceConfig(cascade=False))
     assert grid.grid_shape == (12, 12) and len(grid) == 144
 
     def deposits(probabilities: NDArray[np.float32]) -> list[Deposit]:

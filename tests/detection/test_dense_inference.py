@@ -26,6 +26,7 @@ from pipeline.models.architectures import Dense96
 from pipeline.slides import readers
 from pipeline.slides.readers import read_geometry
 from pipeline.slides.slide import open_slide
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tiling import TileGrid, plan_tiles, subset_grid
 
 # The synthetic slide: 0.5 µm/px, scored at 1.0 µm/px (pyramid level 1, downsample 2).
@@ -38,6 +39,11 @@ FP32 = InferenceConfig(device="cpu", precision="fp32", num_workers=0, cascade=Fa
 TILES = dataclasses.replace(FP32, dense=False)
 # Dense and tile-by-tile probabilities agree to float rounding (about 1e-7); the issue asks 1e-4.
 ATOL = 1e-4
+
+
+def at_slide_mpp(path: Path) -> SlideSource:
+    """The test slide read at SLIDE_MPP µm/px, as a batch hands an opened slide's source on."""
+    return SlideSource.with_mpp(path, SLIDE_MPP)
 
 
 def random_dense96(channels: tuple[int, ...] = (32, 64, 128, 256, 256), seed: int = 0) -> Dense96:
@@ -131,7 +137,8 @@ def small_model(synthetic_slide: Path) -> Dense96:
 def scores(
     slide_path: Path, grid: TileGrid, model: nn.Module, config: InferenceConfig, card: ModelCard | None = None
 ) -> tuple[NDArray[np.float32], InferenceStats]:
-    return score_tiles_with_stats(slide_path, grid.slide_mpp, grid, model, card or card_for(), config)
+    source = SlideSource.with_mpp(slide_path, grid.slide_mpp)
+    return score_tiles_with_stats(source, grid, model, card or card_for(), config)
 
 
 # --- Whole pipeline: probabilities, heatmap, deposits and category ------------------------------
@@ -243,7 +250,7 @@ def test_a_grid_ending_in_partial_blocks_with_holes_is_scored_exactly(
     assert (grid.heatmap_rc[:, 1] >= DENSE_BLOCK_CELLS).sum() >= 4
     progress: list[int] = []
     dense, stats = score_tiles_with_stats(
-        synthetic_slide, SLIDE_MPP, grid, small_model, card_for(), FP32, progress.append
+        at_slide_mpp(synthetic_slide), grid, small_model, card_for(), FP32, progress.append
     )
     tiles, _ = scores(synthetic_slide, grid, small_model, TILES)
     assert stats.mode == "dense" and sum(progress) == len(grid) and not np.isnan(dense).any()
@@ -297,7 +304,7 @@ def test_the_cascade_scores_its_suspicious_blocks_densely_and_agrees_with_tile_s
 
         def score(indices: NDArray[np.int64]) -> NDArray[np.float32]:
             out, stats = score_prepared(
-                synthetic_slide, SLIDE_MPP, subset_grid(grid, indices), prepared, config
+                at_slide_mpp(synthetic_slide), subset_grid(grid, indices), prepared, config
             )
             modes[dense].append(stats.mode)
             return out
@@ -317,7 +324,7 @@ def test_a_model_without_dense_logits_or_with_dense_off_is_scored_tile_by_tile(s
     assert dense_forward(pcamnet, card) is None
     prepared = prepare_model(pcamnet, card, FP32)
     assert prepared.dense is None
-    _, stats = score_prepared(synthetic_slide, SLIDE_MPP, grid, prepared, FP32)
+    _, stats = score_prepared(at_slide_mpp(synthetic_slide), grid, prepared, FP32)
     assert stats.mode == "tiles" and stats.n_tiles == len(grid)
     # a dense model with dense=False is neither prepared nor scored densely
     dense_model = random_dense96(channels=(8, 8, 16, 16, 16))
@@ -401,7 +408,7 @@ def test_whole_region_items_are_the_boxes_around_each_blocks_cells(synthetic_sli
         geometry = read_geometry(slide, TILE_PX, MODEL_MPP)
     plan = dataclasses.replace(plan_regions(grid.heatmap_rc, 4), whole_regions=True)
     level_xy = tile_level_xy(grid.xy_px, geometry)
-    dataset = RegionDataset(synthetic_slide, SLIDE_MPP, geometry, level_xy, plan, min_item_tiles=100)
+    dataset = RegionDataset(at_slide_mpp(synthetic_slide), geometry, level_xy, plan, min_item_tiles=100)
     image = level_image(synthetic_slide, MODEL_MPP)
     items = list(dataset)
     assert len(items) == plan.n_regions  # never joined: regions differ in size

@@ -22,6 +22,7 @@ from pipeline.models import ModelCard, save_checkpoint
 from pipeline.models.architectures import Dense96
 from pipeline.slides.readers import RegionDataset, RegionTiles, read_geometry, tile_level_xy
 from pipeline.slides.slide import open_slide
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tiling import TileGrid
 from tests.detection.test_dense_inference import (
     ATOL,
@@ -100,9 +101,8 @@ def regions_of(slide_path: Path, grid: TileGrid, plan: object) -> list[RegionTil
     with open_slide(slide_path) as slide:
         geometry = read_geometry(slide, TILE_PX, card.mpp)
     regions = plan.regions  # type: ignore[attr-defined]
-    dataset = RegionDataset(
-        slide_path, grid.slide_mpp, geometry, tile_level_xy(grid.xy_px, geometry), regions
-    )
+    source = SlideSource.with_mpp(slide_path, grid.slide_mpp)
+    dataset = RegionDataset(source, geometry, tile_level_xy(grid.xy_px, geometry), regions)
     return [item for item in dataset if isinstance(item, RegionTiles)]
 
 
@@ -113,7 +113,7 @@ def test_resized_regions_are_scored_densely_and_equal_tile_scores_of_their_own_c
     grid = plan_grid(resized_slide, CARD_MPP)
     model = fit_head(small_dense96(), resized_slide, card, 0.2)
     prepared = prepare_model(model, card, FP32)
-    dense, stats = score_prepared(resized_slide, grid.slide_mpp, grid, prepared, FP32)
+    dense, stats = score_prepared(SlideSource.with_mpp(resized_slide, grid.slide_mpp), grid, prepared, FP32)
     assert stats.mode == "dense" and stats.n_regions == 2 and len(grid) >= 60
     assert grid.grid_shape[1] > DENSE_BLOCK_CELLS  # a partial second block
     with open_slide(resized_slide) as slide:
@@ -138,7 +138,8 @@ def test_resized_regions_are_scored_densely_and_equal_tile_scores_of_their_own_c
     # per-tile resized tiles are resampled on their own, so they differ; this random network
     # magnifies the sub-pixel shifts of the synthetic nuclei, so the difference is measured on
     # real tissue with a trained model (docs/benchmarks.md, "Dense inference")
-    tiles, tile_stats = score_prepared(resized_slide, grid.slide_mpp, grid, prepared, TILES)
+    source = SlideSource.with_mpp(resized_slide, grid.slide_mpp)
+    tiles, tile_stats = score_prepared(source, grid, prepared, TILES)
     assert tile_stats.mode == "tiles" and np.abs(dense - tiles).max() > ATOL
 
 

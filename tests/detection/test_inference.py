@@ -36,6 +36,7 @@ from pipeline.slides.readers import (
     tile_level_xy,
 )
 from pipeline.slides.slide import open_slide
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tiling import TileGrid, plan_tiles
 from pipeline.slides.tissue import TissueMask
 
@@ -44,6 +45,11 @@ SLIDE_SIZE = (700, 560)  # level-0 (width, height): not a multiple of the tile g
 TILE_PX = 32
 # fp32: these tests pin the reading engine against the fp32 reference scorer.
 ENGINE = InferenceConfig(num_workers=2, region_tiles=3, batch_size=7, device="cpu", precision="fp32")
+
+
+def at_slide_mpp(path: Path) -> SlideSource:
+    """The test slide read at SLIDE_MPP µm/px, as a batch hands an opened slide's source on."""
+    return SlideSource.with_mpp(path, SLIDE_MPP)
 
 # (model mpp, stride at model mpp): what the region reader must reproduce exactly.
 CASES = {
@@ -140,8 +146,8 @@ def test_engine_scores_equal_the_one_tile_at_a_time_loop(
 ) -> None:
     mpp, stride = CASES[case]
     grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
-    reference = naive_score_tiles(slide_path, SLIDE_MPP, grid, model, card)
-    scores, stats = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    reference = naive_score_tiles(at_slide_mpp(slide_path), grid, model, card)
+    scores, stats = score_tiles_with_stats(at_slide_mpp(slide_path), grid, model, card, ENGINE)
     assert scores.dtype == np.float32 and scores.shape == (len(grid),)
     np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-4)
     # The comparison means something only if tiles get visibly different scores.
@@ -154,13 +160,13 @@ def test_reading_in_the_main_process_gives_the_same_scores(
 ) -> None:
     mpp, stride = CASES["level0-resized"]
     grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
-    with_workers = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    with_workers = score_tiles(at_slide_mpp(slide_path), grid, model, card, ENGINE)
     in_process = InferenceConfig(num_workers=0, region_tiles=2, batch_size=5, device="cpu", precision="fp32")
     one_per_read = InferenceConfig(
         num_workers=0, region_tiles=1, batch_size=64, device="cpu", precision="fp32"
     )
     for config in (in_process, one_per_read):
-        scores = score_tiles(slide_path, SLIDE_MPP, grid, model, card, config)
+        scores = score_tiles(at_slide_mpp(slide_path), grid, model, card, config)
         np.testing.assert_allclose(scores, with_workers, rtol=0, atol=1e-4)
 
 
@@ -168,8 +174,8 @@ def test_workers_read_at_the_mpp_override(tmp_path: Path, slide_image: NDArray[n
     no_mpp = write_pyramid_tiff(tmp_path / "no_mpp.tif", slide_image, mpp=None, tile_px=128)
     reference_path = write_pyramid_tiff(tmp_path / "mpp.tif", slide_image, mpp=SLIDE_MPP)
     grid, card, model = grid_for(slide_image, 1.0, None), card_for(1.0), sensitive_micronet()
-    scores = score_tiles(no_mpp, SLIDE_MPP, grid, model, card, ENGINE)
-    expected = score_tiles(reference_path, SLIDE_MPP, grid, model, card, ENGINE)
+    scores = score_tiles(at_slide_mpp(no_mpp), grid, model, card, ENGINE)
+    expected = score_tiles(at_slide_mpp(reference_path), grid, model, card, ENGINE)
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-4)
 
 
@@ -180,7 +186,7 @@ def test_truncated_slide_raises_slide_open_error_naming_the_file(
     truncated.write_bytes(slide_path.read_bytes()[: slide_path.stat().st_size // 2])
     grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
     with pytest.raises(SlideOpenError, match=r"truncated\.tif"):
-        score_tiles(truncated, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE)
+        score_tiles(at_slide_mpp(truncated), grid, sensitive_micronet(), card, ENGINE)
 
 
 def corrupt_level0_tiles(source: Path, target: Path) -> Path:
@@ -202,7 +208,7 @@ def test_corrupt_region_in_a_reader_raises_slide_open_error_naming_the_file(
     grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
     config = InferenceConfig(num_workers=num_workers, region_tiles=3, batch_size=7, device="cpu")
     with pytest.raises(SlideOpenError, match=r"corrupt\.tif") as caught:
-        score_tiles(corrupt, SLIDE_MPP, grid, sensitive_micronet(), card, config)
+        score_tiles(at_slide_mpp(corrupt), grid, sensitive_micronet(), card, config)
     assert "Traceback" not in str(caught.value)
     assert "truncated or corrupt" in str(caught.value)
 
@@ -216,7 +222,7 @@ def test_reader_process_that_dies_raises_slide_open_error_naming_the_file(
     monkeypatch.setattr(readers, "read_block_tiles", crash)
     grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
     with pytest.raises(SlideOpenError, match=r"node\.tif: a tile reader process stopped"):
-        score_tiles(slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE)
+        score_tiles(at_slide_mpp(slide_path), grid, sensitive_micronet(), card, ENGINE)
 
 
 class DarknessNet(nn.Module):
@@ -245,7 +251,7 @@ def test_heatmap_puts_each_score_at_its_tiles_cell(
     grid = plan_tiles((640, 512), SLIDE_MPP, mask_of(image), TilingConfig(TILE_PX, mpp=1.0))
     card = ModelCard("micronet", TILE_PX, 1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     config = dataclasses.replace(ENGINE, precision=precision)  # bf16: CPU autocast
-    scores = score_tiles(path, SLIDE_MPP, grid, DarknessNet(), card, config)
+    scores = score_tiles(at_slide_mpp(path), grid, DarknessNet(), card, config)
     values = heatmap_from_scores(grid, scores).probabilities
     assert values.shape == (8, 10)
     tissue = np.zeros((8, 10), dtype=bool)
@@ -264,7 +270,7 @@ def test_progress_counts_every_tile_once_and_stats_add_up(
     calls: list[int] = []
     threads_before = torch.get_num_threads()
     _, stats = score_tiles_with_stats(
-        slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE, calls.append
+        at_slide_mpp(slide_path), grid, sensitive_micronet(), card, ENGINE, calls.append
     )
     assert sum(calls) == len(grid) and all(count > 0 for count in calls)
     assert stats.n_regions == plan_regions(grid.heatmap_rc, 3).n_regions
@@ -280,8 +286,8 @@ def test_stats_name_the_autocast_the_tiles_were_scored_under(
 ) -> None:
     grid, card = grid_for(slide_image, 0.5, None), card_for(0.5)
     config = dataclasses.replace(ENGINE, precision="bf16", num_workers=0)
-    scores, stats = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, config)
-    reference, _ = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE)
+    scores, stats = score_tiles_with_stats(at_slide_mpp(slide_path), grid, sensitive_micronet(), card, config)
+    reference, _ = score_tiles_with_stats(at_slide_mpp(slide_path), grid, sensitive_micronet(), card, ENGINE)
     assert stats.precision == "bf16"
     np.testing.assert_allclose(scores, reference, rtol=0, atol=0.02)
 
@@ -292,7 +298,7 @@ def test_grid_planned_for_another_tile_size_is_refused(
     grid = grid_for(slide_image, 0.5, None)
     card = ModelCard(architecture="micronet", tile_size_px=64, mpp=0.5)
     with pytest.raises(ConfigError, match="tile_size_px"):
-        score_tiles(slide_path, SLIDE_MPP, grid, sensitive_micronet(), card, ENGINE)
+        score_tiles(at_slide_mpp(slide_path), grid, sensitive_micronet(), card, ENGINE)
 
 
 def test_plan_regions_groups_neighbouring_cells_and_covers_every_tile_once() -> None:
@@ -312,7 +318,7 @@ def test_batch_norm_folding_leaves_the_callers_model_alone(
 ) -> None:
     grid, card, model = grid_for(slide_image, 0.5, None), card_for(0.5), sensitive_micronet()
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    score_tiles(at_slide_mpp(slide_path), grid, model, card, ENGINE)
     assert any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
@@ -336,8 +342,8 @@ def test_a_model_torch_fx_cannot_trace_is_scored_unfused(
     slide_path: Path, slide_image: NDArray[np.uint8]
 ) -> None:
     grid, card, model = grid_for(slide_image, 0.5, None), card_for(0.5), BranchingNet().eval()
-    reference = naive_score_tiles(slide_path, SLIDE_MPP, grid, model, card)
-    scores = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    reference = naive_score_tiles(at_slide_mpp(slide_path), grid, model, card)
+    scores = score_tiles(at_slide_mpp(slide_path), grid, model, card, ENGINE)
     np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-6)
 
 
@@ -350,7 +356,7 @@ def test_region_items_join_blocks_up_to_the_minimum_and_cover_every_tile_once(
         geometry = read_geometry(slide, TILE_PX, 0.5)
         level_xy = tile_level_xy(grid.xy_px, geometry)
         expected = {int(i): read_one_tile(slide, grid.xy_px[i], geometry) for i in range(len(grid))}
-    dataset = RegionDataset(slide_path, SLIDE_MPP, geometry, level_xy, plan, min_item_tiles=10)
+    dataset = RegionDataset(at_slide_mpp(slide_path), geometry, level_xy, plan, min_item_tiles=10)
     items = list(dataset)
     assert all(isinstance(item, RegionTiles) for item in items)
     sizes = [len(item.indices) for item in items if isinstance(item, RegionTiles)]
@@ -369,10 +375,10 @@ def test_the_cards_stain_normalisation_is_applied_to_every_tile(
     mpp, stride = CASES["level0-resized"]
     grid, model = grid_for(slide_image, mpp, stride), sensitive_micronet()
     card = dataclasses.replace(card_for(mpp), stain_normalization="macenko")
-    reference = naive_score_tiles(slide_path, SLIDE_MPP, grid, model, card)
-    scores = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    reference = naive_score_tiles(at_slide_mpp(slide_path), grid, model, card)
+    scores = score_tiles(at_slide_mpp(slide_path), grid, model, card, ENGINE)
     np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-4)
-    plain = score_tiles(slide_path, SLIDE_MPP, grid, model, card_for(mpp), ENGINE)
+    plain = score_tiles(at_slide_mpp(slide_path), grid, model, card_for(mpp), ENGINE)
     assert float(np.abs(plain - scores).max()) > 1e-3  # normalisation changed the tiles
 
 
@@ -393,10 +399,10 @@ def test_non_finite_model_output_is_refused_naming_the_slide(
     grid, card = grid_for(slide_image, 1.0, None), card_for(1.0)
     config = InferenceConfig(num_workers=num_workers, region_tiles=3, batch_size=7, device="cpu")
     with pytest.raises(CheckpointError, match=r"node\.tif: the model gave NaN or infinite") as caught:
-        score_tiles(slide_path, SLIDE_MPP, grid, overflowing_micronet(), card, config)
+        score_tiles(at_slide_mpp(slide_path), grid, overflowing_micronet(), card, config)
     assert "\n" not in str(caught.value) and "--model" in str(caught.value)
     with pytest.raises(CheckpointError, match="NaN or infinite"):
-        naive_score_tiles(slide_path, SLIDE_MPP, grid, overflowing_micronet(), card)
+        naive_score_tiles(at_slide_mpp(slide_path), grid, overflowing_micronet(), card)
 
 
 # A process that scores a slide with 2 reader processes that hang in their first read (after
@@ -409,6 +415,7 @@ from pipeline.slides import readers
 from pipeline.config import InferenceConfig, TilingConfig
 from pipeline.detection.inference import score_tiles
 from pipeline.models import ModelCard, build_model
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tiling import plan_tiles
 from pipeline.slides.tissue import TissueMask
 
@@ -423,7 +430,7 @@ mask = TissueMask(mask=np.ones((140, 175), bool), mask_mpp=2.0, slide_dimensions
 grid = plan_tiles((700, 560), 0.5, mask, TilingConfig(tile_size_px=32, mpp=1.0))
 card = ModelCard(architecture="micronet", tile_size_px=32, mpp=1.0)
 config = InferenceConfig(num_workers=2, region_tiles=2, batch_size=8, device="cpu")
-score_tiles(slide, 0.5, grid, build_model("micronet"), card, config)
+score_tiles(SlideSource.with_mpp(slide, 0.5), grid, build_model("micronet"), card, config)
 """
 
 
@@ -490,12 +497,12 @@ def test_the_fitted_cpu_plan_probes_the_slide_and_model_and_keeps_the_scores(
     mpp, stride = CASES["level0-resized"]
     grid, card, model = grid_for(slide_image, mpp, stride), card_for(mpp), sensitive_micronet()
     fitted = InferenceConfig(num_workers=None, region_tiles=2, batch_size=5, device="cpu", precision="fp32")
-    scores, stats = score_tiles_with_stats(slide_path, SLIDE_MPP, grid, model, card, fitted)
+    scores, stats = score_tiles_with_stats(at_slide_mpp(slide_path), grid, model, card, fitted)
     plan = stats.cpu_plan
     assert plan.read_s_per_tile is not None and plan.read_s_per_tile > 0
     assert plan.compute_s_per_tile is not None and plan.compute_s_per_tile > 0
     assert plan.torch_threads == stats.cpu_threads >= 1 and plan.num_workers >= 0
-    expected = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    expected = score_tiles(at_slide_mpp(slide_path), grid, model, card, ENGINE)
     np.testing.assert_allclose(scores, expected, atol=1e-4)
 
 
@@ -509,14 +516,14 @@ def test_a_prepared_model_is_folded_once_and_serves_every_call(
     monkeypatch.setattr(inference, "_fuse_batch_norms", lambda m: folds.append(1) or fold(m))
     grid, card, model = grid_for(slide_image, 0.5, None), card_for(0.5), sensitive_micronet()
     prepared = inference.prepare_model(model, card, ENGINE)
-    first, _ = inference.score_prepared(slide_path, SLIDE_MPP, grid, prepared, ENGINE)
+    first, _ = inference.score_prepared(at_slide_mpp(slide_path), grid, prepared, ENGINE)
     half = dataclasses.replace(grid, xy_px=grid.xy_px[::2], heatmap_rc=grid.heatmap_rc[::2],
                                tissue_fraction=grid.tissue_fraction[::2])  # fmt: skip
-    second, _ = inference.score_prepared(slide_path, SLIDE_MPP, half, prepared, ENGINE)
+    second, _ = inference.score_prepared(at_slide_mpp(slide_path), half, prepared, ENGINE)
     assert len(folds) == 1
     np.testing.assert_allclose(second, first[::2], rtol=0, atol=1e-6)
     np.testing.assert_allclose(
-        first, score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE), atol=1e-6
+        first, score_tiles(at_slide_mpp(slide_path), grid, model, card, ENGINE), atol=1e-6
     )
 
 
@@ -525,13 +532,15 @@ def test_score_tiles_never_serves_stale_weights_after_training_changes_them(
 ) -> None:
     # Hard-negative mining scores with the model it is training: each call sees its weights now.
     grid, card, model = grid_for(slide_image, 0.5, None), card_for(0.5), sensitive_micronet()
-    before = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    before = score_tiles(at_slide_mpp(slide_path), grid, model, card, ENGINE)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.mul_(-1.0)
-    after = score_tiles(slide_path, SLIDE_MPP, grid, model, card, ENGINE)
+    after = score_tiles(at_slide_mpp(slide_path), grid, model, card, ENGINE)
     assert np.max(np.abs(after - before)) > 0.05
-    np.testing.assert_allclose(after, naive_score_tiles(slide_path, SLIDE_MPP, grid, model, card), atol=1e-4)
+    np.testing.assert_allclose(
+        after, naive_score_tiles(at_slide_mpp(slide_path), grid, model, card), atol=1e-4
+    )
 
 
 def test_read_ahead_keeps_the_order_and_raises_the_readers_error_here() -> None:
