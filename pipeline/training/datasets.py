@@ -26,10 +26,17 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from pipeline.config import PCAM_MPP
 from pipeline.errors import ConfigError, MicrometError
-from pipeline.slides.slide import Slide, check_readable_folder, open_slide, resize_rgb, rgba_to_rgb
+from pipeline.slides.slide import Slide, check_readable_folder, resize_rgb, rgba_to_rgb
+from pipeline.slides.source import SlideSource
 from pipeline.slides.stain import normalize_stain
 from pipeline.training.config import DataConfig, TrainSettings
-from pipeline.training.sampling import PatchSample, SlideSource, balance_classes, find_slides
+from pipeline.training.sampling import (
+    SLIDE_MPP_SETTING,
+    AnnotatedSlide,
+    PatchSample,
+    balance_classes,
+    find_slides,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +219,7 @@ class SlideTileDataset(Dataset[TileItem]):
             self._slides, self._pid = {}, os.getpid()
         slide = self._slides.get(path)
         if slide is None:
-            slide = open_slide(path, mpp_override=self.slide_mpp)
+            slide = SlideSource.for_path(path, self.slide_mpp, SLIDE_MPP_SETTING).open()
             self._slides[path] = slide
         return slide
 
@@ -385,7 +392,7 @@ class ArrayTileDataset(Dataset[TileItem]):
 # --- training data --------------------------------------------------------------------------------
 
 
-def slide_sources(data: DataConfig) -> list[SlideSource]:
+def slide_sources(data: DataConfig) -> list[AnnotatedSlide]:
     """The slides named in ``data`` with their annotation files (empty without slides)."""
     if not data.slides:
         return []

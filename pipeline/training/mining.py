@@ -1,6 +1,6 @@
 """Training: hard-negative mining rounds, which grow the run's sample index.
 
-Reads the model being trained, the training slides (``SlideSource``) and the current sample
+Reads the model being trained, the training slides (``AnnotatedSlide``) and the current sample
 index; scores fresh normal tiles of each training slide and produces the ones the model calls
 tumor (its false positives), then writes ``samples_round<N>.csv``: the index plus those hard
 negatives, which the following epochs train on. Scoring uses ``pipeline.training.classify.predict``
@@ -25,8 +25,8 @@ from pipeline.training.datasets import SlideTileDataset
 from pipeline.training.ddp import DistInfo, barrier
 from pipeline.training.loop import StepSettings
 from pipeline.training.sampling import (
+    AnnotatedSlide,
     PatchSample,
-    SlideSource,
     read_sample_index,
     sample_negative_candidates,
     write_sample_index,
@@ -38,7 +38,7 @@ log = logging.getLogger("pipeline.training.train")
 
 def mine_hard_negatives(
     model: nn.Module,
-    sources: Sequence[SlideSource],
+    sources: Sequence[AnnotatedSlide],
     settings: TrainSettings,
     round_index: int,
     step: StepSettings,
@@ -82,7 +82,7 @@ def mining_due(t: TrainConfig, state: RunState) -> bool:
 def mine_round(
     trainer: Trainer,
     settings: TrainSettings,
-    sources: Sequence[SlideSource],
+    sources: Sequence[AnnotatedSlide],
     samples: list[PatchSample],
     state: RunState,
     step: StepSettings,

@@ -32,7 +32,8 @@ from pipeline.errors import ConfigError
 from pipeline.outputs import atomic_write_text, csv_safe_row, csv_unquote
 from pipeline.slides.annotations import Annotation, read_annotations, warn_outlines_outside
 from pipeline.slides.formats import OPENSLIDE_SUFFIXES
-from pipeline.slides.slide import check_readable_folder, open_slide
+from pipeline.slides.slide import check_readable_folder
+from pipeline.slides.source import SlideSource
 from pipeline.slides.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,12 @@ INDEX_COLUMNS = ("slide", "x_px", "y_px", "label", "split", "kind")
 SampleKind = Literal["tumor", "normal", "hard_negative"]
 Split = Literal["train", "val"]
 _MAX_DRAW_ROUNDS = 20  # rejection-sampling rounds before giving up on a region
+# ``SlideSource.mpp_from`` of a training slide read at the run's --slide-mpp ([data] slide_mpp).
+SLIDE_MPP_SETTING = "--slide-mpp"
 
 
 @dataclasses.dataclass(frozen=True)
-class SlideSource:
+class AnnotatedSlide:
     """A slide and its annotation file; ``annotation_path`` None means a normal slide."""
 
     slide_path: Path
@@ -56,6 +59,10 @@ class SlideSource:
     def slide_id(self) -> str:
         """The slide's file stem."""
         return self.slide_path.stem
+
+    def slide_source(self, slide_mpp: float | None) -> SlideSource:
+        """The slide to open: at ``slide_mpp`` µm/px (--slide-mpp) when given, else its own."""
+        return SlideSource.for_path(self.slide_path, slide_mpp, SLIDE_MPP_SETTING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +146,7 @@ def _beside(slide: Path) -> Path | None:
     return None
 
 
-def find_slides(slide_paths: Sequence[Path], annotation_dirs: Sequence[Path] = ()) -> list[SlideSource]:
+def find_slides(slide_paths: Sequence[Path], annotation_dirs: Sequence[Path] = ()) -> list[AnnotatedSlide]:
     """Slides under ``slide_paths`` (files or folders, searched recursively), each with its
     annotation file.
 
@@ -152,7 +159,7 @@ def find_slides(slide_paths: Sequence[Path], annotation_dirs: Sequence[Path] = (
     sources = []
     for slide in _slide_files(slide_paths):
         annotation = _beside(slide) or lookup.get(slide.stem.lower())
-        sources.append(SlideSource(slide.resolve(), annotation))
+        sources.append(AnnotatedSlide(slide.resolve(), annotation))
     if not sources:
         raise ConfigError(
             f"no slide files ({', '.join(OPENSLIDE_SUFFIXES)}) found in "
@@ -296,9 +303,9 @@ class _SlideAreas:
     margin_px: float
 
 
-def _slide_areas(source: SlideSource, config: SampleConfig, slide_mpp: float | None) -> _SlideAreas:
+def _slide_areas(source: AnnotatedSlide, config: SampleConfig, slide_mpp: float | None) -> _SlideAreas:
     annotations = read_annotations(source.annotation_path) if source.annotation_path else []
-    with open_slide(source.slide_path, mpp_override=slide_mpp) as slide:
+    with source.slide_source(slide_mpp).open() as slide:
         if source.annotation_path is not None:
             tumors = [a.vertices_xy for a in annotations if a.label == "tumor"]
             warn_outlines_outside(source.annotation_path, tumors, slide.dimensions)
@@ -308,7 +315,7 @@ def _slide_areas(source: SlideSource, config: SampleConfig, slide_mpp: float | N
 
 
 def sample_slide(
-    source: SlideSource, config: SampleConfig, slide_mpp: float | None = None
+    source: AnnotatedSlide, config: SampleConfig, slide_mpp: float | None = None
 ) -> list[PatchSample]:
     """Tumor and normal tile centres of one slide (split "train"; ``assign_splits`` sets it).
 
@@ -338,7 +345,7 @@ def sample_slide(
 
 
 def sample_negative_candidates(
-    source: SlideSource,
+    source: AnnotatedSlide,
     config: SampleConfig,
     count: int,
     round_index: int,
@@ -447,7 +454,7 @@ def read_sample_index(path: Path) -> list[PatchSample]:
 
 
 def build_sample_index(
-    sources: Sequence[SlideSource],
+    sources: Sequence[AnnotatedSlide],
     config: SampleConfig,
     val_fraction: float,
     slide_mpp: float | None = None,

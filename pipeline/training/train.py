@@ -65,8 +65,8 @@ from pipeline.training.metrics import METRIC_COLUMNS, log_epoch
 from pipeline.training.mining import mine_hard_negatives, mine_round, mining_due
 from pipeline.training.review_samples import describe_reviews, find_reviewed_slides, review_tile_samples
 from pipeline.training.sampling import (
+    AnnotatedSlide,
     PatchSample,
-    SlideSource,
     build_sample_index,
     read_sample_index,
     write_sample_index,
@@ -125,7 +125,7 @@ def _optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
 
 def _load_samples(
     settings: TrainSettings,
-    sources: Sequence[SlideSource],
+    sources: Sequence[AnnotatedSlide],
     state: RunState,
     resuming: bool,
     info: DistInfo,

@@ -11,10 +11,11 @@ from conftest import draw_tissue_rgb, write_pyramid_tiff
 
 from pipeline.errors import ConfigError
 from pipeline.slides.annotations import Annotation, write_asap_xml, write_geojson
+from pipeline.slides.source import SlideSource
 from pipeline.training.sampling import (
+    AnnotatedSlide,
     PatchSample,
     SampleConfig,
-    SlideSource,
     assign_splits,
     balance_classes,
     build_sample_index,
@@ -74,7 +75,7 @@ def _centres(samples: list[PatchSample], label: int) -> np.ndarray:
 def test_tumor_centres_lie_inside_tumor_outlines_and_outside_excluded_regions(
     slides: dict[str, Path],
 ) -> None:
-    source = SlideSource(slides["tumor"], slides["folder"] / "tumor_slide.xml")
+    source = AnnotatedSlide(slides["tumor"], slides["folder"] / "tumor_slide.xml")
     samples = sample_slide(source, SampleConfig(tumor_per_slide=300, normal_per_slide=0, seed=1))
     tumor = _centres(samples, 1)
     assert len(tumor) == 300
@@ -88,7 +89,7 @@ def test_tumor_centres_lie_inside_tumor_outlines_and_outside_excluded_regions(
 def test_normal_centres_lie_on_tissue_away_from_tumor_and_outside_excluded_regions(
     slides: dict[str, Path],
 ) -> None:
-    source = SlideSource(slides["tumor"], slides["folder"] / "tumor_slide.xml")
+    source = AnnotatedSlide(slides["tumor"], slides["folder"] / "tumor_slide.xml")
     margin_um = 20.0
     config = SampleConfig(tumor_per_slide=0, normal_per_slide=400, normal_margin_um=margin_um, seed=2)
     normal = _centres(sample_slide(source, config), 0)
@@ -102,11 +103,22 @@ def test_normal_centres_lie_on_tissue_away_from_tumor_and_outside_excluded_regio
     assert np.all(((normal[:, 0] - cx) / rx) ** 2 + ((normal[:, 1] - cy) / ry) ** 2 <= 1.0)
 
 
+def test_slide_mpp_opens_the_slide_at_that_resolution(slides: dict[str, Path]) -> None:
+    source = AnnotatedSlide(slides["tumor"], slides["folder"] / "tumor_slide.xml")
+    assert source.slide_source(None) == SlideSource.from_metadata(slides["tumor"])
+    assert source.slide_source(0.25) == SlideSource(slides["tumor"], 0.25, "--slide-mpp")
+    config = SampleConfig(tumor_per_slide=0, normal_per_slide=300, normal_margin_um=20.0, seed=2)
+    normal = _centres(sample_slide(source, config, slide_mpp=0.25), 0)
+    assert len(normal) == 300
+    # 20 µm is 80 level-0 px at 0.25 µm/px (40 px at the file's own 0.5 µm/px)
+    assert np.all(_box_distance(normal, TUMOR_BIG) > 20.0 / 0.25)
+
+
 def test_a_slide_without_annotations_gives_only_normal_samples_anywhere_on_tissue(
     slides: dict[str, Path],
 ) -> None:
     samples = sample_slide(
-        SlideSource(slides["normal"]), SampleConfig(tumor_per_slide=50, normal_per_slide=200)
+        AnnotatedSlide(slides["normal"]), SampleConfig(tumor_per_slide=50, normal_per_slide=200)
     )
     assert len(samples) == 200
     assert {s.label for s in samples} == {0}
@@ -118,7 +130,7 @@ def test_a_slide_without_annotations_gives_only_normal_samples_anywhere_on_tissu
 def test_sampling_is_reproducible_and_mining_rounds_draw_fresh_normal_centres(
     slides: dict[str, Path],
 ) -> None:
-    source = SlideSource(slides["tumor"], slides["folder"] / "tumor_slide.xml")
+    source = AnnotatedSlide(slides["tumor"], slides["folder"] / "tumor_slide.xml")
     config = SampleConfig(tumor_per_slide=20, normal_per_slide=20, seed=5)
     assert sample_slide(source, config) == sample_slide(source, config)
     first = sample_negative_candidates(source, config, 30, round_index=1)
@@ -154,8 +166,8 @@ def test_build_sample_index_stratifies_by_tumor_content_not_by_annotation_file(
 ) -> None:
     # the normal slide has an annotation file too, but no tumor in it
     sources = [
-        SlideSource(slides["tumor"], slides["folder"] / "tumor_slide.xml"),
-        SlideSource(slides["normal"], slides["folder"] / "empty.xml"),
+        AnnotatedSlide(slides["tumor"], slides["folder"] / "tumor_slide.xml"),
+        AnnotatedSlide(slides["normal"], slides["folder"] / "empty.xml"),
     ]
     write_asap_xml([], slides["folder"] / "empty.xml")
     samples = build_sample_index(sources, SampleConfig(tumor_per_slide=5, normal_per_slide=5), 0.5)
@@ -219,5 +231,6 @@ def test_outlines_entirely_outside_the_slide_are_reported(
     xml = tmp_path / "tumor_slide.xml"
     write_asap_xml([_rect("in", "Tumor", "tumor", TUMOR_BIG), _rect("out", "Tumor", "tumor", outside)], xml)
     with caplog.at_level("WARNING"):
-        sample_slide(SlideSource(slides["tumor"], xml), SampleConfig(tumor_per_slide=4, normal_per_slide=0))
+        config = SampleConfig(tumor_per_slide=4, normal_per_slide=0)
+        sample_slide(AnnotatedSlide(slides["tumor"], xml), config)
     assert f"{xml}: 1 of 2 tumor outline(s) lie entirely outside the slide (1500 x 1100" in caplog.text
