@@ -169,3 +169,23 @@ def test_no_batch_module_takes_command_line_arguments() -> None:
         if "argparse" in names:
             found[str(path.relative_to(PACKAGE.parent))] = "argparse"
     assert not found, f"pipeline/batch/ modules importing argparse (take AnalysisSettings instead): {found}"
+
+
+def test_slides_are_reopened_through_their_source_outside_pipeline_slides() -> None:
+    # A slide travels as one SlideSource (path, µm/px, where it came from) and is reopened with
+    # source.open() / slide.source.open(); a (path, mpp) pair handed to open_slide or Slide
+    # outside pipeline/slides/ is the loose pair the source replaces.
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.is_relative_to(PACKAGE / "slides"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = getattr(func, "id", None) or getattr(func, "attr", "")
+            overrides = any(keyword.arg == "mpp_override" for keyword in node.keywords)
+            positional_mpp = name == "open_slide" and len(node.args) > 1
+            if name in ("open_slide", "Slide") and (overrides or positional_mpp):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not found, f"slides reopened from a (path, mpp) pair instead of a SlideSource: {found}"
