@@ -28,7 +28,7 @@ __all__ = ["ScoringContext", "dihedral_scorer", "score_with_facts", "score_with_
 
 
 class ScoringContext(Protocol):
-    """What scoring reads of ``pipeline.batch.analyze.AnalysisContext``."""
+    """What scoring reads of ``pipeline.batch.settings.AnalysisContext``."""
 
     @property
     def card(self) -> ModelCard: ...
