@@ -28,8 +28,7 @@ import torch
 from pipeline.config import InferenceConfig, TilingConfig, TissueConfig
 from pipeline.detection.inference import naive_score_tiles, score_tiles_with_stats
 from pipeline.models import ModelCard, build_model
-from pipeline.slides.slide import open_slide
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource, open_slide
 from pipeline.slides.tiling import TileGrid, plan_tiles
 from pipeline.slides.tissue import detect_tissue
 from pipeline.synthetic.generate import PlantedDeposit, SynthConfig, generate_slide

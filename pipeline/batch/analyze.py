@@ -30,8 +30,7 @@ from pipeline.review.report import build_report, write_summary_csv
 from pipeline.slides.integrity import check_integrity
 from pipeline.slides.metadata import plausible_objective_power
 from pipeline.slides.qc import ACCEPT_FLAG, QCResult, check_slide
-from pipeline.slides.slide import Slide, open_slide_for_user
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import Slide, SlideSource, open_slide_for_user
 from pipeline.slides.tiling import TileGrid, plan_tiles, points_grid
 from pipeline.slides.tissue import TissueMask, detect_tissue
 from pipeline.staging import slide_category

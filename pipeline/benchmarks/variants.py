@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from pipeline.models.device import Precision
     from pipeline.slides.readers import ReadGeometry
-    from pipeline.slides.source import SlideSource
+    from pipeline.slides.slide import SlideSource
     from pipeline.slides.tiling import TileGrid
 
 MAIN_VARIANTS = ("read_limit", "compute_limit", "micromet_engine", "micromet")
@@ -86,7 +86,7 @@ class BenchSpec:
     @property
     def source(self) -> SlideSource:
         """The slide at the µm/px its metadata gave when the spec was planned."""
-        from pipeline.slides.source import MPP_FROM_METADATA, SlideSource
+        from pipeline.slides.slide import MPP_FROM_METADATA, SlideSource
 
         return SlideSource.with_mpp(self.slide, self.slide_mpp, MPP_FROM_METADATA)
 

@@ -44,7 +44,7 @@ from pipeline.slides.readers import (
     read_one_tile,
     tile_level_xy,
 )
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource
 from pipeline.slides.tiling import TileGrid
 
 log = logging.getLogger(__name__)

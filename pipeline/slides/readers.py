@@ -34,8 +34,7 @@ from numpy.typing import NDArray
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.errors import MicrometError
-from pipeline.slides.slide import Slide, resize_rgb
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import Slide, SlideSource, resize_rgb
 
 T = TypeVar("T")
 

@@ -3,9 +3,12 @@
 Reads any file OpenSlide supports (Aperio .svs incl. JPEG 2000, generic and CAMELYON
 pyramidal .tif, Hamamatsu .ndpi, MIRAX .mrxs, DICOM). Produces RGB uint8 arrays.
 All coordinates are level-0 pixels, (x, y) and (width, height), as in OpenSlide.
-``Slide`` reads; it never segments, tiles or draws. A ``SlideSource`` (``source``) names what
-to open and at which µm/px; ``Slide.source`` reopens a slide identically. The metadata checks
-(µm/px, level sizes, user µm/px and ``--mpp-csv``) live in ``metadata`` and are importable here.
+A slide travels as one value, ``SlideSource`` (the file, the µm/px to read it at and where
+that came from), opened by ``SlideSource.open``; ``Slide.source`` reopens an open slide
+identically, so a reader process or thread never gets a loose ``(path, mpp)`` pair.
+``Slide`` reads; it never segments, tiles or draws. The file checks and handle opening live
+in ``handles``, the metadata checks (µm/px, level sizes, user µm/px and ``--mpp-csv``) in
+``metadata``; both are importable from here.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -23,8 +25,14 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from pipeline.errors import MissingMppError, SlideOpenError
-from pipeline.slides.computed_levels import ComputedLevels, computed_level_factors
 from pipeline.slides.formats import DICOM_SUFFIX
+from pipeline.slides.handles import (
+    check_readable_folder,
+    import_openslide,
+    is_dicom_folder,
+    open_handle,
+    resolve_slide_path,
+)
 from pipeline.slides.metadata import (
     MAX_MPP_ANISOTROPY,
     MPP_OVERRIDE_TOLERANCE,
@@ -36,14 +44,7 @@ from pipeline.slides.metadata import (
     read_mpp,
     read_mpp_csv,
 )
-from pipeline.slides.plain_images import (
-    PLAIN_IMAGE_VENDORS,
-    TiffRegionSlide,
-    WholeImageSlide,
-    is_tiff_file,
-    plain_image_kind,
-)
-from pipeline.slides.source import MPP_FROM_METADATA, NoPhysicalResolutionError, SlideSource
+from pipeline.slides.plain_images import PLAIN_IMAGE_VENDORS
 
 if TYPE_CHECKING:
     from openslide import AbstractSlide
@@ -52,13 +53,17 @@ __all__ = [
     "DICOM_SUFFIX",
     "FALLBACK_MAX_LEVEL0_PX",
     "MAX_MPP_ANISOTROPY",
+    "MPP_FROM_METADATA",
     "MPP_MATCH_TOLERANCE",
     "MPP_OVERRIDE_TOLERANCE",
+    "PIXELS_ONLY",
+    "NoPhysicalResolutionError",
     "Slide",
     "SlideInfo",
     "SlideSource",
     "check_level_sizes",
     "check_mpp",
+    "check_readable_folder",
     "check_user_mpp",
     "is_dicom_folder",
     "mpp_by_slide_id",
@@ -78,6 +83,78 @@ log = logging.getLogger(__name__)
 MPP_MATCH_TOLERANCE = 0.02
 # A reduced level that fails to decode is re-read from level 0 up to this many level-0 pixels.
 FALLBACK_MAX_LEVEL0_PX = 64_000_000
+
+
+# ``SlideSource.mpp_from`` of a slide read at its own recorded µm/px.
+MPP_FROM_METADATA = "metadata"
+# ``SlideSource.mpp_from`` of a slide read for its pixels only: it has no µm/px at all.
+PIXELS_ONLY = "pixels only"
+
+
+class NoPhysicalResolutionError(RuntimeError):
+    """A physical-resolution read (µm/px) on a slide opened for its pixels only.
+
+    Not a ``MicrometError``: no user input causes it, only code that opened the slide with
+    ``SlideSource.pixels_only`` and then asked for µm, so a batch does not swallow it.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideSource:
+    """A slide to read: picklable, compared by value, opened by ``open``.
+
+    path: the file OpenSlide opens (a DICOM series folder resolved to its first .dcm file).
+    mpp: level-0 µm/px to read it at; None before a ``metadata`` source is first opened (the
+    slide's own value is read then; ``Slide.source`` carries it) and always for ``pixels only``.
+    mpp_from: where ``mpp`` comes from: "metadata", the flag or setting that gave it
+    ("--mpp", "--mpp-csv", "slide_mpp", ...), or "pixels only" (no physical resolution).
+    """
+
+    path: Path
+    mpp: float | None
+    mpp_from: str
+
+    def __post_init__(self) -> None:
+        if not self.mpp_from:
+            raise ValueError("mpp_from is empty; say where the µm/px comes from (e.g. 'metadata', '--mpp')")
+        if self.mpp_from == PIXELS_ONLY and self.mpp is not None:
+            raise ValueError(f"{self.path}: a pixels-only source has no µm/px; got mpp={self.mpp!r}")
+        if self.mpp is None and self.mpp_from not in (MPP_FROM_METADATA, PIXELS_ONLY):
+            raise ValueError(f"{self.path}: mpp_from={self.mpp_from!r} needs the µm/px it gave; got None")
+
+    @classmethod
+    def from_metadata(cls, path: str | Path) -> SlideSource:
+        """``path`` read at the µm/px its own metadata records (checked when opened)."""
+        return cls(resolve_slide_path(Path(path)), None, MPP_FROM_METADATA)
+
+    @classmethod
+    def with_mpp(cls, path: str | Path, mpp: float, mpp_from: str = "--mpp") -> SlideSource:
+        """``path`` read at ``mpp`` µm/px, given by ``mpp_from`` (checked when opened)."""
+        return cls(resolve_slide_path(Path(path)), float(mpp), mpp_from)
+
+    @classmethod
+    def for_path(cls, path: str | Path, mpp: float | None, mpp_from: str = "--mpp") -> SlideSource:
+        """``with_mpp`` when ``mpp`` was given, else ``from_metadata`` (``mpp`` None: not given)."""
+        return cls.from_metadata(path) if mpp is None else cls.with_mpp(path, mpp, mpp_from)
+
+    @classmethod
+    def pixels_only(cls, path: str | Path) -> SlideSource:
+        """``path`` read for its pixels only (the viewer's tiles): no µm/px is read or checked,
+        and any physical-resolution read on the opened slide raises NoPhysicalResolutionError."""
+        return cls(resolve_slide_path(Path(path)), None, PIXELS_ONLY)
+
+    @property
+    def has_mpp(self) -> bool:
+        """False for a pixels-only source, which never has a physical resolution."""
+        return self.mpp_from != PIXELS_ONLY
+
+    def open(self) -> Slide:
+        """The open slide; use it as a context manager. The one way a slide is opened.
+
+        Raises SlideOpenError naming the file when it cannot be read, MissingMppError when
+        ``mpp`` is implausible or a metadata source records no usable µm/px.
+        """
+        return Slide(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,103 +185,6 @@ class SlideInfo:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return dataclasses.asdict(self)
-
-
-def _import_openslide() -> Any:
-    try:
-        import openslide
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SlideOpenError(
-            "OpenSlide is not available; install micromet with its dependencies "
-            "(openslide-python and openslide-bin)"
-        ) from exc
-    return openslide
-
-
-def check_readable_folder(folder: Path) -> None:
-    """Raise SlideOpenError naming ``folder`` when it cannot be listed (permissions, I/O), so
-    an unreadable folder is not mistaken for an empty one."""
-    try:
-        with os.scandir(folder) as entries:
-            next(entries, None)
-    except OSError as exc:
-        raise SlideOpenError(
-            f"{folder}: cannot read this folder ({exc.strerror or exc}); check its permissions"
-        ) from exc
-
-
-def is_dicom_folder(path: Path) -> bool:
-    """True for a folder holding a DICOM WSI series (its files end in .dcm)."""
-    if not path.is_dir():
-        return False
-    check_readable_folder(path)
-    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    return bool(files) and any(p.suffix.lower() == DICOM_SUFFIX for p in files)
-
-
-def resolve_slide_path(path: Path) -> Path:
-    """The file OpenSlide opens for ``path``: the path itself, or for a DICOM series folder its
-    first .dcm file (OpenSlide reads the whole series from any one of its files)."""
-    if not is_dicom_folder(path):
-        return path
-    return min(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == DICOM_SUFFIX)
-
-
-def open_handle(path: Path) -> AbstractSlide:
-    """An OpenSlide-like handle of a slide file or plain image; raises SlideOpenError naming it.
-
-    JPEG and PNG images (recognised by their first bytes) and TIFFs OpenSlide refuses are read
-    by ``plain_images``; a single-level image larger than ``computed_levels.COMPUTED_LEVELS_MIN_SIDE_PX``
-    gets coarser levels computed from level 0, so no read decodes level 0 whole.
-    """
-    handle = _open_base_handle(path)
-    factors = computed_level_factors(handle.dimensions) if handle.level_count == 1 else ()
-    return ComputedLevels(handle, factors) if factors else handle
-
-
-def _check_readable(path: Path) -> None:
-    """Raise SlideOpenError when the file cannot be read (permissions, I/O), so an unreadable
-    slide is not mistaken for an unsupported format."""
-    try:
-        with path.open("rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        raise SlideOpenError(
-            f"{path}: cannot read the file ({exc.strerror or exc}); check its permissions "
-            "and that the disk or share holding it is reachable"
-        ) from exc
-
-
-def _open_base_handle(path: Path) -> AbstractSlide:
-    if not path.exists():
-        raise SlideOpenError(f"{path}: file not found; check the path")
-    if not path.is_file() and path.suffix.lower() != ".mrxs":
-        raise SlideOpenError(
-            f"{path}: not a file; pass a slide file (or a folder holding one DICOM series)"
-        )
-    if path.is_file() and path.stat().st_size == 0:
-        raise SlideOpenError(f"{path}: file is empty; the copy or scan may have failed")
-    if path.is_file():
-        _check_readable(path)
-    kind = plain_image_kind(path) if path.is_file() else None
-    if kind is not None:
-        return WholeImageSlide(path, kind)
-    openslide = _import_openslide()
-    try:
-        handle: AbstractSlide = openslide.OpenSlide(str(path))
-        return handle
-    except openslide.OpenSlideUnsupportedFormatError as exc:
-        if is_tiff_file(path):
-            return TiffRegionSlide(path)
-        raise SlideOpenError(
-            f"{path}: OpenSlide cannot read this file: not a supported slide format "
-            "(svs, tif, ndpi, mrxs, DICOM, ...) nor a JPEG, PNG or TIFF image, or a truncated "
-            "copy; check the file"
-        ) from exc
-    except (openslide.OpenSlideError, OSError, ValueError) as exc:
-        raise SlideOpenError(
-            f"{path}: cannot open the slide, the file looks truncated or corrupt ({exc})"
-        ) from exc
 
 
 class Slide:
@@ -339,7 +319,7 @@ class Slide:
         SlideOpenError naming the file if the data cannot be decoded.
         """
         handle = self._require_handle()
-        openslide = _import_openslide()
+        openslide = import_openslide()
         try:
             rgba = handle.read_region((int(x_px), int(y_px)), level, (width_px, height_px))
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
@@ -367,7 +347,7 @@ class Slide:
         width0, height0 = math.ceil(width_px * downsample), math.ceil(height_px * downsample)
         if level == 0 or width0 * height0 == 0 or width0 * height0 > FALLBACK_MAX_LEVEL0_PX:
             return None
-        openslide = _import_openslide()
+        openslide = import_openslide()
         try:
             self._handle = open_handle(self.path)
             rgba = self._handle.read_region((int(x_px), int(y_px)), 0, (width0, height0))

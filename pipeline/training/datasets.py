@@ -26,8 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from pipeline.config import PCAM_MPP
 from pipeline.errors import ConfigError, MicrometError
-from pipeline.slides.slide import Slide, check_readable_folder, resize_rgb, rgba_to_rgb
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import Slide, SlideSource, check_readable_folder, resize_rgb, rgba_to_rgb
 from pipeline.slides.stain import normalize_stain
 from pipeline.training.config import DataConfig, TrainSettings
 from pipeline.training.sampling import (

@@ -32,8 +32,7 @@ from pipeline.errors import ConfigError
 from pipeline.outputs import atomic_write_text, csv_safe_row, csv_unquote
 from pipeline.slides.annotations import Annotation, read_annotations, warn_outlines_outside
 from pipeline.slides.formats import OPENSLIDE_SUFFIXES
-from pipeline.slides.slide import check_readable_folder
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource, check_readable_folder
 from pipeline.slides.tissue import detect_tissue
 
 log = logging.getLogger(__name__)

@@ -291,7 +291,7 @@ from pipeline.detection import inference
 from pipeline.slides import readers
 from pipeline.cli import main
 from pipeline.config import TilingConfig
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource
 from pipeline.slides.tiling import plan_tiles
 from pipeline.slides.tissue import TissueMask
 

@@ -25,8 +25,7 @@ from pipeline.models import ModelCard, build_model, save_checkpoint
 from pipeline.models.architectures import Dense96
 from pipeline.slides import readers
 from pipeline.slides.readers import read_geometry
-from pipeline.slides.slide import open_slide
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource, open_slide
 from pipeline.slides.tiling import TileGrid, plan_tiles, subset_grid
 
 # The synthetic slide: 0.5 µm/px, scored at 1.0 µm/px (pyramid level 1, downsample 2).

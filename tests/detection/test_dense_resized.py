@@ -21,8 +21,7 @@ from pipeline.detection.inference import prepare_model, score_prepared
 from pipeline.models import ModelCard, save_checkpoint
 from pipeline.models.architectures import Dense96
 from pipeline.slides.readers import RegionDataset, RegionTiles, read_geometry, tile_level_xy
-from pipeline.slides.slide import open_slide
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource, open_slide
 from pipeline.slides.tiling import TileGrid
 from tests.detection.test_dense_inference import (
     ATOL,

@@ -35,8 +35,7 @@ from pipeline.slides.readers import (
     read_one_tile,
     tile_level_xy,
 )
-from pipeline.slides.slide import open_slide
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource, open_slide
 from pipeline.slides.tiling import TileGrid, plan_tiles
 from pipeline.slides.tissue import TissueMask
 
@@ -415,7 +414,7 @@ from pipeline.slides import readers
 from pipeline.config import InferenceConfig, TilingConfig
 from pipeline.detection.inference import score_tiles
 from pipeline.models import ModelCard, build_model
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource
 from pipeline.slides.tiling import plan_tiles
 from pipeline.slides.tissue import TissueMask
 

@@ -26,7 +26,7 @@ from pipeline.review.viewer.static_report import (
     build_static_report,
     write_static_report,
 )
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource
 from tests.viewer_batch import (
     FAILED_ERROR,
     FAILED_ID,

@@ -11,8 +11,14 @@ import pytest
 from conftest import FIXTURES
 
 from pipeline.errors import MissingMppError, SlideOpenError
-from pipeline.slides.slide import open_slide, open_slide_for_user
-from pipeline.slides.source import MPP_FROM_METADATA, PIXELS_ONLY, NoPhysicalResolutionError, SlideSource
+from pipeline.slides.slide import (
+    MPP_FROM_METADATA,
+    PIXELS_ONLY,
+    NoPhysicalResolutionError,
+    SlideSource,
+    open_slide,
+    open_slide_for_user,
+)
 
 BAD = FIXTURES / "bad_slides"
 

@@ -11,7 +11,7 @@ from conftest import draw_tissue_rgb, write_pyramid_tiff
 
 from pipeline.errors import ConfigError
 from pipeline.slides.annotations import Annotation, write_asap_xml, write_geojson
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource
 from pipeline.training.sampling import (
     AnnotatedSlide,
     PatchSample,

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from pipeline.detection.heatmap import Heatmap
 from pipeline.review.colors import CANDIDATE_COLOR, OUTLINE_HALO_COLOR, category_color, hex_to_rgb
 from pipeline.review.overlay import blend_heatmap
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource
 
 # Deposits smaller than this on the thumbnail also get a ring, so an ITC stays visible.
 MIN_VISIBLE_OUTLINE_PX = 8

@@ -35,7 +35,7 @@ from pipeline.review.viewer.batch_index import (
 from pipeline.review.viewer.patients import load_patient_view
 from pipeline.review.viewer.render import blank_thumbnail, render_review_image, slide_thumbnail
 from pipeline.review.viewer.templating import TEMPLATES_DIR, format_number, read_static, template_globals
-from pipeline.slides.source import SlideSource
+from pipeline.slides.slide import SlideSource
 from pipeline.staging import DEFAULT_CELL_RULE
 
 log = logging.getLogger(__name__)

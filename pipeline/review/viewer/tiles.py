@@ -66,8 +66,7 @@ def _tile_from_level0(path: Path, generator: Any, level: int, col: int, row: int
     The slide is opened for its pixels only: a tile needs no µm/px, and none is made up."""
     from PIL import Image
 
-    from pipeline.slides.slide import resize_rgb
-    from pipeline.slides.source import SlideSource
+    from pipeline.slides.slide import SlideSource, resize_rgb
 
     (x_px, y_px), slide_level, (width_px, height_px) = generator.get_tile_coordinates(level, (col, row))
     tile_w, tile_h = generator.get_tile_dimensions(level, (col, row))
