@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import openslide
 import pytest
+from conftest import FIXTURES
 from flask.testing import FlaskClient
 from PIL import Image
 
@@ -397,3 +398,26 @@ def test_slide_page_shows_review_flag_cell_rule_and_size_note(own_batch: Path) -
     assert "size-first" in html and "95 % error measured" in html and "bound set by the heatmap grid" in html
     index = create_app(own_batch).test_client().get("/").get_data(as_text=True)
     assert 'class="badge review-flag"' in index
+
+
+def test_an_undecodable_tile_of_a_slide_without_mpp_is_reread_for_its_pixels_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The level-0 fallback opens the slide with SlideSource.pixels_only: a tile needs no µm/px,
+    # so a slide recording none (a plain TIFF) still gets its tile, and no resolution is made up.
+    path = FIXTURES / "bad_slides" / "no_resolution.tif"
+    cache = DeepZoomCache(TileConfig())
+    generator = cache.generator(path)
+    level = generator.level_count - 1
+    expected = np.asarray(generator.get_tile(level, (0, 0)).convert("RGB"), dtype=np.int16)
+
+    def undecodable(*args: Any) -> Any:
+        raise openslide.OpenSlideError("Cannot decode tile")
+
+    monkeypatch.setattr(generator, "get_tile", undecodable)
+    served = cache.tile_jpeg(path, level, 0, 0)
+    assert served is not None
+    tile = np.asarray(Image.open(io.BytesIO(served)).convert("RGB"), dtype=np.int16)
+    assert tile.shape == expected.shape
+    assert np.abs(tile - expected).mean() < 4  # the same pixels, through JPEG
+    assert len(cache) == 0  # the handle that raised was discarded
