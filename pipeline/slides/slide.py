@@ -106,8 +106,8 @@ class SlideSource:
     path: the file OpenSlide opens (a DICOM series folder resolved to its first .dcm file).
     mpp: level-0 µm/px to read it at; None before a ``metadata`` source is first opened (the
     slide's own value is read then; ``Slide.source`` carries it) and always for ``pixels only``.
-    mpp_from: where ``mpp`` comes from: "metadata", the flag or setting that gave it
-    ("--mpp", "--mpp-csv", "slide_mpp", ...), or "pixels only" (no physical resolution).
+    mpp_from: where ``mpp`` comes from: "metadata", the flag or record that gave it
+    ("--mpp", "--mpp-csv", "--slide-mpp", "the batch's record"), or "pixels only" (none).
     """
 
     path: Path
@@ -230,8 +230,8 @@ class Slide:
     ) -> tuple[float | None, str, float | None]:
         """(mpp, SlideInfo.mpp_source, metadata_mpp) for ``source``.
 
-        A given µm/px is checked and used as is; so is a metadata source's recorded value when
-        it is reopened (``Slide.source``), which reads the same value again.
+        A given µm/px is checked and used as is; so is the value a metadata source recorded
+        when first opened, on reopening (``Slide.source``), so every reopening reads alike.
         """
         if not source.has_mpp:
             return None, source.mpp_from, None
