@@ -22,6 +22,7 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         "test_a_grid_ending_in_partial_blocks_with_holes_is_scored_exactly",
     ),
     "tests/slides/test_formats.py": ("test_a_dicom_wsi_made_with_wsidicomizer_round_trips",),
+    "tests/benchmarks/test_hostile_sweep.py": ("test_a_seeded_sample_of_real_cases_runs_and_is_counted",),
     "tests/training/test_train.py": ("test_hard_negative_mining_adds_normal_tiles_outside_tumor",),
     "tests/models/test_checkpoint.py": (
         "test_training_state_round_trip_resumes_the_optimizer",

@@ -231,7 +231,9 @@ INPUT_FLAGS: tuple[tuple[str, str], ...] = (
     ("review", "#2"), ("review", "#4"), ("bench", "--model"), ("demo", "--model"),
 )
 # An empty truth folder leaves every slide without an outline: read as a normal slide.
-_MAY_BE_ACCEPTED = frozenset({("evaluate", "--truth-dir", "empty_dir")})
+# An empty TOML file sets nothing: the defaults.
+_MAY_BE_ACCEPTED = frozenset({("evaluate", "--truth-dir", "empty_dir"), ("infer", "--config", "empty_file"),
+                              ("stage", "--config", "empty_file"), ("train", "--config", "empty_file")})
 
 
 def _output_paths(kind: str) -> tuple[tuple[str, str, tuple[Step, ...], tuple[Guard, ...], bool], ...]:

@@ -44,7 +44,8 @@ _OUTPUT_LIMIT_BYTES = 1 << 20
 _MORE_MODULES = ("encodings.unicode_escape", "encodings.idna", "encodings.utf_16", "encodings.utf_32",
                  "encodings.latin_1", "encodings.ascii", "encodings.cp1252", "concurrent.futures.process",
                  "concurrent.futures.thread", "multiprocessing.popen_fork",
-                     "multiprocessing.popen_spawn_posix")
+                     "multiprocessing.popen_spawn_posix",
+                 "socketserver", "http.server", "webbrowser", "mimetypes", "pipeline.cli.view")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +259,9 @@ def _start(body: Callable[[], int | None], log: Path) -> int:
             handle = os.open(f"{log}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(handle, fd)
             os.close(handle)
+        # a parent whose sys.stdout / sys.stderr are not fds 1 and 2 (pytest's capture)
+        sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
         result = body()
         code = result if isinstance(result, int) else 0
     except BaseException:
@@ -341,6 +345,8 @@ def classify(case: Case, code: int | None, timed_out: bool, stdout: str, stderr:
         return "hang", f"no exit before the timeout; last output: {(stdout + stderr)[-200:]!r}"
     if code == 97 and "SWEEP-SETUP-ERROR" in stderr:
         return "setup_error", stderr.strip()[-300:]
+    if "ModuleNotFoundError" in stderr and any(step.action == "chmod" for step in case.steps):
+        return "setup_error", "run as nobody, Python could not import a module it cannot read"
     if ("Traceback (most recent call last)" in stdout + stderr or "internal error:" in stderr
             or "SWEEP-UNCAUGHT" in stderr or code is None or code < 0):
         reason = next((line for line in lines if "internal error:" in line),

@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    for word in words:
+        # argparse takes "--flag=--" as an empty list without calling the flag's type
+        if word.startswith("--") and word.endswith("=--"):
+            parser.error(f"argument {word.split('=', 1)[0]}: '--' is not a value")
+    args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
@@ -75,14 +80,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"micromet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.filename is None:
+            return _internal_error(args.command, argv, exc)
+        # a path the system refused (name too long, a link loop, no permission): the user's to fix
+        print(f"micromet {args.command}: error: {exc.filename}: {exc.strerror or exc}; check the path",
+              file=sys.stderr)
+        return 1
     except Exception as exc:  # the last resort: a bug, reported in one line with its log
-        log_path = write_crash_log(args.command, argv)
-        print(
-            f"micromet {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}; "
-            f"the traceback is in {log_path}; please report it with that file",
-            file=sys.stderr,
-        )
-        return 2
+        return _internal_error(args.command, argv, exc)
+
+
+def _internal_error(command: str, argv: Sequence[str] | None, exc: Exception) -> int:
+    """Report a bug in one line naming its crash log; exit code 2."""
+    log_path = write_crash_log(command, argv)
+    print(
+        f"micromet {command}: internal error: {type(exc).__name__}: {_one_line(exc)}; "
+        f"the traceback is in {log_path}; please report it with that file",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _error_line(exc: MicrometError) -> str:

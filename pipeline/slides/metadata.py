@@ -202,6 +202,8 @@ def read_mpp_csv(path: Path) -> dict[str, float]:
 
     from pipeline.errors import ConfigError
 
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise ConfigError(f"{path}: the --mpp-csv file is not a regular file; pass a CSV file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -26,9 +27,9 @@ from torch import nn
 
 from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 from pipeline.detection.inference import check_finite_probabilities
-from pipeline.errors import ConfigError, OutputError
+from pipeline.errors import ConfigError
 from pipeline.models import ModelCard
-from pipeline.outputs import csv_safe_row
+from pipeline.outputs import atomic_write_text, csv_safe_row
 from pipeline.slides.slide import check_readable_folder
 from pipeline.slides.stain import normalize_stain
 from pipeline.training.datasets import IMAGE_SUFFIXES, PatchImageError, fit_to_tile, load_rgb
@@ -245,18 +246,13 @@ def classify_patches(
 
 
 def write_scores_csv(path: Path, scores: Sequence[PatchScore]) -> Path:
-    """Write ``path,tumor_probability,error`` rows (probability to 6 decimals) atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            for s in scores:
-                p = "" if s.tumor_probability is None else f"{s.tumor_probability:.6f}"
-                writer.writerow(csv_safe_row([s.path, p, s.error]))
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the scores CSV ({exc})") from exc
+    """Write ``path,tumor_probability,error`` rows (probability to 6 decimals) atomically; a
+    folder, device or FIFO at ``path`` is refused (OutputError), never replaced."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for s in scores:
+        p = "" if s.tumor_probability is None else f"{s.tumor_probability:.6f}"
+        writer.writerow(csv_safe_row([s.path, p, s.error]))
+    atomic_write_text(path, buffer.getvalue())
     return path

@@ -115,7 +115,11 @@ class BatchIndex:
     still be running). Thread-safe; never writes."""
 
     def __init__(self, batch_dir: Path) -> None:
-        self.root = Path(batch_dir).resolve()
+        try:
+            self.root = Path(batch_dir).resolve()
+        except RuntimeError as exc:  # Python 3.11 raises this for a symbolic link loop
+            raise OutputError(f"{batch_dir}: a symbolic link loop, not a batch folder; pass the folder "
+                              "`micromet infer --out` wrote") from exc
         self.manifest_path = manifest_path(self.root)
         read_manifest(self.root)  # raises OutputError for a folder without a readable manifest
         self._lock = threading.Lock()

@@ -1,0 +1,107 @@
+"""Bad inputs found by the hostile sweep (issue 22, scripts/hostile_sweep.py), each refused in
+one line naming what to fix: no traceback, no hang, nothing of the user's replaced."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import draw_tissue_rgb, run_cli, write_untrained_checkpoint
+from PIL import Image
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err and "internal error" not in err, err
+    return [line for line in err.splitlines() if "error:" in line]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["info", "slide.tif", "--mpp=--"],
+        ["classify", "patch.png", "--mpp=--", "--out", "scores.csv"],
+        ["evaluate", "--batch", "batch", "--out", "eval", "--seed=--"],
+        ["evaluate", "--batch", "batch", "--out", "eval", "--tolerance-um=--"],
+        ["report", "batch", "--thumbnail-px=--"],
+        ["synth", "--out", "synth", "--deposit=--"],
+        ["view", "batch", "--port=--"],
+        ["demo", "--seed=--"],
+    ],
+)
+def test_a_flag_given_double_dash_as_its_value_is_a_usage_error(args: list[str], tmp_path: Path) -> None:
+    # argparse reads "--flag=--" as an empty list without calling the flag's type
+    code, err = run_cli([a if a.startswith("-") or a in ("info", "classify", "evaluate", "report", "synth",
+                                                          "view", "demo") else tmp_path / a for a in args])
+    lines = _error_lines(err)
+    assert code == 2 and len(lines) == 1 and "'--' is not a value" in lines[0], err
+
+
+@pytest.mark.parametrize("command", [
+    ["info"], ["stage", "--out", "x.csv", "--categories"], ["infer", "--out", "out"],
+    ["train", "--out", "run", "--config"], ["classify", "--mpp", "0.5", "--out", "x.csv"],
+])
+def test_a_path_too_long_for_the_system_is_one_error_line_naming_it(
+    command: list[str], tmp_path: Path
+) -> None:
+    args = [tmp_path / a if a in ("x.csv", "out", "run") else a for a in command]
+    code, err = run_cli([*args, tmp_path / ("n" * 300)])
+    lines = _error_lines(err)
+    assert code == 1 and len(lines) == 1 and "nnnnnnnn" in lines[0], err
+
+
+def test_classify_refuses_an_empty_out_and_a_fifo_out_and_keeps_the_fifo(tmp_path: Path) -> None:
+    model = write_untrained_checkpoint(tmp_path / "model.pt")
+    patch = tmp_path / "patch.png"
+    Image.fromarray(draw_tissue_rgb(64, 64)).save(patch)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for out in ("", fifo):
+        code, err = run_cli(["classify", patch, "--mpp", "0.5", "--model", model, "--device", "cpu",
+                             "--no-progress", "--out", out])
+        lines = _error_lines(err)
+        assert code == 1 and len(lines) == 1 and "cannot write here" in lines[0], err
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.parametrize("command", [["report"], ["view", "--no-browser", "--port", "0"]])
+def test_a_batch_folder_that_is_a_symlink_loop_is_refused(command: list[str], tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    code, err = run_cli([*command, loop])
+    lines = _error_lines(err)
+    assert code == 1 and len(lines) == 1 and str(loop) in lines[0], err
+
+
+def test_an_mpp_csv_that_is_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.slides.metadata import read_mpp_csv
+
+    fifo = tmp_path / "mpp.csv"
+    os.mkfifo(fifo)
+
+    def release() -> None:  # were the FIFO opened, this ends the read (empty) instead of hanging
+        fd = os.open(fifo, os.O_WRONLY)
+        os.close(fd)
+
+    opener = threading.Timer(10.0, release)
+    opener.daemon = True
+    opener.start()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_mpp_csv(fifo)
+    opener.cancel()
+
+
+def test_report_refuses_an_out_that_would_replace_the_batch_manifest(tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    manifest = batch / "manifest.json"
+    manifest.write_text('{"slides": {}}\n')
+    for name in ("manifest.json", "summary.csv"):
+        (batch / name).touch(exist_ok=True)
+        code, err = run_cli(["report", batch, "--out", batch / name])
+        lines = _error_lines(err)
+        assert code == 1 and len(lines) == 1 and "would replace a file of the batch" in lines[0], err
+    assert manifest.read_text() == '{"slides": {}}\n'
