@@ -189,3 +189,27 @@ def test_slides_are_reopened_through_their_source_outside_pipeline_slides() -> N
             if name in ("open_slide", "Slide") and (overrides or positional_mpp):
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not found, f"slides reopened from a (path, mpp) pair instead of a SlideSource: {found}"
+
+
+def test_every_package_names_its_public_names() -> None:
+    # Each package's __init__ lists what it offers in __all__: its re-exported names, or (for a
+    # package that loads its modules on use) every public module and subpackage.
+    import importlib
+
+    problems: list[str] = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        name = ".".join(init.relative_to(PACKAGE.parent).parent.parts)
+        package = importlib.import_module(name)
+        exported = getattr(package, "__all__", None)
+        if exported is None:
+            problems.append(f"{name}: no __all__")
+            continue
+        modules = {p.stem for p in init.parent.glob("*.py") if not p.stem.startswith("_")}
+        modules |= {p.parent.name for p in init.parent.glob("*/__init__.py")}
+        unknown = [n for n in exported if not hasattr(package, n) and n not in modules]
+        if unknown:
+            problems.append(f"{name}: __all__ names what it does not hold: {unknown}")
+        reexports = [n for n in exported if n not in modules]
+        if not reexports and set(exported) != modules:
+            problems.append(f"{name}: __all__ leaves out modules {sorted(modules - set(exported))}")
+    assert not problems, problems

@@ -3,3 +3,12 @@ measured deposits: ``measure`` (connected components, max Feret diameter in mm,
 area, the seed threshold), ``refine`` (finer grids near the 0.2 / 2.0 mm cut-offs),
 ``cells`` (tumor nucleus counts).
 """
+
+
+# The package's public modules (imported on use, so importing the package stays cheap).
+__all__ = [
+    "cells",
+    "decide",
+    "measure",
+    "refine",
+]

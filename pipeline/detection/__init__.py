@@ -3,3 +3,13 @@ tile and the heatmap. ``inference`` (one prepared model per slide, readers,
 precision), ``cpu_plan`` (readers vs torch threads), ``cascade`` (the screen, on by default),
 ``heatmap`` (probabilities on the grid, saved and reloaded exactly).
 """
+
+
+# The package's public modules (imported on use, so importing the package stays cheap).
+__all__ = [
+    "cascade",
+    "cpu_plan",
+    "dense",
+    "heatmap",
+    "inference",
+]

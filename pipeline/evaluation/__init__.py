@@ -12,3 +12,17 @@
 The metrics are plain functions on plain data, imported from their modules (this package
 re-exports nothing, so reading one metric loads no other). See docs/evaluation.md.
 """
+
+
+# The package's public modules (imported on use, so importing the package stays cheap).
+__all__ = [
+    "batch",
+    "froc",
+    "inputs",
+    "kappa",
+    "node_scale",
+    "plots",
+    "reviews",
+    "sizes",
+    "slide_auc",
+]

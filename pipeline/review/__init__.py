@@ -5,3 +5,17 @@ overlay.png), ``colors`` (one palette), ``reviews`` and ``review_import`` (a pat
 review of a slide: review.geojson / review.xml, the reviewed category) and ``viewer``
 (static HTML report and the deep-zoom web viewer).
 """
+
+
+# The package's public modules (imported on use, so importing the package stays cheap).
+__all__ = [
+    "cartoon",
+    "colors",
+    "exports",
+    "overlay",
+    "report",
+    "review_files",
+    "review_import",
+    "reviews",
+    "viewer",
+]

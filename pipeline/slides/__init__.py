@@ -11,3 +11,25 @@ coarser levels of single-level ones), ``qc``, ``tissue``, ``tiling``, ``readers`
 ``annotations`` (+ ``annotation_model``, ``annotation_formats``, ``annotation_geometry``, the
 one polygon rasteriser).
 """
+
+
+# The package's public modules (imported on use, so importing the package stays cheap).
+__all__ = [
+    "annotation_formats",
+    "annotation_geometry",
+    "annotation_model",
+    "annotations",
+    "computed_levels",
+    "formats",
+    "handles",
+    "integrity",
+    "metadata",
+    "nuclei",
+    "plain_images",
+    "qc",
+    "readers",
+    "slide",
+    "stain",
+    "tiling",
+    "tissue",
+]
