@@ -83,6 +83,7 @@ def _inference_facts(context: ScoringContext, runs: Sequence[InferenceStats]) ->
     facts = {
         "device": runs[0].device,
         "precision": runs[0].precision,
+        "precision_probe": runs[0].precision_probe,  # fp32 vs bf16 timings where "auto" measured them
         "mode": max(tiles_by_mode, key=lambda mode: tiles_by_mode[mode]),  # "dense" or "tiles"
         "tiles_by_mode": tiles_by_mode,
         "compiled": context.inference.compile,

@@ -12,4 +12,5 @@ __all__ = [
     "dense",
     "heatmap",
     "inference",
+    "precision",
 ]

@@ -5,7 +5,7 @@ readers.py``), sent as uint8 arrays about a batch per message; the main process 
 one reusable batch buffer (pinned for CUDA), moves it to the device, normalises it there with the
 card's mean/std and scores it under ``inference_mode`` with the model's BatchNorms folded into its
 convolutions. Memory stays bounded: only the items in flight are held, never all tiles.
-``naive_score_tiles`` (one read per tile, batch of one, unfolded model) is the reference it must match.
+``naive_score_tiles`` (one read per tile, batch of one, unfolded model) is the reference.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 from pipeline.config import InferenceConfig
 from pipeline.detection.cpu_plan import CpuPlan, fixed_plan, plan_cpu
 from pipeline.detection.dense import DenseBatcher, dense_forward, plan_dense
+from pipeline.detection.precision import scoring_dtype
 from pipeline.errors import CheckpointError, ConfigError, SlideOpenError
 from pipeline.models import ModelCard, choose_device
-from pipeline.models.device import precision_name, scoring_autocast_dtype
+from pipeline.models.device import precision_name
 from pipeline.slides.readers import (
     ReadGeometry,
     RegionDataset,
@@ -69,7 +70,8 @@ class InferenceStats:
     compute_s: time spent moving, normalising and scoring tiles. device: e.g. "cpu", "cuda:0".
     read_level: pyramid level read. cpu_threads: torch threads used on the CPU.
     cpu_plan: reader processes and threads chosen for the run, and why.
-    precision: the autocast the model ran under ("fp32", "bf16" or "fp16"). mode: "tiles" or "dense".
+    precision: the autocast the model ran under ("fp32", "bf16" or "fp16"), precision_probe: the
+    timings that chose it (``pipeline.detection.precision``) or None. mode: "tiles" or "dense".
     partner: the run of a card's partner model (``pipeline.models.partner``)."""
 
     n_tiles: int
@@ -85,6 +87,7 @@ class InferenceStats:
     precision: str = precision_name(None)  # plain fp32
     mode: str = "tiles"
     partner: bool = False
+    precision_probe: dict[str, float | str | int] | None = None
 
 
 class _Scorer:
@@ -92,7 +95,7 @@ class _Scorer:
 
     def __init__(self, model: nn.Module, card: ModelCard, device: torch.device, precision: str):
         self.device = device
-        self.dtype = scoring_autocast_dtype(device, precision)
+        self.dtype, self.probe = scoring_dtype(model, card.tile_size_px, device, precision)
         self.model = model
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(shape)
@@ -411,22 +414,15 @@ def score_prepared(
         cpu_threads=cpu.torch_threads,
         cpu_plan=cpu,
         precision=precision_name(scorer.dtype),
+        precision_probe=None if scorer.probe is None else scorer.probe.to_dict(),
         mode="dense" if dense else "tiles",
     )
     log.info(
         "%s: scored %d tiles (%s) in %d reads at level %d on %s: %.1f tiles/s (waited %.1f s for "
         "tiles, computed %.1f s); %s",
-        slide_path,
-        stats.n_tiles,
-        stats.mode,
-        stats.n_regions,
-        stats.read_level,
-        stats.device,
-        stats.tiles_per_s,
-        stats.wait_s,
-        stats.compute_s,
-        cpu.reason,
-    )
+        slide_path, stats.n_tiles, stats.mode, stats.n_regions, stats.read_level, stats.device,
+        stats.tiles_per_s, stats.wait_s, stats.compute_s, cpu.reason,
+    )  # fmt: skip
     return out, stats
 
 
