@@ -104,6 +104,19 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_text(path, text + "\n")
 
 
+def refuse_replacing_batch_file(batch_dir: Path, out_path: Path, flag: str, allowed_name: str = "") -> None:
+    """OutputError where ``out_path`` would replace an existing file of the batch folder
+    ``batch_dir`` (its manifest, summary, a slide's outputs), except one named ``allowed_name``."""
+    try:
+        inside = out_path.resolve().is_relative_to(batch_dir.resolve())
+        taken = out_path.exists() or out_path.is_symlink()
+    except (OSError, RuntimeError):
+        return  # a path the system refuses: its writer names it
+    if inside and taken and out_path.name != allowed_name:
+        raise OutputError(f"{out_path}: {flag} would replace a file of the batch folder {batch_dir}; "
+                          "write it outside the batch folder")
+
+
 def check_writable_folder(folder: Path) -> None:
     """Create ``folder`` if needed and prove it is writable; raises OutputError otherwise."""
     try:

@@ -248,12 +248,14 @@ def _output_paths(kind: str) -> tuple[tuple[str, str, tuple[Step, ...], tuple[Gu
         ("chardev", "{case}/null", (Step("chardev", "{case}/null"),), (Guard("{case}/null", "chardev"),),
             True),
         ("fifo", "{case}/fifo", (Step("fifo", "{case}/fifo"),), (Guard("{case}/fifo", "fifo"),), True),
-        ("existing_file", "{case}/precious.txt", (sentinel,), (keep,), kind == "dir"),
+        # a file output named over an existing file replaces it, as asked; a folder output must not
+        ("existing_file", "{case}/precious.txt", (sentinel,), (keep,) if kind == "dir" else (),
+         kind == "dir"),
         ("existing_dir", "{case}/adir", (Step("mkdir", "{case}/adir"),), (Guard("{case}/adir", "dir"),),
          kind == "file"),
         ("read_only_dir", "{case}/ro/out", read_only, (), True),
         ("long_name", "{case}/" + "n" * 300, (), (), True),
-        ("symlink_loop", "{case}/loop", (loop,), (), True),
+        ("symlink_loop", "{case}/loop", (loop,), (), kind == "dir"),  # a file output replaces the link
         ("under_a_file", "{case}/precious.txt/out", (sentinel,), (keep,), True),
         ("dangling_symlink", "{case}/dangling", (dangling,), (), False),
         ("unicode", "{case}/\u00fc\u00f1\u00ef \u2603", (), (), False),

@@ -5,6 +5,7 @@ name collisions, outputs placed over inputs). ``all_cases`` lists every case of 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pipeline.benchmarks import hostile_files as files
@@ -66,15 +67,33 @@ def csv_cases(valid_index: bytes) -> list[Case]:
     return cases
 
 
+# Settings a flag of the base command line also sets: flags win over the file, so the flag is
+# dropped where the hostile file sets its key.
+_FLAG_OF_KEY = {"device": "--device", "num_workers": "--workers", "batch_size": "--batch-size",
+                "epochs": "--epochs", "max_steps": "--max-steps", "tile_size_px": "--tile-size-px",
+                "architecture": "--arch", "mpp": "--model-mpp", "patch_mpp": "--patch-mpp",
+                    "patches": "--patches"}
+
+
+def _without_flags_set_by(argv: tuple[str, ...], payload: bytes) -> tuple[str, ...]:
+    keys = set(re.findall(r"^\s*([A-Za-z_]+)\s*=", payload.decode("utf-8", "ignore"), flags=re.MULTILINE))
+    dropped = {_FLAG_OF_KEY[key] for key in keys if key in _FLAG_OF_KEY}
+    words = list(argv)
+    for flag in dropped & set(words):
+        index = words.index(flag)
+        del words[index : index + 2]
+    return tuple(words)
+
+
 def toml_cases() -> list[Case]:
     """Hostile settings files for infer, train and stage ``--config``."""
     cases: list[Case] = []
     path = "{case}/settings.toml"
     for kind in ("infer", "train", "stage"):
         for label, payload, refuse in files.toml_payloads(kind):
-            cases.append(Case(f"toml/{kind}/{label}", "toml", kind, with_value(base_argv(kind), "--config",
-                path),
-                              refuse, (Step("write", path, payload),)))
+            argv = with_value(_without_flags_set_by(base_argv(kind), payload), "--config", path)
+            cases.append(Case(f"toml/{kind}/{label}", "toml", kind, argv, refuse, (Step("write", path,
+                payload),)))
     return cases
 
 

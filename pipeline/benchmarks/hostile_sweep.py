@@ -345,8 +345,9 @@ def classify(case: Case, code: int | None, timed_out: bool, stdout: str, stderr:
         return "hang", f"no exit before the timeout; last output: {(stdout + stderr)[-200:]!r}"
     if code == 97 and "SWEEP-SETUP-ERROR" in stderr:
         return "setup_error", stderr.strip()[-300:]
-    if "ModuleNotFoundError" in stderr and any(step.action == "chmod" for step in case.steps):
-        return "setup_error", "run as nobody, Python could not import a module it cannot read"
+    as_nobody = any(step.action == "chmod" for step in case.steps)
+    if as_nobody and ("ModuleNotFoundError" in stderr or f"Permission denied: '{sys.executable}" in stderr):
+        return "setup_error", "run as nobody, Python could not read its own files"
     if ("Traceback (most recent call last)" in stdout + stderr or "internal error:" in stderr
             or "SWEEP-UNCAUGHT" in stderr or code is None or code < 0):
         reason = next((line for line in lines if "internal error:" in line),

@@ -59,10 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
-    for word in words:
-        # argparse takes "--flag=--" as an empty list without calling the flag's type
-        if word.startswith("--") and word.endswith("=--"):
-            parser.error(f"argument {word.split('=', 1)[0]}: '--' is not a value")
+    _refuse_odd_values(parser, words)
     args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
@@ -89,6 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:  # the last resort: a bug, reported in one line with its log
         return _internal_error(args.command, argv, exc)
+
+
+def _refuse_odd_values(parser: argparse.ArgumentParser, words: list[str]) -> None:
+    """A usage error for values argparse would take silently: "--flag=--" (an empty list that
+    skips the flag's type) and an empty value (a path "" reads as ".", the current folder)."""
+    for index, word in enumerate(words):
+        if word.startswith("--") and word.endswith("=--"):
+            parser.error(f"argument {word.split('=', 1)[0]}: '--' is not a value")
+        if word == "" or (word.startswith("--") and word.endswith("=")):
+            after_flag = index > 0 and words[index - 1].startswith("-")
+            name = word[:-1] if word else words[index - 1] if after_flag else "SLIDE/PATH"
+            parser.error(f"argument {name} is empty; give a value")
 
 
 def _internal_error(command: str, argv: Sequence[str] | None, exc: Exception) -> int:

@@ -9,6 +9,7 @@ it, unless --skip-bad is given: then its row has an empty probability and the er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size} is invalid; use 1 or more")
     files = list_patch_files(args.patches)
+    with contextlib.suppress(OSError, RuntimeError):  # a path the system refuses: the writer names it
+        if args.out.resolve() in {path.resolve() for path in files}:
+            raise ConfigError(f"{args.out}: --out is one of the patches to score; write the CSV elsewhere")
     model_path = resolve_model_path(args.model)
     device = choose_device(args.device)
     model, card = load_checkpoint(model_path, device)

@@ -123,8 +123,12 @@ def _synthesise(out_dir: Path, seed: int, texture: str, texture_dir: Path | None
 def run(args: argparse.Namespace) -> int:
     """Synthesise, infer, stage, report; exit 1 if a step failed."""
     from pipeline.cli import main as cli_main
+    from pipeline.models import load_checkpoint, resolve_model_path
+    from pipeline.outputs import check_writable_folder
 
     out_dir: Path = args.out
+    check_writable_folder(out_dir)  # a bad --out or --model stops here, not after minutes of synthesis
+    load_checkpoint(resolve_model_path(args.model), "cpu")
     texture, texture_dir = choose_texture(args.texture_data)
     slides = _synthesise(out_dir, args.seed, texture, texture_dir)
     batch = out_dir / "batch"
@@ -132,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         infer_args += ["--model", str(args.model)]
     code = cli_main(infer_args)
+    if code:
+        return code  # infer said why; stage and report would only repeat it
     stage_code = cli_main(["stage", "--batch", str(batch), "--out", str(out_dir / "stages.csv")])
     report_code = cli_main(["report", str(batch), "--out", str(out_dir / "report.html")])
     print()

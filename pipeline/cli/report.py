@@ -41,24 +41,10 @@ def add_patient_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _refuse_batch_file(batch_dir: Path, out_path: Path, report_name: str) -> None:
-    """ConfigError for an --out that would replace one of the batch's own files (its manifest,
-    summary, a slide's outputs); the batch's own report.html may be rewritten."""
-    from pipeline.errors import ConfigError
-
-    try:
-        inside = out_path.resolve().is_relative_to(batch_dir.resolve())
-        taken = out_path.exists() or out_path.is_symlink()
-    except (OSError, RuntimeError):
-        return  # a path the system refuses: the writer names it
-    if inside and taken and out_path.name != report_name:
-        raise ConfigError(f"{out_path}: --out would replace a file of the batch folder {batch_dir}; "
-                          f"write the report outside it, or as {batch_dir / report_name}")
-
-
 def run(args: argparse.Namespace) -> int:
     """Build and write the report; prints where it went."""
     from pipeline.errors import ConfigError
+    from pipeline.outputs import refuse_replacing_batch_file
     from pipeline.review.viewer.static_report import (
         DEFAULT_REPORT_NAME,
         StaticReportConfig,
@@ -70,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--thumbnail-px: {exc}") from exc
     out_path = args.out if args.out is not None else args.batch_dir / DEFAULT_REPORT_NAME
-    _refuse_batch_file(args.batch_dir, out_path, DEFAULT_REPORT_NAME)
+    refuse_replacing_batch_file(args.batch_dir, out_path, "--out", allowed_name=DEFAULT_REPORT_NAME)
     from pipeline.config import StagingConfig
 
     written = write_static_report(

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pipeline.batch.folder import read_manifest, read_report, report_category, report_path, report_warning
 from pipeline.config import StagingConfig, build_config, load_config_file
-from pipeline.errors import StagingError
-from pipeline.outputs import atomic_write_text, csv_safe_row
+from pipeline.errors import ConfigError, StagingError
+from pipeline.outputs import atomic_write_text, csv_safe_row, refuse_replacing_batch_file
 from pipeline.review.cartoon import NOT_MEANINGFUL, batch_cartoon_slides, cartoon_notice
 from pipeline.review.review_files import read_slide_review
 from pipeline.review.reviews import REVIEW_GEOJSON, check_review_matches
@@ -83,6 +83,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Read, stage, write; nothing is written when any input is invalid."""
     config = _staging_config(args.config, args.scheme)
+    if args.batch is not None:
+        refuse_replacing_batch_file(args.batch, args.out, "--out")
     qc_warnings: dict[str, str] = {}
     reviewed: dict[str, str] = {}
     if args.batch is not None:
@@ -165,7 +167,11 @@ def _with_reviews(
 
 
 def _staging_config(config_path: Path | None, scheme: str | None) -> StagingConfig:
-    section = load_config_file(config_path).get("staging") if config_path else None
+    sections = load_config_file(config_path) if config_path else {}
+    unknown = sorted(set(sections) - {"staging"})
+    if unknown:  # a misspelt [staging] would otherwise leave its scheme unread
+        raise ConfigError(f"{config_path}: unknown sections {unknown}; stage reads only [staging]")
+    section = sections.get("staging")
     source = str(config_path) if config_path else "--scheme"
     return build_config(StagingConfig, section, {"scheme": scheme}, source=source)
 

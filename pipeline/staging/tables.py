@@ -156,6 +156,9 @@ def _read_table(path: Path, what: str) -> _Table:
     lines = [(line, cells) for line, cells in lines if any(cells)]
     if not lines:
         raise StagingError(f"{path}: the {what} CSV is empty; it needs a header line")
+    for line, cells in lines:
+        if any("\x00" in cell for cell in cells):
+            raise StagingError(f"{path}: line {line}: a NUL byte; save the {what} CSV as plain UTF-8 text")
     header = tuple(name.lower() for name in lines[0][1])
     return _Table(path=path, columns=header, rows=tuple(lines[1:]))
 

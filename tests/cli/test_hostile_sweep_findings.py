@@ -52,13 +52,13 @@ def test_a_path_too_long_for_the_system_is_one_error_line_naming_it(
     assert code == 1 and len(lines) == 1 and "nnnnnnnn" in lines[0], err
 
 
-def test_classify_refuses_an_empty_out_and_a_fifo_out_and_keeps_the_fifo(tmp_path: Path) -> None:
+def test_classify_refuses_a_folder_out_and_a_fifo_out_and_keeps_the_fifo(tmp_path: Path) -> None:
     model = write_untrained_checkpoint(tmp_path / "model.pt")
     patch = tmp_path / "patch.png"
     Image.fromarray(draw_tissue_rgb(64, 64)).save(patch)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    for out in ("", fifo):
+    for out in (tmp_path, fifo):
         code, err = run_cli(["classify", patch, "--mpp", "0.5", "--model", model, "--device", "cpu",
                              "--no-progress", "--out", out])
         lines = _error_lines(err)
@@ -105,3 +105,92 @@ def test_report_refuses_an_out_that_would_replace_the_batch_manifest(tmp_path: P
         lines = _error_lines(err)
         assert code == 1 and len(lines) == 1 and "would replace a file of the batch" in lines[0], err
     assert manifest.read_text() == '{"slides": {}}\n'
+
+
+@pytest.mark.parametrize("args", [
+    ["info", ""], ["infer", "slide.tif", "--out="], ["stage", "--categories", "c.csv", "--out", ""],
+])
+def test_an_empty_value_is_a_usage_error_not_the_current_folder(args: list[str]) -> None:
+    code, err = run_cli(args)
+    lines = _error_lines(err)
+    assert code == 2 and len(lines) == 1 and "is empty; give a value" in lines[0], err
+
+
+def test_demo_refuses_a_bad_model_before_writing_any_slide(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    code, err = run_cli(["demo", "--out", out, "--model", tmp_path / "missing.pt"])
+    lines = _error_lines(err)
+    assert code == 1 and len(lines) == 1 and "missing.pt" in lines[0], err
+    assert not any(out.rglob("*.tif")) and not any(out.rglob("*.svs"))
+
+
+def test_bench_refuses_a_work_dir_that_is_a_file_and_a_missing_model(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep")
+    for extra in (["--work-dir", precious], ["--work-dir", tmp_path / "w", "--model", tmp_path / "none.pt"]):
+        code, err = run_cli(["bench", "--skip-tiatoolbox", *extra])
+        lines = _error_lines(err)
+        assert code == 1 and len(lines) == 1, err
+    assert precious.read_text() == "keep"
+
+
+def test_stage_refuses_an_out_that_would_replace_the_batch_manifest(tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    manifest = batch / "manifest.json"
+    manifest.write_text("{}\n")
+    code, err = run_cli(["stage", "--batch", batch, "--out", manifest])
+    lines = _error_lines(err)
+    assert code == 1 and len(lines) == 1 and "would replace a file of the batch" in lines[0], err
+    assert manifest.read_text() == "{}\n"
+
+
+def test_classify_refuses_an_out_that_is_one_of_its_patches(tmp_path: Path) -> None:
+    model = write_untrained_checkpoint(tmp_path / "model.pt")
+    patch = tmp_path / "patch.png"
+    Image.fromarray(draw_tissue_rgb(64, 64)).save(patch)
+    before = patch.read_bytes()
+    code, err = run_cli(["classify", patch, "--mpp", "0.5", "--model", model, "--out", patch])
+    lines = _error_lines(err)
+    assert code == 1 and len(lines) == 1 and "one of the patches" in lines[0], err
+    assert patch.read_bytes() == before
+
+
+def test_stage_refuses_a_config_section_it_does_not_read(tmp_path: Path) -> None:
+    config = tmp_path / "stage.toml"
+    config.write_text("[stage]\nscheme = 'ajcc'\n")  # misspelt [staging]: the scheme would go unread
+    categories = tmp_path / "categories.csv"
+    categories.write_text("slide,category\npatient_000_node_0,negative\n")
+    code, err = run_cli(["stage", "--categories", categories, "--config", config, "--out",
+        tmp_path / "out.csv"])
+    lines = _error_lines(err)
+    assert code == 1 and len(lines) == 1 and "unknown sections ['stage']" in lines[0], err
+
+
+def test_a_patient_mapping_with_a_nul_byte_is_refused_naming_the_line(tmp_path: Path) -> None:
+    from pipeline.errors import StagingError
+    from pipeline.staging.tables import read_patient_mapping_csv
+
+    path = tmp_path / "patients.csv"
+    path.write_text("slide,patient\npatient_000_node_0,pat\x00ient\n")
+    with pytest.raises(StagingError, match=r"patients\.csv: line 2: a NUL byte"):
+        read_patient_mapping_csv(path)
+
+
+def test_a_reference_csv_that_is_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    from pipeline.errors import EvaluationError
+    from pipeline.evaluation.inputs import read_camelyon16_reference_csv, read_camelyon17_stages_csv
+
+    fifo = tmp_path / "reference.csv"
+    os.mkfifo(fifo)
+
+    def release() -> None:
+        os.close(os.open(fifo, os.O_WRONLY))
+
+    for reader in (read_camelyon16_reference_csv, read_camelyon17_stages_csv):
+        opener = threading.Timer(10.0, release)
+        opener.daemon = True
+        opener.start()
+        with pytest.raises(EvaluationError, match="not a regular file"):
+            reader(fifo)
+        opener.cancel()
