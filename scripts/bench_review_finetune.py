@@ -6,6 +6,7 @@ docs/benchmarks.md, "Learning from reviews").
 
     python scripts/bench_review_finetune.py run [--work runs/review_finetune] [--epochs 2 ...]
         [--swap] [--lr 3e-4] [--tiles-per-deposit 32] [--seed 0] [--data ../shared/data]
+        [--keep-partner / --no-keep-partner]  (default: keep the default model's partner, a pair)
     python scripts/bench_review_finetune.py slides [--work ...]
 """
 

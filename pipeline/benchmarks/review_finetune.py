@@ -18,10 +18,14 @@ Steps (each resumable: a step whose output is in --work is skipped):
    node-scale TRAIN part's patches (tumor and normal; never dev or test tumor) so the model does
    not forget; then ``finetuned.pt`` = those weights with the default card's decision rules
    (threshold, stride, seed, confirm, size calibration), since a fine-tuned card gets none.
+   Training changes the default's primary model only; with --keep-partner (the default when
+   the default card names a partner) ``finetuned.pt``'s card also names the default's partner,
+   copied beside it unchanged, so the fine-tuned model is judged as a pair, as the default is.
 4. measure: ``micromet infer`` of both models on the held-out and reviewed halves (deposits
    and candidates per mm²), and ``scripts/bench_node_scale.py score/report --part dev`` for the
    micro and ITC-size sensitivity of both (the default model's dev heatmaps are reused from
-   --default-node-work when they were scored with the same weights).
+   --default-node-work when they were scored with the same file, SHA-256 checked; both parts'
+   surfaces are checked to be the same, pixel for pixel).
 ``summary.json`` and a Markdown summary are written to --work. ``--swap`` runs the second fold
 (the half called "heldout" is reviewed and the half called "reviewed" held out), in its own --work.
 The slides are ``review_finetune_slides``'s; ``scripts/bench_review_finetune.py`` is the command line.
@@ -36,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -205,16 +210,53 @@ def train_command(args: argparse.Namespace, work: Path, reviewed_batch: Path, pa
     )  # fmt: skip
 
 
-def with_default_rules(trained: Path, out: Path, default: Path = DEFAULT_MODEL) -> Path:
-    """``out``: the weights of ``trained`` with the decision rules (RULE_FIELDS) of ``default``'s card."""
+def with_default_rules(
+    trained: Path, out: Path, default: Path = DEFAULT_MODEL, keep_partner: bool = False
+) -> Path:
+    """``out``: the weights of ``trained`` with the decision rules (RULE_FIELDS) of ``default``'s
+    card. With ``keep_partner`` the card also names ``default``'s partner (unchanged), copied
+    beside ``out`` under its own file name, so the fine-tuned model scores as a pair (its
+    SHA-256 is checked on load); a ``default`` without a partner is refused then."""
     from pipeline.models import load_checkpoint, read_card, save_checkpoint
 
     model, card = load_checkpoint(trained)
-    rules = {name: getattr(read_card(default), name) for name in RULE_FIELDS}
+    default_card = read_card(default)
+    rules: dict[str, Any] = {name: getattr(default_card, name) for name in RULE_FIELDS}
     notes = f"{card.notes}; decision rules ({', '.join(RULE_FIELDS)}) copied from {default}'s card"
+    if keep_partner:
+        rules["partner"] = dict(keep_partner_file(default, out.parent))
+        notes += f"; averaged with {default}'s unchanged partner {rules['partner']['file']}"
     card = dataclasses.replace(card, **rules, notes=notes)
     save_checkpoint(out, model, card, {"script": "scripts/bench_review_finetune.py"})
+    if keep_partner:
+        load_checkpoint_pair(out)  # refuse to finish with a pair that does not load
     return out
+
+
+def keep_partner_file(default: Path, folder: Path) -> dict[str, str]:
+    """Copy the partner ``default``'s card names into ``folder`` (same file name; kept when an
+    identical file is there); the card's partner entry. Raises ConfigError without a partner."""
+    from pipeline.models import read_card
+    from pipeline.models.partner import partner_path
+
+    card = read_card(default)
+    source = partner_path(default, card)
+    if source is None:
+        raise ConfigError(f"{default}: its card names no partner; run with --no-keep-partner")
+    target = folder / source.name
+    if not (target.is_file() and file_sha256(target) == card.partner["sha256"]):
+        shutil.copyfile(source, target)
+    return dict(card.partner)
+
+
+def load_checkpoint_pair(path: Path) -> None:
+    """Load ``path`` and the partner its card names (file, SHA-256 and tile geometry checked)."""
+    from pipeline.models import load_checkpoint
+    from pipeline.models.partner import load_partner
+
+    _, card = load_checkpoint(path)
+    if load_partner(path, card) is None:
+        raise ConfigError(f"{path}: its card names no partner although the bench kept one")
 
 
 def finetune(args: argparse.Namespace, work: Path, reviewed_batch: Path) -> Path:
@@ -225,7 +267,7 @@ def finetune(args: argparse.Namespace, work: Path, reviewed_batch: Path) -> Path
     command = train_command(args, work, reviewed_batch, train_patch_folder(work, args.data))
     (work / "train_command.txt").write_text(" ".join(command) + "\n", encoding="utf-8")
     run_command(command, work / "train.log")
-    return with_default_rules(work / "train" / "last.pt", target)
+    return with_default_rules(work / "train" / "last.pt", target, keep_partner=args.keep_partner)
 
 
 # --- step 4: measuring ----------------------------------------------------------------------
@@ -282,13 +324,35 @@ def node_scale(work: Path, model: Path, name: str, reuse: Path | None) -> dict[s
     return figures
 
 
+def same_surfaces(first: Path, second: Path) -> bool:
+    """Whether two bench_node_scale.py parts hold the same surfaces (names and images, pixel for
+    pixel): the two models' node-scale figures then come from the same material."""
+    names = sorted(p.name for p in first.glob("*.npz"))
+    if not names or names != sorted(p.name for p in second.glob("*.npz")):
+        return False
+    for name in names:
+        with np.load(first / name) as a, np.load(second / name) as b:
+            if not np.array_equal(a["image"], b["image"]) or str(a["truth"]) != str(b["truth"]):
+                return False
+    return True
+
+
 def tile_scorer(model_path: Path) -> tuple[TileScorer, float]:
     """(tile scorer, the card's threshold) of a checkpoint, as bench_node_scale.py scores tiles
-    (``pipeline.benchmarks.scorers``)."""
+    (``pipeline.benchmarks.scorers``): with a partner on the card, the average of both models'
+    probabilities, as ``micromet infer`` scores it."""
     from pipeline.benchmarks.scorers import checkpoint_scorers
+    from pipeline.models.partner import load_partner, partner_path
 
     score, _, card = checkpoint_scorers(model_path)
-    return score, card.threshold
+    if load_partner(model_path, card) is None:  # checks the partner's file, SHA-256 and geometry
+        return score, card.threshold
+    other, _, _ = checkpoint_scorers(partner_path(model_path, card))  # type: ignore[arg-type]
+
+    def pair(tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return np.asarray((score(tiles) + other(tiles)) / np.float32(2.0), dtype=np.float32)
+
+    return pair, card.threshold
 
 
 def patch_figures(
@@ -337,7 +401,11 @@ def measure(args: argparse.Namespace, work: Path, facts: dict[str, Any], finetun
 
     models = {"default": DEFAULT_MODEL, "finetuned": finetuned}
     reviewed, held_out = roles(args.swap)
-    result: dict[str, Any] = {"reviewed_half": reviewed, "held_out_half": held_out, "halves": facts["halves"]}
+    result: dict[str, Any] = {
+        "reviewed_half": reviewed, "held_out_half": held_out, "halves": facts["halves"],
+        "default_partner": read_card(DEFAULT_MODEL).partner,
+        "finetuned_partner": read_card(finetuned).partner,
+    }  # fmt: skip
     for name, model in models.items():
         for half in HALVES:
             slides = facts["halves"][half]["slides"]
@@ -346,6 +414,10 @@ def measure(args: argparse.Namespace, work: Path, facts: dict[str, Any], finetun
         result[f"{name}_node_scale_dev"] = node_scale(
             work, model, name, args.default_node_work if name == "default" else None
         )
+    result["node_scale_same_surfaces"] = same_surfaces(
+        Path(result["default_node_scale_dev"]["work"]) / "dev",
+        Path(result["finetuned_node_scale_dev"]["work"]) / "dev",
+    )
     for half in HALVES:
         d, f = result[f"default_{half}"], result[f"finetuned_{half}"]
         result[f"removed_{half}"] = removed_fraction(d["false_deposits"], f["false_deposits"])
@@ -379,6 +451,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_has_partner(default: Path = DEFAULT_MODEL) -> bool:
+    """Whether ``default``'s card names a partner model (the default for --keep-partner)."""
+    from pipeline.models import read_card
+
+    return bool(read_card(default).partner)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line (``scripts/bench_review_finetune.py``); the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -393,10 +472,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak learning rate")
     parser.add_argument("--tiles-per-deposit", type=int, default=32, help="--review-tiles-per-deposit")
     parser.add_argument(
-        "--default-node-work", type=Path, default=REPO / "runs" / "ns_pcam_new",
-        help="a bench_node_scale.py --work whose dev part was scored with the default weights (reused)",
+        "--default-node-work", type=Path, default=REPO / "runs" / "ns_ensemble",
+        help="a bench_node_scale.py --work whose dev part was scored with the default model (reused "
+        "only when its model.json names a file with the default's SHA-256)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-partner", action=argparse.BooleanOptionalAction, default=None,
+        help="the fine-tuned model keeps the default's partner (scores as a pair, as the default "
+        "does); default: on when the default's card names a partner",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.keep_partner is None:
+        args.keep_partner = default_has_partner()
     if not (args.data / HARD_SOURCE).is_dir():
         raise SystemExit(f"{args.data}: no {HARD_SOURCE}/ here; pass --data pointing at ../shared/data")
     os.environ.setdefault("PYTHONHASHSEED", "0")

@@ -36,7 +36,9 @@ def removed_fraction(before: int, after: int) -> float:
 
 def markdown(result: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
-    rows = ["| figure | default model | fine-tuned |", "| --- | --- | --- |"]
+    partner = result.get("finetuned_partner") or {}
+    tuned = f"fine-tuned (with the unchanged partner {partner['file']})" if partner else "fine-tuned (alone)"
+    rows = [f"| figure | default model | {tuned} |", "| --- | --- | --- |"]
     role = {result["reviewed_half"]: "reviewed", result["held_out_half"]: "held out"}
     for half in HALVES:
         d, f = result[f"default_{half}"], result[f"finetuned_{half}"]
@@ -75,6 +77,7 @@ def markdown(result: dict[str, Any]) -> str:
     rows.append(
         f"\nheld-out false deposits removed: {result[f'removed_{held_out}']:.0%} "
         f"(with candidates {result[f'removed_with_candidates_{held_out}']:.0%}); "
-        f"reviewed: {result[f'removed_{reviewed}']:.0%}; done-when met: {result['done_when_met']}"
+        f"reviewed: {result[f'removed_{reviewed}']:.0%}; done-when met: {result['done_when_met']}; "
+        f"node-scale surfaces identical for both models: {result.get('node_scale_same_surfaces')}"
     )
     return "\n".join(rows)

@@ -146,3 +146,83 @@ def test_removed_fraction() -> None:
     assert removed_fraction(20, 2) == pytest.approx(0.9)
     assert removed_fraction(5, 0) == 1.0
     assert np.isnan(removed_fraction(0, 0))
+
+
+def _default_pair(tmp_path: Path) -> tuple[Path, Path, ModelCard]:
+    """(default.pt naming partner.pt beside it, a trained last.pt, the card without rules)."""
+    from pipeline.models.partner import with_partner
+
+    base = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="t")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    torch.manual_seed(2)
+    partner = save_checkpoint(
+        folder / "partner.pt", build_model("micronet"), dataclasses.replace(base, stride_px=16)
+    )
+    rules = dataclasses.replace(
+        base, threshold=0.58, stride_px=16, seed_threshold=0.85, confirm_threshold=0.8
+    )
+    torch.manual_seed(0)
+    default = save_checkpoint(folder / "default.pt", build_model("micronet"), with_partner(rules, partner))
+    torch.manual_seed(1)
+    trained = save_checkpoint(tmp_path / "last.pt", build_model("micronet"), base)
+    return default, trained, base
+
+
+def test_keep_partner_puts_the_defaults_partner_beside_the_fine_tuned_model(tmp_path: Path) -> None:
+    from pipeline.benchmarks.scorers import checkpoint_scorers
+    from pipeline.models.partner import load_partner
+
+    default, trained, _ = _default_pair(tmp_path)
+    out_dir = tmp_path / "work"
+    out_dir.mkdir()
+    out = bench.with_default_rules(trained, out_dir / "finetuned.pt", default, keep_partner=True)
+    card = read_card(out)
+    assert card.partner == read_card(default).partner and card.partner["file"] == "partner.pt"
+    assert (out_dir / "partner.pt").read_bytes() == (default.parent / "partner.pt").read_bytes()
+    assert card.threshold == 0.58 and card.seed_threshold == 0.85 and "partner" in card.notes
+    loaded = load_partner(out, card)
+    assert loaded is not None and loaded[2] == card.partner["sha256"]
+    # the patch figures score the fine-tuned model as a pair: the mean of both models
+    tiles = np.random.default_rng(0).integers(0, 255, size=(5, 32, 32, 3), dtype=np.uint8)
+    pair, threshold = bench.tile_scorer(out)
+    alone = checkpoint_scorers(out)[0](tiles)
+    partner = checkpoint_scorers(out_dir / "partner.pt")[0](tiles)
+    assert threshold == 0.58
+    np.testing.assert_allclose(pair(tiles), (alone + partner) / 2, rtol=1e-5)
+    assert not np.allclose(pair(tiles), alone)
+    # a second call keeps the identical copy; a changed copy is replaced by the right file
+    (out_dir / "partner.pt").write_bytes(b"changed")
+    bench.with_default_rules(trained, out_dir / "finetuned.pt", default, keep_partner=True)
+    assert load_partner(out, read_card(out)) is not None
+
+
+def test_without_keep_partner_the_fine_tuned_model_scores_alone(tmp_path: Path) -> None:
+    default, trained, _ = _default_pair(tmp_path)
+    out = bench.with_default_rules(trained, tmp_path / "finetuned.pt", default)
+    assert read_card(out).partner == {} and not (tmp_path / "partner.pt").exists()
+    assert bench.default_has_partner(default)
+
+
+def test_keep_partner_refuses_a_default_without_partner(tmp_path: Path) -> None:
+    _, trained, base = _default_pair(tmp_path)
+    lone = save_checkpoint(tmp_path / "lone.pt", build_model("micronet"), base)
+    assert not bench.default_has_partner(lone)
+    with pytest.raises(ConfigError, match="--no-keep-partner"):
+        bench.with_default_rules(trained, tmp_path / "finetuned.pt", lone, keep_partner=True)
+
+
+def test_same_surfaces_compares_names_and_pixels(tmp_path: Path) -> None:
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for name in ("s1", "s2"):
+            np.savez(tmp_path / folder / f"{name}.npz", image=image, truth="[]", heatmap=np.zeros(1))
+    assert bench.same_surfaces(tmp_path / "a", tmp_path / "b")
+    changed = image.copy()
+    changed[3, 4, 1] = 1
+    np.savez(tmp_path / "b" / "s2.npz", image=changed, truth="[]", heatmap=np.zeros(1))
+    assert not bench.same_surfaces(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "s2.npz").unlink()
+    assert not bench.same_surfaces(tmp_path / "a", tmp_path / "b")
+    assert not bench.same_surfaces(tmp_path / "a", tmp_path / "empty")
