@@ -54,11 +54,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run the harness in a child Python process; returns its exit code."""
+    from pipeline.models import load_checkpoint
     from pipeline.outputs import check_writable_folder
 
-    if args.model is not None and not Path(args.model).is_file():
-        raise ConfigError(f"{args.model}: --model is not a checkpoint file; pass an existing checkpoint")
-    check_writable_folder(args.work_dir)  # before the child process, which would end in a traceback
+    # before the child process, which would generate a slide first and end in a traceback
+    if args.model is not None:
+        load_checkpoint(args.model, "cpu")  # CheckpointError naming the file
+    check_writable_folder(args.work_dir)
     script = find_bench_script()
     command = [sys.executable, str(script), *bench_argv(args)]
     return subprocess.call(command)

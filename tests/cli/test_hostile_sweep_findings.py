@@ -124,10 +124,12 @@ def test_demo_refuses_a_bad_model_before_writing_any_slide(tmp_path: Path) -> No
     assert not any(out.rglob("*.tif")) and not any(out.rglob("*.svs"))
 
 
-def test_bench_refuses_a_work_dir_that_is_a_file_and_a_missing_model(tmp_path: Path) -> None:
+def test_bench_refuses_a_work_dir_that_is_a_file_and_a_bad_model_before_its_child(tmp_path: Path) -> None:
     precious = tmp_path / "precious.txt"
     precious.write_text("keep")
-    for extra in (["--work-dir", precious], ["--work-dir", tmp_path / "w", "--model", tmp_path / "none.pt"]):
+    (tmp_path / "empty.pt").touch()
+    for extra in (["--work-dir", precious], ["--work-dir", tmp_path / "w", "--model", tmp_path / "none.pt"],
+                  ["--work-dir", tmp_path / "w", "--model", tmp_path / "empty.pt"]):
         code, err = run_cli(["bench", "--skip-tiatoolbox", *extra])
         lines = _error_lines(err)
         assert code == 1 and len(lines) == 1, err
