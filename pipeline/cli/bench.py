@@ -10,11 +10,13 @@ checkout has, is started as its own process. The options are defined once, in
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 from pipeline.benchmarks.speed_options import add_bench_options, bench_argv
+from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 from pipeline.errors import ConfigError
 
 BENCH_SCRIPT = Path("scripts") / "bench.py"
@@ -52,12 +54,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(run=run)
 
 
+# (option dest, lowest, highest): numbers the child process would refuse only after its slide
+_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("width", 1, 10**6), ("height", 1, 10**6), ("tile_size_px", 1, 10**5), ("batch_size", 1, 10**6),
+    ("region_tiles", 1, 10**4), ("repeats", 1, 10**4), ("workers", 0, 10**4), ("seed", 0, 2**32 - 1),
+    ("mpp", MIN_PLAUSIBLE_MPP, MAX_PLAUSIBLE_MPP), ("model_mpp", MIN_PLAUSIBLE_MPP, MAX_PLAUSIBLE_MPP),
+    ("timeout_s", 1e-3, 10**7),
+)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """ConfigError naming the flag for a number out of its range (NaN and infinity included)."""
+    for dest, low, high in _RANGES:
+        value = getattr(args, dest, None)
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{flag} {value}: out of range; give {low:g} to {high:g}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the harness in a child Python process; returns its exit code."""
     from pipeline.models import load_checkpoint
     from pipeline.outputs import check_writable_folder
 
     # before the child process, which would generate a slide first and end in a traceback
+    _check_numbers(args)
     if args.model is not None:
         load_checkpoint(args.model, "cpu")  # CheckpointError naming the file
     check_writable_folder(args.work_dir)

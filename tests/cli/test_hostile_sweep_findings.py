@@ -196,3 +196,15 @@ def test_a_reference_csv_that_is_a_fifo_is_refused_without_waiting_for_a_writer(
         with pytest.raises(EvaluationError, match="not a regular file"):
             reader(fifo)
         opener.cancel()
+
+
+@pytest.mark.parametrize(
+    "flag", ["--model-mpp=inf", "--mpp=nan", "--width=0", "--repeats=-1", "--timeout-s=inf"]
+)
+def test_bench_refuses_a_number_out_of_range_before_its_child_generates_a_slide(
+    flag: str, tmp_path: Path
+) -> None:
+    code, err = run_cli(["bench", flag, "--skip-tiatoolbox", "--work-dir", tmp_path / "w"])
+    lines = _error_lines(err)
+    assert code == 1 and len(lines) == 1 and flag.split("=")[0] in lines[0], err
+    assert not (tmp_path / "w").exists()
