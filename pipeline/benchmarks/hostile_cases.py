@@ -128,6 +128,7 @@ class Rule:
 
 
 MPP = Rule("float", 0.05, 20.0, clinical=True)
+BENCH_MPP = Rule("float", 0.05, 20.0)  # a benchmark's resolution: no patient's measurement
 PROB = Rule("float", 0.0, 1.0, clinical=True)
 COUNT = Rule("int", 1, math.inf)
 SIZE = Rule("int", 1, 10**6)
@@ -169,10 +170,9 @@ FLAGS: dict[str, tuple[tuple[str, Rule], ...]] = {
     "view": (("--port", Rule("int", 0, 65535)),),
     "synth": (("--width", SIZE), ("--height", SIZE), ("--mpp", MPP), ("--seed", SEED), ("--deposit",
         POSITIVE)),
-    "bench": (("--width", SIZE), ("--height", SIZE), ("--mpp", MPP), ("--seed", SEED), ("--tile-size-px",
-        SIZE),
-              ("--model-mpp", MPP), ("--workers", NONNEG), ("--batch-size", COUNT), ("--region-tiles", COUNT),
-              ("--repeats", COUNT), ("--timeout-s", POSITIVE)),
+    "bench": (("--width", SIZE), ("--height", SIZE), ("--mpp", BENCH_MPP), ("--seed", SEED),
+              ("--tile-size-px", SIZE), ("--model-mpp", BENCH_MPP), ("--workers", NONNEG),
+              ("--batch-size", COUNT), ("--region-tiles", COUNT), ("--repeats", COUNT), ("--timeout-s", POSITIVE)),
     "demo": (("--seed", SEED),),
 }
 # Commands that run for minutes (or serve) on a valid value: only values that must be refused.
