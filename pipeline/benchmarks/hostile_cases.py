@@ -172,7 +172,8 @@ FLAGS: dict[str, tuple[tuple[str, Rule], ...]] = {
         POSITIVE)),
     "bench": (("--width", SIZE), ("--height", SIZE), ("--mpp", BENCH_MPP), ("--seed", SEED),
               ("--tile-size-px", SIZE), ("--model-mpp", BENCH_MPP), ("--workers", NONNEG),
-              ("--batch-size", COUNT), ("--region-tiles", COUNT), ("--repeats", COUNT), ("--timeout-s", POSITIVE)),
+              ("--batch-size", COUNT), ("--region-tiles", COUNT), ("--repeats", COUNT), ("--timeout-s",
+                  POSITIVE)),
     "demo": (("--seed", SEED),),
 }
 # Commands that run for minutes (or serve) on a valid value: only values that must be refused.
