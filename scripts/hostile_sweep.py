@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.benchmarks import hostile_report, hostile_sweep  # noqa: E402
 from pipeline.benchmarks.hostile_filecases import all_cases  # noqa: E402
+from pipeline.cli import main as cli_main  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,7 +61,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results = work / "results.jsonl"
     results.touch()
-    fixtures = hostile_sweep.build_fixtures(work)
+    fixtures = hostile_sweep.build_fixtures(work, cli_main)
     cases = all_cases(fixtures, args.seed)
     if args.only:
         cases = [case for case in cases if any(text in case.case_id for text in args.only)]
@@ -84,7 +85,8 @@ def main() -> int:
             if outcome.verdict in hostile_sweep.FAILURES:
                 print(f"{outcome.verdict}: {outcome.case_id}: {outcome.detail[:200]}", file=sys.stderr)
 
-        hostile_sweep.run_cases(todo, fixtures, work, args.timeout_s, args.jobs, record, keep=args.keep)
+        hostile_sweep.run_cases(todo, cli_main, fixtures, work, args.timeout_s, args.jobs, record,
+            keep=args.keep)
     wanted = {case.case_id for case in cases}
     records = [r for r in hostile_report.read_results(results).values() if r["case_id"] in wanted]
     summary = hostile_report.summarise(records)

@@ -45,7 +45,7 @@ _MORE_MODULES = ("encodings.unicode_escape", "encodings.idna", "encodings.utf_16
                  "encodings.latin_1", "encodings.ascii", "encodings.cp1252", "concurrent.futures.process",
                  "concurrent.futures.thread", "multiprocessing.popen_fork",
                      "multiprocessing.popen_spawn_posix",
-                 "socketserver", "http.server", "webbrowser", "mimetypes", "pipeline.cli.view")
+                 "socketserver", "http.server", "webbrowser", "mimetypes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +70,17 @@ def expand(text: str, case_dir: Path, fixtures: Path) -> str:
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-def _write_fixtures(fixtures: Path) -> None:
+# The micromet command line (pipeline.cli.main), handed in by the caller: nothing in pipeline/
+# outside pipeline/cli/ imports the command line.
+Command = Callable[[list[str]], int]
+
+
+def _write_fixtures(fixtures: Path, main: Command) -> None:
     """The valid inputs every case changes one thing of (runs in a forked child)."""
     import numpy as np
     import torch
     from PIL import Image
 
-    from pipeline.cli import main
     from pipeline.models import ModelCard, build_model, save_checkpoint
     from pipeline.synthetic.pyramid_tiff import draw_tissue_rgb, write_pyramid_tiff
 
@@ -118,14 +122,14 @@ def _write_fixtures(fixtures: Path) -> None:
     (fixtures / "modules.txt").write_text("\n".join(sorted(sys.modules)) + "\n")
 
 
-def build_fixtures(work: Path, timeout_s: float = 600.0) -> Path:
+def build_fixtures(work: Path, main: Command, timeout_s: float = 600.0) -> Path:
     """Build (once) the fixtures under ``work``/fixtures in a child process; returns the folder."""
     fixtures = work / "fixtures"
     if (fixtures / "modules.txt").is_file():
         return fixtures
     shutil.rmtree(fixtures, ignore_errors=True)
     fixtures.mkdir(parents=True)
-    code, timed_out = _run_forked(lambda: _write_fixtures(fixtures), work / "fixtures.log", timeout_s)
+    code, timed_out = _run_forked(lambda: _write_fixtures(fixtures, main), work / "fixtures.log", timeout_s)
     if code != 0 or timed_out:
         raise RuntimeError(f"hostile sweep: building the fixtures failed; see {work / 'fixtures.log.err'}")
     for path in [work, *fixtures.rglob("*")]:
@@ -211,11 +215,9 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mapped + MEMORY_HEADROOM_BYTES, resource.RLIM_INFINITY))
 
 
-def _run_case_in_child(case: Case, case_dir: Path, fixtures: Path) -> int:
+def _run_case_in_child(case: Case, case_dir: Path, fixtures: Path, main: Command) -> int:
     """The body of a case's forked process; returns its exit code."""
     import tempfile
-
-    from pipeline.cli import main
 
     try:
         os.chdir(case_dir)
@@ -403,7 +405,7 @@ def _changes(work: Path, fixtures: Path, seen: dict[str, object]) -> list[str]:
     return found
 
 
-def run_cases(cases: list[Case], fixtures: Path, work: Path, timeout_s: float, jobs: int,
+def run_cases(cases: list[Case], main: Command, fixtures: Path, work: Path, timeout_s: float, jobs: int,
               on_outcome: Callable[[Outcome], None], keep: bool = False) -> list[Outcome]:
     """Run ``cases`` (at most ``jobs`` at once), calling ``on_outcome`` as each ends; returns the
     outcomes in the order they ended. Case folders are removed unless ``keep``."""
@@ -419,7 +421,7 @@ def run_cases(cases: list[Case], fixtures: Path, work: Path, timeout_s: float, j
             case_dir = runs / f"{index:05d}"
             _clean(case_dir)
             case_dir.mkdir()
-            pid = _start(functools.partial(_run_case_in_child, case, case_dir, fixtures), case_dir)
+            pid = _start(functools.partial(_run_case_in_child, case, case_dir, fixtures, main), case_dir)
             running[pid] = (case, case_dir, time.monotonic())
         time.sleep(0.02)
         for pid, (case, case_dir, started) in list(running.items()):

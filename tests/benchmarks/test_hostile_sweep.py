@@ -21,17 +21,19 @@ from pipeline.benchmarks.hostile_cases import (
     path_cases,
 )
 from pipeline.benchmarks.hostile_sweep import Outcome
+from pipeline.cli import main
 
 
 def _run(cases: list[Case], tmp_path: Path, timeout_s: float = 60.0) -> dict[str, Outcome]:
     fixtures = tmp_path / "fixtures"
     fixtures.mkdir(exist_ok=True)
-    outcomes = hostile_sweep.run_cases(cases, fixtures, tmp_path, timeout_s, 2, lambda outcome: None)
+    outcomes = hostile_sweep.run_cases(cases, main, fixtures, tmp_path, timeout_s, 2, lambda outcome: None)
     return {outcome.case_id: outcome for outcome in outcomes}
 
 
 def _info_case(name: str, must_refuse: bool, **extra: object) -> Case:
-    return Case(name, "test", "info", ("info", "{case}/missing.tif"), must_refuse, **extra)  # type: ignore[arg-type]
+    return Case(name, "test", "info", ("info", "{case}/missing.tif"), must_refuse,
+        **extra)  # type: ignore[arg-type]
 
 
 def test_the_runner_tells_a_traceback_a_hang_an_acceptance_lost_data_and_a_refusal_apart(
@@ -45,7 +47,7 @@ def test_the_runner_tells_a_traceback_a_hang_an_acceptance_lost_data_and_a_refus
         if "crash" in slide:
             raise ZeroDivisionError("a bug")
         if "sleep" in slide:
-            time.sleep(60)
+            time.sleep(600)
         if "delete" in slide:
             Path(slide).with_name("precious.txt").unlink()
         if "refuse" in slide:
@@ -58,7 +60,6 @@ def test_the_runner_tells_a_traceback_a_hang_an_acceptance_lost_data_and_a_refus
     keep = Guard("{case}/precious.txt", "bytes", b"keep")
     cases = [
         Case("crash", "test", "info", ("info", "{case}/crash.tif"), True),
-        Case("hang", "test", "info", ("info", "{case}/sleep.tif"), True),
         Case("accepted_bad", "test", "info", ("info", "{case}/fine.tif"), True),
         Case("accepted_ok", "test", "info", ("info", "{case}/fine.tif"), False),
         Case("lost", "test", "info", ("info", "{case}/delete.tif"), False,
@@ -66,7 +67,9 @@ def test_the_runner_tells_a_traceback_a_hang_an_acceptance_lost_data_and_a_refus
         Case("refused", "test", "info", ("info", "{case}/refuse.tif"), True),
         Case("usage", "test", "info", ("info", "{case}/x.tif", "--mpp=nan"), True),
     ]
-    outcomes = _run(cases, tmp_path, timeout_s=3.0)
+    outcomes = _run(cases, tmp_path)
+    # a tiny time limit on a case that sleeps: a hang, its process group killed
+    outcomes.update(_run([Case("hang", "test", "info", ("info", "{case}/sleep.tif"), True)], tmp_path, 2.0))
     verdicts = {name: outcome.verdict for name, outcome in outcomes.items()}
     assert verdicts == {"crash": "traceback", "hang": "hang", "accepted_bad": "silent_acceptance",
                         "accepted_ok": "accepted", "lost": "data_loss", "refused": "refused",
@@ -111,7 +114,7 @@ def test_a_seeded_sample_of_real_cases_runs_and_is_counted(tmp_path: Path) -> No
     sample = random.Random(22).sample(cases, 20)
     fixtures = tmp_path / "fixtures"
     fixtures.mkdir()
-    outcomes = hostile_sweep.run_cases(sample, fixtures, tmp_path, 60.0, 2, lambda outcome: None)
+    outcomes = hostile_sweep.run_cases(sample, main, fixtures, tmp_path, 60.0, 2, lambda outcome: None)
     assert sorted(o.case_id for o in outcomes) == sorted(c.case_id for c in sample)
     summary = hostile_report.summarise(hostile_report.outcome_record(o) for o in outcomes)
     assert summary["cases"] == 20 and sum(summary["verdicts"].values()) == 20
