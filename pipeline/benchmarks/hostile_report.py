@@ -63,7 +63,8 @@ def markdown_section(summary: dict[str, Any], machine: str, command_line: str, d
     verdicts = summary["verdicts"]
     lines = [
         DOCS_START, "## The hostile sweep: every command against generated hostile cases", "",
-        f"{summary['cases']} cases, run {date} on {machine}, each in its own process (60 s limit):", "",
+        f"{summary['cases']} cases on {machine}, each in its own process (60 s limit), summarised {date} "
+        "(a resumed or partly rerun sweep counts each case's last run):", "",
         f"    {command_line}", "",
         "Failures: " + ", ".join(f"{verdicts[v]} {_name(v)}" for v in FAILURES) + ". "
         "Passes: " + ", ".join(f"{verdicts[v]} {_name(v)}" for v in PASSES) + ".", "",
