@@ -73,12 +73,15 @@ __all__ = [
     "REVIEWER",
     "RULE_FIELDS",
     "batch_findings",
+    "default_has_partner",
+    "keep_partner_file",
     "main",
     "measure",
     "reject_everything",
     "review_batch",
     "roles",
     "run",
+    "same_surfaces",
     "with_default_rules",
 ]
 
