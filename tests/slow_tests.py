@@ -27,7 +27,9 @@ SLOW_TESTS: dict[str, tuple[str, ...]] = {
         # 2.4 s and 5.1 s in the quick subset on the nearly idle machine (15:58 UTC, 2026-12-07)
         "test_the_runner_tells_a_traceback_a_hang_an_acceptance_lost_data_and_a_refusal_apart",
     ),
-    "tests/cli/test_hostile_sweep_findings.py": ("test_a_flag_given_double_dash_as_its_value_is_a_usage_error",),
+    "tests/cli/test_hostile_sweep_findings.py": (
+        "test_a_flag_given_double_dash_as_its_value_is_a_usage_error",
+    ),
     "tests/training/test_train.py": ("test_hard_negative_mining_adds_normal_tiles_outside_tumor",),
     "tests/models/test_checkpoint.py": (
         "test_training_state_round_trip_resumes_the_optimizer",
