@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from pipeline.config import InferenceConfig
 from pipeline.detection.cpu_plan import CpuPlan, fixed_plan, plan_cpu
 from pipeline.detection.dense import DenseBatcher, dense_forward, plan_dense
-from pipeline.detection.precision import scoring_dtype
+from pipeline.detection.precision import PrecisionProbe, scoring_dtype
 from pipeline.errors import CheckpointError, ConfigError, SlideOpenError
 from pipeline.models import ModelCard, choose_device
 from pipeline.models.device import precision_name
@@ -93,9 +93,10 @@ class InferenceStats:
 class _Scorer:
     """The model on its device with the card's normalisation; scores uint8 NHWC tiles."""
 
-    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device, precision: str):
+    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device, dtype: torch.dtype | None,
+                 probe: PrecisionProbe | None = None):
         self.device = device
-        self.dtype, self.probe = scoring_dtype(model, card.tile_size_px, device, precision)
+        self.dtype, self.probe = dtype, probe  # autocast dtype (None: fp32), the probe that chose it
         self.model = model
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(shape)
@@ -366,11 +367,13 @@ def prepare_model(model: nn.Module, card: ModelCard, config: InferenceConfig) ->
     left as it is apart from eval() and its device."""
     device = choose_device(config.device)
     with torch.inference_mode():
-        scorer = _Scorer(_prepare_model(model, device, config.compile), card, device, config.precision)
+        tile_model = _prepare_model(model, device, config.compile)
+        dtype, probe = scoring_dtype(tile_model, card.tile_size_px, device, config.precision)
+        scorer = _Scorer(tile_model, card, device, dtype, probe)
         dense = dense_forward(model, card) if config.dense else None
         if dense is None:
             return PreparedModel(scorer, card, device)
-        dense_scorer = _Scorer(_prepare_model(dense, device, config.compile), card, device, config.precision)
+        dense_scorer = _Scorer(_prepare_model(dense, device, config.compile), card, device, dtype, probe)
     return PreparedModel(scorer, card, device, dense_scorer)
 
 
@@ -485,8 +488,7 @@ def naive_score_tiles(
     ):
         check_grid_matches_card(grid, card, slide.mpp)
         geometry = read_geometry(slide, card.tile_size_px, card.mpp, card.stain_normalization)
-        scorer = _Scorer(_prepare_model(model, torch_device, False, fuse=False), card, torch_device,
-                         precision_name(None))
+        scorer = _Scorer(_prepare_model(model, torch_device, False, fuse=False), card, torch_device, None)
         for index, xy_px in enumerate(grid.xy_px):
             tile = read_one_tile(slide, xy_px, geometry)
             out[index] = float(scorer(torch.from_numpy(tile[None].copy()))[0])

@@ -76,3 +76,26 @@ def test_the_report_records_the_probe(monkeypatch: pytest.MonkeyPatch, tmp_path:
     inference = json.loads((tmp_path / "out" / "node" / "report.json").read_text())["inference"]
     assert inference["precision"] == "bf16"
     assert inference["precision_probe"] == {"fp32_s": 0.2, "bf16_s": 0.1, "chosen": "bf16", "tiles": 32}
+
+
+def test_one_probe_decides_for_the_tile_and_the_dense_form_of_a_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.config import InferenceConfig
+    from pipeline.detection.inference import prepare_model
+    from pipeline.models.architectures import Dense96
+    from tests.detection.test_dense_inference import card_for
+
+    calls: list[int] = []
+
+    def probe(model: nn.Module, size: int) -> precision.PrecisionProbe:
+        calls.append(size)
+        return precision.PrecisionProbe(0.2, 0.1, "bf16")
+
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: True)
+    monkeypatch.setattr(precision, "probe_cpu_precision", probe)
+    model = Dense96(channels=(8, 8, 16, 16, 16)).eval()
+    prepared = prepare_model(model, card_for(), InferenceConfig(device="cpu"))
+    assert prepared.dense is not None and calls == [card_for().tile_size_px]
+    assert prepared.scorer.dtype == prepared.dense.dtype == torch.bfloat16
+    assert prepared.dense.probe is prepared.scorer.probe
