@@ -129,6 +129,14 @@ def check_writable_folder(folder: Path) -> None:
         ) from exc
 
 
+def require_regular_file(path: Path, what: str, error: type[MicrometError]) -> None:
+    """Raise ``error`` naming ``path`` when it exists but is no regular file (a folder, device or
+    FIFO): reading a FIFO or a device would block or never end. A missing file is left to the
+    reader, which names it."""
+    if path.exists() and not path.is_file():
+        raise error(f"{path}: the {what} is not a regular file; pass a CSV file")
+
+
 def read_json_object(
     path: Path, what: str, error: type[MicrometError] = OutputError, hint: str = ""
 ) -> dict[str, Any]:

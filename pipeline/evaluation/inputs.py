@@ -23,6 +23,7 @@ from pipeline.batch.folder import REPORT_JSON, read_manifest, read_report, repor
 from pipeline.errors import EvaluationError
 from pipeline.evaluation.froc import Detection, SlideTruth
 from pipeline.evaluation.sizes import PredictedDeposit, TrueDeposit
+from pipeline.outputs import require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -106,19 +107,12 @@ def _column(header: list[str], names: tuple[str, ...], path: Path) -> int:
     )
 
 
-def _require_regular_file(path: Path, what: str) -> None:
-    """EvaluationError for a path that exists but is no regular file: reading a FIFO or a
-    device would block or never end."""
-    if path.exists() and not path.is_file():
-        raise EvaluationError(f"{path}: the {what} is not a regular file; pass a CSV file")
-
-
 def read_detections_csv(path: Path) -> list[Detection]:
     """CAMELYON16 detections: rows "confidence,X,Y" (level-0 px), with or without a header.
 
     Raises EvaluationError naming the file and line for an unreadable file or a bad row.
     """
-    _require_regular_file(path, "detections CSV")
+    require_regular_file(path, "detections CSV", EvaluationError)
     try:
         rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
     except (OSError, UnicodeDecodeError) as exc:
@@ -207,7 +201,7 @@ def read_camelyon16_reference_csv(path: Path) -> dict[str, bool]:
     """
     from pipeline.staging import slide_key
 
-    _require_regular_file(path, "reference CSV")
+    require_regular_file(path, "reference CSV", EvaluationError)
     try:
         rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -241,7 +235,7 @@ def read_camelyon17_stages_csv(path: Path) -> dict[str, str]:
 
     Raises EvaluationError for a missing or unreadable file.
     """
-    _require_regular_file(path, "stage CSV")
+    require_regular_file(path, "stage CSV", EvaluationError)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))

@@ -201,9 +201,9 @@ def read_mpp_csv(path: Path) -> dict[str, float]:
     import csv
 
     from pipeline.errors import ConfigError
+    from pipeline.outputs import require_regular_file
 
-    if path.exists() and not path.is_file():  # a FIFO would block the read forever
-        raise ConfigError(f"{path}: the --mpp-csv file is not a regular file; pass a CSV file")
+    require_regular_file(path, "--mpp-csv file", ConfigError)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
