@@ -77,6 +77,11 @@ ARCHITECTURE_TEXT = {
         "region at once gives exactly the scores of its 96 px tiles at a 32 px stride (exact dense "
         "inference), reading each pixel once"
     ),
+    "dense96_wide": (
+        "VGG-style CNN of unpadded convolutions (dense96 with a 1 x 1 convolution after every stage "
+        "and wider last stages), about 1.5 M parameters, total stride 32 px: exact dense inference "
+        "like dense96"
+    ),
 }
 
 

@@ -29,6 +29,7 @@ from pipeline.models.device import DeviceUnavailableError, autocast_dtype, choos
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_ARCHITECTURES = {
     "dense96",
+    "dense96_wide",
     "micronet",
     "pcamnet",
     "resnet18",
@@ -63,6 +64,29 @@ def test_every_architecture_gives_two_logits_at_96_and_224_px(name: str) -> None
     large = _logits(model, batch=1, size_px=224)
     assert large.shape == (1, 2)
     assert torch.isfinite(large).all()
+
+
+@pytest.mark.parametrize("name", ["dense96", "dense96_wide"])
+def test_dense_architectures_score_a_region_exactly_as_its_tiles(name: str) -> None:
+    """A region of 96 + 32 k px gives, cell for cell, the logits of its 96 px tiles at a 32 px
+    stride (valid convolutions, aligned pools), with BatchNorm statistics that are not 0 / 1."""
+    torch.manual_seed(1)
+    model = build_model(name)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    region = torch.rand(1, 3, 96 + 32 * 4, 96 + 32 * 3)
+    tiles = torch.stack(
+        [region[0, :, 32 * row : 32 * row + 96, 32 * col : 32 * col + 96] for row in range(5) for col in range(4)]
+    )
+    with torch.inference_mode():
+        dense = model.dense_logits(region)  # type: ignore[operator]
+        tile_logits = model(tiles)
+    assert dense.shape == (1, 2, 5, 4)
+    torch.testing.assert_close(dense[0].permute(1, 2, 0).reshape(-1, 2), tile_logits, atol=1e-4, rtol=0)
 
 
 def test_num_classes_sets_the_head_width() -> None:
