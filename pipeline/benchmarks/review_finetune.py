@@ -21,6 +21,7 @@ Steps (each resumable: a step whose output is in --work is skipped):
    Training changes the default's primary model only; with --keep-partner (the default when
    the default card names a partner) ``finetuned.pt``'s card also names the default's partner,
    copied beside it unchanged, so the fine-tuned model is judged as a pair, as the default is.
+   --finetune-partner fine-tunes the partner too, alike, and pairs the two fine-tuned models.
 4. measure: ``micromet infer`` of both models on the held-out and reviewed halves (deposits
    and candidates per mm²), and ``scripts/bench_node_scale.py score/report --part dev`` for the
    micro and ITC-size sensitivity of both (the default model's dev heatmaps are reused from
@@ -194,17 +195,20 @@ def train_patch_folder(work: Path, data: Path) -> Path:
     return folder
 
 
-def train_command(args: argparse.Namespace, work: Path, reviewed_batch: Path, patches: Path) -> list[str]:
-    """``micromet train``: fine-tune the default model on the reviews and ``patches`` (resumes a
-    run left in work/train)."""
+def train_command(
+    args: argparse.Namespace, work: Path, reviewed_batch: Path, patches: Path,
+    init_model: Path = DEFAULT_MODEL, out_name: str = "train",
+) -> list[str]:  # fmt: skip
+    """``micromet train``: fine-tune ``init_model`` (the default model, or its partner) on the
+    reviews and ``patches`` (resumes a run left in work/<out_name>)."""
     from pipeline.models import read_card
 
-    card = read_card(DEFAULT_MODEL)
-    out = work / "train"
+    card = read_card(init_model)
+    out = work / out_name
     if (out / "last.pt").is_file():  # resume (a finished run returns at once)
         return micromet("train", "--resume", str(out / "last.pt"), "--out", str(out), "--no-progress")
     return micromet(
-        "train", "--reviews", str(reviewed_batch), "--init-model", str(DEFAULT_MODEL),
+        "train", "--reviews", str(reviewed_batch), "--init-model", str(init_model),
         "--arch", card.architecture, "--tile-size-px", str(card.tile_size_px), "--model-mpp", f"{card.mpp}",
         "--patches", str(patches), "--patch-mpp", f"{MODEL_MPP}",
         "--review-tiles-per-deposit", str(args.tiles_per_deposit), "--epochs", str(args.epochs),
@@ -214,24 +218,30 @@ def train_command(args: argparse.Namespace, work: Path, reviewed_batch: Path, pa
 
 
 def with_default_rules(
-    trained: Path, out: Path, default: Path = DEFAULT_MODEL, keep_partner: bool = False
-) -> Path:
+    trained: Path, out: Path, default: Path = DEFAULT_MODEL, keep_partner: bool = False,
+    partner: Path | None = None,
+) -> Path:  # fmt: skip
     """``out``: the weights of ``trained`` with the decision rules (RULE_FIELDS) of ``default``'s
     card. With ``keep_partner`` the card also names ``default``'s partner (unchanged), copied
     beside ``out`` under its own file name, so the fine-tuned model scores as a pair (its
-    SHA-256 is checked on load); a ``default`` without a partner is refused then."""
+    SHA-256 is checked on load); a ``default`` without a partner is refused then. With
+    ``partner`` (a fine-tuned partner beside ``out``) the card names that file instead."""
     from pipeline.models import load_checkpoint, read_card, save_checkpoint
+    from pipeline.models.partner import with_partner
 
     model, card = load_checkpoint(trained)
     default_card = read_card(default)
     rules: dict[str, Any] = {name: getattr(default_card, name) for name in RULE_FIELDS}
     notes = f"{card.notes}; decision rules ({', '.join(RULE_FIELDS)}) copied from {default}'s card"
-    if keep_partner:
+    if partner is not None:
+        rules["partner"] = dict(with_partner(card, partner).partner)
+        notes += f"; averaged with {partner.name}, {default}'s partner fine-tuned on the same reviews"
+    elif keep_partner:
         rules["partner"] = dict(keep_partner_file(default, out.parent))
         notes += f"; averaged with {default}'s unchanged partner {rules['partner']['file']}"
     card = dataclasses.replace(card, **rules, notes=notes)
     save_checkpoint(out, model, card, {"script": "scripts/bench_review_finetune.py"})
-    if keep_partner:
+    if keep_partner or partner is not None:
         load_checkpoint_pair(out)  # refuse to finish with a pair that does not load
     return out
 
@@ -267,10 +277,29 @@ def finetune(args: argparse.Namespace, work: Path, reviewed_batch: Path) -> Path
     target = work / "finetuned.pt"
     if target.is_file():
         return target
-    command = train_command(args, work, reviewed_batch, train_patch_folder(work, args.data))
+    patches = train_patch_folder(work, args.data)
+    command = train_command(args, work, reviewed_batch, patches)
     (work / "train_command.txt").write_text(" ".join(command) + "\n", encoding="utf-8")
     run_command(command, work / "train.log")
-    return with_default_rules(work / "train" / "last.pt", target, keep_partner=args.keep_partner)
+    partner = finetune_partner(args, work, reviewed_batch, patches) if args.finetune_partner else None
+    return with_default_rules(work / "train" / "last.pt", target, keep_partner=args.keep_partner, partner=partner)
+
+
+def finetune_partner(args: argparse.Namespace, work: Path, reviewed_batch: Path, patches: Path) -> Path:
+    """work/finetuned_partner.pt: the default's partner fine-tuned like the model (same reviews,
+    patches and settings, in work/train_partner)."""
+    from pipeline.models import read_card
+    from pipeline.models.partner import partner_path
+
+    source = partner_path(DEFAULT_MODEL, read_card(DEFAULT_MODEL))
+    if source is None:
+        raise ConfigError(f"{DEFAULT_MODEL}: its card names no partner; run without --finetune-partner")
+    command = train_command(args, work, reviewed_batch, patches, init_model=source, out_name="train_partner")
+    (work / "train_partner_command.txt").write_text(" ".join(command) + "\n", encoding="utf-8")
+    run_command(command, work / "train_partner.log")
+    target = work / "finetuned_partner.pt"
+    shutil.copyfile(work / "train_partner" / "last.pt", target)
+    return target
 
 
 # --- step 4: measuring ----------------------------------------------------------------------
@@ -484,9 +513,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the fine-tuned model keeps the default's partner (scores as a pair, as the default "
         "does); default: on when the default's card names a partner",
     )  # fmt: skip
+    parser.add_argument(
+        "--finetune-partner", action="store_true",
+        help="fine-tune the default's partner too (same reviews and settings) and pair the two "
+        "fine-tuned models, instead of keeping the partner unchanged",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.keep_partner is None:
         args.keep_partner = default_has_partner()
+    if args.finetune_partner and not args.keep_partner:
+        raise SystemExit("--finetune-partner pairs the fine-tuned models; it cannot go with --no-keep-partner")
     if not (args.data / HARD_SOURCE).is_dir():
         raise SystemExit(f"{args.data}: no {HARD_SOURCE}/ here; pass --data pointing at ../shared/data")
     os.environ.setdefault("PYTHONHASHSEED", "0")

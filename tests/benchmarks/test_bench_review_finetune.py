@@ -212,6 +212,29 @@ def test_keep_partner_refuses_a_default_without_partner(tmp_path: Path) -> None:
         bench.with_default_rules(trained, tmp_path / "finetuned.pt", lone, keep_partner=True)
 
 
+def test_a_fine_tuned_partner_is_named_instead_of_the_defaults(tmp_path: Path) -> None:
+    from pipeline.models.partner import load_partner
+
+    default, trained, base = _default_pair(tmp_path)
+    out_dir = tmp_path / "work"
+    out_dir.mkdir()
+    torch.manual_seed(3)
+    tuned = save_checkpoint(
+        out_dir / "finetuned_partner.pt", build_model("micronet"), dataclasses.replace(base, stride_px=16)
+    )
+    out = bench.with_default_rules(trained, out_dir / "finetuned.pt", default, keep_partner=True, partner=tuned)
+    card = read_card(out)
+    assert card.partner["file"] == "finetuned_partner.pt" and card.partner != read_card(default).partner
+    assert not (out_dir / "partner.pt").exists() and "fine-tuned on the same reviews" in card.notes
+    loaded = load_partner(out, card)
+    assert loaded is not None and loaded[2] == card.partner["sha256"]
+
+
+def test_finetune_partner_cannot_go_without_the_pair() -> None:
+    with pytest.raises(SystemExit, match="--no-keep-partner"):
+        bench.main(["run", "--finetune-partner", "--no-keep-partner"])
+
+
 def test_same_surfaces_compares_names_and_pixels(tmp_path: Path) -> None:
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     for folder in ("a", "b"):
