@@ -153,8 +153,10 @@ def _compute_notes(results: dict[str, list[RunResult]]) -> list[str]:
     if not runs or not isinstance(by_threads, dict) or len(by_threads) < 2:
         return []
     tried = ", ".join(f"{count} thread(s) {seconds:.2f} s" for count, seconds in by_threads.items())
-    return [f"compute limit: the faster of torch thread counts tried in its first run ({tried}); autocast "
-            f"{_first_extra(runs, 'autocast')}."]
+    mode = ("the model's exact dense form on random 16 x 16-cell regions, one cell per tile, as micromet "
+            "scores it" if _first_extra(runs, "mode") == "dense" else "the model tile by tile")
+    return [f"compute limit: {mode}; the faster of torch thread counts tried in its first run ({tried}); "
+            f"autocast {_first_extra(runs, 'autocast')}."]
 
 
 def _micromet_notes(results: dict[str, list[RunResult]]) -> list[str]:

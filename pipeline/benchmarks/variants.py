@@ -301,7 +301,8 @@ def _time_model_pass(model: Any, batch: Any, sizes: list[int], dtype: Any) -> fl
 
 
 def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
-    """Score as many random tiles as the grid holds with the model alone.
+    """Score as many random tiles as the grid holds with the model alone (a model with exact dense
+    inference: as many cells, in random regions of 16 x 16 cells, as micromet scores it).
 
     Same batch size, device, channels_last, inference_mode and autocast dtype as micromet. On
     the CPU it is timed with 1 torch thread and with torch's default (all cores) and the faster
@@ -310,16 +311,23 @@ def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     """
     import torch
 
+    from pipeline.detection.dense import DENSE_BLOCK_CELLS, dense_forward
     from pipeline.detection.inference import _prepare_model
     from pipeline.models.device import scoring_autocast_dtype
 
     n_tiles = len(load_grid_arrays(Path(spec.grid))[0]["xy_px"])
-    model, _, device = _loaded_model(spec)
-    model = _prepare_model(model, device, compile_model=False)  # BatchNorms folded, channels_last
+    model, card, device = _loaded_model(spec)
+    dense = dense_forward(model, card)
+    model = _prepare_model(dense or model, device, compile_model=False)  # BatchNorms folded, channels_last
     dtype = scoring_autocast_dtype(device, spec.precision)
-    shape = (spec.batch_size, 3, spec.tile_size_px, spec.tile_size_px)
-    batch = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
-    sizes = [s for s in [spec.batch_size] * (n_tiles // spec.batch_size) + [n_tiles % spec.batch_size] if s]
+    if dense is not None:  # as micromet scores it: regions of DENSE_BLOCK_CELLS x DENSE_BLOCK_CELLS cells
+        side_px = card.tile_size_px + card.stride_px * (DENSE_BLOCK_CELLS - 1)
+        batch = torch.randn((1, 3, side_px, side_px), device=device).contiguous(memory_format=torch.channels_last)
+        sizes = [1] * math.ceil(n_tiles / DENSE_BLOCK_CELLS**2)
+    else:
+        shape = (spec.batch_size, 3, spec.tile_size_px, spec.tile_size_px)
+        batch = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
+        sizes = [s for s in [spec.batch_size] * (n_tiles // spec.batch_size) + [n_tiles % spec.batch_size] if s]
     default_threads = torch.get_num_threads()
     counts = sorted({1, default_threads}) if device.type == "cpu" else [default_threads]
     seconds_by_threads: dict[int, float] = {}
@@ -330,7 +338,7 @@ def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     best = min(seconds_by_threads, key=lambda count: seconds_by_threads[count])
     by_threads = {str(count): round(seconds, 3) for count, seconds in seconds_by_threads.items()}
     facts = {**_device_facts(device), "autocast": str(dtype), "seconds": seconds_by_threads[best],
-             "torch_threads": best, "seconds_by_threads": by_threads}
+             "torch_threads": best, "seconds_by_threads": by_threads, "mode": "dense" if dense else "tiles"}
     return n_tiles, facts
 
 
