@@ -441,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.partner is not None:
         beside = args.out.with_name(f"{args.out.stem}_partner.pt")
         if args.partner.resolve() != beside.resolve():
+            beside.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(args.partner, beside)
         card = with_partner(card, beside)
     save_checkpoint(args.out, model, card, {"script": "scripts/train_default_model.py", "seed": args.seed})
