@@ -41,6 +41,8 @@ class ScoringContext(Protocol):
     @property
     def partner_prepared(self) -> PreparedModel | None: ...
     @property
+    def pair_prepared(self) -> PreparedModel | None: ...
+    @property
     def threshold(self) -> float: ...
 
 
@@ -53,9 +55,13 @@ def score_with_stats(
 ) -> tuple[NDArray[np.float32], list[InferenceStats]]:
     """Every tile of ``grid`` scored with the context's prepared model, averaged with its
     partner's probabilities when the card names one (``with_partner``), and how it went (the
-    model's run first, then the partner's)."""
+    model's run first, then the partner's; one run where both score densely in one pass)."""
     from pipeline.detection.inference import score_prepared
 
+    pair = context.pair_prepared if with_partner and context.partner is not None else None
+    if pair is not None:
+        scores, stats = score_prepared(slide.source, grid, pair, context.inference, progress)
+        return scores, [dataclasses.replace(stats, with_partner=True)]
     scores, stats = score_prepared(slide.source, grid, context.prepared, context.inference, progress)
     partner = context.partner_prepared if with_partner else None
     if partner is None:
@@ -94,7 +100,13 @@ def _inference_facts(context: ScoringContext, runs: Sequence[InferenceStats]) ->
     if partner:
         facts["partner"] = {
             "tiles": sum(s.n_tiles for s in partner), "seconds": round(sum(s.seconds for s in partner), 3),
-            "mode": "dense" if any(s.mode == "dense" for s in partner) else "tiles",
+            "mode": "dense" if any(s.mode == "dense" for s in partner) else "tiles", "one_pass": False,
+        }  # fmt: skip
+    paired = [stats for stats in runs if stats.with_partner]
+    if paired:  # scored with the model, in the same pass: its tiles and seconds are the model's
+        facts["partner"] = {
+            "tiles": sum(s.n_tiles for s in paired), "seconds": round(sum(s.seconds for s in paired), 3),
+            "mode": "dense" if any(s.mode == "dense" for s in paired) else "tiles", "one_pass": True,
         }  # fmt: skip
     return facts
 

@@ -158,6 +158,16 @@ class AnalysisContext:
             return None
         return prepare_model(self.partner[0], self.partner[1], self.inference)
 
+    @functools.cached_property
+    def pair_prepared(self) -> PreparedModel | None:
+        """The model and its partner prepared as one, scored in one pass, where both score
+        densely (``pipeline.detection.inference.prepare_pair``); None otherwise."""
+        from pipeline.detection.inference import prepare_pair
+
+        if self.partner is None:
+            return None
+        return prepare_pair(self.model, self.partner[0], self.card, self.inference)
+
     def user_mpp(self, slide_id: str) -> tuple[float | None, str]:
         """The µm/px the user gave for a slide (``--mpp-csv`` first, then ``--mpp``), or None,
         and the flag it came from."""

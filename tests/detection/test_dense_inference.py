@@ -416,3 +416,22 @@ def test_whole_region_items_are_the_boxes_around_each_blocks_cells(synthetic_sli
         (x0, y0), (x1, y1) = level_xy[item.indices].min(axis=0), level_xy[item.indices].max(axis=0)
         assert item.tiles.shape == (1, y1 - y0 + TILE_PX, x1 - x0 + TILE_PX, 3)
         np.testing.assert_array_equal(item.tiles[0], image[y0 : y1 + TILE_PX, x0 : x1 + TILE_PX])
+
+
+def test_a_pair_is_prepared_as_one_only_when_both_models_score_densely() -> None:
+    from pipeline.config import InferenceConfig
+    from pipeline.detection.inference import prepare_pair
+    from pipeline.models import build_model
+
+    config = InferenceConfig(device="cpu", precision="fp32")
+    card = card_for()
+    first, second = random_dense96(seed=0), random_dense96(seed=1)
+    prepared = prepare_pair(first, second, card, config)
+    assert prepared is not None and prepared.dense is not None
+    region = torch.rand(1, 3, TILE_PX + 2 * STRIDE_PX, TILE_PX + STRIDE_PX)
+    with torch.inference_mode():
+        mean = (torch.softmax(first.dense_logits(region), 1) + torch.softmax(second.dense_logits(region), 1)) / 2
+        paired = torch.softmax(prepared.dense.model(region.contiguous(memory_format=torch.channels_last)), 1)
+    torch.testing.assert_close(paired, mean, atol=1e-5, rtol=0)
+    assert prepare_pair(first, build_model("pcamnet").eval(), card, config) is None  # one is tile by tile
+    assert prepare_pair(first, second, card, dataclasses.replace(config, dense=False)) is None

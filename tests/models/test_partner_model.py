@@ -69,7 +69,7 @@ def heatmap_of(model_path: Path, slide: Path, folder: Path, **inference: Any) ->
         else {
             "file": "partner.pt",
             "sha256": file_sha256(model_path.parent / "partner.pt"),
-            "architecture": "micronet",
+            "architecture": context.partner[1].architecture,
         }
     )
     return load_heatmap(folder).probabilities
@@ -98,6 +98,49 @@ def test_under_the_cascade_every_cell_near_a_suspicious_tile_is_the_average(
     )
     scored = np.isfinite(alone)
     np.testing.assert_allclose(paired[scored], (alone[scored] + partner[scored]) / 2, atol=1e-6)
+
+
+def write_dense_model(path: Path, seed: int, partner: Path | None = None) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    card = ModelCard(
+        architecture="dense96", tile_size_px=96, mpp=1.0, stride_px=32, training_data="untrained test model"
+    )
+    if partner is not None:
+        card = with_partner(card, partner)
+    return save_checkpoint(path, build_model("dense96"), card)
+
+
+def test_two_dense_partners_are_scored_in_one_pass_with_the_same_average(
+    slide: Path, tmp_path: Path
+) -> None:
+    from pipeline.batch.folder import REPORT_JSON, read_report
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    partner = write_dense_model(folder / "partner.pt", seed=1)
+    alone = heatmap_of(write_dense_model(folder / "alone.pt", seed=0), slide, tmp_path / "alone")
+    other = heatmap_of(partner, slide, tmp_path / "partner")
+    paired_model = write_dense_model(folder / "paired.pt", seed=0, partner=partner)
+    paired = heatmap_of(paired_model, slide, tmp_path / "paired")
+    scored = np.isfinite(alone)
+    assert scored.sum() > 50 and np.array_equal(scored, np.isfinite(paired))
+    assert np.abs(alone[scored] - other[scored]).max() > 1e-4  # two different models
+    np.testing.assert_allclose(paired[scored], (alone[scored] + other[scored]) / 2, atol=1e-5)
+    inference = read_report(tmp_path / "paired" / REPORT_JSON)["inference"]
+    assert inference["mode"] == "dense"
+    assert inference["partner"] == {
+        "tiles": int(scored.sum()), "seconds": inference["partner"]["seconds"], "mode": "dense", "one_pass": True
+    }
+
+
+def test_a_tile_by_tile_pair_is_scored_in_two_passes(models: dict[str, Path], slide: Path, tmp_path: Path) -> None:
+    from pipeline.batch.folder import REPORT_JSON, read_report
+
+    heatmap_of(models["paired"], slide, tmp_path / "paired")
+    partner = read_report(tmp_path / "paired" / REPORT_JSON)["inference"]["partner"]
+    assert partner["one_pass"] is False and partner["mode"] == "tiles"
 
 
 def test_a_missing_partner_is_an_error_naming_the_file(models: dict[str, Path], tmp_path: Path) -> None:
