@@ -206,7 +206,7 @@ def train_command(
     card = read_card(init_model)
     out = work / out_name
     if (out / "last.pt").is_file():  # resume (a finished run returns at once)
-        return micromet("train", "--resume", str(out / "last.pt"), "--out", str(out), "--no-progress")
+        return micromet("train", "--resume", str(out / "last.pt"), "--no-progress")  # its settings name out
     return micromet(
         "train", "--reviews", str(reviewed_batch), "--init-model", str(init_model),
         "--arch", card.architecture, "--tile-size-px", str(card.tile_size_px), "--model-mpp", f"{card.mpp}",
