@@ -282,7 +282,8 @@ def finetune(args: argparse.Namespace, work: Path, reviewed_batch: Path) -> Path
     (work / "train_command.txt").write_text(" ".join(command) + "\n", encoding="utf-8")
     run_command(command, work / "train.log")
     partner = finetune_partner(args, work, reviewed_batch, patches) if args.finetune_partner else None
-    return with_default_rules(work / "train" / "last.pt", target, keep_partner=args.keep_partner, partner=partner)
+    trained = work / "train" / "last.pt"
+    return with_default_rules(trained, target, keep_partner=args.keep_partner, partner=partner)
 
 
 def finetune_partner(args: argparse.Namespace, work: Path, reviewed_batch: Path, patches: Path) -> Path:
@@ -522,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.keep_partner is None:
         args.keep_partner = default_has_partner()
     if args.finetune_partner and not args.keep_partner:
-        raise SystemExit("--finetune-partner pairs the fine-tuned models; it cannot go with --no-keep-partner")
+        raise SystemExit("--finetune-partner pairs the fine-tuned models; drop --no-keep-partner")
     if not (args.data / HARD_SOURCE).is_dir():
         raise SystemExit(f"{args.data}: no {HARD_SOURCE}/ here; pass --data pointing at ../shared/data")
     os.environ.setdefault("PYTHONHASHSEED", "0")

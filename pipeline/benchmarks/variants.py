@@ -322,12 +322,13 @@ def compute_limit(spec: BenchSpec) -> tuple[int, dict[str, Any]]:
     dtype = scoring_autocast_dtype(device, spec.precision)
     if dense is not None:  # as micromet scores it: regions of DENSE_BLOCK_CELLS x DENSE_BLOCK_CELLS cells
         side_px = card.tile_size_px + card.stride_px * (DENSE_BLOCK_CELLS - 1)
-        batch = torch.randn((1, 3, side_px, side_px), device=device).contiguous(memory_format=torch.channels_last)
+        shape = (1, 3, side_px, side_px)
         sizes = [1] * math.ceil(n_tiles / DENSE_BLOCK_CELLS**2)
     else:
         shape = (spec.batch_size, 3, spec.tile_size_px, spec.tile_size_px)
-        batch = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
-        sizes = [s for s in [spec.batch_size] * (n_tiles // spec.batch_size) + [n_tiles % spec.batch_size] if s]
+        full, rest = divmod(n_tiles, spec.batch_size)
+        sizes = [s for s in [spec.batch_size] * full + [rest] if s]
+    batch = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
     default_threads = torch.get_num_threads()
     counts = sorted({1, default_threads}) if device.type == "cpu" else [default_threads]
     seconds_by_threads: dict[int, float] = {}

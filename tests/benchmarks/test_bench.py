@@ -303,3 +303,26 @@ def test_write_docs_section_starts_a_missing_file_and_keeps_other_sections(tmp_p
     harness.write_docs_section(docs, "## B", "## B\n\nkept\n")
     harness.write_docs_section(docs, "## A", "## A\n\ntwo\n")
     assert docs.read_text(encoding="utf-8") == "# Benchmarks\n\n## A\n\ntwo\n\n## B\n\nkept\n"
+
+
+@pytest.mark.parametrize(
+    ("architecture", "stride_px", "mode"), [("dense96", 32, "dense"), ("micronet", None, "tiles")]
+)
+def test_the_compute_limit_runs_a_dense_model_in_its_dense_form(
+    tmp_path: Path, architecture: str, stride_px: int | None, mode: str
+) -> None:
+    from pipeline.models import ModelCard, build_model, save_checkpoint
+
+    tile_px = 96 if architecture == "dense96" else 32
+    card = ModelCard(architecture=architecture, tile_size_px=tile_px, mpp=1.0, stride_px=stride_px,
+                     training_data="untrained test model")  # fmt: skip
+    model = save_checkpoint(tmp_path / "m.pt", build_model(architecture), card)
+    rc = np.stack(np.divmod(np.arange(300), 20), axis=1)  # 300 cells, 15 x 20
+    np.savez(tmp_path / "grid.npz", xy_px=rc[:, ::-1] * 32, heatmap_rc=rc, tissue_fraction=np.ones(300),
+             meta=np.array("{}"))  # fmt: skip
+    spec = variants.BenchSpec(slide="unused", slide_mpp=1.0, model=str(model), tile_size_px=tile_px,
+                              model_mpp=1.0, device="cpu", workers=0, batch_size=64, region_tiles=8,
+                              grid=str(tmp_path / "grid.npz"), out_dir=str(tmp_path), stride_px=stride_px,
+                              precision="fp32")  # fmt: skip
+    n_tiles, facts = variants.compute_limit(spec)
+    assert n_tiles == 300 and facts["mode"] == mode and facts["seconds"] > 0

@@ -222,7 +222,9 @@ def test_a_fine_tuned_partner_is_named_instead_of_the_defaults(tmp_path: Path) -
     tuned = save_checkpoint(
         out_dir / "finetuned_partner.pt", build_model("micronet"), dataclasses.replace(base, stride_px=16)
     )
-    out = bench.with_default_rules(trained, out_dir / "finetuned.pt", default, keep_partner=True, partner=tuned)
+    out = bench.with_default_rules(
+        trained, out_dir / "finetuned.pt", default, keep_partner=True, partner=tuned
+    )
     card = read_card(out)
     assert card.partner["file"] == "finetuned_partner.pt" and card.partner != read_card(default).partner
     assert not (out_dir / "partner.pt").exists() and "fine-tuned on the same reviews" in card.notes

@@ -430,7 +430,8 @@ def test_a_pair_is_prepared_as_one_only_when_both_models_score_densely() -> None
     assert prepared is not None and prepared.dense is not None
     region = torch.rand(1, 3, TILE_PX + 2 * STRIDE_PX, TILE_PX + STRIDE_PX)
     with torch.inference_mode():
-        mean = (torch.softmax(first.dense_logits(region), 1) + torch.softmax(second.dense_logits(region), 1)) / 2
+        mean = torch.softmax(first.dense_logits(region), 1) + torch.softmax(second.dense_logits(region), 1)
+        mean = mean / 2
         paired = torch.softmax(prepared.dense.model(region.contiguous(memory_format=torch.channels_last)), 1)
     torch.testing.assert_close(paired, mean, atol=1e-5, rtol=0)
     assert prepare_pair(first, build_model("pcamnet").eval(), card, config) is None  # one is tile by tile

@@ -79,9 +79,8 @@ def test_dense_architectures_score_a_region_exactly_as_its_tiles(name: str) -> N
                 module.running_var.uniform_(0.5, 2.0)
     model.eval()
     region = torch.rand(1, 3, 96 + 32 * 4, 96 + 32 * 3)
-    tiles = torch.stack(
-        [region[0, :, 32 * row : 32 * row + 96, 32 * col : 32 * col + 96] for row in range(5) for col in range(4)]
-    )
+    crops = [(32 * row, 32 * col) for row in range(5) for col in range(4)]
+    tiles = torch.stack([region[0, :, y : y + 96, x : x + 96] for y, x in crops])
     with torch.inference_mode():
         dense = model.dense_logits(region)  # type: ignore[operator]
         tile_logits = model(tiles)

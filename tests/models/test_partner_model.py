@@ -130,12 +130,13 @@ def test_two_dense_partners_are_scored_in_one_pass_with_the_same_average(
     np.testing.assert_allclose(paired[scored], (alone[scored] + other[scored]) / 2, atol=1e-5)
     inference = read_report(tmp_path / "paired" / REPORT_JSON)["inference"]
     assert inference["mode"] == "dense"
-    assert inference["partner"] == {
-        "tiles": int(scored.sum()), "seconds": inference["partner"]["seconds"], "mode": "dense", "one_pass": True
-    }
+    partner = inference["partner"]
+    assert (partner["tiles"], partner["mode"], partner["one_pass"]) == (int(scored.sum()), "dense", True)
 
 
-def test_a_tile_by_tile_pair_is_scored_in_two_passes(models: dict[str, Path], slide: Path, tmp_path: Path) -> None:
+def test_a_tile_by_tile_pair_is_scored_in_two_passes(
+    models: dict[str, Path], slide: Path, tmp_path: Path
+) -> None:
     from pipeline.batch.folder import REPORT_JSON, read_report
 
     heatmap_of(models["paired"], slide, tmp_path / "paired")
