@@ -150,7 +150,7 @@ class Dense96Wide(Dense96):
     The same 96 px receptive field and 32 px stride (stem 48, 46, 44, pool 22, 20, pool 10, 8,
     pool 4, 2, pool 1), with a 1 x 1 conv after the last 3 x 3 conv of every stage (four more
     layers, no change of size), 48 channels in the stem's second conv and 384 in the last stage.
-    About 1.6 M parameters; dense scoring costs about 28 M multiply-adds per cell against
+    About 1.5 M parameters; dense scoring costs about 28 M multiply-adds per cell against
     ``dense96``'s 22 M.
     """
 
