@@ -161,8 +161,8 @@ class AnalysisContext:
     @functools.cached_property
     def pair_prepared(self) -> PreparedModel | None:
         """The model and its partner prepared as one, scored in one pass, where both score
-        densely (``pipeline.detection.inference.prepare_pair``); None otherwise."""
-        from pipeline.detection.inference import prepare_pair
+        densely (``pipeline.detection.paired.prepare_pair``); None otherwise."""
+        from pipeline.detection.paired import prepare_pair
 
         if self.partner is None:
             return None

@@ -1,6 +1,7 @@
 """Detection: reads a slide's tile grid and a model; produces one tumor probability per
-tile and the heatmap. ``inference`` (one prepared model per slide, readers,
-precision), ``cpu_plan`` (readers vs torch threads), ``cascade`` (the screen, on by default),
+tile and the heatmap. ``inference`` (one prepared model per slide, readers, precision),
+``dense`` (exact dense scoring of regions), ``paired`` (two dense partners scored as one),
+``cpu_plan`` (readers vs torch threads), ``cascade`` (the screen, on by default),
 ``heatmap`` (probabilities on the grid, saved and reloaded exactly).
 """
 
@@ -12,5 +13,6 @@ __all__ = [
     "dense",
     "heatmap",
     "inference",
+    "paired",
     "precision",
 ]

@@ -73,7 +73,7 @@ class InferenceStats:
     precision: the autocast the model ran under ("fp32", "bf16" or "fp16"), precision_probe: the
     timings that chose it (``pipeline.detection.precision``) or None. mode: "tiles" or "dense".
     partner: the run of a card's partner model (``pipeline.models.partner``). with_partner: the
-    run scored the model and its partner together, in one pass (``prepare_pair``)."""
+    run scored the model and its partner together, in one pass (``pipeline.detection.paired``)."""
 
     n_tiles: int
     n_regions: int
@@ -362,46 +362,6 @@ class PreparedModel:
     card: ModelCard
     device: torch.device
     dense: _Scorer | None = None
-
-
-def _log_mean_softmax(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    mean = (torch.softmax(first.float(), dim=1) + torch.softmax(second.float(), dim=1)) / 2
-    return torch.log(mean)
-
-
-class PairedModel(nn.Module):
-    """A model and its card's partner (``pipeline.models.partner``) as one classifier: its logits
-    are the log of the mean of both models' class probabilities, so their softmax is that mean,
-    the average ``infer`` takes (to float rounding). Scored as one model, the pair reads each
-    tile or region once. ``DensePairedModel`` adds the dense form where both models have one."""
-
-    def __init__(self, model: nn.Module, partner: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.partner = partner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _log_mean_softmax(self.model(x), self.partner(x))
-
-
-class DensePairedModel(PairedModel):
-    """``PairedModel`` of two models with exact dense inference, itself exact."""
-
-    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Per cell, the log of the mean of both models' dense class probabilities."""
-        first: Callable[[torch.Tensor], torch.Tensor] = self.model.dense_logits  # type: ignore[assignment]
-        second: Callable[[torch.Tensor], torch.Tensor] = self.partner.dense_logits  # type: ignore[assignment]
-        return _log_mean_softmax(first(x), second(x))
-
-
-def prepare_pair(
-    model: nn.Module, partner: nn.Module, card: ModelCard, config: InferenceConfig
-) -> PreparedModel | None:
-    """The model and its partner prepared as one (``DensePairedModel``) when both score densely
-    under ``config``, else None: with one tile-by-tile model, scoring the pair in one pass would
-    give up the other's dense scoring, and two passes cost less."""
-    dense = config.dense and all(dense_forward(m, card) is not None for m in (model, partner))
-    return prepare_model(DensePairedModel(model, partner), card, config) if dense else None
 
 
 def prepare_model(model: nn.Module, card: ModelCard, config: InferenceConfig) -> PreparedModel:

@@ -420,7 +420,7 @@ def test_whole_region_items_are_the_boxes_around_each_blocks_cells(synthetic_sli
 
 def test_a_pair_is_prepared_as_one_only_when_both_models_score_densely() -> None:
     from pipeline.config import InferenceConfig
-    from pipeline.detection.inference import prepare_pair
+    from pipeline.detection.paired import prepare_pair
     from pipeline.models import build_model
 
     config = InferenceConfig(device="cpu", precision="fp32")
