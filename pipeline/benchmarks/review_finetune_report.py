@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.benchmarks.review_finetune_slides import HALVES
 
-__all__ = ["markdown", "rates", "removed_fraction"]
+__all__ = ["finetuned_heading", "markdown", "rates", "removed_fraction"]
 
 
 def rates(findings: dict[str, dict[str, Any]], slides: dict[str, Any]) -> dict[str, Any]:
@@ -34,11 +34,20 @@ def removed_fraction(before: int, after: int) -> float:
     return math.nan if before == 0 else 1.0 - after / before
 
 
+def finetuned_heading(result: dict[str, Any]) -> str:
+    """The fine-tuned model's column heading: alone, with the default's partner unchanged, or
+    with a partner of its own (--finetune-partner)."""
+    partner = result.get("finetuned_partner") or {}
+    if not partner:
+        return "fine-tuned (alone)"
+    same = partner == (result.get("default_partner") or {})
+    how = "the unchanged partner" if same else "its partner, fine-tuned alike,"
+    return f"fine-tuned (with {how} {partner['file']})"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
-    partner = result.get("finetuned_partner") or {}
-    tuned = f"fine-tuned (with the unchanged partner {partner['file']})" if partner else "fine-tuned (alone)"
-    rows = [f"| figure | default model | {tuned} |", "| --- | --- | --- |"]
+    rows = [f"| figure | default model | {finetuned_heading(result)} |", "| --- | --- | --- |"]
     role = {result["reviewed_half"]: "reviewed", result["held_out_half"]: "held out"}
     for half in HALVES:
         d, f = result[f"default_{half}"], result[f"finetuned_{half}"]

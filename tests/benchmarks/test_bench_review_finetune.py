@@ -16,7 +16,7 @@ import torch
 
 from pipeline.benchmarks import review_finetune as bench
 from pipeline.benchmarks import review_finetune_slides as slides
-from pipeline.benchmarks.review_finetune_report import removed_fraction
+from pipeline.benchmarks.review_finetune_report import finetuned_heading, removed_fraction
 from pipeline.errors import ConfigError
 from pipeline.models import ModelCard, build_model, load_checkpoint, read_card, save_checkpoint
 from pipeline.review.review_files import read_slide_review
@@ -140,6 +140,16 @@ def test_the_fine_tuned_weights_get_the_default_cards_rules(tmp_path: Path) -> N
     assert card.training_data == "t" and "copied from" in card.notes
     for name, tensor in trained_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_the_fine_tuned_column_says_which_partner_it_scored_with() -> None:
+    default = {"file": "default_partner.pt", "sha256": "a" * 64}
+    tuned = {"file": "finetuned_partner.pt", "sha256": "b" * 64}
+    assert finetuned_heading({"finetuned_partner": {}}) == "fine-tuned (alone)"
+    kept = finetuned_heading({"default_partner": default, "finetuned_partner": default})
+    assert kept == "fine-tuned (with the unchanged partner default_partner.pt)"
+    both = finetuned_heading({"default_partner": default, "finetuned_partner": tuned})
+    assert both == "fine-tuned (with its partner, fine-tuned alike, finetuned_partner.pt)"
 
 
 def test_removed_fraction() -> None:
