@@ -85,7 +85,7 @@ def timed(function: Callable[[], object]) -> float:
 
 
 def read_loop(path: Path, slide_mpp: float, grid: TileGrid) -> None:
-    with open_slide(path, mpp_override=slide_mpp) as slide:
+    with SlideSource.with_mpp(path, slide_mpp).open() as slide:
         for x_px, y_px in grid.xy_px.tolist():
             slide.read_region_at_mpp(x_px, y_px, TILE_PX, TILE_PX, MODEL_MPP)
 

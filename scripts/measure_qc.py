@@ -27,7 +27,7 @@ from pipeline.slides.qc import (
     qc_reference_from_tiles,
     stain_statistics,
 )
-from pipeline.slides.slide import open_slide, resize_rgb
+from pipeline.slides.slide import SlideSource, open_slide, resize_rgb
 from pipeline.slides.tissue import detect_tissue
 
 QC = QCConfig()
@@ -87,7 +87,7 @@ def describe(name: str, tiles: NDArray[np.uint8]) -> None:
 
 def slide_values(path: Path, mpp: float | None = None) -> str:
     """The QC values of one slide, as pipeline.slides.qc.check_slide reports them."""
-    with open_slide(path, mpp_override=mpp) as slide:
+    with SlideSource.for_path(path, mpp).open() as slide:
         tissue = detect_tissue(slide, TissueConfig())
         result = check_slide(slide, tissue, QC)
         measures = ", ".join(f"{k} {v:.4g}" for k, v in result.measures.items() if v is not None)
