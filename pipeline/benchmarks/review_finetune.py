@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -179,16 +178,13 @@ def batch_findings(batch_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def file_sha256(path: Path) -> str:
-    """The file's SHA-256, hex."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def node_scale(work: Path, model: Path, name: str, reuse: Path | None) -> dict[str, Any]:
     """Dev node-scale figures of ``model`` (bench_node_scale.py score + report --part dev)."""
     cached = work / f"node_scale_{name}.json"
     if cached.is_file():
         return dict(json.loads(cached.read_text(encoding="utf-8")))
+    from pipeline.models import file_sha256
+
     folder = work / f"ns_{name}"
     if reuse is not None and (reuse / "dev" / "model.json").is_file():
         used = Path(json.loads((reuse / "dev" / "model.json").read_text(encoding="utf-8"))["model"])
