@@ -96,17 +96,14 @@ def _inference_facts(context: ScoringContext, runs: Sequence[InferenceStats]) ->
         "tiles_per_s": round(sum(stats.n_tiles for stats in own) / seconds, 1) if seconds > 0 else 0.0,
         "cpu_plan": runs[0].cpu_plan.to_dict(),
     }
-    partner = [stats for stats in runs if stats.partner]
+    # the partner's own runs, or the runs that scored it with the model in one pass (their tiles
+    # and seconds are then the model's too)
+    one_pass = any(stats.with_partner for stats in runs)
+    partner = [stats for stats in runs if (stats.with_partner if one_pass else stats.partner)]
     if partner:
         facts["partner"] = {
             "tiles": sum(s.n_tiles for s in partner), "seconds": round(sum(s.seconds for s in partner), 3),
-            "mode": "dense" if any(s.mode == "dense" for s in partner) else "tiles", "one_pass": False,
-        }  # fmt: skip
-    paired = [stats for stats in runs if stats.with_partner]
-    if paired:  # scored with the model, in the same pass: its tiles and seconds are the model's
-        facts["partner"] = {
-            "tiles": sum(s.n_tiles for s in paired), "seconds": round(sum(s.seconds for s in paired), 3),
-            "mode": "dense" if any(s.mode == "dense" for s in paired) else "tiles", "one_pass": True,
+            "mode": "dense" if any(s.mode == "dense" for s in partner) else "tiles", "one_pass": one_pass,
         }  # fmt: skip
     return facts
 
