@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from pipeline.config import InferenceConfig
-from pipeline.detection.dense import dense_forward
 from pipeline.detection.inference import PreparedModel, prepare_model
 from pipeline.models import ModelCard
 
@@ -57,5 +56,7 @@ def prepare_pair(
     """The model and its partner prepared as one (``DensePairedModel``) when both score densely
     under ``config``, else None: with one tile-by-tile model, scoring the pair in one pass would
     give up the other's dense scoring, and two passes cost less."""
-    dense = config.dense and all(dense_forward(m, card) is not None for m in (model, partner))
-    return prepare_model(DensePairedModel(model, partner), card, config) if dense else None
+    if not config.dense or not all(callable(getattr(m, "dense_logits", None)) for m in (model, partner)):
+        return None
+    prepared = prepare_model(DensePairedModel(model, partner), card, config)  # checks the dense form
+    return prepared if prepared.dense is not None else None
