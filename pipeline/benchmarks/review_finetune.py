@@ -286,6 +286,10 @@ def measure(args: argparse.Namespace, work: Path, facts: dict[str, Any], finetun
         "reviewed_half": reviewed, "held_out_half": held_out, "halves": facts["halves"],
         "default_partner": read_card(DEFAULT_MODEL).partner,
         "finetuned_partner": read_card(finetuned).partner,
+        "settings": {
+            "epochs": args.epochs, "lr": args.lr, "tiles_per_deposit": args.tiles_per_deposit,
+            "negatives_per_slide": args.negatives_per_slide, "finetune_partner": args.finetune_partner,
+        },
     }  # fmt: skip
     for name, model in models.items():
         for half in HALVES:
@@ -352,6 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak learning rate")
     parser.add_argument("--tiles-per-deposit", type=int, default=32, help="--review-tiles-per-deposit")
+    parser.add_argument(
+        "--negatives-per-slide", type=int, default=0,
+        help="--review-negatives-per-slide: also mine each reviewed slide's highest heatmap cells "
+        "outside its deposits as hard negatives (default 0: off)",
+    )  # fmt: skip
     parser.add_argument(
         "--default-node-work", type=Path, default=REPO / "runs" / "ns_ensemble",
         help="a bench_node_scale.py --work whose dev part was scored with the default model (reused "

@@ -95,6 +95,7 @@ def train_command(
         "--review-tiles-per-deposit", str(args.tiles_per_deposit), "--epochs", str(args.epochs),
         "--lr", f"{args.lr}", "--scheduler", "cosine", "--batch-size", "64", "--workers", "1",
         "--seed", str(args.seed), "--out", str(out), "--no-progress",
+        *(["--review-negatives-per-slide", str(args.negatives_per_slide)] if args.negatives_per_slide else []),
     )  # fmt: skip
 
 

@@ -49,6 +49,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "index": ("data", "index"),
     "reviews": ("data", "reviews"),
     "review_tiles_per_deposit": ("data", "review_tiles_per_deposit"),
+    "review_negatives_per_slide": ("data", "review_negatives_per_slide"),
     "init_model": ("train", "init_model"),
     "tumor_per_slide": ("sampling", "tumor_per_slide"),
     "normal_per_slide": ("sampling", "normal_per_slide"),
@@ -109,6 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--review-tiles-per-deposit", type=int, default=None, metavar="N",
                       help="tiles drawn in each reviewed deposit (default 32)")
+    data.add_argument(
+        "--review-negatives-per-slide", type=int, default=None, metavar="N",
+        help="also train on the N heatmap cells of each completely reviewed slide scored highest "
+        "outside every deposit, as hard negatives (default 0: off)",
+    )
     data.add_argument("--tumor-per-slide", type=int, default=None)
     data.add_argument("--normal-per-slide", type=int, default=None)
     model = parser.add_argument_group("model")

@@ -109,7 +109,9 @@ class DataConfig:
     index: a sample index CSV from an earlier run to reuse instead of sampling the slides.
     reviews: batch folders whose complete pathologist reviews add tiles
     (``pipeline.training.review_samples``): review_tiles_per_deposit tumor tiles per confirmed,
-    corrected or drawn deposit, as many hard negatives per rejected one.
+    corrected or drawn deposit, as many hard negatives per rejected one; and with
+    review_negatives_per_slide N > 0, the N cells of each reviewed slide's heatmap scored highest
+    outside every deposit (a complete review says that tissue holds no tumor) as hard negatives.
     """
 
     slides: tuple[str, ...] = ()
@@ -123,6 +125,7 @@ class DataConfig:
     index: str | None = None
     reviews: tuple[str, ...] = ()
     review_tiles_per_deposit: int = 32
+    review_negatives_per_slide: int = 0
 
     def __post_init__(self) -> None:
         for name in ("slides", "annotations", "patches", "val_patches", "pcam", "reviews"):
@@ -139,6 +142,9 @@ class DataConfig:
             raise ValueError(f"index={self.index!r}; expected the path of a sample index CSV")
         check_range("val_fraction", self.val_fraction, 0.0, 0.9)
         check_range("review_tiles_per_deposit", self.review_tiles_per_deposit, 1, 100_000)
+        check_range("review_negatives_per_slide", self.review_negatives_per_slide, 0, 1_000_000)
+        if self.review_negatives_per_slide and not self.reviews:
+            raise ValueError("review_negatives_per_slide given without reviews; add --reviews BATCH_DIR")
         if not (self.slides or self.patches or self.pcam or self.index or self.reviews):
             raise ValueError("no training data: give slides, patches, pcam or reviews folders")
 

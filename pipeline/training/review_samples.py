@@ -7,6 +7,10 @@ Only complete reviews made on the slide's current report.json train; deposits le
 are neither tumor nor negative. Tiles are read later from the slide files at the model's
 µm/px like every other slide sample. Every review used is recorded (batch, slide, revision,
 reviewer, SHA-256 of the file) for the checkpoint's card.
+
+A complete review also says that no tumor lies outside the deposits that stand or are pending:
+``review_normal_samples`` mines the rest of such a slide for hard negatives, the heatmap cells
+the batch's model scored highest there (kind "review_normal").
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from pipeline.batch.folder import (
     read_report,
     slide_folder,
 )
-from pipeline.errors import ConfigError
+from pipeline.detection.heatmap import load_heatmap
+from pipeline.errors import ConfigError, HeatmapError
 from pipeline.review.review_files import read_slide_review
 from pipeline.review.reviews import (
     ADDED,
@@ -48,12 +53,14 @@ TUMOR_DECISIONS = (CONFIRMED, CORRECTED, ADDED)
 
 @dataclasses.dataclass(frozen=True)
 class ReviewedSlide:
-    """A slide with a complete review: the slide file, the review and its file's SHA-256."""
+    """A slide with a complete review: the slide file, its result folder in the batch (where
+    review.geojson and the heatmap are), the review and its file's SHA-256."""
 
     batch_dir: Path
     slide_path: Path
     review: SlideReview
     review_sha256: str
+    folder: Path
 
     def provenance(self) -> str:
         """ "BATCH/slide revision N by REVIEWER (sha256 0123456789ab)" for the model card."""
@@ -97,7 +104,7 @@ def find_reviewed_slides(batch_dirs: Sequence[Path]) -> list[ReviewedSlide]:
             check_review_matches(review, report, folder / REVIEW_GEOJSON)
             digest = hashlib.sha256((folder / REVIEW_GEOJSON).read_bytes()).hexdigest()
             path = _slide_path(batch_dir, slide_id, entry)
-            found.append(ReviewedSlide(batch_dir, path, review, digest))
+            found.append(ReviewedSlide(batch_dir, path, review, digest, folder))
         if len(found) == before:
             raise ConfigError(
                 f"{batch_dir}: no slide has a complete review; review slides with "
@@ -151,13 +158,65 @@ def review_tile_samples(
     return samples
 
 
+def _cell_centres(slide: ReviewedSlide) -> tuple[Any, Any, float]:
+    """Level-0 centres and probabilities of the scored cells of the slide's heatmap, and its
+    tile side in level-0 px."""
+    try:
+        heatmap = load_heatmap(slide.folder)
+    except HeatmapError as exc:
+        raise ConfigError(
+            f"{exc}; mining a reviewed slide's tissue needs the heatmap of its result - "
+            "re-run `micromet infer` on the batch or leave out --review-negatives-per-slide"
+        ) from exc
+    rows, cols = np.nonzero(np.isfinite(heatmap.probabilities))
+    centres = heatmap.cell_center_xy(np.stack([rows, cols], axis=1).astype(np.float64))
+    return centres, heatmap.probabilities[rows, cols], heatmap.tile_size_l0_px
+
+
+def _outside(points: Any, shape: Any, margin_px: float) -> Any:
+    if shape.is_empty:
+        return np.ones(len(points), dtype=bool)
+    return np.asarray(shapely.distance(points, shape)) > margin_px
+
+
+def review_normal_samples(slides: Sequence[ReviewedSlide], per_slide: int) -> list[PatchSample]:
+    """Hard negatives from the rest of each completely reviewed slide: the ``per_slide`` cells
+    of its heatmap that the batch's model scored highest (ties in grid order), leaving out cells
+    inside rejected deposits (``review_tile_samples`` samples those) and cells within one tile
+    side of any deposit that stands (confirmed, corrected, drawn) or is pending, so no tile
+    overlaps tumor the reviewer kept. Label 0, kind "review_normal", all in the training split.
+    Raises ConfigError naming the folder when a reviewed slide has no readable heatmap."""
+    samples: list[PatchSample] = []
+    for slide in slides:
+        centres, probabilities, tile_px = _cell_centres(slide)
+        points = shapely.points(centres) if len(centres) else np.zeros(0, dtype=object)
+        kept_tumor = _union(slide.review, (*TUMOR_DECISIONS, PENDING))
+        rejected = _union(slide.review, (REJECTED,))
+        free = _outside(points, kept_tumor, tile_px) & _outside(points, rejected, 0.0)
+        chosen = np.flatnonzero(free)[np.argsort(-probabilities[free], kind="stable")[:per_slide]]
+        samples.extend(
+            PatchSample(str(slide.slide_path), float(x), float(y), 0, "train", "review_normal")
+            for x, y in centres[np.sort(chosen)]
+        )
+    return samples
+
+
 def describe_reviews(slides: Sequence[ReviewedSlide], samples: Sequence[PatchSample]) -> str:
     """For the model card: which reviews trained the model and what they gave."""
     from_reviews = {str(s.slide_path) for s in slides}
-    n_tumor = sum(1 for s in samples if s.slide in from_reviews and s.kind == "tumor")
-    n_negative = sum(1 for s in samples if s.slide in from_reviews and s.kind == "hard_negative")
+
+    def count(kind: str) -> int:
+        return sum(1 for s in samples if s.slide in from_reviews and s.kind == kind)
+
+    mined = count("review_normal")
+    tissue = (
+        f", {mined} hard negatives from the rest of the reviewed tissue (the heatmap's highest "
+        "cells outside every deposit)"
+        if mined
+        else ""
+    )
     return (
-        f"pathologist reviews of {len(slides)} slide(s): {n_tumor} tumor tiles in confirmed, "
-        f"corrected and drawn deposits, {n_negative} hard negatives in rejected deposits; "
-        f"reviews {'; '.join(s.provenance() for s in slides)}"
+        f"pathologist reviews of {len(slides)} slide(s): {count('tumor')} tumor tiles in confirmed, "
+        f"corrected and drawn deposits, {count('hard_negative')} hard negatives in rejected "
+        f"deposits{tissue}; reviews {'; '.join(s.provenance() for s in slides)}"
     )

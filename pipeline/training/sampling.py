@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # Looked for, in this order, beside a slide or in an annotation folder: <stem><suffix>.
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 INDEX_COLUMNS = ("slide", "x_px", "y_px", "label", "split", "kind")
-SampleKind = Literal["tumor", "normal", "hard_negative"]
+SampleKind = Literal["tumor", "normal", "hard_negative", "review_normal"]
+SAMPLE_KINDS = ("tumor", "normal", "hard_negative", "review_normal")
 Split = Literal["train", "val"]
 _MAX_DRAW_ROUNDS = 20  # rejection-sampling rounds before giving up on a region
 # ``SlideSource.mpp_from`` of a training slide read at the run's --slide-mpp ([data] slide_mpp).
@@ -424,7 +425,7 @@ def write_sample_index(path: Path, samples: Sequence[PatchSample]) -> Path:
 def _parse_row(path: Path, line: int, row: dict[str, str]) -> PatchSample:
     try:
         split, kind = row["split"], row["kind"]
-        if split not in ("train", "val") or kind not in ("tumor", "normal", "hard_negative"):
+        if split not in ("train", "val") or kind not in SAMPLE_KINDS:
             raise ValueError(f"split={split!r}, kind={kind!r}")
         label = int(row["label"])
         if label not in (0, 1):

@@ -63,7 +63,12 @@ from pipeline.training.loop import (
 )
 from pipeline.training.metrics import METRIC_COLUMNS, log_epoch
 from pipeline.training.mining import mine_hard_negatives, mine_round, mining_due
-from pipeline.training.review_samples import describe_reviews, find_reviewed_slides, review_tile_samples
+from pipeline.training.review_samples import (
+    describe_reviews,
+    find_reviewed_slides,
+    review_normal_samples,
+    review_tile_samples,
+)
 from pipeline.training.sampling import (
     AnnotatedSlide,
     PatchSample,
@@ -145,6 +150,8 @@ def _load_samples(
             reviewed = find_reviewed_slides([Path(b) for b in settings.data.reviews])
             per_deposit = settings.data.review_tiles_per_deposit
             samples = [*samples, *review_tile_samples(reviewed, per_deposit, settings.sampling.seed)]
+            if settings.data.review_negatives_per_slide:
+                samples += review_normal_samples(reviewed, settings.data.review_negatives_per_slide)
         write_sample_index(index, samples)
     barrier(info)
     return read_sample_index(index)

@@ -4,10 +4,12 @@ negatives; the checkpoint's card names the reviews that trained it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import shapely
 import torch
@@ -18,7 +20,9 @@ from pipeline.models import ModelCard, build_model, read_card, save_checkpoint
 from pipeline.review.review_files import write_review
 from pipeline.review.reviews import apply_edit, new_review
 from pipeline.training.config import TrainConfig
-from pipeline.training.review_samples import find_reviewed_slides, review_tile_samples
+from pipeline.detection.heatmap import load_heatmap, save_heatmap
+from pipeline.training.config import DataConfig
+from pipeline.training.review_samples import find_reviewed_slides, review_normal_samples, review_tile_samples
 from pipeline.training.train import _load_initial_weights
 from tests.viewer_batch import GOOD_ID, ViewerBatch, build_viewer_batch, synthetic_slide
 
@@ -73,6 +77,46 @@ def test_rejected_deposits_give_hard_negatives_and_the_others_tumor(
     assert samples == review_tile_samples(slides, 10, seed=0)  # reproducible
 
 
+def test_a_complete_review_mines_the_rest_of_its_tissue_for_hard_negatives(
+    reviewed: Path, batch: ViewerBatch
+) -> None:
+    folder = reviewed / GOOD_ID
+    heatmap = load_heatmap(folder)
+    rows, cols = np.nonzero(np.isfinite(heatmap.probabilities))
+    centres = heatmap.cell_center_xy(np.stack([rows, cols], axis=1).astype(float))
+    outlines = [d["outline_xy"] for d in batch.good_report["deposits"]] + [DRAWN_XY]
+    anywhere = shapely.union_all([shapely.Polygon(o) for o in outlines])
+    distance = shapely.distance(shapely.points(centres), anywhere)
+    far = np.flatnonzero(distance > 3 * heatmap.tile_size_l0_px)
+    assert len(far) > 10
+    values = heatmap.probabilities.copy()
+    values[np.isfinite(values)] = 0.1
+    values[rows[distance == 0], cols[distance == 0]] = 1.0  # every deposit scores highest
+    top = far[[0, len(far) // 2, -1]]
+    values[rows[top], cols[top]] = [0.97, 0.99, 0.98]
+    save_heatmap(dataclasses.replace(heatmap, probabilities=values), folder)
+
+    slides = find_reviewed_slides([reviewed])
+    mined = review_normal_samples(slides, 3)
+    assert {(s.x_px, s.y_px) for s in mined} == {tuple(c) for c in centres[top]}
+    assert all(s.label == 0 and s.kind == "review_normal" and s.split == "train" for s in mined)
+    everything = review_normal_samples(slides, 10**6)
+    points = shapely.points([(s.x_px, s.y_px) for s in everything])
+    deposits = {d["id"]: shapely.Polygon(d["outline_xy"]) for d in batch.good_report["deposits"]}
+    kept = shapely.union(deposits[2], shapely.Polygon(DRAWN_XY))  # confirmed and drawn: tumor
+    assert (shapely.distance(points, kept) > heatmap.tile_size_l0_px).all()  # no tile overlaps them
+    assert not shapely.contains(deposits[1], points).any()  # the rejected one is sampled apart
+    assert len(everything) < len(centres) and len(everything) > len(far)
+
+
+def test_mining_a_reviewed_slide_without_its_heatmap_names_the_folder(reviewed: Path) -> None:
+    (reviewed / GOOD_ID / "heatmap.npy").unlink()
+    with pytest.raises(ConfigError, match=rf"{GOOD_ID}.*re-run `micromet infer`"):
+        review_normal_samples(find_reviewed_slides([reviewed]), 5)
+    with pytest.raises(ValueError, match="without reviews"):
+        DataConfig(patches=("p",), patch_mpp=1.0, review_negatives_per_slide=5)
+
+
 def test_a_review_in_progress_does_not_train(tmp_path: Path, batch: ViewerBatch) -> None:
     root = tmp_path / "batch"
     shutil.copytree(batch.root, root)
@@ -115,6 +159,8 @@ def test_train_fine_tunes_from_reviews_and_its_card_names_them(reviewed: Path, t
             "--no-progress",
             "--review-tiles-per-deposit",
             "8",
+            "--review-negatives-per-slide",
+            "5",
             "--out",
             str(out),
         ]
@@ -126,9 +172,10 @@ def test_train_fine_tunes_from_reviews_and_its_card_names_them(reviewed: Path, t
     assert "no validation tiles" in new_card.notes  # reviews all train: its 0.5 was not chosen on data
     assert training_data.startswith(f"fine-tuned from {start}")
     assert f"{GOOD_ID} revision 4 by Dr Ana (sha256 " in training_data
-    assert "16 tumor tiles" in training_data and "8 hard negatives" in training_data
-    kinds = (out / "samples.csv").read_text().count("hard_negative")
-    assert kinds == 8
+    assert "16 tumor tiles" in training_data and "8 hard negatives in rejected" in training_data
+    assert "5 hard negatives from the rest of the reviewed tissue" in training_data
+    index = (out / "samples.csv").read_text()
+    assert index.count("hard_negative") == 8 and index.count("review_normal") == 5
 
 
 def test_initial_weights_are_copied_and_a_mismatched_card_is_refused(tmp_path: Path) -> None:
