@@ -85,6 +85,8 @@ def train_command(
     from pipeline.models import read_card
 
     card = read_card(init_model)
+    per_slide = args.negatives_per_slide
+    mining = ["--review-negatives-per-slide", str(per_slide)] if per_slide else []
     out = work / out_name
     if (out / "last.pt").is_file():  # resume (a finished run returns at once)
         return micromet("train", "--resume", str(out / "last.pt"), "--no-progress")  # its settings name out
@@ -95,7 +97,7 @@ def train_command(
         "--review-tiles-per-deposit", str(args.tiles_per_deposit), "--epochs", str(args.epochs),
         "--lr", f"{args.lr}", "--scheduler", "cosine", "--batch-size", "64", "--workers", "1",
         "--seed", str(args.seed), "--out", str(out), "--no-progress",
-        *(["--review-negatives-per-slide", str(args.negatives_per_slide)] if args.negatives_per_slide else []),
+        *mining,
     )  # fmt: skip
 
 

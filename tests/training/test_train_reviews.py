@@ -15,13 +15,12 @@ import shapely
 import torch
 
 from pipeline.cli import main
+from pipeline.detection.heatmap import load_heatmap, save_heatmap
 from pipeline.errors import ConfigError
 from pipeline.models import ModelCard, build_model, read_card, save_checkpoint
 from pipeline.review.review_files import write_review
 from pipeline.review.reviews import apply_edit, new_review
-from pipeline.training.config import TrainConfig
-from pipeline.detection.heatmap import load_heatmap, save_heatmap
-from pipeline.training.config import DataConfig
+from pipeline.training.config import DataConfig, TrainConfig
 from pipeline.training.review_samples import find_reviewed_slides, review_normal_samples, review_tile_samples
 from pipeline.training.train import _load_initial_weights
 from tests.viewer_batch import GOOD_ID, ViewerBatch, build_viewer_batch, synthetic_slide
