@@ -51,6 +51,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "review_tiles_per_deposit": ("data", "review_tiles_per_deposit"),
     "review_negatives_per_slide": ("data", "review_negatives_per_slide"),
     "init_model": ("train", "init_model"),
+    "finetune_partner": ("train", "finetune_partner"),
     "tumor_per_slide": ("sampling", "tumor_per_slide"),
     "normal_per_slide": ("sampling", "normal_per_slide"),
 }
@@ -125,6 +126,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init-model", default=None, metavar="CHECKPOINT",
         help="start from this checkpoint's weights (fine-tuning); give its --arch, "
         "--tile-size-px and --model-mpp",
+    )
+    model.add_argument(
+        "--finetune-partner", action="store_true", default=None,
+        help="the --init-model's card names a partner (the default model does): fine-tune it too, "
+        "on the same data, in OUT/partner, and write the pair OUT/pair.pt",
     )
     model.add_argument(
         "--stain-normalization",
@@ -258,4 +264,6 @@ def run(args: argparse.Namespace) -> int:
         f"{state}: {result.epochs_done} epochs, {result.global_step} steps; "
         f"last {result.last_path}; best {result.best_path} (val AUC {result.best_auc:.4f})"
     )
+    if result.pair_path is not None:
+        print(f"pair: {result.pair_path} (the model's last weights averaged with its fine-tuned partner)")
     return 0

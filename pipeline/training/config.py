@@ -40,7 +40,8 @@ class TrainConfig:
     hard_negatives_per_slide of them whose tumor probability is at least
     hard_negative_min_probability. init_model: a checkpoint whose weights the run starts from
     (fine-tuning, e.g. on pathologists' reviews); its architecture, tile size and µm/px must
-    be the run's.
+    be the run's. finetune_partner: when init_model's card names a partner, fine-tune that
+    partner afterwards on the same data and write the pair (``pipeline.training.pair``).
     """
 
     out_dir: str = "runs/train"
@@ -67,6 +68,7 @@ class TrainConfig:
     hard_negative_candidates_per_slide: int = 400
     hard_negative_min_probability: float = 0.5
     init_model: str | None = None
+    finetune_partner: bool = False
 
     def __post_init__(self) -> None:
         check_architecture(self.architecture)
@@ -94,6 +96,10 @@ class TrainConfig:
         check_stain_normalization(self.stain_normalization)
         if self.init_model is not None and not isinstance(self.init_model, str):
             raise ValueError(f"init_model={self.init_model!r}; expected the path of a checkpoint")
+        if self.finetune_partner and self.init_model is None:
+            raise ValueError(
+                "finetune_partner without init_model; add --init-model CHECKPOINT (a partnered one)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,8 @@ Reads like torchvision's classification reference: ``train_one_epoch``, ``evalua
     last.pt          checkpoint after every epoch (and where --max-steps stopped); resume with it
     best.pt          checkpoint with the best validation AUC (last.pt when there is no validation)
     metrics.csv      one row per epoch
+    partner/, partner.pt, pair.pt   with finetune_partner: the init model's partner trained alike,
+                     and the pair of both (``pipeline.training.pair``)
 
 Checkpoints use the shared format (``pipeline.models.save_checkpoint``), so ``micromet infer
 --model run/best.pt`` scores slides with them. Multi-GPU: ``torchrun --nproc_per_node N -m
@@ -114,6 +116,7 @@ class TrainResult:
     global_step: int
     stopped_early: bool
     best_auc: float
+    pair_path: Path | None = None
 
 
 def _optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -172,7 +175,15 @@ def main(
     """
     info = init_distributed()
     try:
-        return _run(settings, resume, progress, info)
+        result = _run(settings, resume, progress, info)
+        if settings.train.finetune_partner and not result.stopped_early:
+            from pipeline.training.pair import finetune_partner
+
+            def run_partner(partner: TrainSettings, last: Path | None) -> TrainResult:
+                return _run(partner, last, progress, info)
+
+            result = finetune_partner(settings, result, run_partner, info.is_main)
+        return result
     finally:
         if info.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -228,7 +239,9 @@ def _load_initial_weights(model: nn.Module, t: TrainConfig) -> None:
             "(scripts/bench_node_scale.py calibrate --write-card) before reading its categories",
             t.init_model,
         )
-    if card.partner:
+    if card.partner and t.finetune_partner:
+        log.info("%s's partner %s is fine-tuned after it (pair.pt)", t.init_model, card.partner["file"])
+    elif card.partner:
         log.warning(
             "%s averages its scores with the partner model %s; fine-tuning starts from %s alone, and "
             "the new checkpoint has no partner: its thresholds, confirmation and size calibration are "

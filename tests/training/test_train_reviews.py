@@ -204,3 +204,53 @@ def test_fine_tuning_a_partnered_model_says_the_partner_is_left_behind(
             build_model("micronet"), TrainConfig(tile_size_px=32, mpp=2.0, init_model=str(path))
         )
     assert "partner model partner.pt" in caplog.text and "has no partner" in caplog.text
+
+
+def _train_args(reviewed: Path, start: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--reviews", str(reviewed), "--init-model", str(start), "--arch", "micronet",
+        "--tile-size-px", "32", "--model-mpp", "2.0", "--epochs", "1",
+        "--batch-size", "4", "--device", "cpu", "--workers", "0", "--no-progress",
+        "--review-tiles-per-deposit", "8", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_finetune_partner_trains_both_models_and_writes_the_pair(
+    reviewed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.models import load_checkpoint
+    from pipeline.models.partner import load_partner, with_partner
+
+    torch.manual_seed(3)
+    card = ModelCard(
+        architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="t", stride_px=16
+    )  # fmt: skip
+    partner = save_checkpoint(tmp_path / "partner.pt", build_model("micronet"), card)
+    start = save_checkpoint(tmp_path / "start.pt", build_model("micronet"), with_partner(card, partner))
+    out = tmp_path / "run"
+    assert main(_train_args(reviewed, start, out, "--finetune-partner")) == 0
+    assert f"pair: {out / 'pair.pt'}" in capsys.readouterr().out
+    assert (out / "partner.pt").read_bytes() == (out / "partner" / "last.pt").read_bytes()
+    partner_card = read_card(out / "partner" / "last.pt")
+    assert partner_card.training_data.startswith(f"fine-tuned from {partner}")
+    assert "8 hard negatives in rejected" in partner_card.training_data  # the same reviews trained it
+    pair_model, pair_card = load_checkpoint(out / "pair.pt")
+    loaded = load_partner(out / "pair.pt", pair_card)
+    assert loaded is not None and pair_card.partner["file"] == "partner.pt"
+    assert "seed, confirm and size calibration not measured on the pair" in pair_card.notes
+    own, _ = load_checkpoint(out / "last.pt")
+    for name, tensor in own.state_dict().items():
+        assert torch.equal(pair_model.state_dict()[name], tensor), name
+    started, _ = load_checkpoint(partner)
+    moved = [n for n, t in loaded[0].state_dict().items() if not torch.equal(started.state_dict()[n], t)]
+    assert moved  # the partner was trained, not copied
+
+
+def test_finetune_partner_refuses_a_model_without_partner(
+    reviewed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    card = ModelCard(architecture="micronet", tile_size_px=32, mpp=2.0, threshold=0.5, training_data="t")
+    start = save_checkpoint(tmp_path / "start.pt", build_model("micronet"), card)
+    assert main(_train_args(reviewed, start, tmp_path / "run", "--finetune-partner")) != 0
+    assert f"{start}: its card names no partner; drop --finetune-partner" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "pair.pt").exists()
