@@ -1,6 +1,7 @@
 """Step 3 of the review fine-tuning bench (``pipeline.benchmarks.review_finetune``): fine-tune
-the default model (and, with --finetune-partner, its partner) on the reviews with ``micromet
-train``, then give the new weights the default card's decision rules, paired as the default is.
+the default model (and, with --finetune-partner, its partner too: ``micromet train
+--finetune-partner``) on the reviews with ``micromet train``, then give the new weights the
+default card's decision rules, paired as the default is.
 """
 
 from __future__ import annotations
@@ -76,28 +77,25 @@ def train_patch_folder(work: Path, data: Path) -> Path:
     return folder
 
 
-def train_command(
-    args: argparse.Namespace, work: Path, reviewed_batch: Path, patches: Path,
-    init_model: Path = DEFAULT_MODEL, out_name: str = "train",
-) -> list[str]:  # fmt: skip
-    """``micromet train``: fine-tune ``init_model`` (the default model, or its partner) on the
-    reviews and ``patches`` (resumes a run left in work/<out_name>)."""
+def train_command(args: argparse.Namespace, work: Path, reviewed_batch: Path, patches: Path) -> list[str]:
+    """``micromet train``: fine-tune the default model on the reviews and ``patches`` (with
+    --finetune-partner its partner too, in work/train/partner); resumes a run left in work/train."""
     from pipeline.models import read_card
 
-    card = read_card(init_model)
+    card = read_card(DEFAULT_MODEL)
     per_slide = args.negatives_per_slide
     mining = ["--review-negatives-per-slide", str(per_slide)] if per_slide else []
-    out = work / out_name
+    partner = ["--finetune-partner"] if args.finetune_partner else []
+    out = work / "train"
     if (out / "last.pt").is_file():  # resume (a finished run returns at once)
         return micromet("train", "--resume", str(out / "last.pt"), "--no-progress")  # its settings name out
     return micromet(
-        "train", "--reviews", str(reviewed_batch), "--init-model", str(init_model),
+        "train", "--reviews", str(reviewed_batch), "--init-model", str(DEFAULT_MODEL),
         "--arch", card.architecture, "--tile-size-px", str(card.tile_size_px), "--model-mpp", f"{card.mpp}",
         "--patches", str(patches), "--patch-mpp", f"{MODEL_MPP}",
         "--review-tiles-per-deposit", str(args.tiles_per_deposit), "--epochs", str(args.epochs),
         "--lr", f"{args.lr}", "--scheduler", "cosine", "--batch-size", "64", "--workers", "1",
-        "--seed", str(args.seed), "--out", str(out), "--no-progress",
-        *mining,
+        "--seed", str(args.seed), "--out", str(out), "--no-progress", *mining, *partner,
     )  # fmt: skip
 
 
@@ -157,7 +155,9 @@ def load_checkpoint_pair(path: Path) -> None:
 
 
 def finetune(args: argparse.Namespace, work: Path, reviewed_batch: Path) -> Path:
-    """work/finetuned.pt: the fine-tuned weights with the default card's decision rules."""
+    """work/finetuned.pt: the fine-tuned weights with the default card's decision rules (paired
+    with work/finetuned_partner.pt, the partner ``micromet train --finetune-partner`` trained,
+    under --finetune-partner)."""
     target = work / "finetuned.pt"
     if target.is_file():
         return target
@@ -165,23 +165,9 @@ def finetune(args: argparse.Namespace, work: Path, reviewed_batch: Path) -> Path
     command = train_command(args, work, reviewed_batch, patches)
     (work / "train_command.txt").write_text(" ".join(command) + "\n", encoding="utf-8")
     run_command(command, work / "train.log")
-    partner = finetune_partner(args, work, reviewed_batch, patches) if args.finetune_partner else None
+    partner = None
+    if args.finetune_partner:
+        partner = work / "finetuned_partner.pt"
+        shutil.copyfile(work / "train" / "partner" / "last.pt", partner)
     trained = work / "train" / "last.pt"
     return with_default_rules(trained, target, keep_partner=args.keep_partner, partner=partner)
-
-
-def finetune_partner(args: argparse.Namespace, work: Path, reviewed_batch: Path, patches: Path) -> Path:
-    """work/finetuned_partner.pt: the default's partner fine-tuned like the model (same reviews,
-    patches and settings, in work/train_partner)."""
-    from pipeline.models import read_card
-    from pipeline.models.partner import partner_path
-
-    source = partner_path(DEFAULT_MODEL, read_card(DEFAULT_MODEL))
-    if source is None:
-        raise ConfigError(f"{DEFAULT_MODEL}: its card names no partner; run without --finetune-partner")
-    command = train_command(args, work, reviewed_batch, patches, init_model=source, out_name="train_partner")
-    (work / "train_partner_command.txt").write_text(" ".join(command) + "\n", encoding="utf-8")
-    run_command(command, work / "train_partner.log")
-    target = work / "finetuned_partner.pt"
-    shutil.copyfile(work / "train_partner" / "last.pt", target)
-    return target

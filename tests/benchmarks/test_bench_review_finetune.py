@@ -264,17 +264,19 @@ def test_same_surfaces_compares_names_and_pixels(tmp_path: Path) -> None:
     assert not bench.same_surfaces(tmp_path / "a", tmp_path / "empty")
 
 
-def test_mining_the_reviewed_tissue_reaches_micromet_train(tmp_path: Path) -> None:
+def test_mining_and_the_partner_reach_micromet_train(tmp_path: Path) -> None:
     from pipeline.benchmarks.review_finetune_train import train_command
     from pipeline.cli.train import add_arguments
 
-    args = argparse.Namespace(tiles_per_deposit=128, epochs=2, lr=3e-4, seed=0, negatives_per_slide=512)
+    args = argparse.Namespace(
+        tiles_per_deposit=128, epochs=2, lr=3e-4, seed=0, negatives_per_slide=512, finetune_partner=True
+    )  # fmt: skip
     command = train_command(args, tmp_path, tmp_path / "batch", tmp_path / "patches")
-    option = command.index("--review-negatives-per-slide")
-    assert command[option + 1] == "512"
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     parsed = parser.parse_args(command[command.index("train") + 1 :])
-    assert parsed.review_negatives_per_slide == 512
-    args.negatives_per_slide = 0
-    assert "--review-negatives-per-slide" not in train_command(args, tmp_path, tmp_path / "b", tmp_path / "p")
+    assert parsed.review_negatives_per_slide == 512 and parsed.finetune_partner
+    assert parsed.out == str(tmp_path / "train")
+    args.negatives_per_slide, args.finetune_partner = 0, False
+    plain = train_command(args, tmp_path, tmp_path / "b", tmp_path / "p")
+    assert "--review-negatives-per-slide" not in plain and "--finetune-partner" not in plain
