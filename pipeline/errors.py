@@ -65,3 +65,9 @@ class ReviewError(MicrometError):
 
 class ReviewConflictError(ReviewError):
     """A review edit was made on an outdated revision (another tab or person saved first)."""
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: control characters (a newline or tab in a file name) written as
+    their escapes, so a path cannot split a one-line error or progress line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline import __version__
-from pipeline.errors import MicrometError
+from pipeline.errors import MicrometError, printable
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main", "write_crash_log"]
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except MicrometError as exc:
-        print(f"micromet {args.command}: error: {_error_line(exc)}", file=sys.stderr)
+        print(f"micromet {args.command}: error: {printable(_error_line(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"micromet {args.command}: interrupted", file=sys.stderr)
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.filename is None:
             return _internal_error(args.command, argv, exc)
         # a path the system refused (name too long, a link loop, no permission): the user's to fix
-        print(f"micromet {args.command}: error: {exc.filename}: {exc.strerror or exc}; check the path",
-              file=sys.stderr)
+        print(f"micromet {args.command}: error: {printable(f'{exc.filename}: {exc.strerror or exc}')}; "
+              "check the path", file=sys.stderr)
         return 1
     except Exception as exc:  # the last resort: a bug, reported in one line with its log
         return _internal_error(args.command, argv, exc)

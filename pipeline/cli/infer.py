@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.batch.folder import MANIFEST_JSON, STATUS_FAILED, SUMMARY_CSV
 from pipeline.cli.values import mpp_float, plain_float
-from pipeline.errors import ConfigError, MicrometError
+from pipeline.errors import ConfigError, MicrometError, printable
 from pipeline.models.device import PRECISIONS
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ def print_summary(outcomes: Any, out_dir: Path) -> None:
         print(line)
     for o in outcomes:
         if o.error:
-            print(f"failed: {o.slide_id}: {o.error}", file=sys.stderr)
+            print(printable(f"failed: {o.slide_id}: {o.error}"), file=sys.stderr)
     for warning in _model_warnings(reports):
         print(f"micromet infer: warning: {warning} (recorded in every report.json and {SUMMARY_CSV})",
               file=sys.stderr)

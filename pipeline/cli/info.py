@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from pipeline.cli.values import mpp_float
-from pipeline.errors import ConfigError, MicrometError
+from pipeline.errors import ConfigError, MicrometError, printable
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             )
         except MicrometError as exc:
             failures += 1
-            print(f"micromet info: error: {exc}", file=sys.stderr)
+            print(f"micromet info: error: {printable(str(exc))}", file=sys.stderr)
             results.append({"path": path, "error": str(exc)})
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))

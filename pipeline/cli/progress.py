@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from pipeline.batch.folder import STATUS_FAILED
+from pipeline.errors import printable
 
 # Plain-line mode reports a slide's tiles at these fractions.
 LINE_STEPS = (0.25, 0.5, 0.75)
@@ -135,8 +136,8 @@ class BatchProgress:
             if outcome.error:
                 what += f": {outcome.error}"
             self.line(
-                f"[{self.finished}/{self.n_slides}] {outcome.slide_id}: {what} "
-                f"in {outcome.seconds:.1f} s; {self._counts()}"
+                printable(f"[{self.finished}/{self.n_slides}] {outcome.slide_id}: {what} ")
+                + f"in {outcome.seconds:.1f} s; {self._counts()}"
             )
 
     def _close_tiles(self) -> None:

@@ -208,3 +208,16 @@ def test_bench_refuses_a_number_out_of_range_before_its_child_generates_a_slide(
     lines = _error_lines(err)
     assert code == 1 and len(lines) == 1 and flag.split("=")[0] in lines[0], err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", [["info"], ["infer", "--mpp", "0.5", "--out", "out"]])
+def test_a_newline_in_a_slide_name_cannot_split_the_error_line(command: list[str], tmp_path: Path) -> None:
+    slide = tmp_path / "node\nfake.svs"
+    slide.write_bytes(b"not a slide")
+    args = [tmp_path / a if a == "out" else a for a in command]
+    code, err = run_cli([*args, slide])
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    # info: one error line; infer: its progress line and its closing "failed:" line, each whole
+    assert code != 0 and len(lines) == (1 if command == ["info"] else 2), err
+    assert all("node\\nfake.svs: OpenSlide cannot read this file" in line for line in lines), err
