@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.benchmarks.review_finetune_slides import HALVES
 
-__all__ = ["finetuned_heading", "markdown", "rates", "removed_fraction"]
+__all__ = ["finetuned_heading", "markdown", "rates", "removed_fraction", "settings_line"]
 
 
 def rates(findings: dict[str, dict[str, Any]], slides: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +43,20 @@ def finetuned_heading(result: dict[str, Any]) -> str:
     same = partner == (result.get("default_partner") or {})
     how = "the unchanged partner" if same else "its partner, fine-tuned alike,"
     return f"fine-tuned (with {how} {partner['file']})"
+
+
+def settings_line(result: dict[str, Any]) -> str:
+    """How the fine-tuning ran (summary.json's settings), or "" for a summary that has none."""
+    settings = result.get("settings")
+    if not settings:
+        return ""
+    mined = settings["negatives_per_slide"]
+    return (
+        f"fine-tuning: {settings['epochs']} epochs, lr {settings['lr']:g}, {settings['tiles_per_deposit']} "
+        "review tiles per reviewed finding, "
+        + (f"{mined} hard negatives mined per reviewed slide" if mined else "no tissue mined")
+        + (", partner fine-tuned too" if settings["finetune_partner"] else "")
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -89,4 +103,6 @@ def markdown(result: dict[str, Any]) -> str:
         f"reviewed: {result[f'removed_{reviewed}']:.0%}; done-when met: {result['done_when_met']}; "
         f"node-scale surfaces identical for both models: {result.get('node_scale_same_surfaces')}"
     )
+    if settings_line(result):
+        rows.append(settings_line(result))
     return "\n".join(rows)

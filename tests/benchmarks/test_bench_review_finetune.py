@@ -17,7 +17,7 @@ import torch
 
 from pipeline.benchmarks import review_finetune as bench
 from pipeline.benchmarks import review_finetune_slides as slides
-from pipeline.benchmarks.review_finetune_report import finetuned_heading, removed_fraction
+from pipeline.benchmarks.review_finetune_report import finetuned_heading, removed_fraction, settings_line
 from pipeline.errors import ConfigError
 from pipeline.models import ModelCard, build_model, load_checkpoint, read_card, save_checkpoint
 from pipeline.review.review_files import read_slide_review
@@ -280,3 +280,16 @@ def test_mining_and_the_partner_reach_micromet_train(tmp_path: Path) -> None:
     args.negatives_per_slide, args.finetune_partner = 0, False
     plain = train_command(args, tmp_path, tmp_path / "b", tmp_path / "p")
     assert "--review-negatives-per-slide" not in plain and "--finetune-partner" not in plain
+
+
+def test_the_summary_says_how_the_fine_tuning_ran() -> None:
+    settings = {"epochs": 2, "lr": 3e-4, "tiles_per_deposit": 128, "negatives_per_slide": 512,
+                "finetune_partner": True}  # fmt: skip
+    line = settings_line({"settings": settings})
+    assert line == (
+        "fine-tuning: 2 epochs, lr 0.0003, 128 review tiles per reviewed finding, "
+        "512 hard negatives mined per reviewed slide, partner fine-tuned too"
+    )
+    settings.update(negatives_per_slide=0, finetune_partner=False)
+    assert settings_line({"settings": settings}).endswith("per reviewed finding, no tissue mined")
+    assert settings_line({}) == ""  # summaries written before settings were recorded
