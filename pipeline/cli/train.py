@@ -233,6 +233,7 @@ def _settings(args: argparse.Namespace) -> tuple[Any, Path | None]:
     last = Path(args.out or "runs/train") / "last.pt"
     resume = last if args.resume == "last" else Path(args.resume)
     stored = settings_to_dict(resume_settings(resume))
+    stored["train"]["out_dir"] = str(resume.parent)  # a moved or copied run continues where it is now
     settings = settings_from_dict(stored, flag_overrides(args, RESUME_FLAGS), source=str(resume))
     return settings, resume
 

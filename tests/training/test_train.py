@@ -7,6 +7,7 @@ import argparse
 import csv
 import dataclasses
 import math
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,28 @@ def test_cli_train_runs_from_a_config_file_and_reports_checkpoints(
     assert code == 0
     assert "finished: 1 epochs" in capsys.readouterr().out
     assert tomllib.loads((out / "config.toml").read_text())["train"]["out_dir"] == str(out)
+
+
+def test_a_copied_run_resumes_in_its_own_folder_and_leaves_the_original_alone(
+    slide_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f"[train]\ntile_size_px = 32\nmpp = 2.0\nepochs = 1\nbatch_size = 8\nnum_workers = 0\n"
+        f'[data]\nslides = ["{slide_dir}"]\nval_fraction = 0.4\n'
+        f"[sampling]\ntumor_per_slide = 4\nnormal_per_slide = 4\n"
+    )
+    first = tmp_path / "first"
+    command = ["train", "--config", str(config), "--out", str(first), "--device", "cpu", "--no-progress"]
+    assert cli_main(command) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    assert cli_main(["train", "--resume", str(copy / "last.pt"), "--epochs", "2", "--no-progress"]) == 0
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before  # the original run is untouched
+    assert load_training_state(copy / "last.pt")["epoch"] == 2
+    assert tomllib.loads((copy / "config.toml").read_text())["train"]["out_dir"] == str(copy)
+    assert f"last {copy / 'last.pt'}" in capsys.readouterr().out
 
 
 def test_learning_rate_schedule_warms_up_then_decays() -> None:
