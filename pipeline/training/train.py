@@ -173,11 +173,14 @@ def main(
     ``settings.train.out_dir``. Raises ConfigError / CheckpointError / SlideOpenError /
     AnnotationError naming the offending file or setting.
     """
+    if settings.train.finetune_partner:  # refused before the model trains, not after
+        from pipeline.training.pair import finetune_partner, init_partner
+
+        init_partner(settings)
     info = init_distributed()
     try:
         result = _run(settings, resume, progress, info)
         if settings.train.finetune_partner and not result.stopped_early:
-            from pipeline.training.pair import finetune_partner
 
             def run_partner(partner: TrainSettings, last: Path | None) -> TrainResult:
                 return _run(partner, last, progress, info)

@@ -253,4 +253,4 @@ def test_finetune_partner_refuses_a_model_without_partner(
     start = save_checkpoint(tmp_path / "start.pt", build_model("micronet"), card)
     assert main(_train_args(reviewed, start, tmp_path / "run", "--finetune-partner")) != 0
     assert f"{start}: its card names no partner; drop --finetune-partner" in capsys.readouterr().err
-    assert not (tmp_path / "run" / "pair.pt").exists()
+    assert not (tmp_path / "run").exists()  # refused before anything trained
