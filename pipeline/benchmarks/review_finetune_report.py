@@ -51,10 +51,14 @@ def settings_line(result: dict[str, Any]) -> str:
     if not settings:
         return ""
     mined = settings["negatives_per_slide"]
-    return (
-        f"fine-tuning: {settings['epochs']} epochs, lr {settings['lr']:g}, {settings['tiles_per_deposit']} "
-        "review tiles per reviewed finding, "
+    data = (
+        "CONTROL: the train-part patches alone, no reviews"
+        if settings.get("control")
+        else f"{settings['tiles_per_deposit']} review tiles per reviewed finding, "
         + (f"{mined} hard negatives mined per reviewed slide" if mined else "no tissue mined")
+    )
+    return (
+        f"fine-tuning: {settings['epochs']} epochs, lr {settings['lr']:g}, {data}"
         + (", partner fine-tuned too" if settings["finetune_partner"] else "")
     )
 

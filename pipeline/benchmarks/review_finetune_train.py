@@ -79,23 +79,26 @@ def train_patch_folder(work: Path, data: Path) -> Path:
 
 def train_command(args: argparse.Namespace, work: Path, reviewed_batch: Path, patches: Path) -> list[str]:
     """``micromet train``: fine-tune the default model on the reviews and ``patches`` (with
-    --finetune-partner its partner too, in work/train/partner); resumes a run left in work/train."""
+    --finetune-partner its partner too, in work/train/partner; with --control on ``patches``
+    alone, no reviews); resumes a run left in work/train."""
     from pipeline.models import read_card
 
     card = read_card(DEFAULT_MODEL)
-    per_slide = args.negatives_per_slide
-    mining = ["--review-negatives-per-slide", str(per_slide)] if per_slide else []
+    mined = args.negatives_per_slide
+    reviews = [
+        "--reviews", str(reviewed_batch), "--review-tiles-per-deposit", str(args.tiles_per_deposit),
+        *(["--review-negatives-per-slide", str(mined)] if mined else []),
+    ]  # fmt: skip
     partner = ["--finetune-partner"] if args.finetune_partner else []
     out = work / "train"
     if (out / "last.pt").is_file():  # resume (a finished run returns at once)
         return micromet("train", "--resume", str(out / "last.pt"), "--no-progress")  # its settings name out
     return micromet(
-        "train", "--reviews", str(reviewed_batch), "--init-model", str(DEFAULT_MODEL),
+        "train", *([] if args.control else reviews), "--init-model", str(DEFAULT_MODEL),
         "--arch", card.architecture, "--tile-size-px", str(card.tile_size_px), "--model-mpp", f"{card.mpp}",
-        "--patches", str(patches), "--patch-mpp", f"{MODEL_MPP}",
-        "--review-tiles-per-deposit", str(args.tiles_per_deposit), "--epochs", str(args.epochs),
+        "--patches", str(patches), "--patch-mpp", f"{MODEL_MPP}", "--epochs", str(args.epochs),
         "--lr", f"{args.lr}", "--scheduler", "cosine", "--batch-size", "64", "--workers", "1",
-        "--seed", str(args.seed), "--out", str(out), "--no-progress", *mining, *partner,
+        "--seed", str(args.seed), "--out", str(out), "--no-progress", *partner,
     )  # fmt: skip
 
 

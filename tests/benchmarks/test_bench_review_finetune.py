@@ -269,7 +269,8 @@ def test_mining_and_the_partner_reach_micromet_train(tmp_path: Path) -> None:
     from pipeline.cli.train import add_arguments
 
     args = argparse.Namespace(
-        tiles_per_deposit=128, epochs=2, lr=3e-4, seed=0, negatives_per_slide=512, finetune_partner=True
+        tiles_per_deposit=128, epochs=2, lr=3e-4, seed=0, negatives_per_slide=512, finetune_partner=True,
+        control=False,
     )  # fmt: skip
     command = train_command(args, tmp_path, tmp_path / "batch", tmp_path / "patches")
     parser = argparse.ArgumentParser()
@@ -280,6 +281,10 @@ def test_mining_and_the_partner_reach_micromet_train(tmp_path: Path) -> None:
     args.negatives_per_slide, args.finetune_partner = 0, False
     plain = train_command(args, tmp_path, tmp_path / "b", tmp_path / "p")
     assert "--review-negatives-per-slide" not in plain and "--finetune-partner" not in plain
+    args.control = True
+    command = train_command(args, tmp_path, tmp_path / "b", tmp_path / "p")
+    control = parser.parse_args(command[command.index("train") + 1 :])
+    assert control.reviews is None and control.patches == [str(tmp_path / "p")]
 
 
 def test_the_summary_says_how_the_fine_tuning_ran() -> None:
@@ -293,3 +298,5 @@ def test_the_summary_says_how_the_fine_tuning_ran() -> None:
     settings.update(negatives_per_slide=0, finetune_partner=False)
     assert settings_line({"settings": settings}).endswith("per reviewed finding, no tissue mined")
     assert settings_line({}) == ""  # summaries written before settings were recorded
+    settings["control"] = True
+    assert "CONTROL: the train-part patches alone, no reviews" in settings_line({"settings": settings})
