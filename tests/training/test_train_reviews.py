@@ -245,6 +245,14 @@ def test_finetune_partner_trains_both_models_and_writes_the_pair(
     moved = [n for n, t in loaded[0].state_dict().items() if not torch.equal(started.state_dict()[n], t)]
     assert moved  # the partner was trained, not copied
 
+    # a run stopped before its pair was written resumes to it, without training the model again
+    model_bytes = (out / "last.pt").read_bytes()
+    (out / "pair.pt").unlink()
+    (out / "partner.pt").unlink()
+    assert main(["train", "--resume", str(out / "last.pt"), "--no-progress"]) == 0
+    assert (out / "last.pt").read_bytes() == model_bytes
+    assert load_partner(out / "pair.pt", read_card(out / "pair.pt")) is not None
+
 
 def test_finetune_partner_refuses_a_model_without_partner(
     reviewed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
