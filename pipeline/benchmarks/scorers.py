@@ -23,8 +23,11 @@ ArrayScorer = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 
 def checkpoint_scorers(model_path: Path) -> tuple[ArrayScorer, ArrayScorer | None, ModelCard]:
     """(tile scorer, region scorer or None, card) of the checkpoint at ``model_path``: the
-    pipeline's prepared model (default inference settings) for tiles; the model's exact dense
-    inference (fp32) for regions when it has one. A card's partner is not included."""
+    pipeline's prepared model (default inference settings, but fp32) for tiles; the model's exact
+    dense inference (fp32) for regions when it has one. A card's partner is not included.
+
+    Precision is fixed at fp32: "auto" times a probe on CPUs with native bf16 and may choose
+    differently from one run to the next, so benchmark figures would not repeat."""
     import torch
 
     from pipeline.config import InferenceConfig
@@ -32,7 +35,7 @@ def checkpoint_scorers(model_path: Path) -> tuple[ArrayScorer, ArrayScorer | Non
     from pipeline.models import load_checkpoint
 
     model, card = load_checkpoint(model_path)
-    prepared = prepare_model(model, card, InferenceConfig())
+    prepared = prepare_model(model, card, InferenceConfig(precision="fp32"))
 
     def score(tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
         with torch.inference_mode():

@@ -82,7 +82,9 @@ def scoring_dtype(
     model: nn.Module, tile_size_px: int, device: torch.device, precision: str
 ) -> tuple[torch.dtype | None, PrecisionProbe | None]:
     """The autocast dtype to score under (None: fp32), and the probe when one decided it."""
-    if precision == "auto" and device.type == "cpu" and native_cpu_bf16():
+    if precision == "auto" and device.type == "cpu":
+        if not native_cpu_bf16():
+            return None, None  # emulated bf16 is slower than fp32 in every measurement here
         probe = probe_cpu_precision(model, tile_size_px)
         return (torch.bfloat16 if probe.chosen == "bf16" else None), probe
     return scoring_autocast_dtype(device, precision), None

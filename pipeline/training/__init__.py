@@ -17,6 +17,7 @@ __all__ = [
     "loop",
     "metrics",
     "mining",
+    "pair",
     "pcam_split",
     "places",
     "review_samples",

@@ -33,6 +33,20 @@ from pipeline.training.config import TrainSettings, settings_from_dict, settings
 from pipeline.training.sampling import PatchSample
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """How a run ended: checkpoint paths, position, whether max_steps stopped it early."""
+
+    out_dir: Path
+    last_path: Path
+    best_path: Path | None
+    epochs_done: int
+    global_step: int
+    stopped_early: bool
+    best_auc: float
+    pair_path: Path | None = None
+
+
 @dataclasses.dataclass
 class RunState:
     """Where a run is: ``epoch`` in progress (0-based), batches done in it, and so on."""

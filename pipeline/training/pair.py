@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pipeline.training.checkpoint import TrainResult
     from pipeline.training.config import TrainSettings
-    from pipeline.training.train import TrainResult
 
 __all__ = ["PAIR_FILE", "PARTNER_DIR", "PARTNER_FILE", "finetune_partner", "partner_settings", "write_pair"]
 

@@ -24,7 +24,6 @@ checkpoints, resume), ``mining`` (hard-negative rounds), ``metrics``
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -45,6 +44,7 @@ from pipeline.outputs import atomic_write_text
 from pipeline.training.checkpoint import (
     RunState,
     Trainer,
+    TrainResult,
     describe_training_data,
     make_card,
     restore_run,
@@ -103,20 +103,6 @@ __all__ = [
 ]
 
 # --- main --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainResult:
-    """How a run ended: checkpoint paths, position, whether max_steps stopped it early."""
-
-    out_dir: Path
-    last_path: Path
-    best_path: Path | None
-    epochs_done: int
-    global_step: int
-    stopped_early: bool
-    best_auc: float
-    pair_path: Path | None = None
 
 
 def _optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:

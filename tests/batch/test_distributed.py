@@ -42,7 +42,9 @@ SLIDE_MPP = 0.5
 SLIDE_SIZE = (1500, 1200)  # level-0 (width, height)
 TRUNCATED = FIXTURES / "bad_slides" / "truncated.tif"
 # Reader processes inside Ray workers would nest process pools; score in the worker itself.
-INFERENCE = {"device": "cpu", "num_workers": 0}
+# fp32: "auto" times a probe in every process on a CPU with native bf16 and may choose
+# differently in the Ray workers and here; this test is about where a slide runs, not precision.
+INFERENCE = {"device": "cpu", "num_workers": 0, "precision": "fp32"}
 # Refinement and cell counts are the slow stages and do not depend on where a slide runs.
 DEPOSITS = {"refine": False, "count_cells": False}
 # The seeded untrained model scores tissue tiles 0.472-0.474: this threshold yields deposits.
@@ -227,7 +229,8 @@ def test_cli_ray_run_skips_slides_a_local_run_finished(
     reports = [out_dir / s.stem / "report.json" for s in slides]
     before = [r.stat().st_mtime_ns for r in reports]
     argv = ["infer", *map(str, slides), "--out", str(out_dir), "--model", str(model_path), "--ray", "auto"]
-    argv += ["--device", "cpu", "--workers", "0", "--no-refine", "--no-cells", "--cpus-per-slide", "1"]
+    argv += ["--device", "cpu", "--precision", "fp32", "--workers", "0", "--no-refine", "--no-cells"]
+    argv += ["--cpus-per-slide", "1"]
     argv += ["--accept-qc-failures"]
     assert main(argv) == 0
     assert [r.stat().st_mtime_ns for r in reports] == before
