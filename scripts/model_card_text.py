@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 from pipeline.models import ModelCard
-from pipeline.training.default_model import FINETUNE_RECIPE
 
 C17_DESCRIPTIONS = {
     "centre_1": "centre 1, patient_024_node_2 (node labelled ITC; the tile looks tumor-free by eye, but its crops above threshold sit on a group of large pale cells, histiocytes or tumor: unknown)",
@@ -208,22 +207,7 @@ PARTNER_REPRODUCE = (
 )
 
 
-def _finetune_text(args: argparse.Namespace) -> str:
-    """The training row's last stage (``--finetune``), empty without one."""
-    if not getattr(args, "finetune", False):
-        return ""
-    return (
-        f"; then both models of that pair {FINETUNE_RECIPE.epochs} more epochs, cosine lr "
-        f"{FINETUNE_RECIPE.lr:g} (`models/default_finetune.toml`)"
-    )
-
-
-def _what_text(card: ModelCard, minutes: float, finetune: bool = False) -> str:
-    if finetune:
-        return (
-            "the average of two small CNNs (this model and its partner, below), trained in two stages; "
-            f"this one's last stage (fine-tuning) took about {minutes:.0f} minutes on a 2-core CPU"
-        )
+def _what_text(card: ModelCard, minutes: float) -> str:
     if not card.partner:
         return f"a small CNN trained in about {minutes:.0f} minutes on a 2-core CPU"
     return (
@@ -260,21 +244,7 @@ def _partner_limit(card: ModelCard) -> str:
     )
 
 
-FINETUNE_REPRODUCE = (
-    "`python scripts/train_default_model.py --architecture dense96 --epochs 16 --work "
-    "runs/default_model_dense --out runs/dense16.pt` (the partner, first stage), `python "
-    "scripts/train_default_model.py --architecture pcamnet --epochs 16 --work runs/default_model "
-    "--partner runs/dense16.pt --out runs/ensemble/default.pt --card runs/ensemble/MODEL_CARD.md` (the "
-    "16-epoch pair), then `python scripts/train_default_model.py --finetune --architecture pcamnet "
-    "--epochs 16 --work runs/default_model` (the last stage; or `micromet train --config "
-    "models/default_finetune.toml`, with models/default_train.toml and default_partner_train.toml for "
-    "the first stage)"
-)
-
-
-def _reproduce_text(card: ModelCard, finetune: bool = False) -> str:
-    if finetune:
-        return FINETUNE_REPRODUCE
+def _reproduce_text(card: ModelCard) -> str:
     return PARTNER_REPRODUCE if card.partner else "`python scripts/train_default_model.py`"
 
 
@@ -289,7 +259,7 @@ def write_model_card_md(
     text = f"""# micromet default model (`models/default.pt`)
 
 **This is not a clinical model, and it has never been validated on a whole slide.** It is
-{_what_text(card, minutes, getattr(args, "finetune", False))} on real PatchCamelyon patches. Every
+{_what_text(card, minutes)} on real PatchCamelyon patches. Every
 figure below is measured on real patches or tile crops held out from training, with its n and
 a 95 % interval; no synthetic figure appears here. Use it for research and to try micromet,
 never for diagnosis.
@@ -305,9 +275,9 @@ never for diagnosis.
 | seed threshold | **{_fmt(card.seed_threshold)}**: a deposit is kept only if one of its cells reaches it (hysteresis); chosen with the confirm threshold on the dev part's node-scale surfaces (`scripts/bench_node_scale.py calibrate`): the pair finding the most ITC-size deposits with at most 0.1 false deposits per mm² and micro sensitivity at least 0.95 |
 | confirm threshold | **{_fmt(card.confirm_threshold)}**: the best cells of a seeded deposit are rescored in the 8 dihedral poses; the deposit counts when one cell's mean over the poses reaches it. An unconfirmed ITC-size deposit is a candidate for review, never the slide's category; a larger one stays a deposit, flagged |
 | sizes | {_size_text(card)} |
-| trained | {card.created}, `micromet train`, {args.epochs} epochs of batch {args.batch_size}, AdamW, one-cycle lr {args.lr}, seed {args.seed}{_finetune_text(args)} |
+| trained | {card.created}, `micromet train`, {args.epochs} epochs of batch {args.batch_size}, AdamW, one-cycle lr {args.lr}, seed {args.seed} |
 | software | {software} |
-| reproduce | {_reproduce_text(card, getattr(args, "finetune", False))}, then `python scripts/bench_node_scale.py score --part dev`, `... calibrate --write-card`, `... score --part test`, `... report --part test --write-card`, then `python scripts/train_default_model.py --card-only` (needs ../shared/data; training resumes if stopped) |
+| reproduce | {_reproduce_text(card)}, then `python scripts/bench_node_scale.py score --part dev`, `... calibrate --write-card`, `... score --part test`, `... report --part test --write-card`, then `python scripts/train_default_model.py --card-only` (needs ../shared/data; training resumes if stopped) |
 
 ## Training data
 

@@ -48,13 +48,11 @@ from pipeline.training.config import TrainSettings, settings_to_toml
 from pipeline.training.datasets import fit_to_tile, load_rgb
 from pipeline.training.default_model import (
     AUGMENT,
-    FINETUNE_RECIPE,
     MODEL_MPP,
     TILE_SIZE_PX,
     TrainRecipe,
     default_model_settings,
 )
-from pipeline.training.pair import PARTNER_FILE
 from pipeline.training.pcam_split import load_pcam, split_pcam
 from pipeline.training.train import main as train_main
 
@@ -120,14 +118,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "named in the card), and every figure is the average's",
     )
     parser.add_argument(
-        "--finetune",
-        action="store_true",
-        help="the last stage of the shipped pair (models/default_finetune.toml): fine-tune the "
-        "16-epoch pair runs/ensemble/default.pt and its partner 2 more epochs at lr 3e-4 (cosine) "
-        "on the same data into --work/finetune, then card the fine-tuned pair (its partner: "
-        "--work/finetune/partner.pt)",
-    )
-    parser.add_argument(
         "--card-only",
         action="store_true",
         help="write --card again from --out's card (after the node-scale bench)",
@@ -188,21 +178,11 @@ def prepare_folders(data: Path, work: Path, seed: int) -> dict[str, list[tuple[s
 
 
 def train_settings(args: argparse.Namespace, work: Path) -> TrainSettings:
-    """The ``micromet train`` settings of the default model (``pipeline.training.default_model``);
-    with --finetune, of its last stage (FINETUNE_RECIPE in this work folder)."""
-    if args.finetune:
-        recipe = dataclasses.replace(FINETUNE_RECIPE, work=work, seed=args.seed, device=args.device)
-    else:
-        recipe = TrainRecipe(
-            args.architecture, args.epochs, work, args.batch_size, args.lr, args.seed, args.device,
-            args.hed_scale,
-        )  # fmt: skip
+    """The ``micromet train`` settings of the default model (``pipeline.training.default_model``)."""
+    recipe = TrainRecipe(
+        args.architecture, args.epochs, work, args.batch_size, args.lr, args.seed, args.device, args.hed_scale
+    )
     return default_model_settings(recipe)
-
-
-def run_folder(args: argparse.Namespace, work: Path) -> Path:
-    """Where the run's checkpoints are: work/run, or work/finetune with --finetune."""
-    return work / (FINETUNE_RECIPE.run if args.finetune else "run")
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -356,13 +336,6 @@ def partner_text(args: argparse.Namespace) -> str:
         f" Averaged with a partner model ({partner.architecture}, {args.out.stem}_partner.pt) trained by "
         "the same script on the same data, split, augmentation and seed; every figure here is the "
         "average's."
-        + (
-            " Last stage (models/default_finetune.toml): both models of the 16-epoch pair trained "
-            f"{FINETUNE_RECIPE.epochs} more epochs on the same data and augmentation, AdamW, cosine lr "
-            f"{FINETUNE_RECIPE.lr:g} (a tenth of the first stage's peak); the threshold was chosen again."
-            if args.finetune
-            else ""
-        )
     )
 
 
@@ -433,7 +406,7 @@ def rewrite_card_md(args: argparse.Namespace) -> int:
     slides = sorted(
         {k.split("_")[1] + "_" + k.split("_")[2] for k in card.metrics if k.startswith("c16_tumor_")}
     )
-    minutes = training_minutes(run_folder(args, args.work) / "metrics.csv")
+    minutes = training_minutes(args.work / "run" / "metrics.csv")
     write_model_card_md(args.card, card, slides, args, minutes)
     print(f"wrote {args.card}")
     return 0
@@ -452,13 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prepared {work}; train with: micromet train --config {work / 'train.toml'}")
         return 0
     n_c17 = len(list((work / "train" / "normal").glob("c17_*.png")))
-    run = run_folder(args, work)
-    last = run / "last.pt"
+    last = work / "run" / "last.pt"
     if not args.evaluate_only:
         train_main(train_settings(args, work), resume=last if last.exists() else None)
-    if args.finetune:
-        args.partner = run / PARTNER_FILE  # fine-tuned alongside (micromet train --finetune-partner)
-    train_minutes = training_minutes(run / "metrics.csv")
+    train_minutes = training_minutes(work / "run" / "metrics.csv")
     model, _ = load_checkpoint(last)
     partner = load_checkpoint(args.partner)[0] if args.partner else None
     evaluation = evaluate_model(model_scorer(model, partner), args.data, splits, args.seed)

@@ -6,17 +6,12 @@
 ``runs/default_model_partner``: after ``python scripts/train_default_model.py --prepare-only``
 has linked the split-by-place patch folders (and the CAMELYON17 crops) into the work folder,
 ``micromet train --config models/default_train.toml`` trains the same model the script does.
-``models/default_finetune.toml`` is the last stage of the shipped pair: both 16-epoch models,
-paired (``runs/ensemble/default.pt``), trained 2 more epochs on the same data at a tenth of the
-learning rate with a cosine schedule (``micromet train --finetune-partner``); it writes
-``runs/default_model/finetune/pair.pt``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 from pipeline.config import PCAM_MPP
 from pipeline.training.augment import AugmentConfig
@@ -25,7 +20,6 @@ from pipeline.training.config import DataConfig, TrainConfig, TrainSettings
 __all__ = [
     "AUGMENT",
     "DEFAULT_RECIPES",
-    "FINETUNE_RECIPE",
     "MODEL_MPP",
     "TILE_SIZE_PX",
     "TrainRecipe",
@@ -58,23 +52,12 @@ class TrainRecipe:
     seed: int = 0
     device: str = "auto"
     hed_scale: float = 0.1
-    scheduler: Literal["cosine", "onecycle"] = "onecycle"
-    init_model: str | None = None  # a pair checkpoint: fine-tune it and its partner
-    run: str = "run"  # the run folder inside ``work``
-
-
-# The last stage of the shipped pair: the 16-epoch pair, 2 more epochs at a tenth of the lr.
-FINETUNE_RECIPE = TrainRecipe(
-    "pcamnet", 2, Path("runs/default_model"), lr=3e-4, scheduler="cosine",
-    init_model="runs/ensemble/default.pt", run="finetune",
-)  # fmt: skip
 
 
 # The shipped pair: file in models/ -> the recipe its TOML holds.
 DEFAULT_RECIPES = {
     "default_train.toml": TrainRecipe("pcamnet", 16, Path("runs/default_model")),
     "default_partner_train.toml": TrainRecipe("dense96", 16, Path("runs/default_model_partner")),
-    "default_finetune.toml": FINETUNE_RECIPE,
 }
 
 
@@ -84,19 +67,17 @@ def default_model_settings(recipe: TrainRecipe) -> TrainSettings:
     work = recipe.work
     return TrainSettings(
         train=TrainConfig(
-            out_dir=str(work / recipe.run),
+            out_dir=str(work / "run"),
             architecture=recipe.architecture,
             tile_size_px=TILE_SIZE_PX,
             mpp=MODEL_MPP,
             epochs=recipe.epochs,
             batch_size=recipe.batch_size,
             lr=recipe.lr,
-            scheduler=recipe.scheduler,
+            scheduler="onecycle",
             num_workers=1,
             device=recipe.device,
             seed=recipe.seed,
-            init_model=recipe.init_model,
-            finetune_partner=recipe.init_model is not None,
         ),
         data=DataConfig(
             patches=(str(work / "train"),), val_patches=(str(work / "val"),), patch_mpp=MODEL_MPP
