@@ -116,8 +116,10 @@ def infer(work: Path, model: Path, half: str, name: str) -> Path:
             str(model),
             "--mpp",
             f"{MODEL_MPP}",
-            "--accept-qc-failures",
-        ),  # the mixed mosaics fail the lymph-node check (lymphoid score)
+            "--accept-qc-failures",  # the mixed mosaics fail the lymph-node check (lymphoid score)
+            "--precision",
+            "fp32",  # "auto" probes per process on CPUs with native bf16: runs would not repeat
+        ),
         work / "infer" / f"{name}_{half}.log",
     )
     (out / "done").write_text("", encoding="utf-8")
