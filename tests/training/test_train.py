@@ -212,15 +212,20 @@ def test_resume_with_other_settings_is_a_usage_error(
     assert "--lr" in capsys.readouterr().err
 
 
-def test_cli_train_runs_from_a_config_file_and_reports_checkpoints(
-    slide_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = tmp_path / "run.toml"
-    config.write_text(
+def _one_epoch_config(path: Path, slide_dir: Path) -> Path:
+    """A TOML for a one-epoch run on the conftest slides (32 px tiles at 2 µm/px, 8 tiles a slide)."""
+    path.write_text(
         f"[train]\ntile_size_px = 32\nmpp = 2.0\nepochs = 1\nbatch_size = 8\nnum_workers = 0\n"
         f'[data]\nslides = ["{slide_dir}"]\nval_fraction = 0.4\n'
         f"[sampling]\ntumor_per_slide = 4\nnormal_per_slide = 4\n"
     )
+    return path
+
+
+def test_cli_train_runs_from_a_config_file_and_reports_checkpoints(
+    slide_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _one_epoch_config(tmp_path / "run.toml", slide_dir)
     out = tmp_path / "cli_run"
     code = cli_main(["train", "--config", str(config), "--out", str(out), "--device", "cpu", "--no-progress"])
     assert code == 0
@@ -231,12 +236,7 @@ def test_cli_train_runs_from_a_config_file_and_reports_checkpoints(
 def test_a_copied_run_resumes_in_its_own_folder_and_leaves_the_original_alone(
     slide_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "run.toml"
-    config.write_text(
-        f"[train]\ntile_size_px = 32\nmpp = 2.0\nepochs = 1\nbatch_size = 8\nnum_workers = 0\n"
-        f'[data]\nslides = ["{slide_dir}"]\nval_fraction = 0.4\n'
-        f"[sampling]\ntumor_per_slide = 4\nnormal_per_slide = 4\n"
-    )
+    config = _one_epoch_config(tmp_path / "run.toml", slide_dir)
     first = tmp_path / "first"
     command = ["train", "--config", str(config), "--out", str(first), "--device", "cpu", "--no-progress"]
     assert cli_main(command) == 0
