@@ -107,6 +107,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"reviewed: {result[f'removed_{reviewed}']:.0%}; done-when met: {result['done_when_met']}; "
         f"node-scale surfaces identical for both models: {result.get('node_scale_same_surfaces')}"
     )
-    if settings_line(result):
-        rows.append(settings_line(result))
+    settings = settings_line(result)
+    if settings:
+        rows.append(settings)
     return "\n".join(rows)

@@ -43,8 +43,7 @@ def init_partner(settings: TrainSettings) -> Path:
     from pipeline.models.partner import partner_path
 
     init = settings.train.init_model
-    if init is None:
-        raise ConfigError("finetune_partner needs --init-model: the partnered checkpoint to fine-tune")
+    assert init is not None  # TrainConfig refuses finetune_partner without init_model
     path = partner_path(Path(init), read_card(Path(init)))
     if path is None:
         raise ConfigError(f"{init}: its card names no partner; drop --finetune-partner")
