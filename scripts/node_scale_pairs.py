@@ -63,8 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) -> dict[str, Poses]:
         return {n: (lambda xy, n=n: f(poses_a[n](xy), poses_b[n](xy))) for n in poses_a}  # type: ignore[misc]
 
+    def lower_mean(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The lower of the two models' pose means, as 8 equal poses."""
+        return np.repeat(np.minimum(a.mean(1), b.mean(1))[:, None], 8, axis=1)
+
     confirmations = {
-        "A": poses_a, "B": poses_b, "mean": combined(lambda a, b: (a + b) / 2), "min": combined(np.minimum),
+        "A": poses_a, "B": poses_b, "mean": combined(lambda a, b: (a + b) / 2), "min": combined(lower_mean),
     }  # fmt: skip
     heatmaps = {"A": mine, "average": [(s, (v + theirs[s.name]) / 2) for s, v in mine]}
     for (heatmap, surfaces), (confirm_name, poses) in itertools.product(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.deposits.decide import DepositDecision, DepositRules, decide_deposits
+from pipeline.deposits.decide import ConfirmModel, DepositDecision, DepositRules, decide_deposits
 from pipeline.deposits.measure import Deposit, SizeCalibration
 from pipeline.detection.heatmap import Heatmap
 from pipeline.detection.inference import dihedral_poses
@@ -34,18 +34,18 @@ SIZE_BANDS_MM = (
 
 
 def dihedral_scorer(surface: Surface, tile_px: int, score):  # type: ignore[no-untyped-def]
-    """Mean tumor probability over the 8 dihedral poses of tiles at (x, y) corners, cached."""
-    cache: dict[tuple[int, int], float] = {}
+    """Tumor probability (N, 8) of tiles at (x, y) corners in their 8 dihedral poses, cached."""
+    cache: dict[tuple[int, int], NDArray[np.float32]] = {}
 
-    def mean_poses(xy: NDArray[np.int64]) -> NDArray[np.float32]:
+    def poses(xy: NDArray[np.int64]) -> NDArray[np.float32]:
         todo = [tuple(int(v) for v in p) for p in xy if tuple(int(v) for v in p) not in cache]
         if todo:
             tiles = [surface.image[y : y + tile_px, x : x + tile_px] for x, y in todo]
-            p = score(dihedral_poses(np.stack(tiles))).reshape(len(todo), 8).mean(axis=1)
-            cache.update({corner: float(v) for corner, v in zip(todo, p, strict=True)})
-        return np.array([cache[(int(x), int(y))] for x, y in xy], dtype=np.float32)
+            p = score(dihedral_poses(np.stack(tiles))).reshape(len(todo), 8)
+            cache.update({corner: v for corner, v in zip(todo, p, strict=True)})
+        return np.array([cache[(int(x), int(y))] for x, y in xy], dtype=np.float32).reshape(-1, 8)
 
-    return mean_poses
+    return poses
 
 
 def heatmap_for(surface: Surface, values: NDArray[np.float32], tile_px: int, stride_px: int) -> Heatmap:
@@ -199,20 +199,8 @@ def report(args: argparse.Namespace) -> int:
     apart = [(s, v) for s, v in surfaces if s.name in APART_SURFACES]
     surfaces = [(s, v) for s, v in surfaces if s.name not in APART_SURFACES]
     rules = rules_from_card(card)
-    if args.rules is not None:  # a calibration.json instead of the card's rules (dev work only)
-        chosen = json.loads(args.rules.read_text(encoding="utf-8"))
-        size = chosen["size_calibration"]
-        rules = DepositRules(
-            card.threshold,
-            chosen["seed_threshold"],
-            chosen["confirm_threshold"],
-            SizeCalibration(
-                size["level"],
-                size["offset_mm"],
-                tuple(tuple(p) for p in size["error_mm"]),
-                tuple(tuple(p) for p in size.get("knots_mm", ())),
-            ),
-        )
+    if args.rules is not None:
+        rules = rules_from_json(rules, json.loads(args.rules.read_text(encoding="utf-8")))
     tally = run_rules(surfaces, rules, tile_px, stride_px, scorers)
     figures = summary(tally)
     print(json.dumps(figures, indent=1))
@@ -243,6 +231,27 @@ def report(args: argparse.Namespace) -> int:
             f"{len(decision.deposits)} deposits ({sizes}), {len(decision.candidates)} candidates"
         )
     return 0
+
+
+def rules_from_json(card_rules: DepositRules, chosen: dict) -> DepositRules:  # type: ignore[type-arg]
+    """The card's rules with those a calibration.json or confirm_model.json replaces (dev work:
+    ``calibrate`` writes seed, confirm and size; ``node_scale_candidates.py fit`` seed and a
+    second stage, which replaces the confirm threshold)."""
+    rules = dataclasses.replace(card_rules, seed_threshold=chosen["seed_threshold"])
+    if "confirm_threshold" in chosen:
+        rules = dataclasses.replace(rules, confirm_threshold=chosen["confirm_threshold"])
+    if "confirm_model" in chosen:
+        rules = dataclasses.replace(rules, confirm_model=ConfirmModel.from_dict(chosen["confirm_model"]))
+    if "size_calibration" in chosen:
+        size = chosen["size_calibration"]
+        calibration = SizeCalibration(
+            size["level"],
+            size["offset_mm"],
+            tuple(tuple(p) for p in size["error_mm"]),
+            tuple(tuple(p) for p in size.get("knots_mm", ())),
+        )
+        rules = dataclasses.replace(rules, size=calibration)
+    return rules
 
 
 def rules_from_card(card) -> DepositRules:  # type: ignore[no-untyped-def]

@@ -153,7 +153,7 @@ def dihedral_scorer(
 
     def score(xy_px: NDArray[np.int64]) -> NDArray[np.float32]:
         if len(xy_px) == 0:
-            return np.zeros(0, np.float32)
+            return np.zeros((0, 8), np.float32)
         tiles = np.stack([read_one_tile(slide, xy, geometry) for xy in xy_px])
         return score_dihedral(context.prepared, tiles)
 

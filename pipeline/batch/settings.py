@@ -207,6 +207,7 @@ class AnalysisContext:
             "threshold": self.threshold,
             "seed_threshold": self.seed_threshold,
             "confirm_threshold": self.card.confirm_threshold,
+            "confirm_model": dict(self.card.confirm_model),
             "size_calibrated": bool(self.card.size_calibration),
             "mpp_override": self.analysis.mpp_override,
             "mpp_by_slide": dict(sorted(self.analysis.mpp_by_slide.items())),

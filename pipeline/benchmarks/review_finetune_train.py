@@ -38,6 +38,7 @@ RULE_FIELDS = (
     "stride_px",
     "seed_threshold",
     "confirm_threshold",
+    "confirm_model",
     "size_calibration",
     "qc_reference",
 )

@@ -7,7 +7,10 @@ The steps, each measured at node scale on real tissue (docs/benchmarks.md, "Node
 3. Confirm: the best cells of each seeded deposit are rescored in the 8 dihedral poses (rotations
    and flips of the same tile); the deposit is confirmed when the mean over the poses of one of
    them reaches the card's confirm threshold. Tumor scores high in every pose; the look-alikes
-   that make false deposits in tumor-free node mostly do not.
+   that make false deposits in tumor-free node mostly do not. A card with a second stage
+   (``ConfirmModel``, fitted on the dev part's seeded deposits) decides instead by a logistic
+   model of the best cell's mean and lowest pose and the deposit's size: look-alikes are
+   smaller and less stable under rotation than real deposits of the same probability.
 4. An unconfirmed deposit of ITC size is a **candidate for review**: listed and counted in every
    output, never the slide's category. An unconfirmed deposit larger than an ITC stays a deposit
    (a metastasis is never dropped by this step), flagged for review.
@@ -32,7 +35,7 @@ from pipeline.staging import Category
 if TYPE_CHECKING:
     from pipeline.models.card import ModelCard
 
-# (N, 2) int64 level-0 top-left tile corners -> (N,) mean tumor probability over the 8 poses
+# (N, 2) int64 level-0 top-left tile corners -> (N, 8) tumor probability of each tile in its 8 poses
 DihedralScoreFn = Callable[[NDArray[np.int64]], NDArray[np.float32]]
 # Cells of a deposit rescored in every pose: its most probable ones.
 CONFIRM_CELLS = 3
@@ -40,6 +43,7 @@ NOT_CONFIRMED = "not confirmed by rescoring in 8 poses"
 
 __all__ = [
     "CONFIRM_CELLS",
+    "ConfirmModel",
     "DepositDecision",
     "DepositRules",
     "DihedralScoreFn",
@@ -49,15 +53,68 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
+class ConfirmModel:
+    """Second stage of step 3 (module docs): a seeded deposit is confirmed when
+    sigmoid(intercept + pose_mean * m + pose_min * n + ln_size_mm * ln(size mm)) >= threshold,
+    where m and n are the mean and the lowest of its best cell's 8 pose probabilities and size
+    is its (calibrated) largest dimension. The weights are fitted on the dev part
+    (``scripts/node_scale_candidates.py``). Raises ValueError for a non-finite weight or a
+    threshold outside 0-1."""
+
+    intercept: float
+    pose_mean: float
+    pose_min: float
+    ln_size_mm: float
+    threshold: float
+
+    def __post_init__(self) -> None:
+        weights = (self.intercept, self.pose_mean, self.pose_min, self.ln_size_mm)
+        if not all(isinstance(w, (int, float)) and np.isfinite(w) for w in weights):
+            raise ValueError(f"confirm model weights {weights} must be finite numbers")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"confirm model threshold {self.threshold} must be a probability from 0 to 1")
+
+    def probability(self, pose_mean: float, pose_min: float, size_mm: float) -> float:
+        """The second stage's probability that the deposit is tumor."""
+        logit = (
+            self.intercept + self.pose_mean * pose_mean + self.pose_min * pose_min
+            + self.ln_size_mm * float(np.log(max(size_mm, MIN_SIZE_MM)))
+        )  # fmt: skip
+        return float(1.0 / (1.0 + np.exp(-logit)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> ConfirmModel:
+        """From ``to_dict``'s output; ValueError naming the keys expected otherwise."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(data, dict) or set(data) != set(names):
+            raise ValueError(f"a confirm model needs exactly the keys {', '.join(names)}")
+        return cls(**{k: float(data[k]) for k in names})
+
+
+# sizes below this are read as this in the second stage's ln(size): a grid cell is 0.03 mm
+MIN_SIZE_MM = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
 class DepositRules:
     """threshold / seed_threshold: outline and seed probabilities. confirm_threshold: mean
     probability over the 8 poses one of a deposit's best cells must reach; None skips step 3.
-    size: the contour level, offset and measured errors of sizes; None keeps grid sizes."""
+    confirm_model: the second stage that decides step 3 instead, when given. size: the contour
+    level, offset and measured errors of sizes; None keeps grid sizes."""
 
     threshold: float
     seed_threshold: float | None = None
     confirm_threshold: float | None = None
     size: SizeCalibration | None = None
+    confirm_model: ConfirmModel | None = None
+
+    @property
+    def confirms(self) -> bool:
+        """Whether step 3 runs: a confirm threshold or a second stage."""
+        return self.confirm_threshold is not None or self.confirm_model is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,21 +149,27 @@ def best_cells_xy(heatmap: Heatmap, deposit: Deposit, threshold: float, count: i
 def _confirm(
     heatmap: Heatmap, deposit: Deposit, rules: DepositRules, score: DihedralScoreFn
 ) -> tuple[bool, float]:
+    """(confirmed, the probability that decided: the best cell's pose mean or the second stage's)."""
     cells = best_cells_xy(heatmap, deposit, rules.threshold, CONFIRM_CELLS)
     if len(cells) == 0:
         return False, 0.0
-    best = float(np.max(score(cells)))
-    return best >= float(rules.confirm_threshold or 0.0), best
+    poses = np.asarray(score(cells), dtype=np.float64).reshape(len(cells), 8)
+    best = int(np.argmax(poses.mean(axis=1)))
+    pose_mean, pose_min = float(poses[best].mean()), float(poses[best].min())
+    if rules.confirm_model is None:
+        return pose_mean >= float(rules.confirm_threshold or 0.0), pose_mean
+    probability = rules.confirm_model.probability(pose_mean, pose_min, deposit.max_diameter_mm)
+    return probability >= rules.confirm_model.threshold, probability
 
 
 def decide_deposits(heatmap: Heatmap, rules: DepositRules, score: DihedralScoreFn | None) -> DepositDecision:
     """Deposits and review candidates of a heatmap under ``rules`` (module docs).
 
-    score: rescoring of tiles in the 8 dihedral poses; None (or no confirm threshold in the
-    rules) confirms every seeded deposit.
+    score: rescoring of tiles in the 8 dihedral poses; None (or no confirm threshold or second
+    stage in the rules) confirms every seeded deposit.
     """
     found = keep_seeded(find_deposits(heatmap, rules.threshold, calibration=rules.size), rules.seed_threshold)
-    if score is None or rules.confirm_threshold is None:
+    if score is None or not rules.confirms:
         return DepositDecision(found, [])
     deposits: list[Deposit] = []
     candidates: list[Deposit] = []
@@ -127,11 +190,12 @@ def rules_from_card(
 ) -> DepositRules:
     """The deposit rules a model card states; ``threshold`` / ``seed`` replace the card's
     (a user's flags). A user's thresholds keep the card's confirmation and size calibration."""
-    from pipeline.models.card import size_calibration_from_card
+    from pipeline.models.card import confirm_model_from_card, size_calibration_from_card
 
     return DepositRules(
         threshold=card.threshold if threshold is None else threshold,
         seed_threshold=card.seed_threshold if seed is None else seed,
         confirm_threshold=card.confirm_threshold,
         size=size_calibration_from_card(card),
+        confirm_model=confirm_model_from_card(card),
     )

@@ -510,9 +510,10 @@ def dihedral_poses(tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
 
 
 def score_dihedral(prepared: PreparedModel, tiles: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """Mean tumor probability (N,) over the 8 dihedral poses of (N, T, T, 3) uint8 tiles."""
+    """Tumor probability (N, 8) of (N, T, T, 3) uint8 tiles in each of their 8 dihedral poses
+    (``dihedral_poses``' order)."""
     if len(tiles) == 0:
-        return np.zeros(0, dtype=np.float32)
+        return np.zeros((0, 8), dtype=np.float32)
     with torch.inference_mode():
         probabilities = prepared.scorer(torch.from_numpy(dihedral_poses(tiles))).numpy()
-    return np.asarray(probabilities.reshape(len(tiles), 8).mean(axis=1), dtype=np.float32)
+    return np.asarray(probabilities.reshape(len(tiles), 8), dtype=np.float32)

@@ -14,7 +14,7 @@ import datetime
 import math
 import platform
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
@@ -25,6 +25,9 @@ from pipeline.deposits.measure import SizeCalibration
 from pipeline.errors import CheckpointError
 from pipeline.models.architectures import ARCHITECTURES, available_architectures
 from pipeline.slides.stain import STAIN_NORMALIZATIONS
+
+if TYPE_CHECKING:
+    from pipeline.deposits.decide import ConfirmModel
 
 # Version of the checkpoint format; the card's fields are part of it.
 FORMAT_VERSION = 1
@@ -88,6 +91,9 @@ class ModelCard:
         and stride) whose tumor probabilities are averaged with this model's for the heatmap
         (``pipeline.models.partner``); the seed, confirm and size rules were measured on that
         average. The confirmation in 8 poses uses this model alone.
+    confirm_model: {} or {"intercept", "pose_mean", "pose_min", "ln_size_mm", "threshold"}: the
+        second stage that confirms seeded deposits instead of ``confirm_threshold``
+        (``pipeline.deposits.decide.ConfirmModel``; fitted on the dev part).
     Raises CheckpointError naming the field when a value is invalid.
     """
 
@@ -110,6 +116,7 @@ class ModelCard:
     confirm_threshold: float | None = None
     size_calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
     partner: dict[str, str] = dataclasses.field(default_factory=dict)
+    confirm_model: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_card_geometry(self)
@@ -128,6 +135,7 @@ OPTIONAL_CARD_FIELDS = (
     "confirm_threshold",
     "size_calibration",
     "partner",
+    "confirm_model",
 )
 
 
@@ -171,6 +179,8 @@ def _check_card_extras(card: ModelCard) -> None:
         raise _card_error("confirm_threshold", confirm, "None or a probability from 0 to 1")
     if card.size_calibration:
         size_calibration_from_card(card)
+    if card.confirm_model:
+        confirm_model_from_card(card)
     _check_partner(card.partner)
     reference = card.qc_reference
     from pipeline.slides.qc import STAIN_NAMES
@@ -220,6 +230,18 @@ def size_calibration_from_card(card: ModelCard) -> SizeCalibration | None:
         return SizeCalibration(float(data["level"]), float(data["offset_mm"]), pairs, knots)
     except (TypeError, ValueError) as exc:
         raise _card_error("size_calibration", data, expected) from exc
+
+
+def confirm_model_from_card(card: ModelCard) -> ConfirmModel | None:
+    """The card's second stage, None when it has none; CheckpointError when malformed."""
+    from pipeline.deposits.decide import ConfirmModel
+
+    if not card.confirm_model:
+        return None
+    try:
+        return ConfirmModel.from_dict(card.confirm_model)
+    except (TypeError, ValueError) as exc:
+        raise _card_error("confirm_model", card.confirm_model, f"{{}} or {exc}") from exc
 
 
 def _check_rgb(name: str, value: object, low: float, high: float, low_open: bool) -> None:
@@ -312,6 +334,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         "confirm_threshold": None if card.confirm_threshold is None else float(card.confirm_threshold),
         "size_calibration": _size_calibration_dict(card.size_calibration),
         "partner": {str(k): str(v) for k, v in card.partner.items()},
+        "confirm_model": {str(k): float(v) for k, v in card.confirm_model.items()},
     }
 
 

@@ -221,7 +221,12 @@ def _load_initial_weights(model: nn.Module, t: TrainConfig) -> None:
             "--arch, --tile-size-px and --model-mpp as its card says"
         )
     model.load_state_dict(start.state_dict())
-    if card.seed_threshold is not None or card.confirm_threshold is not None or card.size_calibration:
+    if (
+        card.seed_threshold is not None
+        or card.confirm_threshold is not None
+        or card.confirm_model
+        or card.size_calibration
+    ):
         log.warning(
             "%s's seed, confirm and size calibration are not carried to the fine-tuned checkpoint "
             "(they were measured on its weights): measure them for the new model "

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from pipeline.deposits.decide import NOT_CONFIRMED, DepositRules, decide_deposits, rules_from_card
+from pipeline.deposits.decide import (
+    NOT_CONFIRMED,
+    ConfirmModel,
+    DepositRules,
+    decide_deposits,
+    rules_from_card,
+)
 from pipeline.deposits.measure import SizeCalibration, calibrated_diameter_mm, find_deposits
 from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import CheckpointError
@@ -37,12 +43,13 @@ def two_blobs() -> NDArray[np.float32]:
 
 
 def score_by_column(confirmed_min_x: float):  # type: ignore[no-untyped-def]
-    """A fake dihedral scorer: tiles right of ``confirmed_min_x`` score 0.99, others 0.2."""
+    """A fake dihedral scorer: tiles right of ``confirmed_min_x`` score 0.99 in every pose, others 0.2."""
     calls: list[int] = []
 
     def score(xy: NDArray[np.int64]) -> NDArray[np.float32]:
         calls.append(len(xy))
-        return np.where(xy[:, 0] >= confirmed_min_x, 0.99, 0.2).astype(np.float32)
+        mean = np.where(xy[:, 0] >= confirmed_min_x, 0.99, 0.2).astype(np.float32)
+        return np.repeat(mean[:, None], 8, axis=1)
 
     return score, calls
 
@@ -76,6 +83,49 @@ def test_unconfirmed_micro_is_kept_and_flagged_never_dropped() -> None:
     assert [d.category for d in decision.deposits] == [Category.MICRO]
     assert decision.deposits[0].review == NOT_CONFIRMED
     assert len(decision.candidates) == 1
+
+
+# fitted weights of the shape the dev part gave (scripts/node_scale_candidates.py fit)
+STAGE = ConfirmModel(intercept=2.9, pose_mean=1.44, pose_min=2.65, ln_size_mm=3.0, threshold=0.46)
+
+
+def score_poses(poses: list[float]):  # type: ignore[no-untyped-def]
+    """A fake dihedral scorer: every tile gets the same 8 pose probabilities."""
+
+    def score(xy: NDArray[np.int64]) -> NDArray[np.float32]:
+        return np.tile(np.asarray(poses, dtype=np.float32), (len(xy), 1))
+
+    return score
+
+
+def blob(side_cells: int) -> NDArray[np.float32]:
+    values = np.full((24, 24), 0.1, dtype=np.float32)
+    values[8 : 8 + side_cells, 8 : 8 + side_cells] = 0.9
+    return values
+
+
+def test_the_second_stage_confirms_by_size_where_the_poses_are_the_same() -> None:
+    steady = score_poses([0.9] * 8)
+    rules = DepositRules(0.5, 0.8, size=None, confirm_model=STAGE)
+    one_cell = decide_deposits(heatmap(blob(1)), rules, steady)  # 0.045 mm: a look-alike's size
+    four_cells = decide_deposits(heatmap(blob(4)), rules, steady)  # 0.18 mm
+    assert one_cell.deposits == [] and len(one_cell.candidates) == 1
+    assert len(four_cells.deposits) == 1 and four_cells.candidates == []
+    size = four_cells.deposits[0].max_diameter_mm
+    assert four_cells.deposits[0].confirm_probability == pytest.approx(STAGE.probability(0.9, 0.9, size))
+    low, high = one_cell.candidates[0].confirm_probability, four_cells.deposits[0].confirm_probability
+    assert low is not None and high is not None and low < STAGE.threshold <= high
+
+
+def test_the_second_stage_refuses_a_deposit_that_one_pose_does_not_see() -> None:
+    rules = DepositRules(0.5, 0.8, confirm_model=STAGE)
+    steady = decide_deposits(heatmap(blob(3)), rules, score_poses([0.85] * 8))
+    unstable = decide_deposits(heatmap(blob(3)), rules, score_poses([0.98] * 7 + [0.05]))
+    assert len(steady.deposits) == 1
+    assert unstable.deposits == [] and len(unstable.candidates) == 1  # higher mean, one pose blind
+    blind_pose = score_poses([0.98] * 7 + [0.05])
+    threshold_only = decide_deposits(heatmap(blob(3)), DepositRules(0.5, 0.8, 0.8), blind_pose)
+    assert len(threshold_only.deposits) == 1  # the mean alone (0.86) would have confirmed it
 
 
 def test_calibrated_size_is_contour_diameter_less_offset_with_measured_error() -> None:
@@ -142,9 +192,15 @@ def test_card_carries_the_rules_and_round_trips() -> None:
 
 def test_card_without_the_new_fields_still_loads() -> None:
     data = card_to_dict(_card())
-    del data["confirm_threshold"], data["size_calibration"]
+    del data["confirm_threshold"], data["size_calibration"], data["confirm_model"]
     rules = rules_from_card(card_from_dict(data))
-    assert rules.confirm_threshold is None and rules.size is None
+    assert rules.confirm_threshold is None and rules.size is None and rules.confirm_model is None
+
+
+def test_card_carries_the_second_stage_and_round_trips() -> None:
+    card = card_from_dict(card_to_dict(_card(seed_threshold=0.8, confirm_model=STAGE.to_dict())))
+    rules = rules_from_card(card)
+    assert rules.confirm_model == STAGE and rules.confirms
 
 
 @pytest.mark.parametrize(
@@ -155,6 +211,9 @@ def test_card_without_the_new_fields_still_loads() -> None:
         {"size_calibration": {"level": 0.5}},
         {"size_calibration": {"level": 2.0, "offset_mm": 0.0, "error_mm": [[1.0, 0.1]]}},
         {"size_calibration": {"level": 0.5, "offset_mm": 0.0, "error_mm": [["x", 0.1]]}},
+        {"confirm_model": {"intercept": 1.0}},
+        {"confirm_model": {**STAGE.to_dict(), "threshold": 1.5}},
+        {"confirm_model": {**STAGE.to_dict(), "pose_min": float("inf")}},
     ],
 )
 def test_card_refuses_malformed_rules(fields: dict[str, object]) -> None:

@@ -211,3 +211,20 @@ def test_a_reviewer_confirms_a_candidate_or_rejects_it(tmp_path: Path, batch: Vi
     assert client.get(f"/api/slide/{CANDIDATE_ID}").get_json()["report"]["category"] == "negative"
     summary = (root / "summary.csv").read_text()
     assert f"{CANDIDATE_ID},done,itc,complete (Dr Ana),negative" in summary
+
+
+def test_the_candidate_note_names_the_second_stage_when_the_card_has_one(batch: ViewerBatch) -> None:
+    app = create_app(batch.root)
+    template = app.jinja_env.from_string(
+        '{% from "_macros.html" import candidate_table %}{{ candidate_table([], settings, false) }}'
+    )
+    with app.app_context():
+        staged = template.render(settings={"confirm_threshold": None, "confirm_model": {"threshold": 0.46}})
+        plain = template.render(settings={"confirm_threshold": 0.8, "confirm_model": {}})
+        old = template.render(settings=None)
+    staged, plain, old = (
+        html[html.index('class="candidate-note"') : html.index("</p>")] for html in (staged, plain, old)
+    )
+    assert "second stage" in staged and "p below 0.46" in staged
+    assert "second stage" not in plain and "confirm p below 0.80" in plain
+    assert "second stage" not in old and old.endswith("did not confirm. Each needs a pathologist's look.")
