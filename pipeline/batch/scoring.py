@@ -6,6 +6,7 @@ deposit rules, and the inference section of report.json.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -95,6 +96,8 @@ def _inference_facts(context: ScoringContext, runs: Sequence[InferenceStats]) ->
         "compiled": context.inference.compile,
         "tiles_per_s": round(sum(stats.n_tiles for stats in own) / seconds, 1) if seconds > 0 else 0.0,
         "cpu_plan": runs[0].cpu_plan.to_dict(),
+        # None: libgomp's default (spinning); "PASSIVE" where micromet set it on a small machine
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     # the partner's own runs, or the runs that scored it with the model in one pass (their tiles
     # and seconds are then the model's too)

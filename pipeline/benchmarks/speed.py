@@ -313,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.run_variant is not None:
+        from pipeline.detection.cpu_plan import prefer_passive_omp_wait
+
+        prefer_passive_omp_wait()  # every micromet variant runs as the micromet command would
         return child_main(args)
     try:
         return run_benchmark(args, argv)

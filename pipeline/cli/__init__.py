@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    from pipeline.detection.cpu_plan import prefer_passive_omp_wait
+
+    prefer_passive_omp_wait()  # before anything imports torch (pipeline.detection.cpu_plan)
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     _refuse_odd_values(parser, words)

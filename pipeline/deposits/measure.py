@@ -121,9 +121,10 @@ class Deposit:
     measured on a finer rescoring (``pipeline.deposits.refine``). outline_xy: (N, 2) float64 level-0
     px, open ring (first vertex not repeated), counter-clockwise in the x-right/y-up sense.
     review: why size and cell count disagree (``staging.deposit_review``), None when they
-    agree or cells were not counted. confirm_probability: the probability the confirmation decided
-    by (``pipeline.deposits.decide``): the mean tumor probability over the 8 dihedral poses of
-    the deposit's best cell, or the card's second stage's; None when not rescored. size_calibrated: the size is the calibrated contour diameter (module docs).
+    agree or cells were not counted. confirm_probability: the probability the confirmation
+    decided by (``pipeline.deposits.decide``): the mean tumor probability over the 8 dihedral
+    poses of the deposit's best cell, or the card's second stage's; None when not rescored.
+    size_calibrated: the size is the calibrated contour diameter (module docs).
     """
 
     id: int

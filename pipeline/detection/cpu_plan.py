@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 
 # Fewer tiles than this are read in the scoring process: starting reader processes costs
@@ -24,7 +25,28 @@ MIN_TILES_FOR_READERS = 2000
 # process and one scoring thread. Above it, reading needs cores of its own: reader processes.
 COMPUTE_BOUND_READ_SHARE = 0.5
 
+# On a machine of at most this many cores the read-ahead thread shares a core with torch's
+# OpenMP team, and libgomp's default (spinning) wait makes the whole team stall while one
+# member is descheduled: measured on a 2-core Intel Xeon (AMX, bf16), a batch of 64 tiles took
+# 30 ms alone and 134 ms beside a busy thread, 63 ms with passive waiting; end to end the
+# default pair took 11.4-12.1 s against 13.2-14.3 s (4 interleaved pairs of runs), while the
+# model alone slowed from 4.7-5.1 s to 5.3-5.8 s (docs/benchmarks.md, "OpenMP wait policy").
+PASSIVE_OMP_WAIT_MAX_CORES = 4
+
 ProbeSeconds = Callable[[], float]
+
+
+def prefer_passive_omp_wait(cores: int | None = None) -> bool:
+    """Set OMP_WAIT_POLICY=PASSIVE for this process and its children on a machine of at most
+    PASSIVE_OMP_WAIT_MAX_CORES cores (``cores``: ``usable_cores()`` by default), unless the user
+    set OMP_WAIT_POLICY. OpenMP reads it once, when torch is first imported, so this does
+    nothing once torch is loaded. Returns whether it set it."""
+    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return False
+    if (cores if cores is not None else usable_cores()) > PASSIVE_OMP_WAIT_MAX_CORES:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

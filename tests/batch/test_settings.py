@@ -18,7 +18,7 @@ from pipeline.cli import build_parser
 
 # The settings() keys report.json, run.json and the resume key are made of, in order.
 SETTINGS_KEYS = [
-    "model_sha256", "threshold", "seed_threshold", "confirm_threshold", "size_calibrated",
+    "model_sha256", "threshold", "seed_threshold", "confirm_threshold", "confirm_model", "size_calibrated",
     "mpp_override", "mpp_by_slide", "force_mpp", "whole_slide", "qc", "tissue", "tiling",
     "inference", "deposits",
 ]  # fmt: skip

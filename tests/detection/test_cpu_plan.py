@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from pipeline.detection import cpu_plan
@@ -54,3 +58,38 @@ def test_a_user_set_reader_count_is_kept(four_cores: None) -> None:
     assert (plan.num_workers, plan.torch_threads) == (2, 2)
     assert "set by the user" in plan.reason and plan.to_dict()["num_workers"] == 2
     assert not fixed_plan(0, True, 4).read_ahead_thread  # --workers 0: read between batches
+
+
+@pytest.fixture
+def before_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a fresh ``micromet`` process: torch not imported yet, OMP_WAIT_POLICY unset."""
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+
+
+def test_passive_omp_wait_is_set_on_a_small_machine_only(before_torch: None) -> None:
+    assert not cpu_plan.prefer_passive_omp_wait(cores=cpu_plan.PASSIVE_OMP_WAIT_MAX_CORES + 1)
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert cpu_plan.prefer_passive_omp_wait(cores=2)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_a_users_omp_wait_policy_is_kept(before_torch: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert not cpu_plan.prefer_passive_omp_wait(cores=2)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_passive_omp_wait_is_not_set_once_torch_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch  # noqa: F401  (OpenMP has read its settings: setting one now would be a lie)
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert not cpu_plan.prefer_passive_omp_wait(cores=2)
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+
+def test_the_command_and_the_bench_set_it_before_torch_loads() -> None:
+    """Their entry points call prefer_passive_omp_wait first; importing them must not load torch."""
+    code = "import sys, pipeline.cli, pipeline.benchmarks.speed; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
