@@ -117,8 +117,8 @@ def render_markdown(figures: dict[str, Any]) -> str:
         f"Machine: {machine['cpu']}, {machine['usable_cores']} of {machine['cores']} cores usable, "
         f"{machine['ram_gib']} GiB RAM, {machine['os']}, Python {machine['python']}; load average "
         f"{machine['load_average']} at the start and {figures['load_end']} at the end; {figures['date']}. "
-        "The machine is shared: another engineer ran speed benchmarks at the same time, so times are "
-        "noisy and pessimistic; compare rows within this section.", "",
+        "The load averages say how busy the machine was; on a shared machine times are noisy, so "
+        "compare rows within this section.", "",
         f"### Scaling: time against tissue area (median of {figures['repeats']} run(s) per slide)", "",
         f"Square synthetic nodes (`pipeline.synthetic.generate.generate_slide`, {SLIDE_MPP} µm/px, one "
         "planted "
