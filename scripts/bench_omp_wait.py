@@ -60,7 +60,8 @@ def main() -> int:
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--batches", type=int, default=60)
     args = parser.parse_args()
-    print(f"| OMP_WAIT_POLICY | ms per batch of 64, alone | beside a busy thread | torch threads ({args.precision}) |")
+    columns = ("OMP_WAIT_POLICY", "ms per batch of 64, alone", "beside a busy thread", "torch threads")
+    print("| " + " | ".join(columns) + f" ({args.precision}) |")
     print("| --- | ---: | ---: | ---: |")
     for policy in ("", "PASSIVE", "ACTIVE"):
         env = {**os.environ, "OMP_WAIT_POLICY": policy}
