@@ -67,17 +67,32 @@ NEGATIVE_MOSAICS = 3
 NEGATIVE_SIDE_MM = 2.2
 
 
+def tumor_places() -> set[str]:
+    """Places (data/pcam_places.csv) that hold a tumor patch. A PCam normal patch is normal in
+    its central 32 px only; one that shares pixels with a tumor patch has that tumor in its
+    border (test place 1446: a cluster of large pale carcinoma cells in the lower third of the
+    normal patch), so it is not tumor-free tissue and no surface uses it as such."""
+    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
+        return {row["place"] for row in csv.DictReader(handle) if row["label"] == "1"}
+
+
+def part_rows(part: str) -> list[dict[str, str]]:
+    """The part's PCam rows of the split, without normal patches in a place that holds tumor."""
+    near_tumor = tumor_places()
+    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
+        return [
+            row for row in csv.DictReader(handle)
+            if row["part"] == part and row["source"] == "pcam_kaggle"
+            and (row["label"] == "1" or row["place"] not in near_tumor)
+        ]  # fmt: skip
+
+
 def part_patches(part: str, data: Path) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
     """(normal patches (N, 96, 96, 3), tumor pieces (M, 48, 48, 3)) of one part of the split."""
     normals, tumors = [], []
-    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if row["part"] != part or row["source"] != "pcam_kaggle":
-                continue
-            rgb = load_rgb(data / row["source"] / row["file"])
-            (tumors if row["label"] == "1" else normals).append(
-                rgb[24:72, 24:72] if row["label"] == "1" else rgb
-            )
+    for row in part_rows(part):
+        rgb = load_rgb(data / row["source"] / row["file"])
+        (tumors if row["label"] == "1" else normals).append(rgb[24:72, 24:72] if row["label"] == "1" else rgb)
     if part == "test":
         for path in sorted((data / "camelyon16_patches" / "tumor").glob("*.png")):
             tumors.append(fit_to_tile(load_rgb(path), C16_MPP, MODEL_MPP, 64)[8:56, 8:56])
@@ -91,15 +106,26 @@ def c17_half(data: Path, stem: str, right_half: bool) -> NDArray[np.uint8]:
     return image[:, side // 2 :] if right_half else image
 
 
-def build_surfaces(part: str, data: Path, seed: int) -> list[Surface]:
-    """Every surface of one part (module docs), seeded."""
+def part_normal_places(part: str) -> list[str]:
+    """The place (data/pcam_places.csv) of each of ``part_patches``' normal patches, in order."""
+    return [row["place"] for row in part_rows(part) if row["label"] != "1"]
+
+
+def build_surfaces(
+    part: str, data: Path, seed: int, grids: dict[str, NDArray[np.int64]] | None = None
+) -> list[Surface]:
+    """Every surface of one part (module docs), seeded. grids: when given, receives for each
+    surface the normal patch index at each position of its mosaic (``owner_map``)."""
     rng = np.random.default_rng(seed)
     normals, tumors = part_patches(part, data)
     side_px = round(NEGATIVE_SIDE_MM * 1000 / MODEL_MPP)
-    surfaces = [
-        Surface(f"negative_mosaic_{i}", feathered_mosaic(normals, (side_px, side_px), rng), MODEL_MPP, ())
-        for i in range(NEGATIVE_MOSAICS)
-    ]
+    placed: list[NDArray[np.int64]] = []
+    surfaces = []
+    for i in range(NEGATIVE_MOSAICS):
+        image = feathered_mosaic(normals, (side_px, side_px), rng, placed=placed)
+        surfaces.append(Surface(f"negative_mosaic_{i}", image, MODEL_MPP, ()))
+        if grids is not None:
+            grids[surfaces[-1].name] = placed[-1]
     if part == "test":
         surfaces.append(
             Surface(
@@ -111,7 +137,7 @@ def build_surfaces(part: str, data: Path, seed: int) -> list[Surface]:
             shape = SHAPES[index % len(SHAPES)]
             mask = deposit_mask(shape, diameter_mm, MODEL_MPP, rng)
             side = mask.shape[0] + 2 * round(MARGIN_MM * 1000 / MODEL_MPP)
-            background = feathered_mosaic(normals, (side, side), rng)
+            background = feathered_mosaic(normals, (side, side), rng, placed=placed)
             tumor = feathered_mosaic(tumors, (side, side), rng, feather_px=8)
             offset = rng.integers(-16, 17, size=2)
             centre = (side // 2 + int(offset[0]), side // 2 + int(offset[1]))
@@ -119,6 +145,8 @@ def build_surfaces(part: str, data: Path, seed: int) -> list[Surface]:
             surfaces.append(
                 Surface(f"deposit_{diameter_mm:.2f}mm_{shape}_{index}", image, MODEL_MPP, (truth,))
             )
+            if grids is not None:
+                grids[surfaces[-1].name] = placed[-1]
     return surfaces
 
 
@@ -208,7 +236,8 @@ def score_part(args: argparse.Namespace) -> int:
             values = (values + other.probabilities) / np.float32(2.0)
         n_tiles += values.size
         save_surface(folder, surface, values)
-    settings = {"model": str(args.model), "stride_px": stride, "dense": score_region is not None}
+    settings = {"model": str(args.model), "stride_px": stride, "dense": score_region is not None,
+                "seed": args.seed}  # fmt: skip
     (folder / "model.json").write_text(json.dumps(settings), encoding="utf-8")
     how, seconds = ("dense" if score_region else "tile by tile"), time.perf_counter() - started
     print(f"{len(surfaces)} surfaces, {n_tiles} tiles ({how}) in {seconds:.0f} s -> {folder}")

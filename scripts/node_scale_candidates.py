@@ -46,7 +46,8 @@ from node_scale_report import (  # noqa: E402
 )
 
 from pipeline.deposits.cells import tumor_like  # noqa: E402
-from pipeline.deposits.decide import CONFIRM_CELLS, MIN_SIZE_MM, ConfirmModel, best_cells_xy  # noqa: E402
+from pipeline.deposits.confirm import MIN_SIZE_MM, ConfirmModel  # noqa: E402
+from pipeline.deposits.decide import CONFIRM_CELLS, best_cells_xy  # noqa: E402
 from pipeline.deposits.measure import find_deposits, keep_seeded  # noqa: E402
 from pipeline.detection.inference import dihedral_poses  # noqa: E402
 from pipeline.slides.nuclei import measure_nuclei  # noqa: E402

@@ -17,14 +17,24 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.deposits.decide import ConfirmModel, DepositDecision, DepositRules, decide_deposits
+from pipeline.deposits.confirm import ConfirmModel
+from pipeline.deposits.decide import DepositDecision, DepositRules, decide_deposits
 from pipeline.deposits.measure import Deposit, SizeCalibration
 from pipeline.detection.heatmap import Heatmap
 from pipeline.detection.inference import dihedral_poses
-from pipeline.evaluation.node_scale import Surface, poisson_upper_95, size_class, summarise_sizes, wilson_95
+from pipeline.evaluation.node_scale import (
+    Surface,
+    owner_map,
+    place_bootstrap_upper_95,
+    poisson_upper_95,
+    size_class,
+    summarise_sizes,
+    wilson_95,
+)
 from pipeline.staging import slide_category
 
 ITC_BAND_MM = (0.045, 0.2)
+NORMAL_PATCH_PX = 96  # the PatchCamelyon patches the mosaics are made of
 # a deposit finds a true one when its centroid lies this close to it (one cell of the model's grid)
 MATCH_REACH_PX = 32
 # bands around the nominal sizes placed (a true size is within a pixel of its nominal one)
@@ -69,6 +79,7 @@ class Tally:
     false_deposits: int = 0
     false_micro_macro: int = 0
     candidates_on_negative: int = 0
+    false_points: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # surface, x, y px
     per_truth: list[dict[str, object]] = dataclasses.field(default_factory=list)
     per_surface: list[dict[str, object]] = dataclasses.field(default_factory=list)
 
@@ -78,6 +89,7 @@ def tally_surface(tally: Tally, surface: Surface, decision: DepositDecision, rea
     tally.negative_mm2 += surface.area_mm2 - truth_mm2
     false = [d for d in decision.deposits if not any(matches(d, t.mask, reach_px) for t in surface.truth)]
     tally.false_deposits += len(false)
+    tally.false_points += [(surface.name, round(d.centroid_x_px), round(d.centroid_y_px)) for d in false]
     tally.false_micro_macro += sum(d.max_diameter_mm > 0.2 for d in false)
     tally.candidates_on_negative += sum(
         not any(matches(d, t.mask, reach_px) for t in surface.truth) for d in decision.candidates
@@ -203,6 +215,8 @@ def report(args: argparse.Namespace) -> int:
         rules = rules_from_json(rules, json.loads(args.rules.read_text(encoding="utf-8")))
     tally = run_rules(surfaces, rules, tile_px, stride_px, scorers)
     figures = summary(tally)
+    seed = json.loads((folder / "model.json").read_text(encoding="utf-8")).get("seed", args.seed)
+    figures.update(place_figures(args.part, args.data, seed, {s.name: s for s, _ in surfaces}, tally))
     print(json.dumps(figures, indent=1))
     if args.write_card:
         extra = {f"node_{args.part}_{k}": float(v) for k, v in figures.items()}
@@ -231,6 +245,53 @@ def report(args: argparse.Namespace) -> int:
             f"{len(decision.deposits)} deposits ({sizes}), {len(decision.candidates)} candidates"
         )
     return 0
+
+
+def place_figures(
+    part: str, data: Path, seed: int, cached: dict[str, Surface], tally: Tally
+) -> dict[str, float]:
+    """False deposits counted by place (data/pcam_places.csv): the surfaces are built again
+    from their seed (checked pixel for pixel against the scored ones), each false deposit and
+    each tumor-free pixel is given to the normal patch whose centre is nearest, and the places
+    are resampled (``place_bootstrap_upper_95``). A tile of real tissue (centre 3) is one place."""
+    from bench_node_scale import build_surfaces, part_normal_places
+
+    grids: dict[str, NDArray[np.int64]] = {}
+    rebuilt = {s.name: s for s in build_surfaces(part, data, seed, grids)}
+    places = part_normal_places(part)
+    false_by_place: dict[str, int] = defaultdict(int)
+    area_by_place: dict[str, float] = defaultdict(float)
+    points = defaultdict(list)
+    for name, x, y in tally.false_points:
+        points[name].append((x, y))
+    for name, surface in cached.items():
+        if name in rebuilt and not np.array_equal(rebuilt[name].image, surface.image):
+            print(f"no figures by place: {name} built again with seed {seed} differs from the scored "
+                  "surface (scored with another seed or an earlier material rule; pass --seed)")  # fmt: skip
+            return {}
+        if name not in grids:  # a tile of real tissue: one place
+            area_by_place[name] += surface.area_mm2
+            false_by_place[name] += len(points[name])
+            continue
+        owner = owner_map(grids[name], surface.image.shape[:2], NORMAL_PATCH_PX)
+        free = np.ones(owner.shape, dtype=bool)
+        for truth in surface.truth:
+            free &= ~truth.mask
+        pixels = np.bincount(owner[free].ravel(), minlength=len(places)) * (surface.mpp / 1000) ** 2
+        for index in np.flatnonzero(pixels):
+            area_by_place[places[index]] += float(pixels[index])
+        for x, y in points[name]:
+            false_by_place[places[int(owner[y, x])]] += 1
+    counts = sorted((v for v in false_by_place.values() if v), reverse=True)
+    top = sorted(((v, k) for k, v in false_by_place.items() if v), reverse=True)[:5]
+    print("places with the most false deposits (place: false, tumor-free mm² over all its uses): "
+          + ", ".join(f"{k}: {v}, {area_by_place[k]:.2f}" for v, k in top))  # fmt: skip
+    return {
+        "false_per_mm2_upper95_by_place": place_bootstrap_upper_95(false_by_place, area_by_place),
+        "places": len(area_by_place),
+        "places_with_false_deposits": len(counts),
+        "most_false_deposits_in_one_place": counts[0] if counts else 0,
+    }
 
 
 def rules_from_json(card_rules: DepositRules, chosen: dict) -> DepositRules:  # type: ignore[type-arg]

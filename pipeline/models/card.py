@@ -14,20 +14,18 @@ import datetime
 import math
 import platform
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torchvision
 
 import pipeline
 from pipeline.config import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
+from pipeline.deposits.confirm import ConfirmModel
 from pipeline.deposits.measure import SizeCalibration
 from pipeline.errors import CheckpointError
 from pipeline.models.architectures import ARCHITECTURES, available_architectures
 from pipeline.slides.stain import STAIN_NORMALIZATIONS
-
-if TYPE_CHECKING:
-    from pipeline.deposits.decide import ConfirmModel
 
 # Version of the checkpoint format; the card's fields are part of it.
 FORMAT_VERSION = 1
@@ -234,8 +232,6 @@ def size_calibration_from_card(card: ModelCard) -> SizeCalibration | None:
 
 def confirm_model_from_card(card: ModelCard) -> ConfirmModel | None:
     """The card's second stage, None when it has none; CheckpointError when malformed."""
-    from pipeline.deposits.decide import ConfirmModel
-
     if not card.confirm_model:
         return None
     try:

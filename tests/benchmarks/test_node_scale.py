@@ -17,7 +17,9 @@ from pipeline.evaluation.node_scale import (
     deposit_mask,
     feathered_mosaic,
     heatmap_of_surface,
+    owner_map,
     paste_deposit,
+    place_bootstrap_upper_95,
     poisson_upper_95,
     size_class,
     wilson_95,
@@ -90,6 +92,34 @@ def test_committed_split_never_puts_one_place_in_two_parts() -> None:
     assert {r["part"] for r in rows} == {"train", "dev", "test"}
 
 
+def test_no_tumor_free_surface_uses_a_normal_patch_that_shares_pixels_with_tumor() -> None:
+    """A PCam normal patch is normal in its central 32 px only; the node-scale benchmark's
+    tumor-free material leaves out every normal patch whose place holds a tumor patch."""
+    import importlib.util
+
+    script = REPO / "scripts" / "bench_node_scale.py"
+    spec = importlib.util.spec_from_file_location("bench_node_scale", script)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    near_tumor = bench.tumor_places()
+    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for part in ("dev", "test"):
+        used = bench.part_rows(part)
+        normals = [r for r in used if r["label"] == "0"]
+        assert normals and not {r["place"] for r in normals} & near_tumor
+        all_normals = [
+            r for r in rows if r["part"] == part and r["source"] == "pcam_kaggle" and r["label"] == "0"
+        ]
+        left_out = [r["file"] for r in all_normals if r not in used]
+        assert left_out == [r["file"] for r in all_normals if r["place"] in near_tumor]
+        assert len(bench.part_normal_places(part)) == len(normals)
+    assert "normal/463187ed840108334129f07b6d29eaae48677dcb.webp" in {
+        r["file"] for r in rows if r["place"] in near_tumor and r["label"] == "0"
+    }  # test place 1446: carcinoma cells in the normal patch's border
+
+
 @pytest.mark.shared_data
 def test_committed_split_lists_every_shared_patch() -> None:
     data = require_shared_data()
@@ -120,6 +150,30 @@ def test_feathered_mosaic_uses_the_patches_and_blends_seams() -> None:
     values = set(np.unique(mosaic).tolist())
     assert {40, 200} <= values  # patch interiors
     assert any(40 < v < 200 for v in values)  # blended seams, no hard edge
+
+
+def test_the_owner_map_gives_each_pixel_the_patch_placed_there() -> None:
+    patches = np.stack([np.full((96, 96, 3), 10 * (v + 1), dtype=np.uint8) for v in range(7)])
+    placed: list[np.ndarray] = []
+    mosaic = feathered_mosaic(patches, (300, 260), np.random.default_rng(0), placed=placed)
+    assert np.array_equal(mosaic, feathered_mosaic(patches, (300, 260), np.random.default_rng(0)))
+    grid = placed[0]
+    owner = owner_map(grid, (300, 260), 96)
+    assert owner.shape == (300, 260) and grid.shape == (4, 4)  # step 80 px
+    for (r, c), index in np.ndenumerate(grid):
+        y, x = min(r * 80 + 48, 299), min(c * 80 + 48, 259)  # a patch's centre: never blended
+        if y == r * 80 + 48 and x == c * 80 + 48:
+            assert mosaic[y, x, 0] == 10 * (index + 1) and owner[y, x] == index
+    assert set(np.unique(owner)) == set(np.unique(grid))
+
+
+def test_the_place_bound_widens_when_the_false_deposits_crowd_in_one_place() -> None:
+    areas = {str(i): 1.0 for i in range(50)}  # 50 places of 1 mm² each, 10 false deposits
+    spread = place_bootstrap_upper_95({str(i): 1 for i in range(10)}, areas)
+    crowded = place_bootstrap_upper_95({"0": 10}, areas)
+    assert 10 / 50 < spread < crowded  # the same rate, 0.2 per mm²: one look-alike place is less sure
+    assert crowded > poisson_upper_95(10, 50.0)  # and wider than a Poisson bound over 50 mm²
+    assert place_bootstrap_upper_95({}, areas) == 0.0
 
 
 def test_paste_deposit_reports_the_pasted_size_and_blends_the_edge() -> None:

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from pipeline.deposits.decide import (
-    NOT_CONFIRMED,
-    ConfirmModel,
-    DepositRules,
-    decide_deposits,
-    rules_from_card,
-)
+from pipeline.deposits.confirm import ConfirmModel
+from pipeline.deposits.decide import NOT_CONFIRMED, DepositRules, decide_deposits, rules_from_card
 from pipeline.deposits.measure import SizeCalibration, calibrated_diameter_mm, find_deposits
 from pipeline.detection.heatmap import Heatmap
 from pipeline.errors import CheckpointError
