@@ -158,6 +158,18 @@ def _limits_text(m: dict[str, float]) -> str:
     )
 
 
+# Shown for figures measured before the tumor-free material left out normal patches that share
+# pixels with a tumor patch (the figures written since carry the by-place bound).
+CORRECTED_MATERIAL_NOTE = (
+    "These figures were measured on tumor-free mosaics that still held one test \"normal\" patch "
+    "with carcinoma in its border (PCam labels the central 32 px only); since 2026-12-08 such "
+    "patches are left out. On the corrected material the same model and rules gave 0.198 and "
+    "0.241 false deposits per mm² (two arrangements, by-place upper bounds 0.34 and 0.41), "
+    "ITC-size sensitivity 0.51 on both, micro 1.00, 0.15 mm tumor ITC in 13 and 10 of 16 "
+    "(docs/benchmarks.md, \"False deposits by place\")."
+)
+
+
 def _node_text(m: dict[str, float]) -> str:
     """The node-scale test figures (scripts/bench_node_scale.py report --part test)."""
     if "node_test_negative_mm2" not in m:
@@ -168,6 +180,7 @@ def _node_text(m: dict[str, float]) -> str:
         "discs, ellipses and irregular shapes); deposits decided by the pipeline's own code "
         "(`pipeline.deposits.decide`). Not whole slides: mosaics of 96 µm patches.",
         "",
+        *([] if "node_test_false_per_mm2_upper95_by_place" in m else [CORRECTED_MATERIAL_NOTE, ""]),
         "| figure | value |",
         "| --- | --- |",
         f"| tumor-free tissue | {m['node_test_negative_mm2']:.1f} mm² |",
