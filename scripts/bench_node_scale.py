@@ -28,7 +28,6 @@ Material (all real, none trained on: the train part of the split never appears):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -52,6 +51,7 @@ from pipeline.evaluation.node_scale import (  # noqa: E402
     paste_deposit,
 )
 from pipeline.training.datasets import fit_to_tile, load_rgb  # noqa: E402
+from pipeline.training.pcam_split import node_scale_rows  # noqa: E402
 
 SHARED_DATA = SHARED_DATA_DIR
 PLACES_CSV = REPO / "data" / "pcam_places.csv"
@@ -67,30 +67,10 @@ NEGATIVE_MOSAICS = 3
 NEGATIVE_SIDE_MM = 2.2
 
 
-def tumor_places() -> set[str]:
-    """Places (data/pcam_places.csv) that hold a tumor patch. A PCam normal patch is normal in
-    its central 32 px only; one that shares pixels with a tumor patch has that tumor in its
-    border (test place 1446: a cluster of large pale carcinoma cells in the lower third of the
-    normal patch), so it is not tumor-free tissue and no surface uses it as such."""
-    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
-        return {row["place"] for row in csv.DictReader(handle) if row["label"] == "1"}
-
-
-def part_rows(part: str) -> list[dict[str, str]]:
-    """The part's PCam rows of the split, without normal patches in a place that holds tumor."""
-    near_tumor = tumor_places()
-    with PLACES_CSV.open(newline="", encoding="utf-8") as handle:
-        return [
-            row for row in csv.DictReader(handle)
-            if row["part"] == part and row["source"] == "pcam_kaggle"
-            and (row["label"] == "1" or row["place"] not in near_tumor)
-        ]  # fmt: skip
-
-
 def part_patches(part: str, data: Path) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
     """(normal patches (N, 96, 96, 3), tumor pieces (M, 48, 48, 3)) of one part of the split."""
     normals, tumors = [], []
-    for row in part_rows(part):
+    for row in node_scale_rows(part, PLACES_CSV):
         rgb = load_rgb(data / row["source"] / row["file"])
         (tumors if row["label"] == "1" else normals).append(rgb[24:72, 24:72] if row["label"] == "1" else rgb)
     if part == "test":
@@ -108,7 +88,7 @@ def c17_half(data: Path, stem: str, right_half: bool) -> NDArray[np.uint8]:
 
 def part_normal_places(part: str) -> list[str]:
     """The place (data/pcam_places.csv) of each of ``part_patches``' normal patches, in order."""
-    return [row["place"] for row in part_rows(part) if row["label"] != "1"]
+    return [row["place"] for row in node_scale_rows(part, PLACES_CSV) if row["label"] != "1"]
 
 
 def build_surfaces(

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from pipeline.errors import ConfigError
 from pipeline.training.datasets import load_rgb
 
-__all__ = ["PLACES_CSV", "load_pcam", "split_pcam"]
+__all__ = ["PLACES_CSV", "load_pcam", "node_scale_rows", "split_pcam", "tumor_places"]
 
 PLACES_CSV = Path(__file__).resolve().parents[2] / "data" / "pcam_places.csv"
 
@@ -47,3 +47,23 @@ def load_pcam(data: Path, items: Sequence[tuple[str, int]]) -> tuple[NDArray[np.
     """The patches of ``items`` (N, H, W, 3) uint8 and their labels (N,) int64."""
     tiles = np.stack([load_rgb(data / name) for name, _ in items])
     return tiles, np.array([label for _, label in items], dtype=np.int64)
+
+
+def tumor_places(places_csv: Path = PLACES_CSV) -> set[str]:
+    """Places that hold a tumor patch. A PCam normal patch is normal in its central 32 px
+    only; one that shares pixels with a tumor patch has that tumor in its border (test place
+    1446: a cluster of large pale carcinoma cells in the lower third of the normal patch)."""
+    with places_csv.open(newline="", encoding="utf-8") as handle:
+        return {row["place"] for row in csv.DictReader(handle) if row["label"] == "1"}
+
+
+def node_scale_rows(part: str, places_csv: Path = PLACES_CSV) -> list[dict[str, str]]:
+    """The part's PCam rows that the node-scale benchmark builds surfaces from: every tumor
+    patch, and the normal patches in no place that holds tumor (tumor-free material)."""
+    near_tumor = tumor_places(places_csv)
+    with places_csv.open(newline="", encoding="utf-8") as handle:
+        return [
+            row for row in csv.DictReader(handle)
+            if row["part"] == part and row["source"] == "pcam_kaggle"
+            and (row["label"] == "1" or row["place"] not in near_tumor)
+        ]  # fmt: skip
