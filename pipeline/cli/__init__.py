@@ -79,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"micromet {args.command}: interrupted", file=sys.stderr)
+        quiet_finalisers_after_interrupt()
         return 130
     except OSError as exc:
         if exc.filename is None:
@@ -101,6 +102,20 @@ def _refuse_odd_values(parser: argparse.ArgumentParser, words: list[str]) -> Non
             after_flag = index > 0 and words[index - 1].startswith("-")
             name = word[:-1] if word else words[index - 1] if after_flag else "SLIDE/PATH"
             parser.error(f"argument {name} is empty; give a value")
+
+
+def quiet_finalisers_after_interrupt() -> None:
+    """After Ctrl-C, objects cut off mid-construction are finalised half-built: a reader pool
+    interrupted while starting raises in its ``__del__`` ("'_MultiProcessingDataLoaderIter'
+    object has no attribute '_workers_status'"), which Python would print as a traceback under
+    the one-line "interrupted". From here on such errors go to the debug log instead."""
+
+    def to_debug_log(unraisable: sys.UnraisableHookArgs) -> None:
+        logging.getLogger(__name__).debug(
+            "after the interrupt, finalising %r: %r", unraisable.object, unraisable.exc_value
+        )
+
+    sys.unraisablehook = to_debug_log
 
 
 def _internal_error(command: str, argv: Sequence[str] | None, exc: Exception) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -395,3 +396,22 @@ def test_a_threshold_from_the_user_is_marked_as_such_in_report_and_summary(
         (row,) = csv.DictReader((out / "summary.csv").open())
         assert row["threshold_source"] == source and float(row["threshold"]) == report["model"]["threshold"]
 
+
+
+def test_after_ctrl_c_a_half_built_readers_finaliser_prints_no_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader pool interrupted while starting raises in its __del__; after the one-line
+    "interrupted" that goes to the debug log, not to the terminal as a traceback."""
+    from pipeline.cli import quiet_finalisers_after_interrupt
+
+    class HalfBuilt:
+        def __del__(self) -> None:
+            raise AttributeError("'_MultiProcessingDataLoaderIter' object has no attribute '_workers_status'")
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    HalfBuilt()  # before an interrupt: Python reports it
+    assert "_workers_status" in capsys.readouterr().err
+    quiet_finalisers_after_interrupt()
+    HalfBuilt()
+    assert capsys.readouterr().err == ""
