@@ -105,17 +105,23 @@ def _refuse_odd_values(parser: argparse.ArgumentParser, words: list[str]) -> Non
 
 
 def quiet_finalisers_after_interrupt() -> None:
-    """After Ctrl-C, objects cut off mid-construction are finalised half-built: a reader pool
-    interrupted while starting raises in its ``__del__`` ("'_MultiProcessingDataLoaderIter'
-    object has no attribute '_workers_status'"), which Python would print as a traceback under
-    the one-line "interrupted". From here on such errors go to the debug log instead."""
+    """After Ctrl-C, a reader pool cut off while starting is finalised half-built and raises in
+    its ``__del__`` ("'_MultiProcessingDataLoaderIter' object has no attribute
+    '_workers_status'"), which Python would print as a traceback under the one-line
+    "interrupted". From here on the finalisers of torch's DataLoader iterators log such errors
+    at debug level; every other unraisable error goes to the hook that was there before."""
+    previous = sys.unraisablehook
 
-    def to_debug_log(unraisable: sys.UnraisableHookArgs) -> None:
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        where = getattr(unraisable.object, "__qualname__", type(unraisable.object).__qualname__)
+        if "DataLoaderIter" not in str(where):  # e.g. "_MultiProcessingDataLoaderIter.__del__"
+            previous(unraisable)
+            return
         logging.getLogger(__name__).debug(
             "after the interrupt, finalising %r: %r", unraisable.object, unraisable.exc_value
         )
 
-    sys.unraisablehook = to_debug_log
+    sys.unraisablehook = hook
 
 
 def _internal_error(command: str, argv: Sequence[str] | None, exc: Exception) -> int:

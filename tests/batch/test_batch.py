@@ -402,16 +402,23 @@ def test_after_ctrl_c_a_half_built_readers_finaliser_prints_no_traceback(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reader pool interrupted while starting raises in its __del__; after the one-line
-    "interrupted" that goes to the debug log, not to the terminal as a traceback."""
+    "interrupted" that goes to the debug log, not to the terminal as a traceback. Other
+    finalisers' errors still show."""
     from pipeline.cli import quiet_finalisers_after_interrupt
 
-    class HalfBuilt:
+    class _MultiProcessingDataLoaderIter:
         def __del__(self) -> None:
             raise AttributeError("'_MultiProcessingDataLoaderIter' object has no attribute '_workers_status'")
 
+    class Other:
+        def __del__(self) -> None:
+            raise ValueError("a bug elsewhere")
+
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
-    HalfBuilt()  # before an interrupt: Python reports it
+    _MultiProcessingDataLoaderIter()  # before an interrupt: Python reports it
     assert "_workers_status" in capsys.readouterr().err
     quiet_finalisers_after_interrupt()
-    HalfBuilt()
+    _MultiProcessingDataLoaderIter()
     assert capsys.readouterr().err == ""
+    Other()
+    assert "a bug elsewhere" in capsys.readouterr().err
