@@ -39,6 +39,7 @@ from bench_node_scale import grid_stride_px, load_surfaces, make_scorer  # noqa:
 from node_scale_report import (  # noqa: E402
     APART_SURFACES,
     MATCH_REACH_PX,
+    dihedral_scorer,
     heatmap_for,
     matches,
     rules_from_card,
@@ -47,9 +48,8 @@ from node_scale_report import (  # noqa: E402
 
 from pipeline.deposits.cells import tumor_like  # noqa: E402
 from pipeline.deposits.confirm import MIN_SIZE_MM, ConfirmModel  # noqa: E402
-from pipeline.deposits.decide import CONFIRM_CELLS, best_cells_xy  # noqa: E402
+from pipeline.deposits.decide import best_cell_poses  # noqa: E402
 from pipeline.deposits.measure import find_deposits, keep_seeded  # noqa: E402
-from pipeline.detection.inference import dihedral_poses  # noqa: E402
 from pipeline.slides.nuclei import measure_nuclei  # noqa: E402
 
 CENTRE_PX = 48
@@ -94,14 +94,14 @@ def collect(args: argparse.Namespace) -> int:
         truth_mm2 = sum(float(t.mask.sum()) for t in surface.truth) * (surface.mpp / 1000) ** 2
         negative_mm2 += surface.area_mm2 - truth_mm2
         heatmap = heatmap_for(surface, values, tile_px, stride_px)
+        poses_of = dihedral_scorer(surface, tile_px, score)
         found = keep_seeded(find_deposits(heatmap, rules.threshold, calibration=rules.size), args.seed)
         for deposit in found:
             truth = [t for t in surface.truth if matches(deposit, t.mask, max(stride_px, MATCH_REACH_PX))]
-            cells = best_cells_xy(heatmap, deposit, rules.threshold, CONFIRM_CELLS)
-            poses = score(dihedral_poses(np.stack([surface.image[y : y + tile_px, x : x + tile_px]
-                                                   for x, y in cells]))).reshape(len(cells), 8)  # fmt: skip
-            best = int(np.argmax(poses.mean(axis=1)))
-            x, y = (int(v) for v in cells[best])
+            best = best_cell_poses(heatmap, deposit, rules.threshold, poses_of)
+            assert best is not None  # a seeded deposit has cells at or above the outline threshold
+            corner, poses = best
+            x, y = int(corner[0]), int(corner[1])
             col, row = (x / stride_px), (y / stride_px)
             rows.append({
                 "surface": surface.name,
@@ -112,8 +112,8 @@ def collect(args: argparse.Namespace) -> int:
                 "mean_prob": round(deposit.mean_probability, 4),
                 "cells": round(deposit.area_mm2 / (stride_px * surface.mpp / 1000) ** 2),
                 "ring_prob": round(ring_mean(values, row, col, stride_px * surface.mpp), 4),
-                "confirm": round(float(poses.mean(axis=1)[best]), 4),
-                "pose_min": round(float(poses[best].min()), 4),
+                "confirm": round(float(poses.mean()), 4),
+                "pose_min": round(float(poses.min()), 4),
                 **{k: round(v, 4) for k, v in nuclear_figures(
                     surface.image[y : y + tile_px, x : x + tile_px], surface.mpp).items()},
             })  # fmt: skip
@@ -147,8 +147,8 @@ def _figures(rows: list[dict[str, str]], keep: NDArray[np.bool_], facts: dict) -
     """false per mm², ITC-size and micro sensitivity of the deposits kept (one truth per surface)."""
     kept = [r for r, k in zip(rows, keep, strict=True) if k]
     found = {r["surface"]: float(r["true_mm"]) for r in kept if r["true"] == "1"}
-    false = sum(1 for r, k in zip(rows, keep, strict=True) if k and r["true"] == "0")
-    candidates = sum(1 for r, k in zip(rows, keep, strict=True) if not k and r["true"] == "0")
+    false = sum(r["true"] == "0" for r in kept)
+    candidates = sum(r["true"] == "0" for r in rows) - false
     truths = np.array(facts["true_mm"])
 
     def share(band: tuple[float, float]) -> float:

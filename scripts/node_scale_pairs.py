@@ -28,6 +28,7 @@ from node_scale_report import dihedral_scorer, run_rules, summary
 
 from pipeline.deposits.decide import DepositRules
 from pipeline.deposits.measure import SizeCalibration
+from pipeline.models.card import size_calibration_from_dict
 
 SEEDS = (0.85, 0.9, 0.95)
 CONFIRMS = (None, 0.7, 0.8, 0.85, 0.9)
@@ -36,9 +37,7 @@ Poses = Callable[[NDArray[np.int64]], NDArray[np.float32]]
 
 def size_calibration(folder: Path) -> SizeCalibration:
     data = json.loads((folder / "calibration.json").read_text(encoding="utf-8"))["size_calibration"]
-    pairs = tuple((float(u), float(e)) for u, e in data["error_mm"])
-    knots = tuple((float(r), float(t)) for r, t in data["knots_mm"])
-    return SizeCalibration(float(data["level"]), float(data["offset_mm"]), pairs, knots)
+    return size_calibration_from_dict(data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from pipeline.evaluation.node_scale import (
     summarise_sizes,
     wilson_95,
 )
+from pipeline.models.card import size_calibration_from_dict
 from pipeline.staging import slide_category
 
 ITC_BAND_MM = (0.045, 0.2)
@@ -282,15 +283,14 @@ def place_figures(
             area_by_place[places[index]] += float(pixels[index])
         for x, y in points[name]:
             false_by_place[places[int(owner[y, x])]] += 1
-    counts = sorted((v for v in false_by_place.values() if v), reverse=True)
-    top = sorted(((v, k) for k, v in false_by_place.items() if v), reverse=True)[:5]
+    ranked = sorted(((v, k) for k, v in false_by_place.items() if v), reverse=True)
     print("places with the most false deposits (place: false, tumor-free mm² over all its uses): "
-          + ", ".join(f"{k}: {v}, {area_by_place[k]:.2f}" for v, k in top))  # fmt: skip
+          + ", ".join(f"{k}: {v}, {area_by_place[k]:.2f}" for v, k in ranked[:5]))  # fmt: skip
     return {
         "false_per_mm2_upper95_by_place": place_bootstrap_upper_95(false_by_place, area_by_place),
         "places": len(area_by_place),
-        "places_with_false_deposits": len(counts),
-        "most_false_deposits_in_one_place": counts[0] if counts else 0,
+        "places_with_false_deposits": len(ranked),
+        "most_false_deposits_in_one_place": ranked[0][0] if ranked else 0,
     }
 
 
@@ -304,14 +304,7 @@ def rules_from_json(card_rules: DepositRules, chosen: dict) -> DepositRules:  # 
     if "confirm_model" in chosen:
         rules = dataclasses.replace(rules, confirm_model=ConfirmModel.from_dict(chosen["confirm_model"]))
     if "size_calibration" in chosen:
-        size = chosen["size_calibration"]
-        calibration = SizeCalibration(
-            size["level"],
-            size["offset_mm"],
-            tuple(tuple(p) for p in size["error_mm"]),
-            tuple(tuple(p) for p in size.get("knots_mm", ())),
-        )
-        rules = dataclasses.replace(rules, size=calibration)
+        rules = dataclasses.replace(rules, size=size_calibration_from_dict(chosen["size_calibration"]))
     return rules
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "DepositDecision",
     "DepositRules",
     "DihedralScoreFn",
+    "best_cell_poses",
     "decide_deposits",
     "rules_from_card",
 ]
@@ -100,16 +101,28 @@ def best_cells_xy(heatmap: Heatmap, deposit: Deposit, threshold: float, count: i
     return np.round(np.column_stack([xs, ys])).astype(np.int64)
 
 
+def best_cell_poses(
+    heatmap: Heatmap, deposit: Deposit, threshold: float, score: DihedralScoreFn
+) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
+    """(level-0 corner (2,), its 8 pose probabilities (8,)) of the deposit's best cell: of its
+    CONFIRM_CELLS most probable cells, the one with the highest mean over the poses; None when
+    no cell reaches ``threshold``."""
+    cells = best_cells_xy(heatmap, deposit, threshold, CONFIRM_CELLS)
+    if len(cells) == 0:
+        return None
+    poses = np.asarray(score(cells), dtype=np.float64).reshape(len(cells), 8)
+    best = int(np.argmax(poses.mean(axis=1)))
+    return cells[best], poses[best]
+
+
 def _confirm(
     heatmap: Heatmap, deposit: Deposit, rules: DepositRules, score: DihedralScoreFn
 ) -> tuple[bool, float]:
     """(confirmed, the probability that decided: the best cell's pose mean or the second stage's)."""
-    cells = best_cells_xy(heatmap, deposit, rules.threshold, CONFIRM_CELLS)
-    if len(cells) == 0:
+    best = best_cell_poses(heatmap, deposit, rules.threshold, score)
+    if best is None:
         return False, 0.0
-    poses = np.asarray(score(cells), dtype=np.float64).reshape(len(cells), 8)
-    best = int(np.argmax(poses.mean(axis=1)))
-    pose_mean, pose_min = float(poses[best].mean()), float(poses[best].min())
+    pose_mean, pose_min = float(best[1].mean()), float(best[1].min())
     if rules.confirm_model is None:
         return pose_mean >= float(rules.confirm_threshold or 0.0), pose_mean
     probability = rules.confirm_model.probability(pose_mean, pose_min, deposit.max_diameter_mm)

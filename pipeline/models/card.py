@@ -212,9 +212,12 @@ def _check_partner(partner: object) -> None:
 
 def size_calibration_from_card(card: ModelCard) -> SizeCalibration | None:
     """The card's size calibration, None when it has none; CheckpointError when malformed."""
-    data = card.size_calibration
-    if not data:
-        return None
+    return size_calibration_from_dict(card.size_calibration) if card.size_calibration else None
+
+
+def size_calibration_from_dict(data: object) -> SizeCalibration:
+    """A SizeCalibration from a card's (or a calibration.json's) "size_calibration" dict;
+    CheckpointError naming the field when malformed."""
     expected = (
         '{"level": 0-1, "offset_mm": number, "error_mm": [[upper mm, error mm], ...]'
         ', optional "knots_mm": [[contour mm, true mm], ...]}'

@@ -49,21 +49,29 @@ def load_pcam(data: Path, items: Sequence[tuple[str, int]]) -> tuple[NDArray[np.
     return tiles, np.array([label for _, label in items], dtype=np.int64)
 
 
+def _rows(places_csv: Path) -> list[dict[str, str]]:
+    with places_csv.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _tumor_places(rows: Sequence[dict[str, str]]) -> set[str]:
+    return {row["place"] for row in rows if row["label"] == "1"}
+
+
 def tumor_places(places_csv: Path = PLACES_CSV) -> set[str]:
     """Places that hold a tumor patch. A PCam normal patch is normal in its central 32 px
     only; one that shares pixels with a tumor patch has that tumor in its border (test place
     1446: a cluster of large pale carcinoma cells in the lower third of the normal patch)."""
-    with places_csv.open(newline="", encoding="utf-8") as handle:
-        return {row["place"] for row in csv.DictReader(handle) if row["label"] == "1"}
+    return _tumor_places(_rows(places_csv))
 
 
 def node_scale_rows(part: str, places_csv: Path = PLACES_CSV) -> list[dict[str, str]]:
     """The part's PCam rows that the node-scale benchmark builds surfaces from: every tumor
     patch, and the normal patches in no place that holds tumor (tumor-free material)."""
-    near_tumor = tumor_places(places_csv)
-    with places_csv.open(newline="", encoding="utf-8") as handle:
-        return [
-            row for row in csv.DictReader(handle)
-            if row["part"] == part and row["source"] == "pcam_kaggle"
-            and (row["label"] == "1" or row["place"] not in near_tumor)
-        ]  # fmt: skip
+    rows = _rows(places_csv)
+    near_tumor = _tumor_places(rows)
+    return [
+        row for row in rows
+        if row["part"] == part and row["source"] == "pcam_kaggle"
+        and (row["label"] == "1" or row["place"] not in near_tumor)
+    ]  # fmt: skip
